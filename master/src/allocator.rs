@@ -1,0 +1,705 @@
+//! The allocator: decides which framework is offered which agent's free
+//! resources. Pure and synchronous — no I/O, no clock of its own (callers
+//! pass `now` in milliseconds), no randomness — so the same events give the
+//! same offers in the master, the simulator and the benchmarks.
+//!
+//! The policy is hierarchical Dominant Resource Fairness, as in Mesos's
+//! `HierarchicalDRFAllocator`: roles are ordered by weighted dominant share,
+//! the frameworks of a role by their own dominant share, and each agent's free
+//! resources go whole to the first framework in that order that wants them
+//! (active, not suppressed, no refusal filter on the agent).
+//!
+//! Performance shape: a pass that offers nothing (every framework filtered
+//! every agent, Mesos's "DeclineOffers" benchmark) costs one bitset test per
+//! agent — a word-wise `eligible & !filtered` over the framework slots.
+
+use std::collections::{BTreeSet, HashMap};
+
+use agora_proto::Resources;
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+/// Resources the allocator hands to one framework on one agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Allocation {
+    pub framework: String,
+    pub agent: String,
+    pub resources: Resources,
+}
+
+/// An allocation policy. The master drives it with events and asks for a
+/// pass with [`Allocator::allocate`]; allocated resources count against a
+/// framework until they are [`recovered`](Allocator::recover).
+pub trait Allocator: Send {
+    /// Adds an agent with its total resources and what frameworks already use
+    /// on it (an agent that re-registers with running tasks).
+    fn add_agent(&mut self, agent: &str, total: Resources, used: &[(String, Resources)]);
+    /// Removes an agent and everything allocated on it.
+    fn remove_agent(&mut self, agent: &str);
+    /// Adds a framework in `role` (inactive frameworks get no offers).
+    fn add_framework(&mut self, framework: &str, role: &str, active: bool);
+    /// Removes a framework; its allocations are released.
+    fn remove_framework(&mut self, framework: &str);
+    /// Marks a framework connected (offers resume) or disconnected.
+    fn set_framework_active(&mut self, framework: &str, active: bool);
+    /// Stops offers to a framework until it revives.
+    fn suppress(&mut self, framework: &str);
+    /// Resumes offers to a framework and clears its refusal filters.
+    fn revive(&mut self, framework: &str);
+    /// Sets a role's weight (default 1).
+    fn set_weight(&mut self, role: &str, weight: f64);
+    /// Records resources as allocated without a pass (tasks found running).
+    fn allocate_used(&mut self, framework: &str, agent: &str, resources: &Resources);
+    /// Returns resources to the pool; with `refuse_until`, the framework is
+    /// not offered that agent again before then.
+    fn recover(
+        &mut self,
+        framework: &str,
+        agent: &str,
+        resources: &Resources,
+        refuse_until: Option<Millis>,
+    );
+    /// One allocation pass at time `now`.
+    fn allocate(&mut self, now: Millis) -> Vec<Allocation>;
+}
+
+/// `f64` with a total order, for share keys.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Share(f64);
+impl Eq for Share {}
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Share {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+struct AgentSlot {
+    id: String,
+    total: Resources,
+    available: Resources,
+    /// Allocated resources by framework slot.
+    allocated: HashMap<usize, Resources>,
+    /// Refusal filters: (framework slot, expiry).
+    filters: Vec<(usize, Millis)>,
+    /// Bit per framework slot with an unexpired filter on this agent.
+    filtered: Vec<u64>,
+    earliest_expiry: Millis,
+}
+
+struct FrameworkSlot {
+    id: String,
+    role: usize,
+    allocated: Resources,
+    active: bool,
+    suppressed: bool,
+    share: Share,
+}
+
+struct RoleSlot {
+    name: String,
+    weight: f64,
+    allocated: Resources,
+    /// The role's frameworks ordered by (share, slot).
+    frameworks: BTreeSet<(Share, usize)>,
+    share: Share,
+}
+
+/// Hierarchical weighted DRF.
+#[derive(Default)]
+pub struct DrfAllocator {
+    agents: Vec<Option<AgentSlot>>,
+    agent_index: HashMap<String, usize>,
+    free_agent_slots: Vec<usize>,
+    frameworks: Vec<Option<FrameworkSlot>>,
+    framework_index: HashMap<String, usize>,
+    free_framework_slots: Vec<usize>,
+    roles: Vec<RoleSlot>,
+    role_index: HashMap<String, usize>,
+    /// Roles ordered by (weighted share, slot).
+    role_order: BTreeSet<(Share, usize)>,
+    /// Bit per framework slot that may receive offers.
+    eligible: Vec<u64>,
+    cluster_total: Resources,
+    /// Where the next pass starts, so no agent is always first.
+    next_start: usize,
+}
+
+fn set_bit(bits: &mut Vec<u64>, i: usize, on: bool) {
+    let word = i / 64;
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    if on {
+        bits[word] |= 1 << (i % 64);
+    } else {
+        bits[word] &= !(1 << (i % 64));
+    }
+}
+
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// Mesos's minimum allocatable amount: an offer must carry some cpus or memory.
+fn worth_offering(r: &Resources) -> bool {
+    r.scalar("cpus") >= 0.01 || r.scalar("mem") >= 32.0
+}
+
+impl DrfAllocator {
+    /// An empty allocator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn dominant_share(&self, allocated: &Resources) -> f64 {
+        allocated
+            .scalars()
+            .map(|(name, amount)| {
+                let total = self.cluster_total.scalar(name);
+                if total > 0.0 { amount / total } else { 0.0 }
+            })
+            .fold(0.0, f64::max)
+    }
+
+    fn role_slot(&mut self, role: &str) -> usize {
+        if let Some(&i) = self.role_index.get(role) {
+            return i;
+        }
+        let i = self.roles.len();
+        self.roles.push(RoleSlot {
+            name: role.to_string(),
+            weight: 1.0,
+            allocated: Resources::new(),
+            frameworks: BTreeSet::new(),
+            share: Share(0.0),
+        });
+        self.role_index.insert(role.to_string(), i);
+        self.role_order.insert((Share(0.0), i));
+        i
+    }
+
+    /// Recomputes one framework's and its role's place in the order.
+    fn reorder(&mut self, fw: usize) {
+        let Some(f) = self.frameworks[fw].as_ref() else { return };
+        let (role, old_share) = (f.role, f.share);
+        let new_share = Share(self.dominant_share(&f.allocated));
+        let r = &mut self.roles[role];
+        r.frameworks.remove(&(old_share, fw));
+        r.frameworks.insert((new_share, fw));
+        if let Some(f) = self.frameworks[fw].as_mut() {
+            f.share = new_share;
+        }
+        self.reorder_role(role);
+    }
+
+    fn reorder_role(&mut self, role: usize) {
+        let r = &self.roles[role];
+        let new_share = Share(self.dominant_share(&r.allocated) / r.weight);
+        let old_share = r.share;
+        self.role_order.remove(&(old_share, role));
+        self.role_order.insert((new_share, role));
+        self.roles[role].share = new_share;
+    }
+
+    /// Recomputes every share; needed when the cluster's totals change.
+    fn reorder_all(&mut self) {
+        for fw in 0..self.frameworks.len() {
+            self.reorder(fw);
+        }
+        for role in 0..self.roles.len() {
+            self.reorder_role(role);
+        }
+    }
+
+    fn refresh_eligible(&mut self, fw: usize) {
+        let on = self.frameworks[fw]
+            .as_ref()
+            .is_some_and(|f| f.active && !f.suppressed);
+        set_bit(&mut self.eligible, fw, on);
+    }
+
+    fn charge(&mut self, fw: usize, agent: usize, resources: &Resources, add: bool) {
+        let Some(a) = self.agents[agent].as_mut() else { return };
+        let entry = a.allocated.entry(fw).or_default();
+        if add {
+            entry.add(resources);
+            a.available.subtract(resources);
+        } else {
+            entry.subtract(resources);
+            if entry.is_empty() {
+                a.allocated.remove(&fw);
+            }
+            a.available.add(resources);
+            // Never offer more than the agent has (a stale recover).
+            if !a.total.contains(&a.available) {
+                let mut used = Resources::new();
+                for r in a.allocated.values() {
+                    used.add(r);
+                }
+                a.available = a.total.minus(&used);
+            }
+        }
+        let Some(f) = self.frameworks[fw].as_mut() else { return };
+        let role = f.role;
+        // Shares are over scalars; ranges do not sum across agents.
+        let resources = &resources.scalar_part();
+        if add {
+            f.allocated.add(resources);
+            self.roles[role].allocated.add(resources);
+        } else {
+            f.allocated.subtract(resources);
+            self.roles[role].allocated.subtract(resources);
+        }
+        self.reorder(fw);
+    }
+
+    fn clear_filter(&mut self, agent: usize, fw: usize) {
+        if let Some(a) = self.agents[agent].as_mut()
+            && bit(&a.filtered, fw)
+        {
+            a.filters.retain(|&(f, _)| f != fw);
+            set_bit(&mut a.filtered, fw, false);
+        }
+    }
+
+    fn expire_filters(a: &mut AgentSlot, now: Millis) {
+        if now < a.earliest_expiry {
+            return;
+        }
+        let mut earliest = Millis::MAX;
+        let filtered = &mut a.filtered;
+        a.filters.retain(|&(fw, expiry)| {
+            if expiry <= now {
+                set_bit(filtered, fw, false);
+                false
+            } else {
+                earliest = earliest.min(expiry);
+                true
+            }
+        });
+        a.earliest_expiry = earliest;
+    }
+
+    /// The first framework in DRF order that may be offered `agent`.
+    fn pick_framework(&self, agent: &AgentSlot) -> Option<usize> {
+        let any = self
+            .eligible
+            .iter()
+            .enumerate()
+            .any(|(w, e)| e & !agent.filtered.get(w).copied().unwrap_or(0) != 0);
+        if !any {
+            return None;
+        }
+        for &(_, role) in &self.role_order {
+            for &(_, fw) in &self.roles[role].frameworks {
+                if bit(&self.eligible, fw) && !bit(&agent.filtered, fw) {
+                    return Some(fw);
+                }
+            }
+        }
+        None
+    }
+
+    /// The role of a framework, for tests and state views.
+    pub fn role_of(&self, framework: &str) -> Option<&str> {
+        let fw = *self.framework_index.get(framework)?;
+        let f = self.frameworks[fw].as_ref()?;
+        Some(self.roles[f.role].name.as_str())
+    }
+
+    /// The scalars a framework holds now (offered or in use).
+    pub fn allocated_to(&self, framework: &str) -> Resources {
+        self.framework_index
+            .get(framework)
+            .and_then(|&i| self.frameworks[i].as_ref())
+            .map(|f| f.allocated.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Allocator for DrfAllocator {
+    fn add_agent(&mut self, agent: &str, total: Resources, used: &[(String, Resources)]) {
+        if self.agent_index.contains_key(agent) {
+            self.remove_agent(agent);
+        }
+        self.cluster_total.add(&total);
+        let slot = AgentSlot {
+            id: agent.to_string(),
+            available: total.clone(),
+            total,
+            allocated: HashMap::new(),
+            filters: Vec::new(),
+            filtered: Vec::new(),
+            earliest_expiry: Millis::MAX,
+        };
+        let i = match self.free_agent_slots.pop() {
+            Some(i) => {
+                self.agents[i] = Some(slot);
+                i
+            }
+            None => {
+                self.agents.push(Some(slot));
+                self.agents.len() - 1
+            }
+        };
+        self.agent_index.insert(agent.to_string(), i);
+        for (framework, resources) in used {
+            if let Some(&fw) = self.framework_index.get(framework) {
+                self.charge(fw, i, resources, true);
+            }
+        }
+        self.reorder_all();
+    }
+
+    fn remove_agent(&mut self, agent: &str) {
+        let Some(i) = self.agent_index.remove(agent) else { return };
+        let Some(slot) = self.agents[i].take() else { return };
+        for (fw, resources) in slot.allocated {
+            let resources = resources.scalar_part();
+            if let Some(f) = self.frameworks[fw].as_mut() {
+                f.allocated.subtract(&resources);
+                let role = f.role;
+                self.roles[role].allocated.subtract(&resources);
+            }
+        }
+        self.cluster_total.subtract(&slot.total);
+        self.free_agent_slots.push(i);
+        self.reorder_all();
+    }
+
+    fn add_framework(&mut self, framework: &str, role: &str, active: bool) {
+        if let Some(&fw) = self.framework_index.get(framework) {
+            // Known already (recovered from an agent): take the real role.
+            let new_role = self.role_slot(role);
+            if let Some(f) = self.frameworks[fw].as_mut()
+                && f.role != new_role
+            {
+                let (old_role, allocated, share) = (f.role, f.allocated.clone(), f.share);
+                f.role = new_role;
+                self.roles[old_role].frameworks.remove(&(share, fw));
+                self.roles[old_role].allocated.subtract(&allocated);
+                self.roles[new_role].allocated.add(&allocated);
+                self.roles[new_role].frameworks.insert((share, fw));
+                self.reorder_role(old_role);
+            }
+            self.set_framework_active(framework, active);
+            self.reorder(fw);
+            return;
+        }
+        let role = self.role_slot(role);
+        let slot = FrameworkSlot {
+            id: framework.to_string(),
+            role,
+            allocated: Resources::new(),
+            active,
+            suppressed: false,
+            share: Share(0.0),
+        };
+        let fw = match self.free_framework_slots.pop() {
+            Some(i) => {
+                self.frameworks[i] = Some(slot);
+                i
+            }
+            None => {
+                self.frameworks.push(Some(slot));
+                self.frameworks.len() - 1
+            }
+        };
+        self.framework_index.insert(framework.to_string(), fw);
+        self.roles[role].frameworks.insert((Share(0.0), fw));
+        self.refresh_eligible(fw);
+    }
+
+    fn remove_framework(&mut self, framework: &str) {
+        let Some(fw) = self.framework_index.remove(framework) else { return };
+        for agent in 0..self.agents.len() {
+            let held = self.agents[agent]
+                .as_ref()
+                .and_then(|a| a.allocated.get(&fw).cloned());
+            if let Some(resources) = held {
+                self.charge(fw, agent, &resources, false);
+            }
+            self.clear_filter(agent, fw);
+        }
+        if let Some(f) = self.frameworks[fw].take() {
+            self.roles[f.role].frameworks.remove(&(f.share, fw));
+            self.reorder_role(f.role);
+        }
+        set_bit(&mut self.eligible, fw, false);
+        self.free_framework_slots.push(fw);
+    }
+
+    fn set_framework_active(&mut self, framework: &str, active: bool) {
+        let Some(&fw) = self.framework_index.get(framework) else { return };
+        if let Some(f) = self.frameworks[fw].as_mut() {
+            f.active = active;
+        }
+        self.refresh_eligible(fw);
+    }
+
+    fn suppress(&mut self, framework: &str) {
+        let Some(&fw) = self.framework_index.get(framework) else { return };
+        if let Some(f) = self.frameworks[fw].as_mut() {
+            f.suppressed = true;
+        }
+        self.refresh_eligible(fw);
+    }
+
+    fn revive(&mut self, framework: &str) {
+        let Some(&fw) = self.framework_index.get(framework) else { return };
+        if let Some(f) = self.frameworks[fw].as_mut() {
+            f.suppressed = false;
+        }
+        for agent in 0..self.agents.len() {
+            self.clear_filter(agent, fw);
+        }
+        self.refresh_eligible(fw);
+    }
+
+    fn set_weight(&mut self, role: &str, weight: f64) {
+        let role = self.role_slot(role);
+        self.roles[role].weight = if weight > 0.0 { weight } else { 1.0 };
+        self.reorder_role(role);
+    }
+
+    fn allocate_used(&mut self, framework: &str, agent: &str, resources: &Resources) {
+        let (Some(&fw), Some(&a)) = (self.framework_index.get(framework), self.agent_index.get(agent))
+        else {
+            return;
+        };
+        self.charge(fw, a, resources, true);
+    }
+
+    fn recover(
+        &mut self,
+        framework: &str,
+        agent: &str,
+        resources: &Resources,
+        refuse_until: Option<Millis>,
+    ) {
+        let Some(&a) = self.agent_index.get(agent) else { return };
+        let Some(&fw) = self.framework_index.get(framework) else {
+            // The framework is gone; its share went with it.
+            if let Some(slot) = self.agents[a].as_mut() {
+                slot.available.add(resources);
+            }
+            return;
+        };
+        self.charge(fw, a, resources, false);
+        if let (Some(until), Some(slot)) = (refuse_until, self.agents[a].as_mut()) {
+            if bit(&slot.filtered, fw) {
+                slot.filters.retain(|&(f, _)| f != fw);
+            }
+            slot.filters.push((fw, until));
+            set_bit(&mut slot.filtered, fw, true);
+            slot.earliest_expiry = slot.earliest_expiry.min(until);
+        }
+    }
+
+    fn allocate(&mut self, now: Millis) -> Vec<Allocation> {
+        let mut out = Vec::new();
+        let n = self.agents.len();
+        if n == 0 {
+            return out;
+        }
+        let start = self.next_start % n;
+        self.next_start = self.next_start.wrapping_add(1);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(agent) = self.agents[i].as_mut() else { continue };
+            Self::expire_filters(agent, now);
+            if !worth_offering(&agent.available) {
+                continue;
+            }
+            let Some(agent) = self.agents[i].as_ref() else { continue };
+            let Some(fw) = self.pick_framework(agent) else { continue };
+            let resources = agent.available.clone();
+            let agent_id = agent.id.clone();
+            self.charge(fw, i, &resources, true);
+            if let Some(f) = self.frameworks[fw].as_ref() {
+                out.push(Allocation {
+                    framework: f.id.clone(),
+                    agent: agent_id,
+                    resources,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_resources() -> Resources {
+        Resources::parse("cpus:4;mem:4096;disk:1000;ports:[31000-31099]").expect("valid")
+    }
+
+    fn task() -> Resources {
+        Resources::new().with_scalar("cpus", 1.0).with_scalar("mem", 256.0)
+    }
+
+    /// Every framework takes one task from each offer and returns the rest
+    /// (refuse 0), as a hungry framework that launches one task per offer
+    /// does. Runs passes until nothing more is offered; returns tasks per
+    /// framework.
+    fn run_hungry(alloc: &mut DrfAllocator, frameworks: &[&str]) -> HashMap<String, u32> {
+        let mut launched: HashMap<String, u32> = frameworks.iter().map(|f| (f.to_string(), 0)).collect();
+        for pass in 0..10_000 {
+            let offers = alloc.allocate(pass);
+            if offers.is_empty() {
+                break;
+            }
+            for offer in offers {
+                if offer.resources.contains(&task()) {
+                    *launched.entry(offer.framework.clone()).or_default() += 1;
+                    let rest = offer.resources.minus(&task());
+                    alloc.recover(&offer.framework, &offer.agent, &rest, None);
+                } else {
+                    // Too small for a task: refuse it for a long time.
+                    alloc.recover(&offer.framework, &offer.agent, &offer.resources, Some(u64::MAX));
+                }
+            }
+        }
+        launched
+    }
+
+    #[test]
+    fn two_hungry_frameworks_of_equal_weight_end_within_one_task() {
+        let mut alloc = DrfAllocator::new();
+        for a in 0..5 {
+            alloc.add_agent(&format!("a{a}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("f1", "web", true);
+        alloc.add_framework("f2", "web", true);
+        let launched = run_hungry(&mut alloc, &["f1", "f2"]);
+        let (f1, f2) = (launched["f1"], launched["f2"]);
+        assert_eq!(f1 + f2, 20, "the cluster fills up: {launched:?}");
+        assert!(f1.abs_diff(f2) <= 1, "DRF split {f1} vs {f2}");
+    }
+
+    #[test]
+    fn a_weight_two_role_gets_twice_the_share() {
+        let mut alloc = DrfAllocator::new();
+        for a in 0..6 {
+            alloc.add_agent(&format!("a{a}"), agent_resources(), &[]);
+        }
+        alloc.set_weight("prod", 2.0);
+        alloc.add_framework("p", "prod", true);
+        alloc.add_framework("d", "dev", true);
+        let launched = run_hungry(&mut alloc, &["p", "d"]);
+        let (p, d) = (launched["p"], launched["d"]);
+        assert_eq!(p + d, 24);
+        assert!(p.abs_diff(2 * d) <= 2, "weighted split {p} vs {d}");
+    }
+
+    #[test]
+    fn frameworks_within_a_role_share_the_role_by_drf() {
+        let mut alloc = DrfAllocator::new();
+        for a in 0..6 {
+            alloc.add_agent(&format!("a{a}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("p1", "prod", true);
+        alloc.add_framework("p2", "prod", true);
+        alloc.add_framework("d", "dev", true);
+        let launched = run_hungry(&mut alloc, &["p1", "p2", "d"]);
+        // Roles split 12/12, the prod role's frameworks split its half.
+        assert!(launched["d"].abs_diff(12) <= 1, "{launched:?}");
+        assert!(launched["p1"].abs_diff(launched["p2"]) <= 1, "{launched:?}");
+    }
+
+    #[test]
+    fn a_refusal_filter_keeps_the_agent_from_that_framework_until_it_expires() {
+        let mut alloc = DrfAllocator::new();
+        alloc.add_agent("a", agent_resources(), &[]);
+        alloc.add_framework("f1", "r", true);
+        alloc.add_framework("f2", "r", true);
+        let first = alloc.allocate(0);
+        assert_eq!(first.len(), 1);
+        let (taker, other) = if first[0].framework == "f1" { ("f1", "f2") } else { ("f2", "f1") };
+        alloc.recover(taker, "a", &first[0].resources, Some(5_000));
+        let second = alloc.allocate(1);
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].framework, other, "the other framework gets it");
+        alloc.recover(other, "a", &second[0].resources, Some(10_000));
+        assert!(alloc.allocate(4_999).is_empty(), "both filtered");
+        let third = alloc.allocate(5_000);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].framework, taker, "offered again once the filter expired");
+    }
+
+    #[test]
+    fn suppress_stops_offers_and_revive_clears_filters() {
+        let mut alloc = DrfAllocator::new();
+        alloc.add_agent("a", agent_resources(), &[]);
+        alloc.add_framework("f", "r", true);
+        let offer = alloc.allocate(0).remove(0);
+        alloc.recover("f", "a", &offer.resources, Some(u64::MAX));
+        assert!(alloc.allocate(1).is_empty());
+        alloc.revive("f");
+        let offer = alloc.allocate(2).remove(0);
+        alloc.recover("f", "a", &offer.resources, None);
+        alloc.suppress("f");
+        assert!(alloc.allocate(3).is_empty());
+        alloc.revive("f");
+        assert_eq!(alloc.allocate(4).len(), 1);
+    }
+
+    #[test]
+    fn inactive_frameworks_get_nothing_and_removed_agents_free_shares() {
+        let mut alloc = DrfAllocator::new();
+        alloc.add_agent("a", agent_resources(), &[]);
+        alloc.add_agent("b", agent_resources(), &[]);
+        alloc.add_framework("f", "r", false);
+        assert!(alloc.allocate(0).is_empty());
+        alloc.set_framework_active("f", true);
+        assert_eq!(alloc.allocate(1).len(), 2);
+        alloc.remove_agent("a");
+        assert_eq!(alloc.allocated_to("f"), agent_resources().scalar_part());
+        alloc.remove_framework("f");
+        alloc.add_framework("g", "r", true);
+        let offers = alloc.allocate(2);
+        assert_eq!(offers.len(), 1, "b's resources came back with f's removal");
+        assert_eq!(offers[0].resources, agent_resources());
+    }
+
+    #[test]
+    fn used_resources_of_a_reregistered_agent_are_not_offered() {
+        let mut alloc = DrfAllocator::new();
+        alloc.add_framework("f", "r", true);
+        let used = task();
+        alloc.add_agent("a", agent_resources(), &[("f".to_string(), used.clone())]);
+        let offers = alloc.allocate(0);
+        assert_eq!(offers[0].resources, agent_resources().minus(&used));
+        assert_eq!(alloc.role_of("f"), Some("r"));
+    }
+
+    #[test]
+    fn same_events_give_same_offers() {
+        let run = || {
+            let mut alloc = DrfAllocator::new();
+            for a in 0..7 {
+                alloc.add_agent(&format!("a{a}"), agent_resources(), &[]);
+            }
+            for f in 0..3 {
+                alloc.add_framework(&format!("f{f}"), "r", true);
+            }
+            let mut log = Vec::new();
+            for pass in 0..5 {
+                for o in alloc.allocate(pass) {
+                    log.push((o.framework.clone(), o.agent.clone()));
+                    alloc.recover(&o.framework, &o.agent, &task(), None);
+                }
+            }
+            log
+        };
+        assert_eq!(run(), run());
+    }
+}

@@ -1,0 +1,15 @@
+//! Agora's wire protocol: the generated types and gRPC services of
+//! `proto/agora.proto` (Mesos v1 vocabulary), and the conversions and resource
+//! arithmetic that master, agent and frameworks share.
+
+pub mod resources;
+mod task_state;
+
+/// Generated protocol types and services (`agora.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("agora.v1");
+}
+
+pub use resources::{RangeSet, ResourceError, Resources};
+pub use task_state::is_terminal;

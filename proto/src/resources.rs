@@ -1,0 +1,530 @@
+//! Resource arithmetic: a bag of named scalars (`cpus`, `mem`, `disk`, …),
+//! ranges (`ports`) and sets, with exact addition, subtraction and
+//! containment.
+//!
+//! Scalars are held as integer thousandths, as Mesos does (its `Value::Scalar`
+//! is fixed-point with three decimal digits), so that adding and subtracting
+//! `0.1` a thousand times lands exactly where it started.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::v1::{self, value};
+
+/// Why a resource string or message was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ResourceError {
+    #[error("resource `{0}`: expected `name:value`")]
+    MissingColon(String),
+    #[error("resource `{name}`: `{value}` is not a number")]
+    NotANumber { name: String, value: String },
+    #[error("resource `{name}`: {value} must be a finite number >= 0")]
+    OutOfRange { name: String, value: f64 },
+    #[error("resource `{name}`: range `{range}` is malformed (want `[begin-end, ...]` with begin <= end)")]
+    BadRange { name: String, range: String },
+    #[error("resource name must not be empty")]
+    EmptyName,
+    #[error("resource `{0}` appears twice with different types")]
+    MixedTypes(String),
+}
+
+/// Inclusive integer ranges, kept sorted and merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeSet(Vec<(u64, u64)>);
+
+impl RangeSet {
+    /// A set of the given inclusive ranges (merged and sorted).
+    pub fn new(ranges: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let mut set = RangeSet::default();
+        for (begin, end) in ranges {
+            set.add_range(begin, end);
+        }
+        set
+    }
+
+    /// The inclusive ranges, sorted, non-overlapping, non-adjacent.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
+    /// How many integers the set holds.
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|(b, e)| e - b + 1).sum()
+    }
+
+    /// Whether the set holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn add_range(&mut self, begin: u64, end: u64) {
+        self.0.push((begin, end));
+        self.0.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.0.len());
+        for &(b, e) in &self.0 {
+            match merged.last_mut() {
+                Some(last) if b <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => merged.push((b, e)),
+            }
+        }
+        self.0 = merged;
+    }
+
+    fn add(&mut self, other: &RangeSet) {
+        for &(b, e) in &other.0 {
+            self.add_range(b, e);
+        }
+    }
+
+    /// Whether every integer of `other` is in `self`.
+    pub fn contains(&self, other: &RangeSet) -> bool {
+        other
+            .0
+            .iter()
+            .all(|&(b, e)| self.0.iter().any(|&(sb, se)| sb <= b && e <= se))
+    }
+
+    fn subtract(&mut self, other: &RangeSet) {
+        for &(b, e) in &other.0 {
+            let mut next = Vec::with_capacity(self.0.len() + 1);
+            for &(sb, se) in &self.0 {
+                if e < sb || b > se {
+                    next.push((sb, se));
+                    continue;
+                }
+                if sb < b {
+                    next.push((sb, b - 1));
+                }
+                if e < se {
+                    next.push((e + 1, se));
+                }
+            }
+            self.0 = next;
+        }
+    }
+
+    /// The first `count` integers of the set, or `None` if it holds fewer.
+    pub fn take_first(&self, count: u64) -> Option<RangeSet> {
+        let mut left = count;
+        let mut taken = Vec::new();
+        for &(b, e) in &self.0 {
+            if left == 0 {
+                break;
+            }
+            let n = (e - b + 1).min(left);
+            taken.push((b, b + n - 1));
+            left -= n;
+        }
+        (left == 0).then_some(RangeSet(taken))
+    }
+
+    /// Every integer of the set, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().flat_map(|&(b, e)| b..=e)
+    }
+}
+
+impl fmt::Display for RangeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, (b, e)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{b}-{e}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// A bag of resources. Empty entries are never stored, so two bags that hold
+/// the same amounts compare equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Scalars in thousandths.
+    scalars: BTreeMap<String, i64>,
+    ranges: BTreeMap<String, RangeSet>,
+    sets: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn to_milli(value: f64) -> i64 {
+    (value * 1000.0).round() as i64
+}
+
+impl Resources {
+    /// No resources.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `amount` of scalar `name` (builder style).
+    pub fn with_scalar(mut self, name: &str, amount: f64) -> Self {
+        self.add_scalar(name, amount);
+        self
+    }
+
+    /// Adds the ranges of `name` (builder style).
+    pub fn with_ranges(mut self, name: &str, ranges: RangeSet) -> Self {
+        if !ranges.is_empty() {
+            self.ranges.entry(name.to_string()).or_default().add(&ranges);
+        }
+        self
+    }
+
+    fn add_scalar(&mut self, name: &str, amount: f64) {
+        let milli = to_milli(amount);
+        if milli == 0 {
+            return;
+        }
+        let entry = self.scalars.entry(name.to_string()).or_insert(0);
+        *entry += milli;
+        if *entry == 0 {
+            self.scalars.remove(name);
+        }
+    }
+
+    /// The amount of scalar `name` (0 when absent).
+    pub fn scalar(&self, name: &str) -> f64 {
+        self.scalars.get(name).map_or(0.0, |m| *m as f64 / 1000.0)
+    }
+
+    /// The scalars by name.
+    pub fn scalars(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.scalars.iter().map(|(n, m)| (n.as_str(), *m as f64 / 1000.0))
+    }
+
+    /// Only the scalar part: what sums meaningfully across agents (ports on
+    /// two agents are not "twice the ports").
+    pub fn scalar_part(&self) -> Resources {
+        Resources {
+            scalars: self.scalars.clone(),
+            ..Resources::default()
+        }
+    }
+
+    /// The ranges of `name` (empty when absent).
+    pub fn ranges(&self, name: &str) -> RangeSet {
+        self.ranges.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Whether the bag holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.scalars.is_empty() && self.ranges.is_empty() && self.sets.is_empty()
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Resources) {
+        for (name, milli) in &other.scalars {
+            let entry = self.scalars.entry(name.clone()).or_insert(0);
+            *entry += milli;
+            if *entry == 0 {
+                self.scalars.remove(name);
+            }
+        }
+        for (name, ranges) in &other.ranges {
+            self.ranges.entry(name.clone()).or_default().add(ranges);
+        }
+        for (name, items) in &other.sets {
+            self.sets
+                .entry(name.clone())
+                .or_default()
+                .extend(items.iter().cloned());
+        }
+    }
+
+    /// Whether every resource of `other` is in `self`.
+    pub fn contains(&self, other: &Resources) -> bool {
+        other
+            .scalars
+            .iter()
+            .all(|(n, m)| self.scalars.get(n).copied().unwrap_or(0) >= *m)
+            && other
+                .ranges
+                .iter()
+                .all(|(n, r)| self.ranges.get(n).is_some_and(|s| s.contains(r)))
+            && other
+                .sets
+                .iter()
+                .all(|(n, s)| self.sets.get(n).is_some_and(|mine| s.is_subset(mine)))
+    }
+
+    /// Removes `other` from `self`; what `self` lacks is ignored (callers
+    /// check `contains` first where it matters).
+    pub fn subtract(&mut self, other: &Resources) {
+        for (name, milli) in &other.scalars {
+            if let Some(entry) = self.scalars.get_mut(name) {
+                *entry = (*entry - milli).max(0);
+                if *entry == 0 {
+                    self.scalars.remove(name);
+                }
+            }
+        }
+        for (name, ranges) in &other.ranges {
+            if let Some(mine) = self.ranges.get_mut(name) {
+                mine.subtract(ranges);
+                if mine.is_empty() {
+                    self.ranges.remove(name);
+                }
+            }
+        }
+        for (name, items) in &other.sets {
+            if let Some(mine) = self.sets.get_mut(name) {
+                mine.retain(|i| !items.contains(i));
+                if mine.is_empty() {
+                    self.sets.remove(name);
+                }
+            }
+        }
+    }
+
+    /// `self - other` as a new bag.
+    pub fn minus(&self, other: &Resources) -> Resources {
+        let mut out = self.clone();
+        out.subtract(other);
+        out
+    }
+
+    /// The names of the scalar resources present.
+    pub fn scalar_names(&self) -> impl Iterator<Item = &str> {
+        self.scalars.keys().map(String::as_str)
+    }
+
+    /// Parses the agent flag form: `cpus:4;mem:8192;ports:[31000-32000];zones:{a,b}`.
+    pub fn parse(text: &str) -> Result<Resources, ResourceError> {
+        let mut out = Resources::new();
+        for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = item
+                .split_once(':')
+                .ok_or_else(|| ResourceError::MissingColon(item.to_string()))?;
+            let (name, value) = (name.trim(), value.trim());
+            if name.is_empty() {
+                return Err(ResourceError::EmptyName);
+            }
+            if let Some(inner) = value.strip_prefix('[') {
+                let inner = inner.strip_suffix(']').ok_or_else(|| ResourceError::BadRange {
+                    name: name.to_string(),
+                    range: value.to_string(),
+                })?;
+                let mut set = RangeSet::default();
+                for part in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let bad = || ResourceError::BadRange {
+                        name: name.to_string(),
+                        range: part.to_string(),
+                    };
+                    let (b, e) = part.split_once('-').ok_or_else(bad)?;
+                    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+                    let e: u64 = e.trim().parse().map_err(|_| bad())?;
+                    if b > e {
+                        return Err(bad());
+                    }
+                    set.add_range(b, e);
+                }
+                out = out.with_ranges(name, set);
+            } else if let Some(inner) = value.strip_prefix('{') {
+                let inner = inner.strip_suffix('}').unwrap_or(inner);
+                let items: BTreeSet<String> = inner
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if !items.is_empty() {
+                    out.sets.entry(name.to_string()).or_default().extend(items);
+                }
+            } else {
+                let amount: f64 = value.parse().map_err(|_| ResourceError::NotANumber {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                })?;
+                check_scalar(name, amount)?;
+                out.add_scalar(name, amount);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Converts protocol resources, refusing negative or non-finite scalars
+    /// and inverted ranges.
+    pub fn from_proto(resources: &[v1::Resource]) -> Result<Resources, ResourceError> {
+        let mut out = Resources::new();
+        let mut types: BTreeMap<&str, i32> = BTreeMap::new();
+        for r in resources {
+            if r.name.is_empty() {
+                return Err(ResourceError::EmptyName);
+            }
+            if *types.entry(&r.name).or_insert(r.r#type) != r.r#type {
+                return Err(ResourceError::MixedTypes(r.name.clone()));
+            }
+            match value::Type::try_from(r.r#type).unwrap_or(value::Type::Scalar) {
+                value::Type::Scalar => {
+                    check_scalar(&r.name, r.scalar)?;
+                    out.add_scalar(&r.name, r.scalar);
+                }
+                value::Type::Ranges => {
+                    let mut set = RangeSet::default();
+                    for range in &r.ranges {
+                        if range.begin > range.end {
+                            return Err(ResourceError::BadRange {
+                                name: r.name.clone(),
+                                range: format!("{}-{}", range.begin, range.end),
+                            });
+                        }
+                        set.add_range(range.begin, range.end);
+                    }
+                    out = out.with_ranges(&r.name, set);
+                }
+                value::Type::Set => {
+                    if !r.set.is_empty() {
+                        out.sets
+                            .entry(r.name.clone())
+                            .or_default()
+                            .extend(r.set.iter().cloned());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The protocol form (unreserved, role `*`).
+    pub fn to_proto(&self) -> Vec<v1::Resource> {
+        let mut out = Vec::new();
+        for (name, amount) in self.scalars() {
+            out.push(v1::Resource {
+                name: name.to_string(),
+                r#type: value::Type::Scalar as i32,
+                scalar: amount,
+                role: "*".into(),
+                ..Default::default()
+            });
+        }
+        for (name, set) in &self.ranges {
+            out.push(v1::Resource {
+                name: name.clone(),
+                r#type: value::Type::Ranges as i32,
+                ranges: set
+                    .ranges()
+                    .iter()
+                    .map(|&(begin, end)| value::Range { begin, end })
+                    .collect(),
+                role: "*".into(),
+                ..Default::default()
+            });
+        }
+        for (name, items) in &self.sets {
+            out.push(v1::Resource {
+                name: name.clone(),
+                r#type: value::Type::Set as i32,
+                set: items.iter().cloned().collect(),
+                role: "*".into(),
+                ..Default::default()
+            });
+        }
+        out
+    }
+}
+
+fn check_scalar(name: &str, amount: f64) -> Result<(), ResourceError> {
+    if amount.is_finite() && amount >= 0.0 {
+        Ok(())
+    } else {
+        Err(ResourceError::OutOfRange {
+            name: name.to_string(),
+            value: amount,
+        })
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = self.scalars().map(|(n, a)| format!("{n}:{a}")).collect();
+        parts.extend(self.ranges.iter().map(|(n, r)| format!("{n}:{r}")));
+        parts.extend(self.sets.iter().map(|(n, s)| {
+            format!("{n}:{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(","))
+        }));
+        f.write_str(&parts.join(";"))
+    }
+}
+
+/// JSON form for operator APIs: scalars as numbers, ranges as `"[a-b,…]"`,
+/// sets as arrays.
+impl Serialize for Resources {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (name, amount) in self.scalars() {
+            map.serialize_entry(name, &amount)?;
+        }
+        for (name, ranges) in &self.ranges {
+            map.serialize_entry(name, &ranges.to_string())?;
+        }
+        for (name, items) in &self.sets {
+            map.serialize_entry(name, items)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_agent_flag_form() {
+        let r = Resources::parse("cpus:4;mem:8192; disk:20000;ports:[31000-32000,33000-33001]")
+            .expect("valid");
+        assert_eq!(r.scalar("cpus"), 4.0);
+        assert_eq!(r.scalar("mem"), 8192.0);
+        assert_eq!(r.ranges("ports").len(), 1003);
+        assert_eq!(r.to_string(), "cpus:4;disk:20000;mem:8192;ports:[31000-32000,33000-33001]");
+    }
+
+    #[test]
+    fn parse_errors_name_the_resource() {
+        assert_eq!(
+            Resources::parse("cpus:lots"),
+            Err(ResourceError::NotANumber { name: "cpus".into(), value: "lots".into() })
+        );
+        assert!(matches!(Resources::parse("mem:-1"), Err(ResourceError::OutOfRange { .. })));
+        assert!(matches!(Resources::parse("ports:[5-1]"), Err(ResourceError::BadRange { .. })));
+        assert!(matches!(Resources::parse("cpus"), Err(ResourceError::MissingColon(_))));
+    }
+
+    #[test]
+    fn arithmetic_is_exact_for_tenths() {
+        let total = Resources::new().with_scalar("cpus", 1.0);
+        let tenth = Resources::new().with_scalar("cpus", 0.1);
+        let mut left = total.clone();
+        for _ in 0..10 {
+            assert!(left.contains(&tenth));
+            left.subtract(&tenth);
+        }
+        assert!(left.is_empty());
+        for _ in 0..10 {
+            left.add(&tenth);
+        }
+        assert_eq!(left, total);
+    }
+
+    #[test]
+    fn ranges_subtract_and_contain() {
+        let all = Resources::parse("ports:[31000-31009]").expect("valid");
+        let some = Resources::parse("ports:[31002-31003]").expect("valid");
+        assert!(all.contains(&some));
+        let rest = all.minus(&some);
+        assert_eq!(rest.ranges("ports").to_string(), "[31000-31001,31004-31009]");
+        assert!(!rest.contains(&some));
+        assert_eq!(
+            rest.ranges("ports").take_first(3).map(|r| r.to_string()),
+            Some("[31000-31001,31004-31004]".to_string())
+        );
+    }
+
+    #[test]
+    fn proto_round_trip_and_validation() {
+        let r = Resources::parse("cpus:0.5;mem:32;ports:[1-2];zones:{a,b}").expect("valid");
+        assert_eq!(Resources::from_proto(&r.to_proto()), Ok(r));
+        let bad = vec![v1::Resource { name: "cpus".into(), scalar: f64::NAN, ..Default::default() }];
+        assert!(matches!(Resources::from_proto(&bad), Err(ResourceError::OutOfRange { .. })));
+    }
+}
