@@ -4,3 +4,59 @@
 //! the operator HTTP API on one port.
 
 pub mod allocator;
+pub mod config;
+mod core;
+mod grpc;
+mod http;
+pub mod state;
+
+use std::future::{Future, IntoFuture};
+
+use agora_proto::v1::{agent_service_server::AgentServiceServer, scheduler_server::SchedulerServer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub use config::MasterConfig;
+
+/// Why the master stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("serving on {addr}: {source}")]
+    Serve {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Serves the master on an already-bound listener until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: MasterConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = grpc::CoreHandle::new(tx);
+    let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
+    let core = tokio::spawn(core::Core::new(config).run(rx, async move {
+        let _ = stop_core_rx.await;
+    }));
+
+    let grpc = tonic::service::Routes::new(SchedulerServer::new(handle.clone()))
+        .add_service(AgentServiceServer::new(handle.clone()))
+        .into_axum_router();
+    let app = grpc.merge(http::router(handle));
+    tracing::info!(%addr, "master listening (gRPC and HTTP)");
+    // Not a graceful drain: agent and framework streams never end on their
+    // own, and they reconnect to whoever serves next.
+    let served = tokio::select! {
+        served = axum::serve(listener, app).into_future() => served,
+        () = shutdown => Ok(()),
+    };
+    let _ = stop_core_tx.send(());
+    let _ = core.await;
+    served.map_err(|source| MasterError::Serve { addr, source })
+}

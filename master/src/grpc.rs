@@ -1,0 +1,174 @@
+//! The gRPC face of the master: the scheduler API for frameworks and the
+//! session stream for agents. Each handler turns a request into a message for
+//! the core and waits for its answer; streams are tied to the core by drop
+//! guards, so a vanished peer is noticed at once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use agora_proto::v1::{
+    self, AgentMessage, Event, MasterMessage, agent_service_server::AgentService,
+    scheduler_server::Scheduler,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::{Call, CoreMsg};
+
+/// A handle for sending messages to the core.
+#[derive(Clone)]
+pub struct CoreHandle {
+    tx: mpsc::UnboundedSender<CoreMsg>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl CoreHandle {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<CoreMsg>) -> Self {
+        CoreHandle {
+            tx,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    pub(crate) fn send(&self, msg: CoreMsg) -> Result<(), Status> {
+        self.tx
+            .send(msg)
+            .map_err(|_| Status::unavailable("the master is shutting down"))
+    }
+
+    async fn call(&self, header: Option<v1::CallHeader>, call: Call) -> Result<Response<v1::CallResponse>, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.send(CoreMsg::Call { header, call, reply })?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("the master is shutting down"))??;
+        Ok(Response::new(v1::CallResponse {}))
+    }
+}
+
+/// A stream that tells the core when the peer drops it.
+struct Guarded<T> {
+    inner: UnboundedReceiverStream<Result<T, Status>>,
+    on_drop: Option<(CoreHandle, CoreMsg)>,
+}
+
+impl<T> Stream for Guarded<T> {
+    type Item = Result<T, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+impl<T> Drop for Guarded<T> {
+    fn drop(&mut self) {
+        if let Some((core, msg)) = self.on_drop.take() {
+            let _ = core.send(msg);
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Scheduler for CoreHandle {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, request: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let info = request
+            .into_inner()
+            .framework_info
+            .ok_or_else(|| Status::invalid_argument("subscribe: framework_info is required"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.send(CoreMsg::Subscribe { info, tx, reply })?;
+        let (framework_id, stream_id) = answer
+            .await
+            .map_err(|_| Status::unavailable("the master is shutting down"))??;
+        let stream = Guarded {
+            inner: UnboundedReceiverStream::new(rx),
+            on_drop: Some((self.clone(), CoreMsg::FrameworkClosed { framework_id, stream_id })),
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn accept(&self, r: Request<v1::AcceptRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.call(r.header.clone(), Call::Accept(r)).await
+    }
+
+    async fn decline(&self, r: Request<v1::DeclineRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.call(r.header.clone(), Call::Decline(r)).await
+    }
+
+    async fn revive(&self, r: Request<v1::ReviveRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        self.call(r.into_inner().header, Call::Revive).await
+    }
+
+    async fn suppress(&self, r: Request<v1::SuppressRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        self.call(r.into_inner().header, Call::Suppress).await
+    }
+
+    async fn kill(&self, r: Request<v1::KillRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        let r = r.into_inner();
+        let task = r
+            .task_id
+            .filter(|t| !t.value.is_empty())
+            .ok_or_else(|| Status::invalid_argument("kill: task_id is required"))?;
+        self.call(r.header, Call::Kill(task)).await
+    }
+
+    async fn acknowledge(&self, r: Request<v1::AcknowledgeRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.call(r.header.clone(), Call::Acknowledge(r)).await
+    }
+
+    async fn reconcile(&self, r: Request<v1::ReconcileRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.call(r.header, Call::Reconcile(r.task_ids)).await
+    }
+
+    async fn teardown(&self, r: Request<v1::TeardownRequest>) -> Result<Response<v1::CallResponse>, Status> {
+        self.call(r.into_inner().header, Call::Teardown).await
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for CoreHandle {
+    type SessionStream = MasterStream;
+
+    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<MasterStream>, Status> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = self.clone();
+        let out_tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(message) = inbound.next().await {
+                match message {
+                    Ok(msg) => {
+                        if core.send(CoreMsg::Agent { conn, tx: out_tx.clone(), msg }).is_err() {
+                            break;
+                        }
+                    }
+                    Err(status) => {
+                        tracing::debug!(conn, %status, "agent stream ended with an error");
+                        break;
+                    }
+                }
+            }
+            let _ = core.send(CoreMsg::AgentClosed { conn });
+        });
+        let stream = Guarded {
+            inner: UnboundedReceiverStream::new(rx),
+            on_drop: Some((self.clone(), CoreMsg::AgentClosed { conn })),
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

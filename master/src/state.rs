@@ -1,0 +1,62 @@
+//! The operator's view of the cluster: what `GET /api/v1/state` returns.
+//! Built by the core as one consistent snapshot.
+
+use std::collections::BTreeMap;
+
+use agora_proto::Resources;
+use serde::Serialize;
+
+/// The whole cluster at one instant.
+#[derive(Debug, Serialize)]
+pub struct StateView {
+    pub agents: Vec<AgentView>,
+    pub frameworks: Vec<FrameworkView>,
+    pub tasks: Vec<TaskView>,
+}
+
+/// One agent.
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub hostname: String,
+    /// The agent's own HTTP endpoint, if it serves one.
+    pub endpoint: String,
+    pub attributes: BTreeMap<String, String>,
+    /// `active`, `disconnected` (connection dropped, within the timeout) or
+    /// `unreachable`.
+    pub status: &'static str,
+    pub resources: AgentResources,
+}
+
+/// An agent's resources, split by what holds them.
+#[derive(Debug, Serialize)]
+pub struct AgentResources {
+    pub total: Resources,
+    pub used: Resources,
+    pub offered: Resources,
+}
+
+/// One framework.
+#[derive(Debug, Serialize)]
+pub struct FrameworkView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub active: bool,
+    pub used: Resources,
+    pub offered: Resources,
+    pub task_count: usize,
+}
+
+/// One task (live, unreachable, or recently ended).
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub id: String,
+    pub name: String,
+    pub framework_id: String,
+    pub agent_id: String,
+    pub state: String,
+    pub resources: Resources,
+    pub message: String,
+    pub reason: String,
+}
