@@ -1,1 +1,113 @@
-//! placeholder
+//! The Agora agent: offers this machine's resources to a master, launches the
+//! tasks the master sends through a [`Containerizer`], supervises them, and
+//! delivers their status updates at least once and in order.
+
+mod agent;
+pub mod containerizer;
+pub mod detect;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agora_proto::Resources;
+
+pub use containerizer::{Containerizer, ProcessContainerizer};
+
+/// How an agent is set up.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The master's URL, e.g. `http://127.0.0.1:5050`.
+    pub master: String,
+    /// Resources to offer; `None` detects this machine's.
+    pub resources: Option<Resources>,
+    /// Attributes (`rack:r1;zone:a`) as name/value pairs.
+    pub attributes: Vec<(String, String)>,
+    pub hostname: String,
+    /// Where sandboxes and the agent id live.
+    pub data_dir: PathBuf,
+    /// How long an unacknowledged status update waits before it is resent.
+    pub status_retry_interval: Duration,
+    /// SIGTERM-to-SIGKILL wait for tasks that do not set their own.
+    pub kill_grace_period: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for an agent of `master` keeping its data in `data_dir`.
+    pub fn new(master: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            master: master.into(),
+            resources: None,
+            attributes: Vec::new(),
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into()),
+            data_dir: data_dir.into(),
+            status_retry_interval: Duration::from_secs(10),
+            kill_grace_period: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("creating data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--attributes: `{0}` is not `name:value`")]
+    BadAttribute(String),
+}
+
+/// Parses `--attributes 'rack:r1;zone:a'`.
+pub fn parse_attributes(text: &str) -> Result<Vec<(String, String)>, AgentError> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (name, value) = item
+                .split_once(':')
+                .ok_or_else(|| AgentError::BadAttribute(item.to_string()))?;
+            let (name, value) = (name.trim(), value.trim());
+            if name.is_empty() {
+                return Err(AgentError::BadAttribute(item.to_string()));
+            }
+            Ok((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Runs an agent until `shutdown` resolves; then kills its tasks.
+pub async fn run<C: Containerizer>(
+    config: AgentConfig,
+    containerizer: C,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let resources = config
+        .resources
+        .clone()
+        .unwrap_or_else(|| detect::detect(&config.data_dir));
+    tracing::info!(master = %config.master, resources = %resources, "agent starting");
+    let (agent, events) = agent::Agent::new(config, resources, containerizer);
+    agent.run(events, shutdown).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_parse_and_refuse_nonsense() {
+        let a = parse_attributes("rack:r1; zone:a").expect("valid");
+        assert_eq!(a, vec![("rack".into(), "r1".into()), ("zone".into(), "a".into())]);
+        assert!(matches!(parse_attributes("rack"), Err(AgentError::BadAttribute(_))));
+    }
+}

@@ -417,12 +417,12 @@ impl Core {
                 if let Some(agent) = self.agent_by_conn(conn) {
                     self.status_update(&agent, update);
                 } else {
-                    warn!(conn, "status update before registration; ignored");
+                    refuse_unregistered(&tx);
                 }
             }
             Some(agent_message::Message::Heartbeat(_)) => {
                 if self.agent_by_conn(conn).is_none() {
-                    warn!(conn, "heartbeat from an unregistered connection");
+                    refuse_unregistered(&tx);
                 }
             }
             None => warn!(conn, "empty agent message"),
@@ -600,7 +600,11 @@ impl Core {
         let Some(agent) = self.agents.get_mut(agent_id) else { return };
         warn!(agent = %agent_id, "agent missed its heartbeats; marking it unreachable");
         agent.status = AgentStatus::Unreachable;
-        agent.conn = None;
+        // End the stream, so an agent that was only slow reconnects and
+        // re-registers rather than talking into a dead session.
+        if let Some((_, tx)) = agent.conn.take() {
+            let _ = tx.send(Err(Status::unavailable("agent marked unreachable; register again")));
+        }
         self.rescind_where(|o| o.agent == agent_id);
         self.allocator.remove_agent(agent_id);
         let keys: Vec<TaskKey> = self
@@ -1016,8 +1020,10 @@ impl Core {
             if id.is_empty() {
                 return Err("task_id must not be empty".into());
             }
-            if id.len() > 256 || id.chars().any(|c| c.is_control() || c == '/') {
-                return Err(format!("task `{id}`: task_id must be at most 256 characters, without `/` or control characters"));
+            if id.len() > 256 || id == "." || id == ".." || id.chars().any(|c| c.is_control() || c == '/') {
+                return Err(format!(
+                    "task `{id}`: task_id must be at most 256 characters, not `.` or `..`, without `/` or control characters"
+                ));
             }
             if !seen.insert(id) {
                 return Err(format!("task id `{id}` appears twice in one accept"));
@@ -1126,6 +1132,12 @@ impl Core {
         tasks.sort_by(|a, b| a.framework_id.cmp(&b.framework_id).then(a.id.cmp(&b.id)));
         StateView { agents, frameworks, tasks }
     }
+}
+
+/// Ends a session that talks before registering: the agent reconnects and
+/// registers first.
+fn refuse_unregistered(tx: &AgentTx) {
+    let _ = tx.send(Err(Status::failed_precondition("this session is not registered; register first")));
 }
 
 fn refuse_duration(filters: Option<&v1::Filters>) -> Result<Option<Duration>, Status> {

@@ -15,6 +15,7 @@ use std::future::{Future, IntoFuture};
 use agora_proto::v1::{agent_service_server::AgentServiceServer, scheduler_server::SchedulerServer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tower::ServiceExt;
 
 pub use config::MasterConfig;
 
@@ -48,7 +49,22 @@ pub async fn run(
     let grpc = tonic::service::Routes::new(SchedulerServer::new(handle.clone()))
         .add_service(AgentServiceServer::new(handle.clone()))
         .into_axum_router();
-    let app = grpc.merge(http::router(handle));
+    let operator = http::router(handle);
+    // gRPC and HTTP share the port; both routers have their own fallback, so
+    // requests are steered by content type rather than merged by path.
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let is_grpc = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let router = if is_grpc { grpc.clone() } else { operator.clone() };
+        async move {
+            match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    });
     tracing::info!(%addr, "master listening (gRPC and HTTP)");
     // Not a graceful drain: agent and framework streams never end on their
     // own, and they reconnect to whoever serves next.

@@ -1,0 +1,188 @@
+//! How a task's command becomes running processes. The [`Containerizer`]
+//! trait is what the agent needs; [`ProcessContainerizer`] runs the command
+//! as a plain process group (no isolation), the floor the cgroup
+//! containerizer builds on.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Everything a containerizer needs to start a task.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    /// Task id, for names and logs.
+    pub task_id: String,
+    /// Shell command, run with `sh -c`.
+    pub command: String,
+    /// Environment on top of the agent's.
+    pub env: Vec<(String, String)>,
+    /// The task's own directory: working directory, `stdout`, `stderr`.
+    pub sandbox: PathBuf,
+}
+
+/// Why a launch or a signal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerizerError {
+    #[error("opening {path}: {source}")]
+    Sandbox { path: PathBuf, source: io::Error },
+    #[error("starting `sh -c` for task {task}: {source}")]
+    Spawn { task: String, source: io::Error },
+    #[error("signalling task {task}: {source}")]
+    Signal { task: String, source: nix::Error },
+}
+
+/// A future that resolves when the task's main process exits.
+pub type WaitFuture<'a> = Pin<Box<dyn Future<Output = io::Result<ExitStatus>> + Send + 'a>>;
+
+/// A running task.
+pub trait Container: Send {
+    /// The task's main process.
+    fn pid(&self) -> u32;
+    /// Resolves when the main process exits.
+    fn wait(&mut self) -> WaitFuture<'_>;
+    /// Asks the task to stop (SIGTERM to the task).
+    fn terminate(&self) -> Result<(), ContainerizerError>;
+    /// Kills every process of the task (SIGKILL).
+    fn kill_all(&self) -> Result<(), ContainerizerError>;
+}
+
+/// Starts tasks.
+pub trait Containerizer: Send + Sync + 'static {
+    /// Starts the task; returns once its process exists.
+    fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError>;
+}
+
+/// Runs each task as its own process group, output to the sandbox.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessContainerizer;
+
+struct ProcessContainer {
+    task_id: String,
+    pid: u32,
+    child: tokio::process::Child,
+}
+
+impl Containerizer for ProcessContainerizer {
+    fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError> {
+        let open = |name: &str| {
+            let path = spec.sandbox.join(name);
+            std::fs::File::create(&path).map_err(|source| ContainerizerError::Sandbox { path, source })
+        };
+        let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&spec.command)
+            .current_dir(&spec.sandbox)
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            // Its own process group, so a kill reaches the command's children.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| ContainerizerError::Spawn {
+                task: spec.task_id.clone(),
+                source,
+            })?;
+        let pid = child.id().unwrap_or(0);
+        Ok(Box::new(ProcessContainer {
+            task_id: spec.task_id.clone(),
+            pid,
+            child,
+        }))
+    }
+}
+
+impl ProcessContainer {
+    fn signal(&self, signal: Signal) -> Result<(), ContainerizerError> {
+        match killpg(Pid::from_raw(self.pid as i32), signal) {
+            // The group is already gone: nothing left to signal.
+            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+            Err(source) => Err(ContainerizerError::Signal {
+                task: self.task_id.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+impl Container for ProcessContainer {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn wait(&mut self) -> WaitFuture<'_> {
+        Box::pin(self.child.wait())
+    }
+
+    fn terminate(&self) -> Result<(), ContainerizerError> {
+        self.signal(Signal::SIGTERM)
+    }
+
+    fn kill_all(&self) -> Result<(), ContainerizerError> {
+        self.signal(Signal::SIGKILL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, command: &str) -> LaunchSpec {
+        LaunchSpec {
+            task_id: "t".into(),
+            command: command.into(),
+            env: vec![("GREETING".into(), "hello".into())],
+            sandbox: dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_in_the_sandbox_with_env_and_output_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = ProcessContainerizer
+            .launch(&spec(dir.path(), "echo $GREETING; pwd; echo oops >&2; exit 3"))
+            .expect("launch");
+        let status = c.wait().await.expect("wait");
+        assert_eq!(status.code(), Some(3));
+        let out = std::fs::read_to_string(dir.path().join("stdout")).expect("stdout");
+        let cwd = dir.path().canonicalize().expect("canonical");
+        assert_eq!(out, format!("hello\n{}\n", cwd.display()));
+        assert_eq!(std::fs::read_to_string(dir.path().join("stderr")).expect("stderr"), "oops\n");
+    }
+
+    #[tokio::test]
+    async fn kill_all_reaches_the_commands_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = ProcessContainerizer
+            .launch(&spec(dir.path(), "sleep 60 & echo $! > child; wait"))
+            .expect("launch");
+        let child_file = dir.path().join("child");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let child: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&child_file).ok().and_then(|s| s.trim().parse().ok()) {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "child pid never written");
+            tokio::task::yield_now().await;
+        };
+        c.kill_all().expect("kill");
+        let status = c.wait().await.expect("wait");
+        assert!(status.code().is_none(), "killed by a signal");
+        // The background child is gone too (or a zombie awaiting init).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "child {child} survived: {stat}");
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The driver: a framework's connection to the master. One subscription
+//! stream delivers events to the [`Scheduler`]; calls are unary gRPC and
+//! carry the framework id and stream id of the live subscription.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_proto::v1::{self, event, scheduler_client::SchedulerClient};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::Scheduler;
+
+/// What went wrong talking to the master.
+#[derive(Debug, thiserror::Error)]
+pub enum SdkError {
+    #[error("master URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("not subscribed yet")]
+    NotSubscribed,
+    #[error("the master refused the subscription: {0}")]
+    SubscribeRefused(String),
+    #[error("the master ended this framework's subscription: {0}")]
+    Ended(String),
+    #[error("{call}: {message} ({code:?})")]
+    Call {
+        call: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+}
+
+impl SdkError {
+    /// The gRPC code of a refused call, if it was one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            SdkError::Call { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Who the framework is and where its master lives.
+#[derive(Clone, Debug)]
+pub struct FrameworkConfig {
+    /// e.g. `http://127.0.0.1:5050`.
+    pub master: String,
+    pub name: String,
+    /// The role whose share the framework draws on ("*" by default).
+    pub role: String,
+    /// How long the master keeps the framework's tasks while it is away.
+    pub failover_timeout: Duration,
+    /// Resume this framework id instead of registering a new framework.
+    pub framework_id: Option<String>,
+    /// Acknowledge each status update when `status_update` returns.
+    pub auto_acknowledge: bool,
+}
+
+impl FrameworkConfig {
+    /// A framework called `name` for the master at `master`.
+    pub fn new(master: impl Into<String>, name: impl Into<String>) -> Self {
+        FrameworkConfig {
+            master: master.into(),
+            name: name.into(),
+            role: "*".into(),
+            failover_timeout: Duration::from_secs(7 * 24 * 3600),
+            framework_id: None,
+            auto_acknowledge: true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Subscription {
+    framework_id: Option<String>,
+    stream_id: Option<String>,
+}
+
+/// A cheap, cloneable handle for calls to the master.
+#[derive(Clone)]
+pub struct Driver {
+    config: Arc<FrameworkConfig>,
+    client: SchedulerClient<Channel>,
+    // A std mutex: held only to copy ids, never across an `.await`.
+    subscription: Arc<Mutex<Subscription>>,
+    stop: Arc<watch::Sender<Stop>>,
+}
+
+/// What [`Driver::run`] is asked to do next.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    Running,
+    Leave,
+    Teardown,
+}
+
+fn call_error(call: &'static str, status: tonic::Status) -> SdkError {
+    SdkError::Call {
+        call,
+        code: status.code(),
+        message: status.message().to_string(),
+    }
+}
+
+impl Driver {
+    /// A driver for `config`; connects lazily, in [`Driver::run`].
+    pub fn new(config: FrameworkConfig) -> Result<Driver, SdkError> {
+        let bad = |reason: String| SdkError::BadUrl {
+            url: config.master.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(config.master.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        let (stop, _) = watch::channel(Stop::Running);
+        let subscription = Subscription {
+            framework_id: config.framework_id.clone(),
+            stream_id: None,
+        };
+        Ok(Driver {
+            client: SchedulerClient::new(channel),
+            config: Arc::new(config),
+            subscription: Arc::new(Mutex::new(subscription)),
+            stop: Arc::new(stop),
+        })
+    }
+
+    /// The framework id, once subscribed.
+    pub fn framework_id(&self) -> Option<String> {
+        self.subscription.lock().ok().and_then(|s| s.framework_id.clone())
+    }
+
+    fn header(&self) -> Result<v1::CallHeader, SdkError> {
+        let s = self.subscription.lock().map_err(|_| SdkError::NotSubscribed)?;
+        match (&s.framework_id, &s.stream_id) {
+            (Some(f), Some(stream)) => Ok(v1::CallHeader {
+                framework_id: Some(v1::FrameworkId { value: f.clone() }),
+                stream_id: stream.clone(),
+            }),
+            _ => Err(SdkError::NotSubscribed),
+        }
+    }
+
+    /// Launches `tasks` on the resources of `offer_ids` (all on one agent);
+    /// what the tasks do not use is declined with `refuse_seconds`.
+    pub async fn accept(&self, offer_ids: &[&str], tasks: Vec<v1::TaskInfo>, refuse_seconds: Option<f64>) -> Result<(), SdkError> {
+        let request = v1::AcceptRequest {
+            header: Some(self.header()?),
+            offer_ids: offer_ids.iter().map(|id| v1::OfferId { value: id.to_string() }).collect(),
+            tasks,
+            filters: Some(v1::Filters { refuse_seconds }),
+        };
+        self.client.clone().accept(request).await.map_err(|s| call_error("accept", s))?;
+        Ok(())
+    }
+
+    /// Declines offers; the agent is not offered again for `refuse_seconds`
+    /// (default 5).
+    pub async fn decline(&self, offer_ids: &[&str], refuse_seconds: Option<f64>) -> Result<(), SdkError> {
+        let request = v1::DeclineRequest {
+            header: Some(self.header()?),
+            offer_ids: offer_ids.iter().map(|id| v1::OfferId { value: id.to_string() }).collect(),
+            filters: Some(v1::Filters { refuse_seconds }),
+        };
+        self.client.clone().decline(request).await.map_err(|s| call_error("decline", s))?;
+        Ok(())
+    }
+
+    /// Asks for offers again, clearing every refusal filter.
+    pub async fn revive(&self) -> Result<(), SdkError> {
+        let request = v1::ReviveRequest { header: Some(self.header()?) };
+        self.client.clone().revive(request).await.map_err(|s| call_error("revive", s))?;
+        Ok(())
+    }
+
+    /// Stops offers until [`Driver::revive`].
+    pub async fn suppress(&self) -> Result<(), SdkError> {
+        let request = v1::SuppressRequest { header: Some(self.header()?) };
+        self.client.clone().suppress(request).await.map_err(|s| call_error("suppress", s))?;
+        Ok(())
+    }
+
+    /// Kills a task; its end arrives as a status update.
+    pub async fn kill(&self, task_id: &str) -> Result<(), SdkError> {
+        let request = v1::KillRequest {
+            header: Some(self.header()?),
+            task_id: Some(v1::TaskId { value: task_id.to_string() }),
+        };
+        self.client.clone().kill(request).await.map_err(|s| call_error("kill", s))?;
+        Ok(())
+    }
+
+    /// Acknowledges a status update (done for you unless `auto_acknowledge`
+    /// is off). Updates without a uuid need none.
+    pub async fn acknowledge(&self, status: &v1::TaskStatus) -> Result<(), SdkError> {
+        if status.uuid.is_empty() {
+            return Ok(());
+        }
+        let request = v1::AcknowledgeRequest {
+            header: Some(self.header()?),
+            agent_id: status.agent_id.clone(),
+            task_id: status.task_id.clone(),
+            uuid: status.uuid.clone(),
+        };
+        self.client.clone().acknowledge(request).await.map_err(|s| call_error("acknowledge", s))?;
+        Ok(())
+    }
+
+    /// Asks for the latest state of these tasks (all live tasks when empty);
+    /// answers arrive as status updates.
+    pub async fn reconcile(&self, task_ids: &[&str]) -> Result<(), SdkError> {
+        let request = v1::ReconcileRequest {
+            header: Some(self.header()?),
+            task_ids: task_ids.iter().map(|id| v1::TaskId { value: id.to_string() }).collect(),
+        };
+        self.client.clone().reconcile(request).await.map_err(|s| call_error("reconcile", s))?;
+        Ok(())
+    }
+
+    /// Asks [`Driver::run`] to remove the framework from the master (its
+    /// tasks are killed) and return. Safe inside a callback: the teardown is
+    /// sent once the callback and its acknowledgement are done.
+    pub fn teardown(&self) {
+        self.stop.send_replace(Stop::Teardown);
+    }
+
+    /// Asks [`Driver::run`] to return without tearing down: the master keeps
+    /// the framework's tasks for its failover timeout.
+    pub fn stop(&self) {
+        self.stop.send_if_modified(|s| {
+            let leave = *s == Stop::Running;
+            if leave {
+                *s = Stop::Leave;
+            }
+            leave
+        });
+    }
+
+    async fn finish<S>(&self, scheduler: S) -> Result<S, SdkError> {
+        if *self.stop.borrow() == Stop::Teardown {
+            let request = v1::TeardownRequest { header: Some(self.header()?) };
+            self.client
+                .clone()
+                .teardown(request)
+                .await
+                .map_err(|s| call_error("teardown", s))?;
+            info!("framework torn down");
+        }
+        Ok(scheduler)
+    }
+
+    /// Subscribes and feeds events to `scheduler` until [`Driver::stop`] or
+    /// [`Driver::teardown`]; reconnects with backoff when the master goes
+    /// away. Hands the scheduler back when stopped; fails when the master
+    /// refuses or ends the subscription.
+    pub async fn run<S: Scheduler>(&self, mut scheduler: S) -> Result<S, SdkError> {
+        let mut stop = self.stop.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *stop.borrow() != Stop::Running {
+                return self.finish(scheduler).await;
+            }
+            let info = v1::FrameworkInfo {
+                name: self.config.name.clone(),
+                role: self.config.role.clone(),
+                failover_timeout: self.config.failover_timeout.as_secs_f64(),
+                id: self.framework_id().map(|value| v1::FrameworkId { value }),
+                ..Default::default()
+            };
+            let subscribed = self
+                .client
+                .clone()
+                .subscribe(v1::SubscribeRequest { framework_info: Some(info) })
+                .await;
+            let mut events = match subscribed {
+                Ok(response) => response.into_inner(),
+                Err(status) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::PermissionDenied) => {
+                    return Err(SdkError::SubscribeRefused(status.message().to_string()));
+                }
+                Err(status) => {
+                    warn!(code = ?status.code(), message = %status.message(), "subscribing failed; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return self.finish(scheduler).await,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            // Silence for three heartbeats means the master is gone.
+            let mut silence = Duration::from_secs(45);
+            loop {
+                let next = tokio::select! {
+                    next = tokio::time::timeout(silence, events.message()) => next,
+                    _ = stop.changed() => return self.finish(scheduler).await,
+                };
+                let event = match next {
+                    Ok(Ok(Some(e))) => e,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(status)) => {
+                        if status.code() == tonic::Code::Aborted {
+                            // Torn down by the master: nothing to resume.
+                            return Err(SdkError::Ended(status.message().to_string()));
+                        }
+                        warn!(message = %status.message(), "event stream failed");
+                        break;
+                    }
+                    Err(_) => {
+                        warn!("no heartbeat from the master; reconnecting");
+                        break;
+                    }
+                };
+                match event.event {
+                    Some(event::Event::Subscribed(s)) => {
+                        let id = s.framework_id.map(|f| f.value).unwrap_or_default();
+                        if let Ok(mut sub) = self.subscription.lock() {
+                            sub.framework_id = Some(id.clone());
+                            sub.stream_id = Some(s.stream_id);
+                        }
+                        if s.heartbeat_interval_seconds.is_finite() && s.heartbeat_interval_seconds > 0.0 {
+                            silence = Duration::from_secs_f64(s.heartbeat_interval_seconds * 3.0);
+                        }
+                        backoff = Duration::from_millis(100);
+                        info!(framework = %id, "subscribed");
+                        scheduler.subscribed(self, &id).await;
+                    }
+                    Some(event::Event::Offers(o)) => scheduler.offers(self, o.offers).await,
+                    Some(event::Event::Rescind(r)) => {
+                        let id = r.offer_id.map(|o| o.value).unwrap_or_default();
+                        scheduler.rescinded(self, &id).await;
+                    }
+                    Some(event::Event::Update(u)) => {
+                        if let Some(status) = u.status {
+                            scheduler.status_update(self, status.clone()).await;
+                            if self.config.auto_acknowledge
+                                && let Err(e) = self.acknowledge(&status).await
+                            {
+                                warn!("{e}");
+                            }
+                        }
+                    }
+                    Some(event::Event::Failure(f)) => {
+                        let agent = f.agent_id.map(|a| a.value).unwrap_or_default();
+                        scheduler.failure(self, &agent, &f.message).await;
+                    }
+                    Some(event::Event::Error(e)) => {
+                        // Errors end the subscription (e.g. another scheduler
+                        // took over); resubscribing would steal it back.
+                        scheduler.error(self, &e.message).await;
+                        return Err(SdkError::Ended(e.message));
+                    }
+                    Some(event::Event::Heartbeat(_)) | None => {}
+                }
+            }
+            if let Ok(mut sub) = self.subscription.lock() {
+                sub.stream_id = None;
+            }
+            scheduler.disconnected(self).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return self.finish(scheduler).await,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}

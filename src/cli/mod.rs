@@ -1,0 +1,159 @@
+//! Command-line parsing and dispatch.
+
+mod run;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "agora", version, about = "Agora: a cluster manager in the Mesos tradition")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole system in one process: master and one agent with this
+    /// machine's resources.
+    Dev(DevArgs),
+    /// Run a master.
+    Master(MasterArgs),
+    /// Run an agent that offers this machine to a master.
+    Agent(AgentArgs),
+    /// Show the cluster's state.
+    State(StateArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct MasterFlags {
+    /// An agent silent this long is marked unreachable (e.g. `15s`, `500ms`).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub agent_timeout: Duration,
+    /// Offers unanswered this long are rescinded.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub offer_timeout: Duration,
+    /// Period of the batch allocation pass.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub allocation_interval: Duration,
+    /// Role weights for DRF, e.g. `prod=2,dev=1`.
+    #[arg(long, default_value = "")]
+    pub weights: String,
+}
+
+#[derive(Args, Clone)]
+pub struct AgentFlags {
+    /// Resources to offer instead of detecting them,
+    /// e.g. `cpus:4;mem:8192;disk:20000;ports:[31000-32000]`.
+    #[arg(long)]
+    pub resources: Option<String>,
+    /// Attributes, e.g. `rack:r1;zone:a`.
+    #[arg(long, default_value = "")]
+    pub attributes: String,
+    /// Hostname to report (default: this machine's).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// How long an unacknowledged status update waits before it is resent.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub status_retry: Duration,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Address for gRPC, the HTTP API and the web UI.
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    listen: String,
+    /// Where the agent keeps sandboxes and its id.
+    #[arg(long, default_value = "./agora-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    master: MasterFlags,
+    #[command(flatten)]
+    agent: AgentFlags,
+}
+
+#[derive(Args)]
+struct MasterArgs {
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    listen: String,
+    #[command(flatten)]
+    master: MasterFlags,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The master's URL.
+    #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+    master: String,
+    #[arg(long, default_value = "./agora-agent-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    agent: AgentFlags,
+}
+
+#[derive(Args)]
+struct StateArgs {
+    #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+    master: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses `15s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 15s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+pub fn main_exec() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Dev(a) => runtime.block_on(run::dev(a.listen, a.data_dir, a.master, a.agent)),
+        Command::Master(a) => runtime.block_on(run::master(a.listen, a.master)),
+        Command::Agent(a) => runtime.block_on(run::agent(a.master, a.data_dir, a.agent)),
+        Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

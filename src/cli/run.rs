@@ -1,0 +1,106 @@
+//! The long-running roles: `dev`, `master`, `agent`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agora_agent::{AgentConfig, ProcessContainerizer};
+use agora_master::MasterConfig;
+use agora_proto::Resources;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{AgentFlags, MasterFlags};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn master_config(flags: &MasterFlags) -> anyhow::Result<MasterConfig> {
+    Ok(MasterConfig {
+        agent_timeout: flags.agent_timeout,
+        offer_timeout: flags.offer_timeout,
+        allocation_interval: flags.allocation_interval,
+        role_weights: agora_master::config::parse_weights(&flags.weights)?,
+        ..MasterConfig::default()
+    })
+}
+
+fn agent_config(master: String, data_dir: PathBuf, flags: &AgentFlags) -> anyhow::Result<AgentConfig> {
+    let mut config = AgentConfig::new(master, data_dir);
+    if let Some(text) = &flags.resources {
+        config.resources = Some(Resources::parse(text).context("--resources")?);
+    }
+    config.attributes = agora_agent::parse_attributes(&flags.attributes)?;
+    if let Some(hostname) = &flags.hostname {
+        config.hostname = hostname.clone();
+    }
+    config.status_retry_interval = flags.status_retry;
+    Ok(config)
+}
+
+async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // Printed on stdout so that scripts (and tests) can find an ephemeral port.
+    println!("agora listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    Ok((listener, format!("http://{addr}")))
+}
+
+pub async fn dev(listen: String, data_dir: PathBuf, master: MasterFlags, agent: AgentFlags) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = master_config(&master)?;
+    let (listener, url) = bind(&listen).await?;
+    let agent_config = agent_config(url.clone(), data_dir, &agent)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let master_task = tokio::spawn(agora_master::run(listener, config, stopped(stop_rx.clone())));
+    let agent_task = tokio::spawn(agora_agent::run(agent_config, ProcessContainerizer, stopped(stop_rx)));
+    eprintln!("agora dev: master and agent up; state at {url}/api/v1/state; Ctrl-C stops both");
+    terminated().await;
+    stop_tx.send_replace(true);
+    agent_task.await.context("agent task")??;
+    master_task.await.context("master task")??;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn master(listen: String, flags: MasterFlags) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = master_config(&flags)?;
+    let (listener, _) = bind(&listen).await?;
+    agora_master::run(listener, config, terminated()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agent(master: String, data_dir: PathBuf, flags: AgentFlags) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = agent_config(master, data_dir, &flags)?;
+    agora_agent::run(config, ProcessContainerizer, terminated()).await?;
+    Ok(ExitCode::SUCCESS)
+}
