@@ -1,0 +1,4 @@
+//! End-to-end tests of the whole system: one test binary, real processes.
+
+mod spine;
+mod support;

@@ -1,0 +1,270 @@
+//! The spine end to end: master, agents and frameworks as real processes and
+//! real gRPC streams on loopback, tasks as real processes.
+
+use std::time::{Duration, Instant};
+
+use agora_sdk::{Resources, TaskState, offer_id, offer_resources, status_state, task};
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+const AGENT_4CPU: &str = "cpus:4;mem:4096;disk:1000;ports:[31000-31099]";
+
+fn small_task() -> Resources {
+    Resources::new().with_scalar("cpus", 1.0).with_scalar("mem", 128.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_of_two_frameworks_on_two_agents_finish_and_show_in_state() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let (d1, d2) = (tempdir(), tempdir());
+    let _a1 = start_agent(&url, d1.path(), AGENT_4CPU, "host-a");
+    let _a2 = start_agent(&url, d2.path(), AGENT_4CPU, "host-b");
+    wait_for_agents(&url, 2).await;
+
+    let per_task = Resources::new().with_scalar("cpus", 0.5).with_scalar("mem", 64.0);
+    let (mut one, done1) = Launcher::new("one", "echo hi from $AGORA_TASK_ID; echo port=$PORT0", per_task.clone(), 3);
+    one.ports = 1;
+    let (two, done2) = Launcher::new("two", "true", per_task, 3);
+    let f1 = spawn_launcher(&url, "first", "*", one);
+    let f2 = spawn_launcher(&url, "second", "*", two);
+    wait_until("all six tasks to end", Duration::from_secs(30), || async {
+        (all_ended(&done1, 3) && all_ended(&done2, 3)).then_some(())
+    })
+    .await;
+    assert_eq!(count_in(&done1, TaskState::TaskFinished), 3);
+    assert_eq!(count_in(&done2, TaskState::TaskFinished), 3);
+
+    let s = state(&url).await;
+    let tasks = s["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 6, "{s:#}");
+    assert!(tasks.iter().all(|t| t["state"] == "TASK_FINISHED"), "{s:#}");
+    let ids: Vec<&str> = tasks.iter().filter_map(|t| t["framework_id"].as_str()).collect();
+    let (id1, id2) = (f1.framework_id().expect("id"), f2.framework_id().expect("id"));
+    assert_eq!(ids.iter().filter(|i| **i == id1).count(), 3);
+    assert_eq!(ids.iter().filter(|i| **i == id2).count(), 3);
+    let agents = s["agents"].as_array().expect("agents");
+    let hosts: Vec<&str> = agents.iter().filter_map(|a| a["hostname"].as_str()).collect();
+    assert_eq!(hosts, vec!["host-a", "host-b"]);
+    assert_eq!(agents[0]["attributes"]["host"], "host-a");
+    assert_eq!(agents[0]["resources"]["total"]["cpus"], 4.0);
+    let names: Vec<&str> = s["frameworks"].as_array().expect("frameworks").iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(names, vec!["first", "second"]);
+
+    // The task's output landed in its sandbox.
+    let stdout = ["one-0", "one-1", "one-2"]
+        .iter()
+        .flat_map(|t| [d1.path(), d2.path()].map(|d| sandbox_file(d, &id1, t, "stdout")))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect::<Vec<_>>();
+    assert_eq!(stdout.len(), 3);
+    assert!(stdout.iter().all(|o| o.starts_with("hi from one-") && o.contains("port=310")), "{stdout:?}");
+}
+
+/// Runs two hungry frameworks (one 1-cpu `sleep` task per offer, more than
+/// the cluster holds) and returns how many tasks each got running.
+async fn hungry_split(master_flags: &[&str], agents: &[&str], roles: (&str, &str), wanted: u32) -> (usize, usize) {
+    let master = start_master("127.0.0.1:0", master_flags);
+    let url = master.url.clone().expect("url");
+    let dirs: Vec<_> = agents.iter().map(|_| tempdir()).collect();
+    let _agents: Vec<Proc> = agents
+        .iter()
+        .zip(&dirs)
+        .enumerate()
+        .map(|(i, (r, d))| start_agent(&url, d.path(), r, &format!("host-{i}")))
+        .collect();
+    wait_for_agents(&url, agents.len()).await;
+    let total_cpus: f64 = agents.iter().map(|r| Resources::parse(r).expect("valid").scalar("cpus")).sum();
+
+    let (mut a, done_a) = Launcher::new("a", "sleep 60", small_task(), wanted);
+    let (mut b, done_b) = Launcher::new("b", "sleep 60", small_task(), wanted);
+    a.one_per_offer = true;
+    b.one_per_offer = true;
+    let fa = spawn_launcher(&url, "a", roles.0, a);
+    let fb = spawn_launcher(&url, "b", roles.1, b);
+    wait_until("the cluster to fill up", Duration::from_secs(30), || async {
+        let running = count_in(&done_a, TaskState::TaskRunning) + count_in(&done_b, TaskState::TaskRunning);
+        (running as f64 == total_cpus).then_some(())
+    })
+    .await;
+    let split = (count_in(&done_a, TaskState::TaskRunning), count_in(&done_b, TaskState::TaskRunning));
+    fa.teardown();
+    fb.teardown();
+    split
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hungry_frameworks_of_equal_weight_split_the_cluster_evenly() {
+    let (a, b) = hungry_split(&[], &[AGENT_4CPU, "cpus:3;mem:4096"], ("*", "*"), 10).await;
+    assert_eq!(a + b, 7);
+    assert!(a.abs_diff(b) <= 1, "DRF split {a} vs {b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_of_weight_two_gets_twice_the_share() {
+    let (p, d) = hungry_split(&["--weights", "prod=2"], &["cpus:6;mem:4096"], ("prod", "dev"), 10).await;
+    assert_eq!((p, d), (4, 2), "weighted DRF split");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_agent_goes_to_the_other_framework_until_the_filter_expires() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT_4CPU, "host-a");
+    wait_for_agents(&url, 1).await;
+
+    let mut f1 = TestFramework::start(&url, "f1", "*").await;
+    let first = f1.next_offers(Duration::from_secs(10)).await;
+    let mut f2 = TestFramework::start(&url, "f2", "*").await;
+    let refuse = Duration::from_secs(3);
+    f1.driver.decline(&[offer_id(&first[0])], Some(refuse.as_secs_f64())).await.expect("decline");
+    let declined_at = Instant::now();
+
+    // f2 gets the agent; it holds the offer a moment, then refuses it for long.
+    let second = f2.next_offers(Duration::from_secs(10)).await;
+    assert_eq!(second[0].agent_id, first[0].agent_id);
+    f2.driver.decline(&[offer_id(&second[0])], Some(3600.0)).await.expect("decline");
+
+    // f1 sees the agent again only once its filter has expired.
+    let again = f1.next_offers(Duration::from_secs(10)).await;
+    let waited = declined_at.elapsed();
+    assert_eq!(again[0].agent_id, first[0].agent_id);
+    assert!(waited >= refuse, "re-offered after {waited:?}, before the {refuse:?} filter expired");
+    f1.teardown().await;
+    f2.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_agent_reports_its_tasks_unreachable_and_a_frozen_one_comes_back() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let (d1, d2) = (tempdir(), tempdir());
+    let mut doomed = start_agent(&url, d1.path(), "cpus:1;mem:1024", "doomed");
+    let frozen = start_agent(&url, d2.path(), "cpus:1;mem:1024", "frozen");
+    wait_for_agents(&url, 2).await;
+
+    let mut f = TestFramework::start(&url, "watcher", "*").await;
+    let mut placed = Vec::new();
+    while placed.len() < 2 {
+        for offer in f.next_offers(Duration::from_secs(10)).await {
+            let id = format!("t-{}", offer.hostname);
+            let cmd = "echo $$ > pid; exec sleep 60";
+            f.driver.accept(&[offer_id(&offer)], vec![task(&id, cmd, &small_task())], Some(3600.0)).await.expect("accept");
+            placed.push((id, offer.hostname.clone()));
+        }
+    }
+    f.wait_all(&["t-doomed", "t-frozen"], TaskState::TaskRunning, Duration::from_secs(10)).await;
+    let orphan = wait_until("the task's pid file", Duration::from_secs(10), || async {
+        std::fs::read_to_string(sandbox_file(d1.path(), &f.id, "t-doomed", "pid")).ok()?.trim().parse::<i32>().ok()
+    })
+    .await;
+
+    // SIGKILL: the agent's connection drops and it never heartbeats again.
+    doomed.kill_hard();
+    let killed_at = Instant::now();
+    let update = f.wait_state("t-doomed", TaskState::TaskUnreachable, Duration::from_secs(10)).await;
+    assert!(killed_at.elapsed() < Duration::from_secs(10));
+    assert_eq!(update.agent_id.map(|a| a.value).unwrap_or_default().is_empty(), false);
+    kill_group(orphan);
+
+    // SIGSTOP: the connection stays open but goes silent; after SIGCONT the
+    // agent re-registers and its task is running again.
+    frozen.signal(Signal::SIGSTOP);
+    f.wait_state("t-frozen", TaskState::TaskUnreachable, Duration::from_secs(10)).await;
+    let s = state(&url).await;
+    let status = s["agents"].as_array().expect("agents").iter().find(|a| a["hostname"] == "frozen").map(|a| a["status"].clone());
+    assert_eq!(status, Some("unreachable".into()));
+    frozen.signal(Signal::SIGCONT);
+    let back = f.wait_state("t-frozen", TaskState::TaskRunning, Duration::from_secs(15)).await;
+    assert_eq!(status_state(&back), TaskState::TaskRunning);
+    wait_until("the frozen agent to be active again", Duration::from_secs(10), || async {
+        let s = state(&url).await;
+        s["agents"].as_array()?.iter().any(|a| a["hostname"] == "frozen" && a["status"] == "active").then_some(())
+    })
+    .await;
+    f.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_update_made_while_the_master_is_down_arrives_when_it_is_back() {
+    let mut master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let listen = url.trim_start_matches("http://").to_string();
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT_4CPU, "host-a");
+    wait_for_agents(&url, 1).await;
+
+    let mut f = TestFramework::start(&url, "patient", "*").await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    // The task ends only when the test says so, which is while the master is down.
+    let gate = dir.path().join("gate");
+    let cmd = format!("while [ ! -e {} ]; do sleep 0.05; done; echo done", gate.display());
+    f.driver.accept(&[offer_id(&offer)], vec![task("survivor", &cmd, &small_task())], None).await.expect("accept");
+    f.wait_state("survivor", TaskState::TaskRunning, Duration::from_secs(10)).await;
+
+    master.kill_hard();
+    std::fs::write(&gate, b"").expect("open the gate");
+    let output = sandbox_file(dir.path(), &f.id, "survivor", "stdout");
+    wait_until("the task to finish while the master is down", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&output).ok().filter(|o| o.contains("done")).map(|_| ())
+    })
+    .await;
+
+    let master = start_master(&listen, &[]);
+    let finished = f.wait_state("survivor", TaskState::TaskFinished, Duration::from_secs(30)).await;
+    assert_eq!(finished.exit_code, Some(0));
+    let s = state(master.url.as_deref().expect("url")).await;
+    let t = s["tasks"].as_array().expect("tasks").iter().find(|t| t["id"] == "survivor").cloned();
+    assert_eq!(t.map(|t| t["state"].clone()), Some("TASK_FINISHED".into()), "{s:#}");
+    f.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_accepts_launch_nothing_and_leak_nothing() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT_4CPU, "host-a");
+    wait_for_agents(&url, 1).await;
+    let total = Resources::parse(AGENT_4CPU).expect("valid");
+    let mut f = TestFramework::start(&url, "careless", "*").await;
+
+    // Resources beyond the offer.
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    let greedy = Resources::new().with_scalar("cpus", 64.0).with_scalar("mem", 128.0);
+    let err = f.driver.accept(&[offer_id(&offer)], vec![task("big", "true", &greedy)], Some(0.0)).await.expect_err("too big");
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
+    assert!(err.to_string().contains("not within the offer"), "{err}");
+
+    // The offer's resources came back whole; use them for one valid task.
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    assert_eq!(offer_resources(&offer), total);
+    f.driver.accept(&[offer_id(&offer)], vec![task("keeper", "sleep 60", &small_task())], Some(0.0)).await.expect("valid accept");
+
+    // The same offer again.
+    let err = f.driver.accept(&[offer_id(&offer)], vec![task("again", "true", &small_task())], Some(0.0)).await.expect_err("reused offer");
+    assert!(err.to_string().contains("not outstanding"), "{err}");
+
+    // A task id already in use, and one named twice in an accept.
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    assert_eq!(offer_resources(&offer), total.minus(&small_task()));
+    let err = f.driver.accept(&[offer_id(&offer)], vec![task("keeper", "true", &small_task())], Some(0.0)).await.expect_err("duplicate id");
+    assert!(err.to_string().contains("already in use"), "{err}");
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    let twice = vec![task("twin", "true", &small_task()), task("twin", "true", &small_task())];
+    let err = f.driver.accept(&[offer_id(&offer)], twice, Some(0.0)).await.expect_err("twice in one accept");
+    assert!(err.to_string().contains("appears twice"), "{err}");
+
+    // Nothing was launched or leaked: one task, using one task's resources,
+    // and the rest of the agent on offer again.
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    assert_eq!(offer_resources(&offer), total.minus(&small_task()));
+    let s = state(&url).await;
+    let tasks = s["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 1, "{s:#}");
+    assert_eq!(tasks[0]["id"], "keeper");
+    assert_eq!(s["agents"][0]["resources"]["used"]["cpus"], 1.0);
+    f.teardown().await;
+}

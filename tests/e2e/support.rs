@@ -1,0 +1,389 @@
+//! Shared test support: real `agora` processes on loopback, test frameworks
+//! built on the SDK, and waiting on conditions with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agora_sdk::{
+    Driver, FrameworkConfig, Offer, Resources, Scheduler, SdkError, TaskState, TaskStatus, is_terminal,
+    offer_id, offer_resources, status_state, status_task_id, task, with_ports,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after
+/// `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `agora` process; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    child: Child,
+    pub url: Option<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], wait_for_url: bool) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(args)
+            .env("AGORA_LOG", std::env::var("AGORA_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning agora");
+        let mut url = None;
+        if wait_for_url {
+            let stdout = child.stdout.take().expect("stdout");
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).expect("reading the listen line");
+            url = Some(
+                line.trim()
+                    .strip_prefix("agora listening on ")
+                    .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+                    .to_string(),
+            );
+        }
+        Proc { child, url }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(self.pid(), signal);
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill_hard(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then SIGKILL if it lingers.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        self.signal(Signal::SIGCONT);
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_hard();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Master flags that make failures show up within a test's patience.
+pub const FAST_MASTER: &[&str] = &["--agent-timeout", "2s", "--allocation-interval", "100ms"];
+
+/// Starts a master on an ephemeral loopback port (or `listen`).
+pub fn start_master(listen: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["master", "--listen", listen];
+    args.extend_from_slice(FAST_MASTER);
+    args.extend_from_slice(extra);
+    Proc::spawn(&args, true)
+}
+
+/// Starts an agent offering `resources`, keeping its data in `data_dir`.
+pub fn start_agent(master: &str, data_dir: &Path, resources: &str, hostname: &str) -> Proc {
+    let data_dir = data_dir.to_str().expect("utf-8 path");
+    Proc::spawn(
+        &[
+            "agent",
+            "--master",
+            master,
+            "--data-dir",
+            data_dir,
+            "--resources",
+            resources,
+            "--hostname",
+            hostname,
+            "--attributes",
+            &format!("host:{hostname}"),
+            "--status-retry",
+            "1s",
+        ],
+        false,
+    )
+}
+
+/// The master's `/api/v1/state`.
+pub async fn state(master: &str) -> Value {
+    reqwest::get(format!("{master}/api/v1/state"))
+        .await
+        .expect("GET /api/v1/state")
+        .json()
+        .await
+        .expect("state JSON")
+}
+
+/// Waits until the master lists `count` active agents.
+pub async fn wait_for_agents(master: &str, count: usize) -> Value {
+    wait_until(&format!("{count} active agents"), Duration::from_secs(20), || async {
+        let s = state(master).await;
+        let active = s["agents"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|a| a["status"] == "active").count());
+        (active == count).then_some(s)
+    })
+    .await
+}
+
+/// What a [`Recorder`] saw.
+#[derive(Debug)]
+pub enum Seen {
+    Subscribed(String),
+    Offers(Vec<Offer>),
+    Rescinded(String),
+    Update(TaskStatus),
+    Error(String),
+    Disconnected,
+}
+
+/// A scheduler that does nothing but report; the test drives the driver.
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<Seen>,
+}
+
+impl Scheduler for Recorder {
+    async fn subscribed(&mut self, _: &Driver, framework_id: &str) {
+        let _ = self.tx.send(Seen::Subscribed(framework_id.to_string()));
+    }
+    async fn offers(&mut self, _: &Driver, offers: Vec<Offer>) {
+        let _ = self.tx.send(Seen::Offers(offers));
+    }
+    async fn rescinded(&mut self, _: &Driver, offer_id: &str) {
+        let _ = self.tx.send(Seen::Rescinded(offer_id.to_string()));
+    }
+    async fn status_update(&mut self, _: &Driver, status: TaskStatus) {
+        let _ = self.tx.send(Seen::Update(status));
+    }
+    async fn error(&mut self, _: &Driver, message: &str) {
+        let _ = self.tx.send(Seen::Error(message.to_string()));
+    }
+    async fn disconnected(&mut self, _: &Driver) {
+        let _ = self.tx.send(Seen::Disconnected);
+    }
+}
+
+/// A framework run by a [`Recorder`], with its event stream.
+pub struct TestFramework {
+    pub driver: Driver,
+    pub events: mpsc::UnboundedReceiver<Seen>,
+    pub id: String,
+    run: tokio::task::JoinHandle<Result<Recorder, SdkError>>,
+}
+
+impl TestFramework {
+    pub async fn start(master: &str, name: &str, role: &str) -> TestFramework {
+        let mut config = FrameworkConfig::new(master, name);
+        config.role = role.to_string();
+        let driver = Driver::new(config).expect("driver");
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let runner = driver.clone();
+        let run = tokio::spawn(async move { runner.run(Recorder { tx }).await });
+        let id = match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+            Ok(Some(Seen::Subscribed(id))) => id,
+            other => panic!("{name}: expected a subscription, got {other:?}"),
+        };
+        TestFramework { driver, events, id, run }
+    }
+
+    /// The next event, or panics after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Seen {
+        match tokio::time::timeout(timeout, self.events.recv()).await {
+            Ok(Some(seen)) => seen,
+            Ok(None) => panic!("framework stopped"),
+            Err(_) => panic!("no event within {timeout:?}"),
+        }
+    }
+
+    /// Skips events until an offer batch arrives.
+    pub async fn next_offers(&mut self, timeout: Duration) -> Vec<Offer> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Seen::Offers(o) = self.next(left).await {
+                return o;
+            }
+        }
+    }
+
+    /// Skips events until a status update matching `pred` arrives.
+    pub async fn next_update(&mut self, timeout: Duration, pred: impl Fn(&TaskStatus) -> bool) -> TaskStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Seen::Update(s) = self.next(left).await
+                && pred(&s)
+            {
+                return s;
+            }
+        }
+    }
+
+    /// Waits for `task` to reach `state`.
+    pub async fn wait_state(&mut self, task_id: &str, state: TaskState, timeout: Duration) -> TaskStatus {
+        self.next_update(timeout, |s| status_task_id(s) == task_id && status_state(s) == state)
+            .await
+    }
+
+    /// Waits for every one of `task_ids` to reach `state`, in any order.
+    pub async fn wait_all(&mut self, task_ids: &[&str], state: TaskState, timeout: Duration) {
+        let mut left: Vec<&str> = task_ids.to_vec();
+        let deadline = Instant::now() + timeout;
+        while !left.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let s = self.next_update(remaining, |s| status_state(s) == state).await;
+            left.retain(|id| *id != status_task_id(&s));
+        }
+    }
+
+    pub async fn teardown(self) {
+        self.driver.teardown();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.run).await;
+    }
+}
+
+/// Outcomes a [`Launcher`] records: task id → latest state.
+pub type Outcomes = Arc<Mutex<BTreeMap<String, TaskState>>>;
+
+/// A scheduler that launches `count` copies of a command.
+///
+/// With `one_per_offer` it takes one task from each offer and hands the rest
+/// back at once (refuse 0), the shape that makes DRF's turn-taking visible;
+/// otherwise it fills each offer.
+pub struct Launcher {
+    pub prefix: String,
+    pub command: String,
+    pub per_task: Resources,
+    pub count: u32,
+    pub one_per_offer: bool,
+    /// Ports each task takes from the offer (seen as `PORT0…`).
+    pub ports: u64,
+    pub launched: u32,
+    pub outcomes: Outcomes,
+}
+
+impl Launcher {
+    pub fn new(prefix: &str, command: &str, per_task: Resources, count: u32) -> (Launcher, Outcomes) {
+        let outcomes = Outcomes::default();
+        let launcher = Launcher {
+            prefix: prefix.to_string(),
+            command: command.to_string(),
+            per_task,
+            count,
+            one_per_offer: false,
+            ports: 0,
+            launched: 0,
+            outcomes: outcomes.clone(),
+        };
+        (launcher, outcomes)
+    }
+}
+
+impl Scheduler for Launcher {
+    async fn offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
+        for offer in offers {
+            let mut left = offer_resources(&offer);
+            let mut tasks = Vec::new();
+            while self.launched < self.count {
+                let Some(want) = with_ports(self.per_task.clone(), &left, self.ports) else { break };
+                if !left.contains(&want) {
+                    break;
+                }
+                tasks.push(task(&format!("{}-{}", self.prefix, self.launched), &self.command, &want));
+                left.subtract(&want);
+                self.launched += 1;
+                if self.one_per_offer {
+                    break;
+                }
+            }
+            let result = if tasks.is_empty() {
+                driver.decline(&[offer_id(&offer)], Some(3600.0)).await
+            } else {
+                driver.accept(&[offer_id(&offer)], tasks, Some(0.0)).await
+            };
+            if let Err(e) = result {
+                panic!("{}: answering an offer: {e}", self.prefix);
+            }
+        }
+        if self.launched == self.count {
+            let _ = driver.suppress().await;
+        }
+    }
+
+    async fn status_update(&mut self, _: &Driver, status: TaskStatus) {
+        if let Ok(mut o) = self.outcomes.lock() {
+            o.insert(status_task_id(&status).to_string(), status_state(&status));
+        }
+    }
+}
+
+/// Counts outcomes in `state`.
+pub fn count_in(outcomes: &Outcomes, state: TaskState) -> usize {
+    outcomes.lock().map_or(0, |o| o.values().filter(|s| **s == state).count())
+}
+
+/// Whether every recorded outcome is terminal and there are `n` of them.
+pub fn all_ended(outcomes: &Outcomes, n: usize) -> bool {
+    outcomes.lock().is_ok_and(|o| o.len() == n && o.values().all(|s| is_terminal(*s)))
+}
+
+/// Runs a [`Launcher`] in the background; returns its driver.
+pub fn spawn_launcher(master: &str, name: &str, role: &str, launcher: Launcher) -> Driver {
+    let mut config = FrameworkConfig::new(master, name);
+    config.role = role.to_string();
+    let driver = Driver::new(config).expect("driver");
+    let runner = driver.clone();
+    tokio::spawn(async move { runner.run(launcher).await });
+    driver
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Kills a process group, ignoring one that is gone.
+pub fn kill_group(pgid: i32) {
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+}
+
+/// Reads a pid a task wrote into its sandbox.
+pub fn sandbox_file(data_dir: &Path, framework: &str, task: &str, file: &str) -> PathBuf {
+    data_dir.join("sandboxes").join(framework).join(task).join(file)
+}
