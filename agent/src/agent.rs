@@ -70,7 +70,13 @@ fn now_seconds() -> f64 {
 /// Opens the session stream to the master.
 async fn open_session(
     master: String,
-) -> Result<(mpsc::UnboundedSender<AgentMessage>, Streaming<MasterMessage>), String> {
+) -> Result<
+    (
+        mpsc::UnboundedSender<AgentMessage>,
+        Streaming<MasterMessage>,
+    ),
+    String,
+> {
     let endpoint = tonic::transport::Endpoint::from_shared(master.clone())
         .map_err(|e| format!("master URL `{master}`: {e}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -91,7 +97,11 @@ async fn open_session(
 }
 
 impl<C: Containerizer> Agent<C> {
-    pub(crate) fn new(config: AgentConfig, resources: Resources, containerizer: C) -> (Self, mpsc::UnboundedReceiver<TaskEvent>) {
+    pub(crate) fn new(
+        config: AgentConfig,
+        resources: Resources,
+        containerizer: C,
+    ) -> (Self, mpsc::UnboundedReceiver<TaskEvent>) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let agent_id = std::fs::read_to_string(config.data_dir.join("agent_id"))
             .ok()
@@ -123,7 +133,11 @@ impl<C: Containerizer> Agent<C> {
         let mut connecting = false;
         let mut backoff = Duration::from_millis(100);
         let mut heartbeat = tokio::time::interval(self.heartbeat);
-        let mut retry = tokio::time::interval(self.config.status_retry_interval.min(Duration::from_secs(1)));
+        let mut retry = tokio::time::interval(
+            self.config
+                .status_retry_interval
+                .min(Duration::from_secs(1)),
+        );
         loop {
             if inbound.is_none() && !connecting {
                 connecting = true;
@@ -183,9 +197,12 @@ impl<C: Containerizer> Agent<C> {
     }
 
     fn send(&self, message: agent_message::Message) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| s.tx.send(AgentMessage { message: Some(message) }).is_ok())
+        self.session.as_ref().is_some_and(|s| {
+            s.tx.send(AgentMessage {
+                message: Some(message),
+            })
+            .is_ok()
+        })
     }
 
     fn register(&mut self) {
@@ -193,7 +210,9 @@ impl<C: Containerizer> Agent<C> {
             .tasks
             .iter()
             .map(|((framework, _), t)| v1::AgentTask {
-                framework_id: Some(v1::FrameworkId { value: framework.clone() }),
+                framework_id: Some(v1::FrameworkId {
+                    value: framework.clone(),
+                }),
                 task: Some(t.info.clone()),
                 state: t.state as i32,
             })
@@ -205,7 +224,10 @@ impl<C: Containerizer> Agent<C> {
                 .config
                 .attributes
                 .iter()
-                .map(|(name, text)| v1::Attribute { name: name.clone(), text: text.clone() })
+                .map(|(name, text)| v1::Attribute {
+                    name: name.clone(),
+                    text: text.clone(),
+                })
                 .collect(),
             id: self.agent_id.clone().map(|value| v1::AgentId { value }),
             endpoint: String::new(),
@@ -273,11 +295,19 @@ impl<C: Containerizer> Agent<C> {
     }
 
     fn sandbox_of(&self, key: &TaskKey) -> PathBuf {
-        self.config.data_dir.join("sandboxes").join(&key.0).join(&key.1)
+        self.config
+            .data_dir
+            .join("sandboxes")
+            .join(&key.0)
+            .join(&key.1)
     }
 
     fn launch(&mut self, framework: String, task: v1::TaskInfo) {
-        let task_id = task.task_id.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+        let task_id = task
+            .task_id
+            .as_ref()
+            .map(|t| t.value.clone())
+            .unwrap_or_default();
         let key = (framework.clone(), task_id.clone());
         let span = info_span!("task", framework = %framework, task = %task_id);
         let _enter = span.enter();
@@ -295,27 +325,60 @@ impl<C: Containerizer> Agent<C> {
                 head_sent: None,
             },
         );
-        if task_id.is_empty() || task_id == "." || task_id == ".." || task_id.contains('/') || framework.contains('/') {
-            self.update(&key, TaskState::TaskError, "invalid task or framework id for a sandbox path", task_status::Reason::TaskInvalid, None);
+        if task_id.is_empty()
+            || task_id == "."
+            || task_id == ".."
+            || task_id.contains('/')
+            || framework.contains('/')
+        {
+            self.update(
+                &key,
+                TaskState::TaskError,
+                "invalid task or framework id for a sandbox path",
+                task_status::Reason::TaskInvalid,
+                None,
+            );
             return;
         }
-        self.update(&key, TaskState::TaskStarting, "", task_status::Reason::None, None);
+        self.update(
+            &key,
+            TaskState::TaskStarting,
+            "",
+            task_status::Reason::None,
+            None,
+        );
         let sandbox = self.sandbox_of(&key);
         if let Err(e) = std::fs::create_dir_all(&sandbox) {
             let message = format!("creating sandbox {}: {e}", sandbox.display());
-            self.update(&key, TaskState::TaskFailed, &message, task_status::Reason::ContainerLaunchFailed, None);
+            self.update(
+                &key,
+                TaskState::TaskFailed,
+                &message,
+                task_status::Reason::ContainerLaunchFailed,
+                None,
+            );
             return;
         }
         let spec = LaunchSpec {
             task_id: task_id.clone(),
-            command: task.command.as_ref().map(|c| c.value.clone()).unwrap_or_default(),
+            command: task
+                .command
+                .as_ref()
+                .map(|c| c.value.clone())
+                .unwrap_or_default(),
             env: task_env(&framework, &task, &sandbox),
             sandbox,
         };
         let container = match self.containerizer.launch(&spec) {
             Ok(c) => c,
             Err(e) => {
-                self.update(&key, TaskState::TaskFailed, &e.to_string(), task_status::Reason::ContainerLaunchFailed, None);
+                self.update(
+                    &key,
+                    TaskState::TaskFailed,
+                    &e.to_string(),
+                    task_status::Reason::ContainerLaunchFailed,
+                    None,
+                );
                 return;
             }
         };
@@ -324,8 +387,16 @@ impl<C: Containerizer> Agent<C> {
         if let Some(t) = self.tasks.get_mut(&key) {
             t.kill = Some(kill_tx);
         }
-        self.update(&key, TaskState::TaskRunning, "", task_status::Reason::None, None);
-        tokio::spawn(supervise(key, container, kill_rx, self.events_tx.clone()).instrument(span.clone()));
+        self.update(
+            &key,
+            TaskState::TaskRunning,
+            "",
+            task_status::Reason::None,
+            None,
+        );
+        tokio::spawn(
+            supervise(key, container, kill_rx, self.events_tx.clone()).instrument(span.clone()),
+        );
     }
 
     fn kill(&mut self, key: TaskKey) {
@@ -349,7 +420,9 @@ impl<C: Containerizer> Agent<C> {
                     key.clone(),
                     TaskRecord {
                         info: v1::TaskInfo {
-                            task_id: Some(v1::TaskId { value: key.1.clone() }),
+                            task_id: Some(v1::TaskId {
+                                value: key.1.clone(),
+                            }),
                             ..Default::default()
                         },
                         state: TaskState::TaskStaging,
@@ -358,14 +431,25 @@ impl<C: Containerizer> Agent<C> {
                         head_sent: None,
                     },
                 );
-                self.update(&key, TaskState::TaskLost, "the agent has no such task", task_status::Reason::TaskUnknown, None);
+                self.update(
+                    &key,
+                    TaskState::TaskLost,
+                    "the agent has no such task",
+                    task_status::Reason::TaskUnknown,
+                    None,
+                );
             }
         }
     }
 
     fn task_event(&mut self, event: TaskEvent) {
         match event {
-            TaskEvent::Exited { key, state, message, exit_code } => {
+            TaskEvent::Exited {
+                key,
+                state,
+                message,
+                exit_code,
+            } => {
                 info!(task = %key.1, state = state.as_str_name(), %message, "task ended");
                 self.update(&key, state, &message, task_status::Reason::None, exit_code);
             }
@@ -373,14 +457,27 @@ impl<C: Containerizer> Agent<C> {
     }
 
     /// Records a new state and queues its update for the master.
-    fn update(&mut self, key: &TaskKey, state: TaskState, message: &str, reason: task_status::Reason, exit_code: Option<i32>) {
+    fn update(
+        &mut self,
+        key: &TaskKey,
+        state: TaskState,
+        message: &str,
+        reason: task_status::Reason,
+        exit_code: Option<i32>,
+    ) {
         let agent_id = self.agent_id.clone().map(|value| v1::AgentId { value });
-        let Some(task) = self.tasks.get_mut(key) else { return };
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
         task.state = state;
         task.pending.push_back(v1::StatusUpdate {
-            framework_id: Some(v1::FrameworkId { value: key.0.clone() }),
+            framework_id: Some(v1::FrameworkId {
+                value: key.0.clone(),
+            }),
             status: Some(TaskStatus {
-                task_id: Some(v1::TaskId { value: key.1.clone() }),
+                task_id: Some(v1::TaskId {
+                    value: key.1.clone(),
+                }),
                 state: state as i32,
                 message: message.to_string(),
                 source: task_status::Source::Agent as i32,
@@ -398,8 +495,12 @@ impl<C: Containerizer> Agent<C> {
 
     fn send_head(&mut self, key: &TaskKey) {
         let registered = self.session.as_ref().is_some_and(|s| s.registered);
-        let Some(task) = self.tasks.get_mut(key) else { return };
-        let Some(head) = task.pending.front().cloned() else { return };
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        let Some(head) = task.pending.front().cloned() else {
+            return;
+        };
         if !registered {
             return;
         }
@@ -424,7 +525,9 @@ impl<C: Containerizer> Agent<C> {
     }
 
     fn acknowledge(&mut self, key: &TaskKey, uuid: &[u8]) {
-        let Some(task) = self.tasks.get_mut(key) else { return };
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
         let matches = task
             .pending
             .front()
@@ -475,9 +578,17 @@ async fn next_message(inbound: &mut Option<Streaming<MasterMessage>>) -> Option<
 }
 
 /// The task's environment: its own variables, then `PORT0…` for its ports.
-fn task_env(framework: &str, task: &v1::TaskInfo, sandbox: &std::path::Path) -> Vec<(String, String)> {
+fn task_env(
+    framework: &str,
+    task: &v1::TaskInfo,
+    sandbox: &std::path::Path,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
-    let task_id = task.task_id.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+    let task_id = task
+        .task_id
+        .as_ref()
+        .map(|t| t.value.clone())
+        .unwrap_or_default();
     env.insert("AGORA_TASK_ID".into(), task_id);
     env.insert("AGORA_FRAMEWORK_ID".into(), framework.to_string());
     env.insert("AGORA_SANDBOX".into(), sandbox.display().to_string());
@@ -531,11 +642,32 @@ async fn supervise(
     let (state, message, exit_code) = match status {
         Ok(s) if killed => (TaskState::TaskKilled, format!("killed ({s})"), s.code()),
         Ok(s) => match s.code() {
-            Some(0) => (TaskState::TaskFinished, "command exited with code 0".to_string(), Some(0)),
-            Some(code) => (TaskState::TaskFailed, format!("command exited with code {code}"), Some(code)),
-            None => (TaskState::TaskFailed, format!("command terminated: {s}"), None),
+            Some(0) => (
+                TaskState::TaskFinished,
+                "command exited with code 0".to_string(),
+                Some(0),
+            ),
+            Some(code) => (
+                TaskState::TaskFailed,
+                format!("command exited with code {code}"),
+                Some(code),
+            ),
+            None => (
+                TaskState::TaskFailed,
+                format!("command terminated: {s}"),
+                None,
+            ),
         },
-        Err(e) => (TaskState::TaskFailed, format!("waiting for the command: {e}"), None),
+        Err(e) => (
+            TaskState::TaskFailed,
+            format!("waiting for the command: {e}"),
+            None,
+        ),
     };
-    let _ = events.send(TaskEvent::Exited { key, state, message, exit_code });
+    let _ = events.send(TaskEvent::Exited {
+        key,
+        state,
+        message,
+        exit_code,
+    });
 }

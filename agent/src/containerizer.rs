@@ -71,7 +71,8 @@ impl Containerizer for ProcessContainerizer {
     fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError> {
         let open = |name: &str| {
             let path = spec.sandbox.join(name);
-            std::fs::File::create(&path).map_err(|source| ContainerizerError::Sandbox { path, source })
+            std::fs::File::create(&path)
+                .map_err(|source| ContainerizerError::Sandbox { path, source })
         };
         let (stdout, stderr) = (open("stdout")?, open("stderr")?);
         let child = tokio::process::Command::new("sh")
@@ -146,14 +147,20 @@ mod tests {
     async fn runs_in_the_sandbox_with_env_and_output_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = ProcessContainerizer
-            .launch(&spec(dir.path(), "echo $GREETING; pwd; echo oops >&2; exit 3"))
+            .launch(&spec(
+                dir.path(),
+                "echo $GREETING; pwd; echo oops >&2; exit 3",
+            ))
             .expect("launch");
         let status = c.wait().await.expect("wait");
         assert_eq!(status.code(), Some(3));
         let out = std::fs::read_to_string(dir.path().join("stdout")).expect("stdout");
         let cwd = dir.path().canonicalize().expect("canonical");
         assert_eq!(out, format!("hello\n{}\n", cwd.display()));
-        assert_eq!(std::fs::read_to_string(dir.path().join("stderr")).expect("stderr"), "oops\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stderr")).expect("stderr"),
+            "oops\n"
+        );
     }
 
     #[tokio::test]
@@ -165,10 +172,16 @@ mod tests {
         let child_file = dir.path().join("child");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let child: i32 = loop {
-            if let Some(pid) = std::fs::read_to_string(&child_file).ok().and_then(|s| s.trim().parse().ok()) {
+            if let Some(pid) = std::fs::read_to_string(&child_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 break pid;
             }
-            assert!(std::time::Instant::now() < deadline, "child pid never written");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child pid never written"
+            );
             tokio::task::yield_now().await;
         };
         c.kill_all().expect("kill");
@@ -181,7 +194,10 @@ mod tests {
             if stat.is_empty() || stat.contains(") Z ") {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "child {child} survived: {stat}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {child} survived: {stat}"
+            );
             tokio::task::yield_now().await;
         }
     }

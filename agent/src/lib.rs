@@ -107,7 +107,13 @@ mod tests {
     #[test]
     fn attributes_parse_and_refuse_nonsense() {
         let a = parse_attributes("rack:r1; zone:a").expect("valid");
-        assert_eq!(a, vec![("rack".into(), "r1".into()), ("zone".into(), "a".into())]);
-        assert!(matches!(parse_attributes("rack"), Err(AgentError::BadAttribute(_))));
+        assert_eq!(
+            a,
+            vec![("rack".into(), "r1".into()), ("zone".into(), "a".into())]
+        );
+        assert!(matches!(
+            parse_attributes("rack"),
+            Err(AgentError::BadAttribute(_))
+        ));
     }
 }

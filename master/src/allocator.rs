@@ -128,6 +128,8 @@ pub struct DrfAllocator {
     cluster_total: Resources,
     /// Where the next pass starts, so no agent is always first.
     next_start: usize,
+    /// The cluster's totals changed since shares were last computed.
+    shares_stale: bool,
 }
 
 fn set_bit(bits: &mut Vec<u64>, i: usize, on: bool) {
@@ -186,7 +188,9 @@ impl DrfAllocator {
 
     /// Recomputes one framework's and its role's place in the order.
     fn reorder(&mut self, fw: usize) {
-        let Some(f) = self.frameworks[fw].as_ref() else { return };
+        let Some(f) = self.frameworks[fw].as_ref() else {
+            return;
+        };
         let (role, old_share) = (f.role, f.share);
         let new_share = Share(self.dominant_share(&f.allocated));
         let r = &mut self.roles[role];
@@ -208,12 +212,20 @@ impl DrfAllocator {
     }
 
     /// Recomputes every share; needed when the cluster's totals change.
+    /// Frameworks and roles that hold nothing keep share 0 and are skipped.
     fn reorder_all(&mut self) {
         for fw in 0..self.frameworks.len() {
-            self.reorder(fw);
+            if self.frameworks[fw]
+                .as_ref()
+                .is_some_and(|f| !f.allocated.is_empty())
+            {
+                self.reorder(fw);
+            }
         }
         for role in 0..self.roles.len() {
-            self.reorder_role(role);
+            if !self.roles[role].allocated.is_empty() {
+                self.reorder_role(role);
+            }
         }
     }
 
@@ -225,7 +237,9 @@ impl DrfAllocator {
     }
 
     fn charge(&mut self, fw: usize, agent: usize, resources: &Resources, add: bool) {
-        let Some(a) = self.agents[agent].as_mut() else { return };
+        let Some(a) = self.agents[agent].as_mut() else {
+            return;
+        };
         let entry = a.allocated.entry(fw).or_default();
         if add {
             entry.add(resources);
@@ -245,7 +259,9 @@ impl DrfAllocator {
                 a.available = a.total.minus(&used);
             }
         }
-        let Some(f) = self.frameworks[fw].as_mut() else { return };
+        let Some(f) = self.frameworks[fw].as_mut() else {
+            return;
+        };
         let role = f.role;
         // Shares are over scalars; ranges do not sum across agents.
         let resources = &resources.scalar_part();
@@ -354,23 +370,28 @@ impl Allocator for DrfAllocator {
                 self.charge(fw, i, resources, true);
             }
         }
-        self.reorder_all();
+        self.shares_stale = true;
     }
 
     fn remove_agent(&mut self, agent: &str) {
-        let Some(i) = self.agent_index.remove(agent) else { return };
-        let Some(slot) = self.agents[i].take() else { return };
+        let Some(i) = self.agent_index.remove(agent) else {
+            return;
+        };
+        let Some(slot) = self.agents[i].take() else {
+            return;
+        };
+        self.cluster_total.subtract(&slot.total);
         for (fw, resources) in slot.allocated {
             let resources = resources.scalar_part();
             if let Some(f) = self.frameworks[fw].as_mut() {
                 f.allocated.subtract(&resources);
                 let role = f.role;
                 self.roles[role].allocated.subtract(&resources);
+                self.reorder(fw);
             }
         }
-        self.cluster_total.subtract(&slot.total);
         self.free_agent_slots.push(i);
-        self.reorder_all();
+        self.shares_stale = true;
     }
 
     fn add_framework(&mut self, framework: &str, role: &str, active: bool) {
@@ -417,7 +438,9 @@ impl Allocator for DrfAllocator {
     }
 
     fn remove_framework(&mut self, framework: &str) {
-        let Some(fw) = self.framework_index.remove(framework) else { return };
+        let Some(fw) = self.framework_index.remove(framework) else {
+            return;
+        };
         for agent in 0..self.agents.len() {
             let held = self.agents[agent]
                 .as_ref()
@@ -436,7 +459,9 @@ impl Allocator for DrfAllocator {
     }
 
     fn set_framework_active(&mut self, framework: &str, active: bool) {
-        let Some(&fw) = self.framework_index.get(framework) else { return };
+        let Some(&fw) = self.framework_index.get(framework) else {
+            return;
+        };
         if let Some(f) = self.frameworks[fw].as_mut() {
             f.active = active;
         }
@@ -444,7 +469,9 @@ impl Allocator for DrfAllocator {
     }
 
     fn suppress(&mut self, framework: &str) {
-        let Some(&fw) = self.framework_index.get(framework) else { return };
+        let Some(&fw) = self.framework_index.get(framework) else {
+            return;
+        };
         if let Some(f) = self.frameworks[fw].as_mut() {
             f.suppressed = true;
         }
@@ -452,7 +479,9 @@ impl Allocator for DrfAllocator {
     }
 
     fn revive(&mut self, framework: &str) {
-        let Some(&fw) = self.framework_index.get(framework) else { return };
+        let Some(&fw) = self.framework_index.get(framework) else {
+            return;
+        };
         if let Some(f) = self.frameworks[fw].as_mut() {
             f.suppressed = false;
         }
@@ -469,8 +498,10 @@ impl Allocator for DrfAllocator {
     }
 
     fn allocate_used(&mut self, framework: &str, agent: &str, resources: &Resources) {
-        let (Some(&fw), Some(&a)) = (self.framework_index.get(framework), self.agent_index.get(agent))
-        else {
+        let (Some(&fw), Some(&a)) = (
+            self.framework_index.get(framework),
+            self.agent_index.get(agent),
+        ) else {
             return;
         };
         self.charge(fw, a, resources, true);
@@ -483,7 +514,9 @@ impl Allocator for DrfAllocator {
         resources: &Resources,
         refuse_until: Option<Millis>,
     ) {
-        let Some(&a) = self.agent_index.get(agent) else { return };
+        let Some(&a) = self.agent_index.get(agent) else {
+            return;
+        };
         let Some(&fw) = self.framework_index.get(framework) else {
             // The framework is gone; its share went with it.
             if let Some(slot) = self.agents[a].as_mut() {
@@ -503,6 +536,11 @@ impl Allocator for DrfAllocator {
     }
 
     fn allocate(&mut self, now: Millis) -> Vec<Allocation> {
+        // Adding or removing agents rescales every share; do it once per pass
+        // rather than once per agent (10,000 agents joining is one rescale).
+        if std::mem::take(&mut self.shares_stale) {
+            self.reorder_all();
+        }
         let mut out = Vec::new();
         let n = self.agents.len();
         if n == 0 {
@@ -512,13 +550,19 @@ impl Allocator for DrfAllocator {
         self.next_start = self.next_start.wrapping_add(1);
         for k in 0..n {
             let i = (start + k) % n;
-            let Some(agent) = self.agents[i].as_mut() else { continue };
+            let Some(agent) = self.agents[i].as_mut() else {
+                continue;
+            };
             Self::expire_filters(agent, now);
             if !worth_offering(&agent.available) {
                 continue;
             }
-            let Some(agent) = self.agents[i].as_ref() else { continue };
-            let Some(fw) = self.pick_framework(agent) else { continue };
+            let Some(agent) = self.agents[i].as_ref() else {
+                continue;
+            };
+            let Some(fw) = self.pick_framework(agent) else {
+                continue;
+            };
             let resources = agent.available.clone();
             let agent_id = agent.id.clone();
             self.charge(fw, i, &resources, true);
@@ -543,7 +587,9 @@ mod tests {
     }
 
     fn task() -> Resources {
-        Resources::new().with_scalar("cpus", 1.0).with_scalar("mem", 256.0)
+        Resources::new()
+            .with_scalar("cpus", 1.0)
+            .with_scalar("mem", 256.0)
     }
 
     /// Every framework takes one task from each offer and returns the rest
@@ -551,7 +597,8 @@ mod tests {
     /// does. Runs passes until nothing more is offered; returns tasks per
     /// framework.
     fn run_hungry(alloc: &mut DrfAllocator, frameworks: &[&str]) -> HashMap<String, u32> {
-        let mut launched: HashMap<String, u32> = frameworks.iter().map(|f| (f.to_string(), 0)).collect();
+        let mut launched: HashMap<String, u32> =
+            frameworks.iter().map(|f| (f.to_string(), 0)).collect();
         for pass in 0..10_000 {
             let offers = alloc.allocate(pass);
             if offers.is_empty() {
@@ -564,7 +611,12 @@ mod tests {
                     alloc.recover(&offer.framework, &offer.agent, &rest, None);
                 } else {
                     // Too small for a task: refuse it for a long time.
-                    alloc.recover(&offer.framework, &offer.agent, &offer.resources, Some(u64::MAX));
+                    alloc.recover(
+                        &offer.framework,
+                        &offer.agent,
+                        &offer.resources,
+                        Some(u64::MAX),
+                    );
                 }
             }
         }
@@ -623,7 +675,11 @@ mod tests {
         alloc.add_framework("f2", "r", true);
         let first = alloc.allocate(0);
         assert_eq!(first.len(), 1);
-        let (taker, other) = if first[0].framework == "f1" { ("f1", "f2") } else { ("f2", "f1") };
+        let (taker, other) = if first[0].framework == "f1" {
+            ("f1", "f2")
+        } else {
+            ("f2", "f1")
+        };
         alloc.recover(taker, "a", &first[0].resources, Some(5_000));
         let second = alloc.allocate(1);
         assert_eq!(second.len(), 1);
@@ -632,7 +688,10 @@ mod tests {
         assert!(alloc.allocate(4_999).is_empty(), "both filtered");
         let third = alloc.allocate(5_000);
         assert_eq!(third.len(), 1);
-        assert_eq!(third[0].framework, taker, "offered again once the filter expired");
+        assert_eq!(
+            third[0].framework, taker,
+            "offered again once the filter expired"
+        );
     }
 
     #[test]

@@ -63,7 +63,13 @@ mod tests {
     fn weights_parse_and_refuse_nonsense() {
         let w = parse_weights("prod=2, dev=1").expect("valid");
         assert_eq!(w.get("prod"), Some(&2.0));
-        assert_eq!(parse_weights("prod"), Err(ConfigError::BadWeight("prod".into())));
-        assert_eq!(parse_weights("prod=-1"), Err(ConfigError::BadWeight("prod=-1".into())));
+        assert_eq!(
+            parse_weights("prod"),
+            Err(ConfigError::BadWeight("prod".into()))
+        );
+        assert_eq!(
+            parse_weights("prod=-1"),
+            Err(ConfigError::BadWeight("prod=-1".into()))
+        );
     }
 }

@@ -150,7 +150,10 @@ fn now_seconds() -> f64 {
 fn header_ids(header: &Option<v1::CallHeader>) -> (String, String) {
     header.as_ref().map_or_else(Default::default, |h| {
         (
-            h.framework_id.as_ref().map(|f| f.value.clone()).unwrap_or_default(),
+            h.framework_id
+                .as_ref()
+                .map(|f| f.value.clone())
+                .unwrap_or_default(),
             h.stream_id.clone(),
         )
     })
@@ -314,11 +317,13 @@ impl Core {
             let (Some(agent), Some(framework)) =
                 (self.agents.get(&a.agent), self.frameworks.get(&a.framework))
             else {
-                self.allocator.recover(&a.framework, &a.agent, &a.resources, None);
+                self.allocator
+                    .recover(&a.framework, &a.agent, &a.resources, None);
                 continue;
             };
             if framework.stream.is_none() || agent.status != AgentStatus::Active {
-                self.allocator.recover(&a.framework, &a.agent, &a.resources, None);
+                self.allocator
+                    .recover(&a.framework, &a.agent, &a.resources, None);
                 continue;
             }
             let id = new_id();
@@ -380,7 +385,9 @@ impl Core {
     }
 
     fn rescind_offer(&mut self, offer_id: &str) {
-        let Some(offer) = self.take_offer(offer_id, None) else { return };
+        let Some(offer) = self.take_offer(offer_id, None) else {
+            return;
+        };
         if let Some((_, tx)) = self
             .frameworks
             .get(&offer.framework)
@@ -412,7 +419,9 @@ impl Core {
 
     fn agent_message(&mut self, conn: u64, tx: AgentTx, msg: AgentMessage) {
         match msg.message {
-            Some(agent_message::Message::Register(register)) => self.register_agent(conn, tx, register),
+            Some(agent_message::Message::Register(register)) => {
+                self.register_agent(conn, tx, register)
+            }
             Some(agent_message::Message::StatusUpdate(update)) => {
                 if let Some(agent) = self.agent_by_conn(conn) {
                     self.status_update(&agent, update);
@@ -441,7 +450,9 @@ impl Core {
 
     fn register_agent(&mut self, conn: u64, tx: AgentTx, register: agent_message::Register) {
         let Some(info) = register.agent_info else {
-            let _ = tx.send(Err(Status::invalid_argument("register: agent_info is required")));
+            let _ = tx.send(Err(Status::invalid_argument(
+                "register: agent_info is required",
+            )));
             return;
         };
         let total = match Resources::from_proto(&info.resources) {
@@ -453,8 +464,16 @@ impl Core {
                 return;
             }
         };
-        let requested = info.id.as_ref().map(|i| i.value.clone()).unwrap_or_default();
-        let id = if requested.is_empty() { new_id() } else { requested };
+        let requested = info
+            .id
+            .as_ref()
+            .map(|i| i.value.clone())
+            .unwrap_or_default();
+        let id = if requested.is_empty() {
+            new_id()
+        } else {
+            requested
+        };
         let span = info_span!("agent", agent = %id);
         let _enter = span.enter();
         let returning = self.agents.contains_key(&id);
@@ -483,7 +502,11 @@ impl Core {
         for t in register.tasks {
             let framework = t.framework_id.map(|f| f.value).unwrap_or_default();
             let Some(task) = t.task else { continue };
-            let task_id = task.task_id.as_ref().map(|i| i.value.clone()).unwrap_or_default();
+            let task_id = task
+                .task_id
+                .as_ref()
+                .map(|i| i.value.clone())
+                .unwrap_or_default();
             let state = TaskState::try_from(t.state).unwrap_or(TaskState::TaskUnknown);
             let key = (framework.clone(), task_id.clone());
             reported.insert(key.clone());
@@ -511,11 +534,20 @@ impl Core {
                         entry.state = state;
                         entry.message = "agent re-registered".into();
                         entry.reason = task_status::Reason::AgentReregistered;
-                        let status = self.master_status(&key, state, "agent re-registered", task_status::Reason::AgentReregistered);
+                        let status = self.master_status(
+                            &key,
+                            state,
+                            "agent re-registered",
+                            task_status::Reason::AgentReregistered,
+                        );
                         self.send_update(&framework, status);
                     }
                 }
                 None => {
+                    if is_terminal(state) {
+                        // Ended while the master was away; its update follows.
+                        self.completed.push_back(key.clone());
+                    }
                     self.tasks.insert(
                         key,
                         TaskEntry {
@@ -540,7 +572,12 @@ impl Core {
             .map(|(k, _)| k.clone())
             .collect();
         for key in lost {
-            let status = self.master_status(&key, TaskState::TaskGone, "the agent re-registered without this task", task_status::Reason::AgentReregistered);
+            let status = self.master_status(
+                &key,
+                TaskState::TaskGone,
+                "the agent re-registered without this task",
+                task_status::Reason::AgentReregistered,
+            );
             self.set_task_state(&key, &status);
             self.send_update(&key.0, status);
         }
@@ -549,10 +586,14 @@ impl Core {
         self.allocator.add_agent(&id, total, &used);
 
         let _ = tx.send(Ok(MasterMessage {
-            message: Some(master_message::Message::Registered(master_message::Registered {
-                agent_id: Some(v1::AgentId { value: id.clone() }),
-                heartbeat_interval_seconds: (self.config.agent_timeout / 5).as_secs_f64().max(0.05),
-            })),
+            message: Some(master_message::Message::Registered(
+                master_message::Registered {
+                    agent_id: Some(v1::AgentId { value: id.clone() }),
+                    heartbeat_interval_seconds: (self.config.agent_timeout / 5)
+                        .as_secs_f64()
+                        .max(0.05),
+                },
+            )),
         }));
 
         // Kills asked for while the agent was away.
@@ -597,13 +638,17 @@ impl Core {
     }
 
     fn mark_unreachable(&mut self, agent_id: &str) {
-        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return;
+        };
         warn!(agent = %agent_id, "agent missed its heartbeats; marking it unreachable");
         agent.status = AgentStatus::Unreachable;
         // End the stream, so an agent that was only slow reconnects and
         // re-registers rather than talking into a dead session.
         if let Some((_, tx)) = agent.conn.take() {
-            let _ = tx.send(Err(Status::unavailable("agent marked unreachable; register again")));
+            let _ = tx.send(Err(Status::unavailable(
+                "agent marked unreachable; register again",
+            )));
         }
         self.rescind_where(|o| o.agent == agent_id);
         self.allocator.remove_agent(agent_id);
@@ -614,7 +659,12 @@ impl Core {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            let status = self.master_status(&key, TaskState::TaskUnreachable, "agent is unreachable", task_status::Reason::AgentDisconnected);
+            let status = self.master_status(
+                &key,
+                TaskState::TaskUnreachable,
+                "agent is unreachable",
+                task_status::Reason::AgentDisconnected,
+            );
             self.set_task_state(&key, &status);
             self.send_update(&key.0, status);
         }
@@ -622,17 +672,24 @@ impl Core {
 
     // ---- tasks and status updates -----------------------------------------------------
 
-    fn master_status(&self, key: &TaskKey, state: TaskState, message: &str, reason: task_status::Reason) -> TaskStatus {
+    fn master_status(
+        &self,
+        key: &TaskKey,
+        state: TaskState,
+        message: &str,
+        reason: task_status::Reason,
+    ) -> TaskStatus {
         TaskStatus {
-            task_id: Some(v1::TaskId { value: key.1.clone() }),
+            task_id: Some(v1::TaskId {
+                value: key.1.clone(),
+            }),
             state: state as i32,
             message: message.to_string(),
             source: task_status::Source::Master as i32,
             reason: reason as i32,
-            agent_id: self
-                .tasks
-                .get(key)
-                .map(|t| v1::AgentId { value: t.agent.clone() }),
+            agent_id: self.tasks.get(key).map(|t| v1::AgentId {
+                value: t.agent.clone(),
+            }),
             timestamp: now_seconds(),
             uuid: Vec::new(),
             exit_code: None,
@@ -641,7 +698,9 @@ impl Core {
 
     /// Records a task's new state; frees its resources when it ends.
     fn set_task_state(&mut self, key: &TaskKey, status: &TaskStatus) {
-        let Some(task) = self.tasks.get_mut(key) else { return };
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
         let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
         let was_terminal = is_terminal(task.state);
         task.state = state;
@@ -678,20 +737,31 @@ impl Core {
 
     fn status_update(&mut self, agent: &str, update: v1::StatusUpdate) {
         let framework = update.framework_id.map(|f| f.value).unwrap_or_default();
-        let Some(mut status) = update.status else { return };
-        let task_id = status.task_id.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+        let Some(mut status) = update.status else {
+            return;
+        };
+        let task_id = status
+            .task_id
+            .as_ref()
+            .map(|t| t.value.clone())
+            .unwrap_or_default();
         let key = (framework.clone(), task_id.clone());
-        status.agent_id = Some(v1::AgentId { value: agent.to_string() });
+        status.agent_id = Some(v1::AgentId {
+            value: agent.to_string(),
+        });
         debug!(framework = %framework, task = %task_id, state = status.state, "status update");
         self.set_task_state(&key, &status);
         if !self.frameworks.contains_key(&framework) {
             // Nobody to deliver to: acknowledge on the framework's behalf so the
             // agent stops retrying.
-            self.send_to_agent(agent, master_message::Message::Acknowledge(master_message::Acknowledge {
-                framework_id: Some(v1::FrameworkId { value: framework }),
-                task_id: status.task_id,
-                uuid: status.uuid,
-            }));
+            self.send_to_agent(
+                agent,
+                master_message::Message::Acknowledge(master_message::Acknowledge {
+                    framework_id: Some(v1::FrameworkId { value: framework }),
+                    task_id: status.task_id,
+                    uuid: status.uuid,
+                }),
+            );
             return;
         }
         // If the framework is disconnected the agent retries later.
@@ -702,40 +772,72 @@ impl Core {
         self.agents
             .get(agent)
             .and_then(|a| a.conn.as_ref())
-            .is_some_and(|(_, tx)| tx.send(Ok(MasterMessage { message: Some(message) })).is_ok())
+            .is_some_and(|(_, tx)| {
+                tx.send(Ok(MasterMessage {
+                    message: Some(message),
+                }))
+                .is_ok()
+            })
     }
 
     fn send_kill(&mut self, key: &TaskKey) {
-        let Some(task) = self.tasks.get_mut(key) else { return };
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
         task.kill_requested = true;
         let agent = task.agent.clone();
-        self.send_to_agent(&agent, master_message::Message::Kill(master_message::Kill {
-            framework_id: Some(v1::FrameworkId { value: key.0.clone() }),
-            task_id: Some(v1::TaskId { value: key.1.clone() }),
-        }));
+        self.send_to_agent(
+            &agent,
+            master_message::Message::Kill(master_message::Kill {
+                framework_id: Some(v1::FrameworkId {
+                    value: key.0.clone(),
+                }),
+                task_id: Some(v1::TaskId {
+                    value: key.1.clone(),
+                }),
+            }),
+        );
     }
 
     // ---- frameworks ----------------------------------------------------------------------
 
-    fn subscribe(&mut self, info: v1::FrameworkInfo, tx: FrameworkTx) -> Result<(String, String), Status> {
+    fn subscribe(
+        &mut self,
+        info: v1::FrameworkInfo,
+        tx: FrameworkTx,
+    ) -> Result<(String, String), Status> {
         if info.name.trim().is_empty() {
-            return Err(Status::invalid_argument("framework_info.name must not be empty"));
+            return Err(Status::invalid_argument(
+                "framework_info.name must not be empty",
+            ));
         }
         if !(info.failover_timeout.is_finite() && info.failover_timeout >= 0.0) {
-            return Err(Status::invalid_argument("framework_info.failover_timeout must be a finite number >= 0"));
+            return Err(Status::invalid_argument(
+                "framework_info.failover_timeout must be a finite number >= 0",
+            ));
         }
-        let role = if info.role.is_empty() { "*".to_string() } else { info.role.clone() };
-        let requested = info.id.as_ref().map(|i| i.value.clone()).unwrap_or_default();
-        let id = if requested.is_empty() { new_id() } else { requested };
+        let role = if info.role.is_empty() {
+            "*".to_string()
+        } else {
+            info.role.clone()
+        };
+        let requested = info
+            .id
+            .as_ref()
+            .map(|i| i.value.clone())
+            .unwrap_or_default();
+        let id = if requested.is_empty() {
+            new_id()
+        } else {
+            requested
+        };
         let stream_id = new_id();
-        if let Some(existing) = self.frameworks.get_mut(&id) {
-            if let Some((_, old)) = existing.stream.take() {
-                let _ = old.send(Ok(Event {
-                    event: Some(event::Event::Error(event::Error {
-                        message: "framework failed over to a new subscription".into(),
-                    })),
-                }));
-            }
+        if let Some((_, old)) = self.frameworks.get_mut(&id).and_then(|f| f.stream.take()) {
+            let _ = old.send(Ok(Event {
+                event: Some(event::Event::Error(event::Error {
+                    message: "framework failed over to a new subscription".into(),
+                })),
+            }));
         }
         // A new subscription starts from a clean slate of offers.
         self.rescind_where(|o| o.framework == id);
@@ -766,7 +868,9 @@ impl Core {
     }
 
     fn framework_closed(&mut self, framework_id: &str, stream_id: &str) {
-        let Some(f) = self.frameworks.get_mut(framework_id) else { return };
+        let Some(f) = self.frameworks.get_mut(framework_id) else {
+            return;
+        };
         if f.stream.as_ref().is_none_or(|(s, _)| s != stream_id) {
             return;
         }
@@ -786,7 +890,9 @@ impl Core {
     }
 
     fn remove_framework(&mut self, framework_id: &str) {
-        let Some(mut f) = self.frameworks.remove(framework_id) else { return };
+        let Some(mut f) = self.frameworks.remove(framework_id) else {
+            return;
+        };
         if let Some((_, tx)) = f.stream.take() {
             let _ = tx.send(Err(Status::aborted("framework torn down")));
         }
@@ -815,7 +921,9 @@ impl Core {
     fn call(&mut self, header: Option<v1::CallHeader>, call: Call) -> Result<(), Status> {
         let (framework_id, stream_id) = header_ids(&header);
         let Some(f) = self.frameworks.get(&framework_id) else {
-            return Err(Status::not_found(format!("unknown framework `{framework_id}`")));
+            return Err(Status::not_found(format!(
+                "unknown framework `{framework_id}`"
+            )));
         };
         if f.stream.as_ref().is_none_or(|(s, _)| *s != stream_id) {
             return Err(Status::failed_precondition(format!(
@@ -829,7 +937,11 @@ impl Core {
             Call::Decline(req) => {
                 let refuse = refuse_duration(req.filters.as_ref())?;
                 for id in req.offer_ids {
-                    if self.offers.get(&id.value).is_some_and(|o| o.framework == framework_id) {
+                    if self
+                        .offers
+                        .get(&id.value)
+                        .is_some_and(|o| o.framework == framework_id)
+                    {
                         self.take_offer(&id.value, refuse);
                     }
                 }
@@ -851,8 +963,14 @@ impl Core {
                         self.send_kill(&key);
                         Ok(())
                     }
-                    Some(_) => Err(Status::failed_precondition(format!("task `{}` has already ended", task_id.value))),
-                    None => Err(Status::not_found(format!("unknown task `{}`", task_id.value))),
+                    Some(_) => Err(Status::failed_precondition(format!(
+                        "task `{}` has already ended",
+                        task_id.value
+                    ))),
+                    None => Err(Status::not_found(format!(
+                        "unknown task `{}`",
+                        task_id.value
+                    ))),
                 }
             }
             Call::Acknowledge(req) => {
@@ -869,11 +987,16 @@ impl Core {
                     return Err(Status::invalid_argument("acknowledge: uuid is required"));
                 }
                 // An agent that is away resends the update when it returns.
-                self.send_to_agent(&agent, master_message::Message::Acknowledge(master_message::Acknowledge {
-                    framework_id: Some(v1::FrameworkId { value: framework_id }),
-                    task_id: Some(v1::TaskId { value: task_id }),
-                    uuid: req.uuid,
-                }));
+                self.send_to_agent(
+                    &agent,
+                    master_message::Message::Acknowledge(master_message::Acknowledge {
+                        framework_id: Some(v1::FrameworkId {
+                            value: framework_id,
+                        }),
+                        task_id: Some(v1::TaskId { value: task_id }),
+                        uuid: req.uuid,
+                    }),
+                );
                 Ok(())
             }
             Call::Reconcile(task_ids) => {
@@ -904,11 +1027,21 @@ impl Core {
         for key in keys {
             let status = match self.tasks.get(&key) {
                 Some(t) => {
-                    let mut s = self.master_status(&key, t.state, &t.message, task_status::Reason::Reconciliation);
+                    let mut s = self.master_status(
+                        &key,
+                        t.state,
+                        &t.message,
+                        task_status::Reason::Reconciliation,
+                    );
                     s.message = t.message.clone();
                     s
                 }
-                None => self.master_status(&key, TaskState::TaskUnknown, "the master knows no such task", task_status::Reason::Reconciliation),
+                None => self.master_status(
+                    &key,
+                    TaskState::TaskUnknown,
+                    "the master knows no such task",
+                    task_status::Reason::Reconciliation,
+                ),
             };
             self.send_update(framework_id, status);
         }
@@ -928,7 +1061,10 @@ impl Core {
             match self.offers.get(&id.value) {
                 Some(o) if o.framework == framework_id => offer_ids.push(id.value.clone()),
                 Some(_) => {
-                    problem.get_or_insert(format!("offer `{}` belongs to another framework", id.value));
+                    problem.get_or_insert(format!(
+                        "offer `{}` belongs to another framework",
+                        id.value
+                    ));
                 }
                 None => {
                     problem.get_or_insert(format!(
@@ -946,9 +1082,14 @@ impl Core {
             .filter_map(|id| self.offers.get(id).map(|o| o.agent.as_str()))
             .collect();
         if agents.len() > 1 {
-            problem.get_or_insert("offers from different agents cannot be accepted together".into());
+            problem
+                .get_or_insert("offers from different agents cannot be accepted together".into());
         }
-        let agent = agents.iter().next().map(|a| a.to_string()).unwrap_or_default();
+        let agent = agents
+            .iter()
+            .next()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let mut offered = Resources::new();
         for id in &offer_ids {
             if let Some(o) = self.offers.get(id) {
@@ -977,8 +1118,14 @@ impl Core {
             self.offers.remove(id);
         }
         for (mut task, resources) in launches {
-            task.agent_id = Some(v1::AgentId { value: agent.clone() });
-            let task_id = task.task_id.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+            task.agent_id = Some(v1::AgentId {
+                value: agent.clone(),
+            });
+            let task_id = task
+                .task_id
+                .as_ref()
+                .map(|t| t.value.clone())
+                .unwrap_or_default();
             used.add(&resources);
             info!(task = %task_id, agent = %agent, resources = %resources, "launching task");
             self.tasks.insert(
@@ -993,10 +1140,15 @@ impl Core {
                     kill_requested: false,
                 },
             );
-            self.send_to_agent(&agent, master_message::Message::Launch(master_message::Launch {
-                framework_id: Some(v1::FrameworkId { value: framework_id.to_string() }),
-                task: Some(task),
-            }));
+            self.send_to_agent(
+                &agent,
+                master_message::Message::Launch(master_message::Launch {
+                    framework_id: Some(v1::FrameworkId {
+                        value: framework_id.to_string(),
+                    }),
+                    task: Some(task),
+                }),
+            );
         }
         let unused = offered.minus(&used);
         let until = refuse.map(|d| self.now_ms().saturating_add(d.as_millis() as Millis));
@@ -1016,11 +1168,19 @@ impl Core {
         let mut total = Resources::new();
         let mut out = Vec::with_capacity(tasks.len());
         for task in tasks {
-            let id = task.task_id.as_ref().map(|t| t.value.as_str()).unwrap_or("");
+            let id = task
+                .task_id
+                .as_ref()
+                .map(|t| t.value.as_str())
+                .unwrap_or("");
             if id.is_empty() {
                 return Err("task_id must not be empty".into());
             }
-            if id.len() > 256 || id == "." || id == ".." || id.chars().any(|c| c.is_control() || c == '/') {
+            if id.len() > 256
+                || id == "."
+                || id == ".."
+                || id.chars().any(|c| c.is_control() || c == '/')
+            {
                 return Err(format!(
                     "task `{id}`: task_id must be at most 256 characters, not `.` or `..`, without `/` or control characters"
                 ));
@@ -1033,14 +1193,23 @@ impl Core {
                 .get(&(framework_id.to_string(), id.to_string()))
                 .is_some_and(|t| !is_terminal(t.state))
             {
-                return Err(format!("task id `{id}` is already in use by a live task of this framework"));
+                return Err(format!(
+                    "task id `{id}` is already in use by a live task of this framework"
+                ));
             }
             if let Some(a) = task.agent_id.as_ref().filter(|a| !a.value.is_empty())
                 && a.value != agent
             {
-                return Err(format!("task `{id}`: agent_id `{}` is not the offer's agent `{agent}`", a.value));
+                return Err(format!(
+                    "task `{id}`: agent_id `{}` is not the offer's agent `{agent}`",
+                    a.value
+                ));
             }
-            if task.command.as_ref().is_none_or(|c| c.value.trim().is_empty()) {
+            if task
+                .command
+                .as_ref()
+                .is_none_or(|c| c.value.trim().is_empty())
+            {
                 return Err(format!("task `{id}`: command.value must not be empty"));
             }
             let resources =
@@ -1052,7 +1221,9 @@ impl Core {
                 return Err(format!("task `{id}`: resources.mem must be at least 1 MiB"));
             }
             if !(task.kill_grace_period.is_finite() && task.kill_grace_period >= 0.0) {
-                return Err(format!("task `{id}`: kill_grace_period must be a finite number >= 0"));
+                return Err(format!(
+                    "task `{id}`: kill_grace_period must be a finite number >= 0"
+                ));
             }
             total.add(&resources);
             if !offered.contains(&total) {
@@ -1081,8 +1252,14 @@ impl Core {
         let mut offered_by_agent: HashMap<&str, Resources> = HashMap::new();
         let mut offered_by_framework: HashMap<&str, Resources> = HashMap::new();
         for o in self.offers.values() {
-            offered_by_agent.entry(&o.agent).or_default().add(&o.resources);
-            offered_by_framework.entry(&o.framework).or_default().add(&o.resources);
+            offered_by_agent
+                .entry(&o.agent)
+                .or_default()
+                .add(&o.resources);
+            offered_by_framework
+                .entry(&o.framework)
+                .or_default()
+                .add(&o.resources);
         }
         let mut agents: Vec<AgentView> = self
             .agents
@@ -1091,12 +1268,22 @@ impl Core {
                 id: a.id.clone(),
                 hostname: a.hostname.clone(),
                 endpoint: a.endpoint.clone(),
-                attributes: a.attributes.iter().map(|x| (x.name.clone(), x.text.clone())).collect(),
+                attributes: a
+                    .attributes
+                    .iter()
+                    .map(|x| (x.name.clone(), x.text.clone()))
+                    .collect(),
                 status: a.status.name(),
                 resources: AgentResources {
                     total: a.total.clone(),
-                    used: used_by_agent.get(a.id.as_str()).cloned().unwrap_or_default(),
-                    offered: offered_by_agent.get(a.id.as_str()).cloned().unwrap_or_default(),
+                    used: used_by_agent
+                        .get(a.id.as_str())
+                        .cloned()
+                        .unwrap_or_default(),
+                    offered: offered_by_agent
+                        .get(a.id.as_str())
+                        .cloned()
+                        .unwrap_or_default(),
                 },
             })
             .collect();
@@ -1109,8 +1296,14 @@ impl Core {
                 name: f.info.name.clone(),
                 role: f.role.clone(),
                 active: f.stream.is_some(),
-                used: used_by_framework.get(f.id.as_str()).map(Resources::scalar_part).unwrap_or_default(),
-                offered: offered_by_framework.get(f.id.as_str()).map(Resources::scalar_part).unwrap_or_default(),
+                used: used_by_framework
+                    .get(f.id.as_str())
+                    .map(Resources::scalar_part)
+                    .unwrap_or_default(),
+                offered: offered_by_framework
+                    .get(f.id.as_str())
+                    .map(Resources::scalar_part)
+                    .unwrap_or_default(),
                 task_count: count_by_framework.get(f.id.as_str()).copied().unwrap_or(0),
             })
             .collect();
@@ -1130,14 +1323,20 @@ impl Core {
             })
             .collect();
         tasks.sort_by(|a, b| a.framework_id.cmp(&b.framework_id).then(a.id.cmp(&b.id)));
-        StateView { agents, frameworks, tasks }
+        StateView {
+            agents,
+            frameworks,
+            tasks,
+        }
     }
 }
 
 /// Ends a session that talks before registering: the agent reconnects and
 /// registers first.
 fn refuse_unregistered(tx: &AgentTx) {
-    let _ = tx.send(Err(Status::failed_precondition("this session is not registered; register first")));
+    let _ = tx.send(Err(Status::failed_precondition(
+        "this session is not registered; register first",
+    )));
 }
 
 fn refuse_duration(filters: Option<&v1::Filters>) -> Result<Option<Duration>, Status> {
@@ -1145,7 +1344,9 @@ fn refuse_duration(filters: Option<&v1::Filters>) -> Result<Option<Duration>, St
         .and_then(|f| f.refuse_seconds)
         .unwrap_or(DEFAULT_REFUSE_SECONDS);
     if !seconds.is_finite() || seconds < 0.0 {
-        return Err(Status::invalid_argument("filters.refuse_seconds must be a finite number >= 0"));
+        return Err(Status::invalid_argument(
+            "filters.refuse_seconds must be a finite number >= 0",
+        ));
     }
     Ok((seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9))))
 }

@@ -41,9 +41,17 @@ impl CoreHandle {
             .map_err(|_| Status::unavailable("the master is shutting down"))
     }
 
-    async fn call(&self, header: Option<v1::CallHeader>, call: Call) -> Result<Response<v1::CallResponse>, Status> {
+    async fn call(
+        &self,
+        header: Option<v1::CallHeader>,
+        call: Call,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         let (reply, answer) = oneshot::channel();
-        self.send(CoreMsg::Call { header, call, reply })?;
+        self.send(CoreMsg::Call {
+            header,
+            call,
+            reply,
+        })?;
         answer
             .await
             .map_err(|_| Status::unavailable("the master is shutting down"))??;
@@ -79,7 +87,10 @@ type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + S
 impl Scheduler for CoreHandle {
     type SubscribeStream = EventStream;
 
-    async fn subscribe(&self, request: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let info = request
             .into_inner()
             .framework_info
@@ -92,30 +103,51 @@ impl Scheduler for CoreHandle {
             .map_err(|_| Status::unavailable("the master is shutting down"))??;
         let stream = Guarded {
             inner: UnboundedReceiverStream::new(rx),
-            on_drop: Some((self.clone(), CoreMsg::FrameworkClosed { framework_id, stream_id })),
+            on_drop: Some((
+                self.clone(),
+                CoreMsg::FrameworkClosed {
+                    framework_id,
+                    stream_id,
+                },
+            )),
         };
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn accept(&self, r: Request<v1::AcceptRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn accept(
+        &self,
+        r: Request<v1::AcceptRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         let r = r.into_inner();
         self.call(r.header.clone(), Call::Accept(r)).await
     }
 
-    async fn decline(&self, r: Request<v1::DeclineRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn decline(
+        &self,
+        r: Request<v1::DeclineRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         let r = r.into_inner();
         self.call(r.header.clone(), Call::Decline(r)).await
     }
 
-    async fn revive(&self, r: Request<v1::ReviveRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn revive(
+        &self,
+        r: Request<v1::ReviveRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         self.call(r.into_inner().header, Call::Revive).await
     }
 
-    async fn suppress(&self, r: Request<v1::SuppressRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn suppress(
+        &self,
+        r: Request<v1::SuppressRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         self.call(r.into_inner().header, Call::Suppress).await
     }
 
-    async fn kill(&self, r: Request<v1::KillRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn kill(
+        &self,
+        r: Request<v1::KillRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         let r = r.into_inner();
         let task = r
             .task_id
@@ -124,17 +156,26 @@ impl Scheduler for CoreHandle {
         self.call(r.header, Call::Kill(task)).await
     }
 
-    async fn acknowledge(&self, r: Request<v1::AcknowledgeRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn acknowledge(
+        &self,
+        r: Request<v1::AcknowledgeRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         let r = r.into_inner();
         self.call(r.header.clone(), Call::Acknowledge(r)).await
     }
 
-    async fn reconcile(&self, r: Request<v1::ReconcileRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn reconcile(
+        &self,
+        r: Request<v1::ReconcileRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         let r = r.into_inner();
         self.call(r.header, Call::Reconcile(r.task_ids)).await
     }
 
-    async fn teardown(&self, r: Request<v1::TeardownRequest>) -> Result<Response<v1::CallResponse>, Status> {
+    async fn teardown(
+        &self,
+        r: Request<v1::TeardownRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
         self.call(r.into_inner().header, Call::Teardown).await
     }
 }
@@ -143,7 +184,10 @@ impl Scheduler for CoreHandle {
 impl AgentService for CoreHandle {
     type SessionStream = MasterStream;
 
-    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<MasterStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<MasterStream>, Status> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -153,7 +197,14 @@ impl AgentService for CoreHandle {
             while let Some(message) = inbound.next().await {
                 match message {
                     Ok(msg) => {
-                        if core.send(CoreMsg::Agent { conn, tx: out_tx.clone(), msg }).is_err() {
+                        if core
+                            .send(CoreMsg::Agent {
+                                conn,
+                                tx: out_tx.clone(),
+                                msg,
+                            })
+                            .is_err()
+                        {
                             break;
                         }
                     }

@@ -31,14 +31,23 @@ async fn health() -> Response {
 async fn state(State(core): State<CoreHandle>) -> Response {
     let (reply, answer) = oneshot::channel();
     if core.send(CoreMsg::Snapshot { reply }).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the master is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the master is shutting down",
+        );
     }
     match answer.await {
         Ok(view) => Json(view).into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the master is shutting down"),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the master is shutting down",
+        ),
     }
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
-    error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()))
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.path()),
+    )
 }

@@ -12,7 +12,9 @@ pub mod state;
 
 use std::future::{Future, IntoFuture};
 
-use agora_proto::v1::{agent_service_server::AgentServiceServer, scheduler_server::SchedulerServer};
+use agora_proto::v1::{
+    agent_service_server::AgentServiceServer, scheduler_server::SchedulerServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -57,7 +59,11 @@ pub async fn run(
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let router = if is_grpc { grpc.clone() } else { operator.clone() };
+        let router = if is_grpc {
+            grpc.clone()
+        } else {
+            operator.clone()
+        };
         async move {
             match router.oneshot(request).await {
                 Ok(response) => response,

@@ -22,7 +22,9 @@ pub enum ResourceError {
     NotANumber { name: String, value: String },
     #[error("resource `{name}`: {value} must be a finite number >= 0")]
     OutOfRange { name: String, value: f64 },
-    #[error("resource `{name}`: range `{range}` is malformed (want `[begin-end, ...]` with begin <= end)")]
+    #[error(
+        "resource `{name}`: range `{range}` is malformed (want `[begin-end, ...]` with begin <= end)"
+    )]
     BadRange { name: String, range: String },
     #[error("resource name must not be empty")]
     EmptyName,
@@ -168,7 +170,10 @@ impl Resources {
     /// Adds the ranges of `name` (builder style).
     pub fn with_ranges(mut self, name: &str, ranges: RangeSet) -> Self {
         if !ranges.is_empty() {
-            self.ranges.entry(name.to_string()).or_default().add(&ranges);
+            self.ranges
+                .entry(name.to_string())
+                .or_default()
+                .add(&ranges);
         }
         self
     }
@@ -192,7 +197,9 @@ impl Resources {
 
     /// The scalars by name.
     pub fn scalars(&self) -> impl Iterator<Item = (&str, f64)> {
-        self.scalars.iter().map(|(n, m)| (n.as_str(), *m as f64 / 1000.0))
+        self.scalars
+            .iter()
+            .map(|(n, m)| (n.as_str(), *m as f64 / 1000.0))
     }
 
     /// Only the scalar part: what sums meaningfully across agents (ports on
@@ -303,10 +310,12 @@ impl Resources {
                 return Err(ResourceError::EmptyName);
             }
             if let Some(inner) = value.strip_prefix('[') {
-                let inner = inner.strip_suffix(']').ok_or_else(|| ResourceError::BadRange {
-                    name: name.to_string(),
-                    range: value.to_string(),
-                })?;
+                let inner = inner
+                    .strip_suffix(']')
+                    .ok_or_else(|| ResourceError::BadRange {
+                        name: name.to_string(),
+                        range: value.to_string(),
+                    })?;
                 let mut set = RangeSet::default();
                 for part in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let bad = || ResourceError::BadRange {
@@ -441,7 +450,10 @@ impl fmt::Display for Resources {
         let mut parts: Vec<String> = self.scalars().map(|(n, a)| format!("{n}:{a}")).collect();
         parts.extend(self.ranges.iter().map(|(n, r)| format!("{n}:{r}")));
         parts.extend(self.sets.iter().map(|(n, s)| {
-            format!("{n}:{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(","))
+            format!(
+                "{n}:{{{}}}",
+                s.iter().cloned().collect::<Vec<_>>().join(",")
+            )
         }));
         f.write_str(&parts.join(";"))
     }
@@ -476,18 +488,33 @@ mod tests {
         assert_eq!(r.scalar("cpus"), 4.0);
         assert_eq!(r.scalar("mem"), 8192.0);
         assert_eq!(r.ranges("ports").len(), 1003);
-        assert_eq!(r.to_string(), "cpus:4;disk:20000;mem:8192;ports:[31000-32000,33000-33001]");
+        assert_eq!(
+            r.to_string(),
+            "cpus:4;disk:20000;mem:8192;ports:[31000-32000,33000-33001]"
+        );
     }
 
     #[test]
     fn parse_errors_name_the_resource() {
         assert_eq!(
             Resources::parse("cpus:lots"),
-            Err(ResourceError::NotANumber { name: "cpus".into(), value: "lots".into() })
+            Err(ResourceError::NotANumber {
+                name: "cpus".into(),
+                value: "lots".into()
+            })
         );
-        assert!(matches!(Resources::parse("mem:-1"), Err(ResourceError::OutOfRange { .. })));
-        assert!(matches!(Resources::parse("ports:[5-1]"), Err(ResourceError::BadRange { .. })));
-        assert!(matches!(Resources::parse("cpus"), Err(ResourceError::MissingColon(_))));
+        assert!(matches!(
+            Resources::parse("mem:-1"),
+            Err(ResourceError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            Resources::parse("ports:[5-1]"),
+            Err(ResourceError::BadRange { .. })
+        ));
+        assert!(matches!(
+            Resources::parse("cpus"),
+            Err(ResourceError::MissingColon(_))
+        ));
     }
 
     #[test]
@@ -512,7 +539,10 @@ mod tests {
         let some = Resources::parse("ports:[31002-31003]").expect("valid");
         assert!(all.contains(&some));
         let rest = all.minus(&some);
-        assert_eq!(rest.ranges("ports").to_string(), "[31000-31001,31004-31009]");
+        assert_eq!(
+            rest.ranges("ports").to_string(),
+            "[31000-31001,31004-31009]"
+        );
         assert!(!rest.contains(&some));
         assert_eq!(
             rest.ranges("ports").take_first(3).map(|r| r.to_string()),
@@ -524,7 +554,14 @@ mod tests {
     fn proto_round_trip_and_validation() {
         let r = Resources::parse("cpus:0.5;mem:32;ports:[1-2];zones:{a,b}").expect("valid");
         assert_eq!(Resources::from_proto(&r.to_proto()), Ok(r));
-        let bad = vec![v1::Resource { name: "cpus".into(), scalar: f64::NAN, ..Default::default() }];
-        assert!(matches!(Resources::from_proto(&bad), Err(ResourceError::OutOfRange { .. })));
+        let bad = vec![v1::Resource {
+            name: "cpus".into(),
+            scalar: f64::NAN,
+            ..Default::default()
+        }];
+        assert!(matches!(
+            Resources::from_proto(&bad),
+            Err(ResourceError::OutOfRange { .. })
+        ));
     }
 }

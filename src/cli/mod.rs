@@ -11,7 +11,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "agora", version, about = "Agora: a cluster manager in the Mesos tradition")]
+#[command(
+    name = "agora",
+    version,
+    about = "Agora: a cluster manager in the Mesos tradition"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,7 +124,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("`{text}` must be a positive duration"));

@@ -47,7 +47,11 @@ fn master_config(flags: &MasterFlags) -> anyhow::Result<MasterConfig> {
     })
 }
 
-fn agent_config(master: String, data_dir: PathBuf, flags: &AgentFlags) -> anyhow::Result<AgentConfig> {
+fn agent_config(
+    master: String,
+    data_dir: PathBuf,
+    flags: &AgentFlags,
+) -> anyhow::Result<AgentConfig> {
     let mut config = AgentConfig::new(master, data_dir);
     if let Some(text) = &flags.resources {
         config.resources = Some(Resources::parse(text).context("--resources")?);
@@ -71,7 +75,12 @@ async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
     Ok((listener, format!("http://{addr}")))
 }
 
-pub async fn dev(listen: String, data_dir: PathBuf, master: MasterFlags, agent: AgentFlags) -> anyhow::Result<ExitCode> {
+pub async fn dev(
+    listen: String,
+    data_dir: PathBuf,
+    master: MasterFlags,
+    agent: AgentFlags,
+) -> anyhow::Result<ExitCode> {
     init_logging();
     let config = master_config(&master)?;
     let (listener, url) = bind(&listen).await?;
@@ -80,8 +89,16 @@ pub async fn dev(listen: String, data_dir: PathBuf, master: MasterFlags, agent: 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let master_task = tokio::spawn(agora_master::run(listener, config, stopped(stop_rx.clone())));
-    let agent_task = tokio::spawn(agora_agent::run(agent_config, ProcessContainerizer, stopped(stop_rx)));
+    let master_task = tokio::spawn(agora_master::run(
+        listener,
+        config,
+        stopped(stop_rx.clone()),
+    ));
+    let agent_task = tokio::spawn(agora_agent::run(
+        agent_config,
+        ProcessContainerizer,
+        stopped(stop_rx),
+    ));
     eprintln!("agora dev: master and agent up; state at {url}/api/v1/state; Ctrl-C stops both");
     terminated().await;
     stop_tx.send_replace(true);
@@ -98,7 +115,11 @@ pub async fn master(listen: String, flags: MasterFlags) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn agent(master: String, data_dir: PathBuf, flags: AgentFlags) -> anyhow::Result<ExitCode> {
+pub async fn agent(
+    master: String,
+    data_dir: PathBuf,
+    flags: AgentFlags,
+) -> anyhow::Result<ExitCode> {
     init_logging();
     let config = agent_config(master, data_dir, &flags)?;
     agora_agent::run(config, ProcessContainerizer, terminated()).await?;

@@ -54,7 +54,10 @@ pub async fn show(master: &str, json: bool) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("asking {url}"))?;
     let status = response.status();
-    let body: Value = response.json().await.with_context(|| format!("reading {url}"))?;
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("reading {url}"))?;
     if !status.is_success() {
         bail!("{url}: {status}: {}", text(&body["error"]));
     }

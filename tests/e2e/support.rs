@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_sdk::{
-    Driver, FrameworkConfig, Offer, Resources, Scheduler, SdkError, TaskState, TaskStatus, is_terminal,
-    offer_id, offer_resources, status_state, status_task_id, task, with_ports,
+    Driver, FrameworkConfig, Offer, Resources, Scheduler, SdkError, TaskState, TaskStatus,
+    is_terminal, offer_id, offer_resources, status_state, status_task_id, task, with_ports,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -32,7 +32,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -47,7 +50,10 @@ impl Proc {
     fn spawn(args: &[&str], wait_for_url: bool) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
             .args(args)
-            .env("AGORA_LOG", std::env::var("AGORA_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "AGORA_LOG",
+                std::env::var("AGORA_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -57,7 +63,9 @@ impl Proc {
         if wait_for_url {
             let stdout = child.stdout.take().expect("stdout");
             let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("reading the listen line");
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("reading the listen line");
             url = Some(
                 line.trim()
                     .strip_prefix("agora listening on ")
@@ -152,13 +160,17 @@ pub async fn state(master: &str) -> Value {
 
 /// Waits until the master lists `count` active agents.
 pub async fn wait_for_agents(master: &str, count: usize) -> Value {
-    wait_until(&format!("{count} active agents"), Duration::from_secs(20), || async {
-        let s = state(master).await;
-        let active = s["agents"]
-            .as_array()
-            .map_or(0, |a| a.iter().filter(|a| a["status"] == "active").count());
-        (active == count).then_some(s)
-    })
+    wait_until(
+        &format!("{count} active agents"),
+        Duration::from_secs(20),
+        || async {
+            let s = state(master).await;
+            let active = s["agents"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|a| a["status"] == "active").count());
+            (active == count).then_some(s)
+        },
+    )
     .await
 }
 
@@ -176,6 +188,12 @@ pub enum Seen {
 /// A scheduler that does nothing but report; the test drives the driver.
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Seen>,
+}
+
+impl Recorder {
+    pub fn new(tx: mpsc::UnboundedSender<Seen>) -> Recorder {
+        Recorder { tx }
+    }
 }
 
 impl Scheduler for Recorder {
@@ -204,6 +222,7 @@ pub struct TestFramework {
     pub driver: Driver,
     pub events: mpsc::UnboundedReceiver<Seen>,
     pub id: String,
+    set_aside: std::collections::VecDeque<Seen>,
     run: tokio::task::JoinHandle<Result<Recorder, SdkError>>,
 }
 
@@ -219,11 +238,24 @@ impl TestFramework {
             Ok(Some(Seen::Subscribed(id))) => id,
             other => panic!("{name}: expected a subscription, got {other:?}"),
         };
-        TestFramework { driver, events, id, run }
+        TestFramework {
+            driver,
+            events,
+            id,
+            set_aside: Default::default(),
+            run,
+        }
     }
 
-    /// The next event, or panics after `timeout`.
+    /// The next event (set-aside ones first), or panics after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Seen {
+        if let Some(seen) = self.set_aside.pop_front() {
+            return seen;
+        }
+        self.receive(timeout).await
+    }
+
+    async fn receive(&mut self, timeout: Duration) -> Seen {
         match tokio::time::timeout(timeout, self.events.recv()).await {
             Ok(Some(seen)) => seen,
             Ok(None) => panic!("framework stopped"),
@@ -231,45 +263,89 @@ impl TestFramework {
         }
     }
 
-    /// Skips events until an offer batch arrives.
-    pub async fn next_offers(&mut self, timeout: Duration) -> Vec<Offer> {
+    /// The first event matching `pick`, earlier ones that do not match set
+    /// aside for later waits (so waiting for one task never loses another's
+    /// update).
+    pub async fn next_matching<T>(
+        &mut self,
+        timeout: Duration,
+        pick: impl Fn(&Seen) -> Option<T>,
+    ) -> T {
+        if let Some(i) = self.set_aside.iter().position(|s| pick(s).is_some())
+            && let Some(seen) = self.set_aside.remove(i)
+            && let Some(found) = pick(&seen)
+        {
+            return found;
+        }
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Seen::Offers(o) = self.next(left).await {
-                return o;
+            let seen = self
+                .receive(deadline.saturating_duration_since(Instant::now()))
+                .await;
+            if let Some(found) = pick(&seen) {
+                return found;
             }
+            self.set_aside.push_back(seen);
         }
     }
 
-    /// Skips events until a status update matching `pred` arrives.
-    pub async fn next_update(&mut self, timeout: Duration, pred: impl Fn(&TaskStatus) -> bool) -> TaskStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Seen::Update(s) = self.next(left).await
-                && pred(&s)
-            {
-                return s;
-            }
-        }
+    /// The next batch of offers.
+    pub async fn next_offers(&mut self, timeout: Duration) -> Vec<Offer> {
+        self.next_matching(timeout, |s| match s {
+            Seen::Offers(o) => Some(o.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next status update matching `pred`.
+    pub async fn next_update(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&TaskStatus) -> bool,
+    ) -> TaskStatus {
+        self.next_matching(timeout, |s| match s {
+            Seen::Update(u) if pred(u) => Some(u.clone()),
+            _ => None,
+        })
+        .await
     }
 
     /// Waits for `task` to reach `state`.
-    pub async fn wait_state(&mut self, task_id: &str, state: TaskState, timeout: Duration) -> TaskStatus {
-        self.next_update(timeout, |s| status_task_id(s) == task_id && status_state(s) == state)
-            .await
+    pub async fn wait_state(
+        &mut self,
+        task_id: &str,
+        state: TaskState,
+        timeout: Duration,
+    ) -> TaskStatus {
+        self.next_update(timeout, |s| {
+            status_task_id(s) == task_id && status_state(s) == state
+        })
+        .await
     }
 
-    /// Waits for every one of `task_ids` to reach `state`, in any order.
-    pub async fn wait_all(&mut self, task_ids: &[&str], state: TaskState, timeout: Duration) {
-        let mut left: Vec<&str> = task_ids.to_vec();
+    /// Waits for every one of `task_ids` to reach `state`, in any order;
+    /// returns the updates by task id.
+    pub async fn wait_all(
+        &mut self,
+        task_ids: &[&str],
+        state: TaskState,
+        timeout: Duration,
+    ) -> BTreeMap<String, TaskStatus> {
+        let mut found = BTreeMap::new();
         let deadline = Instant::now() + timeout;
-        while !left.is_empty() {
+        while found.len() < task_ids.len() {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let s = self.next_update(remaining, |s| status_state(s) == state).await;
-            left.retain(|id| *id != status_task_id(&s));
+            let s = self
+                .next_update(remaining, |s| {
+                    status_state(s) == state
+                        && task_ids.contains(&status_task_id(s))
+                        && !found.contains_key(status_task_id(s))
+                })
+                .await;
+            found.insert(status_task_id(&s).to_string(), s);
         }
+        found
     }
 
     pub async fn teardown(self) {
@@ -299,7 +375,12 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    pub fn new(prefix: &str, command: &str, per_task: Resources, count: u32) -> (Launcher, Outcomes) {
+    pub fn new(
+        prefix: &str,
+        command: &str,
+        per_task: Resources,
+        count: u32,
+    ) -> (Launcher, Outcomes) {
         let outcomes = Outcomes::default();
         let launcher = Launcher {
             prefix: prefix.to_string(),
@@ -321,11 +402,17 @@ impl Scheduler for Launcher {
             let mut left = offer_resources(&offer);
             let mut tasks = Vec::new();
             while self.launched < self.count {
-                let Some(want) = with_ports(self.per_task.clone(), &left, self.ports) else { break };
+                let Some(want) = with_ports(self.per_task.clone(), &left, self.ports) else {
+                    break;
+                };
                 if !left.contains(&want) {
                     break;
                 }
-                tasks.push(task(&format!("{}-{}", self.prefix, self.launched), &self.command, &want));
+                tasks.push(task(
+                    &format!("{}-{}", self.prefix, self.launched),
+                    &self.command,
+                    &want,
+                ));
                 left.subtract(&want);
                 self.launched += 1;
                 if self.one_per_offer {
@@ -355,12 +442,16 @@ impl Scheduler for Launcher {
 
 /// Counts outcomes in `state`.
 pub fn count_in(outcomes: &Outcomes, state: TaskState) -> usize {
-    outcomes.lock().map_or(0, |o| o.values().filter(|s| **s == state).count())
+    outcomes
+        .lock()
+        .map_or(0, |o| o.values().filter(|s| **s == state).count())
 }
 
 /// Whether every recorded outcome is terminal and there are `n` of them.
 pub fn all_ended(outcomes: &Outcomes, n: usize) -> bool {
-    outcomes.lock().is_ok_and(|o| o.len() == n && o.values().all(|s| is_terminal(*s)))
+    outcomes
+        .lock()
+        .is_ok_and(|o| o.len() == n && o.values().all(|s| is_terminal(*s)))
 }
 
 /// Runs a [`Launcher`] in the background; returns its driver.
@@ -385,5 +476,9 @@ pub fn kill_group(pgid: i32) {
 
 /// Reads a pid a task wrote into its sandbox.
 pub fn sandbox_file(data_dir: &Path, framework: &str, task: &str, file: &str) -> PathBuf {
-    data_dir.join("sandboxes").join(framework).join(task).join(file)
+    data_dir
+        .join("sandboxes")
+        .join(framework)
+        .join(task)
+        .join(file)
 }

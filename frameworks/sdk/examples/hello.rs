@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use agora_sdk::{
-    Driver, FrameworkConfig, Offer, Resources, Scheduler, TaskState, TaskStatus, is_terminal, offer_id,
-    offer_resources, status_state, status_task_id, task,
+    Driver, FrameworkConfig, Offer, Resources, Scheduler, TaskState, TaskStatus, is_terminal,
+    offer_id, offer_resources, status_state, status_task_id, task,
 };
 use clap::Parser;
 
@@ -76,11 +76,18 @@ impl Scheduler for Hello {
         }
         let id = status_task_id(&status).to_string();
         if self.ended.insert(id.clone(), state).is_none() {
-            let detail = if status.message.is_empty() { String::new() } else { format!(" ({})", status.message) };
+            let detail = if status.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", status.message)
+            };
             println!("{id} {}{detail}", state.as_str_name());
         }
         if self.ended.len() as u32 == self.total {
-            let elapsed = self.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+            let elapsed = self
+                .started
+                .map(|s| s.elapsed().as_secs_f64())
+                .unwrap_or(0.0);
             println!(
                 "{} tasks ended in {elapsed:.2} s ({:.1} tasks/s)",
                 self.total,
@@ -94,10 +101,14 @@ impl Scheduler for Hello {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args = Args::parse();
-    let per_task = Resources::new().with_scalar("cpus", args.cpus).with_scalar("mem", args.mem);
+    let per_task = Resources::new()
+        .with_scalar("cpus", args.cpus)
+        .with_scalar("mem", args.mem);
     let mut config = FrameworkConfig::new(&args.master, "hello");
     config.role = args.role.clone();
     let driver = match Driver::new(config) {
@@ -123,7 +134,11 @@ async fn main() -> ExitCode {
         Ok(hello) => {
             let all_finished = hello.ended.len() as u32 == hello.total
                 && hello.ended.values().all(|s| *s == TaskState::TaskFinished);
-            if all_finished { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if all_finished {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("{e}");

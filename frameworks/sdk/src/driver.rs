@@ -132,11 +132,17 @@ impl Driver {
 
     /// The framework id, once subscribed.
     pub fn framework_id(&self) -> Option<String> {
-        self.subscription.lock().ok().and_then(|s| s.framework_id.clone())
+        self.subscription
+            .lock()
+            .ok()
+            .and_then(|s| s.framework_id.clone())
     }
 
     fn header(&self) -> Result<v1::CallHeader, SdkError> {
-        let s = self.subscription.lock().map_err(|_| SdkError::NotSubscribed)?;
+        let s = self
+            .subscription
+            .lock()
+            .map_err(|_| SdkError::NotSubscribed)?;
         match (&s.framework_id, &s.stream_id) {
             (Some(f), Some(stream)) => Ok(v1::CallHeader {
                 framework_id: Some(v1::FrameworkId { value: f.clone() }),
@@ -148,40 +154,79 @@ impl Driver {
 
     /// Launches `tasks` on the resources of `offer_ids` (all on one agent);
     /// what the tasks do not use is declined with `refuse_seconds`.
-    pub async fn accept(&self, offer_ids: &[&str], tasks: Vec<v1::TaskInfo>, refuse_seconds: Option<f64>) -> Result<(), SdkError> {
+    pub async fn accept(
+        &self,
+        offer_ids: &[&str],
+        tasks: Vec<v1::TaskInfo>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<(), SdkError> {
         let request = v1::AcceptRequest {
             header: Some(self.header()?),
-            offer_ids: offer_ids.iter().map(|id| v1::OfferId { value: id.to_string() }).collect(),
+            offer_ids: offer_ids
+                .iter()
+                .map(|id| v1::OfferId {
+                    value: id.to_string(),
+                })
+                .collect(),
             tasks,
             filters: Some(v1::Filters { refuse_seconds }),
         };
-        self.client.clone().accept(request).await.map_err(|s| call_error("accept", s))?;
+        self.client
+            .clone()
+            .accept(request)
+            .await
+            .map_err(|s| call_error("accept", s))?;
         Ok(())
     }
 
     /// Declines offers; the agent is not offered again for `refuse_seconds`
     /// (default 5).
-    pub async fn decline(&self, offer_ids: &[&str], refuse_seconds: Option<f64>) -> Result<(), SdkError> {
+    pub async fn decline(
+        &self,
+        offer_ids: &[&str],
+        refuse_seconds: Option<f64>,
+    ) -> Result<(), SdkError> {
         let request = v1::DeclineRequest {
             header: Some(self.header()?),
-            offer_ids: offer_ids.iter().map(|id| v1::OfferId { value: id.to_string() }).collect(),
+            offer_ids: offer_ids
+                .iter()
+                .map(|id| v1::OfferId {
+                    value: id.to_string(),
+                })
+                .collect(),
             filters: Some(v1::Filters { refuse_seconds }),
         };
-        self.client.clone().decline(request).await.map_err(|s| call_error("decline", s))?;
+        self.client
+            .clone()
+            .decline(request)
+            .await
+            .map_err(|s| call_error("decline", s))?;
         Ok(())
     }
 
     /// Asks for offers again, clearing every refusal filter.
     pub async fn revive(&self) -> Result<(), SdkError> {
-        let request = v1::ReviveRequest { header: Some(self.header()?) };
-        self.client.clone().revive(request).await.map_err(|s| call_error("revive", s))?;
+        let request = v1::ReviveRequest {
+            header: Some(self.header()?),
+        };
+        self.client
+            .clone()
+            .revive(request)
+            .await
+            .map_err(|s| call_error("revive", s))?;
         Ok(())
     }
 
     /// Stops offers until [`Driver::revive`].
     pub async fn suppress(&self) -> Result<(), SdkError> {
-        let request = v1::SuppressRequest { header: Some(self.header()?) };
-        self.client.clone().suppress(request).await.map_err(|s| call_error("suppress", s))?;
+        let request = v1::SuppressRequest {
+            header: Some(self.header()?),
+        };
+        self.client
+            .clone()
+            .suppress(request)
+            .await
+            .map_err(|s| call_error("suppress", s))?;
         Ok(())
     }
 
@@ -189,9 +234,15 @@ impl Driver {
     pub async fn kill(&self, task_id: &str) -> Result<(), SdkError> {
         let request = v1::KillRequest {
             header: Some(self.header()?),
-            task_id: Some(v1::TaskId { value: task_id.to_string() }),
+            task_id: Some(v1::TaskId {
+                value: task_id.to_string(),
+            }),
         };
-        self.client.clone().kill(request).await.map_err(|s| call_error("kill", s))?;
+        self.client
+            .clone()
+            .kill(request)
+            .await
+            .map_err(|s| call_error("kill", s))?;
         Ok(())
     }
 
@@ -207,7 +258,11 @@ impl Driver {
             task_id: status.task_id.clone(),
             uuid: status.uuid.clone(),
         };
-        self.client.clone().acknowledge(request).await.map_err(|s| call_error("acknowledge", s))?;
+        self.client
+            .clone()
+            .acknowledge(request)
+            .await
+            .map_err(|s| call_error("acknowledge", s))?;
         Ok(())
     }
 
@@ -216,9 +271,18 @@ impl Driver {
     pub async fn reconcile(&self, task_ids: &[&str]) -> Result<(), SdkError> {
         let request = v1::ReconcileRequest {
             header: Some(self.header()?),
-            task_ids: task_ids.iter().map(|id| v1::TaskId { value: id.to_string() }).collect(),
+            task_ids: task_ids
+                .iter()
+                .map(|id| v1::TaskId {
+                    value: id.to_string(),
+                })
+                .collect(),
         };
-        self.client.clone().reconcile(request).await.map_err(|s| call_error("reconcile", s))?;
+        self.client
+            .clone()
+            .reconcile(request)
+            .await
+            .map_err(|s| call_error("reconcile", s))?;
         Ok(())
     }
 
@@ -243,7 +307,9 @@ impl Driver {
 
     async fn finish<S>(&self, scheduler: S) -> Result<S, SdkError> {
         if *self.stop.borrow() == Stop::Teardown {
-            let request = v1::TeardownRequest { header: Some(self.header()?) };
+            let request = v1::TeardownRequest {
+                header: Some(self.header()?),
+            };
             self.client
                 .clone()
                 .teardown(request)
@@ -275,11 +341,18 @@ impl Driver {
             let subscribed = self
                 .client
                 .clone()
-                .subscribe(v1::SubscribeRequest { framework_info: Some(info) })
+                .subscribe(v1::SubscribeRequest {
+                    framework_info: Some(info),
+                })
                 .await;
             let mut events = match subscribed {
                 Ok(response) => response.into_inner(),
-                Err(status) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::PermissionDenied) => {
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     return Err(SdkError::SubscribeRefused(status.message().to_string()));
                 }
                 Err(status) => {
@@ -322,7 +395,9 @@ impl Driver {
                             sub.framework_id = Some(id.clone());
                             sub.stream_id = Some(s.stream_id);
                         }
-                        if s.heartbeat_interval_seconds.is_finite() && s.heartbeat_interval_seconds > 0.0 {
+                        if s.heartbeat_interval_seconds.is_finite()
+                            && s.heartbeat_interval_seconds > 0.0
+                        {
                             silence = Duration::from_secs_f64(s.heartbeat_interval_seconds * 3.0);
                         }
                         backoff = Duration::from_millis(100);

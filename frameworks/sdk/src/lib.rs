@@ -19,7 +19,11 @@ pub use driver::{Driver, FrameworkConfig, SdkError};
 /// offers and manage tasks from inside it.
 pub trait Scheduler: Send {
     /// The master accepted the subscription (also after every reconnect).
-    fn subscribed(&mut self, driver: &Driver, framework_id: &str) -> impl Future<Output = ()> + Send {
+    fn subscribed(
+        &mut self,
+        driver: &Driver,
+        framework_id: &str,
+    ) -> impl Future<Output = ()> + Send {
         let _ = (driver, framework_id);
         async {}
     }
@@ -35,10 +39,19 @@ pub trait Scheduler: Send {
     }
 
     /// A task changed state. Acknowledged when this returns.
-    fn status_update(&mut self, driver: &Driver, status: TaskStatus) -> impl Future<Output = ()> + Send;
+    fn status_update(
+        &mut self,
+        driver: &Driver,
+        status: TaskStatus,
+    ) -> impl Future<Output = ()> + Send;
 
     /// An agent was lost.
-    fn failure(&mut self, driver: &Driver, agent_id: &str, message: &str) -> impl Future<Output = ()> + Send {
+    fn failure(
+        &mut self,
+        driver: &Driver,
+        agent_id: &str,
+        message: &str,
+    ) -> impl Future<Output = ()> + Send {
         let _ = (driver, agent_id, message);
         async {}
     }
@@ -82,7 +95,9 @@ pub fn status_state(status: &TaskStatus) -> TaskState {
 pub fn task(id: &str, command: &str, resources: &Resources) -> TaskInfo {
     TaskInfo {
         name: id.to_string(),
-        task_id: Some(v1::TaskId { value: id.to_string() }),
+        task_id: Some(v1::TaskId {
+            value: id.to_string(),
+        }),
         resources: resources.to_proto(),
         command: Some(v1::CommandInfo {
             value: command.to_string(),
