@@ -34,16 +34,19 @@ fn cluster(agents: usize, frameworks: usize) -> DrfAllocator {
     alloc
 }
 
-/// Every framework has declined every agent for a long time. Filters are set
-/// with the allocator's public `recover` call, as a decline of an offer does,
-/// without the F passes it would take to offer each agent to each framework.
+/// Every framework has declined every agent for a long time: each agent's
+/// free resources are allocated to each framework and handed back with a
+/// long filter, exactly what an offer and its decline do, without the F
+/// allocation passes it would take to offer every agent to every framework.
 fn declined_cluster(agents: usize, frameworks: usize) -> DrfAllocator {
     let mut alloc = cluster(agents, frameworks);
-    let nothing = Resources::new();
+    let whole = Resources::parse(AGENT).expect("agent resources");
+    let names: Vec<String> = (0..frameworks).map(|f| format!("framework-{f}")).collect();
     for a in 0..agents {
         let agent = format!("agent-{a}");
-        for f in 0..frameworks {
-            alloc.recover(&format!("framework-{f}"), &agent, &nothing, Some(u64::MAX));
+        for framework in &names {
+            alloc.allocate_used(framework, &agent, &whole);
+            alloc.recover(framework, &agent, &whole, Some(u64::MAX));
         }
     }
     // Sanity: a declined cluster offers nothing.

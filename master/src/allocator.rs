@@ -11,7 +11,9 @@
 //!
 //! Performance shape: a pass that offers nothing (every framework filtered
 //! every agent, Mesos's "DeclineOffers" benchmark) costs one bitset test per
-//! agent — a word-wise `eligible & !filtered` over the framework slots.
+//! agent — a word-wise `eligible & !applying` over the framework slots —
+//! because which filters apply is recomputed only for agents whose free
+//! resources changed.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -85,11 +87,127 @@ struct AgentSlot {
     available: Resources,
     /// Allocated resources by framework slot.
     allocated: HashMap<usize, Resources>,
-    /// Refusal filters: (framework slot, expiry).
-    filters: Vec<(usize, Millis)>,
-    /// Bit per framework slot with an unexpired filter on this agent.
-    filtered: Vec<u64>,
+    filters: RefusalFilters,
+}
+
+/// One framework's refusal of an agent.
+struct Refusal {
+    framework: usize,
+    expiry: Millis,
+    /// Index into [`RefusalFilters::refused`].
+    refused: usize,
+}
+
+/// The refusal filters on one agent, with Mesos's semantics
+/// (`RefusedOfferFilter`): a framework that refused resources R is not
+/// offered the agent while what is free there lies within R, until the
+/// filter expires. Once more is free (a task ended), the filter no longer
+/// applies, so a framework that turned down the crumbs of an agent still
+/// hears of it when real room appears.
+#[derive(Default)]
+struct RefusalFilters {
+    entries: Vec<Refusal>,
+    /// Refused bags, shared by the refusals that name the same one (after a
+    /// round of declines every framework refused the same free resources),
+    /// with their use counts.
+    refused: Vec<(Resources, usize)>,
+    /// Bit per framework slot whose filter applies to the agent's free
+    /// resources as of the last [`RefusalFilters::refresh`].
+    applying: Vec<u64>,
+    /// The free resources or the filters changed since the last refresh.
+    stale: bool,
     earliest_expiry: Millis,
+}
+
+impl RefusalFilters {
+    fn new() -> Self {
+        RefusalFilters {
+            earliest_expiry: Millis::MAX,
+            ..Default::default()
+        }
+    }
+
+    fn add(&mut self, framework: usize, refused: &Resources, until: Millis) {
+        self.remove(framework);
+        let index = match self
+            .refused
+            .iter()
+            .position(|(r, n)| *n > 0 && r == refused)
+        {
+            Some(i) => i,
+            None => match self.refused.iter().position(|(_, n)| *n == 0) {
+                Some(i) => {
+                    self.refused[i].0 = refused.clone();
+                    i
+                }
+                None => {
+                    self.refused.push((refused.clone(), 0));
+                    self.refused.len() - 1
+                }
+            },
+        };
+        self.refused[index].1 += 1;
+        self.entries.push(Refusal {
+            framework,
+            expiry: until,
+            refused: index,
+        });
+        self.earliest_expiry = self.earliest_expiry.min(until);
+        self.stale = true;
+    }
+
+    fn remove(&mut self, framework: usize) {
+        let refused = &mut self.refused;
+        let before = self.entries.len();
+        self.entries.retain(|e| {
+            let keep = e.framework != framework;
+            if !keep {
+                refused[e.refused].1 -= 1;
+            }
+            keep
+        });
+        if self.entries.len() != before {
+            set_bit(&mut self.applying, framework, false);
+            self.stale = true;
+        }
+    }
+
+    fn expire(&mut self, now: Millis) {
+        if now < self.earliest_expiry {
+            return;
+        }
+        let mut earliest = Millis::MAX;
+        let (refused, applying) = (&mut self.refused, &mut self.applying);
+        self.entries.retain(|e| {
+            if e.expiry <= now {
+                refused[e.refused].1 -= 1;
+                set_bit(applying, e.framework, false);
+                false
+            } else {
+                earliest = earliest.min(e.expiry);
+                true
+            }
+        });
+        self.earliest_expiry = earliest;
+    }
+
+    /// Recomputes which filters apply to `available`, if anything changed.
+    fn refresh(&mut self, available: &Resources) {
+        if !std::mem::take(&mut self.stale) {
+            return;
+        }
+        let covers: Vec<bool> = self
+            .refused
+            .iter()
+            .map(|(r, n)| *n > 0 && r.contains(available))
+            .collect();
+        self.applying.iter_mut().for_each(|w| *w = 0);
+        for e in &self.entries {
+            if covers[e.refused] {
+                set_bit(&mut self.applying, e.framework, true);
+            }
+        }
+    }
 }
 
 struct FrameworkSlot {
@@ -240,6 +358,8 @@ impl DrfAllocator {
         let Some(a) = self.agents[agent].as_mut() else {
             return;
         };
+        // What is free changed, so which refusals apply may have too.
+        a.filters.stale = true;
         let entry = a.allocated.entry(fw).or_default();
         if add {
             entry.add(resources);
@@ -276,30 +396,9 @@ impl DrfAllocator {
     }
 
     fn clear_filter(&mut self, agent: usize, fw: usize) {
-        if let Some(a) = self.agents[agent].as_mut()
-            && bit(&a.filtered, fw)
-        {
-            a.filters.retain(|&(f, _)| f != fw);
-            set_bit(&mut a.filtered, fw, false);
+        if let Some(a) = self.agents[agent].as_mut() {
+            a.filters.remove(fw);
         }
-    }
-
-    fn expire_filters(a: &mut AgentSlot, now: Millis) {
-        if now < a.earliest_expiry {
-            return;
-        }
-        let mut earliest = Millis::MAX;
-        let filtered = &mut a.filtered;
-        a.filters.retain(|&(fw, expiry)| {
-            if expiry <= now {
-                set_bit(filtered, fw, false);
-                false
-            } else {
-                earliest = earliest.min(expiry);
-                true
-            }
-        });
-        a.earliest_expiry = earliest;
     }
 
     /// The first framework in DRF order that may be offered `agent`.
@@ -308,13 +407,13 @@ impl DrfAllocator {
             .eligible
             .iter()
             .enumerate()
-            .any(|(w, e)| e & !agent.filtered.get(w).copied().unwrap_or(0) != 0);
+            .any(|(w, e)| e & !agent.filters.applying.get(w).copied().unwrap_or(0) != 0);
         if !any {
             return None;
         }
         for &(_, role) in &self.role_order {
             for &(_, fw) in &self.roles[role].frameworks {
-                if bit(&self.eligible, fw) && !bit(&agent.filtered, fw) {
+                if bit(&self.eligible, fw) && !bit(&agent.filters.applying, fw) {
                     return Some(fw);
                 }
             }
@@ -350,9 +449,7 @@ impl Allocator for DrfAllocator {
             available: total.clone(),
             total,
             allocated: HashMap::new(),
-            filters: Vec::new(),
-            filtered: Vec::new(),
-            earliest_expiry: Millis::MAX,
+            filters: RefusalFilters::new(),
         };
         let i = match self.free_agent_slots.pop() {
             Some(i) => {
@@ -526,12 +623,7 @@ impl Allocator for DrfAllocator {
         };
         self.charge(fw, a, resources, false);
         if let (Some(until), Some(slot)) = (refuse_until, self.agents[a].as_mut()) {
-            if bit(&slot.filtered, fw) {
-                slot.filters.retain(|&(f, _)| f != fw);
-            }
-            slot.filters.push((fw, until));
-            set_bit(&mut slot.filtered, fw, true);
-            slot.earliest_expiry = slot.earliest_expiry.min(until);
+            slot.filters.add(fw, resources, until);
         }
     }
 
@@ -553,10 +645,11 @@ impl Allocator for DrfAllocator {
             let Some(agent) = self.agents[i].as_mut() else {
                 continue;
             };
-            Self::expire_filters(agent, now);
+            agent.filters.expire(now);
             if !worth_offering(&agent.available) {
                 continue;
             }
+            agent.filters.refresh(&agent.available);
             let Some(agent) = self.agents[i].as_ref() else {
                 continue;
             };
@@ -692,6 +785,25 @@ mod tests {
             third[0].framework, taker,
             "offered again once the filter expired"
         );
+    }
+
+    #[test]
+    fn a_refusal_lapses_when_more_than_was_refused_becomes_free() {
+        let mut alloc = DrfAllocator::new();
+        alloc.add_agent("a", agent_resources(), &[]);
+        alloc.add_framework("f", "r", true);
+        let offer = alloc.allocate(0).remove(0);
+        // Take most of the agent, refuse the crumbs for a long time.
+        let used = Resources::new()
+            .with_scalar("cpus", 3.5)
+            .with_scalar("mem", 3000.0);
+        alloc.recover("f", "a", &offer.resources.minus(&used), Some(u64::MAX));
+        assert!(alloc.allocate(1).is_empty(), "the crumbs stay refused");
+        // A task ends: more is free than was refused, so the agent is offered.
+        alloc.recover("f", "a", &used, None);
+        let again = alloc.allocate(2);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].resources, agent_resources());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::future::{Future, IntoFuture};
 use agora_proto::v1::{
     agent_service_server::AgentServiceServer, scheduler_server::SchedulerServer,
 };
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -29,6 +30,14 @@ pub enum MasterError {
         addr: String,
         source: std::io::Error,
     },
+}
+
+/// Small gRPC messages (updates, acknowledgements) must not wait for Nagle's
+/// algorithm and the peer's delayed ACK: that costs ~40 ms a round trip.
+fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("TCP_NODELAY: {e}");
+    }
 }
 
 /// Serves the master on an already-bound listener until `shutdown` resolves.
@@ -75,7 +84,7 @@ pub async fn run(
     // Not a graceful drain: agent and framework streams never end on their
     // own, and they reconnect to whoever serves next.
     let served = tokio::select! {
-        served = axum::serve(listener, app).into_future() => served,
+        served = axum::serve(listener.tap_io(set_nodelay), app).into_future() => served,
         () = shutdown => Ok(()),
     };
     let _ = stop_core_tx.send(());
