@@ -629,3 +629,100 @@ async fn a_second_subscription_with_the_same_id_takes_over_the_framework() {
     }
     driver.teardown();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_offer_is_rescinded_at_the_offer_timeout_and_offered_again() {
+    let master = start_master("127.0.0.1:0", &["--offer-timeout", "1s"]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT_4CPU, "host-a");
+    wait_for_agents(&url, 1).await;
+    let mut f = TestFramework::start(&url, "sluggish", "*").await;
+    let first = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    let first_id = offer_id(&first).to_string();
+    let rescinded = f
+        .next_matching(Duration::from_secs(10), |s| match s {
+            Seen::Rescinded(id) => Some(id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(rescinded, first_id);
+    // A rescinded offer cannot be used...
+    let err = f
+        .driver
+        .accept(
+            &[&first_id],
+            vec![task("late", "true", &small_task())],
+            None,
+        )
+        .await
+        .expect_err("rescinded offer");
+    assert!(err.to_string().contains("not outstanding"), "{err}");
+    // ...and its resources are offered again, whole.
+    let again = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    assert_ne!(offer_id(&again), first_id);
+    assert_eq!(
+        offer_resources(&again),
+        Resources::parse(AGENT_4CPU).expect("valid")
+    );
+    f.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agora_dev_runs_a_master_and_an_agent_that_agora_state_shows() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let dev = Proc::spawn_with_url(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--resources",
+        "cpus:2;mem:2048;ports:[31000-31010]",
+        "--attributes",
+        "zone:dev",
+    ]);
+    let url = dev.url.clone().expect("url");
+    wait_for_agents(&url, 1).await;
+    let health: serde_json::Value = reqwest::get(format!("{url}/health"))
+        .await
+        .expect("GET /health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    let missing = reqwest::get(format!("{url}/api/v1/nope"))
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.expect("json error");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/api/v1/nope"))
+    );
+
+    // A framework's task runs on the dev agent, and `agora state` shows it.
+    let (job, done) = Launcher::new("dev", "echo hello", small_task(), 1);
+    spawn_launcher(&url, "devtest", "*", job);
+    wait_until("the task to finish", Duration::from_secs(20), || async {
+        all_ended(&done, 1).then_some(())
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["state", "--master", &url])
+        .output()
+        .expect("agora state");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("agents (1)"), "{text}");
+    assert!(
+        text.contains("dev-0") && text.contains("TASK_FINISHED"),
+        "{text}"
+    );
+    assert!(
+        data.join("agent_id").exists(),
+        "the agent keeps its id in --data-dir"
+    );
+}

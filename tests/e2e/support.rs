@@ -76,6 +76,11 @@ impl Proc {
         Proc { child, url }
     }
 
+    /// Runs `agora ARGS…` and reads the URL it prints.
+    pub fn spawn_with_url(args: &[&str]) -> Proc {
+        Proc::spawn(args, true)
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
