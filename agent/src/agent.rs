@@ -20,7 +20,9 @@ use tonic::Streaming;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::AgentConfig;
-use crate::containerizer::{Container, Containerizer, LaunchSpec};
+use crate::cgroups::Usage;
+use crate::checkpoint::Checkpoints;
+use crate::containerizer::{Container, Containerizer, Exit, LaunchSpec};
 
 type TaskKey = (String, String);
 
@@ -30,13 +32,35 @@ pub(crate) enum TaskEvent {
         key: TaskKey,
         state: TaskState,
         message: String,
+        reason: task_status::Reason,
         exit_code: Option<i32>,
     },
+}
+
+/// One running container, as the agent's HTTP API shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerView {
+    pub framework_id: String,
+    pub task_id: String,
+    pub container_id: String,
+    pub pid: u32,
+    pub state: String,
+    /// Relative to the agent's sandbox root: `<framework>/<task>`.
+    pub sandbox: String,
+    pub usage: Option<Usage>,
+}
+
+/// Questions from the agent's HTTP API.
+pub(crate) enum AgentRequest {
+    Containers(oneshot::Sender<Vec<ContainerView>>),
 }
 
 struct TaskRecord {
     info: v1::TaskInfo,
     state: TaskState,
+    container_id: String,
+    /// The container's supervisor process (0 before launch).
+    pid: u32,
     /// Asks the supervisor to kill the task, with the grace period.
     kill: Option<oneshot::Sender<Duration>>,
     /// Updates not yet acknowledged, oldest first; only the head is in flight.
@@ -58,6 +82,7 @@ pub(crate) struct Agent<C: Containerizer> {
     session: Option<Session>,
     heartbeat: Duration,
     events_tx: mpsc::UnboundedSender<TaskEvent>,
+    checkpoints: Checkpoints,
 }
 
 fn now_seconds() -> f64 {
@@ -107,6 +132,7 @@ impl<C: Containerizer> Agent<C> {
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        let checkpoints = Checkpoints::new(&config.data_dir);
         (
             Agent {
                 config,
@@ -117,6 +143,7 @@ impl<C: Containerizer> Agent<C> {
                 session: None,
                 heartbeat: Duration::from_secs(1),
                 events_tx,
+                checkpoints,
             },
             events_rx,
         )
@@ -125,14 +152,19 @@ impl<C: Containerizer> Agent<C> {
     pub(crate) async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<TaskEvent>,
+        mut requests: mpsc::UnboundedReceiver<AgentRequest>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        self.recover();
         let (connected_tx, mut connected_rx) = mpsc::unbounded_channel();
         let mut inbound: Option<Streaming<MasterMessage>> = None;
         let mut connecting = false;
         let mut backoff = Duration::from_millis(100);
         let mut heartbeat = tokio::time::interval(self.heartbeat);
+        let gc_period =
+            (self.config.sandbox_gc / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+        let mut gc = tokio::time::interval(gc_period);
         let mut retry = tokio::time::interval(
             self.config
                 .status_retry_interval
@@ -182,18 +214,203 @@ impl<C: Containerizer> Agent<C> {
                     }
                 },
                 Some(event) = events.recv() => self.task_event(event),
+                Some(request) = requests.recv() => match request {
+                    AgentRequest::Containers(reply) => {
+                        let _ = reply.send(self.containers());
+                    }
+                },
                 _ = heartbeat.tick() => {
-                    if let Some(s) = self.session.as_ref().filter(|s| s.registered) {
-                        let _ = s.tx.send(AgentMessage {
-                            message: Some(agent_message::Message::Heartbeat(agent_message::Heartbeat {})),
-                        });
+                    if self.session.as_ref().is_some_and(|s| s.registered) {
+                        let usage = self.usage();
+                        self.send(agent_message::Message::Heartbeat(agent_message::Heartbeat { usage }));
                     }
                 }
                 _ = retry.tick() => self.retry_updates(false),
+                _ = gc.tick() => self.collect_sandboxes(),
                 () = &mut shutdown => break,
             }
         }
-        self.stop_tasks(&mut events).await;
+        if self.containerizer.can_recover() {
+            info!("agent stopping; its tasks keep running and are re-attached on restart");
+        } else {
+            self.stop_tasks(&mut events).await;
+        }
+    }
+
+    /// Re-attaches to the tasks a previous run of the agent checkpointed,
+    /// and removes containers that no checkpoint claims.
+    fn recover(&mut self) {
+        let (checkpoints, errors) = self.checkpoints.load_all();
+        for e in errors {
+            warn!("skipping a checkpoint: {e}");
+        }
+        let mut keep = Vec::new();
+        for cp in checkpoints {
+            let framework = cp
+                .framework_id
+                .as_ref()
+                .map(|f| f.value.clone())
+                .unwrap_or_default();
+            let Some(info) = cp.task.clone() else {
+                continue;
+            };
+            let task_id = info
+                .task_id
+                .as_ref()
+                .map(|t| t.value.clone())
+                .unwrap_or_default();
+            let key = (framework.clone(), task_id.clone());
+            let state = TaskState::try_from(cp.state).unwrap_or(TaskState::TaskUnknown);
+            keep.push(cp.container_id.clone());
+            self.tasks.insert(
+                key.clone(),
+                TaskRecord {
+                    info: info.clone(),
+                    state,
+                    container_id: cp.container_id.clone(),
+                    pid: cp.pid,
+                    kill: None,
+                    pending: cp.pending.into_iter().collect(),
+                    head_sent: None,
+                },
+            );
+            if is_terminal(state) {
+                info!(task = %task_id, "recovered a finished task with updates to deliver");
+                continue;
+            }
+            let spec = self.launch_spec(&framework, &info, &cp.container_id);
+            match self.containerizer.recover(&spec, cp.pid) {
+                Ok(container) => {
+                    info!(task = %task_id, pid = cp.pid, "re-attached to a running task");
+                    self.supervise(key.clone(), container);
+                    if self.config.recover_cleanup {
+                        info!(task = %task_id, "--recover=cleanup: killing it");
+                        self.kill(key);
+                    }
+                }
+                Err(e) => {
+                    warn!(task = %task_id, "{e}");
+                    self.update(
+                        &key,
+                        TaskState::TaskFailed,
+                        &e.to_string(),
+                        task_status::Reason::AgentRestarted,
+                        None,
+                    );
+                }
+            }
+        }
+        for id in self.containerizer.clean_up_except(&keep) {
+            info!(container = %id, "removed a container no checkpoint claims");
+        }
+    }
+
+    /// Removes the sandboxes of ended tasks untouched for `--sandbox-gc`.
+    fn collect_sandboxes(&self) {
+        let root = self.config.data_dir.join("sandboxes");
+        let Ok(frameworks) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for framework in frameworks.filter_map(Result::ok) {
+            let framework_id = framework.file_name().to_string_lossy().into_owned();
+            let Ok(tasks) = std::fs::read_dir(framework.path()) else {
+                continue;
+            };
+            for task in tasks.filter_map(Result::ok) {
+                let key = (
+                    framework_id.clone(),
+                    task.file_name().to_string_lossy().into_owned(),
+                );
+                if self.tasks.get(&key).is_some_and(|t| !is_terminal(t.state)) {
+                    continue;
+                }
+                let path = task.path();
+                let newest = ["", "stdout", "stderr"]
+                    .iter()
+                    .filter_map(|f| {
+                        std::fs::metadata(path.join(f))
+                            .and_then(|m| m.modified())
+                            .ok()
+                    })
+                    .max();
+                let idle = newest.and_then(|t| t.elapsed().ok()).unwrap_or_default();
+                if idle >= self.config.sandbox_gc {
+                    debug!(sandbox = %path.display(), "removing an old sandbox");
+                    if let Err(e) = std::fs::remove_dir_all(&path) {
+                        warn!("removing sandbox {}: {e}", path.display());
+                    }
+                }
+            }
+            // An emptied framework directory goes too (fails harmlessly if not empty).
+            let _ = std::fs::remove_dir(framework.path());
+        }
+    }
+
+    fn checkpoint(&self, key: &TaskKey) {
+        let Some(t) = self.tasks.get(key) else { return };
+        if t.container_id.is_empty() {
+            return;
+        }
+        if is_terminal(t.state) && t.pending.is_empty() {
+            self.checkpoints.remove(&t.container_id);
+            return;
+        }
+        let cp = v1::TaskCheckpoint {
+            framework_id: Some(v1::FrameworkId {
+                value: key.0.clone(),
+            }),
+            task: Some(t.info.clone()),
+            state: t.state as i32,
+            container_id: t.container_id.clone(),
+            pid: t.pid,
+            pending: t.pending.iter().cloned().collect(),
+        };
+        if let Err(e) = self.checkpoints.save(&cp) {
+            warn!(task = %key.1, "{e}");
+        }
+    }
+
+    fn usage(&self) -> Vec<v1::TaskUsage> {
+        self.tasks
+            .iter()
+            .filter(|(_, t)| !is_terminal(t.state) && !t.container_id.is_empty())
+            .filter_map(|((framework, task), t)| {
+                let u = self.containerizer.usage(&t.container_id)?;
+                Some(v1::TaskUsage {
+                    framework_id: Some(v1::FrameworkId {
+                        value: framework.clone(),
+                    }),
+                    task_id: Some(v1::TaskId {
+                        value: task.clone(),
+                    }),
+                    usage: Some(v1::ResourceUsage {
+                        cpu_seconds: u.cpu_time_ns as f64 / 1e9,
+                        memory_bytes: u.memory_bytes,
+                        memory_peak_bytes: u.memory_peak_bytes,
+                        pids: u.pids,
+                    }),
+                })
+            })
+            .collect()
+    }
+
+    fn containers(&self) -> Vec<ContainerView> {
+        let mut out: Vec<ContainerView> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !is_terminal(t.state))
+            .map(|((framework, task), t)| ContainerView {
+                framework_id: framework.clone(),
+                task_id: task.clone(),
+                container_id: t.container_id.clone(),
+                pid: t.pid,
+                state: t.state.as_str_name().to_string(),
+                sandbox: format!("{framework}/{task}"),
+                usage: self.containerizer.usage(&t.container_id),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.framework_id, &a.task_id).cmp(&(&b.framework_id, &b.task_id)));
+        out
     }
 
     fn send(&self, message: agent_message::Message) -> bool {
@@ -230,7 +447,7 @@ impl<C: Containerizer> Agent<C> {
                 })
                 .collect(),
             id: self.agent_id.clone().map(|value| v1::AgentId { value }),
-            endpoint: String::new(),
+            endpoint: self.config.endpoint.clone(),
         };
         info!(agent = ?self.agent_id, "registering with the master");
         self.send(agent_message::Message::Register(agent_message::Register {
@@ -302,6 +519,32 @@ impl<C: Containerizer> Agent<C> {
             .join(&key.1)
     }
 
+    fn launch_spec(&self, framework: &str, task: &v1::TaskInfo, container_id: &str) -> LaunchSpec {
+        let task_id = task
+            .task_id
+            .as_ref()
+            .map(|t| t.value.clone())
+            .unwrap_or_default();
+        let sandbox = self.sandbox_of(&(framework.to_string(), task_id.clone()));
+        let resources = Resources::from_proto(&task.resources).unwrap_or_default();
+        LaunchSpec {
+            container_id: container_id.to_string(),
+            command: task
+                .command
+                .as_ref()
+                .map(|c| c.value.clone())
+                .unwrap_or_default(),
+            env: task_env(framework, task, &sandbox),
+            sandbox,
+            task_id,
+            cpus: resources.scalar("cpus"),
+            mem_mib: resources.scalar("mem"),
+            cpu_hard_limit: task.cpu_hard_limit,
+            pids_limit: (task.pids_limit > 0).then_some(task.pids_limit),
+            image: (!task.image.is_empty()).then(|| PathBuf::from(&task.image)),
+        }
+    }
+
     fn launch(&mut self, framework: String, task: v1::TaskInfo) {
         let task_id = task
             .task_id
@@ -315,26 +558,28 @@ impl<C: Containerizer> Agent<C> {
             warn!("launch of a task that is already running; ignored");
             return;
         }
+        let container_id = uuid::Uuid::new_v4().simple().to_string();
         self.tasks.insert(
             key.clone(),
             TaskRecord {
                 info: task.clone(),
                 state: TaskState::TaskStaging,
+                container_id: container_id.clone(),
+                pid: 0,
                 kill: None,
                 pending: VecDeque::new(),
                 head_sent: None,
             },
         );
-        if task_id.is_empty()
-            || task_id == "."
-            || task_id == ".."
-            || task_id.contains('/')
-            || framework.contains('/')
+        let invalid =
+            task_id.is_empty() || task_id == "." || task_id == ".." || task_id.contains('/');
+        if invalid || framework.is_empty() || framework.contains('/') || framework.starts_with('.')
         {
+            let message = "invalid task or framework id for a sandbox path";
             self.update(
                 &key,
                 TaskState::TaskError,
-                "invalid task or framework id for a sandbox path",
+                message,
                 task_status::Reason::TaskInvalid,
                 None,
             );
@@ -347,9 +592,9 @@ impl<C: Containerizer> Agent<C> {
             task_status::Reason::None,
             None,
         );
-        let sandbox = self.sandbox_of(&key);
-        if let Err(e) = std::fs::create_dir_all(&sandbox) {
-            let message = format!("creating sandbox {}: {e}", sandbox.display());
+        let spec = self.launch_spec(&framework, &task, &container_id);
+        if let Err(e) = std::fs::create_dir_all(&spec.sandbox) {
+            let message = format!("creating sandbox {}: {e}", spec.sandbox.display());
             self.update(
                 &key,
                 TaskState::TaskFailed,
@@ -359,34 +604,19 @@ impl<C: Containerizer> Agent<C> {
             );
             return;
         }
-        let spec = LaunchSpec {
-            task_id: task_id.clone(),
-            command: task
-                .command
-                .as_ref()
-                .map(|c| c.value.clone())
-                .unwrap_or_default(),
-            env: task_env(&framework, &task, &sandbox),
-            sandbox,
-        };
         let container = match self.containerizer.launch(&spec) {
             Ok(c) => c,
             Err(e) => {
-                self.update(
-                    &key,
-                    TaskState::TaskFailed,
-                    &e.to_string(),
-                    task_status::Reason::ContainerLaunchFailed,
-                    None,
-                );
+                let reason = task_status::Reason::ContainerLaunchFailed;
+                self.update(&key, TaskState::TaskFailed, &e.to_string(), reason, None);
                 return;
             }
         };
-        info!(pid = container.pid(), "task running");
-        let (kill_tx, kill_rx) = oneshot::channel();
+        info!(pid = container.pid(), container = %container_id, "task running");
         if let Some(t) = self.tasks.get_mut(&key) {
-            t.kill = Some(kill_tx);
+            t.pid = container.pid();
         }
+        self.supervise(key.clone(), container);
         self.update(
             &key,
             TaskState::TaskRunning,
@@ -394,9 +624,16 @@ impl<C: Containerizer> Agent<C> {
             task_status::Reason::None,
             None,
         );
-        tokio::spawn(
-            supervise(key, container, kill_rx, self.events_tx.clone()).instrument(span.clone()),
-        );
+    }
+
+    /// Watches a container in its own task; its end comes back as an event.
+    fn supervise(&mut self, key: TaskKey, container: Box<dyn Container>) {
+        let (kill_tx, kill_rx) = oneshot::channel();
+        if let Some(t) = self.tasks.get_mut(&key) {
+            t.kill = Some(kill_tx);
+        }
+        let span = info_span!("task", framework = %key.0, task = %key.1);
+        tokio::spawn(supervise(key, container, kill_rx, self.events_tx.clone()).instrument(span));
     }
 
     fn kill(&mut self, key: TaskKey) {
@@ -426,6 +663,8 @@ impl<C: Containerizer> Agent<C> {
                             ..Default::default()
                         },
                         state: TaskState::TaskStaging,
+                        container_id: String::new(),
+                        pid: 0,
                         kill: None,
                         pending: VecDeque::new(),
                         head_sent: None,
@@ -448,10 +687,11 @@ impl<C: Containerizer> Agent<C> {
                 key,
                 state,
                 message,
+                reason,
                 exit_code,
             } => {
                 info!(task = %key.1, state = state.as_str_name(), %message, "task ended");
-                self.update(&key, state, &message, task_status::Reason::None, exit_code);
+                self.update(&key, state, &message, reason, exit_code);
             }
         }
     }
@@ -488,7 +728,11 @@ impl<C: Containerizer> Agent<C> {
                 exit_code,
             }),
         });
-        if task.pending.len() == 1 {
+        let first = task.pending.len() == 1;
+        // On disk before it is sent: an update the master may have seen is
+        // never forgotten by a restart.
+        self.checkpoint(key);
+        if first {
             self.send_head(key);
         }
     }
@@ -539,7 +783,8 @@ impl<C: Containerizer> Agent<C> {
         }
         task.pending.pop_front();
         task.head_sent = None;
-        if task.pending.is_empty() && is_terminal(task.state) {
+        self.checkpoint(key);
+        if task_done(self.tasks.get(key)) {
             // Everything about this task has been said; the sandbox stays.
             self.tasks.remove(key);
             return;
@@ -638,29 +883,50 @@ async fn supervise(
         }
     };
     // Whatever the main process left behind goes with it.
-    let _ = container.kill_all();
-    let (state, message, exit_code) = match status {
-        Ok(s) if killed => (TaskState::TaskKilled, format!("killed ({s})"), s.code()),
-        Ok(s) => match s.code() {
-            Some(0) => (
+    if let Err(e) = container.kill_all() {
+        warn!("{e}");
+    }
+    let limitation = container.limitation();
+    if let Err(e) = container.destroy() {
+        warn!("{e}");
+    }
+    let (state, message, reason, exit_code) = match status {
+        Ok(exit) if killed => (
+            TaskState::TaskKilled,
+            format!("killed ({exit})"),
+            task_status::Reason::None,
+            code_of(exit),
+        ),
+        Ok(exit) => match (limitation, exit) {
+            (Some(limit), _) => (
+                TaskState::TaskFailed,
+                limit,
+                task_status::Reason::ContainerLimitationMemory,
+                code_of(exit),
+            ),
+            (None, Exit::Code(0)) => (
                 TaskState::TaskFinished,
-                "command exited with code 0".to_string(),
+                "command exited with code 0".into(),
+                task_status::Reason::None,
                 Some(0),
             ),
-            Some(code) => (
+            (None, Exit::Code(code)) => (
                 TaskState::TaskFailed,
                 format!("command exited with code {code}"),
+                task_status::Reason::None,
                 Some(code),
             ),
-            None => (
+            (None, exit) => (
                 TaskState::TaskFailed,
-                format!("command terminated: {s}"),
+                format!("command terminated by {exit}"),
+                task_status::Reason::None,
                 None,
             ),
         },
         Err(e) => (
             TaskState::TaskFailed,
             format!("waiting for the command: {e}"),
+            task_status::Reason::None,
             None,
         ),
     };
@@ -668,6 +934,18 @@ async fn supervise(
         key,
         state,
         message,
+        reason,
         exit_code,
     });
+}
+
+fn task_done(task: Option<&TaskRecord>) -> bool {
+    task.is_some_and(|t| t.pending.is_empty() && is_terminal(t.state))
+}
+
+fn code_of(exit: Exit) -> Option<i32> {
+    match exit {
+        Exit::Code(c) => Some(c),
+        Exit::Signal(_) => None,
+    }
 }

@@ -3,8 +3,13 @@
 //! delivers their status updates at least once and in order.
 
 mod agent;
+pub mod cgroups;
+pub mod checkpoint;
 pub mod containerizer;
 pub mod detect;
+mod http;
+pub mod image;
+pub mod init;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,7 +17,7 @@ use std::time::Duration;
 
 use agora_proto::Resources;
 
-pub use containerizer::{Containerizer, ProcessContainerizer};
+pub use containerizer::{Containerizer, LinuxContainerizer, ProcessContainerizer};
 
 /// How an agent is set up.
 #[derive(Clone, Debug)]
@@ -30,6 +35,13 @@ pub struct AgentConfig {
     pub status_retry_interval: Duration,
     /// SIGTERM-to-SIGKILL wait for tasks that do not set their own.
     pub kill_grace_period: Duration,
+    /// Kill the tasks a previous run left (`--recover=cleanup`) instead of
+    /// re-attaching to them.
+    pub recover_cleanup: bool,
+    /// How long an ended task's sandbox is kept.
+    pub sandbox_gc: Duration,
+    /// Where the agent's HTTP API answers (set by [`run`]).
+    pub endpoint: String,
 }
 
 impl AgentConfig {
@@ -46,6 +58,9 @@ impl AgentConfig {
             data_dir: data_dir.into(),
             status_retry_interval: Duration::from_secs(10),
             kill_grace_period: Duration::from_secs(3),
+            recover_cleanup: false,
+            sandbox_gc: Duration::from_secs(3600),
+            endpoint: String::new(),
         }
     }
 }
@@ -80,23 +95,49 @@ pub fn parse_attributes(text: &str) -> Result<Vec<(String, String)>, AgentError>
         .collect()
 }
 
-/// Runs an agent until `shutdown` resolves; then kills its tasks.
+/// Runs an agent until `shutdown` resolves, serving its HTTP API on `http`
+/// if given. Tasks outlive the agent when the containerizer can re-attach to
+/// them; otherwise they are killed on the way out.
 pub async fn run<C: Containerizer>(
-    config: AgentConfig,
+    mut config: AgentConfig,
     containerizer: C,
+    http: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+    let data_dir_error = |source| AgentError::DataDir {
         path: config.data_dir.clone(),
         source,
-    })?;
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
+    // Containers start in their sandboxes: every path handed on is absolute.
+    let data_dir = config.data_dir.canonicalize().map_err(data_dir_error)?;
+    config.data_dir = data_dir;
     let resources = config
         .resources
         .clone()
         .unwrap_or_else(|| detect::detect(&config.data_dir));
-    tracing::info!(master = %config.master, resources = %resources, "agent starting");
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut endpoint = String::new();
+    if let Some(listener) = http {
+        if let Ok(addr) = listener.local_addr() {
+            let host = if addr.ip().is_unspecified() {
+                config.hostname.clone()
+            } else {
+                addr.ip().to_string()
+            };
+            endpoint = format!("http://{host}:{}", addr.port());
+        }
+        let app = http::router(requests_tx.clone(), config.data_dir.join("sandboxes"));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!("agent HTTP API stopped: {e}");
+            }
+        });
+    }
+    config.endpoint = endpoint;
+    tracing::info!(master = %config.master, resources = %resources, endpoint = %config.endpoint, "agent starting");
     let (agent, events) = agent::Agent::new(config, resources, containerizer);
-    agent.run(events, shutdown).await;
+    agent.run(events, requests_rx, shutdown).await;
     Ok(())
 }
 

@@ -18,7 +18,9 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::allocator::{Allocator, DrfAllocator, Millis};
 use crate::config::MasterConfig;
-use crate::state::{AgentResources, AgentView, FrameworkView, StateView, TaskView};
+use crate::state::{
+    AgentResources, AgentView, FrameworkView, SandboxView, StateView, TaskView, UsageView,
+};
 
 /// Outbound half of an agent's session stream.
 pub type AgentTx = mpsc::UnboundedSender<Result<MasterMessage, Status>>;
@@ -121,6 +123,8 @@ struct TaskEntry {
     message: String,
     reason: task_status::Reason,
     kill_requested: bool,
+    /// Latest usage the agent reported, while running.
+    usage: Option<v1::ResourceUsage>,
 }
 
 type TaskKey = (String, String);
@@ -429,9 +433,19 @@ impl Core {
                     refuse_unregistered(&tx);
                 }
             }
-            Some(agent_message::Message::Heartbeat(_)) => {
-                if self.agent_by_conn(conn).is_none() {
+            Some(agent_message::Message::Heartbeat(heartbeat)) => {
+                let Some(agent) = self.agent_by_conn(conn) else {
                     refuse_unregistered(&tx);
+                    return;
+                };
+                for u in heartbeat.usage {
+                    let key = (
+                        u.framework_id.map(|f| f.value).unwrap_or_default(),
+                        u.task_id.map(|t| t.value).unwrap_or_default(),
+                    );
+                    if let Some(task) = self.tasks.get_mut(&key).filter(|t| t.agent == agent) {
+                        task.usage = u.usage;
+                    }
                 }
             }
             None => warn!(conn, "empty agent message"),
@@ -558,6 +572,7 @@ impl Core {
                             message: String::new(),
                             reason: task_status::Reason::None,
                             kill_requested: false,
+                            usage: None,
                         },
                     );
                 }
@@ -707,6 +722,7 @@ impl Core {
         task.message = status.message.clone();
         task.reason = task_status::Reason::try_from(status.reason).unwrap_or_default();
         if is_terminal(state) && !was_terminal {
+            task.usage = None;
             let (agent, resources) = (task.agent.clone(), task.resources.clone());
             self.allocator.recover(&key.0, &agent, &resources, None);
             self.allocation_needed = true;
@@ -1138,6 +1154,7 @@ impl Core {
                     message: String::new(),
                     reason: task_status::Reason::None,
                     kill_requested: false,
+                    usage: None,
                 },
             );
             self.send_to_agent(
@@ -1320,6 +1337,24 @@ impl Core {
                 resources: t.resources.clone(),
                 message: t.message.clone(),
                 reason: t.reason.as_str_name().to_string(),
+                sandbox: self
+                    .agents
+                    .get(&t.agent)
+                    .filter(|a| !a.endpoint.is_empty())
+                    .map(|a| {
+                        let path = format!("{fw}/{id}");
+                        SandboxView {
+                            stdout: format!("{}/files/read?path={path}/stdout", a.endpoint),
+                            stderr: format!("{}/files/read?path={path}/stderr", a.endpoint),
+                            path,
+                        }
+                    }),
+                usage: t.usage.as_ref().map(|u| UsageView {
+                    cpu_seconds: u.cpu_seconds,
+                    memory_bytes: u.memory_bytes,
+                    memory_peak_bytes: u.memory_peak_bytes,
+                    pids: u.pids,
+                }),
             })
             .collect();
         tasks.sort_by(|a, b| a.framework_id.cmp(&b.framework_id).then(a.id.cmp(&b.id)));

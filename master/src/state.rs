@@ -59,4 +59,26 @@ pub struct TaskView {
     pub resources: Resources,
     pub message: String,
     pub reason: String,
+    /// Where the task's files are, on its agent's HTTP API.
+    pub sandbox: Option<SandboxView>,
+    /// Latest usage reported by the agent, while the task runs.
+    pub usage: Option<UsageView>,
+}
+
+/// A task's sandbox on its agent.
+#[derive(Debug, Serialize)]
+pub struct SandboxView {
+    /// `<framework>/<task>`, relative to the agent's sandbox root.
+    pub path: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What a running task has used.
+#[derive(Debug, Serialize)]
+pub struct UsageView {
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub pids: u64,
 }

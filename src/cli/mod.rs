@@ -32,6 +32,9 @@ enum Command {
     Agent(AgentArgs),
     /// Show the cluster's state.
     State(StateArgs),
+    /// Internal: a container's init process (started by the agent).
+    #[command(hide = true)]
+    ContainerInit { dir: PathBuf },
 }
 
 #[derive(Args, Clone)]
@@ -65,6 +68,24 @@ pub struct AgentFlags {
     /// How long an unacknowledged status update waits before it is resent.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub status_retry: Duration,
+    /// `linux` (cgroups and namespaces) or `process` (plain process groups).
+    #[arg(long, default_value = "linux", value_parser = ["linux", "process"])]
+    pub containerizer: String,
+    /// Where the cgroup filesystem is mounted (v1 or v2, detected).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Cap every task's cpu at its `cpus` (tasks may also ask for it).
+    #[arg(long)]
+    pub cpu_hard_limit: bool,
+    /// Most processes a task may have, unless it says otherwise.
+    #[arg(long, default_value_t = 4096)]
+    pub pids_limit: u64,
+    /// On start: `reattach` to the tasks a previous run left, or `cleanup` (kill them).
+    #[arg(long, default_value = "reattach", value_parser = ["reattach", "cleanup"])]
+    pub recover: String,
+    /// How long an ended task's sandbox is kept.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub sandbox_gc: Duration,
 }
 
 #[derive(Args)]
@@ -94,6 +115,9 @@ struct AgentArgs {
     /// The master's URL.
     #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
     master: String,
+    /// Address of the agent's own HTTP API (containers, sandbox files).
+    #[arg(long, default_value = "127.0.0.1:5051")]
+    listen: String,
     #[arg(long, default_value = "./agora-agent-data")]
     data_dir: PathBuf,
     #[command(flatten)]
@@ -138,6 +162,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn main_exec() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // The container init forks: it must run before any runtime thread exists.
+    if let Command::ContainerInit { dir } = &cli.command {
+        let code = agora_agent::init::container_init_main(dir);
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -145,8 +174,9 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(a) => runtime.block_on(run::dev(a.listen, a.data_dir, a.master, a.agent)),
         Command::Master(a) => runtime.block_on(run::master(a.listen, a.master)),
-        Command::Agent(a) => runtime.block_on(run::agent(a.master, a.data_dir, a.agent)),
+        Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
+        Command::ContainerInit { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agora_agent::{AgentConfig, ProcessContainerizer};
+use agora_agent::{AgentConfig, LinuxContainerizer, ProcessContainerizer};
 use agora_master::MasterConfig;
 use agora_proto::Resources;
 use anyhow::Context;
@@ -61,7 +61,32 @@ fn agent_config(
         config.hostname = hostname.clone();
     }
     config.status_retry_interval = flags.status_retry;
+    config.recover_cleanup = flags.recover == "cleanup";
+    config.sandbox_gc = flags.sandbox_gc;
     Ok(config)
+}
+
+/// Runs the agent with the containerizer the flags ask for.
+async fn run_agent(
+    config: AgentConfig,
+    flags: &AgentFlags,
+    http: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if flags.containerizer == "process" {
+        agora_agent::run(config, ProcessContainerizer, Some(http), shutdown).await?;
+        return Ok(());
+    }
+    let cgroups = agora_agent::cgroups::detect(&flags.cgroup_root)?;
+    let init = std::env::current_exe().context("finding the agora binary for container init")?;
+    let containerizer = LinuxContainerizer::new(cgroups, init, &config.data_dir, flags.cpu_hard_limit, flags.pids_limit)
+        .context("setting up the Linux containerizer (needs root and a cgroup filesystem; --containerizer process runs without)")?;
+    tracing::info!(
+        cgroups = containerizer.cgroup_version(),
+        "containerizer: linux"
+    );
+    agora_agent::run(config, containerizer, Some(http), shutdown).await?;
+    Ok(())
 }
 
 async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
@@ -85,6 +110,9 @@ pub async fn dev(
     let config = master_config(&master)?;
     let (listener, url) = bind(&listen).await?;
     let agent_config = agent_config(url.clone(), data_dir, &agent)?;
+    let agent_http = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the agent's HTTP API")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -94,16 +122,22 @@ pub async fn dev(
         config,
         stopped(stop_rx.clone()),
     ));
-    let agent_task = tokio::spawn(agora_agent::run(
-        agent_config,
-        ProcessContainerizer,
-        stopped(stop_rx),
-    ));
+    let mut agent_task =
+        tokio::spawn(
+            async move { run_agent(agent_config, &agent, agent_http, stopped(stop_rx)).await },
+        );
     eprintln!("agora dev: master and agent up; state at {url}/api/v1/state; Ctrl-C stops both");
-    terminated().await;
+    let agent_result = tokio::select! {
+        () = terminated() => {
+            stop_tx.send_replace(true);
+            (&mut agent_task).await
+        }
+        // The agent could not start (or stopped): take the master down too.
+        result = &mut agent_task => result,
+    };
     stop_tx.send_replace(true);
-    agent_task.await.context("agent task")??;
     master_task.await.context("master task")??;
+    agent_result.context("agent task")??;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -117,11 +151,15 @@ pub async fn master(listen: String, flags: MasterFlags) -> anyhow::Result<ExitCo
 
 pub async fn agent(
     master: String,
+    listen: String,
     data_dir: PathBuf,
     flags: AgentFlags,
 ) -> anyhow::Result<ExitCode> {
     init_logging();
     let config = agent_config(master, data_dir, &flags)?;
-    agora_agent::run(config, ProcessContainerizer, terminated()).await?;
+    let http = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen} for the agent's HTTP API"))?;
+    run_agent(config, &flags, http, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -209,7 +209,7 @@ async fn a_killed_agent_reports_its_tasks_unreachable_and_a_frozen_one_comes_bac
     while placed.len() < 2 {
         for offer in f.next_offers(Duration::from_secs(10)).await {
             let id = format!("t-{}", offer.hostname);
-            let cmd = "echo $$ > pid; exec sleep 60";
+            let cmd = "exec sleep 60";
             f.driver
                 .accept(
                     &[offer_id(&offer)],
@@ -227,15 +227,6 @@ async fn a_killed_agent_reports_its_tasks_unreachable_and_a_frozen_one_comes_bac
         Duration::from_secs(10),
     )
     .await;
-    let orphan = wait_until("the task's pid file", Duration::from_secs(10), || async {
-        std::fs::read_to_string(sandbox_file(d1.path(), &f.id, "t-doomed", "pid"))
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-    })
-    .await;
-
     // SIGKILL: the agent's connection drops and it never heartbeats again.
     doomed.kill_hard();
     let update = f
@@ -251,7 +242,12 @@ async fn a_killed_agent_reports_its_tasks_unreachable_and_a_frozen_one_comes_bac
             .map(|a| a["id"].clone())
     });
     assert_eq!(update.agent_id.map(|a| a.value.into()), doomed_id);
-    kill_group(orphan);
+
+    // The task outlived its agent; the restarted agent re-attaches to it and
+    // the master reports it running again.
+    let _doomed = start_agent(&url, d1.path(), "cpus:1;mem:1024", "doomed");
+    f.wait_state("t-doomed", TaskState::TaskRunning, Duration::from_secs(15))
+        .await;
 
     // SIGSTOP: the connection stays open but goes silent; after SIGCONT the
     // agent re-registers and its task is running again.
@@ -489,15 +485,18 @@ async fn tasks_fail_with_their_exit_code_get_killed_and_reconcile() {
         Duration::from_secs(10),
     )
     .await;
-    let stubborn_pid = wait_until(
-        "the stubborn task's pid",
+    let endpoint = agent_endpoint(&url, "host-a").await;
+    let stubborn = container_of(&endpoint, "stubborn").await;
+    let stubborn_id = stubborn["container_id"]
+        .as_str()
+        .expect("container id")
+        .to_string();
+    let stubborn_pids = wait_until(
+        "the stubborn task's child",
         Duration::from_secs(10),
         || async {
-            std::fs::read_to_string(sandbox_file(dir.path(), &f.id, "stubborn", "pid"))
-                .ok()?
-                .trim()
-                .parse::<i32>()
-                .ok()
+            let pids = cgroup_pids(&stubborn_id);
+            (pids.len() >= 3).then_some(pids)
         },
     )
     .await;
@@ -541,18 +540,15 @@ async fn tasks_fail_with_their_exit_code_get_killed_and_reconcile() {
         "{:?}",
         killed["stubborn"].message
     );
-    // SIGKILL is on its way to every process of the group; they vanish
-    // as the kernel and init reap them.
-    wait_until(
-        "no process of the killed task's group to survive",
-        Duration::from_secs(10),
-        || async {
-            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(stubborn_pid), None)
-                .is_err()
-                .then_some(())
-        },
-    )
-    .await;
+    // Every process of the task's cgroup is gone, and so is the cgroup.
+    assert!(
+        stubborn_pids.iter().all(|p| !process_alive(*p)),
+        "{stubborn_pids:?} survived"
+    );
+    assert!(
+        cgroup_dirs(&stubborn_id).is_empty(),
+        "the cgroup was removed"
+    );
     let err = f.driver.kill("nobody").await.expect_err("unknown task");
     assert_eq!(err.code(), Some(tonic::Code::NotFound));
 

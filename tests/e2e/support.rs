@@ -40,10 +40,15 @@ where
     }
 }
 
-/// One `agora` process; stopped (SIGTERM, then SIGKILL) when dropped.
+/// One `agora` process; stopped (SIGTERM, then SIGKILL) when dropped. An
+/// agent's tasks outlive it by design, so dropping an agent also kills the
+/// containers it started: a test leaves no process or cgroup behind.
 pub struct Proc {
     child: Child,
     pub url: Option<String>,
+    agent_data: Option<PathBuf>,
+    /// The test stopped it on purpose (its tasks are meant to outlive it).
+    stopped_by_test: bool,
 }
 
 impl Proc {
@@ -73,7 +78,12 @@ impl Proc {
                     .to_string(),
             );
         }
-        Proc { child, url }
+        Proc {
+            child,
+            url,
+            agent_data: None,
+            stopped_by_test: false,
+        }
     }
 
     /// Runs `agora ARGS…` and reads the URL it prints.
@@ -91,12 +101,18 @@ impl Proc {
 
     /// SIGKILL, and reap.
     pub fn kill_hard(&mut self) {
+        self.stopped_by_test = true;
         self.signal(Signal::SIGKILL);
         let _ = self.child.wait();
     }
 
     /// SIGTERM, then SIGKILL if it lingers.
     pub fn stop(&mut self) {
+        self.stopped_by_test = true;
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -115,7 +131,33 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.stop();
+        if self.stopped_by_test {
+            return;
+        }
+        self.terminate();
+        if let Some(data) = &self.agent_data {
+            remove_containers(data);
+        }
+    }
+}
+
+/// Kills and removes every container an agent with data in `data` started.
+fn remove_containers(data: &Path) {
+    let Ok(entries) = std::fs::read_dir(data.join("containers")) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cgroup_pids(&id).is_empty() && Instant::now() < deadline {
+            for pid in cgroup_pids(&id) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for dir in cgroup_dirs(&id) {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -130,27 +172,132 @@ pub fn start_master(listen: &str, extra: &[&str]) -> Proc {
     Proc::spawn(&args, true)
 }
 
-/// Starts an agent offering `resources`, keeping its data in `data_dir`.
+/// Starts an agent offering `resources`, keeping its data in `data_dir`,
+/// with the default (Linux) containerizer.
 pub fn start_agent(master: &str, data_dir: &Path, resources: &str, hostname: &str) -> Proc {
+    start_agent_with(master, data_dir, resources, hostname, &[])
+}
+
+/// [`start_agent`] with extra flags.
+pub fn start_agent_with(
+    master: &str,
+    data_dir: &Path,
+    resources: &str,
+    hostname: &str,
+    extra: &[&str],
+) -> Proc {
     let data_dir = data_dir.to_str().expect("utf-8 path");
-    Proc::spawn(
-        &[
-            "agent",
-            "--master",
-            master,
-            "--data-dir",
-            data_dir,
-            "--resources",
-            resources,
-            "--hostname",
-            hostname,
-            "--attributes",
-            &format!("host:{hostname}"),
-            "--status-retry",
-            "1s",
-        ],
-        false,
+    let attributes = format!("host:{hostname}");
+    let mut args = vec![
+        "agent",
+        "--master",
+        master,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+        "--resources",
+        resources,
+        "--hostname",
+        hostname,
+        "--attributes",
+        &attributes,
+        "--status-retry",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let mut agent = Proc::spawn(&args, false);
+    agent.agent_data = Some(PathBuf::from(data_dir));
+    agent
+}
+
+/// The HTTP endpoint of the agent called `hostname`, from the master's state.
+pub async fn agent_endpoint(master: &str, hostname: &str) -> String {
+    wait_until(
+        &format!("agent {hostname}'s endpoint"),
+        Duration::from_secs(10),
+        || async {
+            let s = state(master).await;
+            s["agents"]
+                .as_array()?
+                .iter()
+                .find(|a| a["hostname"] == hostname && a["status"] == "active")?["endpoint"]
+                .as_str()
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+        },
     )
+    .await
+}
+
+/// The agent's `/api/v1/containers`.
+pub async fn containers(endpoint: &str) -> Vec<Value> {
+    reqwest::get(format!("{endpoint}/api/v1/containers"))
+        .await
+        .expect("GET /api/v1/containers")
+        .json::<Value>()
+        .await
+        .expect("containers JSON")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The running container of `task` on the agent at `endpoint`.
+pub async fn container_of(endpoint: &str, task: &str) -> Value {
+    wait_until(
+        &format!("{task}'s container"),
+        Duration::from_secs(10),
+        || async {
+            containers(endpoint)
+                .await
+                .into_iter()
+                .find(|c| c["task_id"] == task)
+        },
+    )
+    .await
+}
+
+/// Every cgroup directory of container `id`, v1 (one per hierarchy) or v2.
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut found = Vec::new();
+    if root.join("agora").join(id).is_dir() {
+        found.push(root.join("agora").join(id));
+    }
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.filter_map(Result::ok) {
+            let dir = e.path().join("agora").join(id);
+            if dir.is_dir() {
+                found.push(dir);
+            }
+        }
+    }
+    found
+}
+
+/// Host pids in container `id`'s cgroup.
+pub fn cgroup_pids(id: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = cgroup_dirs(id)
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// The master's `/api/v1/state`.
@@ -472,11 +619,6 @@ pub fn spawn_launcher(master: &str, name: &str, role: &str, launcher: Launcher) 
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
-}
-
-/// Kills a process group, ignoring one that is gone.
-pub fn kill_group(pgid: i32) {
-    let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
 }
 
 /// Reads a pid a task wrote into its sandbox.

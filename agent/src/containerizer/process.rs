@@ -1,61 +1,16 @@
-//! How a task's command becomes running processes. The [`Containerizer`]
-//! trait is what the agent needs; [`ProcessContainerizer`] runs the command
-//! as a plain process group (no isolation), the floor the cgroup
-//! containerizer builds on.
+//! The plain-process containerizer: each task is its own process group, no
+//! isolation. Kept for machines without cgroups (`--containerizer process`)
+//! and as the floor the benchmarks compare isolation against.
 
-use std::future::Future;
-use std::io;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::process::{ExitStatus, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-/// Everything a containerizer needs to start a task.
-#[derive(Clone, Debug)]
-pub struct LaunchSpec {
-    /// Task id, for names and logs.
-    pub task_id: String,
-    /// Shell command, run with `sh -c`.
-    pub command: String,
-    /// Environment on top of the agent's.
-    pub env: Vec<(String, String)>,
-    /// The task's own directory: working directory, `stdout`, `stderr`.
-    pub sandbox: PathBuf,
-}
-
-/// Why a launch or a signal failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerizerError {
-    #[error("opening {path}: {source}")]
-    Sandbox { path: PathBuf, source: io::Error },
-    #[error("starting `sh -c` for task {task}: {source}")]
-    Spawn { task: String, source: io::Error },
-    #[error("signalling task {task}: {source}")]
-    Signal { task: String, source: nix::Error },
-}
-
-/// A future that resolves when the task's main process exits.
-pub type WaitFuture<'a> = Pin<Box<dyn Future<Output = io::Result<ExitStatus>> + Send + 'a>>;
-
-/// A running task.
-pub trait Container: Send {
-    /// The task's main process.
-    fn pid(&self) -> u32;
-    /// Resolves when the main process exits.
-    fn wait(&mut self) -> WaitFuture<'_>;
-    /// Asks the task to stop (SIGTERM to the task).
-    fn terminate(&self) -> Result<(), ContainerizerError>;
-    /// Kills every process of the task (SIGKILL).
-    fn kill_all(&self) -> Result<(), ContainerizerError>;
-}
-
-/// Starts tasks.
-pub trait Containerizer: Send + Sync + 'static {
-    /// Starts the task; returns once its process exists.
-    fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError>;
-}
+use super::{
+    Container, Containerizer, ContainerizerError, Exit, LaunchSpec, WaitFuture, open_output,
+};
 
 /// Runs each task as its own process group, output to the sandbox.
 #[derive(Clone, Debug, Default)]
@@ -69,12 +24,8 @@ struct ProcessContainer {
 
 impl Containerizer for ProcessContainerizer {
     fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError> {
-        let open = |name: &str| {
-            let path = spec.sandbox.join(name);
-            std::fs::File::create(&path)
-                .map_err(|source| ContainerizerError::Sandbox { path, source })
-        };
-        let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+        let stdout = open_output(&spec.sandbox, "stdout")?;
+        let stderr = open_output(&spec.sandbox, "stderr")?;
         let child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&spec.command)
@@ -118,7 +69,14 @@ impl Container for ProcessContainer {
     }
 
     fn wait(&mut self) -> WaitFuture<'_> {
-        Box::pin(self.child.wait())
+        Box::pin(async move {
+            let status = self.child.wait().await?;
+            Ok(match (status.code(), status.signal()) {
+                (Some(code), _) => Exit::Code(code),
+                (None, Some(signal)) => Exit::Signal(signal),
+                (None, None) => Exit::Signal(nix::sys::signal::Signal::SIGKILL as i32),
+            })
+        })
     }
 
     fn terminate(&self) -> Result<(), ContainerizerError> {
@@ -140,6 +98,7 @@ mod tests {
             command: command.into(),
             env: vec![("GREETING".into(), "hello".into())],
             sandbox: dir.to_path_buf(),
+            ..LaunchSpec::default()
         }
     }
 
@@ -153,7 +112,7 @@ mod tests {
             ))
             .expect("launch");
         let status = c.wait().await.expect("wait");
-        assert_eq!(status.code(), Some(3));
+        assert_eq!(status, Exit::Code(3));
         let out = std::fs::read_to_string(dir.path().join("stdout")).expect("stdout");
         let cwd = dir.path().canonicalize().expect("canonical");
         assert_eq!(out, format!("hello\n{}\n", cwd.display()));
@@ -186,7 +145,7 @@ mod tests {
         };
         c.kill_all().expect("kill");
         let status = c.wait().await.expect("wait");
-        assert!(status.code().is_none(), "killed by a signal");
+        assert_eq!(status, Exit::Signal(9), "killed by SIGKILL");
         // The background child is gone too (or a zombie awaiting init).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {

@@ -1,0 +1,316 @@
+//! The Linux containerizer: every task in its own cgroup (cpu shares and
+//! optional CFS cap, memory limit with OOM detection, pids limit) and its own
+//! pid, mount, uts and ipc namespaces, started through `agora
+//! container-init` (see [`crate::init`]).
+//!
+//! Each container has a runtime directory `<data>/containers/<id>/` with the
+//! init's spec and, once the task ended, its `exit_status`: written by the
+//! container's supervisor, it survives an agent restart.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{
+    Container, Containerizer, ContainerizerError, Exit, LaunchSpec, WaitFuture, open_output,
+};
+use crate::cgroups::{CgroupManager, Limits, Usage};
+use crate::image::ImageCache;
+use crate::init::{InitSpec, exit_status_path};
+
+/// Bytes in a MiB.
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Runs tasks in cgroups and namespaces.
+pub struct LinuxContainerizer {
+    cgroups: Arc<dyn CgroupManager>,
+    /// The `agora` binary, re-executed as `agora container-init`.
+    init_program: PathBuf,
+    runtime_dir: PathBuf,
+    images: ImageCache,
+    cpu_hard_limit: bool,
+    pids_limit: u64,
+}
+
+impl LinuxContainerizer {
+    /// A containerizer over `cgroups`, keeping runtime state under
+    /// `data_dir`; creates the agent's cgroup subtree.
+    pub fn new(
+        cgroups: Box<dyn CgroupManager>,
+        init_program: PathBuf,
+        data_dir: &Path,
+        cpu_hard_limit: bool,
+        pids_limit: u64,
+    ) -> Result<Self, ContainerizerError> {
+        cgroups
+            .init_subtree()
+            .map_err(|source| ContainerizerError::Cgroup {
+                container: "(agent subtree)".into(),
+                source,
+            })?;
+        // The init runs in the task's sandbox: its paths must be absolute.
+        let data_dir = std::fs::create_dir_all(data_dir)
+            .and_then(|()| data_dir.canonicalize())
+            .map_err(|source| ContainerizerError::Sandbox {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
+        let data_dir = data_dir.as_path();
+        Ok(LinuxContainerizer {
+            cgroups: Arc::from(cgroups),
+            init_program,
+            runtime_dir: data_dir.join("containers"),
+            images: ImageCache::new(data_dir.join("images")),
+            cpu_hard_limit,
+            pids_limit,
+        })
+    }
+
+    /// Which cgroup version is in use.
+    pub fn cgroup_version(&self) -> &'static str {
+        self.cgroups.version()
+    }
+
+    fn limits(&self, spec: &LaunchSpec) -> Limits {
+        let hard = spec.cpu_hard_limit.unwrap_or(self.cpu_hard_limit);
+        Limits {
+            cpu_shares: (spec.cpus * 1024.0).round() as u64,
+            cpu_limit: (hard && spec.cpus > 0.0).then_some(spec.cpus),
+            memory_bytes: (spec.mem_mib > 0.0).then_some((spec.mem_mib * MIB) as u64),
+            pids_max: Some(spec.pids_limit.unwrap_or(self.pids_limit)),
+        }
+    }
+
+    fn cgroup_error(
+        container: &str,
+    ) -> impl FnOnce(crate::cgroups::CgroupError) -> ContainerizerError + '_ {
+        move |source| ContainerizerError::Cgroup {
+            container: container.to_string(),
+            source,
+        }
+    }
+
+    fn container(
+        &self,
+        spec: &LaunchSpec,
+        pid: u32,
+        child: Option<tokio::process::Child>,
+    ) -> Box<dyn Container> {
+        Box::new(LinuxContainer {
+            id: spec.container_id.clone(),
+            dir: self.runtime_dir.join(&spec.container_id),
+            pid,
+            child,
+            cgroups: self.cgroups.clone(),
+            mem_mib: spec.mem_mib,
+        })
+    }
+}
+
+impl Containerizer for LinuxContainerizer {
+    fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError> {
+        let id = &spec.container_id;
+        let dir = self.runtime_dir.join(id);
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ContainerizerError::Sandbox { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let rootfs = match &spec.image {
+            Some(image) => Some(self.images.prepare(image, &dir)?),
+            None => None,
+        };
+        self.cgroups
+            .create(id, &self.limits(spec))
+            .map_err(Self::cgroup_error(id))?;
+        let init = InitSpec {
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            sandbox: spec.sandbox.clone(),
+            hostname: spec.task_id.chars().take(64).collect(),
+            cgroup_procs: self.cgroups.procs_files(id),
+            rootfs,
+        };
+        let spec_path = dir.join("init.json");
+        let json = serde_json::to_vec(&init).unwrap_or_default();
+        std::fs::write(&spec_path, json).map_err(io_error(&spec_path))?;
+        let child = tokio::process::Command::new(&self.init_program)
+            .arg("container-init")
+            .arg(&dir)
+            .current_dir(&spec.sandbox)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(open_output(&spec.sandbox, "stdout")?)
+            .stderr(open_output(&spec.sandbox, "stderr")?)
+            // Its own session: a signal to the agent's group or terminal does
+            // not reach the task, and the task outlives an agent restart.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| ContainerizerError::Spawn {
+                task: spec.task_id.clone(),
+                source,
+            });
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.cgroups.remove(id);
+                return Err(e);
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        Ok(self.container(spec, pid, Some(child)))
+    }
+
+    fn can_recover(&self) -> bool {
+        true
+    }
+
+    fn usage(&self, container_id: &str) -> Option<Usage> {
+        self.cgroups.stats(container_id).ok()
+    }
+
+    fn recover(
+        &self,
+        spec: &LaunchSpec,
+        pid: u32,
+    ) -> Result<Box<dyn Container>, ContainerizerError> {
+        let dir = self.runtime_dir.join(&spec.container_id);
+        if !dir.join("init.json").exists() {
+            return Err(ContainerizerError::Recover {
+                container: spec.container_id.clone(),
+                reason: format!("no runtime directory at {}", dir.display()),
+            });
+        }
+        Ok(self.container(spec, pid, None))
+    }
+
+    fn clean_up_except(&self, keep: &[String]) -> Vec<String> {
+        // Only containers this agent started (they have a runtime directory
+        // in its data directory): other agents may share the machine's
+        // cgroup subtree.
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.runtime_dir) else {
+            return removed;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&id) {
+                continue;
+            }
+            let _ = self.cgroups.kill_all(&id);
+            if self.cgroups.remove(&id).is_ok() {
+                let _ = std::fs::remove_dir_all(entry.path());
+                removed.push(id);
+            }
+        }
+        removed
+    }
+}
+
+struct LinuxContainer {
+    id: String,
+    dir: PathBuf,
+    /// The container's supervisor (`agora container-init`).
+    pid: u32,
+    /// Present when this agent started it; a recovered container is watched
+    /// by polling instead (it is not our child any more).
+    child: Option<tokio::process::Child>,
+    cgroups: Arc<dyn CgroupManager>,
+    mem_mib: f64,
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still "exists" for kill(0); /proc tells them apart.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl LinuxContainer {
+    fn recorded_exit(&self) -> Option<Exit> {
+        std::fs::read_to_string(exit_status_path(&self.dir))
+            .ok()
+            .and_then(|s| Exit::decode(&s))
+    }
+}
+
+impl Container for LinuxContainer {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn wait(&mut self) -> WaitFuture<'_> {
+        Box::pin(async move {
+            let own = match self.child.as_mut() {
+                Some(child) => {
+                    let status = child.wait().await?;
+                    Some(status)
+                }
+                None => {
+                    while alive(self.pid) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    None
+                }
+            };
+            if let Some(exit) = self.recorded_exit() {
+                return Ok(exit);
+            }
+            // The supervisor itself died before recording (SIGKILL): its own
+            // status is all there is.
+            use std::os::unix::process::ExitStatusExt;
+            Ok(match own {
+                Some(s) => match (s.code(), s.signal()) {
+                    (Some(c), _) => Exit::Code(c),
+                    (None, Some(sig)) => Exit::Signal(sig),
+                    _ => Exit::Signal(Signal::SIGKILL as i32),
+                },
+                None => Exit::Signal(Signal::SIGKILL as i32),
+            })
+        })
+    }
+
+    fn terminate(&self) -> Result<(), ContainerizerError> {
+        // The supervisor forwards it to pid 1, which forwards it to the task.
+        match kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM) {
+            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+            Err(source) => Err(ContainerizerError::Signal {
+                task: self.id.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn kill_all(&self) -> Result<(), ContainerizerError> {
+        self.cgroups
+            .kill_all(&self.id)
+            .map_err(LinuxContainerizer::cgroup_error(&self.id))
+    }
+
+    fn limitation(&self) -> Option<String> {
+        let usage = self.cgroups.stats(&self.id).ok()?;
+        (usage.oom_kills > 0).then(|| {
+            format!(
+                "memory limit of {} MiB reached: the kernel's OOM killer ended the task (peak {} MiB)",
+                self.mem_mib,
+                usage.memory_peak_bytes / (1024 * 1024)
+            )
+        })
+    }
+
+    fn destroy(&mut self) -> Result<(), ContainerizerError> {
+        self.cgroups
+            .kill_all(&self.id)
+            .and_then(|()| self.cgroups.remove(&self.id))
+            .map_err(LinuxContainerizer::cgroup_error(&self.id))?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}

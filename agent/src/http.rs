@@ -1,0 +1,198 @@
+//! The agent's own HTTP API: its running containers and the files of task
+//! sandboxes (Mesos's `/files/read` shape: `{"data": …, "offset": …}`).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::agent::AgentRequest;
+
+/// Longest read one request may ask for.
+const MAX_READ: u64 = 1 << 20;
+
+#[derive(Clone)]
+struct AgentApi {
+    requests: mpsc::UnboundedSender<AgentRequest>,
+    sandboxes: PathBuf,
+}
+
+/// The agent's routes.
+pub(crate) fn router(requests: mpsc::UnboundedSender<AgentRequest>, sandboxes: PathBuf) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/api/v1/containers", get(containers))
+        .route("/files/read", get(read_file))
+        .fallback(|uri: axum::http::Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {}", uri.path()),
+            )
+        })
+        .with_state(AgentApi {
+            requests,
+            sandboxes,
+        })
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn containers(State(api): State<AgentApi>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if api.requests.send(AgentRequest::Containers(reply)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down",
+        );
+    }
+    match answer.await {
+        Ok(list) => Json(list).into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    path: String,
+    #[serde(default)]
+    offset: Option<i64>,
+    #[serde(default)]
+    length: Option<u64>,
+}
+
+/// Resolves `requested` (relative to the sandbox root, or absolute under it)
+/// to a file inside the sandboxes; `..` and symlinks leading out are refused.
+pub(crate) fn confine(root: &Path, requested: &str) -> Result<PathBuf, String> {
+    let requested = Path::new(requested);
+    let relative = if requested.is_absolute() {
+        requested
+            .strip_prefix(root)
+            .map_err(|_| format!("path {} is not under the sandboxes", requested.display()))?
+    } else {
+        requested
+    };
+    if relative
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "path {} may not contain `..` or `.`",
+            relative.display()
+        ));
+    }
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("sandbox root {}: {e}", root.display()))?;
+    let full = root
+        .join(relative)
+        .canonicalize()
+        .map_err(|_| format!("no such file in the sandboxes: {}", relative.display()))?;
+    if !full.starts_with(&root) {
+        return Err(format!(
+            "path {} leads out of the sandboxes",
+            relative.display()
+        ));
+    }
+    if !full.is_file() {
+        return Err(format!("{} is not a file", relative.display()));
+    }
+    Ok(full)
+}
+
+async fn read_file(State(api): State<AgentApi>, Query(q): Query<ReadQuery>) -> Response {
+    let path = match confine(&api.sandboxes, &q.path) {
+        Ok(p) => p,
+        Err(e) if e.starts_with("no such file") => return error(StatusCode::NOT_FOUND, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let length = q.length.unwrap_or(64 * 1024);
+    if length > MAX_READ {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("length {length} exceeds the maximum of {MAX_READ}"),
+        );
+    }
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+        let mut file = std::fs::File::open(&path)?;
+        let size = file.metadata()?.len();
+        // Mesos's convention: offset -1 asks for the size only.
+        let offset = match q.offset {
+            Some(o) if o < 0 => return Ok((String::new(), size)),
+            Some(o) => (o as u64).min(size),
+            None => 0,
+        };
+        file.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::with_capacity(length.min(size - offset) as usize);
+        file.take(length).read_to_end(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf).into_owned(), offset))
+    })
+    .await;
+    match result {
+        Ok(Ok((data, offset))) => Json(json!({ "data": data, "offset": offset })).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading {}: {e}", q.path),
+        ),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the read was cancelled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_sandboxes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("sandboxes");
+        std::fs::create_dir_all(root.join("f/t")).expect("mkdir");
+        std::fs::write(root.join("f/t/stdout"), b"hello").expect("write");
+        std::fs::write(dir.path().join("secret"), b"no").expect("write");
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("f/t/escape"))
+            .expect("symlink");
+
+        assert_eq!(
+            confine(&root, "f/t/stdout").expect("inside"),
+            root.join("f/t/stdout").canonicalize().expect("canonical")
+        );
+        let absolute = root.join("f/t/stdout");
+        assert!(confine(&root, absolute.to_str().expect("utf-8")).is_ok());
+        assert!(
+            confine(&root, "f/t/../../../secret")
+                .expect_err("dotdot")
+                .contains("..")
+        );
+        assert!(
+            confine(&root, "f/t/escape")
+                .expect_err("symlink")
+                .contains("leads out")
+        );
+        assert!(
+            confine(&root, "/etc/passwd")
+                .expect_err("absolute")
+                .contains("not under")
+        );
+        assert!(
+            confine(&root, "f/t/nope")
+                .expect_err("missing")
+                .starts_with("no such file")
+        );
+        assert!(
+            confine(&root, "f/t")
+                .expect_err("dir")
+                .contains("not a file")
+        );
+    }
+}

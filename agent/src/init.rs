@@ -1,0 +1,338 @@
+//! The container init: what `agora container-init DIR` runs, in a fresh
+//! process of its own, outside the agent's async runtime (fork and tokio do
+//! not mix; youki and runc re-exec themselves the same way).
+//!
+//! Three processes per container:
+//!
+//! 1. the **supervisor** (this process): stays in the host's namespaces and
+//!    outside the container's cgroup, forwards signals to the container, and
+//!    records how it ended in `DIR/exit_status` — so the agent learns the
+//!    outcome even if it was restarted meanwhile;
+//! 2. **pid 1** of the new pid namespace: joins the cgroup, takes its own
+//!    mount namespace (private `/proc`, optional `pivot_root` into an image),
+//!    sets the hostname, then reaps zombies and forwards signals;
+//! 3. the task's command, `sh -c`.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, chdir, execve, fork, pivot_root, sethostname};
+use serde::{Deserialize, Serialize};
+
+use crate::containerizer::Exit;
+use crate::image::RootfsSpec;
+
+/// Everything the init needs, written by the containerizer as
+/// `DIR/init.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InitSpec {
+    pub command: String,
+    pub env: Vec<(String, String)>,
+    /// The task's sandbox (working directory, or bind-mounted at
+    /// `/mnt/sandbox` inside an image).
+    pub sandbox: PathBuf,
+    pub hostname: String,
+    /// `cgroup.procs` files pid 1 writes itself into.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The task's image overlay to `pivot_root` into, if it has an image.
+    pub rootfs: Option<RootfsSpec>,
+}
+
+fn exit_from_wait(status: WaitStatus) -> Option<Exit> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(Exit::Code(code)),
+        WaitStatus::Signaled(_, signal, _) => Some(Exit::Signal(signal as i32)),
+        _ => None,
+    }
+}
+
+/// The file the supervisor writes the outcome to.
+pub fn exit_status_path(dir: &Path) -> PathBuf {
+    dir.join("exit_status")
+}
+
+/// Signals passed on to the task rather than acted on.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+fn fail(message: String) -> ! {
+    let _ = writeln!(std::io::stderr(), "agora container-init: {message}");
+    std::process::exit(127)
+}
+
+/// Runs the supervisor for the container described in `dir`; returns the
+/// process exit code.
+pub fn container_init_main(dir: &Path) -> i32 {
+    let spec_path = dir.join("init.json");
+    let spec: InitSpec = match std::fs::read(&spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => fail(format!("reading {}: {e}", spec_path.display())),
+    };
+    // Signals are taken synchronously with sigwait, in every process below.
+    let signals = handled_signals();
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
+        fail(format!("blocking signals: {e}"));
+    }
+    // A new pid namespace applies to the children of the caller; uts and ipc
+    // to the caller, harmlessly: the supervisor uses neither.
+    if let Err(e) =
+        unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
+    {
+        fail(format!("unshare(pid, uts, ipc): {e}"));
+    }
+    let (status_read, status_write) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => fail(format!("pipe: {e}")),
+    };
+    // SAFETY: this process is single-threaded (a fresh exec of the agora
+    // binary that has not started a runtime), so the child may run any code.
+    match unsafe { fork() } {
+        Err(e) => fail(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(status_read);
+            pid_one(&spec, status_write, &signals)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(status_write);
+            supervise(dir, child, status_read, &signals)
+        }
+    }
+}
+
+fn supervise(dir: &Path, pid_one: Pid, status_read: OwnedFd, signals: &SigSet) -> i32 {
+    let exit = loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => match waitpid(pid_one, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => continue,
+                Ok(status) => break exit_from_wait(status),
+            },
+            Ok(signal) => {
+                let _ = kill(pid_one, signal);
+            }
+            Err(_) => continue,
+        }
+    };
+    // Pid 1 reports the task's own outcome; if it was killed before it
+    // could (the cgroup was killed), its own death is the outcome.
+    let mut reported = String::new();
+    let _ = File::from(status_read).read_to_string(&mut reported);
+    let exit = Exit::decode(&reported)
+        .or(exit)
+        .unwrap_or(Exit::Signal(Signal::SIGKILL as i32));
+    let path = exit_status_path(dir);
+    let tmp = dir.join("exit_status.tmp");
+    if std::fs::write(&tmp, exit.encode())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .is_err()
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "agora container-init: cannot record the exit status in {}",
+            path.display()
+        );
+    }
+    match exit {
+        Exit::Code(c) => c,
+        Exit::Signal(s) => 128 + s,
+    }
+}
+
+fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
+    for file in &spec.cgroup_procs {
+        if let Err(e) = std::fs::write(file, b"0") {
+            fail(format!("joining cgroup {}: {e}", file.display()));
+        }
+    }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        fail(format!("unshare(mount): {e}"));
+    }
+    // Nothing mounted here propagates back to the host.
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        fail(format!("making / private: {e}"));
+    }
+    if let Err(e) = sethostname(&spec.hostname) {
+        fail(format!("sethostname({}): {e}", spec.hostname));
+    }
+    let workdir = match &spec.rootfs {
+        Some(rootfs) => {
+            enter_rootfs(rootfs, &spec.sandbox);
+            PathBuf::from("/mnt/sandbox")
+        }
+        None => spec.sandbox.clone(),
+    };
+    // A /proc that shows this pid namespace only.
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        fail(format!("mounting /proc: {e}"));
+    }
+    if let Err(e) = chdir(&workdir) {
+        fail(format!("chdir({}): {e}", workdir.display()));
+    }
+    let argv = [c("/bin/sh"), c("-c"), c(&spec.command)];
+    let mut env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| c(&format!("{k}={v}")))
+        .collect();
+    if !spec.env.iter().any(|(k, _)| k == "PATH") {
+        env.push(c(
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ));
+    }
+    // SAFETY: still single-threaded (see container_init_main).
+    let task = match unsafe { fork() } {
+        Err(e) => fail(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(status_write);
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            let e = execve(&argv[0], &argv, &env).err();
+            fail(format!("exec /bin/sh: {e:?}"))
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    // Init: reap every zombie, pass signals on to the task, end with it.
+    let exit = loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => {
+                let mut task_exit = None;
+                loop {
+                    match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::StillAlive) | Err(_) => break,
+                        Ok(status) => {
+                            if status.pid() == Some(task) {
+                                task_exit = exit_from_wait(status);
+                            }
+                        }
+                    }
+                }
+                if let Some(exit) = task_exit {
+                    break exit;
+                }
+            }
+            Ok(signal) => {
+                let _ = kill(task, signal);
+            }
+            Err(_) => continue,
+        }
+    };
+    let mut out = File::from(status_write);
+    let _ = out.write_all(exit.encode().as_bytes());
+    let _ = out.as_fd();
+    // Leaving ends the namespace: the kernel kills whatever the task left.
+    std::process::exit(0)
+}
+
+/// Mounts the task's overlay of its image and `pivot_root`s into it, with
+/// the sandbox bind-mounted at `/mnt/sandbox`.
+fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path) {
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        spec.lower.display(),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    if let Err(e) = mount(
+        Some("overlay"),
+        &spec.target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    ) {
+        fail(format!(
+            "mounting the image overlay at {}: {e}",
+            spec.target.display()
+        ));
+    }
+    let rootfs = spec.target.as_path();
+    let bind = |src: &Path, dst: &Path| {
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| {
+            fail(format!(
+                "bind-mounting {} at {}: {e}",
+                src.display(),
+                dst.display()
+            ))
+        })
+    };
+    let mnt_sandbox = rootfs.join("mnt/sandbox");
+    if let Err(e) = std::fs::create_dir_all(&mnt_sandbox) {
+        fail(format!("creating {}: {e}", mnt_sandbox.display()));
+    }
+    bind(sandbox, &mnt_sandbox);
+    for dir in ["proc", "tmp", ".old_root"] {
+        let _ = std::fs::create_dir_all(rootfs.join(dir));
+    }
+    let old = rootfs.join(".old_root");
+    if let Err(e) = pivot_root(rootfs, &old) {
+        fail(format!("pivot_root({}): {e}", rootfs.display()));
+    }
+    if let Err(e) = chdir("/") {
+        fail(format!("chdir(/): {e}"));
+    }
+    if let Err(e) = umount2("/.old_root", MntFlags::MNT_DETACH) {
+        fail(format!("detaching the old root: {e}"));
+    }
+    let _ = std::fs::remove_dir("/.old_root");
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_round_trips() {
+        for exit in [Exit::Code(0), Exit::Code(3), Exit::Signal(9)] {
+            assert_eq!(Exit::decode(&exit.encode()), Some(exit));
+        }
+        assert_eq!(Exit::decode("garbage"), None);
+        assert_eq!(Exit::decode(""), None);
+    }
+}
