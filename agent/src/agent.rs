@@ -63,9 +63,11 @@ struct TaskRecord {
     pid: u32,
     /// Asks the supervisor to kill the task, with the grace period.
     kill: Option<oneshot::Sender<Duration>>,
-    /// Updates not yet acknowledged, oldest first; only the head is in flight.
+    /// Updates not yet acknowledged, oldest first. All are in flight at once
+    /// (the session stream keeps them in order); unacknowledged ones are
+    /// resent together, in order.
     pending: VecDeque<v1::StatusUpdate>,
-    head_sent: Option<Instant>,
+    sent_at: Option<Instant>,
 }
 
 struct Session {
@@ -271,7 +273,7 @@ impl<C: Containerizer> Agent<C> {
                     pid: cp.pid,
                     kill: None,
                     pending: cp.pending.into_iter().collect(),
-                    head_sent: None,
+                    sent_at: None,
                 },
             );
             if is_terminal(state) {
@@ -348,7 +350,8 @@ impl<C: Containerizer> Agent<C> {
 
     fn checkpoint(&self, key: &TaskKey) {
         let Some(t) = self.tasks.get(key) else { return };
-        if t.container_id.is_empty() {
+        // Without re-attachment there is nothing for a restart to resume.
+        if t.container_id.is_empty() || !self.containerizer.can_recover() {
             return;
         }
         if is_terminal(t.state) && t.pending.is_empty() {
@@ -365,7 +368,14 @@ impl<C: Containerizer> Agent<C> {
             pid: t.pid,
             pending: t.pending.iter().cloned().collect(),
         };
-        if let Err(e) = self.checkpoints.save(&cp) {
+        // A task's outcome must survive even a machine crash; its
+        // intermediate states are re-derived on recovery, so they skip fsync.
+        let pending_outcome = t.pending.iter().any(|u| {
+            u.status.as_ref().is_some_and(|s| {
+                is_terminal(TaskState::try_from(s.state).unwrap_or(TaskState::TaskUnknown))
+            })
+        });
+        if let Err(e) = self.checkpoints.save(&cp, pending_outcome) {
             warn!(task = %key.1, "{e}");
         }
     }
@@ -568,7 +578,7 @@ impl<C: Containerizer> Agent<C> {
                 pid: 0,
                 kill: None,
                 pending: VecDeque::new(),
-                head_sent: None,
+                sent_at: None,
             },
         );
         let invalid =
@@ -604,7 +614,10 @@ impl<C: Containerizer> Agent<C> {
             );
             return;
         }
-        let container = match self.containerizer.launch(&spec) {
+        let launch_started = std::time::Instant::now();
+        let launched = self.containerizer.launch(&spec);
+        debug!(elapsed = ?launch_started.elapsed(), "containerizer launch");
+        let container = match launched {
             Ok(c) => c,
             Err(e) => {
                 let reason = task_status::Reason::ContainerLaunchFailed;
@@ -667,7 +680,7 @@ impl<C: Containerizer> Agent<C> {
                         pid: 0,
                         kill: None,
                         pending: VecDeque::new(),
-                        head_sent: None,
+                        sent_at: None,
                     },
                 );
                 self.update(
@@ -728,31 +741,37 @@ impl<C: Containerizer> Agent<C> {
                 exit_code,
             }),
         });
-        let first = task.pending.len() == 1;
         // On disk before it is sent: an update the master may have seen is
         // never forgotten by a restart.
         self.checkpoint(key);
-        if first {
-            self.send_head(key);
-        }
+        self.send_pending(key, true);
     }
 
-    fn send_head(&mut self, key: &TaskKey) {
-        let registered = self.session.as_ref().is_some_and(|s| s.registered);
+    /// Sends a task's pending updates: all of them, or just the newest.
+    fn send_pending(&mut self, key: &TaskKey, newest_only: bool) {
+        if !self.session.as_ref().is_some_and(|s| s.registered) {
+            return;
+        }
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
-        let Some(head) = task.pending.front().cloned() else {
-            return;
+        let updates: Vec<v1::StatusUpdate> = if newest_only {
+            task.pending.back().cloned().into_iter().collect()
+        } else {
+            task.pending.iter().cloned().collect()
         };
-        if !registered {
+        if updates.is_empty() {
             return;
         }
-        task.head_sent = Some(Instant::now());
-        self.send(agent_message::Message::StatusUpdate(head));
+        if !newest_only || task.sent_at.is_none() {
+            task.sent_at = Some(Instant::now());
+        }
+        for update in updates {
+            self.send(agent_message::Message::StatusUpdate(update));
+        }
     }
 
-    /// Resends the head update of every task: all of them after a
+    /// Resends the pending updates of every task: all of them after a
     /// (re-)registration, else those unacknowledged for the retry interval.
     fn retry_updates(&mut self, all: bool) {
         let interval = self.config.status_retry_interval;
@@ -760,11 +779,11 @@ impl<C: Containerizer> Agent<C> {
             .tasks
             .iter()
             .filter(|(_, t)| !t.pending.is_empty())
-            .filter(|(_, t)| all || t.head_sent.is_none_or(|s| s.elapsed() >= interval))
+            .filter(|(_, t)| all || t.sent_at.is_none_or(|s| s.elapsed() >= interval))
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
-            self.send_head(&key);
+            self.send_pending(&key, false);
         }
     }
 
@@ -772,24 +791,22 @@ impl<C: Containerizer> Agent<C> {
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
-        let matches = task
+        let Some(position) = task
             .pending
-            .front()
-            .and_then(|u| u.status.as_ref())
-            .is_some_and(|s| s.uuid == uuid);
-        if !matches {
-            debug!(task = %key.1, "acknowledgement of an update that is not in flight; ignored");
+            .iter()
+            .position(|u| u.status.as_ref().is_some_and(|s| s.uuid == uuid))
+        else {
+            debug!(task = %key.1, "acknowledgement of an update that is not pending; ignored");
             return;
-        }
-        task.pending.pop_front();
-        task.head_sent = None;
+        };
+        task.pending.remove(position);
+        // Progress: the rest are in flight, not lost.
+        task.sent_at = Some(Instant::now());
         self.checkpoint(key);
         if task_done(self.tasks.get(key)) {
             // Everything about this task has been said; the sandbox stays.
             self.tasks.remove(key);
-            return;
         }
-        self.send_head(key);
     }
 
     /// Kills every running task and waits (bounded) for them to end: with
@@ -882,14 +899,24 @@ async fn supervise(
             }
         }
     };
-    // Whatever the main process left behind goes with it.
-    if let Err(e) = container.kill_all() {
-        warn!("{e}");
-    }
-    let limitation = container.limitation();
-    if let Err(e) = container.destroy() {
-        warn!("{e}");
-    }
+    // Whatever the main process left behind goes with it. Cgroup work is
+    // blocking file I/O (and may wait for a freeze): off the async threads.
+    let cleanup = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        if let Err(e) = container.kill_all() {
+            warn!("{e}");
+        }
+        let limitation = container.limitation();
+        if let Err(e) = container.destroy() {
+            warn!("{e}");
+        }
+        debug!(elapsed = ?started.elapsed(), "container cleanup");
+        limitation
+    });
+    let limitation = cleanup.await.unwrap_or_else(|e| {
+        warn!("cleaning up a container: {e}");
+        None
+    });
     let (state, message, reason, exit_code) = match status {
         Ok(exit) if killed => (
             TaskState::TaskKilled,

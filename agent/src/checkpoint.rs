@@ -2,7 +2,7 @@
 //! (`<data>/checkpoints/<container-id>.pb`): the task, its container, and
 //! its unacknowledged status updates, so that a restarted agent re-attaches
 //! and keeps its at-least-once promise. Written atomically (temp file,
-//! fsync, rename) on every change.
+//! rename) on every change, and fsynced when asked (a task's outcome).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,8 +43,9 @@ impl Checkpoints {
         self.dir.join(format!("{container_id}.pb"))
     }
 
-    /// Writes (replaces) one task's checkpoint.
-    pub fn save(&self, checkpoint: &TaskCheckpoint) -> Result<(), CheckpointError> {
+    /// Writes (replaces) one task's checkpoint; with `durable`, it is on
+    /// disk before this returns, not just in the page cache.
+    pub fn save(&self, checkpoint: &TaskCheckpoint, durable: bool) -> Result<(), CheckpointError> {
         let io = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| CheckpointError::Io { op, path, source }
@@ -55,7 +56,9 @@ impl Checkpoints {
         let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
         file.write_all(&checkpoint.encode_to_vec())
             .map_err(io("writing", &tmp))?;
-        file.sync_data().map_err(io("syncing", &tmp))?;
+        if durable {
+            file.sync_data().map_err(io("syncing", &tmp))?;
+        }
         std::fs::rename(&tmp, &path).map_err(io("renaming", &path))
     }
 
@@ -108,7 +111,7 @@ mod tests {
             state: v1::TaskState::TaskRunning as i32,
             ..Default::default()
         };
-        store.save(&checkpoint).expect("save");
+        store.save(&checkpoint, true).expect("save");
         std::fs::write(dir.path().join("checkpoints/bad.pb"), b"\xff\xff\xff").expect("write");
         let (found, errors) = store.load_all();
         assert_eq!(found, vec![checkpoint]);

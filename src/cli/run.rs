@@ -78,7 +78,14 @@ async fn run_agent(
         return Ok(());
     }
     let cgroups = agora_agent::cgroups::detect(&flags.cgroup_root)?;
-    let init = std::env::current_exe().context("finding the agora binary for container init")?;
+    let agora = std::env::current_exe().context("finding the agora binary for container init")?;
+    // The small `agora-init` beside this binary if it is there, else ourselves.
+    let small = agora.with_file_name("agora-init");
+    let init = if small.is_file() {
+        vec![small.into_os_string()]
+    } else {
+        vec![agora.into_os_string(), "container-init".into()]
+    };
     let containerizer = LinuxContainerizer::new(cgroups, init, &config.data_dir, flags.cpu_hard_limit, flags.pids_limit)
         .context("setting up the Linux containerizer (needs root and a cgroup filesystem; --containerizer process runs without)")?;
     tracing::info!(

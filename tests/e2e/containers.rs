@@ -200,9 +200,19 @@ async fn a_task_sees_its_own_pid_uts_mount_and_ipc_namespaces() {
                  sleep 1 & wait";
     rig.launch(vec![task("probe-1", probe, &resources(0.2, 64.0))])
         .await;
+    let container = container_of(&rig.endpoint, "probe-1").await;
+    let id = container["container_id"].as_str().expect("id").to_string();
+    assert!(
+        !cgroup_dirs(&id).is_empty(),
+        "the running task has its cgroup"
+    );
     rig.f
         .wait_state("probe-1", TaskState::TaskFinished, Duration::from_secs(20))
         .await;
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "no cgroup left once the task ended"
+    );
     let out = rig.stdout("probe-1");
     let field = |k: &str| {
         out.lines()
@@ -213,7 +223,7 @@ async fn a_task_sees_its_own_pid_uts_mount_and_ipc_namespaces() {
     // The command's shell is the second process of its own pid namespace,
     // under the container init.
     assert_eq!(field("pid"), "2");
-    assert_eq!(field("init"), "agora");
+    assert_eq!(field("init"), "agora-init");
     let procs: usize = field("procs").parse().expect("count");
     assert!(
         procs <= 5,

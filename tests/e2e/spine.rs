@@ -100,6 +100,26 @@ async fn hungry_split(
 ) -> (usize, usize) {
     let master = start_master("127.0.0.1:0", master_flags);
     let url = master.url.clone().expect("url");
+    let total_cpus: f64 = agents
+        .iter()
+        .map(|r| Resources::parse(r).expect("valid").scalar("cpus"))
+        .sum();
+
+    // Both frameworks are subscribed before there is anything to offer, so
+    // neither gets a head start.
+    let (mut a, done_a) = Launcher::new("a", "sleep 60", small_task(), wanted);
+    let (mut b, done_b) = Launcher::new("b", "sleep 60", small_task(), wanted);
+    a.one_per_offer = true;
+    b.one_per_offer = true;
+    let fa = spawn_launcher(&url, "a", roles.0, a);
+    let fb = spawn_launcher(&url, "b", roles.1, b);
+    wait_until(
+        "both frameworks to subscribe",
+        Duration::from_secs(10),
+        || async { (fa.framework_id().is_some() && fb.framework_id().is_some()).then_some(()) },
+    )
+    .await;
+
     let dirs: Vec<_> = agents.iter().map(|_| tempdir()).collect();
     let _agents: Vec<Proc> = agents
         .iter()
@@ -107,18 +127,6 @@ async fn hungry_split(
         .enumerate()
         .map(|(i, (r, d))| start_agent(&url, d.path(), r, &format!("host-{i}")))
         .collect();
-    wait_for_agents(&url, agents.len()).await;
-    let total_cpus: f64 = agents
-        .iter()
-        .map(|r| Resources::parse(r).expect("valid").scalar("cpus"))
-        .sum();
-
-    let (mut a, done_a) = Launcher::new("a", "sleep 60", small_task(), wanted);
-    let (mut b, done_b) = Launcher::new("b", "sleep 60", small_task(), wanted);
-    a.one_per_offer = true;
-    b.one_per_offer = true;
-    let fa = spawn_launcher(&url, "a", roles.0, a);
-    let fb = spawn_launcher(&url, "b", roles.1, b);
     wait_until(
         "the cluster to fill up",
         Duration::from_secs(30),

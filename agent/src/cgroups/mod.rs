@@ -182,9 +182,6 @@ pub trait CgroupManager: Send + Sync {
     fn kill_all(&self, id: &str) -> Result<(), CgroupError>;
     /// Removes the container's cgroup(s); fails while processes remain.
     fn remove(&self, id: &str) -> Result<(), CgroupError>;
-    /// Container ids that have a cgroup now (leftovers of a crashed run
-    /// included).
-    fn list(&self) -> Result<Vec<String>, CgroupError>;
 }
 
 /// Which cgroup layout is mounted under `root` (normally `/sys/fs/cgroup`).

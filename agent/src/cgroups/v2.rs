@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use super::{
     AGENT_SUBTREE, CFS_PERIOD_US, CgroupError, CgroupManager, Limits, Usage, keyed, mkdir, procs,
-    read_u64, rmdir, subdirs, wait_empty, write,
+    read_u64, rmdir, wait_empty, write,
 };
 
 const CONTROLLERS: &str = "+cpu +memory +pids";
@@ -98,7 +98,7 @@ impl CgroupManager for V2 {
 
     fn kill_all(&self, id: &str) -> Result<(), CgroupError> {
         let dir = self.dir(id);
-        if !dir.exists() {
+        if !dir.exists() || procs(&dir.join("cgroup.procs"))?.is_empty() {
             return Ok(());
         }
         let kill_file = dir.join("cgroup.kill");
@@ -117,10 +117,6 @@ impl CgroupManager for V2 {
 
     fn remove(&self, id: &str) -> Result<(), CgroupError> {
         rmdir(&self.dir(id))
-    }
-
-    fn list(&self) -> Result<Vec<String>, CgroupError> {
-        subdirs(&self.root.join(AGENT_SUBTREE))
     }
 }
 
@@ -175,7 +171,18 @@ mod tests {
             "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
         );
         fixture::file(r, "agora/c1/cgroup.kill", "");
-        fixture::file(r, "agora/c1/cgroup.procs", "");
+        // A pid no process has: the fake kernel below empties the cgroup
+        // once it is told to kill it.
+        fixture::file(r, "agora/c1/cgroup.procs", "2147483646\n");
+        let kernel = {
+            let dir = r.join("agora/c1");
+            std::thread::spawn(move || {
+                while std::fs::read_to_string(dir.join("cgroup.kill")).unwrap_or_default() != "1" {
+                    std::thread::yield_now();
+                }
+                std::fs::write(dir.join("cgroup.procs"), "").expect("empty the fake cgroup");
+            })
+        };
         let v2 = V2::new(r);
         let usage = v2.stats("c1").expect("stats");
         assert_eq!(usage.cpu_time_ns, 2_500_000);
@@ -189,8 +196,8 @@ mod tests {
             (1024, 2048, 2, 1)
         );
         v2.kill_all("c1").expect("kill");
+        kernel.join().expect("fake kernel");
         assert_eq!(fixture::read(r, "agora/c1/cgroup.kill"), "1");
-        assert_eq!(v2.list().expect("list"), vec!["c1".to_string()]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The Linux containerizer: every task in its own cgroup (cpu shares and
 //! optional CFS cap, memory limit with OOM detection, pids limit) and its own
-//! pid, mount, uts and ipc namespaces, started through `agora
-//! container-init` (see [`crate::init`]).
+//! pid, mount, uts and ipc namespaces, started through the container init
+//! (`agora-init`, see [`crate::init`]).
 //!
 //! Each container has a runtime directory `<data>/containers/<id>/` with the
 //! init's spec and, once the task ended, its `exit_status`: written by the
@@ -28,8 +28,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Runs tasks in cgroups and namespaces.
 pub struct LinuxContainerizer {
     cgroups: Arc<dyn CgroupManager>,
-    /// The `agora` binary, re-executed as `agora container-init`.
-    init_program: PathBuf,
+    /// The container init command, without its directory argument:
+    /// `agora-init`, or `agora container-init`.
+    init_command: Vec<std::ffi::OsString>,
     runtime_dir: PathBuf,
     images: ImageCache,
     cpu_hard_limit: bool,
@@ -41,7 +42,7 @@ impl LinuxContainerizer {
     /// `data_dir`; creates the agent's cgroup subtree.
     pub fn new(
         cgroups: Box<dyn CgroupManager>,
-        init_program: PathBuf,
+        init_command: Vec<std::ffi::OsString>,
         data_dir: &Path,
         cpu_hard_limit: bool,
         pids_limit: u64,
@@ -62,7 +63,7 @@ impl LinuxContainerizer {
         let data_dir = data_dir.as_path();
         Ok(LinuxContainerizer {
             cgroups: Arc::from(cgroups),
-            init_program,
+            init_command,
             runtime_dir: data_dir.join("containers"),
             images: ImageCache::new(data_dir.join("images")),
             cpu_hard_limit,
@@ -138,8 +139,14 @@ impl Containerizer for LinuxContainerizer {
         let spec_path = dir.join("init.json");
         let json = serde_json::to_vec(&init).unwrap_or_default();
         std::fs::write(&spec_path, json).map_err(io_error(&spec_path))?;
-        let child = tokio::process::Command::new(&self.init_program)
-            .arg("container-init")
+        let Some((program, args)) = self.init_command.split_first() else {
+            return Err(ContainerizerError::Spawn {
+                task: spec.task_id.clone(),
+                source: std::io::Error::other("no container init command configured"),
+            });
+        };
+        let child = tokio::process::Command::new(program)
+            .args(args)
             .arg(&dir)
             .current_dir(&spec.sandbox)
             .env_clear()
