@@ -580,22 +580,14 @@ impl Core {
         }
 
         // Tasks the master placed on this agent that it no longer runs are gone.
-        let lost: Vec<TaskKey> = self
-            .tasks
-            .iter()
-            .filter(|(k, t)| t.agent == id && !is_terminal(t.state) && !reported.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in lost {
-            let status = self.master_status(
-                &key,
-                TaskState::TaskGone,
-                "the agent re-registered without this task",
-                task_status::Reason::AgentReregistered,
-            );
-            self.set_task_state(&key, &status);
-            self.send_update(&key.0, status);
-        }
+        let lost =
+            self.task_keys(|k, t| t.agent == id && !is_terminal(t.state) && !reported.contains(k));
+        self.master_transition(
+            lost,
+            TaskState::TaskGone,
+            "the agent re-registered without this task",
+            task_status::Reason::AgentReregistered,
+        );
 
         let used = self.used_on_agent(&id);
         self.allocator.add_agent(&id, total, &used);
@@ -612,12 +604,8 @@ impl Core {
         }));
 
         // Kills asked for while the agent was away.
-        let pending: Vec<TaskKey> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.agent == id && t.kill_requested && !is_terminal(t.state))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let pending =
+            self.task_keys(|_, t| t.agent == id && t.kill_requested && !is_terminal(t.state));
         for key in pending {
             self.send_kill(&key);
         }
@@ -667,25 +655,41 @@ impl Core {
         }
         self.rescind_where(|o| o.agent == agent_id);
         self.allocator.remove_agent(agent_id);
-        let keys: Vec<TaskKey> = self
-            .tasks
+        let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
+        self.master_transition(
+            keys,
+            TaskState::TaskUnreachable,
+            "agent is unreachable",
+            task_status::Reason::AgentDisconnected,
+        );
+    }
+
+    // ---- tasks and status updates -----------------------------------------------------
+
+    /// Keys of the tasks matching `pred`.
+    fn task_keys(&self, pred: impl Fn(&TaskKey, &TaskEntry) -> bool) -> Vec<TaskKey> {
+        self.tasks
             .iter()
-            .filter(|(_, t)| t.agent == agent_id && !is_terminal(t.state))
+            .filter(|(k, t)| pred(k, t))
             .map(|(k, _)| k.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Moves tasks to a state the master decides (not the agent), and tells
+    /// their frameworks.
+    fn master_transition(
+        &mut self,
+        keys: Vec<TaskKey>,
+        state: TaskState,
+        message: &str,
+        reason: task_status::Reason,
+    ) {
         for key in keys {
-            let status = self.master_status(
-                &key,
-                TaskState::TaskUnreachable,
-                "agent is unreachable",
-                task_status::Reason::AgentDisconnected,
-            );
+            let status = self.master_status(&key, state, message, reason);
             self.set_task_state(&key, &status);
             self.send_update(&key.0, status);
         }
     }
-
-    // ---- tasks and status updates -----------------------------------------------------
 
     fn master_status(
         &self,
@@ -921,12 +925,7 @@ impl Core {
         for id in offers {
             self.offers.remove(&id);
         }
-        let live: Vec<TaskKey> = self
-            .tasks
-            .iter()
-            .filter(|((fw, _), t)| fw == framework_id && !is_terminal(t.state))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let live = self.task_keys(|(fw, _), t| fw == framework_id && !is_terminal(t.state));
         for key in live {
             self.send_kill(&key);
         }
