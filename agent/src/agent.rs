@@ -880,11 +880,18 @@ async fn supervise(
     events: mpsc::UnboundedSender<TaskEvent>,
 ) {
     let mut killed = false;
+    // A dropped sender is the agent shutting down, not a kill: the task
+    // outlives the agent and is re-attached by the next one.
+    let kill = async {
+        match kill.await {
+            Ok(grace) => grace,
+            Err(_) => std::future::pending().await,
+        }
+    };
     let status = tokio::select! {
         status = container.wait() => status,
         grace = kill => {
             killed = true;
-            let grace = grace.unwrap_or(Duration::from_secs(3));
             if let Err(e) = container.terminate() {
                 warn!("{e}");
             }

@@ -1,5 +1,6 @@
 //! The agent's own HTTP API: its running containers and the files of task
-//! sandboxes (Mesos's `/files/read` shape: `{"data": …, "offset": …}`).
+//! sandboxes (Mesos's `/files/read` shape: `{"data": …, "offset": …}`, and
+//! `/files/browse` for a directory's entries).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
@@ -30,6 +31,7 @@ pub(crate) fn router(requests: mpsc::UnboundedSender<AgentRequest>, sandboxes: P
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/api/v1/containers", get(containers))
         .route("/files/read", get(read_file))
+        .route("/files/browse", get(browse))
         .fallback(|uri: axum::http::Uri| async move {
             error(
                 StatusCode::NOT_FOUND,
@@ -105,15 +107,55 @@ pub(crate) fn confine(root: &Path, requested: &str) -> Result<PathBuf, String> {
             relative.display()
         ));
     }
-    if !full.is_file() {
-        return Err(format!("{} is not a file", relative.display()));
-    }
     Ok(full)
+}
+
+#[derive(Deserialize)]
+struct BrowseQuery {
+    path: String,
+}
+
+/// The entries of a sandbox directory.
+async fn browse(State(api): State<AgentApi>, Query(q): Query<BrowseQuery>) -> Response {
+    let dir = match confine(&api.sandboxes, &q.path) {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{} is not a directory", q.path),
+            );
+        }
+        Err(e) if e.starts_with("no such file") => return error(StatusCode::NOT_FOUND, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("listing {}: {e}", q.path),
+            );
+        }
+    };
+    let mut files: Vec<serde_json::Value> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some(json!({
+                "name": e.file_name().to_string_lossy(),
+                "size": meta.len(),
+                "is_dir": meta.is_dir(),
+            }))
+        })
+        .collect();
+    files.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(json!({ "path": q.path, "files": files })).into_response()
 }
 
 async fn read_file(State(api): State<AgentApi>, Query(q): Query<ReadQuery>) -> Response {
     let path = match confine(&api.sandboxes, &q.path) {
-        Ok(p) => p,
+        Ok(p) if p.is_file() => p,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a file", q.path)),
         Err(e) if e.starts_with("no such file") => return error(StatusCode::NOT_FOUND, e),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -189,10 +231,6 @@ mod tests {
                 .expect_err("missing")
                 .starts_with("no such file")
         );
-        assert!(
-            confine(&root, "f/t")
-                .expect_err("dir")
-                .contains("not a file")
-        );
+        assert!(confine(&root, "f/t").expect("a directory").is_dir());
     }
 }

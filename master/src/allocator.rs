@@ -64,6 +64,25 @@ pub trait Allocator: Send {
     );
     /// One allocation pass at time `now`.
     fn allocate(&mut self, now: Millis) -> Vec<Allocation>;
+    /// Stops (or resumes) offering an agent's free resources, keeping what
+    /// runs there accounted for (an agent being drained).
+    fn set_agent_active(&mut self, agent: &str, active: bool);
+    /// Every role with its weight, allocation and DRF share.
+    fn roles(&self) -> Vec<RoleShare>;
+}
+
+/// A role as the allocator sees it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RoleShare {
+    pub role: String,
+    pub weight: f64,
+    /// Scalars held by the role's frameworks (offered or in use).
+    pub allocated: Resources,
+    /// The largest fraction of any resource the role holds.
+    pub dominant_share: f64,
+    /// `dominant_share / weight`: what DRF orders roles by.
+    pub weighted_share: f64,
+    pub frameworks: usize,
 }
 
 /// `f64` with a total order, for share keys.
@@ -88,6 +107,8 @@ struct AgentSlot {
     /// Allocated resources by framework slot.
     allocated: HashMap<usize, Resources>,
     filters: RefusalFilters,
+    /// Offered at all (false while the agent is drained).
+    active: bool,
 }
 
 /// One framework's refusal of an agent.
@@ -450,6 +471,7 @@ impl Allocator for DrfAllocator {
             total,
             allocated: HashMap::new(),
             filters: RefusalFilters::new(),
+            active: true,
         };
         let i = match self.free_agent_slots.pop() {
             Some(i) => {
@@ -627,6 +649,36 @@ impl Allocator for DrfAllocator {
         }
     }
 
+    fn set_agent_active(&mut self, agent: &str, active: bool) {
+        if let Some(slot) = self
+            .agent_index
+            .get(agent)
+            .and_then(|&i| self.agents[i].as_mut())
+        {
+            slot.active = active;
+        }
+    }
+
+    fn roles(&self) -> Vec<RoleShare> {
+        let mut out: Vec<RoleShare> = self
+            .roles
+            .iter()
+            .map(|r| {
+                let dominant = self.dominant_share(&r.allocated);
+                RoleShare {
+                    role: r.name.clone(),
+                    weight: r.weight,
+                    allocated: r.allocated.clone(),
+                    dominant_share: dominant,
+                    weighted_share: dominant / r.weight,
+                    frameworks: r.frameworks.len(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.role.cmp(&b.role));
+        out
+    }
+
     fn allocate(&mut self, now: Millis) -> Vec<Allocation> {
         // Adding or removing agents rescales every share; do it once per pass
         // rather than once per agent (10,000 agents joining is one rescale).
@@ -646,7 +698,7 @@ impl Allocator for DrfAllocator {
                 continue;
             };
             agent.filters.expire(now);
-            if !worth_offering(&agent.available) {
+            if !agent.active || !worth_offering(&agent.available) {
                 continue;
             }
             agent.filters.refresh(&agent.available);
@@ -804,6 +856,28 @@ mod tests {
         let again = alloc.allocate(2);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].resources, agent_resources());
+    }
+
+    #[test]
+    fn an_inactive_agent_is_not_offered_and_roles_report_their_shares() {
+        let mut alloc = DrfAllocator::new();
+        alloc.add_agent("a", agent_resources(), &[]);
+        alloc.add_agent("b", agent_resources(), &[]);
+        alloc.set_weight("web", 2.0);
+        alloc.add_framework("f", "web", true);
+        alloc.set_agent_active("a", false);
+        let offers = alloc.allocate(0);
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].agent, "b");
+        let roles = alloc.roles();
+        let web = roles.iter().find(|r| r.role == "web").expect("web role");
+        assert_eq!(web.weight, 2.0);
+        assert!((web.dominant_share - 0.5).abs() < 1e-9, "{web:?}");
+        assert!((web.weighted_share - 0.25).abs() < 1e-9);
+        assert_eq!(web.frameworks, 1);
+        alloc.recover("f", "b", &agent_resources(), None);
+        alloc.set_agent_active("a", true);
+        assert_eq!(alloc.allocate(1).len(), 2);
     }
 
     #[test]

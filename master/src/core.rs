@@ -11,15 +11,18 @@ use agora_proto::v1::{
     master_message, task_status,
 };
 use agora_proto::{Resources, is_terminal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, info_span, warn};
 
-use crate::allocator::{Allocator, DrfAllocator, Millis};
+use crate::allocator::{Allocator, DrfAllocator, Millis, RoleShare};
 use crate::config::MasterConfig;
+use crate::events::ClusterEvent;
+use crate::metrics::{Gauges, Metrics};
 use crate::state::{
-    AgentResources, AgentView, FrameworkView, SandboxView, StateView, TaskView, UsageView,
+    AgentResources, AgentView, FrameworkView, OfferView, SandboxView, StateView, TaskView,
+    UsageView,
 };
 
 /// Outbound half of an agent's session stream.
@@ -69,6 +72,46 @@ pub enum CoreMsg {
     Snapshot {
         reply: oneshot::Sender<StateView>,
     },
+    Roles {
+        reply: oneshot::Sender<Vec<RoleShare>>,
+    },
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
+    Operator {
+        op: Operator,
+        reply: oneshot::Sender<Result<(), OperatorError>>,
+    },
+}
+
+/// An operator's action through the HTTP API.
+#[derive(Debug)]
+pub enum Operator {
+    SetWeight {
+        role: String,
+        weight: f64,
+    },
+    Teardown {
+        framework_id: String,
+    },
+    /// No new offers from the agent; optionally kill what runs there (each
+    /// task with its grace period).
+    Drain {
+        agent_id: String,
+        kill_tasks: bool,
+    },
+    Undrain {
+        agent_id: String,
+    },
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum OperatorError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +140,8 @@ struct AgentEntry {
     status: AgentStatus,
     conn: Option<(u64, AgentTx)>,
     last_seen: Instant,
+    /// No new offers (an operator drain); survives re-registration.
+    draining: bool,
 }
 
 struct FrameworkEntry {
@@ -142,6 +187,10 @@ pub struct Core {
     allocation_needed: bool,
     last_allocation: Instant,
     last_heartbeat: Instant,
+    events: broadcast::Sender<ClusterEvent>,
+    metrics: Metrics,
+    /// Relayed updates awaiting the framework's acknowledgement, by uuid.
+    awaiting_ack: HashMap<Vec<u8>, Instant>,
 }
 
 fn now_seconds() -> f64 {
@@ -172,7 +221,7 @@ const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
 impl Core {
     /// A master with no agents or frameworks.
-    pub fn new(config: MasterConfig) -> Self {
+    pub fn new(config: MasterConfig, events: broadcast::Sender<ClusterEvent>) -> Self {
         let mut allocator = DrfAllocator::new();
         for (role, weight) in &config.role_weights {
             allocator.set_weight(role, *weight);
@@ -190,6 +239,9 @@ impl Core {
             allocation_needed: false,
             last_allocation: now,
             last_heartbeat: now,
+            events,
+            metrics: Metrics::default(),
+            awaiting_ack: HashMap::new(),
         }
     }
 
@@ -250,6 +302,15 @@ impl Core {
             CoreMsg::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
+            CoreMsg::Roles { reply } => {
+                let _ = reply.send(self.allocator.roles());
+            }
+            CoreMsg::Metrics { reply } => {
+                let _ = reply.send(self.render_metrics());
+            }
+            CoreMsg::Operator { op, reply } => {
+                let _ = reply.send(self.operator(op));
+            }
         }
     }
 
@@ -305,6 +366,10 @@ impl Core {
                 }
             }
         }
+        // Updates whose acknowledgement never came (framework gone) are
+        // not measured.
+        self.awaiting_ack
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(300));
         if now.duration_since(self.last_allocation) >= self.config.allocation_interval {
             self.allocation_needed = true;
         }
@@ -315,7 +380,11 @@ impl Core {
     fn allocate(&mut self) {
         self.allocation_needed = false;
         self.last_allocation = Instant::now();
+        let pass = std::time::Instant::now();
         let allocations = self.allocator.allocate(self.now_ms());
+        self.metrics
+            .allocation_pass_seconds
+            .observe(pass.elapsed().as_secs_f64());
         let mut by_framework: BTreeMap<String, Vec<v1::Offer>> = BTreeMap::new();
         for a in allocations {
             let (Some(agent), Some(framework)) =
@@ -352,6 +421,7 @@ impl Core {
                     created: Instant::now(),
                 },
             );
+            self.metrics.offers_made += 1;
             by_framework.entry(a.framework).or_default().push(offer);
         }
         for (framework, offers) in by_framework {
@@ -392,6 +462,7 @@ impl Core {
         let Some(offer) = self.take_offer(offer_id, None) else {
             return;
         };
+        self.metrics.offers_rescinded += 1;
         if let Some((_, tx)) = self
             .frameworks
             .get(&offer.framework)
@@ -497,9 +568,22 @@ impl Core {
         self.rescind_where(|o| o.agent == id);
         self.allocator.remove_agent(&id);
 
+        let draining = self.agents.get(&id).is_some_and(|a| a.draining);
+        self.emit(if returning {
+            ClusterEvent::AgentReregistered {
+                agent_id: id.clone(),
+                hostname: info.hostname.clone(),
+            }
+        } else {
+            ClusterEvent::AgentAdded {
+                agent_id: id.clone(),
+                hostname: info.hostname.clone(),
+            }
+        });
         self.agents.insert(
             id.clone(),
             AgentEntry {
+                draining,
                 id: id.clone(),
                 hostname: info.hostname.clone(),
                 endpoint: info.endpoint.clone(),
@@ -591,6 +675,9 @@ impl Core {
 
         let used = self.used_on_agent(&id);
         self.allocator.add_agent(&id, total, &used);
+        if draining {
+            self.allocator.set_agent_active(&id, false);
+        }
 
         let _ = tx.send(Ok(MasterMessage {
             message: Some(master_message::Message::Registered(
@@ -636,6 +723,9 @@ impl Core {
         }
         let id = agent.id.clone();
         info!(agent = %id, "agent disconnected; unreachable unless it returns within the timeout");
+        self.emit(ClusterEvent::AgentDisconnected {
+            agent_id: id.clone(),
+        });
         self.rescind_where(|o| o.agent == id);
         self.allocator.remove_agent(&id);
     }
@@ -655,6 +745,9 @@ impl Core {
         }
         self.rescind_where(|o| o.agent == agent_id);
         self.allocator.remove_agent(agent_id);
+        self.emit(ClusterEvent::AgentUnreachable {
+            agent_id: agent_id.to_string(),
+        });
         let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
         self.master_transition(
             keys,
@@ -722,9 +815,23 @@ impl Core {
         };
         let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
         let was_terminal = is_terminal(task.state);
+        let changed = task.state != state || task.message != status.message;
         task.state = state;
         task.message = status.message.clone();
         task.reason = task_status::Reason::try_from(status.reason).unwrap_or_default();
+        let event = ClusterEvent::TaskUpdated {
+            framework_id: key.0.clone(),
+            task_id: key.1.clone(),
+            agent_id: task.agent.clone(),
+            state: state.as_str_name().to_string(),
+            message: status.message.clone(),
+        };
+        if changed {
+            self.emit(event);
+        }
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
         if is_terminal(state) && !was_terminal {
             task.usage = None;
             let (agent, resources) = (task.agent.clone(), task.resources.clone());
@@ -771,6 +878,7 @@ impl Core {
         });
         debug!(framework = %framework, task = %task_id, state = status.state, "status update");
         self.set_task_state(&key, &status);
+        self.metrics.status_updates += 1;
         if !self.frameworks.contains_key(&framework) {
             // Nobody to deliver to: acknowledge on the framework's behalf so the
             // agent stops retrying.
@@ -785,7 +893,13 @@ impl Core {
             return;
         }
         // If the framework is disconnected the agent retries later.
-        self.send_update(&framework, status);
+        let uuid = status.uuid.clone();
+        if self.send_update(&framework, status)
+            && !uuid.is_empty()
+            && self.awaiting_ack.len() < 100_000
+        {
+            self.awaiting_ack.entry(uuid).or_insert_with(Instant::now);
+        }
     }
 
     fn send_to_agent(&self, agent: &str, message: master_message::Message) -> bool {
@@ -864,6 +978,11 @@ impl Core {
         let mut info = info;
         info.id = Some(v1::FrameworkId { value: id.clone() });
         info!(framework = %id, name = %info.name, role = %role, "framework subscribed");
+        self.emit(ClusterEvent::FrameworkAdded {
+            framework_id: id.clone(),
+            name: info.name.clone(),
+            role: role.clone(),
+        });
         self.frameworks.insert(
             id.clone(),
             FrameworkEntry {
@@ -895,6 +1014,9 @@ impl Core {
             return;
         }
         info!(framework = %framework_id, "framework disconnected");
+        let _ = self.events.send(ClusterEvent::FrameworkDisconnected {
+            framework_id: framework_id.to_string(),
+        });
         f.stream = None;
         f.disconnected_at = Some(Instant::now());
         self.allocator.set_framework_active(framework_id, false);
@@ -913,6 +1035,9 @@ impl Core {
         let Some(mut f) = self.frameworks.remove(framework_id) else {
             return;
         };
+        self.emit(ClusterEvent::FrameworkRemoved {
+            framework_id: framework_id.to_string(),
+        });
         if let Some((_, tx)) = f.stream.take() {
             let _ = tx.send(Err(Status::aborted("framework torn down")));
         }
@@ -958,6 +1083,7 @@ impl Core {
                         .is_some_and(|o| o.framework == framework_id)
                     {
                         self.take_offer(&id.value, refuse);
+                        self.metrics.offers_declined += 1;
                     }
                 }
                 Ok(())
@@ -1000,6 +1126,11 @@ impl Core {
                 };
                 if req.uuid.is_empty() {
                     return Err(Status::invalid_argument("acknowledge: uuid is required"));
+                }
+                if let Some(relayed) = self.awaiting_ack.remove(&req.uuid) {
+                    self.metrics
+                        .status_update_ack_seconds
+                        .observe(relayed.elapsed().as_secs_f64());
                 }
                 // An agent that is away resends the update when it returns.
                 self.send_to_agent(
@@ -1122,6 +1253,7 @@ impl Core {
 
         if let Some(problem) = problem {
             warn!(%problem, "invalid accept; nothing launched");
+            self.metrics.invalid_accepts += 1;
             for id in &offer_ids {
                 self.take_offer(id, refuse);
             }
@@ -1143,6 +1275,14 @@ impl Core {
                 .unwrap_or_default();
             used.add(&resources);
             info!(task = %task_id, agent = %agent, resources = %resources, "launching task");
+            self.metrics.tasks_launched += 1;
+            self.emit(ClusterEvent::TaskUpdated {
+                framework_id: framework_id.to_string(),
+                task_id: task_id.clone(),
+                agent_id: agent.clone(),
+                state: TaskState::TaskStaging.as_str_name().to_string(),
+                message: String::new(),
+            });
             self.tasks.insert(
                 (framework_id.to_string(), task_id),
                 TaskEntry {
@@ -1252,6 +1392,125 @@ impl Core {
         Ok(out)
     }
 
+    // ---- operator actions ------------------------------------------------------------------
+
+    fn emit(&self, event: ClusterEvent) {
+        // No subscribers is fine: events are for whoever listens now.
+        let _ = self.events.send(event);
+    }
+
+    fn operator(&mut self, op: Operator) -> Result<(), OperatorError> {
+        match op {
+            Operator::SetWeight { role, weight } => {
+                if role.is_empty() {
+                    return Err(OperatorError::BadRequest("role must not be empty".into()));
+                }
+                if !weight.is_finite() || weight <= 0.0 {
+                    return Err(OperatorError::BadRequest(format!(
+                        "weight must be a finite number > 0, not {weight}"
+                    )));
+                }
+                info!(%role, weight, "operator set a role weight");
+                self.allocator.set_weight(&role, weight);
+                self.config.role_weights.insert(role.clone(), weight);
+                self.emit(ClusterEvent::RoleWeightChanged { role, weight });
+                self.allocation_needed = true;
+            }
+            Operator::Teardown { framework_id } => {
+                if !self.frameworks.contains_key(&framework_id) {
+                    return Err(OperatorError::NotFound(format!(
+                        "unknown framework `{framework_id}`"
+                    )));
+                }
+                info!(framework = %framework_id, "operator tore down a framework");
+                self.remove_framework(&framework_id);
+            }
+            Operator::Drain {
+                agent_id,
+                kill_tasks,
+            } => {
+                let Some(agent) = self.agents.get_mut(&agent_id) else {
+                    return Err(OperatorError::NotFound(format!(
+                        "unknown agent `{agent_id}`"
+                    )));
+                };
+                info!(agent = %agent_id, kill_tasks, "operator drained an agent");
+                agent.draining = true;
+                self.allocator.set_agent_active(&agent_id, false);
+                self.rescind_where(|o| o.agent == agent_id);
+                if kill_tasks {
+                    for key in self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state)) {
+                        self.send_kill(&key);
+                    }
+                }
+                self.emit(ClusterEvent::AgentDrained {
+                    agent_id,
+                    kill_tasks,
+                });
+            }
+            Operator::Undrain { agent_id } => {
+                let Some(agent) = self.agents.get_mut(&agent_id) else {
+                    return Err(OperatorError::NotFound(format!(
+                        "unknown agent `{agent_id}`"
+                    )));
+                };
+                info!(agent = %agent_id, "operator put an agent back");
+                agent.draining = false;
+                self.allocator.set_agent_active(&agent_id, true);
+                self.emit(ClusterEvent::AgentUndrained { agent_id });
+                self.allocation_needed = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn render_metrics(&self) -> String {
+        let view = self.snapshot();
+        let mut kinds: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+        for a in view
+            .agents
+            .iter()
+            .filter(|a| a.status != AgentStatus::Unreachable.name())
+        {
+            for (kind, v) in a.resources.total.scalars() {
+                kinds.entry(kind.to_string()).or_default().0 += v;
+            }
+            for (kind, v) in a.resources.used.scalars() {
+                kinds.entry(kind.to_string()).or_default().1 += v;
+            }
+            for (kind, v) in a.resources.offered.scalars() {
+                kinds.entry(kind.to_string()).or_default().2 += v;
+            }
+        }
+        let mut agents_by_status: BTreeMap<&str, usize> = [
+            AgentStatus::Active,
+            AgentStatus::Disconnected,
+            AgentStatus::Unreachable,
+        ]
+        .iter()
+        .map(|s| (s.name(), 0))
+        .collect();
+        for a in &view.agents {
+            *agents_by_status.entry(a.status).or_default() += 1;
+        }
+        let mut tasks_by_state: BTreeMap<String, usize> = BTreeMap::new();
+        for t in &view.tasks {
+            *tasks_by_state.entry(t.state.clone()).or_default() += 1;
+        }
+        let active = view.frameworks.iter().filter(|f| f.active).count();
+        self.metrics.render(&Gauges {
+            resources: kinds
+                .iter()
+                .map(|(k, (t, u, o))| (k.as_str(), *t, *u, *o))
+                .collect(),
+            agents_by_status: agents_by_status.into_iter().collect(),
+            frameworks_active: active,
+            frameworks_inactive: view.frameworks.len() - active,
+            tasks_by_state: tasks_by_state.into_iter().collect(),
+            offers_outstanding: view.offers.len(),
+        })
+    }
+
     // ---- views ----------------------------------------------------------------------------
 
     fn snapshot(&self) -> StateView {
@@ -1290,6 +1549,7 @@ impl Core {
                     .map(|x| (x.name.clone(), x.text.clone()))
                     .collect(),
                 status: a.status.name(),
+                draining: a.draining,
                 resources: AgentResources {
                     total: a.total.clone(),
                     used: used_by_agent
@@ -1357,10 +1617,23 @@ impl Core {
             })
             .collect();
         tasks.sort_by(|a, b| a.framework_id.cmp(&b.framework_id).then(a.id.cmp(&b.id)));
+        let mut offers: Vec<OfferView> = self
+            .offers
+            .iter()
+            .map(|(id, o)| OfferView {
+                id: id.clone(),
+                framework_id: o.framework.clone(),
+                agent_id: o.agent.clone(),
+                resources: o.resources.clone(),
+                age_seconds: o.created.elapsed().as_secs_f64(),
+            })
+            .collect();
+        offers.sort_by(|a, b| a.id.cmp(&b.id));
         StateView {
             agents,
             frameworks,
             tasks,
+            offers,
         }
     }
 }

@@ -1,48 +1,452 @@
-//! The operator HTTP API (JSON), served on the same port as gRPC.
+//! The operator HTTP API (JSON), served on the same port as gRPC: cluster
+//! state and its parts, operator actions, server-sent events, Prometheus
+//! metrics, task sandboxes proxied from their agents, and the web UI.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+// Helpers hand back a ready error response for the handler to return; its
+// size on an error path does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde_json::json;
-use tokio::sync::oneshot;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
 
-use crate::core::CoreMsg;
+use crate::allocator::RoleShare;
+use crate::core::{CoreMsg, Operator, OperatorError};
+use crate::events::ClusterEvent;
 use crate::grpc::CoreHandle;
+use crate::state::{StateView, TaskView};
+use crate::ui;
+
+/// Most tasks one page may hold.
+const MAX_PAGE: usize = 1000;
+
+#[derive(Clone)]
+struct Api {
+    core: CoreHandle,
+    events: broadcast::Sender<ClusterEvent>,
+    client: reqwest::Client,
+}
 
 /// The operator routes.
-pub fn router(core: CoreHandle) -> Router {
+pub fn router(core: CoreHandle, events: broadcast::Sender<ClusterEvent>) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/api/v1/state", get(state))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/agents/{id}", get(agent))
+        .route("/api/v1/agents/{id}/drain", post(drain))
+        .route("/api/v1/agents/{id}/undrain", post(undrain))
+        .route("/api/v1/frameworks", get(frameworks))
+        .route("/api/v1/frameworks/{id}", get(framework))
+        .route("/api/v1/frameworks/{id}/teardown", post(teardown))
+        .route("/api/v1/tasks", get(tasks))
+        .route("/api/v1/tasks/{id}", get(task))
+        .route("/api/v1/tasks/{id}/files", get(task_files))
+        .route("/api/v1/tasks/{id}/files/read", get(task_file_read))
+        .route("/api/v1/offers", get(offers))
+        .route("/api/v1/roles", get(roles))
+        .route("/api/v1/roles/{role}", put(set_weight))
+        .route("/api/v1/events", get(event_stream))
         .fallback(not_found)
-        .with_state(core)
+        .with_state(Api {
+            core,
+            events,
+            client: reqwest::Client::new(),
+        })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the master is shutting down",
+    )
+}
+
+async fn ask<T>(
+    core: &CoreHandle,
+    msg: impl FnOnce(oneshot::Sender<T>) -> CoreMsg,
+) -> Result<T, Response> {
+    let (reply, answer) = oneshot::channel();
+    core.send(msg(reply)).map_err(|_| unavailable())?;
+    answer.await.map_err(|_| unavailable())
+}
+
+async fn snapshot(api: &Api) -> Result<StateView, Response> {
+    ask(&api.core, |reply| CoreMsg::Snapshot { reply }).await
+}
+
 async fn health() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-async fn state(State(core): State<CoreHandle>) -> Response {
-    let (reply, answer) = oneshot::channel();
-    if core.send(CoreMsg::Snapshot { reply }).is_err() {
+async fn state(State(api): State<Api>) -> Response {
+    match snapshot(&api).await {
+        Ok(view) => Json(view).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    match ask(&api.core, |reply| CoreMsg::Metrics { reply }).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// An agent with the tasks on it.
+fn agent_json(view: &StateView, index: usize) -> Value {
+    let a = &view.agents[index];
+    let tasks: Vec<&TaskView> = view
+        .tasks
+        .iter()
+        .filter(|t| t.agent_id == a.id && !is_ended(&t.state))
+        .collect();
+    let mut value = json!(a);
+    value["tasks"] = json!(tasks);
+    value
+}
+
+fn is_ended(state: &str) -> bool {
+    agora_proto::v1::TaskState::from_str_name(state).is_some_and(agora_proto::is_terminal)
+}
+
+async fn agents(State(api): State<Api>) -> Response {
+    match snapshot(&api).await {
+        Ok(view) => {
+            let list: Vec<Value> = (0..view.agents.len())
+                .map(|i| agent_json(&view, i))
+                .collect();
+            Json(json!({ "agents": list })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn agent(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match snapshot(&api).await {
+        Ok(view) => match view.agents.iter().position(|a| a.id == id) {
+            Some(i) => Json(agent_json(&view, i)).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("unknown agent `{id}`")),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn frameworks(State(api): State<Api>) -> Response {
+    match snapshot(&api).await {
+        Ok(view) => Json(json!({ "frameworks": view.frameworks })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn framework(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match snapshot(&api).await {
+        Ok(view) => match view.frameworks.iter().find(|f| f.id == id) {
+            Some(f) => {
+                let tasks: Vec<&TaskView> =
+                    view.tasks.iter().filter(|t| t.framework_id == id).collect();
+                let mut value = json!(f);
+                value["tasks"] = json!(tasks);
+                Json(value).into_response()
+            }
+            None => error(StatusCode::NOT_FOUND, format!("unknown framework `{id}`")),
+        },
+        Err(r) => r,
+    }
+}
+
+fn parse_usize(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+) -> Result<usize, Response> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("parameter `{name}`: `{v}` is not a non-negative integer"),
+            )
+        }),
+    }
+}
+
+async fn tasks(State(api): State<Api>, Query(params): Query<HashMap<String, String>>) -> Response {
+    for key in params.keys() {
+        if !["framework", "agent", "state", "offset", "limit"].contains(&key.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown parameter `{key}` (use framework, agent, state, offset, limit)"),
+            );
+        }
+    }
+    if let Some(state) = params.get("state")
+        && agora_proto::v1::TaskState::from_str_name(state).is_none()
+    {
         return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the master is shutting down",
+            StatusCode::BAD_REQUEST,
+            format!("parameter `state`: `{state}` is not a task state such as TASK_RUNNING"),
         );
     }
-    match answer.await {
-        Ok(view) => Json(view).into_response(),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the master is shutting down",
+    let offset = match parse_usize(&params, "offset", 0) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let limit = match parse_usize(&params, "limit", 100) {
+        Ok(v) if (1..=MAX_PAGE).contains(&v) => v,
+        Ok(v) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("parameter `limit`: {v} is not between 1 and {MAX_PAGE}"),
+            );
+        }
+        Err(r) => return r,
+    };
+    let view = match snapshot(&api).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let matching: Vec<&TaskView> = view
+        .tasks
+        .iter()
+        .filter(|t| params.get("framework").is_none_or(|f| *f == t.framework_id))
+        .filter(|t| params.get("agent").is_none_or(|a| *a == t.agent_id))
+        .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
+        .collect();
+    let page: Vec<&&TaskView> = matching.iter().skip(offset).take(limit).collect();
+    Json(json!({ "tasks": page, "total": matching.len(), "offset": offset, "limit": limit }))
+        .into_response()
+}
+
+/// The task called `id` (live ones first, for ids reused after an end).
+fn find_task(view: &StateView, id: &str) -> Option<TaskView> {
+    let mut candidates: Vec<&TaskView> = view.tasks.iter().filter(|t| t.id == id).collect();
+    candidates.sort_by_key(|t| is_ended(&t.state));
+    candidates.first().map(|t| (*t).clone())
+}
+
+async fn task(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match snapshot(&api).await {
+        Ok(view) => match find_task(&view, &id) {
+            Some(t) => Json(t).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("unknown task `{id}`")),
+        },
+        Err(r) => r,
+    }
+}
+
+/// The agent endpoint and sandbox path of a task, or an error response.
+async fn sandbox_of(api: &Api, id: &str) -> Result<(String, String), Response> {
+    let view = snapshot(api).await?;
+    let task = find_task(&view, id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("unknown task `{id}`")))?;
+    let agent = view
+        .agents
+        .iter()
+        .find(|a| a.id == task.agent_id)
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("task `{id}`'s agent is gone"),
+            )
+        })?;
+    if agent.endpoint.is_empty() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("agent `{}` serves no HTTP API", agent.id),
+        ));
+    }
+    Ok((
+        agent.endpoint.clone(),
+        format!("{}/{}", task.framework_id, task.id),
+    ))
+}
+
+/// Relays an agent's answer (status and JSON body) to the caller.
+async fn relay(api: &Api, url: String) -> Response {
+    match api.client.get(&url).send().await {
+        Ok(r) => {
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            match r.json::<Value>().await {
+                Ok(body) => (status, Json(body)).into_response(),
+                Err(e) => error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the agent answered garbage: {e}"),
+                ),
+            }
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("the task's agent did not answer: {e}"),
         ),
     }
+}
+
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn task_files(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match sandbox_of(&api, &id).await {
+        Ok((endpoint, sandbox)) => {
+            relay(
+                &api,
+                format!("{endpoint}/files/browse?path={}", query_escape(&sandbox)),
+            )
+            .await
+        }
+        Err(r) => r,
+    }
+}
+
+async fn task_file_read(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(path) = params.get("path") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "parameter `path` is required (e.g. stdout)",
+        );
+    };
+    let (endpoint, sandbox) = match sandbox_of(&api, &id).await {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    let mut url = format!(
+        "{endpoint}/files/read?path={}",
+        query_escape(&format!("{sandbox}/{path}"))
+    );
+    for key in ["offset", "length"] {
+        if let Some(v) = params.get(key) {
+            url.push_str(&format!("&{key}={}", query_escape(v)));
+        }
+    }
+    relay(&api, url).await
+}
+
+async fn offers(State(api): State<Api>) -> Response {
+    match snapshot(&api).await {
+        Ok(view) => Json(json!({ "offers": view.offers })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn roles(State(api): State<Api>) -> Response {
+    match ask::<Vec<RoleShare>>(&api.core, |reply| CoreMsg::Roles { reply }).await {
+        Ok(roles) => Json(json!({ "roles": roles })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn act(api: &Api, op: Operator) -> Response {
+    match ask(&api.core, |reply| CoreMsg::Operator { op, reply }).await {
+        Ok(Ok(())) => Json(json!({ "ok": true })).into_response(),
+        Ok(Err(OperatorError::NotFound(m))) => error(StatusCode::NOT_FOUND, m),
+        Ok(Err(OperatorError::BadRequest(m))) => error(StatusCode::BAD_REQUEST, m),
+        Err(r) => r,
+    }
+}
+
+/// A JSON body, or a 400 naming what is wrong with it.
+fn body_json(body: &str) -> Result<Value, Response> {
+    if body.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_str(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+}
+
+async fn set_weight(State(api): State<Api>, Path(role): Path<String>, body: String) -> Response {
+    let body = match body_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(weight) = body.get("weight").and_then(Value::as_f64) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "field `weight`: a number > 0 is required",
+        );
+    };
+    act(&api, Operator::SetWeight { role, weight }).await
+}
+
+async fn teardown(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    act(&api, Operator::Teardown { framework_id: id }).await
+}
+
+async fn drain(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+    let body = match body_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let kill_tasks = match body.get("kill_tasks") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("field `kill_tasks`: expected true or false, got {other}"),
+            );
+        }
+    };
+    act(
+        &api,
+        Operator::Drain {
+            agent_id: id,
+            kill_tasks,
+        },
+    )
+    .await
+}
+
+async fn undrain(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    act(&api, Operator::Undrain { agent_id: id }).await
+}
+
+async fn event_stream(State(api): State<Api>) -> Response {
+    let stream = BroadcastStream::new(api.events.subscribe()).map(|item| {
+        Ok::<Event, Infallible>(match item {
+            Ok(event) => Event::default()
+                .event(event.name())
+                .json_data(&event)
+                .unwrap_or_else(|_| Event::default().event("error")),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Event::default()
+                    .event("lagged")
+                    .data(format!("{n} events were dropped; re-read /api/v1/state"))
+            }
+        })
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

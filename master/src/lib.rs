@@ -6,9 +6,12 @@
 pub mod allocator;
 pub mod config;
 mod core;
+pub mod events;
 mod grpc;
 mod http;
+pub mod metrics;
 pub mod state;
+mod ui;
 
 use std::future::{Future, IntoFuture};
 
@@ -52,15 +55,17 @@ pub async fn run(
         .unwrap_or_else(|_| "?".into());
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = grpc::CoreHandle::new(tx);
+    // Slow event readers lag and are told so; the core never waits on them.
+    let (events, _) = tokio::sync::broadcast::channel(4096);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
-    let core = tokio::spawn(core::Core::new(config).run(rx, async move {
+    let core = tokio::spawn(core::Core::new(config, events.clone()).run(rx, async move {
         let _ = stop_core_rx.await;
     }));
 
     let grpc = tonic::service::Routes::new(SchedulerServer::new(handle.clone()))
         .add_service(AgentServiceServer::new(handle.clone()))
         .into_axum_router();
-    let operator = http::router(handle);
+    let operator = http::router(handle, events);
     // gRPC and HTTP share the port; both routers have their own fallback, so
     // requests are steered by content type rather than merged by path.
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {

@@ -7,15 +7,26 @@ use agora_proto::Resources;
 use serde::Serialize;
 
 /// The whole cluster at one instant.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct StateView {
     pub agents: Vec<AgentView>,
     pub frameworks: Vec<FrameworkView>,
     pub tasks: Vec<TaskView>,
+    pub offers: Vec<OfferView>,
+}
+
+/// An outstanding offer.
+#[derive(Clone, Debug, Serialize)]
+pub struct OfferView {
+    pub id: String,
+    pub framework_id: String,
+    pub agent_id: String,
+    pub resources: Resources,
+    pub age_seconds: f64,
 }
 
 /// One agent.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct AgentView {
     pub id: String,
     pub hostname: String,
@@ -25,11 +36,13 @@ pub struct AgentView {
     /// `active`, `disconnected` (connection dropped, within the timeout) or
     /// `unreachable`.
     pub status: &'static str,
+    /// Drained by an operator: no new offers.
+    pub draining: bool,
     pub resources: AgentResources,
 }
 
 /// An agent's resources, split by what holds them.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct AgentResources {
     pub total: Resources,
     pub used: Resources,
@@ -37,7 +50,7 @@ pub struct AgentResources {
 }
 
 /// One framework.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FrameworkView {
     pub id: String,
     pub name: String,
@@ -49,7 +62,7 @@ pub struct FrameworkView {
 }
 
 /// One task (live, unreachable, or recently ended).
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TaskView {
     pub id: String,
     pub name: String,
@@ -66,7 +79,7 @@ pub struct TaskView {
 }
 
 /// A task's sandbox on its agent.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct SandboxView {
     /// `<framework>/<task>`, relative to the agent's sandbox root.
     pub path: String,
@@ -75,7 +88,7 @@ pub struct SandboxView {
 }
 
 /// What a running task has used.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct UsageView {
     pub cpu_seconds: f64,
     pub memory_bytes: u64,

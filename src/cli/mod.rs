@@ -17,6 +17,9 @@ use clap::{Args, Parser, Subcommand};
     about = "Agora: a cluster manager in the Mesos tradition"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (filter with AGORA_LOG or RUST_LOG).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -166,6 +169,12 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
     if let Command::ContainerInit { dir } = &cli.command {
         let code = agora_agent::init::container_init_main(dir);
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
+    }
+    if matches!(
+        cli.command,
+        Command::Dev(_) | Command::Master(_) | Command::Agent(_)
+    ) {
+        run::init_logging(cli.log_format == "json");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

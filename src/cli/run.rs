@@ -13,13 +13,20 @@ use tokio::sync::watch;
 
 use super::{AgentFlags, MasterFlags};
 
-fn init_logging() {
+/// Logs to stderr as text or JSON lines, filtered by `AGORA_LOG` or
+/// `RUST_LOG` (default `info`).
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -113,7 +120,6 @@ pub async fn dev(
     master: MasterFlags,
     agent: AgentFlags,
 ) -> anyhow::Result<ExitCode> {
-    init_logging();
     let config = master_config(&master)?;
     let (listener, url) = bind(&listen).await?;
     let agent_config = agent_config(url.clone(), data_dir, &agent)?;
@@ -149,7 +155,6 @@ pub async fn dev(
 }
 
 pub async fn master(listen: String, flags: MasterFlags) -> anyhow::Result<ExitCode> {
-    init_logging();
     let config = master_config(&flags)?;
     let (listener, _) = bind(&listen).await?;
     agora_master::run(listener, config, terminated()).await?;
@@ -162,7 +167,6 @@ pub async fn agent(
     data_dir: PathBuf,
     flags: AgentFlags,
 ) -> anyhow::Result<ExitCode> {
-    init_logging();
     let config = agent_config(master, data_dir, &flags)?;
     let http = TcpListener::bind(&listen)
         .await

@@ -1,0 +1,233 @@
+//! Counters and histograms the core keeps, and their Prometheus text
+//! exposition (format 0.0.4).
+
+use std::fmt::Write;
+
+/// A cumulative histogram with fixed upper bounds (seconds).
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if value <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+const PASS_BOUNDS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
+const UPDATE_BOUNDS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+
+/// What the master counts as it works.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub offers_made: u64,
+    pub offers_declined: u64,
+    pub offers_rescinded: u64,
+    pub tasks_launched: u64,
+    pub invalid_accepts: u64,
+    pub status_updates: u64,
+    pub allocation_pass_seconds: Histogram,
+    /// From the master relaying an agent's update to the framework's
+    /// acknowledgement of it.
+    pub status_update_ack_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            offers_made: 0,
+            offers_declined: 0,
+            offers_rescinded: 0,
+            tasks_launched: 0,
+            invalid_accepts: 0,
+            status_updates: 0,
+            allocation_pass_seconds: Histogram::new(PASS_BOUNDS),
+            status_update_ack_seconds: Histogram::new(UPDATE_BOUNDS),
+        }
+    }
+}
+
+/// Gauges taken from the state at scrape time.
+pub struct Gauges<'a> {
+    /// (kind, total, used, offered) per scalar resource.
+    pub resources: Vec<(&'a str, f64, f64, f64)>,
+    pub agents_by_status: Vec<(&'a str, usize)>,
+    pub frameworks_active: usize,
+    pub frameworks_inactive: usize,
+    pub tasks_by_state: Vec<(String, usize)>,
+    pub offers_outstanding: usize,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of counters, histograms and `gauges`.
+    pub fn render(&self, gauges: &Gauges<'_>) -> String {
+        let mut out = String::new();
+        for (metric, help, pick) in [
+            (
+                "agora_resources_total",
+                "Resources of registered agents, by kind.",
+                1,
+            ),
+            (
+                "agora_resources_used",
+                "Resources used by running tasks, by kind.",
+                2,
+            ),
+            (
+                "agora_resources_offered",
+                "Resources in outstanding offers, by kind.",
+                3,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+            for (kind, total, used, offered) in &gauges.resources {
+                let v = match pick {
+                    1 => total,
+                    2 => used,
+                    _ => offered,
+                };
+                let _ = writeln!(out, "{metric}{{resource=\"{kind}\"}} {v}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP agora_agents Agents by status.\n# TYPE agora_agents gauge"
+        );
+        for (status, n) in &gauges.agents_by_status {
+            let _ = writeln!(out, "agora_agents{{status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP agora_frameworks Frameworks by connection.\n# TYPE agora_frameworks gauge"
+        );
+        let _ = writeln!(
+            out,
+            "agora_frameworks{{active=\"true\"}} {}",
+            gauges.frameworks_active
+        );
+        let _ = writeln!(
+            out,
+            "agora_frameworks{{active=\"false\"}} {}",
+            gauges.frameworks_inactive
+        );
+        let _ = writeln!(
+            out,
+            "# HELP agora_tasks Known tasks by state.\n# TYPE agora_tasks gauge"
+        );
+        for (state, n) in &gauges.tasks_by_state {
+            let _ = writeln!(out, "agora_tasks{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP agora_offers_outstanding Offers not yet answered.\n# TYPE agora_offers_outstanding gauge"
+        );
+        let _ = writeln!(
+            out,
+            "agora_offers_outstanding {}",
+            gauges.offers_outstanding
+        );
+        counter(
+            &mut out,
+            "agora_offers_made_total",
+            "Offers sent to frameworks.",
+            self.offers_made,
+        );
+        counter(
+            &mut out,
+            "agora_offers_declined_total",
+            "Offers declined by frameworks.",
+            self.offers_declined,
+        );
+        counter(
+            &mut out,
+            "agora_offers_rescinded_total",
+            "Offers rescinded by the master.",
+            self.offers_rescinded,
+        );
+        counter(
+            &mut out,
+            "agora_tasks_launched_total",
+            "Tasks sent to agents.",
+            self.tasks_launched,
+        );
+        counter(
+            &mut out,
+            "agora_invalid_accepts_total",
+            "Accepts refused as invalid.",
+            self.invalid_accepts,
+        );
+        counter(
+            &mut out,
+            "agora_status_updates_total",
+            "Status updates received from agents.",
+            self.status_updates,
+        );
+        self.allocation_pass_seconds.render(
+            &mut out,
+            "agora_allocation_pass_seconds",
+            "Duration of allocation passes.",
+        );
+        self.status_update_ack_seconds.render(
+            &mut out,
+            "agora_status_update_ack_seconds",
+            "From relaying a status update to the framework's acknowledgement.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(5.0);
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.1\"} 1\n"));
+        assert!(out.contains("x_bucket{le=\"1\"} 2\n"));
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count 3\n"));
+    }
+}

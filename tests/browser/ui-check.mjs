@@ -1,0 +1,25 @@
+// Opens the Agora web UI in Debian's chromium, checks that the agent and the
+// task are shown, opens the task's log and waits for its output, and writes a
+// screenshot. Usage: node ui-check.mjs URL HOSTNAME TASK_ID EXPECTED_LOG SCREENSHOT
+import { chromium } from "playwright-core";
+
+const [url, hostname, taskId, expected, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  await page.goto(url);
+  await page.locator("#agent-rows", { hasText: hostname }).waitFor({ timeout: 15000 });
+  const row = page.locator(`#task-rows tr[data-task="${taskId}"]`);
+  await row.waitFor({ timeout: 15000 });
+  await row.click();
+  await page.locator("#log-text", { hasText: expected }).waitFor({ timeout: 15000 });
+  await page.locator("#live.on").waitFor({ timeout: 15000 });
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log("ui-check: ok");
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,503 @@
+//! The master's operator HTTP API, its event stream, its metrics and its
+//! web UI, against a real master, agent and framework.
+
+use std::time::Duration;
+
+use agora_sdk::{Resources, TaskState, offer_id, task};
+use serde_json::Value;
+
+use crate::support::*;
+
+const AGENT: &str = "cpus:2;mem:2048;disk:1000;ports:[31000-31009]";
+
+fn small() -> Resources {
+    Resources::new()
+        .with_scalar("cpus", 0.5)
+        .with_scalar("mem", 64.0)
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn send(method: reqwest::Method, url: &str, body: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .request(method, url)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn error_of(body: &Value) -> String {
+    body["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT, "op-host");
+    wait_for_agents(&url, 1).await;
+    let mut f = TestFramework::start(&url, "op-framework", "web").await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    let tasks = vec![
+        task("sleeper", "echo to-the-log; exec sleep 60", &small()),
+        task("quick", "true", &small()),
+    ];
+    f.driver
+        .accept(&[offer_id(&offer)], tasks, Some(0.0))
+        .await
+        .expect("accept");
+    f.wait_state("sleeper", TaskState::TaskRunning, Duration::from_secs(10))
+        .await;
+    f.wait_state("quick", TaskState::TaskFinished, Duration::from_secs(10))
+        .await;
+    let agent_id = state(&url).await["agents"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // Agents, with the tasks on each.
+    let (code, body) = get(&format!("{url}/api/v1/agents")).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["agents"][0]["hostname"], "op-host");
+    assert_eq!(body["agents"][0]["tasks"][0]["id"], "sleeper", "{body:#}");
+    let (code, body) = get(&format!("{url}/api/v1/agents/{agent_id}")).await;
+    assert_eq!((code, body["id"].as_str()), (200, Some(agent_id.as_str())));
+    let (code, body) = get(&format!("{url}/api/v1/agents/nope")).await;
+    assert_eq!(code, 404);
+    assert!(error_of(&body).contains("nope"));
+
+    // Frameworks.
+    let (code, body) = get(&format!("{url}/api/v1/frameworks/{}", f.id)).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["name"], "op-framework");
+    assert_eq!(body["tasks"].as_array().map(Vec::len), Some(2));
+    assert_eq!(get(&format!("{url}/api/v1/frameworks/ghost")).await.0, 404);
+
+    // Tasks: filters, pages, lookups, and bad parameters named.
+    let (_, body) = get(&format!("{url}/api/v1/tasks?state=TASK_RUNNING")).await;
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["tasks"][0]["id"], "sleeper");
+    let (_, body) = get(&format!(
+        "{url}/api/v1/tasks?framework={}&limit=1&offset=1",
+        f.id
+    ))
+    .await;
+    assert_eq!(
+        (
+            body["total"].as_u64(),
+            body["tasks"].as_array().map(Vec::len)
+        ),
+        (Some(2), Some(1))
+    );
+    let (_, body) = get(&format!(
+        "{url}/api/v1/tasks?agent={agent_id}&state=TASK_FINISHED"
+    ))
+    .await;
+    assert_eq!(body["tasks"][0]["id"], "quick");
+    for (query, parameter) in [
+        ("state=RUNNING", "`state`"),
+        ("limit=0", "`limit`"),
+        ("limit=many", "`limit`"),
+        ("offset=-1", "`offset`"),
+        ("colour=red", "`colour`"),
+    ] {
+        let (code, body) = get(&format!("{url}/api/v1/tasks?{query}")).await;
+        assert_eq!(code, 400, "{query}");
+        assert!(error_of(&body).contains(parameter), "{query}: {body}");
+    }
+    let (code, body) = get(&format!("{url}/api/v1/tasks/sleeper")).await;
+    assert_eq!((code, body["state"].as_str()), (200, Some("TASK_RUNNING")));
+    assert_eq!(get(&format!("{url}/api/v1/tasks/ghost")).await.0, 404);
+
+    // Sandbox files through the master.
+    let (code, body) = get(&format!("{url}/api/v1/tasks/sleeper/files")).await;
+    assert_eq!(code, 200, "{body}");
+    let names: Vec<&str> = body["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"stdout") && names.contains(&"stderr"),
+        "{names:?}"
+    );
+    let (code, body) = get(&format!(
+        "{url}/api/v1/tasks/sleeper/files/read?path=stdout"
+    ))
+    .await;
+    assert_eq!((code, body["data"].as_str()), (200, Some("to-the-log\n")));
+    let (code, body) = get(&format!("{url}/api/v1/tasks/sleeper/files/read")).await;
+    assert_eq!(code, 400);
+    assert!(error_of(&body).contains("`path`"));
+    let (code, _) = get(&format!(
+        "{url}/api/v1/tasks/sleeper/files/read?path=../../../etc/passwd"
+    ))
+    .await;
+    assert_eq!(code, 400, "the agent refuses paths out of the sandbox");
+
+    // Offers outstanding (the framework sits on one), and roles.
+    let offers = wait_until("an outstanding offer", Duration::from_secs(10), || async {
+        let (_, body) = get(&format!("{url}/api/v1/offers")).await;
+        body["offers"].as_array().filter(|o| !o.is_empty()).cloned()
+    })
+    .await;
+    assert_eq!(offers[0]["agent_id"], agent_id);
+    let (code, body) = send(
+        reqwest::Method::PUT,
+        &format!("{url}/api/v1/roles/web"),
+        r#"{"weight": 3}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = get(&format!("{url}/api/v1/roles")).await;
+    let web = body["roles"]
+        .as_array()
+        .expect("roles")
+        .iter()
+        .find(|r| r["role"] == "web")
+        .cloned()
+        .expect("web");
+    assert_eq!(web["weight"], 3.0);
+    assert!(web["dominant_share"].as_f64().expect("share") > 0.0);
+    for (body, field) in [
+        (r#"{"weight": -1}"#, "weight"),
+        (r#"{"weight": "x"}"#, "weight"),
+        ("{not json", "JSON"),
+    ] {
+        let (code, answer) = send(
+            reqwest::Method::PUT,
+            &format!("{url}/api/v1/roles/web"),
+            body,
+        )
+        .await;
+        assert_eq!(code, 400, "{body}");
+        assert!(error_of(&answer).contains(field), "{body}: {answer}");
+    }
+    assert_eq!(get(&format!("{url}/api/v1/nothing/here")).await.0, 404);
+    f.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_stops_offers_and_kills_on_request_and_teardown_removes_a_framework() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT, "drainee");
+    wait_for_agents(&url, 1).await;
+    let agent_id = state(&url).await["agents"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut f = TestFramework::start(&url, "drained", "*").await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    f.driver
+        .accept(
+            &[offer_id(&offer)],
+            vec![task("resident", "exec sleep 60", &small())],
+            Some(0.0),
+        )
+        .await
+        .expect("accept");
+    f.wait_state("resident", TaskState::TaskRunning, Duration::from_secs(10))
+        .await;
+
+    assert_eq!(
+        send(
+            reqwest::Method::POST,
+            &format!("{url}/api/v1/agents/ghost/drain"),
+            ""
+        )
+        .await
+        .0,
+        404
+    );
+    let (code, body) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/agents/{agent_id}/drain"),
+        r#"{"kill_tasks": "yes"}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(error_of(&body).contains("kill_tasks"));
+    // Drain without killing: no offers while drained, the task keeps running.
+    let (code, _) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/agents/{agent_id}/drain"),
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 200);
+    wait_until(
+        "no offers for a drained agent",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = get(&format!("{url}/api/v1/offers")).await;
+            body["offers"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, agent) = get(&format!("{url}/api/v1/agents/{agent_id}")).await;
+    assert_eq!(agent["draining"], true);
+    let (_, t) = get(&format!("{url}/api/v1/tasks/resident")).await;
+    assert_eq!(t["state"], "TASK_RUNNING");
+    // Back in service: offers again.
+    assert_eq!(
+        send(
+            reqwest::Method::POST,
+            &format!("{url}/api/v1/agents/{agent_id}/undrain"),
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    f.next_offers(Duration::from_secs(10)).await;
+    // Drain with kills.
+    let (code, _) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/agents/{agent_id}/drain"),
+        r#"{"kill_tasks": true}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    f.wait_state("resident", TaskState::TaskKilled, Duration::from_secs(15))
+        .await;
+
+    // Teardown by the operator.
+    assert_eq!(
+        send(
+            reqwest::Method::POST,
+            &format!("{url}/api/v1/frameworks/ghost/teardown"),
+            ""
+        )
+        .await
+        .0,
+        404
+    );
+    let (code, _) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/frameworks/{}/teardown", f.id),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        get(&format!("{url}/api/v1/frameworks/{}", f.id)).await.0,
+        404
+    );
+}
+
+/// Reads server-sent events from `url` until `done` says enough.
+async fn read_events(
+    url: String,
+    mut done: impl FnMut(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let mut response = reqwest::get(&url).await.expect("GET events");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while !done(&events) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .expect("events keep coming")
+            .expect("stream")
+            .expect("not closed");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let name = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .map(|s| s.trim().to_string());
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(|s| s.trim().to_string());
+            if let (Some(name), Some(data)) = (name, data) {
+                events.push((name, serde_json::from_str(&data).unwrap_or(Value::Null)));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let reader = tokio::spawn(read_events(format!("{url}/api/v1/events"), |events| {
+        events
+            .iter()
+            .any(|(_, e)| e["task_id"] == "lifer" && e["state"] == "TASK_FINISHED")
+    }));
+    let _agent = start_agent(&url, dir.path(), AGENT, "eventful");
+    wait_for_agents(&url, 1).await;
+    let mut f = TestFramework::start(&url, "eventful", "*").await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    f.driver
+        .accept(
+            &[offer_id(&offer)],
+            vec![task("lifer", "sleep 0.2", &small())],
+            Some(0.0),
+        )
+        .await
+        .expect("accept");
+    let events = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("in time")
+        .expect("reader");
+
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"agent_added"), "{names:?}");
+    assert!(names.contains(&"framework_added"), "{names:?}");
+    let life: Vec<&str> = events
+        .iter()
+        .filter(|(n, e)| n == "task_updated" && e["task_id"] == "lifer")
+        .filter_map(|(_, e)| e["state"].as_str())
+        .collect();
+    assert_eq!(
+        life,
+        [
+            "TASK_STAGING",
+            "TASK_STARTING",
+            "TASK_RUNNING",
+            "TASK_FINISHED"
+        ]
+    );
+
+    // Metrics: Prometheus text, every sample line well-formed, the launch counted.
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix('#') {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            assert!(
+                matches!(words.first(), Some(&"HELP") | Some(&"TYPE")),
+                "{line}"
+            );
+            if words[0] == "TYPE" {
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&words[2]),
+                    "{line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("malformed sample: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = series.split('{').next().unwrap_or_default();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        samples.insert(series.to_string(), value);
+    }
+    assert!(samples["agora_tasks_launched_total"] >= 1.0, "{text}");
+    assert!(samples["agora_offers_made_total"] >= 1.0);
+    assert_eq!(samples["agora_agents{status=\"active\"}"], 1.0);
+    assert!(samples["agora_resources_total{resource=\"cpus\"}"] == 2.0);
+    assert!(samples["agora_allocation_pass_seconds_count"] >= 1.0);
+    assert!(samples["agora_status_update_ack_seconds_count"] >= 1.0);
+    assert_eq!(samples["agora_tasks{state=\"TASK_FINISHED\"}"], 1.0);
+    f.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Debian's chromium must be installed (apt-get install chromium); .ci/run does");
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let dev = Proc::spawn_with_url(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--resources",
+        "cpus:2;mem:2048",
+        "--hostname",
+        "ui-host",
+    ]);
+    let url = dev.url.clone().expect("url");
+    wait_for_agents(&url, 1).await;
+    let mut f = TestFramework::start(&url, "ui-framework", "*").await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    let cmd = "echo hello-from-the-browser-test; exec sleep 60";
+    f.driver
+        .accept(
+            &[offer_id(&offer)],
+            vec![task("ui-task", cmd, &small())],
+            Some(3600.0),
+        )
+        .await
+        .expect("accept");
+    f.wait_state("ui-task", TaskState::TaskRunning, Duration::from_secs(10))
+        .await;
+
+    // Playwright drives Debian's chromium: the agent and the task must be on
+    // the page, and clicking the task must show its log.
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci` in tests/browser (.ci/run does)"
+    );
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui.png");
+    let child = tokio::process::Command::new("node")
+        .arg(browser_dir.join("ui-check.mjs"))
+        .args([
+            url.as_str(),
+            "ui-host",
+            "ui-task",
+            "hello-from-the-browser-test",
+        ])
+        .arg(&shot)
+        .env("CHROMIUM", chromium)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the browser check finishes")
+        .expect("node ran");
+    assert!(
+        output.status.success(),
+        "browser check failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(shot.exists(), "a screenshot for people to look at");
+    f.teardown().await;
+}
