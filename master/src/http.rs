@@ -118,8 +118,19 @@ fn agent_json(view: &StateView, index: usize) -> Value {
         .iter()
         .filter(|t| t.agent_id == a.id && !is_ended(&t.state))
         .collect();
+    // What the agent's running tasks use now, summed from their reports.
+    let usage = tasks.iter().filter_map(|t| t.usage.as_ref()).fold(
+        json!({ "cpu_seconds": 0.0, "memory_bytes": 0, "pids": 0 }),
+        |mut acc, u| {
+            acc["cpu_seconds"] = json!(acc["cpu_seconds"].as_f64().unwrap_or(0.0) + u.cpu_seconds);
+            acc["memory_bytes"] = json!(acc["memory_bytes"].as_u64().unwrap_or(0) + u.memory_bytes);
+            acc["pids"] = json!(acc["pids"].as_u64().unwrap_or(0) + u.pids);
+            acc
+        },
+    );
     let mut value = json!(a);
     value["tasks"] = json!(tasks);
+    value["usage"] = usage;
     value
 }
 

@@ -48,6 +48,11 @@ function renderChart() {
   }
 }
 
+function usage(u) {
+  if (!u) return "–";
+  return `${fmt(u.cpu_seconds)} cpu·s, ${fmt(u.memory_bytes / 1048576)} MiB, ${u.pids} pids`;
+}
+
 function renderAgents() {
   const tasksOn = (id) => state.tasks.filter((t) => t.agent_id === id && ["TASK_STAGING", "TASK_STARTING", "TASK_RUNNING"].includes(t.state)).length;
   $("agent-rows").innerHTML = state.agents.map((a) => `<tr data-agent="${esc(a.id)}">
@@ -55,6 +60,7 @@ function renderAgents() {
     <td>${esc(res(a.resources.used))} / ${esc(res(a.resources.total))}</td>
     <td>${esc(Object.entries(a.attributes).map(([k, v]) => `${k}=${v}`).join(" "))}</td>
     <td>${tasksOn(a.id)}</td>
+    <td>${usage(state.usage?.[a.id])}</td>
     <td><button data-drain="${esc(a.id)}" data-on="${a.draining}">${a.draining ? "undrain" : "drain"}</button></td></tr>`).join("");
 }
 
@@ -76,8 +82,9 @@ function renderTasks() {
 
 async function refresh() {
   try {
-    const [s, r] = await Promise.all([getJSON("/api/v1/state"), getJSON("/api/v1/roles")]);
+    const [s, r, a] = await Promise.all([getJSON("/api/v1/state"), getJSON("/api/v1/roles"), getJSON("/api/v1/agents")]);
     state = s;
+    state.usage = Object.fromEntries(a.agents.map((x) => [x.id, x.usage]));
     const total = sum("cpus", "total") || 1;
     history.push({ t: Date.now(), used: sum("cpus", "used") / total, offered: sum("cpus", "offered") / total });
     while (history.length > 2000) history.shift();

@@ -68,6 +68,16 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
     assert_eq!(code, 200);
     assert_eq!(body["agents"][0]["hostname"], "op-host");
     assert_eq!(body["agents"][0]["tasks"][0]["id"], "sleeper", "{body:#}");
+    // The agent's usage is its running tasks' cgroup accounting.
+    wait_until(
+        "the agent's usage to be reported",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = get(&format!("{url}/api/v1/agents")).await;
+            (body["agents"][0]["usage"]["memory_bytes"].as_u64()? > 0).then_some(())
+        },
+    )
+    .await;
     let (code, body) = get(&format!("{url}/api/v1/agents/{agent_id}")).await;
     assert_eq!((code, body["id"].as_str()), (200, Some(agent_id.as_str())));
     let (code, body) = get(&format!("{url}/api/v1/agents/nope")).await;
