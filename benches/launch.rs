@@ -182,7 +182,9 @@ async fn through_agora(containerizer: &str, image: Option<&Path>, n: usize) -> F
         }
     };
 
-    // Latency: one task at a time, accept → TASK_RUNNING.
+    // Latency: one task at a time on an otherwise idle agent, accept →
+    // TASK_RUNNING; the next is launched once this one has ended, so no
+    // container's teardown overlaps another's start.
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let offer = next_offer(&mut rx).await;
@@ -194,14 +196,13 @@ async fn through_agora(containerizer: &str, image: Option<&Path>, n: usize) -> F
             .expect("accept");
         loop {
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-                Ok(Some(Seen::Update(s)))
-                    if status_task_id(&s) == id && status_state(&s) == TaskState::TaskRunning =>
-                {
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    break;
-                }
+                Ok(Some(Seen::Update(s))) if status_task_id(&s) == id => match status_state(&s) {
+                    TaskState::TaskRunning => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                    state if is_terminal(state) => break,
+                    _ => {}
+                },
                 Ok(Some(_)) => continue,
-                _ => panic!("{id} never ran ({containerizer})"),
+                _ => panic!("{id} never ended ({containerizer})"),
             }
         }
     }

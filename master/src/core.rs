@@ -216,6 +216,13 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// The id a peer asked to resume, or a fresh one.
+fn id_or_new(requested: Option<&str>) -> String {
+    requested
+        .filter(|r| !r.is_empty())
+        .map_or_else(new_id, str::to_string)
+}
+
 /// The default refusal of a decline without filters (Mesos: 5 s).
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
@@ -549,16 +556,7 @@ impl Core {
                 return;
             }
         };
-        let requested = info
-            .id
-            .as_ref()
-            .map(|i| i.value.clone())
-            .unwrap_or_default();
-        let id = if requested.is_empty() {
-            new_id()
-        } else {
-            requested
-        };
+        let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
         let span = info_span!("agent", agent = %id);
         let _enter = span.enter();
         let returning = self.agents.contains_key(&id);
@@ -955,16 +953,7 @@ impl Core {
         } else {
             info.role.clone()
         };
-        let requested = info
-            .id
-            .as_ref()
-            .map(|i| i.value.clone())
-            .unwrap_or_default();
-        let id = if requested.is_empty() {
-            new_id()
-        } else {
-            requested
-        };
+        let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
         let stream_id = new_id();
         if let Some((_, old)) = self.frameworks.get_mut(&id).and_then(|f| f.stream.take()) {
             let _ = old.send(Ok(Event {

@@ -329,8 +329,17 @@ async fn an_agent_killed_and_restarted_reattaches_and_reports_what_ended_meanwhi
         )
         .await;
     let long = container_of(&rig.endpoint, "long").await;
-    let long_pids = cgroup_pids(long["container_id"].as_str().expect("id"));
-    assert!(!long_pids.is_empty());
+    let long_id = long["container_id"].as_str().expect("id").to_string();
+    // The container's init and the task's process, once both are in place.
+    let long_pids = wait_until(
+        "the long task's processes",
+        Duration::from_secs(10),
+        || async {
+            let pids = cgroup_pids(&long_id);
+            (pids.len() >= 2).then_some(pids)
+        },
+    )
+    .await;
 
     rig.agent.as_mut().expect("agent").kill_hard();
     // The short task ends while its agent is down.

@@ -448,17 +448,10 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
         .expect("Debian's chromium must be installed (apt-get install chromium); .ci/run does");
     let dir = tempdir();
     let data = dir.path().join("data");
-    let dev = Proc::spawn_with_url(&[
-        "dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--resources",
-        "cpus:2;mem:2048",
-        "--hostname",
-        "ui-host",
-    ]);
+    let dev = start_dev(
+        &data,
+        &["--resources", "cpus:2;mem:2048", "--hostname", "ui-host"],
+    );
     let url = dev.url.clone().expect("url");
     wait_for_agents(&url, 1).await;
     let mut f = TestFramework::start(&url, "ui-framework", "*").await;

@@ -676,17 +676,15 @@ async fn an_unanswered_offer_is_rescinded_at_the_offer_timeout_and_offered_again
 async fn agora_dev_runs_a_master_and_an_agent_that_agora_state_shows() {
     let dir = tempdir();
     let data = dir.path().join("data");
-    let dev = Proc::spawn_with_url(&[
-        "dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--resources",
-        "cpus:2;mem:2048;ports:[31000-31010]",
-        "--attributes",
-        "zone:dev",
-    ]);
+    let dev = start_dev(
+        &data,
+        &[
+            "--resources",
+            "cpus:2;mem:2048;ports:[31000-31010]",
+            "--attributes",
+            "zone:dev",
+        ],
+    );
     let url = dev.url.clone().expect("url");
     wait_for_agents(&url, 1).await;
     let health: serde_json::Value = reqwest::get(format!("{url}/health"))

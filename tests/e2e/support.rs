@@ -86,11 +86,6 @@ impl Proc {
         }
     }
 
-    /// Runs `agora ARGS…` and reads the URL it prints.
-    pub fn spawn_with_url(args: &[&str]) -> Proc {
-        Proc::spawn(args, true)
-    }
-
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
@@ -298,6 +293,16 @@ pub fn process_alive(pid: i32) -> bool {
         !s.rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
     })
+}
+
+/// Starts `agora dev` on an ephemeral port with its data in `data`.
+pub fn start_dev(data: &Path, extra: &[&str]) -> Proc {
+    let data = data.to_str().expect("utf-8 path");
+    let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--data-dir", data];
+    args.extend_from_slice(extra);
+    let mut dev = Proc::spawn(&args, true);
+    dev.agent_data = Some(PathBuf::from(data));
+    dev
 }
 
 /// The master's `/api/v1/state`.
