@@ -1561,6 +1561,7 @@ impl Core {
                 name: f.info.name.clone(),
                 role: f.role.clone(),
                 active: f.stream.is_some(),
+                webui_url: f.info.webui_url.clone(),
                 used: used_by_framework
                     .get(f.id.as_str())
                     .map(Resources::scalar_part)

@@ -56,6 +56,8 @@ pub struct FrameworkView {
     pub name: String,
     pub role: String,
     pub active: bool,
+    /// The framework's own HTTP API or UI, if it announced one.
+    pub webui_url: String,
     pub used: Resources,
     pub offered: Resources,
     pub task_count: usize,

@@ -67,7 +67,7 @@ function renderAgents() {
 function renderFrameworks(roles) {
   const share = Object.fromEntries((roles || []).map((r) => [r.role, r.dominant_share]));
   $("framework-rows").innerHTML = state.frameworks.map((f) => `<tr>
-    <td>${esc(f.name)}</td><td>${esc(f.role)}</td><td>${fmt(100 * (share[f.role] || 0))}% of role</td>
+    <td>${f.webui_url ? `<a href="${esc(f.webui_url)}">${esc(f.name)}</a>` : esc(f.name)}</td><td>${esc(f.role)}</td><td>${fmt(100 * (share[f.role] || 0))}% of role</td>
     <td>${f.active ? "yes" : "no"}</td><td>${f.task_count}</td><td>${esc(res(f.used))}</td></tr>`).join("");
 }
 

@@ -44,7 +44,10 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
     let dir = tempdir();
     let _agent = start_agent(&url, dir.path(), AGENT, "op-host");
     wait_for_agents(&url, 1).await;
-    let mut f = TestFramework::start(&url, "op-framework", "web").await;
+    let mut config = agora_sdk::FrameworkConfig::new(&url, "op-framework");
+    config.role = "web".into();
+    config.webui_url = Some("http://127.0.0.1:9/op-framework/".into());
+    let mut f = TestFramework::start_with(config).await;
     let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
     let tasks = vec![
         task("sleeper", "echo to-the-log; exec sleep 60", &small()),
@@ -88,6 +91,7 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
     let (code, body) = get(&format!("{url}/api/v1/frameworks/{}", f.id)).await;
     assert_eq!(code, 200);
     assert_eq!(body["name"], "op-framework");
+    assert_eq!(body["webui_url"], "http://127.0.0.1:9/op-framework/");
     assert_eq!(body["tasks"].as_array().map(Vec::len), Some(2));
     assert_eq!(get(&format!("{url}/api/v1/frameworks/ghost")).await.0, 404);
 

@@ -387,6 +387,11 @@ impl TestFramework {
     pub async fn start(master: &str, name: &str, role: &str) -> TestFramework {
         let mut config = FrameworkConfig::new(master, name);
         config.role = role.to_string();
+        TestFramework::start_with(config).await
+    }
+
+    pub async fn start_with(config: FrameworkConfig) -> TestFramework {
+        let name = config.name.clone();
         let driver = Driver::new(config).expect("driver");
         let (tx, mut events) = mpsc::unbounded_channel();
         let runner = driver.clone();

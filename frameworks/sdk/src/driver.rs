@@ -55,6 +55,8 @@ pub struct FrameworkConfig {
     pub framework_id: Option<String>,
     /// Acknowledge each status update when `status_update` returns.
     pub auto_acknowledge: bool,
+    /// The framework's own HTTP API or UI, announced to the master.
+    pub webui_url: Option<String>,
 }
 
 impl FrameworkConfig {
@@ -67,6 +69,7 @@ impl FrameworkConfig {
             failover_timeout: Duration::from_secs(7 * 24 * 3600),
             framework_id: None,
             auto_acknowledge: true,
+            webui_url: None,
         }
     }
 }
@@ -336,6 +339,7 @@ impl Driver {
                 role: self.config.role.clone(),
                 failover_timeout: self.config.failover_timeout.as_secs_f64(),
                 id: self.framework_id().map(|value| v1::FrameworkId { value }),
+                webui_url: self.config.webui_url.clone().unwrap_or_default(),
                 ..Default::default()
             };
             let subscribed = self
