@@ -166,13 +166,6 @@ pub trait CgroupManager: Send + Sync {
     /// The `cgroup.procs` files a process writes itself into to join the
     /// container (one per v1 hierarchy).
     fn procs_files(&self, id: &str) -> Vec<PathBuf>;
-    /// Moves `pid` into the container.
-    fn add_task(&self, id: &str, pid: i32) -> Result<(), CgroupError> {
-        for file in self.procs_files(id) {
-            write(&file, &pid.to_string())?;
-        }
-        Ok(())
-    }
     /// Pids in the container.
     fn pids(&self, id: &str) -> Result<Vec<i32>, CgroupError>;
     /// Usage so far.
