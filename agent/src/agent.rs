@@ -28,6 +28,11 @@ type TaskKey = (String, String);
 
 /// What a task supervisor reports.
 pub(crate) enum TaskEvent {
+    /// The containerizer finished starting a task (off the event loop).
+    Launched {
+        key: TaskKey,
+        result: Result<Box<dyn Container>, String>,
+    },
     Exited {
         key: TaskKey,
         state: TaskState,
@@ -63,6 +68,8 @@ struct TaskRecord {
     pid: u32,
     /// Asks the supervisor to kill the task, with the grace period.
     kill: Option<oneshot::Sender<Duration>>,
+    /// A kill that arrived while the task was still being launched.
+    kill_pending: Option<Duration>,
     /// Updates not yet acknowledged, oldest first. All are in flight at once
     /// (the session stream keeps them in order); unacknowledged ones are
     /// resent together, in order.
@@ -272,6 +279,7 @@ impl<C: Containerizer> Agent<C> {
                     container_id: cp.container_id.clone(),
                     pid: cp.pid,
                     kill: None,
+                    kill_pending: None,
                     pending: cp.pending.into_iter().collect(),
                     sent_at: None,
                 },
@@ -577,6 +585,7 @@ impl<C: Containerizer> Agent<C> {
                 container_id: container_id.clone(),
                 pid: 0,
                 kill: None,
+                kill_pending: None,
                 pending: VecDeque::new(),
                 sent_at: None,
             },
@@ -614,21 +623,37 @@ impl<C: Containerizer> Agent<C> {
             );
             return;
         }
-        let launch_started = std::time::Instant::now();
-        let launched = self.containerizer.launch(&spec);
-        debug!(elapsed = ?launch_started.elapsed(), "containerizer launch");
-        let container = match launched {
+        // Starting a container is blocking work (cgroup files, fork/exec)
+        // that takes milliseconds: off the event loop, so launches overlap.
+        let containerizer = self.containerizer.clone();
+        let events = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let result = containerizer.launch(&spec).map_err(|e| e.to_string());
+            debug!(elapsed = ?started.elapsed(), "containerizer launch");
+            let _ = events.send(TaskEvent::Launched { key, result });
+        });
+    }
+
+    /// A launch finished: watch the container and report it running (or
+    /// failed), and carry out a kill that came in meanwhile.
+    fn launched(&mut self, key: TaskKey, result: Result<Box<dyn Container>, String>) {
+        let mut container = match result {
             Ok(c) => c,
-            Err(e) => {
+            Err(message) => {
                 let reason = task_status::Reason::ContainerLaunchFailed;
-                self.update(&key, TaskState::TaskFailed, &e.to_string(), reason, None);
+                self.update(&key, TaskState::TaskFailed, &message, reason, None);
                 return;
             }
         };
-        info!(pid = container.pid(), container = %container_id, "task running");
-        if let Some(t) = self.tasks.get_mut(&key) {
-            t.pid = container.pid();
-        }
+        let Some(task) = self.tasks.get_mut(&key) else {
+            // Nothing tracks it any more; it must not run untracked.
+            let _ = container.kill_all();
+            let _ = container.destroy();
+            return;
+        };
+        task.pid = container.pid();
+        info!(task = %key.1, pid = container.pid(), container = %task.container_id, "task running");
         self.supervise(key.clone(), container);
         self.update(
             &key,
@@ -637,6 +662,11 @@ impl<C: Containerizer> Agent<C> {
             task_status::Reason::None,
             None,
         );
+        if let Some(grace) = self.tasks.get_mut(&key).and_then(|t| t.kill_pending.take())
+            && let Some(kill) = self.tasks.get_mut(&key).and_then(|t| t.kill.take())
+        {
+            let _ = kill.send(grace);
+        }
     }
 
     /// Watches a container in its own task; its end comes back as an event.
@@ -661,6 +691,9 @@ impl<C: Containerizer> Agent<C> {
                 if let Some(kill) = t.kill.take() {
                     info!(task = %key.1, ?grace, "killing task");
                     let _ = kill.send(grace);
+                } else if t.pid == 0 {
+                    // Still launching: kill it as soon as it exists.
+                    t.kill_pending = Some(grace);
                 }
             }
             Some(_) => debug!(task = %key.1, "kill of an ended task; its update is on its way"),
@@ -679,6 +712,7 @@ impl<C: Containerizer> Agent<C> {
                         container_id: String::new(),
                         pid: 0,
                         kill: None,
+                        kill_pending: None,
                         pending: VecDeque::new(),
                         sent_at: None,
                     },
@@ -696,6 +730,7 @@ impl<C: Containerizer> Agent<C> {
 
     fn task_event(&mut self, event: TaskEvent) {
         match event {
+            TaskEvent::Launched { key, result } => self.launched(key, result),
             TaskEvent::Exited {
                 key,
                 state,
@@ -826,6 +861,15 @@ impl<C: Containerizer> Agent<C> {
         while running > 0 {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(TaskEvent::Exited { .. })) => running -= 1,
+                // Started while stopping: it goes too.
+                Ok(Some(TaskEvent::Launched {
+                    result: Ok(mut container),
+                    ..
+                })) => {
+                    let _ = container.kill_all();
+                    let _ = container.destroy();
+                }
+                Ok(Some(TaskEvent::Launched { result: Err(_), .. })) => {}
                 Ok(None) | Err(_) => break,
             }
         }

@@ -186,6 +186,17 @@ impl Containerizer for LinuxContainerizer {
         pid: u32,
     ) -> Result<Box<dyn Container>, ContainerizerError> {
         let dir = self.runtime_dir.join(&spec.container_id);
+        if pid == 0 {
+            // The agent stopped mid-launch: whatever started is unaccounted
+            // for, so it goes, and the task is reported failed.
+            let _ = self.cgroups.kill_all(&spec.container_id);
+            let _ = self.cgroups.remove(&spec.container_id);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ContainerizerError::Recover {
+                container: spec.container_id.clone(),
+                reason: "its launch was interrupted by an agent restart".into(),
+            });
+        }
         if !dir.join("init.json").exists() {
             return Err(ContainerizerError::Recover {
                 container: spec.container_id.clone(),
