@@ -300,13 +300,14 @@ async fn a_killed_agent_reports_its_tasks_unreachable_and_a_frozen_one_comes_bac
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_status_update_made_while_the_master_is_down_arrives_when_it_is_back() {
+async fn an_update_made_while_the_master_is_down_survives_an_agent_restart_and_arrives() {
     let mut master = start_master("127.0.0.1:0", &[]);
     let url = master.url.clone().expect("url");
     let listen = url.trim_start_matches("http://").to_string();
     let dir = tempdir();
-    let _agent = start_agent(&url, dir.path(), AGENT_4CPU, "host-a");
+    let mut agent = start_agent(&url, dir.path(), AGENT_4CPU, "host-a");
     wait_for_agents(&url, 1).await;
+    let endpoint = agent_endpoint(&url, "host-a").await;
 
     let mut f = TestFramework::start(&url, "patient", "*").await;
     let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
@@ -341,6 +342,18 @@ async fn a_status_update_made_while_the_master_is_down_arrives_when_it_is_back()
         },
     )
     .await;
+
+    // The agent has taken note of the end (no running container left)...
+    wait_until(
+        "the agent to see the task end",
+        Duration::from_secs(10),
+        || async { containers(&endpoint).await.is_empty().then_some(()) },
+    )
+    .await;
+    // ...and is itself killed and restarted while the master is still down:
+    // the unacknowledged update lives in its checkpoint.
+    agent.kill_hard();
+    let _agent = start_agent(&url, dir.path(), AGENT_4CPU, "host-a");
 
     let master = start_master(&listen, &[]);
     let finished = f
