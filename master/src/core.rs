@@ -191,6 +191,9 @@ pub struct Core {
     metrics: Metrics,
     /// Relayed updates awaiting the framework's acknowledgement, by uuid.
     awaiting_ack: HashMap<Vec<u8>, Instant>,
+    /// Which agent each open session belongs to: every heartbeat and update
+    /// is looked up here, so no scan over all agents.
+    agent_of_conn: HashMap<u64, String>,
 }
 
 fn now_seconds() -> f64 {
@@ -249,6 +252,7 @@ impl Core {
             events,
             metrics: Metrics::default(),
             awaiting_ack: HashMap::new(),
+            agent_of_conn: HashMap::new(),
         }
     }
 
@@ -532,10 +536,8 @@ impl Core {
 
     /// The agent registered on `conn`, refreshing its liveness.
     fn agent_by_conn(&mut self, conn: u64) -> Option<String> {
-        let agent = self
-            .agents
-            .values_mut()
-            .find(|a| a.conn.as_ref().is_some_and(|(c, _)| *c == conn))?;
+        let id = self.agent_of_conn.get(&conn)?;
+        let agent = self.agents.get_mut(id)?;
         agent.last_seen = Instant::now();
         Some(agent.id.clone())
     }
@@ -578,6 +580,11 @@ impl Core {
                 hostname: info.hostname.clone(),
             }
         });
+        // A session the agent left behind is no longer its own.
+        if let Some((old, _)) = self.agents.get(&id).and_then(|a| a.conn.as_ref()) {
+            self.agent_of_conn.remove(old);
+        }
+        self.agent_of_conn.insert(conn, id.clone());
         self.agents.insert(
             id.clone(),
             AgentEntry {
@@ -708,11 +715,10 @@ impl Core {
     }
 
     fn agent_closed(&mut self, conn: u64) {
-        let Some(agent) = self
-            .agents
-            .values_mut()
-            .find(|a| a.conn.as_ref().is_some_and(|(c, _)| *c == conn))
-        else {
+        let Some(id) = self.agent_of_conn.remove(&conn) else {
+            return;
+        };
+        let Some(agent) = self.agents.get_mut(&id) else {
             return;
         };
         agent.conn = None;
@@ -736,7 +742,8 @@ impl Core {
         agent.status = AgentStatus::Unreachable;
         // End the stream, so an agent that was only slow reconnects and
         // re-registers rather than talking into a dead session.
-        if let Some((_, tx)) = agent.conn.take() {
+        if let Some((conn, tx)) = agent.conn.take() {
+            self.agent_of_conn.remove(&conn);
             let _ = tx.send(Err(Status::unavailable(
                 "agent marked unreachable; register again",
             )));

@@ -98,6 +98,14 @@ enum Stop {
     Teardown,
 }
 
+fn to_offer_ids(ids: &[&str]) -> Vec<v1::OfferId> {
+    ids.iter()
+        .map(|id| v1::OfferId {
+            value: id.to_string(),
+        })
+        .collect()
+}
+
 fn call_error(call: &'static str, status: tonic::Status) -> SdkError {
     SdkError::Call {
         call,
@@ -165,21 +173,12 @@ impl Driver {
     ) -> Result<(), SdkError> {
         let request = v1::AcceptRequest {
             header: Some(self.header()?),
-            offer_ids: offer_ids
-                .iter()
-                .map(|id| v1::OfferId {
-                    value: id.to_string(),
-                })
-                .collect(),
+            offer_ids: to_offer_ids(offer_ids),
             tasks,
             filters: Some(v1::Filters { refuse_seconds }),
         };
-        self.client
-            .clone()
-            .accept(request)
-            .await
-            .map_err(|s| call_error("accept", s))?;
-        Ok(())
+        let call = self.client.clone().accept(request).await;
+        call.map(drop).map_err(|s| call_error("accept", s))
     }
 
     /// Declines offers; the agent is not offered again for `refuse_seconds`
@@ -191,20 +190,11 @@ impl Driver {
     ) -> Result<(), SdkError> {
         let request = v1::DeclineRequest {
             header: Some(self.header()?),
-            offer_ids: offer_ids
-                .iter()
-                .map(|id| v1::OfferId {
-                    value: id.to_string(),
-                })
-                .collect(),
+            offer_ids: to_offer_ids(offer_ids),
             filters: Some(v1::Filters { refuse_seconds }),
         };
-        self.client
-            .clone()
-            .decline(request)
-            .await
-            .map_err(|s| call_error("decline", s))?;
-        Ok(())
+        let call = self.client.clone().decline(request).await;
+        call.map(drop).map_err(|s| call_error("decline", s))
     }
 
     /// Asks for offers again, clearing every refusal filter.
@@ -212,12 +202,8 @@ impl Driver {
         let request = v1::ReviveRequest {
             header: Some(self.header()?),
         };
-        self.client
-            .clone()
-            .revive(request)
-            .await
-            .map_err(|s| call_error("revive", s))?;
-        Ok(())
+        let call = self.client.clone().revive(request).await;
+        call.map(drop).map_err(|s| call_error("revive", s))
     }
 
     /// Stops offers until [`Driver::revive`].
@@ -225,12 +211,8 @@ impl Driver {
         let request = v1::SuppressRequest {
             header: Some(self.header()?),
         };
-        self.client
-            .clone()
-            .suppress(request)
-            .await
-            .map_err(|s| call_error("suppress", s))?;
-        Ok(())
+        let call = self.client.clone().suppress(request).await;
+        call.map(drop).map_err(|s| call_error("suppress", s))
     }
 
     /// Kills a task; its end arrives as a status update.
@@ -241,12 +223,8 @@ impl Driver {
                 value: task_id.to_string(),
             }),
         };
-        self.client
-            .clone()
-            .kill(request)
-            .await
-            .map_err(|s| call_error("kill", s))?;
-        Ok(())
+        let call = self.client.clone().kill(request).await;
+        call.map(drop).map_err(|s| call_error("kill", s))
     }
 
     /// Acknowledges a status update (done for you unless `auto_acknowledge`
@@ -261,12 +239,8 @@ impl Driver {
             task_id: status.task_id.clone(),
             uuid: status.uuid.clone(),
         };
-        self.client
-            .clone()
-            .acknowledge(request)
-            .await
-            .map_err(|s| call_error("acknowledge", s))?;
-        Ok(())
+        let call = self.client.clone().acknowledge(request).await;
+        call.map(drop).map_err(|s| call_error("acknowledge", s))
     }
 
     /// Asks for the latest state of these tasks (all live tasks when empty);
@@ -281,12 +255,8 @@ impl Driver {
                 })
                 .collect(),
         };
-        self.client
-            .clone()
-            .reconcile(request)
-            .await
-            .map_err(|s| call_error("reconcile", s))?;
-        Ok(())
+        let call = self.client.clone().reconcile(request).await;
+        call.map(drop).map_err(|s| call_error("reconcile", s))
     }
 
     /// Asks [`Driver::run`] to remove the framework from the master (its
