@@ -1,0 +1,319 @@
+use super::*;
+
+fn offer(id: &str, agent: &str, cpus: f64, mem: f64, attrs: &[(&str, &str)]) -> Offer {
+    Offer {
+        id: Some(v1::OfferId { value: id.into() }),
+        agent_id: Some(v1::AgentId { value: agent.into() }),
+        hostname: format!("host-{agent}"),
+        resources: Resources::new()
+            .with_scalar("cpus", cpus)
+            .with_scalar("mem", mem)
+            .to_proto(),
+        attributes: attrs
+            .iter()
+            .map(|(n, t)| v1::Attribute {
+                name: n.to_string(),
+                text: t.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn status(task: &str, state: TaskState, exit: Option<i32>) -> TaskStatus {
+    TaskStatus {
+        task_id: Some(v1::TaskId { value: task.into() }),
+        state: state as i32,
+        exit_code: exit,
+        ..Default::default()
+    }
+}
+
+fn submit(engine: &mut Engine, text: &str, now: Millis) -> Vec<String> {
+    let specs = spec::parse(text).expect("valid spec");
+    engine.submit(specs, now).expect("submitted")
+}
+
+fn launched(p: &Placement) -> Vec<String> {
+    p.launches
+        .iter()
+        .flat_map(|(_, tasks)| tasks.iter().map(|t| t.task_id.as_ref().map_or(String::new(), |i| i.value.clone())))
+        .collect()
+}
+
+fn state(engine: &Engine, id: &str) -> &'static str {
+    engine.job(id).expect("job").state()
+}
+
+#[test]
+fn priority_then_fifo() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"low\"\ncmd = \"true\"\ncpus = 1\n", 0);
+    submit(&mut e, "id = \"old\"\ncmd = \"true\"\ncpus = 1\npriority = 5\n", 1);
+    submit(&mut e, "id = \"new\"\ncmd = \"true\"\ncpus = 1\npriority = 5\n", 2);
+    let p = e.place(&[offer("o1", "a1", 2.0, 1024.0, &[])], 10);
+    let got = launched(&p);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].starts_with("old."), "{got:?}");
+    assert!(got[1].starts_with("new."), "{got:?}");
+    assert_eq!(state(&e, "low"), "QUEUED");
+    assert_eq!(state(&e, "old"), "RUNNING");
+}
+
+#[test]
+fn best_fit_picks_the_tightest_offer_and_declines_the_rest() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"a\"\ncmd = \"true\"\ncpus = 1\nmem = 100\n", 0);
+    let p = e.place(
+        &[
+            offer("big", "a1", 8.0, 8192.0, &[]),
+            offer("snug", "a2", 1.5, 200.0, &[]),
+        ],
+        1,
+    );
+    assert_eq!(p.launches.len(), 1);
+    assert_eq!(p.launches[0].0, "snug");
+    assert_eq!(p.unused, vec!["big".to_string()]);
+}
+
+#[test]
+fn instances_pack_and_see_their_index() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"par\"\ncmd = \"true\"\ncpus = 1\ninstances = 4\n", 0);
+    let p = e.place(&[offer("o1", "a1", 2.0, 1024.0, &[]), offer("o2", "a2", 2.0, 1024.0, &[])], 1);
+    assert_eq!(p.launches.len(), 2);
+    assert!(p.launches.iter().all(|(_, t)| t.len() == 2));
+    let envs: Vec<String> = p
+        .launches
+        .iter()
+        .flat_map(|(_, t)| t.iter())
+        .filter_map(|t| t.command.as_ref()?.environment.as_ref())
+        .flat_map(|e| e.variables.iter().filter(|v| v.name == "AGORA_INSTANCE").map(|v| v.value.clone()))
+        .collect();
+    let mut envs = envs;
+    envs.sort();
+    assert_eq!(envs, vec!["0", "1", "2", "3"]);
+}
+
+#[test]
+fn constraints_steer_placement() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"z\"\ncmd = \"true\"\nconstraints = [[\"zone\", \"LIKE\", \"b.*\"]]\n", 0);
+    let p = e.place(
+        &[
+            offer("oa", "a1", 4.0, 1024.0, &[("zone", "a")]),
+            offer("ob", "a2", 4.0, 1024.0, &[("zone", "b2")]),
+        ],
+        1,
+    );
+    assert_eq!(p.launches.len(), 1);
+    assert_eq!(p.launches[0].0, "ob");
+
+    submit(&mut e, "id = \"u\"\ncmd = \"true\"\ninstances = 3\nconstraints = [[\"hostname\", \"UNIQUE\"]]\n", 2);
+    let p = e.place(&[offer("o1", "a1", 4.0, 1024.0, &[]), offer("o2", "a2", 4.0, 1024.0, &[])], 3);
+    assert_eq!(launched(&p).len(), 2, "one per host, the third waits");
+}
+
+#[test]
+fn failing_instance_is_retried_with_backoff_then_fails_the_run() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"f\"\ncmd = \"false\"\nretries = 2\nbackoff = \"1s\"\n", 0);
+    let mut now = 0;
+    for attempt in 0..3 {
+        let p = e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], now);
+        let tasks = launched(&p);
+        assert_eq!(tasks.len(), 1, "attempt {attempt}");
+        e.on_status(&status(&tasks[0], TaskState::TaskRunning, None), now);
+        e.on_status(&status(&tasks[0], TaskState::TaskFailed, Some(3)), now);
+        if attempt < 2 {
+            assert_eq!(state(&e, "f"), "RUNNING");
+            assert!(!e.wants_offers(now), "backing off");
+            assert!(e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], now).launches.is_empty());
+            now += 1000 * (1 << attempt);
+            assert!(e.wants_offers(now));
+        }
+    }
+    let job = e.job("f").expect("job");
+    assert_eq!(job.state(), "FAILED");
+    let run = job.latest().expect("run");
+    assert_eq!(run.instances[0].attempts.len(), 3);
+    assert!(run.message.contains("exit code 3"), "{}", run.message);
+    assert!(!e.wants_offers(now + 100_000));
+}
+
+#[test]
+fn user_kill_is_not_retried() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"k\"\ncmd = \"sleep 100\"\nretries = 5\n", 0);
+    let tasks = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    e.on_status(&status(&tasks[0], TaskState::TaskRunning, None), 1);
+    let actions = e.kill("k", None, 2).expect("kill");
+    assert_eq!(actions, vec![Action::Kill(tasks[0].clone())]);
+    e.on_status(&status(&tasks[0], TaskState::TaskKilled, None), 3);
+    assert_eq!(state(&e, "k"), "KILLED");
+    assert!(!e.wants_offers(10_000));
+    assert!(matches!(e.kill("k", None, 4), Err(EngineError::Conflict(_))));
+}
+
+#[test]
+fn lost_task_is_retried_and_its_ghost_killed() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"l\"\ncmd = \"sleep 1\"\nretries = 1\nbackoff = \"0s\"\n", 0);
+    let first = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    e.on_status(&status(&first[0], TaskState::TaskRunning, None), 1);
+    e.on_status(&status(&first[0], TaskState::TaskUnreachable, None), 2);
+    let second = launched(&e.place(&[offer("o2", "a2", 4.0, 1024.0, &[])], 2));
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0], first[0]);
+    // The first agent comes back with the old task still running.
+    let actions = e.on_status(&status(&first[0], TaskState::TaskRunning, None), 3);
+    assert_eq!(actions, vec![Action::Kill(first[0].clone())], "the ghost is killed");
+    e.on_status(&status(&first[0], TaskState::TaskKilled, None), 3);
+    e.on_status(&status(&second[0], TaskState::TaskFinished, Some(0)), 4);
+    assert_eq!(state(&e, "l"), "SUCCEEDED");
+}
+
+#[test]
+fn dependency_chain_runs_in_order_and_a_failure_stops_it() {
+    let mut e = Engine::new(30_000);
+    submit(
+        &mut e,
+        "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\ndepends_on = [\"a\"]\n[[job]]\nid = \"c\"\ncmd = \"true\"\ndepends_on = [\"b\"]\n",
+        0,
+    );
+    let o = || [offer("o", "a1", 8.0, 8192.0, &[])];
+    let t = launched(&e.place(&o(), 1));
+    assert_eq!(t.len(), 1);
+    assert!(t[0].starts_with("a."));
+    e.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 2);
+    let t = launched(&e.place(&o(), 3));
+    assert_eq!(t.len(), 1);
+    assert!(t[0].starts_with("b."));
+    e.on_status(&status(&t[0], TaskState::TaskFailed, Some(1)), 4);
+    assert_eq!(state(&e, "b"), "FAILED");
+    assert_eq!(state(&e, "c"), "FAILED");
+    assert!(e.job("c").expect("c").latest().expect("run").message.contains("dependency `b`"));
+    assert!(launched(&e.place(&o(), 5)).is_empty());
+    // Re-running `b` to success restarts `c`.
+    e.run_now("b", 6).expect("run b");
+    let t = launched(&e.place(&o(), 7));
+    e.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 8);
+    let t = launched(&e.place(&o(), 9));
+    assert!(t[0].starts_with("c."), "{t:?}");
+}
+
+#[test]
+fn cycles_unknown_and_duplicate_ids_are_refused_and_nothing_changes() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"a\"\ncmd = \"true\"\n", 0);
+    e.take_changes();
+    let refuse = |e: &mut Engine, text: &str| match e.submit(spec::parse(text).expect("parses"), 1) {
+        Err(EngineError::Invalid(err)) => err.field,
+        other => panic!("not refused as invalid: {other:?}"),
+    };
+    assert_eq!(
+        refuse(&mut e, "[[job]]\nid = \"x\"\ncmd = \"true\"\ndepends_on = [\"y\"]\n[[job]]\nid = \"y\"\ncmd = \"true\"\ndepends_on = [\"x\"]\n"),
+        "depends_on"
+    );
+    assert_eq!(refuse(&mut e, "id = \"s\"\ncmd = \"true\"\ndepends_on = [\"s\"]\n"), "depends_on");
+    assert_eq!(refuse(&mut e, "id = \"b\"\ncmd = \"true\"\ndepends_on = [\"nope\"]\n"), "depends_on[0]");
+    assert_eq!(refuse(&mut e, "id = \"a\"\ncmd = \"true\"\n"), "id");
+    assert!(e.take_changes().is_none(), "a refused submission stores nothing");
+    assert_eq!(e.jobs().count(), 1);
+}
+
+#[test]
+fn cron_fires_and_forbid_skips_overlaps() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"c\"\ncmd = \"sleep 5\"\nschedule = \"* * * * * *\"\nconcurrency = \"forbid\"\n", 0);
+    assert_eq!(state(&e, "c"), "SCHEDULED");
+    let fire = e.job("c").and_then(|j| j.next_fire).expect("next fire");
+    assert_eq!(fire, 1000);
+    e.tick(fire);
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], fire));
+    assert_eq!(t.len(), 1);
+    e.on_status(&status(&t[0], TaskState::TaskRunning, None), fire);
+    e.tick(2000);
+    e.tick(3000);
+    let job = e.job("c").expect("job");
+    assert_eq!(job.runs.len(), 1, "overlapping fires are skipped");
+    assert_eq!(job.skipped_runs, 2);
+    e.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 3500);
+    e.tick(4000);
+    assert_eq!(e.job("c").expect("job").runs.len(), 2);
+}
+
+#[test]
+fn cron_replace_kills_the_old_run() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"r\"\ncmd = \"sleep 5\"\nschedule = \"* * * * * *\"\nconcurrency = \"replace\"\n", 0);
+    e.tick(1000);
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 1000));
+    let actions = e.tick(2000);
+    assert_eq!(actions, vec![Action::Kill(t[0].clone())]);
+    let job = e.job("r").expect("job");
+    assert_eq!(job.runs[0].state, RunState::Killed);
+    assert_eq!(job.runs[1].state, RunState::Queued);
+}
+
+#[test]
+fn timeout_kills_and_fails_without_retry() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"t\"\ncmd = \"sleep 100\"\ntimeout = \"2s\"\nretries = 3\n", 0);
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    e.on_status(&status(&t[0], TaskState::TaskRunning, None), 10);
+    assert!(e.tick(1999).is_empty());
+    assert_eq!(e.tick(2000), vec![Action::Kill(t[0].clone())]);
+    e.on_status(&status(&t[0], TaskState::TaskKilled, None), 2100);
+    let job = e.job("t").expect("job");
+    assert_eq!(job.state(), "FAILED");
+    assert!(job.latest().expect("run").message.contains("timed out after 2s"));
+    assert!(!e.wants_offers(100_000));
+}
+
+#[test]
+fn a_task_the_master_never_heard_of_is_lost_after_the_grace() {
+    let mut e = Engine::new(10_000);
+    submit(&mut e, "id = \"g\"\ncmd = \"true\"\nretries = 1\nbackoff = \"0s\"\n", 0);
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    e.on_status(&status(&t[0], TaskState::TaskUnknown, None), 100);
+    let asked = e.tick(5_000);
+    assert_eq!(asked, vec![Action::Reconcile(t.clone())]);
+    assert_eq!(state(&e, "g"), "RUNNING");
+    e.tick(10_100);
+    let retry = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 10_100));
+    assert_eq!(retry.len(), 1, "lost, so retried");
+    assert_ne!(retry[0], t[0]);
+}
+
+#[test]
+fn restored_engine_carries_on() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "[[job]]\nid = \"run\"\ncmd = \"sleep 9\"\n[[job]]\nid = \"wait\"\ncmd = \"true\"\ncpus = 64\n", 0);
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    assert_eq!(t.len(), 1);
+    let jobs: Vec<Job> = e
+        .jobs()
+        .map(|j| serde_json::from_slice(&serde_json::to_vec(j).expect("ser")).expect("de"))
+        .collect();
+    let mut back = Engine::restore(jobs, 3, Some("fw".into()), 30_000);
+    assert_eq!(back.live_task_ids(), t);
+    // The running one is not launched again; the waiting one still is.
+    assert!(launched(&back.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 1)).is_empty());
+    let later = launched(&back.place(&[offer("o", "a1", 64.0, 1024.0, &[])], 2));
+    assert_eq!(later.len(), 1);
+    assert!(later[0].starts_with("wait."));
+    back.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 3);
+    assert_eq!(back.job("run").expect("run").state(), "SUCCEEDED");
+}
+
+#[test]
+fn remove_is_refused_while_active_or_depended_on() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\ndepends_on = [\"a\"]\n", 0);
+    assert!(matches!(e.remove("a"), Err(EngineError::Conflict(_))));
+    assert!(matches!(e.remove("zzz"), Err(EngineError::NotFound(_))));
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    e.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 1);
+    assert!(matches!(e.remove("a"), Err(EngineError::Conflict(m)) if m.contains("`b`")));
+}

@@ -1,0 +1,9 @@
+//! Agora's batch framework: jobs with retries, timeouts, cron schedules,
+//! dependencies, parallel instances and a durable history. It talks to the
+//! master only through the SDK, keeps its state in an embedded store, and
+//! serves its HTTP API (`/batch/v1/…`), which the master proxies.
+
+pub mod engine;
+pub mod model;
+pub mod spec;
+pub mod store;

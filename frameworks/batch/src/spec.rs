@@ -1,0 +1,566 @@
+//! Job specs: parsing TOML or JSON into a checked [`JobSpec`]. Every problem
+//! is reported with the field it is about, and nothing half-parsed escapes.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A spec that was refused, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What happens when a run is due while another run of the job is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// Start the new run beside the old one.
+    Allow,
+    /// Skip the new run.
+    Forbid,
+    /// Kill the old run, then start the new one.
+    Replace,
+}
+
+/// How a constraint compares an agent attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operator {
+    /// The attribute equals the value.
+    Is,
+    /// The attribute matches the regular expression (whole value).
+    Like,
+    /// The attribute does not match the regular expression.
+    Unlike,
+    /// Each instance of a run on a different value of the attribute.
+    Unique,
+}
+
+/// A placement rule on agent attributes (`hostname` is always an attribute).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Constraint {
+    pub attribute: String,
+    pub operator: Operator,
+    pub value: String,
+}
+
+impl Constraint {
+    /// Whether an agent whose `attribute` is `actual` may take an instance.
+    /// `Unique` is decided by the placer, which knows the other instances.
+    pub fn admits(&self, actual: Option<&str>) -> bool {
+        match self.operator {
+            Operator::Is => actual == Some(self.value.as_str()),
+            Operator::Like => actual.is_some_and(|a| whole_match(&self.value, a)),
+            Operator::Unlike => !actual.is_some_and(|a| whole_match(&self.value, a)),
+            Operator::Unique => true,
+        }
+    }
+}
+
+fn whole_match(pattern: &str, text: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|r| r.is_match(text))
+}
+
+/// A checked job definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub id: String,
+    pub cmd: String,
+    pub cpus: f64,
+    /// MiB.
+    pub mem: f64,
+    /// MiB.
+    pub disk: f64,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub instances: u32,
+    pub retries: u32,
+    /// First retry delay; doubles with each further retry (capped at 5 min).
+    pub backoff_ms: u64,
+    pub timeout_ms: Option<u64>,
+    pub priority: i64,
+    pub depends_on: Vec<String>,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub concurrency: Concurrency,
+    pub constraints: Vec<Constraint>,
+}
+
+const FIELDS: &[&str] = &[
+    "id",
+    "cmd",
+    "cpus",
+    "mem",
+    "disk",
+    "image",
+    "env",
+    "instances",
+    "retries",
+    "backoff",
+    "timeout",
+    "priority",
+    "depends_on",
+    "schedule",
+    "timezone",
+    "concurrency",
+    "constraints",
+];
+
+pub const MAX_INSTANCES: u32 = 1000;
+pub const MAX_RETRIES: u32 = 100;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Parses one job or several (a TOML file of `[[job]]` tables, or a JSON
+/// array) from `text`; JSON when it starts with `{` or `[`, else TOML.
+pub fn parse(text: &str) -> Result<Vec<JobSpec>, SpecError> {
+    let trimmed = text.trim_start();
+    // `[[job]]` and `[table]` open TOML; `[{` and `[]` open a JSON list.
+    let json_list = trimmed
+        .strip_prefix('[')
+        .is_some_and(|rest| rest.trim_start().starts_with(['{', ']']));
+    let value: Value = if trimmed.starts_with('{') || json_list {
+        serde_json::from_str(text).map_err(|e| SpecError::new("spec", format!("not valid JSON: {e}")))?
+    } else {
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| SpecError::new("spec", format!("not valid TOML: {}", e.message())))?;
+        serde_json::to_value(table).map_err(|e| SpecError::new("spec", e.to_string()))?
+    };
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(mut map) if map.len() == 1 && map.contains_key("job") => {
+            match map.remove("job") {
+                Some(Value::Array(items)) => items,
+                Some(one @ Value::Object(_)) => vec![one],
+                _ => return Err(SpecError::new("job", "must be a table or a list of tables")),
+            }
+        }
+        one @ Value::Object(_) => vec![one],
+        _ => return Err(SpecError::new("spec", "must be a job, or a list of jobs")),
+    };
+    if items.is_empty() {
+        return Err(SpecError::new("spec", "holds no job"));
+    }
+    let many = items.len() > 1;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let Value::Object(map) = item else {
+                return Err(SpecError::new(format!("job[{i}]"), "must be a table"));
+            };
+            from_map(map).map_err(|mut e| {
+                if many {
+                    e.field = format!("job[{i}].{}", e.field);
+                }
+                e
+            })
+        })
+        .collect()
+}
+
+fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
+    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(SpecError::new(
+            unknown.clone(),
+            format!("unknown field (known fields: {})", FIELDS.join(", ")),
+        ));
+    }
+    let mut take = |k: &str| map.remove(k).filter(|v| !v.is_null());
+    let id = string(take("id"), "id")?.ok_or_else(|| SpecError::new("id", "is required"))?;
+    check_id(&id, "id")?;
+    let cmd = string(take("cmd"), "cmd")?.ok_or_else(|| SpecError::new("cmd", "is required"))?;
+    if cmd.trim().is_empty() {
+        return Err(SpecError::new("cmd", "must not be empty"));
+    }
+    let cpus = number(take("cpus"), "cpus")?.unwrap_or(0.1);
+    if !(cpus > 0.0 && cpus <= 1e6) {
+        return Err(SpecError::new("cpus", format!("must be a positive number, got {cpus}")));
+    }
+    let mem = number(take("mem"), "mem")?.unwrap_or(32.0);
+    if !(mem >= 1.0 && mem <= 1e9) {
+        return Err(SpecError::new("mem", format!("must be at least 1 (MiB), got {mem}")));
+    }
+    let disk = number(take("disk"), "disk")?.unwrap_or(0.0);
+    if !(0.0..=1e12).contains(&disk) {
+        return Err(SpecError::new("disk", format!("must be 0 or more (MiB), got {disk}")));
+    }
+    let image = string(take("image"), "image")?.unwrap_or_default();
+    let env = env(take("env"))?;
+    let instances = integer(take("instances"), "instances", 1, MAX_INSTANCES as i64)?.unwrap_or(1) as u32;
+    let retries = integer(take("retries"), "retries", 0, MAX_RETRIES as i64)?.unwrap_or(0) as u32;
+    let backoff = match string(take("backoff"), "backoff")? {
+        Some(text) => parse_duration(&text).map_err(|m| SpecError::new("backoff", m))?,
+        None => Duration::from_secs(1),
+    };
+    if backoff > MAX_BACKOFF {
+        return Err(SpecError::new("backoff", "may be at most 5m"));
+    }
+    let timeout = match string(take("timeout"), "timeout")? {
+        Some(text) => {
+            let d = parse_duration(&text).map_err(|m| SpecError::new("timeout", m))?;
+            if d.is_zero() {
+                return Err(SpecError::new("timeout", "must be longer than zero"));
+            }
+            Some(d.as_millis() as u64)
+        }
+        None => None,
+    };
+    let priority = integer(take("priority"), "priority", -1_000_000, 1_000_000)?.unwrap_or(0);
+    let depends_on = match take("depends_on") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut deps = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let field = format!("depends_on[{i}]");
+                let Value::String(dep) = item else {
+                    return Err(SpecError::new(field, "must be a job id (a string)"));
+                };
+                check_id(&dep, &field)?;
+                if !deps.contains(&dep) {
+                    deps.push(dep);
+                }
+            }
+            deps
+        }
+        Some(_) => return Err(SpecError::new("depends_on", "must be a list of job ids")),
+    };
+    let schedule = string(take("schedule"), "schedule")?;
+    let timezone = string(take("timezone"), "timezone")?.unwrap_or_else(|| "UTC".into());
+    let tz = chrono_tz::Tz::from_str(&timezone)
+        .map_err(|_| SpecError::new("timezone", format!("unknown time zone `{timezone}` (e.g. UTC, Europe/Berlin)")))?;
+    if let Some(cron) = &schedule {
+        let parsed = parse_cron(cron).map_err(|m| SpecError::new("schedule", m))?;
+        if parsed.find_next_occurrence(&chrono::Utc::now().with_timezone(&tz), false).is_err() {
+            return Err(SpecError::new("schedule", format!("`{cron}` never fires")));
+        }
+    }
+    let concurrency = match string(take("concurrency"), "concurrency")?.as_deref() {
+        None | Some("allow") => Concurrency::Allow,
+        Some("forbid") => Concurrency::Forbid,
+        Some("replace") => Concurrency::Replace,
+        Some(other) => {
+            return Err(SpecError::new(
+                "concurrency",
+                format!("must be allow, forbid or replace, got `{other}`"),
+            ));
+        }
+    };
+    let constraints = constraints(take("constraints"))?;
+    Ok(JobSpec {
+        id,
+        cmd,
+        cpus,
+        mem,
+        disk,
+        image,
+        env,
+        instances,
+        retries,
+        backoff_ms: backoff.as_millis() as u64,
+        timeout_ms: timeout,
+        priority,
+        depends_on,
+        schedule,
+        timezone,
+        concurrency,
+        constraints,
+    })
+}
+
+/// Job ids: lowercase letters, digits and `-`, starting with a letter or
+/// digit, at most 63 characters (they become part of task ids and hostnames).
+pub fn check_id(id: &str, field: &str) -> Result<(), SpecError> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("`{id}` is not a job id: use 1-63 of a-z, 0-9 and `-`, not starting with `-`"),
+        ))
+    }
+}
+
+fn string(v: Option<Value>, field: &str) -> Result<Option<String>, SpecError> {
+    match v {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(SpecError::new(field, format!("must be a string, got {other}"))),
+    }
+}
+
+fn number(v: Option<Value>, field: &str) -> Result<Option<f64>, SpecError> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(other) => Err(SpecError::new(field, format!("must be a number, got {other}"))),
+    }
+}
+
+fn integer(v: Option<Value>, field: &str, min: i64, max: i64) -> Result<Option<i64>, SpecError> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) if (min..=max).contains(&i) => Ok(Some(i)),
+            _ => Err(SpecError::new(field, format!("must be a whole number from {min} to {max}, got {n}"))),
+        },
+        Some(other) => Err(SpecError::new(field, format!("must be a whole number, got {other}"))),
+    }
+}
+
+fn env(v: Option<Value>) -> Result<BTreeMap<String, String>, SpecError> {
+    let Some(v) = v else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Object(map) = v else {
+        return Err(SpecError::new("env", "must be a table of NAME = \"value\""));
+    };
+    let mut env = BTreeMap::new();
+    for (name, value) in map {
+        let field = format!("env.{name}");
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(SpecError::new(field, "is not a valid variable name"));
+        }
+        if name.starts_with("AGORA_") {
+            return Err(SpecError::new(field, "AGORA_ variables are set by the batch framework"));
+        }
+        let value = match value {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => return Err(SpecError::new(field, format!("must be a string, got {other}"))),
+        };
+        env.insert(name, value);
+    }
+    Ok(env)
+}
+
+fn constraints(v: Option<Value>) -> Result<Vec<Constraint>, SpecError> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        return Err(SpecError::new("constraints", "must be a list of [attribute, operator, value]"));
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let field = format!("constraints[{i}]");
+        let parts: Vec<String> = match item {
+            Value::Array(parts) => parts
+                .into_iter()
+                .map(|p| match p {
+                    Value::String(s) => Ok(s),
+                    other => Err(SpecError::new(&field, format!("parts must be strings, got {other}"))),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(SpecError::new(field, "must be [attribute, operator, value]")),
+        };
+        let (attribute, op, value) = match parts.as_slice() {
+            [a, op] => (a.clone(), op.to_ascii_uppercase(), String::new()),
+            [a, op, v] => (a.clone(), op.to_ascii_uppercase(), v.clone()),
+            _ => return Err(SpecError::new(field, "must be [attribute, operator, value]")),
+        };
+        if attribute.is_empty() {
+            return Err(SpecError::new(field, "the attribute must not be empty"));
+        }
+        let operator = match op.as_str() {
+            "IS" | "EQ" | "==" => Operator::Is,
+            "LIKE" => Operator::Like,
+            "UNLIKE" => Operator::Unlike,
+            "UNIQUE" => Operator::Unique,
+            _ => {
+                return Err(SpecError::new(
+                    field,
+                    format!("unknown operator `{op}` (IS, LIKE, UNLIKE, UNIQUE)"),
+                ));
+            }
+        };
+        if matches!(operator, Operator::Like | Operator::Unlike)
+            && let Err(e) = regex::Regex::new(&value)
+        {
+            return Err(SpecError::new(field, format!("`{value}` is not a regular expression: {e}")));
+        }
+        if operator != Operator::Unique && parts.len() != 3 {
+            return Err(SpecError::new(field, format!("{op} needs a value")));
+        }
+        out.push(Constraint {
+            attribute,
+            operator,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// A cron pattern with an optional seconds field (5 or 6 fields).
+pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
+    let fields = pattern.split_whitespace().count();
+    if !pattern.trim_start().starts_with('@') && !(5..=6).contains(&fields) {
+        return Err(format!(
+            "`{pattern}` has {fields} fields; want 5 (min hour day month weekday) or 6 (with seconds first)"
+        ));
+    }
+    croner::Cron::from_str(pattern).map_err(|e| format!("`{pattern}` does not parse: {e}"))
+}
+
+/// Parses `90s`, `10m`, `1h30m`, `500ms`, `2d`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(format!("`{text}` is not a duration"))
+        };
+    }
+    let bad = || format!("`{text}` is not a duration (e.g. 90s, 10m, 1h30m)");
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let amount: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(amount * scale);
+    }
+    Ok(total)
+}
+
+/// The field names a spec may hold, for documentation and errors.
+pub fn fields() -> &'static [&'static str] {
+    FIELDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Result<JobSpec, SpecError> {
+        parse(text).map(|mut v| v.remove(0))
+    }
+
+    fn field_of(text: &str) -> String {
+        match one(text) {
+            Ok(spec) => panic!("accepted: {spec:?}"),
+            Err(e) => e.field,
+        }
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let spec = one(r#"
+            id = "nightly-report"
+            cmd = "python3 report.py"
+            cpus = 0.5
+            mem = 256
+            disk = 0
+            image = ""
+            env = { LEVEL = "info" }
+            instances = 1
+            retries = 2
+            timeout = "10m"
+            priority = 0
+            depends_on = ["extract"]
+            schedule = "0 */5 * * * *"
+            timezone = "UTC"
+            concurrency = "forbid"
+            constraints = [["zone", "LIKE", "a"]]
+        "#)
+        .expect("valid");
+        assert_eq!(spec.id, "nightly-report");
+        assert_eq!(spec.timeout_ms, Some(600_000));
+        assert_eq!(spec.concurrency, Concurrency::Forbid);
+        assert_eq!(spec.env["LEVEL"], "info");
+        assert_eq!(spec.constraints[0].operator, Operator::Like);
+        assert!(spec.constraints[0].admits(Some("a")));
+        assert!(!spec.constraints[0].admits(Some("ab")));
+    }
+
+    #[test]
+    fn json_and_toml_say_the_same() {
+        let t = one("id = \"a\"\ncmd = \"true\"\ncpus = 1\nmem = 64\n").expect("toml");
+        let j = one(r#"{"id": "a", "cmd": "true", "cpus": 1, "mem": 64}"#).expect("json");
+        assert_eq!(t, j);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let base = "id = \"a\"\ncmd = \"true\"\n";
+        assert_eq!(field_of(&format!("{base}cpus = -1")), "cpus");
+        assert_eq!(field_of(&format!("{base}mem = \"lots\"")), "mem");
+        assert_eq!(field_of(&format!("{base}schedule = \"every tuesday\"")), "schedule");
+        assert_eq!(field_of(&format!("{base}schedule = \"99 * * * *\"")), "schedule");
+        assert_eq!(field_of(&format!("{base}colour = \"red\"")), "colour");
+        assert_eq!(field_of(&format!("{base}timeout = \"soon\"")), "timeout");
+        assert_eq!(field_of(&format!("{base}timezone = \"Mars/Olympus\"")), "timezone");
+        assert_eq!(field_of(&format!("{base}concurrency = \"sometimes\"")), "concurrency");
+        assert_eq!(field_of(&format!("{base}instances = 0")), "instances");
+        assert_eq!(field_of(&format!("{base}constraints = [[\"zone\", \"NEAR\", \"a\"]]")), "constraints[0]");
+        assert_eq!(field_of(&format!("{base}depends_on = [\"Bad_Id\"]")), "depends_on[0]");
+        assert_eq!(field_of("id = \"Nope!\"\ncmd = \"true\""), "id");
+        assert_eq!(field_of("id = \"a\""), "cmd");
+        assert_eq!(field_of(r#"{"id": "a", "cmd": "true", "mem": "lots"}"#), "mem");
+    }
+
+    #[test]
+    fn several_jobs_in_one_file() {
+        let jobs = parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\ndepends_on = [\"a\"]\n")
+            .expect("valid");
+        assert_eq!(jobs.len(), 2);
+        let err = parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncpus = -2\ncmd = \"x\"\n")
+            .expect_err("invalid");
+        assert_eq!(err.field, "job[1].cpus");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn cron_with_and_without_seconds() {
+        assert!(parse_cron("*/2 * * * * *").is_ok());
+        assert!(parse_cron("0 3 * * MON").is_ok());
+        assert!(parse_cron("* * *").is_err());
+    }
+}
