@@ -75,6 +75,12 @@ pub enum CoreMsg {
     Roles {
         reply: oneshot::Sender<Vec<RoleShare>>,
     },
+    /// The announced web UI / API address of the connected framework named
+    /// `name`, if there is one.
+    FrameworkUrl {
+        name: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
     Metrics {
         reply: oneshot::Sender<String>,
     },
@@ -315,6 +321,16 @@ impl Core {
             }
             CoreMsg::Roles { reply } => {
                 let _ = reply.send(self.allocator.roles());
+            }
+            CoreMsg::FrameworkUrl { name, reply } => {
+                let url = self
+                    .frameworks
+                    .values()
+                    .filter(|f| f.info.name == name && !f.info.webui_url.is_empty())
+                    // A connected one before one that is away.
+                    .max_by_key(|f| f.stream.is_some())
+                    .map(|f| f.info.webui_url.clone());
+                let _ = reply.send(url);
             }
             CoreMsg::Metrics { reply } => {
                 let _ = reply.send(self.render_metrics());

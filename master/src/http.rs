@@ -60,7 +60,7 @@ pub fn router(core: CoreHandle, events: broadcast::Sender<ClusterEvent>) -> Rout
         .route("/api/v1/roles", get(roles))
         .route("/api/v1/roles/{role}", put(set_weight))
         .route("/api/v1/events", get(event_stream))
-        .fallback(not_found)
+        .fallback(framework_proxy)
         .with_state(Api {
             core,
             events,
@@ -460,9 +460,62 @@ async fn event_stream(State(api): State<Api>) -> Response {
         .into_response()
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        format!("no such endpoint: {}", uri.path()),
-    )
+/// Largest request body relayed to a framework.
+const MAX_PROXY_BODY: usize = 2 << 20;
+
+/// `/{name}/…` goes to the framework called `name` that announced a web
+/// address when it subscribed (as Mesos frameworks announce a `webui_url`):
+/// the batch framework's API is `/batch/v1/…` on the master's port.
+async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request) -> Response {
+    let path = request.uri().path().to_string();
+    let not_found = || error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
+    let Some(name) = path.trim_start_matches('/').split('/').next().filter(|n| !n.is_empty()) else {
+        return not_found();
+    };
+    let name = name.to_string();
+    let base = match ask(&api.core, |reply| CoreMsg::FrameworkUrl { name: name.clone(), reply }).await {
+        Ok(Some(url)) => url,
+        Ok(None) => return not_found(),
+        Err(r) => return r,
+    };
+    let target = format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        request.uri().path_and_query().map_or(path.as_str(), |p| p.as_str())
+    );
+    let method = request.method().clone();
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match axum::body::to_bytes(request.into_body(), MAX_PROXY_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_PROXY_BODY} bytes"),
+            );
+        }
+    };
+    let mut forward = api.client.request(method, &target).body(body);
+    if let Some(ct) = content_type {
+        forward = forward.header(header::CONTENT_TYPE, ct);
+    }
+    match forward.send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+            match answer.bytes().await {
+                Ok(bytes) => {
+                    let mut response = (status, bytes).into_response();
+                    if let Some(ct) = content_type {
+                        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+                    }
+                    response
+                }
+                Err(e) => error(StatusCode::BAD_GATEWAY, format!("framework `{name}` at {base}: {e}")),
+            }
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("framework `{name}` at {base} did not answer: {e}"),
+        ),
+    }
 }

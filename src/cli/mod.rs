@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod job;
 mod run;
 mod state;
 
@@ -33,6 +34,10 @@ enum Command {
     Master(MasterArgs),
     /// Run an agent that offers this machine to a master.
     Agent(AgentArgs),
+    /// Run the batch framework against a master.
+    Batch(BatchArgs),
+    /// Submit and manage batch jobs.
+    Job(JobArgs),
     /// Show the cluster's state.
     State(StateArgs),
     /// Internal: a container's init process (started by the agent).
@@ -96,9 +101,11 @@ struct DevArgs {
     /// Address for gRPC, the HTTP API and the web UI.
     #[arg(long, default_value = "127.0.0.1:5050")]
     listen: String,
-    /// Where the agent keeps sandboxes and its id.
+    /// Where the agent keeps sandboxes and its id, and batch its jobs.
     #[arg(long, default_value = "./agora-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    batch: BatchFlags,
     #[command(flatten)]
     master: MasterFlags,
     #[command(flatten)]
@@ -125,6 +132,88 @@ struct AgentArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     agent: AgentFlags,
+}
+
+#[derive(Args, Clone)]
+pub struct BatchFlags {
+    /// How long a task the master does not know may be unaccounted for
+    /// before it counts as lost (its agent may still re-register).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_grace: Duration,
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    /// The master's URL.
+    #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+    master: String,
+    /// Address of the batch HTTP API (the master proxies `/batch/` to it).
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    listen: String,
+    /// The URL the master uses to reach the API (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Where the job store lives.
+    #[arg(long, default_value = "./agora-batch-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    batch: BatchFlags,
+}
+
+#[derive(Args)]
+struct JobArgs {
+    /// The master's URL.
+    #[arg(long, global = true, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+    master: String,
+    #[command(subcommand)]
+    command: JobCommand,
+}
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Submit the job(s) in a TOML or JSON file (`-` for stdin); prints their ids.
+    Submit {
+        file: String,
+        /// Follow the job(s) to the end: exit 0 if all succeeded, 1 if not.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List jobs.
+    List,
+    /// A job's state and runs.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job instance's output (latest run unless `--run`).
+    Logs {
+        id: String,
+        #[arg(long)]
+        run: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        instance: u32,
+        /// stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing until the instance ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Kill a job's active runs (or one run); killed runs are not retried.
+    Kill {
+        id: String,
+        #[arg(long)]
+        run: Option<u32>,
+    },
+    /// Remove a job and its history.
+    Rm { id: String },
+    /// Start a run now (e.g. of a scheduled job).
+    Run {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Args)]
@@ -172,7 +261,7 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
     }
     if matches!(
         cli.command,
-        Command::Dev(_) | Command::Master(_) | Command::Agent(_)
+        Command::Dev(_) | Command::Master(_) | Command::Agent(_) | Command::Batch(_)
     ) {
         run::init_logging(cli.log_format == "json");
     }
@@ -181,7 +270,9 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Dev(a) => runtime.block_on(run::dev(a.listen, a.data_dir, a.master, a.agent)),
+        Command::Dev(a) => runtime.block_on(run::dev(a.listen, a.data_dir, a.master, a.agent, a.batch)),
+        Command::Batch(a) => runtime.block_on(run::batch(a.master, a.listen, a.advertise, a.data_dir, a.batch)),
+        Command::Job(a) => runtime.block_on(job::run(&a.master, a.command)),
         Command::Master(a) => runtime.block_on(run::master(a.listen, a.master)),
         Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),

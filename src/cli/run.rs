@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{AgentFlags, MasterFlags};
+use super::{AgentFlags, BatchFlags, MasterFlags};
 
 /// Logs to stderr as text or JSON lines, filtered by `AGORA_LOG` or
 /// `RUST_LOG` (default `info`).
@@ -119,9 +119,15 @@ pub async fn dev(
     data_dir: PathBuf,
     master: MasterFlags,
     agent: AgentFlags,
+    batch: BatchFlags,
 ) -> anyhow::Result<ExitCode> {
     let config = master_config(&master)?;
     let (listener, url) = bind(&listen).await?;
+    let mut batch_config = agora_batch::BatchConfig::new(url.clone(), data_dir.join("batch"));
+    batch_config.reconcile_grace = batch.reconcile_grace;
+    let batch_http = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the batch framework's HTTP API")?;
     let agent_config = agent_config(url.clone(), data_dir, &agent)?;
     let agent_http = TcpListener::bind("127.0.0.1:0")
         .await
@@ -135,22 +141,43 @@ pub async fn dev(
         config,
         stopped(stop_rx.clone()),
     ));
+    let (stop_batch_tx, stop_batch_rx) = watch::channel(false);
+    let mut batch_task = tokio::spawn(agora_batch::run(
+        batch_config,
+        batch_http,
+        stopped(stop_batch_rx),
+    ));
+    let agent_stop = stop_rx.clone();
     let mut agent_task =
         tokio::spawn(
-            async move { run_agent(agent_config, &agent, agent_http, stopped(stop_rx)).await },
+            async move { run_agent(agent_config, &agent, agent_http, stopped(agent_stop)).await },
         );
-    eprintln!("agora dev: master and agent up; state at {url}/api/v1/state; Ctrl-C stops both");
-    let agent_result = tokio::select! {
+    eprintln!(
+        "agora dev: master, agent and batch up; web UI at {url}/; jobs with `agora job submit FILE`; Ctrl-C stops all"
+    );
+    // Whatever stops first (Ctrl-C, or a part that could not start) takes
+    // the rest down: batch first, so it saves its state while the master is
+    // still there, then the agent, then the master.
+    let (batch_result, agent_result) = tokio::select! {
         () = terminated() => {
+            stop_batch_tx.send_replace(true);
+            let b = (&mut batch_task).await;
             stop_tx.send_replace(true);
-            (&mut agent_task).await
+            (b, (&mut agent_task).await)
         }
-        // The agent could not start (or stopped): take the master down too.
-        result = &mut agent_task => result,
+        result = &mut agent_task => {
+            stop_batch_tx.send_replace(true);
+            ((&mut batch_task).await, result)
+        }
+        result = &mut batch_task => {
+            stop_tx.send_replace(true);
+            (result, (&mut agent_task).await)
+        }
     };
     stop_tx.send_replace(true);
     master_task.await.context("master task")??;
     agent_result.context("agent task")??;
+    batch_result.context("batch task")?.context("batch framework")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -172,5 +199,25 @@ pub async fn agent(
         .await
         .with_context(|| format!("listening on {listen} for the agent's HTTP API"))?;
     run_agent(config, &flags, http, terminated()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn batch(
+    master: String,
+    listen: String,
+    advertise: Option<String>,
+    data_dir: PathBuf,
+    flags: BatchFlags,
+) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen} for the batch HTTP API"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    println!("agora batch listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let mut config = agora_batch::BatchConfig::new(master, data_dir);
+    config.advertise = advertise;
+    config.reconcile_grace = flags.reconcile_grace;
+    agora_batch::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }

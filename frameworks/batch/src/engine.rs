@@ -211,6 +211,22 @@ impl Engine {
         })
     }
 
+    /// Puts back changes the store failed to write, to be tried again.
+    pub fn requeue(&mut self, changes: Changes) {
+        for (id, job) in changes.jobs {
+            match job {
+                Some(_) => {
+                    self.dirty.insert(id);
+                }
+                None if !self.jobs.contains_key(&id) => {
+                    self.removed.insert(id);
+                }
+                None => {}
+            }
+        }
+        self.meta_dirty = true;
+    }
+
     // ---- requests ------------------------------------------------------------------
 
     /// Adds jobs (all or none). Jobs without a schedule are queued at once.
@@ -492,6 +508,29 @@ impl Engine {
             }
         }
         placement
+    }
+
+    /// Takes back launches the master refused (the offer was gone): their
+    /// instances wait for the next offer, and no attempt is counted.
+    pub fn unlaunch(&mut self, task_ids: &[String]) {
+        for task_id in task_ids {
+            let Some(r) = self.tasks.get(task_id).cloned() else { continue };
+            let Some(inst) = self
+                .jobs
+                .get_mut(&r.job)
+                .and_then(|j| j.run_mut(r.run))
+                .and_then(|run| run.instances.get_mut(r.instance))
+            else {
+                continue;
+            };
+            let is_current = inst.attempts.len() == r.attempt + 1;
+            if is_current && inst.state == InstanceState::Launching {
+                inst.attempts.pop();
+                inst.state = InstanceState::Waiting;
+                self.tasks.remove(task_id);
+                self.touch(&r.job);
+            }
+        }
     }
 
     // ---- status updates ----------------------------------------------------------------

@@ -7,3 +7,7 @@ pub mod engine;
 pub mod model;
 pub mod spec;
 pub mod store;
+mod framework;
+mod http;
+
+pub use framework::{BatchConfig, BatchError, run};

@@ -1,0 +1,359 @@
+//! The running framework: the engine behind a lock, the SDK scheduler that
+//! feeds it offers and updates, a clock that ticks it, and a writer that
+//! group-commits its changes to the store. Nothing is launched and no
+//! update acknowledged before the change it caused is on disk.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agora_sdk::{Driver, FrameworkConfig, Offer, Scheduler, TaskStatus};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::engine::{Action, Engine};
+use crate::model::Millis;
+use crate::store::{Store, StoreError};
+
+/// How the batch framework runs.
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// The master, e.g. `http://127.0.0.1:5050`.
+    pub master: String,
+    /// The framework's name; the master serves its API under `/{name}/`.
+    pub name: String,
+    pub role: String,
+    /// Where the store file lives.
+    pub data_dir: PathBuf,
+    /// The URL the master should use to reach this framework's HTTP API;
+    /// by default the address it listens on.
+    pub advertise: Option<String>,
+    /// How long a task the master does not know may be unaccounted for
+    /// before it counts as lost (its agent may still re-register).
+    pub reconcile_grace: Duration,
+    /// How long the master keeps this framework's tasks while it is away.
+    pub failover_timeout: Duration,
+}
+
+impl BatchConfig {
+    pub fn new(master: impl Into<String>, data_dir: impl Into<PathBuf>) -> BatchConfig {
+        BatchConfig {
+            master: master.into(),
+            name: "batch".into(),
+            role: "*".into(),
+            data_dir: data_dir.into(),
+            advertise: None,
+            reconcile_grace: Duration::from_secs(30),
+            failover_timeout: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Why the framework could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("batch HTTP API: {0}")]
+    Http(std::io::Error),
+    #[error("talking to the master: {0}")]
+    Sdk(#[from] agora_sdk::SdkError),
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// State shared by the scheduler, the clock, the writer and the HTTP API.
+pub(crate) struct Shared {
+    engine: Mutex<Engine>,
+    pub(crate) driver: Driver,
+    pub(crate) master: String,
+    pub(crate) client: reqwest::Client,
+    /// The engine version the store holds.
+    committed: watch::Sender<u64>,
+    wake_writer: Notify,
+    /// Whether offers were last revived (true) or suppressed (false).
+    interest: Mutex<Option<bool>>,
+}
+
+impl Shared {
+    /// The engine; never held across an `.await`.
+    pub(crate) fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic while holding the lock leaves the engine as it was at the
+        // panic; carrying on beats wedging every request.
+        self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until everything changed so far is on disk.
+    pub(crate) async fn persist(&self) {
+        let version = self.engine().version();
+        let mut committed = self.committed.subscribe();
+        if *committed.borrow() >= version {
+            return;
+        }
+        self.wake_writer.notify_one();
+        let _ = committed.wait_for(|v| *v >= version).await;
+    }
+
+    /// Asks the master for the tasks, kills or reconciliations the engine
+    /// wants.
+    pub(crate) async fn act(&self, actions: Vec<Action>) {
+        for action in actions {
+            let result = match &action {
+                Action::Kill(task) => self.driver.kill(task).await,
+                Action::Reconcile(tasks) => {
+                    let ids: Vec<&str> = tasks.iter().map(String::as_str).collect();
+                    self.driver.reconcile(&ids).await
+                }
+            };
+            if let Err(e) = result {
+                warn!(?action, "{e}");
+            }
+        }
+    }
+
+    /// Revives offers when there is work that could launch, suppresses them
+    /// when there is none.
+    pub(crate) async fn sync_interest(&self) {
+        let want = self.engine().wants_offers(now_ms());
+        let last = *self.interest.lock().unwrap_or_else(|p| p.into_inner());
+        if last == Some(want) {
+            return;
+        }
+        let result = if want {
+            self.driver.revive().await
+        } else {
+            self.driver.suppress().await
+        };
+        match result {
+            Ok(()) => *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = Some(want),
+            Err(e) => warn!(want, "changing offer interest: {e}"),
+        }
+    }
+
+    fn forget_interest(&self) {
+        *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The SDK side: offers and updates into the engine.
+struct BatchScheduler {
+    shared: Arc<Shared>,
+}
+
+/// How long an agent whose offer was not (fully) used is not offered again.
+const REFUSE_SECONDS: f64 = 5.0;
+/// The rest of a used offer comes back soon: more work may be waiting.
+const REMAINDER_REFUSE_SECONDS: f64 = 0.5;
+
+impl Scheduler for BatchScheduler {
+    async fn subscribed(&mut self, driver: &Driver, framework_id: &str) {
+        let live = {
+            let mut engine = self.shared.engine();
+            engine.set_framework_id(framework_id);
+            engine.live_task_ids()
+        };
+        self.shared.persist().await;
+        // The master tells us where each task we think is alive stands.
+        if !live.is_empty() {
+            info!(tasks = live.len(), "reconciling");
+            let ids: Vec<&str> = live.iter().map(String::as_str).collect();
+            if let Err(e) = driver.reconcile(&ids).await {
+                warn!("reconcile: {e}");
+            }
+        }
+        self.shared.forget_interest();
+        self.shared.sync_interest().await;
+    }
+
+    async fn offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
+        let placement = self.shared.engine().place(&offers, now_ms());
+        // Write-ahead: the store knows every task before the master does, so
+        // a restart reconciles it instead of launching it again.
+        self.shared.persist().await;
+        for (offer, tasks) in placement.launches {
+            let ids: Vec<String> = tasks
+                .iter()
+                .filter_map(|t| t.task_id.as_ref().map(|i| i.value.clone()))
+                .collect();
+            if let Err(e) = driver
+                .accept(&[offer.as_str()], tasks, Some(REMAINDER_REFUSE_SECONDS))
+                .await
+            {
+                warn!(%offer, "accept refused: {e}; the tasks go back in the queue");
+                self.shared.engine().unlaunch(&ids);
+            }
+        }
+        if !placement.unused.is_empty() {
+            let ids: Vec<&str> = placement.unused.iter().map(String::as_str).collect();
+            if let Err(e) = driver.decline(&ids, Some(REFUSE_SECONDS)).await {
+                warn!("decline: {e}");
+            }
+        }
+        self.shared.sync_interest().await;
+    }
+
+    async fn status_update(&mut self, driver: &Driver, status: TaskStatus) {
+        let actions = self.shared.engine().on_status(&status, now_ms());
+        self.shared.act(actions).await;
+        // Acknowledge once the update is on disk, without holding up the
+        // next one: commits are grouped.
+        let shared = self.shared.clone();
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            shared.persist().await;
+            if let Err(e) = driver.acknowledge(&status).await {
+                warn!("acknowledge: {e}");
+            }
+        });
+        self.shared.sync_interest().await;
+    }
+
+    async fn disconnected(&mut self, _driver: &Driver) {
+        self.shared.forget_interest();
+    }
+}
+
+/// Runs the batch framework until `shutdown`: subscribes to the master,
+/// serves the HTTP API on `listener`, and keeps the store current.
+pub async fn run(
+    config: BatchConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), BatchError> {
+    let store = Arc::new(Store::open(&config.data_dir.join("batch.redb"))?);
+    let loaded = store.load()?;
+    info!(
+        jobs = loaded.jobs.len(),
+        framework = loaded.framework_id.as_deref().unwrap_or("(new)"),
+        "batch store loaded"
+    );
+    let engine = Engine::restore(
+        loaded.jobs,
+        loaded.next_seq,
+        loaded.framework_id.clone(),
+        config.reconcile_grace.as_millis() as Millis,
+    );
+    let addr: SocketAddr = listener.local_addr().map_err(BatchError::Http)?;
+    let webui = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let mut fw = FrameworkConfig::new(config.master.clone(), config.name.clone());
+    fw.role = config.role.clone();
+    fw.failover_timeout = config.failover_timeout;
+    fw.framework_id = loaded.framework_id;
+    fw.auto_acknowledge = false;
+    fw.webui_url = Some(webui.clone());
+    let driver = Driver::new(fw)?;
+    let version = engine.version();
+    let (committed, _) = watch::channel(version);
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        driver: driver.clone(),
+        master: config.master.trim_end_matches('/').to_string(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default(),
+        committed,
+        wake_writer: Notify::new(),
+        interest: Mutex::new(None),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let writer = tokio::spawn(write_loop(shared.clone(), store, stop_rx.clone()));
+    let clock = tokio::spawn(clock_loop(shared.clone(), stop_rx.clone()));
+    let app = crate::http::router(shared.clone());
+    let mut http_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    info!(%webui, master = %config.master, "batch framework serving");
+    let scheduler = BatchScheduler {
+        shared: shared.clone(),
+    };
+    let result = tokio::select! {
+        r = driver.run(scheduler) => r.map(drop),
+        () = shutdown => {
+            driver.stop();
+            Ok(())
+        }
+    };
+    stop_tx.send_replace(true);
+    let _ = clock.await;
+    let _ = server.await;
+    // The writer saves what is left before it ends.
+    shared.wake_writer.notify_one();
+    let _ = writer.await;
+    result.map_err(BatchError::from)
+}
+
+/// Commits the engine's changes whenever woken, several at a time.
+async fn write_loop(shared: Arc<Shared>, store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stopping = *stop.borrow();
+        let changes = shared.engine().take_changes();
+        if let Some(changes) = changes {
+            let version = changes.version;
+            let store = store.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let result = store.commit(&changes);
+                (result, changes)
+            })
+            .await;
+            match written {
+                Ok((Ok(()), _)) => {
+                    shared.committed.send_replace(version);
+                }
+                Ok((Err(e), changes)) => {
+                    // Not marked committed: waiters hold their launches and
+                    // acknowledgements until the store works again.
+                    tracing::error!("{e}; retrying");
+                    shared.engine().requeue(changes);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => tracing::error!("store writer: {e}"),
+            }
+            continue;
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            () = shared.wake_writer.notified() => {}
+            _ = stop.changed() => {}
+            // Tick-driven changes (schedules, timeouts) need no waiter.
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Fires schedules, times runs out, and re-checks offer interest (a retry
+/// whose backoff ended wants offers again).
+async fn clock_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let actions = shared.engine().tick(now_ms());
+        if !actions.is_empty() {
+            shared.persist().await;
+            shared.act(actions).await;
+        }
+        shared.sync_interest().await;
+    }
+}

@@ -1,0 +1,416 @@
+//! The batch HTTP API under `/batch/v1/`: jobs (create, list, get, delete),
+//! runs (start, list, get, kill) and logs. The master proxies it on its own
+//! port; errors are JSON `{"error": …}` (with `field` for a bad spec).
+
+// Handlers hand back a ready error response; its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::engine::EngineError;
+use crate::framework::{Shared, now_ms};
+use crate::model::{InstanceState, Job, Run};
+use crate::spec::{self, JobSpec, Operator, SpecError};
+
+/// The largest spec accepted (a file of many jobs fits easily).
+const MAX_BODY: usize = 1 << 20;
+
+type Api = State<Arc<Shared>>;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/batch/v1/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/batch/v1/jobs", get(list_jobs).post(create_jobs))
+        .route("/batch/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/batch/v1/jobs/{id}/kill", post(kill_job))
+        .route("/batch/v1/jobs/{id}/runs", get(list_runs).post(start_run))
+        .route("/batch/v1/jobs/{id}/runs/{run}", get(get_run))
+        .route("/batch/v1/jobs/{id}/runs/{run}/kill", post(kill_run))
+        .route("/batch/v1/jobs/{id}/logs", get(logs))
+        .fallback(|uri: axum::http::Uri| async move {
+            error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()))
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn spec_error(e: &SpecError) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": e.to_string(), "field": e.field })),
+    )
+        .into_response()
+}
+
+fn engine_error(e: EngineError) -> Response {
+    match e {
+        EngineError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+        EngineError::Conflict(m) => error(StatusCode::CONFLICT, m),
+        EngineError::Invalid(e) => spec_error(&e),
+    }
+}
+
+fn summary(job: &Job) -> Value {
+    let latest = job.latest();
+    json!({
+        "id": job.spec.id,
+        "state": job.state(),
+        "priority": job.spec.priority,
+        "instances": job.spec.instances,
+        "schedule": job.spec.schedule,
+        "next_fire": job.next_fire,
+        "depends_on": job.spec.depends_on,
+        "submitted_at": job.submitted_at,
+        "runs": job.runs.len(),
+        "latest_run": latest.map(|r| r.number),
+        "latest_state": latest.map(|r| r.state.as_str()),
+    })
+}
+
+fn detail(job: &Job) -> Value {
+    json!({
+        "id": job.spec.id,
+        "state": job.state(),
+        "spec": job.spec,
+        "submitted_at": job.submitted_at,
+        "next_fire": job.next_fire,
+        "skipped_runs": job.skipped_runs,
+        "runs": job.runs,
+    })
+}
+
+async fn list_jobs(State(api): Api) -> Response {
+    let engine = api.engine();
+    let mut jobs: Vec<&Job> = engine.jobs().collect();
+    jobs.sort_by_key(|j| j.seq);
+    let list: Vec<Value> = jobs.into_iter().map(summary).collect();
+    Json(json!({ "jobs": list })).into_response()
+}
+
+async fn create_jobs(State(api): Api, body: String) -> Response {
+    let specs = match spec::parse(&body) {
+        Ok(specs) => specs,
+        Err(e) => return spec_error(&e),
+    };
+    if let Err(e) = check_fit(&api, &specs).await {
+        return spec_error(&e);
+    }
+    let submitted = api.engine().submit(specs, now_ms());
+    match submitted {
+        Ok(ids) => {
+            api.persist().await;
+            api.sync_interest().await;
+            (StatusCode::CREATED, Json(json!({ "ids": ids }))).into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+async fn get_job(State(api): Api, Path(id): Path<String>) -> Response {
+    match api.engine().job(&id) {
+        Some(job) => Json(detail(job)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("unknown job `{id}`")),
+    }
+}
+
+async fn delete_job(State(api): Api, Path(id): Path<String>) -> Response {
+    let removed = api.engine().remove(&id);
+    match removed {
+        Ok(()) => {
+            api.persist().await;
+            Json(json!({ "removed": id })).into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+async fn kill(api: &Shared, id: &str, run: Option<u32>) -> Response {
+    let killed = api.engine().kill(id, run, now_ms());
+    match killed {
+        Ok(actions) => {
+            api.persist().await;
+            api.act(actions).await;
+            api.sync_interest().await;
+            Json(json!({ "killed": id, "run": run })).into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+async fn kill_job(State(api): Api, Path(id): Path<String>) -> Response {
+    kill(&api, &id, None).await
+}
+
+async fn kill_run(State(api): Api, Path((id, run)): Path<(String, String)>) -> Response {
+    match run_number(&run) {
+        Ok(n) => kill(&api, &id, Some(n)).await,
+        Err(r) => r,
+    }
+}
+
+async fn start_run(State(api): Api, Path(id): Path<String>) -> Response {
+    let started = api.engine().run_now(&id, now_ms());
+    match started {
+        Ok((run, actions)) => {
+            api.persist().await;
+            api.act(actions).await;
+            api.sync_interest().await;
+            (StatusCode::CREATED, Json(json!({ "job": id, "run": run }))).into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+async fn list_runs(State(api): Api, Path(id): Path<String>) -> Response {
+    match api.engine().job(&id) {
+        Some(job) => Json(json!({ "runs": job.runs })).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("unknown job `{id}`")),
+    }
+}
+
+fn run_number(text: &str) -> Result<u32, Response> {
+    text.parse().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("run `{text}` is not a run number"),
+        )
+    })
+}
+
+fn find_run<'a>(job: &'a Job, n: Option<u32>) -> Result<&'a Run, Response> {
+    match n {
+        Some(n) => job.run(n).ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("job `{}` has no run {n}", job.spec.id),
+            )
+        }),
+        None => job.latest().ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("job `{}` has not run yet", job.spec.id),
+            )
+        }),
+    }
+}
+
+async fn get_run(State(api): Api, Path((id, run)): Path<(String, String)>) -> Response {
+    let n = match run_number(&run) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let engine = api.engine();
+    let Some(job) = engine.job(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown job `{id}`"));
+    };
+    match find_run(job, Some(n)) {
+        Ok(run) => Json(json!({ "run": run })).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// One instance's output, read from its latest task's sandbox through the
+/// master (`offset`/`length` as Mesos's `files/read`).
+async fn logs(
+    State(api): Api,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let parse = |key: &str| -> Result<Option<u32>, Response> {
+        params
+            .get(key)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        format!("parameter `{key}` must be a whole number, got `{v}`"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (run_n, instance_n) = match (parse("run"), parse("instance")) {
+        (Ok(r), Ok(i)) => (r, i.unwrap_or(0)),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let stream = params.get("stream").map_or("stdout", String::as_str);
+    if stream != "stdout" && stream != "stderr" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("parameter `stream` must be stdout or stderr, got `{stream}`"),
+        );
+    }
+    let (task_id, run_number, run_state, instance_state, attempt) = {
+        let engine = api.engine();
+        let Some(job) = engine.job(&id) else {
+            return error(StatusCode::NOT_FOUND, format!("unknown job `{id}`"));
+        };
+        let run = match find_run(job, run_n) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let Some(inst) = run.instances.get(instance_n as usize) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "run {} of job `{id}` has no instance {instance_n} (it has {})",
+                    run.number,
+                    run.instances.len()
+                ),
+            );
+        };
+        let Some(attempt) = inst.current() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "instance {instance_n} of run {} of job `{id}` has not started yet",
+                    run.number
+                ),
+            );
+        };
+        (
+            attempt.task_id.clone(),
+            run.number,
+            run.state.as_str(),
+            inst.state,
+            inst.attempts.len() - 1,
+        )
+    };
+    let mut url = format!(
+        "{}/api/v1/tasks/{task_id}/files/read?path={stream}",
+        api.master
+    );
+    for key in ["offset", "length"] {
+        if let Some(v) = params.get(key) {
+            if v.parse::<i64>().is_err() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("parameter `{key}` must be a number, got `{v}`"),
+                );
+            }
+            url.push_str(&format!("&{key}={v}"));
+        }
+    }
+    let answer = match api.client.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("reading task `{task_id}`'s {stream} from the master: {e}"),
+            );
+        }
+    };
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let why = body["error"].as_str().unwrap_or("no reason given");
+        let code = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        return error(code, format!("task `{task_id}`'s {stream}: {why}"));
+    }
+    Json(json!({
+        "job": id,
+        "run": run_number,
+        "instance": instance_n,
+        "attempt": attempt,
+        "task_id": task_id,
+        "run_state": run_state,
+        "instance_done": instance_state == InstanceState::Succeeded
+            || instance_state == InstanceState::Failed
+            || instance_state == InstanceState::Killed,
+        "data": body["data"],
+        "offset": body["offset"],
+    }))
+    .into_response()
+}
+
+/// Refuses jobs no agent could ever hold, asking the master what agents
+/// exist. With no agents registered yet (or no master to ask) it cannot
+/// know, and lets the job queue.
+async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
+    let url = format!("{}/api/v1/agents", api.master);
+    let agents: Vec<Value> = match api.client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+            Ok(v) => v["agents"].as_array().cloned().unwrap_or_default(),
+            Err(_) => return Ok(()),
+        },
+        _ => {
+            tracing::warn!("could not list agents at {url}; not checking whether jobs fit");
+            return Ok(());
+        }
+    };
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let prefix = |i: usize| {
+        if specs.len() > 1 {
+            format!("job[{i}].")
+        } else {
+            String::new()
+        }
+    };
+    for (i, spec) in specs.iter().enumerate() {
+        let attr = |agent: &Value, name: &str| -> Option<String> {
+            if name == "hostname" {
+                return agent["hostname"].as_str().map(str::to_string);
+            }
+            agent["attributes"][name].as_str().map(str::to_string)
+        };
+        let placeable: Vec<&Value> = agents
+            .iter()
+            .filter(|a| {
+                spec.constraints
+                    .iter()
+                    .all(|c| c.admits(attr(a, &c.attribute).as_deref()))
+            })
+            .collect();
+        if placeable.is_empty() {
+            return Err(SpecError::new(
+                format!("{}constraints", prefix(i)),
+                format!("no agent satisfies them (of {} agents)", agents.len()),
+            ));
+        }
+        for (name, want) in [("cpus", spec.cpus), ("mem", spec.mem), ("disk", spec.disk)] {
+            if want <= 0.0 {
+                continue;
+            }
+            let largest = placeable
+                .iter()
+                .filter_map(|a| a["resources"]["total"][name].as_f64())
+                .fold(0.0_f64, f64::max);
+            if want > largest + 1e-9 {
+                return Err(SpecError::new(
+                    format!("{}{name}", prefix(i)),
+                    format!("{want} is more than any agent has (the largest has {largest})"),
+                ));
+            }
+        }
+        for c in spec.constraints.iter().filter(|c| c.operator == Operator::Unique) {
+            let values: BTreeSet<Option<String>> =
+                placeable.iter().map(|a| attr(a, &c.attribute)).collect();
+            if (values.len() as u32) < spec.instances {
+                return Err(SpecError::new(
+                    format!("{}constraints", prefix(i)),
+                    format!(
+                        "{} instances must each have their own `{}`, but agents have only {} values",
+                        spec.instances,
+                        c.attribute,
+                        values.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

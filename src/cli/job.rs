@@ -1,0 +1,370 @@
+//! `agora job …`: submit and manage batch jobs through the master, which
+//! relays `/batch/v1/…` to the batch framework.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::JobCommand;
+
+const TERMINAL: [&str; 3] = ["SUCCEEDED", "FAILED", "KILLED"];
+const POLL: Duration = Duration::from_millis(250);
+
+struct Batch {
+    base: String,
+    client: reqwest::Client,
+}
+
+/// A refusal from the API, printed as `error: …` with exit code 1.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Batch {
+    fn new(master: &str) -> anyhow::Result<Batch> {
+        Ok(Batch {
+            base: format!("{}/batch/v1", master.trim_end_matches('/')),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("building the HTTP client")?,
+        })
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.send().await.map_err(|e| {
+            let master = self.base.trim_end_matches("/batch/v1");
+            Refused(format!("cannot reach the master at {master}: {e}"))
+        })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"].as_str().unwrap_or("no reason given").to_string();
+        if status == reqwest::StatusCode::NOT_FOUND && message.starts_with("no such endpoint: /batch/") {
+            return Err(Refused(
+                "the batch framework is not running (no framework named `batch` is registered with the master; start one with `agora batch`)".into(),
+            )
+            .into());
+        }
+        Err(Refused(message).into())
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.client.get(format!("{}{path}", self.base))).await
+    }
+
+    async fn post(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.client.post(format!("{}{path}", self.base))).await
+    }
+}
+
+/// Runs a `job` subcommand.
+pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> {
+    let batch = Batch::new(master)?;
+    let result = match command {
+        JobCommand::Submit { file, wait } => submit(&batch, &file, wait).await,
+        JobCommand::List => list(&batch).await,
+        JobCommand::Status { id, json } => status(&batch, &id, json).await,
+        JobCommand::Logs {
+            id,
+            run,
+            instance,
+            stderr,
+            follow,
+        } => logs(&batch, &id, run, instance, stderr, follow).await,
+        JobCommand::Kill { id, run } => {
+            let path = match run {
+                Some(n) => format!("/jobs/{id}/runs/{n}/kill"),
+                None => format!("/jobs/{id}/kill"),
+            };
+            batch.post(&path).await.map(|_| {
+                println!("killed {id}");
+                ExitCode::SUCCESS
+            })
+        }
+        JobCommand::Rm { id } => batch
+            .call(batch.client.delete(format!("{}/jobs/{id}", batch.base)))
+            .await
+            .map(|_| {
+                println!("removed {id}");
+                ExitCode::SUCCESS
+            }),
+        JobCommand::Run { id, wait } => {
+            let started = batch.post(&format!("/jobs/{id}/runs")).await;
+            match started {
+                Ok(v) => {
+                    let run = v["run"].as_u64().unwrap_or(0) as u32;
+                    println!("{id} run {run}");
+                    if wait {
+                        wait_for(&batch, &[id], Some(run)).await
+                    } else {
+                        Ok(ExitCode::SUCCESS)
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) if e.is::<Refused>() => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCode> {
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the spec from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let content_type = if file.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/toml"
+    };
+    let created = batch
+        .call(
+            batch
+                .client
+                .post(format!("{}/jobs", batch.base))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(text),
+        )
+        .await?;
+    let ids: Vec<String> = created["ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    for id in &ids {
+        println!("{id}");
+    }
+    if wait {
+        return wait_for(batch, &ids, None).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows jobs (or one run of one job) until they end; exit 0 only if all
+/// succeeded.
+async fn wait_for(batch: &Batch, ids: &[String], run: Option<u32>) -> anyhow::Result<ExitCode> {
+    let mut last: Vec<String> = vec![String::new(); ids.len()];
+    loop {
+        let mut all_done = true;
+        let mut all_ok = true;
+        for (i, id) in ids.iter().enumerate() {
+            let job = batch.get(&format!("/jobs/{id}")).await?;
+            let state = match run {
+                Some(n) => job["runs"]
+                    .as_array()
+                    .and_then(|runs| runs.iter().find(|r| r["number"].as_u64() == Some(n as u64)))
+                    .and_then(|r| r["state"].as_str())
+                    .unwrap_or("QUEUED")
+                    .to_string(),
+                None => job["state"].as_str().unwrap_or("UNKNOWN").to_string(),
+            };
+            if state != last[i] {
+                eprintln!("{id}: {state}");
+                last[i] = state.clone();
+            }
+            if !TERMINAL.contains(&state.as_str()) {
+                all_done = false;
+            } else if state != "SUCCEEDED" {
+                all_ok = false;
+                if let Some(message) = latest_message(&job) {
+                    eprintln!("{id}: {message}");
+                }
+            }
+        }
+        if all_done {
+            return Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn latest_message(job: &Value) -> Option<String> {
+    job["runs"]
+        .as_array()?
+        .last()?["message"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+}
+
+fn when(v: &Value) -> String {
+    v.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+async fn list(batch: &Batch) -> anyhow::Result<ExitCode> {
+    let jobs = batch.get("/jobs").await?;
+    let rows: Vec<Vec<String>> = jobs["jobs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|j| {
+                    vec![
+                        text(&j["id"]),
+                        text(&j["state"]),
+                        text(&j["priority"]),
+                        text(&j["runs"]),
+                        text(&j["schedule"]),
+                        when(&j["next_fire"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print_table(&["ID", "STATE", "PRIORITY", "RUNS", "SCHEDULE", "NEXT"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(batch: &Batch, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let job = batch.get(&format!("/jobs/{id}")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job).context("printing JSON")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let spec = &job["spec"];
+    println!("job       {}", text(&job["id"]));
+    println!("state     {}", text(&job["state"]));
+    println!("cmd       {}", text(&spec["cmd"]));
+    println!(
+        "resources cpus:{} mem:{} disk:{}  instances:{}  retries:{}",
+        text(&spec["cpus"]),
+        text(&spec["mem"]),
+        text(&spec["disk"]),
+        text(&spec["instances"]),
+        text(&spec["retries"])
+    );
+    if !spec["schedule"].is_null() {
+        println!(
+            "schedule  {} ({}), concurrency {}; next {}; skipped {}",
+            text(&spec["schedule"]),
+            text(&spec["timezone"]),
+            text(&spec["concurrency"]),
+            when(&job["next_fire"]),
+            text(&job["skipped_runs"])
+        );
+    }
+    let runs = job["runs"].as_array().cloned().unwrap_or_default();
+    println!();
+    let mut rows = Vec::new();
+    for run in &runs {
+        for inst in run["instances"].as_array().into_iter().flatten() {
+            let attempts = inst["attempts"].as_array().cloned().unwrap_or_default();
+            let last = attempts.last().cloned().unwrap_or(Value::Null);
+            rows.push(vec![
+                text(&run["number"]),
+                text(&run["state"]),
+                text(&inst["index"]),
+                text(&inst["state"]),
+                attempts.len().to_string(),
+                if last.is_null() { "-".into() } else { text(&last["hostname"]) },
+                text(&last["exit_code"]),
+                when(&last["launched_at"]),
+                when(&last["ended_at"]),
+            ]);
+        }
+    }
+    print_table(
+        &["RUN", "RUN STATE", "INSTANCE", "STATE", "ATTEMPTS", "AGENT", "EXIT", "START", "END"],
+        &rows,
+    );
+    for run in &runs {
+        if let Some(m) = run["message"].as_str().filter(|m| !m.is_empty()) {
+            println!("run {}: {m}", text(&run["number"]));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(
+    batch: &Batch,
+    id: &str,
+    run: Option<u32>,
+    instance: u32,
+    stderr: bool,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let mut offset: u64 = 0;
+    let mut out = std::io::stdout();
+    // Pin the run: a follow must not jump to a newer run midway.
+    let mut run = run;
+    loop {
+        let mut path = format!("/jobs/{id}/logs?instance={instance}&stream={stream}&offset={offset}");
+        if let Some(n) = run {
+            path.push_str(&format!("&run={n}"));
+        }
+        let chunk = match batch.get(&path).await {
+            Ok(chunk) => chunk,
+            // Following a job that has not started yet: wait for it.
+            Err(e) if follow && (e.to_string().contains("not started yet") || e.to_string().contains("not run yet")) => {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        run = run.or_else(|| chunk["run"].as_u64().map(|n| n as u32));
+        let data = chunk["data"].as_str().unwrap_or("");
+        if !data.is_empty() {
+            out.write_all(data.as_bytes()).context("writing to stdout")?;
+            out.flush().context("writing to stdout")?;
+            offset = chunk["offset"].as_u64().unwrap_or(offset) + data.len() as u64;
+            continue;
+        }
+        if !follow || chunk["instance_done"].as_bool() == Some(true) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
