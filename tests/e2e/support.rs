@@ -73,9 +73,9 @@ impl Proc {
                 .expect("reading the listen line");
             url = Some(
                 line.trim()
-                    .strip_prefix("agora listening on ")
-                    .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-                    .to_string(),
+                    .split_once("listening on ")
+                    .map(|(_, url)| url.to_string())
+                    .unwrap_or_else(|| panic!("unexpected first line: {line:?}")),
             );
         }
         Proc {
@@ -293,6 +293,23 @@ pub fn process_alive(pid: i32) -> bool {
         !s.rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
     })
+}
+
+/// Starts the batch framework for `master` on an ephemeral port, keeping
+/// its store in `data`.
+pub fn start_batch(master: &str, data: &Path, extra: &[&str]) -> Proc {
+    let data = data.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "batch",
+        "--master",
+        master,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args, true)
 }
 
 /// Starts `agora dev` on an ephemeral port with its data in `data`.

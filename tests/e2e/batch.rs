@@ -1,0 +1,543 @@
+//! The batch framework end to end: a real master, real agents running real
+//! containers, `agora batch` as its own process, and jobs submitted through
+//! the master's port (CLI and HTTP).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::support::*;
+
+/// A master, agents, and the batch framework, each its own process.
+struct Cluster {
+    url: String,
+    batch: Proc,
+    batch_data: TempDir,
+    _agents: Vec<(Proc, TempDir)>,
+    _master: Proc,
+}
+
+impl Cluster {
+    async fn start(agents: &[(&str, &str)]) -> Cluster {
+        let master = start_master("127.0.0.1:0", &[]);
+        let url = master.url.clone().expect("master url");
+        let mut procs = Vec::new();
+        for (host, resources) in agents {
+            let dir = tempdir();
+            procs.push((start_agent(&url, dir.path(), resources, host), dir));
+        }
+        wait_for_agents(&url, agents.len()).await;
+        let batch_data = tempdir();
+        let batch = start_batch(&url, batch_data.path(), &["--reconcile-grace", "5s"]);
+        wait_for_batch(&url).await;
+        Cluster {
+            url,
+            batch,
+            batch_data,
+            _agents: procs,
+            _master: master,
+        }
+    }
+
+    async fn restart_batch(&mut self) {
+        self.batch = start_batch(&self.url, self.batch_data.path(), &["--reconcile-grace", "5s"]);
+        wait_for_batch(&self.url).await;
+    }
+}
+
+/// Waits until the master relays `/batch/` to a subscribed batch framework.
+async fn wait_for_batch(master: &str) {
+    let client = reqwest::Client::new();
+    wait_until("the batch API through the master", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let r = client.get(format!("{master}/batch/v1/health")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await;
+}
+
+async fn submit(master: &str, spec: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{master}/batch/v1/jobs"))
+        .body(spec.to_string())
+        .send()
+        .await
+        .expect("POST /batch/v1/jobs");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn submit_ok(master: &str, spec: &str) {
+    let (status, body) = submit(master, spec).await;
+    assert_eq!(status, 201, "submission refused: {body}");
+}
+
+async fn job(master: &str, id: &str) -> Value {
+    reqwest::get(format!("{master}/batch/v1/jobs/{id}"))
+        .await
+        .expect("GET job")
+        .json()
+        .await
+        .expect("job JSON")
+}
+
+async fn wait_job(master: &str, id: &str, state: &str, timeout: Duration) -> Value {
+    wait_until(&format!("job {id} {state}"), timeout, || async {
+        let j = job(master, id).await;
+        (j["state"] == state).then_some(j)
+    })
+    .await
+}
+
+/// Runs `agora job …` against `master`: (exit code, stdout, stderr).
+async fn agora_job(master: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+        .arg("job")
+        .args(args)
+        .env("AGORA_MASTER", master)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("running agora job");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_spec(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("writing spec");
+    path.to_str().expect("utf-8").to_string()
+}
+
+fn attempts(run: &Value, instance: usize) -> Vec<Value> {
+    run["instances"][instance]["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submitted_job_succeeds_and_its_output_is_readable() {
+    let cluster = Cluster::start(&[("b1", "cpus:2;mem:1024")]).await;
+    let dir = tempdir();
+    let spec = write_spec(
+        dir.path(),
+        "hello.toml",
+        "id = \"hello\"\ncmd = \"echo hello from $AGORA_JOB/$AGORA_INSTANCE $GREETING; echo to-stderr >&2\"\ncpus = 0.5\nmem = 64\nenv = { GREETING = \"hi\" }\n",
+    );
+    let (code, out, err) = agora_job(&cluster.url, &["submit", &spec, "--wait"]).await;
+    assert_eq!(code, 0, "submit --wait: {out} {err}");
+    assert_eq!(out.trim(), "hello");
+
+    let (code, out, _) = agora_job(&cluster.url, &["logs", "hello"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "hello from hello/0 hi\n");
+    let (_, out, _) = agora_job(&cluster.url, &["logs", "hello", "--stderr", "--run", "1"]).await;
+    assert_eq!(out, "to-stderr\n");
+
+    let (code, out, _) = agora_job(&cluster.url, &["status", "hello", "--json"]).await;
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&out).expect("status JSON");
+    assert_eq!(status["state"], "SUCCEEDED");
+    let run = &status["runs"][0];
+    assert_eq!(run["state"], "SUCCEEDED");
+    let a = attempts(run, 0);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0]["exit_code"], 0);
+    assert_eq!(a[0]["hostname"], "b1");
+    assert!(a[0]["ended_at"].as_i64() >= a[0]["launched_at"].as_i64());
+
+    let (code, out, _) = agora_job(&cluster.url, &["list"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("hello") && out.contains("SUCCEEDED"), "{out}");
+
+    // Unknown ids and refused requests: a clear error and a non-zero exit.
+    for args in [
+        vec!["status", "nope"],
+        vec!["logs", "nope"],
+        vec!["kill", "nope"],
+        vec!["rm", "nope"],
+        vec!["run", "nope"],
+    ] {
+        let (code, _, err) = agora_job(&cluster.url, &args).await;
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains("unknown job `nope`"), "{args:?}: {err}");
+    }
+    let (code, _, err) = agora_job(&cluster.url, &["kill", "hello"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no active run"), "{err}");
+    let (code, _, err) = agora_job("http://127.0.0.1:1", &["list"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot reach the master"), "{err}");
+
+    let (code, _, _) = agora_job(&cluster.url, &["rm", "hello"]).await;
+    assert_eq!(code, 0);
+    let (code, _, _) = agora_job(&cluster.url, &["status", "hello"]).await;
+    assert_ne!(code, 0, "removed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_job_is_retried_then_fails_with_its_exit_code() {
+    let cluster = Cluster::start(&[("b1", "cpus:2;mem:1024")]).await;
+    let dir = tempdir();
+    let spec = write_spec(
+        dir.path(),
+        "flaky.json",
+        r#"{"id": "flaky", "cmd": "echo attempt $AGORA_ATTEMPT; exit 3", "retries": 2, "backoff": "200ms"}"#,
+    );
+    let (code, _, err) = agora_job(&cluster.url, &["submit", &spec, "--wait"]).await;
+    assert_eq!(code, 1, "a failed job exits 1: {err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    let j = job(&cluster.url, "flaky").await;
+    assert_eq!(j["state"], "FAILED");
+    let a = attempts(&j["runs"][0], 0);
+    assert_eq!(a.len(), 3, "1 run + 2 retries");
+    assert!(a.iter().all(|a| a["exit_code"] == 3 && a["state"] == "TASK_FAILED"));
+    // Backoff: each retry starts after the one before ended, 200ms then 400ms.
+    for (i, gap) in [(1, 200), (2, 400)] {
+        let ended = a[i - 1]["ended_at"].as_i64().expect("ended");
+        let started = a[i]["launched_at"].as_i64().expect("launched");
+        assert!(started - ended >= gap - 50, "retry {i} came {}ms after", started - ended);
+    }
+    let (_, out, _) = agora_job(&cluster.url, &["logs", "flaky"]).await;
+    assert_eq!(out, "attempt 2\n", "logs show the latest attempt");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_instances_run_in_parallel_on_two_agents() {
+    let cluster = Cluster::start(&[("p1", "cpus:2;mem:1024"), ("p2", "cpus:2;mem:1024")]).await;
+    let barrier = tempdir();
+    let b = barrier.path().display();
+    // Each instance checks in, then waits for all four: only a parallel run
+    // can finish.
+    let spec = format!(
+        "id = \"par\"\ncpus = 1\nmem = 64\ninstances = 4\ncmd = \"touch {b}/$AGORA_INSTANCE; for i in $(seq 200); do [ $(ls {b} | wc -l) -ge 4 ] && exit 0; sleep 0.05; done; exit 1\"\n"
+    );
+    submit_ok(&cluster.url, &spec).await;
+    let j = wait_job(&cluster.url, "par", "SUCCEEDED", Duration::from_secs(60)).await;
+    let run = &j["runs"][0];
+    let mut hosts: Vec<String> = (0..4)
+        .map(|i| attempts(run, i)[0]["hostname"].as_str().unwrap_or("").to_string())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, vec!["p1", "p1", "p2", "p2"]);
+    for i in 0..4 {
+        assert_eq!(attempts(run, i).len(), 1, "instance {i} ran once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dependency_chain_runs_in_order_and_a_failure_stops_it() {
+    let cluster = Cluster::start(&[("d1", "cpus:4;mem:2048")]).await;
+    let out = tempdir();
+    let log = out.path().join("order");
+    let l = log.display();
+    let chain = format!(
+        "[[job]]\nid = \"extract\"\ncmd = \"sleep 0.3; echo extract >> {l}\"\n\
+         [[job]]\nid = \"transform\"\ncmd = \"echo transform >> {l}\"\ndepends_on = [\"extract\"]\n\
+         [[job]]\nid = \"load\"\ncmd = \"echo load >> {l}\"\ndepends_on = [\"transform\"]\n"
+    );
+    submit_ok(&cluster.url, &chain).await;
+    wait_job(&cluster.url, "load", "SUCCEEDED", Duration::from_secs(30)).await;
+    assert_eq!(lines(&log), vec!["extract", "transform", "load"]);
+
+    let broken = out.path().join("broken");
+    let b = broken.display();
+    let chain = format!(
+        "[[job]]\nid = \"a\"\ncmd = \"echo a >> {b}\"\n\
+         [[job]]\nid = \"b\"\ncmd = \"echo b >> {b}; exit 1\"\ndepends_on = [\"a\"]\n\
+         [[job]]\nid = \"c\"\ncmd = \"echo c >> {b}\"\ndepends_on = [\"b\"]\n"
+    );
+    submit_ok(&cluster.url, &chain).await;
+    let c = wait_job(&cluster.url, "c", "FAILED", Duration::from_secs(30)).await;
+    assert_eq!(job(&cluster.url, "b").await["state"], "FAILED");
+    assert!(
+        c["runs"][0]["message"].as_str().unwrap_or("").contains("dependency `b`"),
+        "{c}"
+    );
+    assert!(attempts(&c["runs"][0], 0).is_empty(), "c never ran");
+    assert_eq!(lines(&broken), vec!["a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_job_fires_repeatedly_and_forbid_skips_overlaps() {
+    let cluster = Cluster::start(&[("c1", "cpus:2;mem:1024")]).await;
+    // Every second, each run lasting 1.5 s: every other firing overlaps.
+    submit_ok(
+        &cluster.url,
+        "id = \"tick\"\ncmd = \"sleep 1.5\"\nschedule = \"* * * * * *\"\ntimezone = \"Europe/Berlin\"\nconcurrency = \"forbid\"\n",
+    )
+    .await;
+    assert_eq!(job(&cluster.url, "tick").await["state"], "SCHEDULED");
+    let j = wait_until("two finished runs and a skip", Duration::from_secs(30), || async {
+        let j = job(&cluster.url, "tick").await;
+        let done = j["runs"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["state"] == "SUCCEEDED")
+            .count();
+        (done >= 2 && j["skipped_runs"].as_u64() >= Some(1)).then_some(j)
+    })
+    .await;
+    let runs = j["runs"].as_array().expect("runs");
+    assert!(runs.iter().all(|r| r["trigger"] == "schedule"));
+    for pair in runs.windows(2) {
+        let (Some(ended), Some(next)) = (pair[0]["ended_at"].as_i64(), pair[1]["started_at"].as_i64()) else {
+            continue;
+        };
+        assert!(next >= ended, "run {} started before run {} ended", pair[1]["number"], pair[0]["number"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_now_starts_a_scheduled_job_once() {
+    let cluster = Cluster::start(&[("r1", "cpus:2;mem:1024")]).await;
+    submit_ok(
+        &cluster.url,
+        "id = \"yearly\"\ncmd = \"sleep 1\"\nschedule = \"0 0 1 1 *\"\nconcurrency = \"forbid\"\n",
+    )
+    .await;
+    let (code, out, err) = agora_job(&cluster.url, &["run", "yearly"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "yearly run 1");
+    let (code, _, err) = agora_job(&cluster.url, &["run", "yearly"]).await;
+    assert_ne!(code, 0, "forbid refuses a second active run");
+    assert!(err.contains("forbid"), "{err}");
+    let j = wait_job(&cluster.url, "yearly", "SUCCEEDED", Duration::from_secs(30)).await;
+    assert_eq!(j["runs"][0]["trigger"], "manual");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_kills_and_fails_the_run() {
+    let cluster = Cluster::start(&[("t1", "cpus:2;mem:1024")]).await;
+    submit_ok(
+        &cluster.url,
+        "id = \"slow\"\ncmd = \"sleep 60\"\ntimeout = \"1s\"\nretries = 3\n",
+    )
+    .await;
+    let j = wait_job(&cluster.url, "slow", "FAILED", Duration::from_secs(30)).await;
+    let run = &j["runs"][0];
+    assert!(run["message"].as_str().unwrap_or("").contains("timed out after 1s"), "{run}");
+    let a = wait_until("the killed task's final state", Duration::from_secs(20), || async {
+        let j = job(&cluster.url, "slow").await;
+        let a = attempts(&j["runs"][0], 0);
+        (a[0]["ended_at"].is_i64()).then_some(a)
+    })
+    .await;
+    assert_eq!(a.len(), 1, "a timed-out run is not retried");
+    assert_eq!(a[0]["state"], "TASK_KILLED");
+    let took = a[0]["ended_at"].as_i64().unwrap_or(0) - a[0]["launched_at"].as_i64().unwrap_or(0);
+    assert!(took < 30_000, "killed long before `sleep 60` ended ({took}ms)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_kill_is_not_retried() {
+    let cluster = Cluster::start(&[("k1", "cpus:2;mem:1024")]).await;
+    submit_ok(&cluster.url, "id = \"forever\"\ncmd = \"sleep 300\"\nretries = 5\n").await;
+    wait_until("forever running", Duration::from_secs(20), || async {
+        let j = job(&cluster.url, "forever").await;
+        (attempts(&j["runs"][0], 0).first()?["state"] == "TASK_RUNNING").then_some(())
+    })
+    .await;
+    let (code, out, err) = agora_job(&cluster.url, &["kill", "forever"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "killed forever");
+    let j = wait_until("the kill to land", Duration::from_secs(20), || async {
+        let j = job(&cluster.url, "forever").await;
+        (attempts(&j["runs"][0], 0)[0]["state"] == "TASK_KILLED").then_some(j)
+    })
+    .await;
+    assert_eq!(j["state"], "KILLED");
+    assert_eq!(attempts(&j["runs"][0], 0).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_batch_runs_each_job_exactly_once() {
+    // One cpu: while `first` runs, `second` must wait in the queue.
+    let mut cluster = Cluster::start(&[("x1", "cpus:1;mem:1024")]).await;
+    let out = tempdir();
+    let (f, s) = (out.path().join("first"), out.path().join("second"));
+    let gate = out.path().join("gate");
+    submit_ok(
+        &cluster.url,
+        &format!(
+            "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
+            f.display(),
+            gate.display()
+        ),
+    )
+    .await;
+    wait_until("first running", Duration::from_secs(20), || async {
+        lines(&f).first().map(|_| ())
+    })
+    .await;
+    submit_ok(
+        &cluster.url,
+        &format!("id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n", s.display()),
+    )
+    .await;
+    assert_eq!(job(&cluster.url, "second").await["state"], "QUEUED");
+
+    cluster.batch.kill_hard();
+    // The running task carries on without its framework.
+    std::fs::write(&gate, "").expect("open the gate");
+    cluster.restart_batch().await;
+
+    wait_job(&cluster.url, "first", "SUCCEEDED", Duration::from_secs(30)).await;
+    let second = wait_job(&cluster.url, "second", "SUCCEEDED", Duration::from_secs(30)).await;
+    let first = job(&cluster.url, "first").await;
+    assert_eq!(lines(&f), vec!["start"], "first ran once");
+    assert_eq!(lines(&s), vec!["start"], "second ran once");
+    assert_eq!(attempts(&first["runs"][0], 0).len(), 1, "reconciled, not relaunched");
+    assert_eq!(attempts(&second["runs"][0], 0).len(), 1);
+    let jobs: Value = reqwest::get(format!("{}/batch/v1/jobs", cluster.url))
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "nothing lost, nothing added");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_agent_task_is_retried_elsewhere() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let (d1, d2) = (tempdir(), tempdir());
+    let mut a1 = start_agent(&url, d1.path(), "cpus:1;mem:1024", "l1");
+    wait_for_agents(&url, 1).await;
+    let bdata = tempdir();
+    let _batch = start_batch(&url, bdata.path(), &[]);
+    wait_for_batch(&url).await;
+    submit_ok(&url, "id = \"survivor\"\ncpus = 1\ncmd = \"sleep 2\"\nretries = 1\nbackoff = \"0s\"\n").await;
+    wait_until("survivor running on l1", Duration::from_secs(20), || async {
+        let j = job(&url, "survivor").await;
+        (attempts(&j["runs"][0], 0).first()?["state"] == "TASK_RUNNING").then_some(())
+    })
+    .await;
+    let _a2 = start_agent(&url, d2.path(), "cpus:1;mem:1024", "l2");
+    a1.kill_hard();
+    let j = wait_job(&url, "survivor", "SUCCEEDED", Duration::from_secs(60)).await;
+    let a = attempts(&j["runs"][0], 0);
+    assert_eq!(a.len(), 2, "the lost attempt counts");
+    assert_eq!(a[0]["hostname"], "l1");
+    assert_eq!(a[0]["state"], "TASK_UNREACHABLE");
+    assert_eq!(a[1]["hostname"], "l2");
+    drop(a1);
+    // The first agent's task is still running on its own: clean it up.
+    let _cleanup = start_agent_with(&url, d1.path(), "cpus:1;mem:1024", "l1", &["--recover", "cleanup"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_tiny_jobs_drain() {
+    let cluster = Cluster::start(&[("t1", "cpus:2;mem:4096")]).await;
+    let client = reqwest::Client::new();
+    for batch in 0..10 {
+        let mut spec = String::new();
+        for i in 0..100 {
+            spec.push_str(&format!(
+                "[[job]]\nid = \"tiny-{batch}-{i}\"\ncmd = \"true\"\ncpus = 0.01\nmem = 16\n"
+            ));
+        }
+        submit_ok(&cluster.url, &spec).await;
+    }
+    let done = wait_until("1,000 jobs to succeed", Duration::from_secs(240), || {
+        let client = client.clone();
+        let url = cluster.url.clone();
+        async move {
+            let jobs: Value = client
+                .get(format!("{url}/batch/v1/jobs"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let list = jobs["jobs"].as_array()?;
+            let ok = list.iter().filter(|j| j["state"] == "SUCCEEDED").count();
+            let bad: Vec<&Value> = list
+                .iter()
+                .filter(|j| j["state"] == "FAILED" || j["state"] == "KILLED")
+                .collect();
+            assert!(bad.is_empty(), "jobs failed: {bad:?}");
+            (ok == 1000).then_some(list.len())
+        }
+    })
+    .await;
+    assert_eq!(done, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_specs_are_refused_naming_the_field_and_nothing_is_stored() {
+    let cluster = Cluster::start(&[("v1", "cpus:2;mem:1024;disk:1000")]).await;
+    submit_ok(&cluster.url, "id = \"base\"\ncmd = \"true\"\n").await;
+    let cases: &[(&str, &str)] = &[
+        ("id = \"neg\"\ncmd = \"true\"\ncpus = -1\n", "cpus"),
+        ("id = \"lots\"\ncmd = \"true\"\nmem = \"lots\"\n", "mem"),
+        ("id = \"cron\"\ncmd = \"true\"\nschedule = \"61 * * * *\"\n", "schedule"),
+        ("id = \"cron2\"\ncmd = \"true\"\nschedule = \"whenever\"\n", "schedule"),
+        (
+            "[[job]]\nid = \"x\"\ncmd = \"true\"\ndepends_on = [\"y\"]\n[[job]]\nid = \"y\"\ncmd = \"true\"\ndepends_on = [\"x\"]\n",
+            "depends_on",
+        ),
+        ("id = \"huge\"\ncmd = \"true\"\ncpus = 64\n", "cpus"),
+        ("id = \"fat\"\ncmd = \"true\"\nmem = 999999\n", "mem"),
+        ("id = \"far\"\ncmd = \"true\"\nconstraints = [[\"host\", \"IS\", \"elsewhere\"]]\n", "constraints"),
+        ("id = \"extra\"\ncmd = \"true\"\ncolour = \"red\"\n", "colour"),
+        ("id = \"Bad Id\"\ncmd = \"true\"\n", "id"),
+        ("id = \"base\"\ncmd = \"true\"\n", "id"),
+        ("id = \"orphan\"\ncmd = \"true\"\ndepends_on = [\"ghost\"]\n", "depends_on[0]"),
+        ("id = \"late\"\ncmd = \"true\"\ntimeout = \"soon\"\n", "timeout"),
+        ("{\"id\": \"j\", \"cmd\": \"true\", \"cpus\": \"two\"}", "cpus"),
+        ("this is not = = a spec", "spec"),
+    ];
+    for (spec, field) in cases {
+        let (status, body) = submit(&cluster.url, spec).await;
+        assert_eq!(status, 400, "{spec}: {body}");
+        assert_eq!(body["field"], *field, "{spec}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").starts_with(&format!("{field}: ")),
+            "{body}"
+        );
+    }
+    // The CLI says the same, and exits non-zero.
+    let dir = tempdir();
+    let path = write_spec(dir.path(), "bad.toml", "id = \"neg\"\ncmd = \"true\"\ncpus = -1\n");
+    let (code, out, err) = agora_job(&cluster.url, &["submit", &path]).await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("cpus: must be a positive number"), "{err}");
+    // Too large a body is refused before it is parsed.
+    let big = format!("id = \"big\"\ncmd = \"{}\"\n", "x".repeat(3 << 20));
+    let (status, _) = submit(&cluster.url, &big).await;
+    assert_eq!(status, 413);
+
+    let jobs: Value = reqwest::get(format!("{}/batch/v1/jobs", cluster.url))
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec!["base"], "refused specs store nothing");
+}
