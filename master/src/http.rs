@@ -469,11 +469,21 @@ const MAX_PROXY_BODY: usize = 2 << 20;
 async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request) -> Response {
     let path = request.uri().path().to_string();
     let not_found = || error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
-    let Some(name) = path.trim_start_matches('/').split('/').next().filter(|n| !n.is_empty()) else {
+    let Some(name) = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|n| !n.is_empty())
+    else {
         return not_found();
     };
     let name = name.to_string();
-    let base = match ask(&api.core, |reply| CoreMsg::FrameworkUrl { name: name.clone(), reply }).await {
+    let base = match ask(&api.core, |reply| CoreMsg::FrameworkUrl {
+        name: name.clone(),
+        reply,
+    })
+    .await
+    {
         Ok(Some(url)) => url,
         Ok(None) => return not_found(),
         Err(r) => return r,
@@ -481,7 +491,10 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
     let target = format!(
         "{}{}",
         base.trim_end_matches('/'),
-        request.uri().path_and_query().map_or(path.as_str(), |p| p.as_str())
+        request
+            .uri()
+            .path_and_query()
+            .map_or(path.as_str(), |p| p.as_str())
     );
     let method = request.method().clone();
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
@@ -510,7 +523,10 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
                     }
                     response
                 }
-                Err(e) => error(StatusCode::BAD_GATEWAY, format!("framework `{name}` at {base}: {e}")),
+                Err(e) => error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("framework `{name}` at {base}: {e}"),
+                ),
             }
         }
         Err(e) => error(

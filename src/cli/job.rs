@@ -51,8 +51,13 @@ impl Batch {
         if status.is_success() {
             return Ok(body);
         }
-        let message = body["error"].as_str().unwrap_or("no reason given").to_string();
-        if status == reqwest::StatusCode::NOT_FOUND && message.starts_with("no such endpoint: /batch/") {
+        let message = body["error"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_string();
+        if status == reqwest::StatusCode::NOT_FOUND
+            && message.starts_with("no such endpoint: /batch/")
+        {
             return Err(Refused(
                 "the batch framework is not running (no framework named `batch` is registered with the master; start one with `agora batch`)".into(),
             )
@@ -62,11 +67,13 @@ impl Batch {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.client.get(format!("{}{path}", self.base))).await
+        self.call(self.client.get(format!("{}{path}", self.base)))
+            .await
     }
 
     async fn post(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.client.post(format!("{}{path}", self.base))).await
+        self.call(self.client.post(format!("{}{path}", self.base)))
+            .await
     }
 }
 
@@ -130,7 +137,8 @@ pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> 
 async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCode> {
     let text = if file == "-" {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the spec from stdin")?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the spec from stdin")?;
         text
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
@@ -151,7 +159,11 @@ async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCod
         .await?;
     let ids: Vec<String> = created["ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     for id in &ids {
         println!("{id}");
@@ -194,16 +206,18 @@ async fn wait_for(batch: &Batch, ids: &[String], run: Option<u32>) -> anyhow::Re
             }
         }
         if all_done {
-            return Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
 fn latest_message(job: &Value) -> Option<String> {
-    job["runs"]
-        .as_array()?
-        .last()?["message"]
+    job["runs"].as_array()?.last()?["message"]
         .as_str()
         .filter(|m| !m.is_empty())
         .map(str::to_string)
@@ -263,14 +277,20 @@ async fn list(batch: &Batch) -> anyhow::Result<ExitCode> {
                 .collect()
         })
         .unwrap_or_default();
-    print_table(&["ID", "STATE", "PRIORITY", "RUNS", "SCHEDULE", "NEXT"], &rows);
+    print_table(
+        &["ID", "STATE", "PRIORITY", "RUNS", "SCHEDULE", "NEXT"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn status(batch: &Batch, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let job = batch.get(&format!("/jobs/{id}")).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&job).context("printing JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&job).context("printing JSON")?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let spec = &job["spec"];
@@ -308,7 +328,11 @@ async fn status(batch: &Batch, id: &str, json: bool) -> anyhow::Result<ExitCode>
                 text(&inst["index"]),
                 text(&inst["state"]),
                 attempts.len().to_string(),
-                if last.is_null() { "-".into() } else { text(&last["hostname"]) },
+                if last.is_null() {
+                    "-".into()
+                } else {
+                    text(&last["hostname"])
+                },
                 text(&last["exit_code"]),
                 when(&last["launched_at"]),
                 when(&last["ended_at"]),
@@ -316,7 +340,17 @@ async fn status(batch: &Batch, id: &str, json: bool) -> anyhow::Result<ExitCode>
         }
     }
     print_table(
-        &["RUN", "RUN STATE", "INSTANCE", "STATE", "ATTEMPTS", "AGENT", "EXIT", "START", "END"],
+        &[
+            "RUN",
+            "RUN STATE",
+            "INSTANCE",
+            "STATE",
+            "ATTEMPTS",
+            "AGENT",
+            "EXIT",
+            "START",
+            "END",
+        ],
         &rows,
     );
     for run in &runs {
@@ -341,14 +375,19 @@ async fn logs(
     // Pin the run: a follow must not jump to a newer run midway.
     let mut run = run;
     loop {
-        let mut path = format!("/jobs/{id}/logs?instance={instance}&stream={stream}&offset={offset}");
+        let mut path =
+            format!("/jobs/{id}/logs?instance={instance}&stream={stream}&offset={offset}");
         if let Some(n) = run {
             path.push_str(&format!("&run={n}"));
         }
         let chunk = match batch.get(&path).await {
             Ok(chunk) => chunk,
             // Following a job that has not started yet: wait for it.
-            Err(e) if follow && (e.to_string().contains("not started yet") || e.to_string().contains("not run yet")) => {
+            Err(e)
+                if follow
+                    && (e.to_string().contains("not started yet")
+                        || e.to_string().contains("not run yet")) =>
+            {
                 tokio::time::sleep(POLL).await;
                 continue;
             }
@@ -357,7 +396,8 @@ async fn logs(
         run = run.or_else(|| chunk["run"].as_u64().map(|n| n as u32));
         let data = chunk["data"].as_str().unwrap_or("");
         if !data.is_empty() {
-            out.write_all(data.as_bytes()).context("writing to stdout")?;
+            out.write_all(data.as_bytes())
+                .context("writing to stdout")?;
             out.flush().context("writing to stdout")?;
             offset = chunk["offset"].as_u64().unwrap_or(offset) + data.len() as u64;
             continue;

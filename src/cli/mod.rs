@@ -163,7 +163,12 @@ struct BatchArgs {
 #[derive(Args)]
 struct JobArgs {
     /// The master's URL.
-    #[arg(long, global = true, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+    #[arg(
+        long,
+        global = true,
+        env = "AGORA_MASTER",
+        default_value = "http://127.0.0.1:5050"
+    )]
     master: String,
     #[command(subcommand)]
     command: JobCommand,
@@ -270,8 +275,16 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Dev(a) => runtime.block_on(run::dev(a.listen, a.data_dir, a.master, a.agent, a.batch)),
-        Command::Batch(a) => runtime.block_on(run::batch(a.master, a.listen, a.advertise, a.data_dir, a.batch)),
+        Command::Dev(a) => {
+            runtime.block_on(run::dev(a.listen, a.data_dir, a.master, a.agent, a.batch))
+        }
+        Command::Batch(a) => runtime.block_on(run::batch(
+            a.master,
+            a.listen,
+            a.advertise,
+            a.data_dir,
+            a.batch,
+        )),
         Command::Job(a) => runtime.block_on(job::run(&a.master, a.command)),
         Command::Master(a) => runtime.block_on(run::master(a.listen, a.master)),
         Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),

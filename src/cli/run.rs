@@ -148,10 +148,9 @@ pub async fn dev(
         stopped(stop_batch_rx),
     ));
     let agent_stop = stop_rx.clone();
-    let mut agent_task =
-        tokio::spawn(
-            async move { run_agent(agent_config, &agent, agent_http, stopped(agent_stop)).await },
-        );
+    let mut agent_task = tokio::spawn(async move {
+        run_agent(agent_config, &agent, agent_http, stopped(agent_stop)).await
+    });
     eprintln!(
         "agora dev: master, agent and batch up; web UI at {url}/; jobs with `agora job submit FILE`; Ctrl-C stops all"
     );
@@ -177,7 +176,9 @@ pub async fn dev(
     stop_tx.send_replace(true);
     master_task.await.context("master task")??;
     agent_result.context("agent task")??;
-    batch_result.context("batch task")?.context("batch framework")?;
+    batch_result
+        .context("batch task")?
+        .context("batch framework")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -42,7 +42,11 @@ impl Cluster {
     }
 
     async fn restart_batch(&mut self) {
-        self.batch = start_batch(&self.url, self.batch_data.path(), &["--reconcile-grace", "5s"]);
+        self.batch = start_batch(
+            &self.url,
+            self.batch_data.path(),
+            &["--reconcile-grace", "5s"],
+        );
         wait_for_batch(&self.url).await;
     }
 }
@@ -50,13 +54,21 @@ impl Cluster {
 /// Waits until the master relays `/batch/` to a subscribed batch framework.
 async fn wait_for_batch(master: &str) {
     let client = reqwest::Client::new();
-    wait_until("the batch API through the master", Duration::from_secs(20), || {
-        let client = client.clone();
-        async move {
-            let r = client.get(format!("{master}/batch/v1/health")).send().await.ok()?;
-            r.status().is_success().then_some(())
-        }
-    })
+    wait_until(
+        "the batch API through the master",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(format!("{master}/batch/v1/health"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -207,12 +219,19 @@ async fn failing_job_is_retried_then_fails_with_its_exit_code() {
     assert_eq!(j["state"], "FAILED");
     let a = attempts(&j["runs"][0], 0);
     assert_eq!(a.len(), 3, "1 run + 2 retries");
-    assert!(a.iter().all(|a| a["exit_code"] == 3 && a["state"] == "TASK_FAILED"));
+    assert!(
+        a.iter()
+            .all(|a| a["exit_code"] == 3 && a["state"] == "TASK_FAILED")
+    );
     // Backoff: each retry starts after the one before ended, 200ms then 400ms.
     for (i, gap) in [(1, 200), (2, 400)] {
         let ended = a[i - 1]["ended_at"].as_i64().expect("ended");
         let started = a[i]["launched_at"].as_i64().expect("launched");
-        assert!(started - ended >= gap - 50, "retry {i} came {}ms after", started - ended);
+        assert!(
+            started - ended >= gap - 50,
+            "retry {i} came {}ms after",
+            started - ended
+        );
     }
     let (_, out, _) = agora_job(&cluster.url, &["logs", "flaky"]).await;
     assert_eq!(out, "attempt 2\n", "logs show the latest attempt");
@@ -232,7 +251,12 @@ async fn four_instances_run_in_parallel_on_two_agents() {
     let j = wait_job(&cluster.url, "par", "SUCCEEDED", Duration::from_secs(60)).await;
     let run = &j["runs"][0];
     let mut hosts: Vec<String> = (0..4)
-        .map(|i| attempts(run, i)[0]["hostname"].as_str().unwrap_or("").to_string())
+        .map(|i| {
+            attempts(run, i)[0]["hostname"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     hosts.sort();
     assert_eq!(hosts, vec!["p1", "p1", "p2", "p2"]);
@@ -267,7 +291,10 @@ async fn dependency_chain_runs_in_order_and_a_failure_stops_it() {
     let c = wait_job(&cluster.url, "c", "FAILED", Duration::from_secs(30)).await;
     assert_eq!(job(&cluster.url, "b").await["state"], "FAILED");
     assert!(
-        c["runs"][0]["message"].as_str().unwrap_or("").contains("dependency `b`"),
+        c["runs"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("dependency `b`"),
         "{c}"
     );
     assert!(attempts(&c["runs"][0], 0).is_empty(), "c never ran");
@@ -284,23 +311,34 @@ async fn cron_job_fires_repeatedly_and_forbid_skips_overlaps() {
     )
     .await;
     assert_eq!(job(&cluster.url, "tick").await["state"], "SCHEDULED");
-    let j = wait_until("two finished runs and a skip", Duration::from_secs(30), || async {
-        let j = job(&cluster.url, "tick").await;
-        let done = j["runs"]
-            .as_array()?
-            .iter()
-            .filter(|r| r["state"] == "SUCCEEDED")
-            .count();
-        (done >= 2 && j["skipped_runs"].as_u64() >= Some(1)).then_some(j)
-    })
+    let j = wait_until(
+        "two finished runs and a skip",
+        Duration::from_secs(30),
+        || async {
+            let j = job(&cluster.url, "tick").await;
+            let done = j["runs"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["state"] == "SUCCEEDED")
+                .count();
+            (done >= 2 && j["skipped_runs"].as_u64() >= Some(1)).then_some(j)
+        },
+    )
     .await;
     let runs = j["runs"].as_array().expect("runs");
     assert!(runs.iter().all(|r| r["trigger"] == "schedule"));
     for pair in runs.windows(2) {
-        let (Some(ended), Some(next)) = (pair[0]["ended_at"].as_i64(), pair[1]["started_at"].as_i64()) else {
+        let (Some(ended), Some(next)) =
+            (pair[0]["ended_at"].as_i64(), pair[1]["started_at"].as_i64())
+        else {
             continue;
         };
-        assert!(next >= ended, "run {} started before run {} ended", pair[1]["number"], pair[0]["number"]);
+        assert!(
+            next >= ended,
+            "run {} started before run {} ended",
+            pair[1]["number"],
+            pair[0]["number"]
+        );
     }
 }
 
@@ -332,23 +370,40 @@ async fn timeout_kills_and_fails_the_run() {
     .await;
     let j = wait_job(&cluster.url, "slow", "FAILED", Duration::from_secs(30)).await;
     let run = &j["runs"][0];
-    assert!(run["message"].as_str().unwrap_or("").contains("timed out after 1s"), "{run}");
-    let a = wait_until("the killed task's final state", Duration::from_secs(20), || async {
-        let j = job(&cluster.url, "slow").await;
-        let a = attempts(&j["runs"][0], 0);
-        (a[0]["ended_at"].is_i64()).then_some(a)
-    })
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timed out after 1s"),
+        "{run}"
+    );
+    let a = wait_until(
+        "the killed task's final state",
+        Duration::from_secs(20),
+        || async {
+            let j = job(&cluster.url, "slow").await;
+            let a = attempts(&j["runs"][0], 0);
+            (a[0]["ended_at"].is_i64()).then_some(a)
+        },
+    )
     .await;
     assert_eq!(a.len(), 1, "a timed-out run is not retried");
     assert_eq!(a[0]["state"], "TASK_KILLED");
     let took = a[0]["ended_at"].as_i64().unwrap_or(0) - a[0]["launched_at"].as_i64().unwrap_or(0);
-    assert!(took < 30_000, "killed long before `sleep 60` ended ({took}ms)");
+    assert!(
+        took < 30_000,
+        "killed long before `sleep 60` ended ({took}ms)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_kill_is_not_retried() {
     let cluster = Cluster::start(&[("k1", "cpus:2;mem:1024")]).await;
-    submit_ok(&cluster.url, "id = \"forever\"\ncmd = \"sleep 300\"\nretries = 5\n").await;
+    submit_ok(
+        &cluster.url,
+        "id = \"forever\"\ncmd = \"sleep 300\"\nretries = 5\n",
+    )
+    .await;
     wait_until("forever running", Duration::from_secs(20), || async {
         let j = job(&cluster.url, "forever").await;
         (attempts(&j["runs"][0], 0).first()?["state"] == "TASK_RUNNING").then_some(())
@@ -388,7 +443,10 @@ async fn restarting_batch_runs_each_job_exactly_once() {
     .await;
     submit_ok(
         &cluster.url,
-        &format!("id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n", s.display()),
+        &format!(
+            "id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n",
+            s.display()
+        ),
     )
     .await;
     assert_eq!(job(&cluster.url, "second").await["state"], "QUEUED");
@@ -403,7 +461,11 @@ async fn restarting_batch_runs_each_job_exactly_once() {
     let first = job(&cluster.url, "first").await;
     assert_eq!(lines(&f), vec!["start"], "first ran once");
     assert_eq!(lines(&s), vec!["start"], "second ran once");
-    assert_eq!(attempts(&first["runs"][0], 0).len(), 1, "reconciled, not relaunched");
+    assert_eq!(
+        attempts(&first["runs"][0], 0).len(),
+        1,
+        "reconciled, not relaunched"
+    );
     assert_eq!(attempts(&second["runs"][0], 0).len(), 1);
     let jobs: Value = reqwest::get(format!("{}/batch/v1/jobs", cluster.url))
         .await
@@ -411,7 +473,11 @@ async fn restarting_batch_runs_each_job_exactly_once() {
         .json()
         .await
         .expect("JSON");
-    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "nothing lost, nothing added");
+    assert_eq!(
+        jobs["jobs"].as_array().map(Vec::len),
+        Some(2),
+        "nothing lost, nothing added"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,11 +490,19 @@ async fn lost_agent_task_is_retried_elsewhere() {
     let bdata = tempdir();
     let _batch = start_batch(&url, bdata.path(), &[]);
     wait_for_batch(&url).await;
-    submit_ok(&url, "id = \"survivor\"\ncpus = 1\ncmd = \"sleep 2\"\nretries = 1\nbackoff = \"0s\"\n").await;
-    wait_until("survivor running on l1", Duration::from_secs(20), || async {
-        let j = job(&url, "survivor").await;
-        (attempts(&j["runs"][0], 0).first()?["state"] == "TASK_RUNNING").then_some(())
-    })
+    submit_ok(
+        &url,
+        "id = \"survivor\"\ncpus = 1\ncmd = \"sleep 2\"\nretries = 1\nbackoff = \"0s\"\n",
+    )
+    .await;
+    wait_until(
+        "survivor running on l1",
+        Duration::from_secs(20),
+        || async {
+            let j = job(&url, "survivor").await;
+            (attempts(&j["runs"][0], 0).first()?["state"] == "TASK_RUNNING").then_some(())
+        },
+    )
     .await;
     let _a2 = start_agent(&url, d2.path(), "cpus:1;mem:1024", "l2");
     a1.kill_hard();
@@ -440,7 +514,13 @@ async fn lost_agent_task_is_retried_elsewhere() {
     assert_eq!(a[1]["hostname"], "l2");
     drop(a1);
     // The first agent's task is still running on its own: clean it up.
-    let _cleanup = start_agent_with(&url, d1.path(), "cpus:1;mem:1024", "l1", &["--recover", "cleanup"]);
+    let _cleanup = start_agent_with(
+        &url,
+        d1.path(),
+        "cpus:1;mem:1024",
+        "l1",
+        &["--recover", "cleanup"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -489,21 +569,42 @@ async fn invalid_specs_are_refused_naming_the_field_and_nothing_is_stored() {
     let cases: &[(&str, &str)] = &[
         ("id = \"neg\"\ncmd = \"true\"\ncpus = -1\n", "cpus"),
         ("id = \"lots\"\ncmd = \"true\"\nmem = \"lots\"\n", "mem"),
-        ("id = \"cron\"\ncmd = \"true\"\nschedule = \"61 * * * *\"\n", "schedule"),
-        ("id = \"cron2\"\ncmd = \"true\"\nschedule = \"whenever\"\n", "schedule"),
+        (
+            "id = \"cron\"\ncmd = \"true\"\nschedule = \"61 * * * *\"\n",
+            "schedule",
+        ),
+        (
+            "id = \"cron2\"\ncmd = \"true\"\nschedule = \"whenever\"\n",
+            "schedule",
+        ),
         (
             "[[job]]\nid = \"x\"\ncmd = \"true\"\ndepends_on = [\"y\"]\n[[job]]\nid = \"y\"\ncmd = \"true\"\ndepends_on = [\"x\"]\n",
             "depends_on",
         ),
         ("id = \"huge\"\ncmd = \"true\"\ncpus = 64\n", "cpus"),
         ("id = \"fat\"\ncmd = \"true\"\nmem = 999999\n", "mem"),
-        ("id = \"far\"\ncmd = \"true\"\nconstraints = [[\"host\", \"IS\", \"elsewhere\"]]\n", "constraints"),
-        ("id = \"extra\"\ncmd = \"true\"\ncolour = \"red\"\n", "colour"),
+        (
+            "id = \"far\"\ncmd = \"true\"\nconstraints = [[\"host\", \"IS\", \"elsewhere\"]]\n",
+            "constraints",
+        ),
+        (
+            "id = \"extra\"\ncmd = \"true\"\ncolour = \"red\"\n",
+            "colour",
+        ),
         ("id = \"Bad Id\"\ncmd = \"true\"\n", "id"),
         ("id = \"base\"\ncmd = \"true\"\n", "id"),
-        ("id = \"orphan\"\ncmd = \"true\"\ndepends_on = [\"ghost\"]\n", "depends_on[0]"),
-        ("id = \"late\"\ncmd = \"true\"\ntimeout = \"soon\"\n", "timeout"),
-        ("{\"id\": \"j\", \"cmd\": \"true\", \"cpus\": \"two\"}", "cpus"),
+        (
+            "id = \"orphan\"\ncmd = \"true\"\ndepends_on = [\"ghost\"]\n",
+            "depends_on[0]",
+        ),
+        (
+            "id = \"late\"\ncmd = \"true\"\ntimeout = \"soon\"\n",
+            "timeout",
+        ),
+        (
+            "{\"id\": \"j\", \"cmd\": \"true\", \"cpus\": \"two\"}",
+            "cpus",
+        ),
         ("this is not = = a spec", "spec"),
     ];
     for (spec, field) in cases {
@@ -511,13 +612,20 @@ async fn invalid_specs_are_refused_naming_the_field_and_nothing_is_stored() {
         assert_eq!(status, 400, "{spec}: {body}");
         assert_eq!(body["field"], *field, "{spec}: {body}");
         assert!(
-            body["error"].as_str().unwrap_or("").starts_with(&format!("{field}: ")),
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&format!("{field}: ")),
             "{body}"
         );
     }
     // The CLI says the same, and exits non-zero.
     let dir = tempdir();
-    let path = write_spec(dir.path(), "bad.toml", "id = \"neg\"\ncmd = \"true\"\ncpus = -1\n");
+    let path = write_spec(
+        dir.path(),
+        "bad.toml",
+        "id = \"neg\"\ncmd = \"true\"\ncpus = -1\n",
+    );
     let (code, out, err) = agora_job(&cluster.url, &["submit", &path]).await;
     assert_eq!(code, 1);
     assert!(out.is_empty());
@@ -540,4 +648,60 @@ async fn invalid_specs_are_refused_naming_the_field_and_nothing_is_stored() {
         .filter_map(|j| j["id"].as_str())
         .collect();
     assert_eq!(ids, vec!["base"], "refused specs store nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_all_of_agora_dev_loses_and_repeats_nothing() {
+    let data = tempdir();
+    let flags = ["--resources", "cpus:1;mem:1024", "--reconcile-grace", "20s"];
+    let mut dev = start_dev(data.path(), &flags);
+    let url = dev.url.clone().expect("url");
+    wait_for_batch(&url).await;
+    let out = tempdir();
+    let (f, s) = (out.path().join("first"), out.path().join("second"));
+    let gate = out.path().join("gate");
+    submit_ok(
+        &url,
+        &format!(
+            "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
+            f.display(),
+            gate.display()
+        ),
+    )
+    .await;
+    wait_until("first running", Duration::from_secs(20), || async {
+        lines(&f).first().map(|_| ())
+    })
+    .await;
+    submit_ok(
+        &url,
+        &format!(
+            "id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n",
+            s.display()
+        ),
+    )
+    .await;
+    submit_ok(
+        &url,
+        "id = \"later\"\ncmd = \"true\"\nschedule = \"0 0 1 1 *\"\n",
+    )
+    .await;
+
+    dev.stop();
+    std::fs::write(&gate, "").expect("open the gate");
+    let dev = start_dev(data.path(), &flags);
+    let url = dev.url.clone().expect("url");
+    wait_for_batch(&url).await;
+
+    wait_job(&url, "first", "SUCCEEDED", Duration::from_secs(60)).await;
+    wait_job(&url, "second", "SUCCEEDED", Duration::from_secs(60)).await;
+    assert_eq!(job(&url, "later").await["state"], "SCHEDULED");
+    assert_eq!(lines(&f), vec!["start"], "first ran once");
+    assert_eq!(lines(&s), vec!["start"], "second ran once");
+    let first = job(&url, "first").await;
+    assert_eq!(
+        attempts(&first["runs"][0], 0).len(),
+        1,
+        "reconciled, not relaunched"
+    );
 }

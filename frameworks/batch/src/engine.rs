@@ -167,8 +167,7 @@ impl Engine {
                         .instances
                         .iter()
                         .any(|i| i.state == InstanceState::Waiting && i.not_before <= now)
-                    && (run.state == RunState::Running
-                        || matches!(self.deps(job), Deps::Ready))
+                    && (run.state == RunState::Running || matches!(self.deps(job), Deps::Ready))
             })
         })
     }
@@ -239,10 +238,14 @@ impl Engine {
                 "id".into()
             };
             if self.jobs.contains_key(&spec.id) {
-                return Err(SpecError::new(field, format!("job `{}` already exists", spec.id)).into());
+                return Err(
+                    SpecError::new(field, format!("job `{}` already exists", spec.id)).into(),
+                );
             }
             if incoming.insert(spec.id.clone(), spec).is_some() {
-                return Err(SpecError::new(field, format!("job `{}` is defined twice", spec.id)).into());
+                return Err(
+                    SpecError::new(field, format!("job `{}` is defined twice", spec.id)).into(),
+                );
             }
         }
         for (i, spec) in specs.iter().enumerate() {
@@ -317,7 +320,11 @@ impl Engine {
         if let Some(users) = self.dependents.get(id).filter(|u| !u.is_empty()) {
             return Err(EngineError::Conflict(format!(
                 "job `{id}` is a dependency of {}; remove those first",
-                users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+                users
+                    .iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         if let Some(job) = self.jobs.remove(id) {
@@ -349,7 +356,8 @@ impl Engine {
                     )));
                 }
                 Concurrency::Replace => {
-                    actions = self.kill_runs(id, None, "replaced by a new run", RunState::Killed, now);
+                    actions =
+                        self.kill_runs(id, None, "replaced by a new run", RunState::Killed, now);
                 }
             }
         }
@@ -361,7 +369,12 @@ impl Engine {
     }
 
     /// Kills a job's active runs (or one run): not retried.
-    pub fn kill(&mut self, id: &str, run: Option<u32>, now: Millis) -> Result<Vec<Action>, EngineError> {
+    pub fn kill(
+        &mut self,
+        id: &str,
+        run: Option<u32>,
+        now: Millis,
+    ) -> Result<Vec<Action>, EngineError> {
         let job = self.jobs.get(id).ok_or_else(|| unknown(id))?;
         match run {
             Some(n) => match job.run(n) {
@@ -375,7 +388,9 @@ impl Engine {
                 Some(_) => {}
             },
             None if !job.has_active_run() => {
-                return Err(EngineError::Conflict(format!("job `{id}` has no active run")));
+                return Err(EngineError::Conflict(format!(
+                    "job `{id}` has no active run"
+                )));
             }
             None => {}
         }
@@ -383,7 +398,14 @@ impl Engine {
     }
 
     /// Ends active runs (all, or `only`) in `state`, killing their tasks.
-    fn kill_runs(&mut self, id: &str, only: Option<u32>, why: &str, state: RunState, now: Millis) -> Vec<Action> {
+    fn kill_runs(
+        &mut self,
+        id: &str,
+        only: Option<u32>,
+        why: &str,
+        state: RunState,
+        now: Millis,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut ended = Vec::new();
         if let Some(job) = self.jobs.get_mut(id) {
@@ -423,7 +445,13 @@ impl Engine {
                 }
                 for (i, inst) in run.instances.iter().enumerate() {
                     if inst.state == InstanceState::Waiting && inst.not_before <= now {
-                        wanted.push((-job.spec.priority, job.seq, job.spec.id.clone(), run.number, i));
+                        wanted.push((
+                            -job.spec.priority,
+                            job.seq,
+                            job.spec.id.clone(),
+                            run.number,
+                            i,
+                        ));
                     }
                 }
             }
@@ -433,7 +461,9 @@ impl Engine {
             if slots.iter().all(|s| s.exhausted) {
                 break;
             }
-            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
             let need = needs(&job.spec);
             let Some(run) = job.run(number) else { continue };
             let taken = unique_values(run);
@@ -459,7 +489,12 @@ impl Engine {
             let info = task_info(&job.spec, &task_id, number, index, attempt_no, &need);
             for c in &job.spec.constraints {
                 if c.operator == Operator::Unique {
-                    placed.push((id.clone(), number, c.attribute.clone(), slot.attribute(&c.attribute)));
+                    placed.push((
+                        id.clone(),
+                        number,
+                        c.attribute.clone(),
+                        slot.attribute(&c.attribute),
+                    ));
                 }
             }
             let (agent_id, hostname) = (slot.agent_id.clone(), slot.hostname.clone());
@@ -481,6 +516,7 @@ impl Engine {
                         hostname,
                         state: "TASK_STAGING".into(),
                         launched_at: now,
+                        running_at: None,
                         ended_at: None,
                         exit_code: None,
                         message: String::new(),
@@ -514,7 +550,9 @@ impl Engine {
     /// instances wait for the next offer, and no attempt is counted.
     pub fn unlaunch(&mut self, task_ids: &[String]) {
         for task_id in task_ids {
-            let Some(r) = self.tasks.get(task_id).cloned() else { continue };
+            let Some(r) = self.tasks.get(task_id).cloned() else {
+                continue;
+            };
             let Some(inst) = self
                 .jobs
                 .get_mut(&r.job)
@@ -537,7 +575,11 @@ impl Engine {
 
     /// Applies a task's status update.
     pub fn on_status(&mut self, status: &TaskStatus, now: Millis) -> Vec<Action> {
-        let task_id = status.task_id.as_ref().map_or("", |t| t.value.as_str()).to_string();
+        let task_id = status
+            .task_id
+            .as_ref()
+            .map_or("", |t| t.value.as_str())
+            .to_string();
         let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
         let mut actions = Vec::new();
         let Some(r) = self.tasks.get(&task_id).cloned() else {
@@ -602,6 +644,9 @@ impl Engine {
             } else if matches!(state, TaskState::TaskRunning | TaskState::TaskStarting) {
                 inst.state = InstanceState::Running;
             }
+            if state == TaskState::TaskRunning {
+                attempt.running_at.get_or_insert(now);
+            }
             if changed {
                 self.touch(&r.job);
             }
@@ -618,7 +663,11 @@ impl Engine {
         let mut run_outcome: Option<(RunState, String)> = None;
         if state == TaskState::TaskFinished {
             inst.state = InstanceState::Succeeded;
-            if run.instances.iter().all(|i| i.state == InstanceState::Succeeded) {
+            if run
+                .instances
+                .iter()
+                .all(|i| i.state == InstanceState::Succeeded)
+            {
                 run_outcome = Some((RunState::Succeeded, String::new()));
             }
         } else if !run_active {
@@ -721,7 +770,9 @@ impl Engine {
     }
 
     fn fire(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
-        let Some(job) = self.jobs.get_mut(id) else { return };
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
         job.next_fire = job
             .spec
             .schedule
@@ -737,7 +788,13 @@ impl Engine {
                     tracing::info!(job = %id, "schedule fired while a run is active; skipped (concurrency = forbid)");
                 }
                 Concurrency::Replace => {
-                    actions.extend(self.kill_runs(id, None, "replaced by a scheduled run", RunState::Killed, now));
+                    actions.extend(self.kill_runs(
+                        id,
+                        None,
+                        "replaced by a scheduled run",
+                        RunState::Killed,
+                        now,
+                    ));
                 }
             }
         }
@@ -754,7 +811,10 @@ impl Engine {
         self.dependents.clear();
         for job in self.jobs.values() {
             for dep in &job.spec.depends_on {
-                self.dependents.entry(dep.clone()).or_default().push(job.spec.id.clone());
+                self.dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(job.spec.id.clone());
             }
         }
     }
@@ -784,7 +844,9 @@ impl Engine {
 
     fn fail_blocked(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(job) = self.jobs.get(id) else { return };
-        let Deps::Failed(why) = self.deps(job) else { return };
+        let Deps::Failed(why) = self.deps(job) else {
+            return;
+        };
         let waiting: Vec<u32> = job
             .runs
             .iter()
@@ -807,7 +869,9 @@ impl Engine {
     /// and trim history.
     fn run_ended(&mut self, id: &str, number: u32, now: Millis, actions: &mut Vec<Action>) {
         let Some(job) = self.jobs.get(id) else { return };
-        let succeeded = job.run(number).is_some_and(|r| r.state == RunState::Succeeded);
+        let succeeded = job
+            .run(number)
+            .is_some_and(|r| r.state == RunState::Succeeded);
         let users = self.dependents.get(id).cloned().unwrap_or_default();
         for user in users {
             if succeeded {
@@ -831,7 +895,9 @@ impl Engine {
     }
 
     fn trim_history(&mut self, id: &str) {
-        let Some(job) = self.jobs.get_mut(id) else { return };
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
         let ended = job.runs.iter().filter(|r| !r.state.is_active()).count();
         if ended <= RUN_HISTORY {
             return;
@@ -842,7 +908,11 @@ impl Engine {
             let still_live = r.instances.iter().any(|i| i.state.has_task());
             if drop > 0 && !r.state.is_active() && !still_live {
                 drop -= 1;
-                gone.extend(r.instances.iter().flat_map(|i| i.attempts.iter().map(|a| a.task_id.clone())));
+                gone.extend(
+                    r.instances
+                        .iter()
+                        .flat_map(|i| i.attempts.iter().map(|a| a.task_id.clone())),
+                );
                 false
             } else {
                 true
@@ -882,9 +952,9 @@ fn name_of(state: TaskState) -> String {
 }
 
 fn show_ms(ms: u64) -> String {
-    if ms % 60_000 == 0 {
+    if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -990,7 +1060,14 @@ pub fn needs(spec: &JobSpec) -> Resources {
     r
 }
 
-fn task_info(spec: &JobSpec, task_id: &str, run: u32, instance: usize, attempt: usize, need: &Resources) -> TaskInfo {
+fn task_info(
+    spec: &JobSpec,
+    task_id: &str,
+    run: u32,
+    instance: usize,
+    attempt: usize,
+    need: &Resources,
+) -> TaskInfo {
     let mut info = agora_sdk::task(task_id, &spec.cmd, need);
     info.name = format!("{} run {run} instance {instance}", spec.id);
     info.image = spec.image.clone();
@@ -1044,7 +1121,10 @@ impl Slot {
     fn new(offer: &Offer) -> Slot {
         Slot {
             offer_id: agora_sdk::offer_id(offer).to_string(),
-            agent_id: offer.agent_id.as_ref().map_or(String::new(), |a| a.value.clone()),
+            agent_id: offer
+                .agent_id
+                .as_ref()
+                .map_or(String::new(), |a| a.value.clone()),
             hostname: offer.hostname.clone(),
             attributes: offer
                 .attributes
@@ -1085,7 +1165,9 @@ impl Slot {
                 return c.admits(actual.as_deref());
             }
             let clash_live = c.attribute == "hostname"
-                && live.iter().any(|(agent, host)| *agent == self.agent_id || *host == self.hostname);
+                && live
+                    .iter()
+                    .any(|(agent, host)| *agent == self.agent_id || *host == self.hostname);
             let clash_here = placed.iter().any(|(job, r, attr, value)| {
                 *job == spec.id && *r == run && *attr == c.attribute && *value == actual
             });

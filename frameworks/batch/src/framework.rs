@@ -87,7 +87,9 @@ impl Shared {
     pub(crate) fn engine(&self) -> MutexGuard<'_, Engine> {
         // A panic while holding the lock leaves the engine as it was at the
         // panic; carrying on beats wedging every request.
-        self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits until everything changed so far is on disk.
@@ -133,6 +135,8 @@ impl Shared {
         };
         match result {
             Ok(()) => *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = Some(want),
+            // Before the first subscription: `subscribed` syncs again.
+            Err(agora_sdk::SdkError::NotSubscribed) => {}
             Err(e) => warn!(want, "changing offer interest: {e}"),
         }
     }
@@ -212,7 +216,8 @@ impl Scheduler for BatchScheduler {
                 warn!("acknowledge: {e}");
             }
         });
-        self.shared.sync_interest().await;
+        // Offer interest is re-checked by the clock, not per update: the
+        // check scans every job, and updates come by the thousand.
     }
 
     async fn disconnected(&mut self, _driver: &Driver) {

@@ -27,7 +27,15 @@ type Api = State<Arc<Shared>>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/batch/v1/health", get(|| async { Json(json!({"status": "ok"})) }))
+        // Where the master's UI links this framework to.
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::temporary("/batch/v1/jobs") }),
+        )
+        .route(
+            "/batch/v1/health",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
         .route("/batch/v1/jobs", get(list_jobs).post(create_jobs))
         .route("/batch/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/batch/v1/jobs/{id}/kill", post(kill_job))
@@ -36,7 +44,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/batch/v1/jobs/{id}/runs/{run}/kill", post(kill_run))
         .route("/batch/v1/jobs/{id}/logs", get(logs))
         .fallback(|uri: axum::http::Uri| async move {
-            error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()))
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {}", uri.path()),
+            )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
@@ -189,7 +200,7 @@ fn run_number(text: &str) -> Result<u32, Response> {
     })
 }
 
-fn find_run<'a>(job: &'a Job, n: Option<u32>) -> Result<&'a Run, Response> {
+fn find_run(job: &Job, n: Option<u32>) -> Result<&Run, Response> {
     match n {
         Some(n) => job.run(n).ok_or_else(|| {
             error(
@@ -396,7 +407,11 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
                 ));
             }
         }
-        for c in spec.constraints.iter().filter(|c| c.operator == Operator::Unique) {
+        for c in spec
+            .constraints
+            .iter()
+            .filter(|c| c.operator == Operator::Unique)
+        {
             let values: BTreeSet<Option<String>> =
                 placeable.iter().map(|a| attr(a, &c.attribute)).collect();
             if (values.len() as u32) < spec.instances {

@@ -4,10 +4,10 @@
 //! serves its HTTP API (`/batch/v1/…`), which the master proxies.
 
 pub mod engine;
+mod framework;
+mod http;
 pub mod model;
 pub mod spec;
 pub mod store;
-mod framework;
-mod http;
 
 pub use framework::{BatchConfig, BatchError, run};

@@ -84,6 +84,9 @@ pub struct Attempt {
     /// The task's last state, as the master reported it (`TASK_RUNNING`…).
     pub state: String,
     pub launched_at: Millis,
+    /// When the agent first reported the task running.
+    #[serde(default)]
+    pub running_at: Option<Millis>,
     pub ended_at: Option<Millis>,
     pub exit_code: Option<i32>,
     pub message: String,

@@ -133,7 +133,8 @@ pub fn parse(text: &str) -> Result<Vec<JobSpec>, SpecError> {
         .strip_prefix('[')
         .is_some_and(|rest| rest.trim_start().starts_with(['{', ']']));
     let value: Value = if trimmed.starts_with('{') || json_list {
-        serde_json::from_str(text).map_err(|e| SpecError::new("spec", format!("not valid JSON: {e}")))?
+        serde_json::from_str(text)
+            .map_err(|e| SpecError::new("spec", format!("not valid JSON: {e}")))?
     } else {
         let table: toml::Table = toml::from_str(text)
             .map_err(|e| SpecError::new("spec", format!("not valid TOML: {}", e.message())))?;
@@ -188,19 +189,29 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
     }
     let cpus = number(take("cpus"), "cpus")?.unwrap_or(0.1);
     if !(cpus > 0.0 && cpus <= 1e6) {
-        return Err(SpecError::new("cpus", format!("must be a positive number, got {cpus}")));
+        return Err(SpecError::new(
+            "cpus",
+            format!("must be a positive number, got {cpus}"),
+        ));
     }
     let mem = number(take("mem"), "mem")?.unwrap_or(32.0);
-    if !(mem >= 1.0 && mem <= 1e9) {
-        return Err(SpecError::new("mem", format!("must be at least 1 (MiB), got {mem}")));
+    if !(1.0..=1e9).contains(&mem) {
+        return Err(SpecError::new(
+            "mem",
+            format!("must be at least 1 (MiB), got {mem}"),
+        ));
     }
     let disk = number(take("disk"), "disk")?.unwrap_or(0.0);
     if !(0.0..=1e12).contains(&disk) {
-        return Err(SpecError::new("disk", format!("must be 0 or more (MiB), got {disk}")));
+        return Err(SpecError::new(
+            "disk",
+            format!("must be 0 or more (MiB), got {disk}"),
+        ));
     }
     let image = string(take("image"), "image")?.unwrap_or_default();
     let env = env(take("env"))?;
-    let instances = integer(take("instances"), "instances", 1, MAX_INSTANCES as i64)?.unwrap_or(1) as u32;
+    let instances =
+        integer(take("instances"), "instances", 1, MAX_INSTANCES as i64)?.unwrap_or(1) as u32;
     let retries = integer(take("retries"), "retries", 0, MAX_RETRIES as i64)?.unwrap_or(0) as u32;
     let backoff = match string(take("backoff"), "backoff")? {
         Some(text) => parse_duration(&text).map_err(|m| SpecError::new("backoff", m))?,
@@ -240,11 +251,18 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
     };
     let schedule = string(take("schedule"), "schedule")?;
     let timezone = string(take("timezone"), "timezone")?.unwrap_or_else(|| "UTC".into());
-    let tz = chrono_tz::Tz::from_str(&timezone)
-        .map_err(|_| SpecError::new("timezone", format!("unknown time zone `{timezone}` (e.g. UTC, Europe/Berlin)")))?;
+    let tz = chrono_tz::Tz::from_str(&timezone).map_err(|_| {
+        SpecError::new(
+            "timezone",
+            format!("unknown time zone `{timezone}` (e.g. UTC, Europe/Berlin)"),
+        )
+    })?;
     if let Some(cron) = &schedule {
         let parsed = parse_cron(cron).map_err(|m| SpecError::new("schedule", m))?;
-        if parsed.find_next_occurrence(&chrono::Utc::now().with_timezone(&tz), false).is_err() {
+        if parsed
+            .find_next_occurrence(&chrono::Utc::now().with_timezone(&tz), false)
+            .is_err()
+        {
             return Err(SpecError::new("schedule", format!("`{cron}` never fires")));
         }
     }
@@ -286,7 +304,9 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
 pub fn check_id(id: &str, field: &str) -> Result<(), SpecError> {
     let ok = !id.is_empty()
         && id.len() <= 63
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !id.starts_with('-');
     if ok {
         Ok(())
@@ -302,7 +322,10 @@ fn string(v: Option<Value>, field: &str) -> Result<Option<String>, SpecError> {
     match v {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(SpecError::new(field, format!("must be a string, got {other}"))),
+        Some(other) => Err(SpecError::new(
+            field,
+            format!("must be a string, got {other}"),
+        )),
     }
 }
 
@@ -310,7 +333,10 @@ fn number(v: Option<Value>, field: &str) -> Result<Option<f64>, SpecError> {
     match v {
         None => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(other) => Err(SpecError::new(field, format!("must be a number, got {other}"))),
+        Some(other) => Err(SpecError::new(
+            field,
+            format!("must be a number, got {other}"),
+        )),
     }
 }
 
@@ -319,9 +345,15 @@ fn integer(v: Option<Value>, field: &str, min: i64, max: i64) -> Result<Option<i
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(i) if (min..=max).contains(&i) => Ok(Some(i)),
-            _ => Err(SpecError::new(field, format!("must be a whole number from {min} to {max}, got {n}"))),
+            _ => Err(SpecError::new(
+                field,
+                format!("must be a whole number from {min} to {max}, got {n}"),
+            )),
         },
-        Some(other) => Err(SpecError::new(field, format!("must be a whole number, got {other}"))),
+        Some(other) => Err(SpecError::new(
+            field,
+            format!("must be a whole number, got {other}"),
+        )),
     }
 }
 
@@ -342,13 +374,21 @@ fn env(v: Option<Value>) -> Result<BTreeMap<String, String>, SpecError> {
             return Err(SpecError::new(field, "is not a valid variable name"));
         }
         if name.starts_with("AGORA_") {
-            return Err(SpecError::new(field, "AGORA_ variables are set by the batch framework"));
+            return Err(SpecError::new(
+                field,
+                "AGORA_ variables are set by the batch framework",
+            ));
         }
         let value = match value {
             Value::String(s) => s,
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
-            other => return Err(SpecError::new(field, format!("must be a string, got {other}"))),
+            other => {
+                return Err(SpecError::new(
+                    field,
+                    format!("must be a string, got {other}"),
+                ));
+            }
         };
         env.insert(name, value);
     }
@@ -360,7 +400,10 @@ fn constraints(v: Option<Value>) -> Result<Vec<Constraint>, SpecError> {
         return Ok(Vec::new());
     };
     let Value::Array(items) = v else {
-        return Err(SpecError::new("constraints", "must be a list of [attribute, operator, value]"));
+        return Err(SpecError::new(
+            "constraints",
+            "must be a list of [attribute, operator, value]",
+        ));
     };
     let mut out = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -370,15 +413,28 @@ fn constraints(v: Option<Value>) -> Result<Vec<Constraint>, SpecError> {
                 .into_iter()
                 .map(|p| match p {
                     Value::String(s) => Ok(s),
-                    other => Err(SpecError::new(&field, format!("parts must be strings, got {other}"))),
+                    other => Err(SpecError::new(
+                        &field,
+                        format!("parts must be strings, got {other}"),
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
-            _ => return Err(SpecError::new(field, "must be [attribute, operator, value]")),
+            _ => {
+                return Err(SpecError::new(
+                    field,
+                    "must be [attribute, operator, value]",
+                ));
+            }
         };
         let (attribute, op, value) = match parts.as_slice() {
             [a, op] => (a.clone(), op.to_ascii_uppercase(), String::new()),
             [a, op, v] => (a.clone(), op.to_ascii_uppercase(), v.clone()),
-            _ => return Err(SpecError::new(field, "must be [attribute, operator, value]")),
+            _ => {
+                return Err(SpecError::new(
+                    field,
+                    "must be [attribute, operator, value]",
+                ));
+            }
         };
         if attribute.is_empty() {
             return Err(SpecError::new(field, "the attribute must not be empty"));
@@ -398,7 +454,10 @@ fn constraints(v: Option<Value>) -> Result<Vec<Constraint>, SpecError> {
         if matches!(operator, Operator::Like | Operator::Unlike)
             && let Err(e) = regex::Regex::new(&value)
         {
-            return Err(SpecError::new(field, format!("`{value}` is not a regular expression: {e}")));
+            return Err(SpecError::new(
+                field,
+                format!("`{value}` is not a regular expression: {e}"),
+            ));
         }
         if operator != Operator::Unique && parts.len() != 3 {
             return Err(SpecError::new(field, format!("{op} needs a value")));
@@ -440,13 +499,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if digits == 0 {
             return Err(bad());
         }
         let amount: f64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -523,18 +586,41 @@ mod tests {
         let base = "id = \"a\"\ncmd = \"true\"\n";
         assert_eq!(field_of(&format!("{base}cpus = -1")), "cpus");
         assert_eq!(field_of(&format!("{base}mem = \"lots\"")), "mem");
-        assert_eq!(field_of(&format!("{base}schedule = \"every tuesday\"")), "schedule");
-        assert_eq!(field_of(&format!("{base}schedule = \"99 * * * *\"")), "schedule");
+        assert_eq!(
+            field_of(&format!("{base}schedule = \"every tuesday\"")),
+            "schedule"
+        );
+        assert_eq!(
+            field_of(&format!("{base}schedule = \"99 * * * *\"")),
+            "schedule"
+        );
         assert_eq!(field_of(&format!("{base}colour = \"red\"")), "colour");
         assert_eq!(field_of(&format!("{base}timeout = \"soon\"")), "timeout");
-        assert_eq!(field_of(&format!("{base}timezone = \"Mars/Olympus\"")), "timezone");
-        assert_eq!(field_of(&format!("{base}concurrency = \"sometimes\"")), "concurrency");
+        assert_eq!(
+            field_of(&format!("{base}timezone = \"Mars/Olympus\"")),
+            "timezone"
+        );
+        assert_eq!(
+            field_of(&format!("{base}concurrency = \"sometimes\"")),
+            "concurrency"
+        );
         assert_eq!(field_of(&format!("{base}instances = 0")), "instances");
-        assert_eq!(field_of(&format!("{base}constraints = [[\"zone\", \"NEAR\", \"a\"]]")), "constraints[0]");
-        assert_eq!(field_of(&format!("{base}depends_on = [\"Bad_Id\"]")), "depends_on[0]");
+        assert_eq!(
+            field_of(&format!(
+                "{base}constraints = [[\"zone\", \"NEAR\", \"a\"]]"
+            )),
+            "constraints[0]"
+        );
+        assert_eq!(
+            field_of(&format!("{base}depends_on = [\"Bad_Id\"]")),
+            "depends_on[0]"
+        );
         assert_eq!(field_of("id = \"Nope!\"\ncmd = \"true\""), "id");
         assert_eq!(field_of("id = \"a\""), "cmd");
-        assert_eq!(field_of(r#"{"id": "a", "cmd": "true", "mem": "lots"}"#), "mem");
+        assert_eq!(
+            field_of(r#"{"id": "a", "cmd": "true", "mem": "lots"}"#),
+            "mem"
+        );
     }
 
     #[test]
@@ -542,8 +628,10 @@ mod tests {
         let jobs = parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\ndepends_on = [\"a\"]\n")
             .expect("valid");
         assert_eq!(jobs.len(), 2);
-        let err = parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncpus = -2\ncmd = \"x\"\n")
-            .expect_err("invalid");
+        let err = parse(
+            "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncpus = -2\ncmd = \"x\"\n",
+        )
+        .expect_err("invalid");
         assert_eq!(err.field, "job[1].cpus");
     }
 

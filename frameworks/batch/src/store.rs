@@ -78,11 +78,12 @@ impl Store {
         let mut jobs = Vec::new();
         for entry in table.iter().map_err(|e| self.err(e))? {
             let (key, value) = entry.map_err(|e| self.err(e))?;
-            let job: Job = serde_json::from_slice(value.value()).map_err(|source| StoreError::Record {
-                path: self.path.clone(),
-                key: key.value().to_string(),
-                source,
-            })?;
+            let job: Job =
+                serde_json::from_slice(value.value()).map_err(|source| StoreError::Record {
+                    path: self.path.clone(),
+                    key: key.value().to_string(),
+                    source,
+                })?;
             jobs.push(job);
         }
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
@@ -109,12 +110,14 @@ impl Store {
             for (id, job) in &changes.jobs {
                 match job {
                     Some(job) => {
-                        let bytes = serde_json::to_vec(job).map_err(|source| StoreError::Record {
-                            path: self.path.clone(),
-                            key: id.clone(),
-                            source,
-                        })?;
-                        jobs.insert(id.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+                        let bytes =
+                            serde_json::to_vec(job).map_err(|source| StoreError::Record {
+                                path: self.path.clone(),
+                                key: id.clone(),
+                                source,
+                            })?;
+                        jobs.insert(id.as_str(), bytes.as_slice())
+                            .map_err(|e| self.err(e))?;
                     }
                     None => {
                         jobs.remove(id.as_str()).map_err(|e| self.err(e))?;
@@ -123,9 +126,11 @@ impl Store {
             }
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             let seq = changes.next_seq.to_string();
-            meta.insert("next_seq", seq.as_str()).map_err(|e| self.err(e))?;
+            meta.insert("next_seq", seq.as_str())
+                .map_err(|e| self.err(e))?;
             let fw = changes.framework_id.clone().unwrap_or_default();
-            meta.insert("framework_id", fw.as_str()).map_err(|e| self.err(e))?;
+            meta.insert("framework_id", fw.as_str())
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -141,16 +146,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("batch.redb");
         let mut engine = Engine::new(30_000);
-        let specs = crate::spec::parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\n")
-            .expect("valid");
+        let specs = crate::spec::parse(
+            "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\n",
+        )
+        .expect("valid");
         engine.submit(specs, 1_000).expect("submitted");
         engine.set_framework_id("fw-1");
         {
             let store = Store::open(&path).expect("open");
-            store.commit(&engine.take_changes().expect("changes")).expect("commit");
+            store
+                .commit(&engine.take_changes().expect("changes"))
+                .expect("commit");
             engine.kill("b", None, 2_000).expect("killed");
             engine.remove("b").expect("removed");
-            store.commit(&engine.take_changes().expect("changes")).expect("commit");
+            store
+                .commit(&engine.take_changes().expect("changes"))
+                .expect("commit");
             assert!(engine.take_changes().is_none(), "nothing left to write");
         }
         let store = Store::open(&path).expect("reopen");

@@ -3,7 +3,9 @@ use super::*;
 fn offer(id: &str, agent: &str, cpus: f64, mem: f64, attrs: &[(&str, &str)]) -> Offer {
     Offer {
         id: Some(v1::OfferId { value: id.into() }),
-        agent_id: Some(v1::AgentId { value: agent.into() }),
+        agent_id: Some(v1::AgentId {
+            value: agent.into(),
+        }),
         hostname: format!("host-{agent}"),
         resources: Resources::new()
             .with_scalar("cpus", cpus)
@@ -37,7 +39,13 @@ fn submit(engine: &mut Engine, text: &str, now: Millis) -> Vec<String> {
 fn launched(p: &Placement) -> Vec<String> {
     p.launches
         .iter()
-        .flat_map(|(_, tasks)| tasks.iter().map(|t| t.task_id.as_ref().map_or(String::new(), |i| i.value.clone())))
+        .flat_map(|(_, tasks)| {
+            tasks.iter().map(|t| {
+                t.task_id
+                    .as_ref()
+                    .map_or(String::new(), |i| i.value.clone())
+            })
+        })
         .collect()
 }
 
@@ -49,8 +57,16 @@ fn state(engine: &Engine, id: &str) -> &'static str {
 fn priority_then_fifo() {
     let mut e = Engine::new(30_000);
     submit(&mut e, "id = \"low\"\ncmd = \"true\"\ncpus = 1\n", 0);
-    submit(&mut e, "id = \"old\"\ncmd = \"true\"\ncpus = 1\npriority = 5\n", 1);
-    submit(&mut e, "id = \"new\"\ncmd = \"true\"\ncpus = 1\npriority = 5\n", 2);
+    submit(
+        &mut e,
+        "id = \"old\"\ncmd = \"true\"\ncpus = 1\npriority = 5\n",
+        1,
+    );
+    submit(
+        &mut e,
+        "id = \"new\"\ncmd = \"true\"\ncpus = 1\npriority = 5\n",
+        2,
+    );
     let p = e.place(&[offer("o1", "a1", 2.0, 1024.0, &[])], 10);
     let got = launched(&p);
     assert_eq!(got.len(), 2);
@@ -63,7 +79,11 @@ fn priority_then_fifo() {
 #[test]
 fn best_fit_picks_the_tightest_offer_and_declines_the_rest() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"a\"\ncmd = \"true\"\ncpus = 1\nmem = 100\n", 0);
+    submit(
+        &mut e,
+        "id = \"a\"\ncmd = \"true\"\ncpus = 1\nmem = 100\n",
+        0,
+    );
     let p = e.place(
         &[
             offer("big", "a1", 8.0, 8192.0, &[]),
@@ -79,8 +99,18 @@ fn best_fit_picks_the_tightest_offer_and_declines_the_rest() {
 #[test]
 fn instances_pack_and_see_their_index() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"par\"\ncmd = \"true\"\ncpus = 1\ninstances = 4\n", 0);
-    let p = e.place(&[offer("o1", "a1", 2.0, 1024.0, &[]), offer("o2", "a2", 2.0, 1024.0, &[])], 1);
+    submit(
+        &mut e,
+        "id = \"par\"\ncmd = \"true\"\ncpus = 1\ninstances = 4\n",
+        0,
+    );
+    let p = e.place(
+        &[
+            offer("o1", "a1", 2.0, 1024.0, &[]),
+            offer("o2", "a2", 2.0, 1024.0, &[]),
+        ],
+        1,
+    );
     assert_eq!(p.launches.len(), 2);
     assert!(p.launches.iter().all(|(_, t)| t.len() == 2));
     let envs: Vec<String> = p
@@ -88,7 +118,12 @@ fn instances_pack_and_see_their_index() {
         .iter()
         .flat_map(|(_, t)| t.iter())
         .filter_map(|t| t.command.as_ref()?.environment.as_ref())
-        .flat_map(|e| e.variables.iter().filter(|v| v.name == "AGORA_INSTANCE").map(|v| v.value.clone()))
+        .flat_map(|e| {
+            e.variables
+                .iter()
+                .filter(|v| v.name == "AGORA_INSTANCE")
+                .map(|v| v.value.clone())
+        })
         .collect();
     let mut envs = envs;
     envs.sort();
@@ -98,7 +133,11 @@ fn instances_pack_and_see_their_index() {
 #[test]
 fn constraints_steer_placement() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"z\"\ncmd = \"true\"\nconstraints = [[\"zone\", \"LIKE\", \"b.*\"]]\n", 0);
+    submit(
+        &mut e,
+        "id = \"z\"\ncmd = \"true\"\nconstraints = [[\"zone\", \"LIKE\", \"b.*\"]]\n",
+        0,
+    );
     let p = e.place(
         &[
             offer("oa", "a1", 4.0, 1024.0, &[("zone", "a")]),
@@ -109,15 +148,29 @@ fn constraints_steer_placement() {
     assert_eq!(p.launches.len(), 1);
     assert_eq!(p.launches[0].0, "ob");
 
-    submit(&mut e, "id = \"u\"\ncmd = \"true\"\ninstances = 3\nconstraints = [[\"hostname\", \"UNIQUE\"]]\n", 2);
-    let p = e.place(&[offer("o1", "a1", 4.0, 1024.0, &[]), offer("o2", "a2", 4.0, 1024.0, &[])], 3);
+    submit(
+        &mut e,
+        "id = \"u\"\ncmd = \"true\"\ninstances = 3\nconstraints = [[\"hostname\", \"UNIQUE\"]]\n",
+        2,
+    );
+    let p = e.place(
+        &[
+            offer("o1", "a1", 4.0, 1024.0, &[]),
+            offer("o2", "a2", 4.0, 1024.0, &[]),
+        ],
+        3,
+    );
     assert_eq!(launched(&p).len(), 2, "one per host, the third waits");
 }
 
 #[test]
 fn failing_instance_is_retried_with_backoff_then_fails_the_run() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"f\"\ncmd = \"false\"\nretries = 2\nbackoff = \"1s\"\n", 0);
+    submit(
+        &mut e,
+        "id = \"f\"\ncmd = \"false\"\nretries = 2\nbackoff = \"1s\"\n",
+        0,
+    );
     let mut now = 0;
     for attempt in 0..3 {
         let p = e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], now);
@@ -128,7 +181,11 @@ fn failing_instance_is_retried_with_backoff_then_fails_the_run() {
         if attempt < 2 {
             assert_eq!(state(&e, "f"), "RUNNING");
             assert!(!e.wants_offers(now), "backing off");
-            assert!(e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], now).launches.is_empty());
+            assert!(
+                e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], now)
+                    .launches
+                    .is_empty()
+            );
             now += 1000 * (1 << attempt);
             assert!(e.wants_offers(now));
         }
@@ -152,13 +209,20 @@ fn user_kill_is_not_retried() {
     e.on_status(&status(&tasks[0], TaskState::TaskKilled, None), 3);
     assert_eq!(state(&e, "k"), "KILLED");
     assert!(!e.wants_offers(10_000));
-    assert!(matches!(e.kill("k", None, 4), Err(EngineError::Conflict(_))));
+    assert!(matches!(
+        e.kill("k", None, 4),
+        Err(EngineError::Conflict(_))
+    ));
 }
 
 #[test]
 fn lost_task_is_retried_and_its_ghost_killed() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"l\"\ncmd = \"sleep 1\"\nretries = 1\nbackoff = \"0s\"\n", 0);
+    submit(
+        &mut e,
+        "id = \"l\"\ncmd = \"sleep 1\"\nretries = 1\nbackoff = \"0s\"\n",
+        0,
+    );
     let first = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
     e.on_status(&status(&first[0], TaskState::TaskRunning, None), 1);
     e.on_status(&status(&first[0], TaskState::TaskUnreachable, None), 2);
@@ -167,7 +231,11 @@ fn lost_task_is_retried_and_its_ghost_killed() {
     assert_ne!(second[0], first[0]);
     // The first agent comes back with the old task still running.
     let actions = e.on_status(&status(&first[0], TaskState::TaskRunning, None), 3);
-    assert_eq!(actions, vec![Action::Kill(first[0].clone())], "the ghost is killed");
+    assert_eq!(
+        actions,
+        vec![Action::Kill(first[0].clone())],
+        "the ghost is killed"
+    );
     e.on_status(&status(&first[0], TaskState::TaskKilled, None), 3);
     e.on_status(&status(&second[0], TaskState::TaskFinished, Some(0)), 4);
     assert_eq!(state(&e, "l"), "SUCCEEDED");
@@ -192,7 +260,14 @@ fn dependency_chain_runs_in_order_and_a_failure_stops_it() {
     e.on_status(&status(&t[0], TaskState::TaskFailed, Some(1)), 4);
     assert_eq!(state(&e, "b"), "FAILED");
     assert_eq!(state(&e, "c"), "FAILED");
-    assert!(e.job("c").expect("c").latest().expect("run").message.contains("dependency `b`"));
+    assert!(
+        e.job("c")
+            .expect("c")
+            .latest()
+            .expect("run")
+            .message
+            .contains("dependency `b`")
+    );
     assert!(launched(&e.place(&o(), 5)).is_empty());
     // Re-running `b` to success restarts `c`.
     e.run_now("b", 6).expect("run b");
@@ -207,25 +282,45 @@ fn cycles_unknown_and_duplicate_ids_are_refused_and_nothing_changes() {
     let mut e = Engine::new(30_000);
     submit(&mut e, "id = \"a\"\ncmd = \"true\"\n", 0);
     e.take_changes();
-    let refuse = |e: &mut Engine, text: &str| match e.submit(spec::parse(text).expect("parses"), 1) {
+    let refuse = |e: &mut Engine, text: &str| match e.submit(spec::parse(text).expect("parses"), 1)
+    {
         Err(EngineError::Invalid(err)) => err.field,
         other => panic!("not refused as invalid: {other:?}"),
     };
     assert_eq!(
-        refuse(&mut e, "[[job]]\nid = \"x\"\ncmd = \"true\"\ndepends_on = [\"y\"]\n[[job]]\nid = \"y\"\ncmd = \"true\"\ndepends_on = [\"x\"]\n"),
+        refuse(
+            &mut e,
+            "[[job]]\nid = \"x\"\ncmd = \"true\"\ndepends_on = [\"y\"]\n[[job]]\nid = \"y\"\ncmd = \"true\"\ndepends_on = [\"x\"]\n"
+        ),
         "depends_on"
     );
-    assert_eq!(refuse(&mut e, "id = \"s\"\ncmd = \"true\"\ndepends_on = [\"s\"]\n"), "depends_on");
-    assert_eq!(refuse(&mut e, "id = \"b\"\ncmd = \"true\"\ndepends_on = [\"nope\"]\n"), "depends_on[0]");
+    assert_eq!(
+        refuse(&mut e, "id = \"s\"\ncmd = \"true\"\ndepends_on = [\"s\"]\n"),
+        "depends_on"
+    );
+    assert_eq!(
+        refuse(
+            &mut e,
+            "id = \"b\"\ncmd = \"true\"\ndepends_on = [\"nope\"]\n"
+        ),
+        "depends_on[0]"
+    );
     assert_eq!(refuse(&mut e, "id = \"a\"\ncmd = \"true\"\n"), "id");
-    assert!(e.take_changes().is_none(), "a refused submission stores nothing");
+    assert!(
+        e.take_changes().is_none(),
+        "a refused submission stores nothing"
+    );
     assert_eq!(e.jobs().count(), 1);
 }
 
 #[test]
 fn cron_fires_and_forbid_skips_overlaps() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"c\"\ncmd = \"sleep 5\"\nschedule = \"* * * * * *\"\nconcurrency = \"forbid\"\n", 0);
+    submit(
+        &mut e,
+        "id = \"c\"\ncmd = \"sleep 5\"\nschedule = \"* * * * * *\"\nconcurrency = \"forbid\"\n",
+        0,
+    );
     assert_eq!(state(&e, "c"), "SCHEDULED");
     let fire = e.job("c").and_then(|j| j.next_fire).expect("next fire");
     assert_eq!(fire, 1000);
@@ -246,7 +341,11 @@ fn cron_fires_and_forbid_skips_overlaps() {
 #[test]
 fn cron_replace_kills_the_old_run() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"r\"\ncmd = \"sleep 5\"\nschedule = \"* * * * * *\"\nconcurrency = \"replace\"\n", 0);
+    submit(
+        &mut e,
+        "id = \"r\"\ncmd = \"sleep 5\"\nschedule = \"* * * * * *\"\nconcurrency = \"replace\"\n",
+        0,
+    );
     e.tick(1000);
     let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 1000));
     let actions = e.tick(2000);
@@ -259,7 +358,11 @@ fn cron_replace_kills_the_old_run() {
 #[test]
 fn timeout_kills_and_fails_without_retry() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "id = \"t\"\ncmd = \"sleep 100\"\ntimeout = \"2s\"\nretries = 3\n", 0);
+    submit(
+        &mut e,
+        "id = \"t\"\ncmd = \"sleep 100\"\ntimeout = \"2s\"\nretries = 3\n",
+        0,
+    );
     let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
     e.on_status(&status(&t[0], TaskState::TaskRunning, None), 10);
     assert!(e.tick(1999).is_empty());
@@ -267,14 +370,23 @@ fn timeout_kills_and_fails_without_retry() {
     e.on_status(&status(&t[0], TaskState::TaskKilled, None), 2100);
     let job = e.job("t").expect("job");
     assert_eq!(job.state(), "FAILED");
-    assert!(job.latest().expect("run").message.contains("timed out after 2s"));
+    assert!(
+        job.latest()
+            .expect("run")
+            .message
+            .contains("timed out after 2s")
+    );
     assert!(!e.wants_offers(100_000));
 }
 
 #[test]
 fn a_task_the_master_never_heard_of_is_lost_after_the_grace() {
     let mut e = Engine::new(10_000);
-    submit(&mut e, "id = \"g\"\ncmd = \"true\"\nretries = 1\nbackoff = \"0s\"\n", 0);
+    submit(
+        &mut e,
+        "id = \"g\"\ncmd = \"true\"\nretries = 1\nbackoff = \"0s\"\n",
+        0,
+    );
     let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
     e.on_status(&status(&t[0], TaskState::TaskUnknown, None), 100);
     let asked = e.tick(5_000);
@@ -289,7 +401,11 @@ fn a_task_the_master_never_heard_of_is_lost_after_the_grace() {
 #[test]
 fn restored_engine_carries_on() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "[[job]]\nid = \"run\"\ncmd = \"sleep 9\"\n[[job]]\nid = \"wait\"\ncmd = \"true\"\ncpus = 64\n", 0);
+    submit(
+        &mut e,
+        "[[job]]\nid = \"run\"\ncmd = \"sleep 9\"\n[[job]]\nid = \"wait\"\ncmd = \"true\"\ncpus = 64\n",
+        0,
+    );
     let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
     assert_eq!(t.len(), 1);
     let jobs: Vec<Job> = e
@@ -310,7 +426,11 @@ fn restored_engine_carries_on() {
 #[test]
 fn remove_is_refused_while_active_or_depended_on() {
     let mut e = Engine::new(30_000);
-    submit(&mut e, "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\ndepends_on = [\"a\"]\n", 0);
+    submit(
+        &mut e,
+        "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\ndepends_on = [\"a\"]\n",
+        0,
+    );
     assert!(matches!(e.remove("a"), Err(EngineError::Conflict(_))));
     assert!(matches!(e.remove("zzz"), Err(EngineError::NotFound(_))));
     let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
