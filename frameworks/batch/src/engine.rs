@@ -74,6 +74,10 @@ pub struct Engine {
     /// (its agent may still re-register) before it counts as lost.
     reconcile_grace_ms: Millis,
     last_reconcile: Millis,
+    /// Work became launchable since the framework last looked: it revives
+    /// offers even if it never suppressed them, to clear decline filters.
+    new_work: bool,
+    last_tick: Millis,
 }
 
 /// What the store must write: changed jobs (`None` = deleted) and metadata.
@@ -98,6 +102,8 @@ impl Engine {
             version: 0,
             reconcile_grace_ms,
             last_reconcile: 0,
+            new_work: false,
+            last_tick: 0,
         }
     }
 
@@ -170,6 +176,15 @@ impl Engine {
                     && (run.state == RunState::Running || matches!(self.deps(job), Deps::Ready))
             })
         })
+    }
+
+    pub fn has_new_work(&self) -> bool {
+        self.new_work
+    }
+
+    /// Whether work became launchable since the last call.
+    pub fn take_new_work(&mut self) -> bool {
+        std::mem::take(&mut self.new_work)
     }
 
     // ---- changes for the store ------------------------------------------------
@@ -294,6 +309,7 @@ impl Engine {
                 Some(cron) => job.next_fire = next_fire(&cron, &job.spec.timezone, now),
                 None => {
                     new_run(&mut job, Trigger::Submit, now);
+                    self.new_work = true;
                 }
             }
             self.jobs.insert(id.clone(), job);
@@ -363,6 +379,7 @@ impl Engine {
         }
         let job = self.jobs.get_mut(id).ok_or_else(|| unknown(id))?;
         let number = new_run(job, Trigger::Manual, now);
+        self.new_work = true;
         self.touch(id);
         self.fail_if_blocked(id, now);
         Ok((number, actions))
@@ -565,6 +582,7 @@ impl Engine {
             if is_current && inst.state == InstanceState::Launching {
                 inst.attempts.pop();
                 inst.state = InstanceState::Waiting;
+                self.new_work = true;
                 self.tasks.remove(task_id);
                 self.touch(&r.job);
             }
@@ -681,6 +699,7 @@ impl Engine {
             let exp = (inst.attempts.len() as u32).saturating_sub(1).min(20);
             inst.state = InstanceState::Waiting;
             inst.not_before = now + (backoff.saturating_mul(1 << exp)).min(MAX_BACKOFF_MS);
+            self.new_work |= inst.not_before <= now;
         } else {
             inst.state = InstanceState::Failed;
             let what = match exit_code {
@@ -713,6 +732,15 @@ impl Engine {
     /// has not known for the grace period.
     pub fn tick(&mut self, now: Millis) -> Vec<Action> {
         let mut actions = Vec::new();
+        let since = std::mem::replace(&mut self.last_tick, now);
+        let backoff_over = self.jobs.values().any(|j| {
+            j.runs.iter().filter(|r| r.state.is_active()).any(|r| {
+                r.instances.iter().any(|i| {
+                    i.state == InstanceState::Waiting && i.not_before > since && i.not_before <= now
+                })
+            })
+        });
+        self.new_work |= backoff_over;
         let due: Vec<String> = self
             .jobs
             .values()
@@ -800,6 +828,7 @@ impl Engine {
         }
         if start && let Some(job) = self.jobs.get_mut(id) {
             new_run(job, Trigger::Schedule, now);
+            self.new_work = true;
         }
         self.touch(id);
         self.fail_if_blocked(id, now);
@@ -873,6 +902,8 @@ impl Engine {
             .run(number)
             .is_some_and(|r| r.state == RunState::Succeeded);
         let users = self.dependents.get(id).cloned().unwrap_or_default();
+        // A waiting dependent may be ready now.
+        self.new_work |= succeeded && !users.is_empty();
         for user in users {
             if succeeded {
                 // A dependency that succeeds again re-runs an unscheduled

@@ -122,10 +122,15 @@ impl Shared {
 
     /// Revives offers when there is work that could launch, suppresses them
     /// when there is none.
+    /// New work revives even when offers were never suppressed: a revive
+    /// also lifts the filters of earlier declines.
     pub(crate) async fn sync_interest(&self) {
-        let want = self.engine().wants_offers(now_ms());
+        let (new_work, want) = {
+            let mut engine = self.engine();
+            (engine.take_new_work(), engine.wants_offers(now_ms()))
+        };
         let last = *self.interest.lock().unwrap_or_else(|p| p.into_inner());
-        if last == Some(want) {
+        if last == Some(want) && !(want && new_work) {
             return;
         }
         let result = if want {
@@ -216,8 +221,14 @@ impl Scheduler for BatchScheduler {
                 warn!("acknowledge: {e}");
             }
         });
-        // Offer interest is re-checked by the clock, not per update: the
-        // check scans every job, and updates come by the thousand.
+        // Offer interest is otherwise re-checked by the clock, not per
+        // update: the check scans every job, and updates come by the
+        // thousand. Work this update made ready (a dependent, a retry)
+        // revives at once.
+        let ready = self.shared.engine().has_new_work();
+        if ready {
+            self.shared.sync_interest().await;
+        }
     }
 
     async fn disconnected(&mut self, _driver: &Driver) {

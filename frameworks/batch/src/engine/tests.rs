@@ -437,3 +437,23 @@ fn remove_is_refused_while_active_or_depended_on() {
     e.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 1);
     assert!(matches!(e.remove("a"), Err(EngineError::Conflict(m)) if m.contains("`b`")));
 }
+
+#[test]
+fn new_work_is_flagged_for_a_revive() {
+    let mut e = Engine::new(30_000);
+    assert!(!e.take_new_work());
+    submit(
+        &mut e,
+        "id = \"w\"\ncmd = \"false\"\nretries = 1\nbackoff = \"2s\"\n",
+        0,
+    );
+    assert!(e.take_new_work(), "a submission is new work");
+    assert!(!e.take_new_work(), "taken once");
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    e.on_status(&status(&t[0], TaskState::TaskFailed, Some(1)), 100);
+    assert!(!e.take_new_work(), "the retry waits out its backoff");
+    e.tick(1_000);
+    assert!(!e.take_new_work());
+    e.tick(2_200);
+    assert!(e.take_new_work(), "backoff over: new work");
+}
