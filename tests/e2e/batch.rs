@@ -705,3 +705,75 @@ async fn restarting_all_of_agora_dev_loses_and_repeats_nothing() {
         "reconciled, not relaunched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn torn_down_batch_registers_anew_and_retries_its_jobs() {
+    let cluster = Cluster::start(&[("w1", "cpus:2;mem:1024")]).await;
+    let out = tempdir();
+    let marks = out.path().join("starts");
+    let gate = out.path().join("gate");
+    submit_ok(
+        &cluster.url,
+        &format!(
+            "id = \"resilient\"\nretries = 1\nbackoff = \"0s\"\ncmd = \"echo $AGORA_ATTEMPT >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
+            marks.display(),
+            gate.display()
+        ),
+    )
+    .await;
+    wait_until("the first attempt", Duration::from_secs(20), || async {
+        lines(&marks).first().map(|_| ())
+    })
+    .await;
+    let frameworks: Value = reqwest::get(format!("{}/api/v1/frameworks", cluster.url))
+        .await
+        .expect("frameworks")
+        .json()
+        .await
+        .expect("JSON");
+    let old_id = frameworks["frameworks"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "batch"))
+        .and_then(|f| f["id"].as_str())
+        .expect("the batch framework")
+        .to_string();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/frameworks/{old_id}/teardown",
+            cluster.url
+        ))
+        .send()
+        .await
+        .expect("teardown");
+    assert!(r.status().is_success());
+    // The old attempt was killed with its framework; the job is retried
+    // under the new registration (after the reconcile grace) and succeeds.
+    wait_until("the retry", Duration::from_secs(30), || async {
+        (lines(&marks).len() >= 2).then_some(())
+    })
+    .await;
+    std::fs::write(&gate, "").expect("open the gate");
+    let j = wait_job(
+        &cluster.url,
+        "resilient",
+        "SUCCEEDED",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(attempts(&j["runs"][0], 0).len(), 2);
+    assert_eq!(lines(&marks), vec!["0", "1"]);
+    let frameworks: Value = reqwest::get(format!("{}/api/v1/frameworks", cluster.url))
+        .await
+        .expect("frameworks")
+        .json()
+        .await
+        .expect("JSON");
+    let batch: Vec<&Value> = frameworks["frameworks"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|f| f["name"] == "batch")
+        .collect();
+    assert_eq!(batch.len(), 1);
+    assert_ne!(batch[0]["id"], old_id.as_str());
+}

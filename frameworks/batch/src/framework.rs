@@ -72,7 +72,8 @@ pub fn now_ms() -> Millis {
 /// State shared by the scheduler, the clock, the writer and the HTTP API.
 pub(crate) struct Shared {
     engine: Mutex<Engine>,
-    pub(crate) driver: Driver,
+    /// Replaced when the framework must register anew (it was torn down).
+    driver: Mutex<Driver>,
     pub(crate) master: String,
     pub(crate) client: reqwest::Client,
     /// The engine version the store holds.
@@ -83,6 +84,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn driver(&self) -> Driver {
+        self.driver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The engine; never held across an `.await`.
     pub(crate) fn engine(&self) -> MutexGuard<'_, Engine> {
         // A panic while holding the lock leaves the engine as it was at the
@@ -108,10 +116,10 @@ impl Shared {
     pub(crate) async fn act(&self, actions: Vec<Action>) {
         for action in actions {
             let result = match &action {
-                Action::Kill(task) => self.driver.kill(task).await,
+                Action::Kill(task) => self.driver().kill(task).await,
                 Action::Reconcile(tasks) => {
                     let ids: Vec<&str> = tasks.iter().map(String::as_str).collect();
-                    self.driver.reconcile(&ids).await
+                    self.driver().reconcile(&ids).await
                 }
             };
             if let Err(e) = result {
@@ -134,9 +142,9 @@ impl Shared {
             return;
         }
         let result = if want {
-            self.driver.revive().await
+            self.driver().revive().await
         } else {
-            self.driver.suppress().await
+            self.driver().suppress().await
         };
         match result {
             Ok(()) => *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = Some(want),
@@ -267,12 +275,12 @@ pub async fn run(
     fw.framework_id = loaded.framework_id;
     fw.auto_acknowledge = false;
     fw.webui_url = Some(webui.clone());
-    let driver = Driver::new(fw)?;
+    let driver = Driver::new(fw.clone())?;
     let version = engine.version();
     let (committed, _) = watch::channel(version);
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
-        driver: driver.clone(),
+        driver: Mutex::new(driver),
         master: config.master.trim_end_matches('/').to_string(),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -296,14 +304,36 @@ pub async fn run(
             .await
     });
     info!(%webui, master = %config.master, "batch framework serving");
-    let scheduler = BatchScheduler {
-        shared: shared.clone(),
-    };
-    let result = tokio::select! {
-        r = driver.run(scheduler) => r.map(drop),
-        () = shutdown => {
-            driver.stop();
-            Ok(())
+    tokio::pin!(shutdown);
+    let result = loop {
+        let driver = shared.driver();
+        let scheduler = BatchScheduler {
+            shared: shared.clone(),
+        };
+        let ended = tokio::select! {
+            r = driver.run(scheduler) => r,
+            () = &mut shutdown => {
+                driver.stop();
+                break Ok(());
+            }
+        };
+        match ended {
+            Ok(_) => break Ok(()),
+            Err(agora_sdk::SdkError::TornDown(why)) => {
+                // The jobs are still ours: register as a new framework; the
+                // old tasks turn out unknown and are retried after the grace.
+                warn!(%why, "the master removed this framework; registering anew");
+                fw.framework_id = None;
+                match Driver::new(fw.clone()) {
+                    Ok(d) => *shared.driver.lock().unwrap_or_else(|p| p.into_inner()) = d,
+                    Err(e) => break Err(e),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = &mut shutdown => break Ok(()),
+                }
+            }
+            Err(e) => break Err(e),
         }
     };
     stop_tx.send_replace(true);

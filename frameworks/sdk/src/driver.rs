@@ -23,6 +23,10 @@ pub enum SdkError {
     SubscribeRefused(String),
     #[error("the master ended this framework's subscription: {0}")]
     Ended(String),
+    /// The framework was removed (an operator tore it down): its id is gone
+    /// and its tasks were killed.
+    #[error("the master removed this framework: {0}")]
+    TornDown(String),
     #[error("{call}: {message} ({code:?})")]
     Call {
         call: &'static str,
@@ -352,7 +356,7 @@ impl Driver {
                     Ok(Err(status)) => {
                         if status.code() == tonic::Code::Aborted {
                             // Torn down by the master: nothing to resume.
-                            return Err(SdkError::Ended(status.message().to_string()));
+                            return Err(SdkError::TornDown(status.message().to_string()));
                         }
                         warn!(message = %status.message(), "event stream failed");
                         break;
