@@ -1,5 +1,6 @@
 // Agora web UI: reads /api/v1/state, follows /api/v1/events, and shows a
-// task's log by following /api/v1/tasks/{id}/files/read. No dependencies.
+// task's log by following /api/v1/tasks/{id}/files/read. When the batch
+// framework is up, its jobs come from /batch/v1/jobs. No dependencies.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -80,7 +81,23 @@ function renderTasks() {
     <td>${esc(res(t.resources))}</td><td class="msg">${esc(t.message)}</td></tr>`).join("");
 }
 
+const when = (ms) => (ms ? new Date(ms).toLocaleString() : "–");
+
+// Jobs of the batch framework, if one is registered (the master relays
+// /batch/ to it); the section stays hidden otherwise.
+async function refreshJobs() {
+  let jobs = null;
+  try { jobs = (await getJSON("/batch/v1/jobs")).jobs; } catch (_) { jobs = null; }
+  $("jobs").hidden = $("jobs-link").hidden = !jobs;
+  if (!jobs) return;
+  $("job-rows").innerHTML = jobs.slice(-500).reverse().map((j) => `<tr class="clickable" data-job="${esc(j.id)}"${j.latest_task ? ` data-task="${esc(j.latest_task)}"` : ""}>
+    <td>${esc(j.id)}</td><td class="state ${esc(j.state)}">${esc(j.state)}</td><td>${j.runs}</td>
+    <td>${esc(j.schedule || "–")}</td><td>${esc(when(j.next_fire))}</td>
+    <td class="msg">${j.latest_run ? `#${j.latest_run} ${esc(j.latest_state)} ${esc(j.latest_message || "")}` : "–"}</td></tr>`).join("");
+}
+
 async function refresh() {
+  refreshJobs();
   try {
     const [s, r, a] = await Promise.all([getJSON("/api/v1/state"), getJSON("/api/v1/roles"), getJSON("/api/v1/agents")]);
     state = s;

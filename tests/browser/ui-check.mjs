@@ -1,9 +1,11 @@
 // Opens the Agora web UI in Debian's chromium, checks that the agent and the
-// task are shown, opens the task's log and waits for its output, and writes a
-// screenshot. Usage: node ui-check.mjs URL HOSTNAME TASK_ID EXPECTED_LOG SCREENSHOT
+// task are shown, opens the task's log and waits for its output, checks the
+// batch job is listed as succeeded and its log opens, and writes a
+// screenshot. Usage:
+// node ui-check.mjs URL HOSTNAME TASK_ID EXPECTED_LOG SCREENSHOT JOB_ID JOB_LOG
 import { chromium } from "playwright-core";
 
-const [url, hostname, taskId, expected, screenshot] = process.argv.slice(2);
+const [url, hostname, taskId, expected, screenshot, jobId, jobLog] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -18,6 +20,10 @@ try {
   await row.click();
   await page.locator("#log-text", { hasText: expected }).waitFor({ timeout: 15000 });
   await page.locator("#live.on").waitFor({ timeout: 15000 });
+  const job = page.locator(`#job-rows tr[data-job="${jobId}"]`, { hasText: "SUCCEEDED" });
+  await job.waitFor({ timeout: 15000 });
+  await job.click();
+  await page.locator("#log-text", { hasText: jobLog }).waitFor({ timeout: 15000 });
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log("ui-check: ok");
 } finally {

@@ -472,8 +472,17 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
     f.wait_state("ui-task", TaskState::TaskRunning, Duration::from_secs(10))
         .await;
 
+    // A batch job, through the master's relay to the batch framework.
+    let submitted = reqwest::Client::new()
+        .post(format!("{url}/batch/v1/jobs"))
+        .body("id = \"ui-job\"\ncmd = \"echo out-of-a-batch-job\"\n")
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(submitted.status().as_u16(), 201);
+
     // Playwright drives Debian's chromium: the agent and the task must be on
-    // the page, and clicking the task must show its log.
+    // the page, and clicking the task must show its log; so must the job.
     let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists(),
@@ -489,6 +498,7 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
             "hello-from-the-browser-test",
         ])
         .arg(&shot)
+        .args(["ui-job", "out-of-a-batch-job"])
         .env("CHROMIUM", chromium)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -87,6 +87,12 @@ fn summary(job: &Job) -> Value {
         "runs": job.runs.len(),
         "latest_run": latest.map(|r| r.number),
         "latest_state": latest.map(|r| r.state.as_str()),
+        "latest_message": latest.map(|r| r.message.as_str()),
+        // The first instance's latest task, for its log.
+        "latest_task": latest
+            .and_then(|r| r.instances.first())
+            .and_then(|i| i.current())
+            .map(|a| a.task_id.as_str()),
     })
 }
 
