@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use super::JobCommand;
+use super::table::print_table;
 
 const TERMINAL: [&str; 3] = ["SUCCEEDED", "FAILED", "KILLED"];
 const POLL: Duration = Duration::from_millis(250);
@@ -237,27 +238,6 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
-}
-
 async fn list(batch: &Batch) -> anyhow::Result<ExitCode> {
     let jobs = batch.get("/jobs").await?;
     let rows: Vec<Vec<String>> = jobs["jobs"]
@@ -278,6 +258,7 @@ async fn list(batch: &Batch) -> anyhow::Result<ExitCode> {
         })
         .unwrap_or_default();
     print_table(
+        "",
         &["ID", "STATE", "PRIORITY", "RUNS", "SCHEDULE", "NEXT"],
         &rows,
     );
@@ -340,6 +321,7 @@ async fn status(batch: &Batch, id: &str, json: bool) -> anyhow::Result<ExitCode>
         }
     }
     print_table(
+        "",
         &[
             "RUN",
             "RUN STATE",

@@ -3,6 +3,7 @@
 mod job;
 mod run;
 mod state;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

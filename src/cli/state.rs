@@ -27,24 +27,7 @@ fn resources(v: &Value) -> String {
 
 fn table(title: &str, header: &[&str], rows: Vec<Vec<String>>) {
     println!("{title} ({})", rows.len());
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("  {}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
+    super::table::print_table("  ", header, &rows);
     println!();
 }
 

@@ -122,6 +122,23 @@ async fn agora_job(master: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The ids of the frameworks called `batch` the master knows.
+async fn batch_framework_ids(master: &str) -> Vec<String> {
+    let frameworks: Value = reqwest::get(format!("{master}/api/v1/frameworks"))
+        .await
+        .expect("frameworks")
+        .json()
+        .await
+        .expect("JSON");
+    frameworks["frameworks"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|f| f["name"] == "batch")
+        .filter_map(|f| f["id"].as_str().map(str::to_string))
+        .collect()
+}
+
 fn write_spec(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("writing spec");
@@ -141,6 +158,70 @@ fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Two one-cpu jobs on a one-cpu cluster: `first` runs until its gate opens,
+/// `second` waits in the queue behind it. Each appends a line when it starts.
+struct RunningAndQueued {
+    _dir: TempDir,
+    first: std::path::PathBuf,
+    second: std::path::PathBuf,
+    gate: std::path::PathBuf,
+}
+
+impl RunningAndQueued {
+    async fn submit(master: &str) -> RunningAndQueued {
+        let dir = tempdir();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        let gate = dir.path().join("gate");
+        submit_ok(
+            master,
+            &format!(
+                "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
+                first.display(),
+                gate.display()
+            ),
+        )
+        .await;
+        wait_until("first running", Duration::from_secs(20), || async {
+            lines(&first).first().map(|_| ())
+        })
+        .await;
+        submit_ok(
+            master,
+            &format!(
+                "id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n",
+                second.display()
+            ),
+        )
+        .await;
+        assert_eq!(job(master, "second").await["state"], "QUEUED");
+        RunningAndQueued {
+            _dir: dir,
+            first,
+            second,
+            gate,
+        }
+    }
+
+    fn open_gate(&self) {
+        std::fs::write(&self.gate, "").expect("open the gate");
+    }
+
+    /// Both succeed, each having started once, `first` never relaunched.
+    async fn check_each_ran_once(&self, master: &str) {
+        wait_job(master, "first", "SUCCEEDED", Duration::from_secs(60)).await;
+        let second = wait_job(master, "second", "SUCCEEDED", Duration::from_secs(60)).await;
+        let first = job(master, "first").await;
+        assert_eq!(lines(&self.first), vec!["start"], "first ran once");
+        assert_eq!(lines(&self.second), vec!["start"], "second ran once");
+        assert_eq!(
+            attempts(&first["runs"][0], 0).len(),
+            1,
+            "reconciled, not relaunched"
+        );
+        assert_eq!(attempts(&second["runs"][0], 0).len(), 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -423,50 +504,13 @@ async fn user_kill_is_not_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarting_batch_runs_each_job_exactly_once() {
-    // One cpu: while `first` runs, `second` must wait in the queue.
     let mut cluster = Cluster::start(&[("x1", "cpus:1;mem:1024")]).await;
-    let out = tempdir();
-    let (f, s) = (out.path().join("first"), out.path().join("second"));
-    let gate = out.path().join("gate");
-    submit_ok(
-        &cluster.url,
-        &format!(
-            "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
-            f.display(),
-            gate.display()
-        ),
-    )
-    .await;
-    wait_until("first running", Duration::from_secs(20), || async {
-        lines(&f).first().map(|_| ())
-    })
-    .await;
-    submit_ok(
-        &cluster.url,
-        &format!(
-            "id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n",
-            s.display()
-        ),
-    )
-    .await;
-    assert_eq!(job(&cluster.url, "second").await["state"], "QUEUED");
-
+    let pair = RunningAndQueued::submit(&cluster.url).await;
     cluster.batch.kill_hard();
     // The running task carries on without its framework.
-    std::fs::write(&gate, "").expect("open the gate");
+    pair.open_gate();
     cluster.restart_batch().await;
-
-    wait_job(&cluster.url, "first", "SUCCEEDED", Duration::from_secs(30)).await;
-    let second = wait_job(&cluster.url, "second", "SUCCEEDED", Duration::from_secs(30)).await;
-    let first = job(&cluster.url, "first").await;
-    assert_eq!(lines(&f), vec!["start"], "first ran once");
-    assert_eq!(lines(&s), vec!["start"], "second ran once");
-    assert_eq!(
-        attempts(&first["runs"][0], 0).len(),
-        1,
-        "reconciled, not relaunched"
-    );
-    assert_eq!(attempts(&second["runs"][0], 0).len(), 1);
+    pair.check_each_ran_once(&cluster.url).await;
     let jobs: Value = reqwest::get(format!("{}/batch/v1/jobs", cluster.url))
         .await
         .expect("list")
@@ -657,30 +701,7 @@ async fn restarting_all_of_agora_dev_loses_and_repeats_nothing() {
     let mut dev = start_dev(data.path(), &flags);
     let url = dev.url.clone().expect("url");
     wait_for_batch(&url).await;
-    let out = tempdir();
-    let (f, s) = (out.path().join("first"), out.path().join("second"));
-    let gate = out.path().join("gate");
-    submit_ok(
-        &url,
-        &format!(
-            "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
-            f.display(),
-            gate.display()
-        ),
-    )
-    .await;
-    wait_until("first running", Duration::from_secs(20), || async {
-        lines(&f).first().map(|_| ())
-    })
-    .await;
-    submit_ok(
-        &url,
-        &format!(
-            "id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n",
-            s.display()
-        ),
-    )
-    .await;
+    let pair = RunningAndQueued::submit(&url).await;
     submit_ok(
         &url,
         "id = \"later\"\ncmd = \"true\"\nschedule = \"0 0 1 1 *\"\n",
@@ -688,22 +709,12 @@ async fn restarting_all_of_agora_dev_loses_and_repeats_nothing() {
     .await;
 
     dev.stop();
-    std::fs::write(&gate, "").expect("open the gate");
+    pair.open_gate();
     let dev = start_dev(data.path(), &flags);
     let url = dev.url.clone().expect("url");
     wait_for_batch(&url).await;
-
-    wait_job(&url, "first", "SUCCEEDED", Duration::from_secs(60)).await;
-    wait_job(&url, "second", "SUCCEEDED", Duration::from_secs(60)).await;
+    pair.check_each_ran_once(&url).await;
     assert_eq!(job(&url, "later").await["state"], "SCHEDULED");
-    assert_eq!(lines(&f), vec!["start"], "first ran once");
-    assert_eq!(lines(&s), vec!["start"], "second ran once");
-    let first = job(&url, "first").await;
-    assert_eq!(
-        attempts(&first["runs"][0], 0).len(),
-        1,
-        "reconciled, not relaunched"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -725,18 +736,9 @@ async fn torn_down_batch_registers_anew_and_retries_its_jobs() {
         lines(&marks).first().map(|_| ())
     })
     .await;
-    let frameworks: Value = reqwest::get(format!("{}/api/v1/frameworks", cluster.url))
-        .await
-        .expect("frameworks")
-        .json()
-        .await
-        .expect("JSON");
-    let old_id = frameworks["frameworks"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == "batch"))
-        .and_then(|f| f["id"].as_str())
-        .expect("the batch framework")
-        .to_string();
+    let old_ids = batch_framework_ids(&cluster.url).await;
+    assert_eq!(old_ids.len(), 1);
+    let old_id = &old_ids[0];
     let r = reqwest::Client::new()
         .post(format!(
             "{}/api/v1/frameworks/{old_id}/teardown",
@@ -762,18 +764,29 @@ async fn torn_down_batch_registers_anew_and_retries_its_jobs() {
     .await;
     assert_eq!(attempts(&j["runs"][0], 0).len(), 2);
     assert_eq!(lines(&marks), vec!["0", "1"]);
-    let frameworks: Value = reqwest::get(format!("{}/api/v1/frameworks", cluster.url))
-        .await
-        .expect("frameworks")
-        .json()
-        .await
-        .expect("JSON");
-    let batch: Vec<&Value> = frameworks["frameworks"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter(|f| f["name"] == "batch")
-        .collect();
-    assert_eq!(batch.len(), 1);
-    assert_ne!(batch[0]["id"], old_id.as_str());
+    let now = batch_framework_ids(&cluster.url).await;
+    assert_eq!(now.len(), 1, "one batch framework: {now:?}");
+    assert_ne!(&now[0], old_id, "registered anew");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_a_running_job_to_its_end() {
+    let cluster = Cluster::start(&[("f1", "cpus:2;mem:1024")]).await;
+    let dir = tempdir();
+    let spec = write_spec(
+        dir.path(),
+        "talk.toml",
+        "id = \"talk\"\ninstances = 2\ncmd = \"echo one-$AGORA_INSTANCE; sleep 1; echo two-$AGORA_INSTANCE\"\n",
+    );
+    let (code, _, err) = agora_job(&cluster.url, &["submit", &spec]).await;
+    assert_eq!(code, 0, "{err}");
+    // Started at once, before the job has run: it waits, follows, and ends
+    // when the instance does.
+    let (code, out, err) =
+        agora_job(&cluster.url, &["logs", "talk", "--instance", "1", "--follow"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "one-1\ntwo-1\n");
+    let (code, _, err) = agora_job(&cluster.url, &["logs", "talk", "--instance", "7"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no instance 7"), "{err}");
 }
