@@ -782,8 +782,11 @@ async fn logs_follow_a_running_job_to_its_end() {
     assert_eq!(code, 0, "{err}");
     // Started at once, before the job has run: it waits, follows, and ends
     // when the instance does.
-    let (code, out, err) =
-        agora_job(&cluster.url, &["logs", "talk", "--instance", "1", "--follow"]).await;
+    let (code, out, err) = agora_job(
+        &cluster.url,
+        &["logs", "talk", "--instance", "1", "--follow"],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "one-1\ntwo-1\n");
     let (code, _, err) = agora_job(&cluster.url, &["logs", "talk", "--instance", "7"]).await;

@@ -203,8 +203,30 @@ impl Scheduler for BatchScheduler {
                 .accept(&[offer.as_str()], tasks, Some(REMAINDER_REFUSE_SECONDS))
                 .await
             {
-                warn!(%offer, "accept refused: {e}; the tasks go back in the queue");
-                self.shared.engine().unlaunch(&ids);
+                let stale_offer = matches!(&e, agora_sdk::SdkError::Call { message, .. } if message.contains("not outstanding"));
+                let actions = if stale_offer {
+                    // The offer went away meanwhile: nothing was launched.
+                    warn!(%offer, "accept refused: {e}; the tasks go back in the queue");
+                    self.shared.engine().unlaunch(&ids);
+                    Vec::new()
+                } else {
+                    // Refused for the tasks themselves: a failed attempt
+                    // (retried as the job allows), not a loop.
+                    warn!(%offer, "launch refused: {e}");
+                    let mut engine = self.shared.engine();
+                    let mut actions = Vec::new();
+                    for id in &ids {
+                        let status = TaskStatus {
+                            task_id: Some(agora_sdk::v1::TaskId { value: id.clone() }),
+                            state: agora_sdk::TaskState::TaskError as i32,
+                            message: format!("the master refused the launch: {e}"),
+                            ..Default::default()
+                        };
+                        actions.extend(engine.on_status(&status, now_ms()));
+                    }
+                    actions
+                };
+                self.shared.act(actions).await;
             }
         }
         if !placement.unused.is_empty() {
