@@ -14,6 +14,8 @@ use crate::spec::{self, Concurrency, JobSpec, Operator, SpecError};
 /// Terminal runs kept per job; older ones are dropped from history.
 pub const RUN_HISTORY: usize = 50;
 const MAX_BACKOFF_MS: Millis = 5 * 60 * 1000;
+/// An attempt's state until the master or an agent reports on it.
+const LAUNCHED_STATE: &str = "TASK_STAGING";
 /// While the master does not know a task, ask again this often.
 const RECONCILE_EVERY_MS: Millis = 3000;
 
@@ -531,7 +533,7 @@ impl Engine {
                         task_id: task_id.clone(),
                         agent_id,
                         hostname,
-                        state: "TASK_STAGING".into(),
+                        state: LAUNCHED_STATE.into(),
                         launched_at: now,
                         running_at: None,
                         ended_at: None,
@@ -563,30 +565,23 @@ impl Engine {
         placement
     }
 
-    /// Takes back launches the master refused (the offer was gone): their
-    /// instances wait for the next offer, and no attempt is counted.
-    pub fn unlaunch(&mut self, task_ids: &[String]) {
+    /// Takes back launches the master refused because the offer was gone:
+    /// the attempts end `TASK_DROPPED` (not counted against `retries`) and
+    /// their instances wait for the next offer. Task ids are never reused.
+    pub fn unlaunch(&mut self, task_ids: &[String], now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
         for task_id in task_ids {
-            let Some(r) = self.tasks.get(task_id).cloned() else {
-                continue;
+            let status = TaskStatus {
+                task_id: Some(v1::TaskId {
+                    value: task_id.clone(),
+                }),
+                state: TaskState::TaskDropped as i32,
+                message: "not launched: the offer was gone".into(),
+                ..Default::default()
             };
-            let Some(inst) = self
-                .jobs
-                .get_mut(&r.job)
-                .and_then(|j| j.run_mut(r.run))
-                .and_then(|run| run.instances.get_mut(r.instance))
-            else {
-                continue;
-            };
-            let is_current = inst.attempts.len() == r.attempt + 1;
-            if is_current && inst.state == InstanceState::Launching {
-                inst.attempts.pop();
-                inst.state = InstanceState::Waiting;
-                self.new_work = true;
-                self.tasks.remove(task_id);
-                self.touch(&r.job);
-            }
+            actions.extend(self.on_status(&status, now));
         }
+        actions
     }
 
     // ---- status updates ----------------------------------------------------------------
@@ -695,8 +690,13 @@ impl Engine {
             } else {
                 InstanceState::Failed
             };
-        } else if inst.attempts.len() <= retries as usize {
-            let exp = (inst.attempts.len() as u32).saturating_sub(1).min(20);
+        } else if state == TaskState::TaskDropped {
+            // Never reached an agent: try again at once, uncounted.
+            inst.state = InstanceState::Waiting;
+            inst.not_before = now;
+            self.new_work = true;
+        } else if counted_attempts(inst) <= retries as usize {
+            let exp = (counted_attempts(inst) as u32).saturating_sub(1).min(20);
             inst.state = InstanceState::Waiting;
             inst.not_before = now + (backoff.saturating_mul(1 << exp)).min(MAX_BACKOFF_MS);
             self.new_work |= inst.not_before <= now;
@@ -712,7 +712,7 @@ impl Engine {
                 format!(
                     "instance {} failed after {} attempt(s): {what}",
                     r.instance,
-                    inst.attempts.len()
+                    counted_attempts(inst)
                 ),
             ));
         }
@@ -773,7 +773,7 @@ impl Engine {
                         && let Some(since) = a.unknown_since
                     {
                         if now - since >= self.reconcile_grace_ms {
-                            lost.push(a.task_id.clone());
+                            lost.push((a.task_id.clone(), a.state != LAUNCHED_STATE));
                         } else {
                             unknown.push(a.task_id.clone());
                         }
@@ -781,11 +781,22 @@ impl Engine {
                 }
             }
         }
-        for task_id in lost {
+        for (task_id, heard_of) in lost {
+            // A task no agent ever reported was most likely never launched
+            // (the framework stopped between storing and sending it): it is
+            // dropped, not counted. One that ran is lost, and counts.
+            let (state, message) = if heard_of {
+                (TaskState::TaskLost, "the master does not know this task")
+            } else {
+                (
+                    TaskState::TaskDropped,
+                    "never launched: the master does not know this task",
+                )
+            };
             let status = TaskStatus {
                 task_id: Some(v1::TaskId { value: task_id }),
-                state: TaskState::TaskLost as i32,
-                message: "the master does not know this task".into(),
+                state: state as i32,
+                message: message.into(),
                 ..Default::default()
             };
             actions.extend(self.on_status(&status, now));
@@ -972,6 +983,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// Attempts that count against `retries`: all but those never launched.
+fn counted_attempts(inst: &Instance) -> usize {
+    inst.attempts
+        .iter()
+        .filter(|a| a.state != TaskState::TaskDropped.as_str_name())
+        .count()
 }
 
 fn unknown(id: &str) -> EngineError {

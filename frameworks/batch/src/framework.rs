@@ -207,8 +207,7 @@ impl Scheduler for BatchScheduler {
                 let actions = if stale_offer {
                     // The offer went away meanwhile: nothing was launched.
                     warn!(%offer, "accept refused: {e}; the tasks go back in the queue");
-                    self.shared.engine().unlaunch(&ids);
-                    Vec::new()
+                    self.shared.engine().unlaunch(&ids, now_ms())
                 } else {
                     // Refused for the tasks themselves: a failed attempt
                     // (retried as the job allows), not a loop.

@@ -380,22 +380,53 @@ fn timeout_kills_and_fails_without_retry() {
 }
 
 #[test]
-fn a_task_the_master_never_heard_of_is_lost_after_the_grace() {
+fn a_task_the_master_does_not_know_is_dropped_or_lost_after_the_grace() {
     let mut e = Engine::new(10_000);
     submit(
         &mut e,
-        "id = \"g\"\ncmd = \"true\"\nretries = 1\nbackoff = \"0s\"\n",
+        "[[job]]\nid = \"never\"\ncmd = \"true\"\n[[job]]\nid = \"ran\"\ncmd = \"true\"\n",
         0,
     );
     let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
-    e.on_status(&status(&t[0], TaskState::TaskUnknown, None), 100);
+    assert_eq!(t.len(), 2);
+    let (never, ran) = (&t[0], &t[1]);
+    e.on_status(&status(ran, TaskState::TaskRunning, None), 50);
+    e.on_status(&status(never, TaskState::TaskUnknown, None), 100);
+    e.on_status(&status(ran, TaskState::TaskUnknown, None), 100);
     let asked = e.tick(5_000);
-    assert_eq!(asked, vec![Action::Reconcile(t.clone())]);
-    assert_eq!(state(&e, "g"), "RUNNING");
+    assert_eq!(
+        asked,
+        vec![Action::Reconcile(vec![never.clone(), ran.clone()])]
+    );
+    assert_eq!(state(&e, "never"), "RUNNING", "still within the grace");
     e.tick(10_100);
-    let retry = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 10_100));
-    assert_eq!(retry.len(), 1, "lost, so retried");
-    assert_ne!(retry[0], t[0]);
+    // Never reported by an agent: dropped, relaunched, not counted (retries = 0).
+    let again = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 10_100));
+    assert_eq!(again.len(), 1);
+    assert!(again[0].starts_with("never.") && again[0] != *never);
+    let attempts = &e.job("never").expect("job").runs[0].instances[0].attempts;
+    assert_eq!(attempts[0].state, "TASK_DROPPED");
+    // It ran, then vanished: lost, and with no retries left the run fails.
+    assert_eq!(state(&e, "ran"), "FAILED");
+}
+
+#[test]
+fn launches_refused_for_a_stale_offer_go_again_uncounted() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"once\"\ncmd = \"true\"\n", 0);
+    let first = launched(&e.place(&[offer("gone", "a1", 4.0, 1024.0, &[])], 0));
+    e.unlaunch(&first, 1);
+    assert!(e.wants_offers(1));
+    let second = launched(&e.place(&[offer("o2", "a1", 4.0, 1024.0, &[])], 2));
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0], first[0], "task ids are never reused");
+    e.on_status(&status(&second[0], TaskState::TaskFinished, Some(0)), 3);
+    assert_eq!(state(&e, "once"), "SUCCEEDED");
+    // A late word about the dropped task cannot run it twice.
+    assert_eq!(
+        e.on_status(&status(&first[0], TaskState::TaskRunning, None), 4),
+        vec![Action::Kill(first[0].clone())]
+    );
 }
 
 #[test]
