@@ -28,8 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The whole system in one process: master and one agent with this
-    /// machine's resources.
+    /// The whole system in one process: master, one agent with this
+    /// machine's resources, and the batch framework.
     Dev(DevArgs),
     /// Run a master.
     Master(MasterArgs),
