@@ -83,7 +83,7 @@ pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> 
     let batch = Batch::new(master)?;
     let result = match command {
         JobCommand::Submit { file, wait } => submit(&batch, &file, wait).await,
-        JobCommand::List => list(&batch).await,
+        JobCommand::List { state } => list(&batch, state.as_deref()).await,
         JobCommand::Status { id, json } => status(&batch, &id, json).await,
         JobCommand::Logs {
             id,
@@ -238,8 +238,12 @@ fn text(v: &Value) -> String {
     }
 }
 
-async fn list(batch: &Batch) -> anyhow::Result<ExitCode> {
-    let jobs = batch.get("/jobs").await?;
+async fn list(batch: &Batch, state: Option<&str>) -> anyhow::Result<ExitCode> {
+    let path = match state {
+        Some(s) => format!("/jobs?state={s}"),
+        None => "/jobs".to_string(),
+    };
+    let jobs = batch.get(&path).await?;
     let rows: Vec<Vec<String>> = jobs["jobs"]
         .as_array()
         .map(|a| {

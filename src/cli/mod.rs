@@ -185,7 +185,11 @@ pub enum JobCommand {
         wait: bool,
     },
     /// List jobs.
-    List,
+    List {
+        /// Only jobs in these states (e.g. `FAILED` or `QUEUED,RUNNING`).
+        #[arg(long)]
+        state: Option<String>,
+    },
     /// A job's state and runs.
     Status {
         id: String,

@@ -316,6 +316,15 @@ async fn failing_job_is_retried_then_fails_with_its_exit_code() {
     }
     let (_, out, _) = agora_job(&cluster.url, &["logs", "flaky"]).await;
     assert_eq!(out, "attempt 2\n", "logs show the latest attempt");
+    let (code, out, _) = agora_job(&cluster.url, &["list", "--state", "failed"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("flaky"), "{out}");
+    let (code, out, _) = agora_job(&cluster.url, &["list", "--state", "SUCCEEDED"]).await;
+    assert_eq!(code, 0);
+    assert!(!out.contains("flaky"), "{out}");
+    let (code, _, err) = agora_job(&cluster.url, &["list", "--state", "DONE"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("parameter `state`"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -584,22 +593,25 @@ async fn a_thousand_tiny_jobs_drain() {
         let client = client.clone();
         let url = cluster.url.clone();
         async move {
-            let jobs: Value = client
-                .get(format!("{url}/batch/v1/jobs"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let list = jobs["jobs"].as_array()?;
-            let ok = list.iter().filter(|j| j["state"] == "SUCCEEDED").count();
-            let bad: Vec<&Value> = list
-                .iter()
-                .filter(|j| j["state"] == "FAILED" || j["state"] == "KILLED")
-                .collect();
-            assert!(bad.is_empty(), "jobs failed: {bad:?}");
-            (ok == 1000).then_some(list.len())
+            let count = |state: &'static str| {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    let page: Value = client
+                        .get(format!("{url}/batch/v1/jobs?state={state}&limit=0"))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    page["total"].as_u64()
+                }
+            };
+            let bad = count("FAILED,KILLED").await?;
+            assert_eq!(bad, 0, "jobs failed");
+            let ok = count("SUCCEEDED").await?;
+            (ok == 1000).then_some(ok)
         }
     })
     .await;

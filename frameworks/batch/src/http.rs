@@ -108,12 +108,68 @@ fn detail(job: &Job) -> Value {
     })
 }
 
-async fn list_jobs(State(api): Api) -> Response {
+const JOB_STATES: [&str; 6] = [
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "KILLED",
+    "SCHEDULED",
+];
+
+/// Jobs in submission order; `state` (one or several, comma-separated),
+/// `offset` and `limit` narrow the list; `total` counts what matched.
+async fn list_jobs(State(api): Api, Query(params): Query<HashMap<String, String>>) -> Response {
+    let states: Option<Vec<String>> = params.get("state").map(|s| {
+        s.split(',')
+            .map(|x| x.trim().to_ascii_uppercase())
+            .collect()
+    });
+    if let Some(bad) = states
+        .iter()
+        .flatten()
+        .find(|s| !JOB_STATES.contains(&s.as_str()))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "parameter `state`: `{bad}` is not one of {}",
+                JOB_STATES.join(", ")
+            ),
+        );
+    }
+    let mut page = [("offset", 0usize), ("limit", usize::MAX)];
+    for (key, value) in page.iter_mut() {
+        if let Some(v) = params.get(*key) {
+            match v.parse() {
+                Ok(n) => *value = n,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("parameter `{key}` must be a whole number, got `{v}`"),
+                    );
+                }
+            }
+        }
+    }
     let engine = api.engine();
-    let mut jobs: Vec<&Job> = engine.jobs().collect();
+    let mut jobs: Vec<&Job> = engine
+        .jobs()
+        .filter(|j| {
+            states
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|x| x == j.state()))
+        })
+        .collect();
     jobs.sort_by_key(|j| j.seq);
-    let list: Vec<Value> = jobs.into_iter().map(summary).collect();
-    Json(json!({ "jobs": list })).into_response()
+    let total = jobs.len();
+    let list: Vec<Value> = jobs
+        .into_iter()
+        .skip(page[0].1)
+        .take(page[1].1)
+        .map(summary)
+        .collect();
+    Json(json!({ "jobs": list, "total": total })).into_response()
 }
 
 async fn create_jobs(State(api): Api, body: String) -> Response {
