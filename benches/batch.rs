@@ -118,22 +118,62 @@ async fn submit(client: &reqwest::Client, url: &str, spec: String) {
     assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
 }
 
+/// (succeeded, failed or killed) job counts.
 async fn counts(client: &reqwest::Client, url: &str) -> (usize, usize) {
-    let jobs: Value = client
-        .get(format!("{url}/batch/v1/jobs"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("JSON");
-    let list = jobs["jobs"].as_array().cloned().unwrap_or_default();
-    let done = list.iter().filter(|j| j["state"] == "SUCCEEDED").count();
-    let failed = list
+    let total = |state: &'static str| async move {
+        let page: Value = client
+            .get(format!("{url}/batch/v1/jobs?state={state}&limit=0"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("JSON");
+        page["total"].as_u64().unwrap_or(0) as usize
+    };
+    (total("SUCCEEDED").await, total("FAILED,KILLED").await)
+}
+
+/// An SVG line chart of jobs succeeded over time.
+fn plot(samples: &[(f64, usize)], n: usize, title: &str) -> String {
+    let (w, h, left, bottom, top, right) = (640.0, 320.0, 60.0, 40.0, 30.0, 20.0);
+    let t_max = samples.last().map_or(1.0, |s| s.0).max(1.0);
+    let x = |t: f64| left + (w - left - right) * t / t_max;
+    let y = |d: usize| h - bottom - (h - bottom - top) * d as f64 / n.max(1) as f64;
+    let points: Vec<String> = samples
         .iter()
-        .filter(|j| j["state"] == "FAILED" || j["state"] == "KILLED")
-        .count();
-    (done, failed)
+        .map(|&(t, d)| format!("{:.1},{:.1}", x(t), y(d)))
+        .collect();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\">{title}</text>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#444\"/>\n\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"#444\"/>\n",
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
+    for i in 0..=4 {
+        let d = n * i / 4;
+        let t = t_max * i as f64 / 4.0;
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{d}</text>\n<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t:.0} s</text>\n",
+            left - 6.0,
+            y(d) + 4.0,
+            x(t),
+            h - bottom + 18.0
+        ));
+    }
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#2f6fde\" stroke-width=\"2\" points=\"{}\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#666\">jobs succeeded</text>\n</svg>\n",
+        points.join(" "),
+        w - right,
+        h - bottom - 6.0
+    ));
+    svg
 }
 
 async fn throughput(n: usize) -> f64 {
@@ -156,9 +196,11 @@ async fn throughput(n: usize) -> f64 {
     let submit_time = t.elapsed();
     eprintln!("  submitted {n} jobs in {:.1} s", submit_time.as_secs_f64());
     let mut last_report = Instant::now();
+    let mut samples = vec![(0.0, 0)];
     loop {
         let (done, failed) = counts(&client, &dev.url).await;
         assert_eq!(failed, 0, "jobs failed");
+        samples.push((t.elapsed().as_secs_f64(), done));
         if done == n {
             break;
         }
@@ -171,7 +213,23 @@ async fn throughput(n: usize) -> f64 {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    n as f64 / t.elapsed().as_secs_f64()
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let label = dev_args().join(" ");
+    let name = if label.contains("process") {
+        "process"
+    } else {
+        "linux"
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(format!("batch-throughput-{name}.svg"));
+    let title =
+        format!("{n} `true` jobs through agora dev ({name} containerizer): {rate:.0} jobs/s");
+    match std::fs::write(&path, plot(&samples, n, &title)) {
+        Ok(()) => eprintln!("  plot: {}", path.display()),
+        Err(e) => eprintln!("  plot not written to {}: {e}", path.display()),
+    }
+    rate
 }
 
 /// Submit → RUNNING for `m` jobs, one at a time on an idle cluster, from the
