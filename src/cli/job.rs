@@ -83,6 +83,7 @@ pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> 
     let batch = Batch::new(master)?;
     let result = match command {
         JobCommand::Submit { file, wait } => submit(&batch, &file, wait).await,
+        JobCommand::Update { file } => update(&batch, &file).await,
         JobCommand::List { state } => list(&batch, state.as_deref()).await,
         JobCommand::Status { id, json } => status(&batch, &id, json).await,
         JobCommand::Logs {
@@ -135,7 +136,8 @@ pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> 
     }
 }
 
-async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCode> {
+/// A spec file's text (`-` for stdin) and its content type.
+fn read_spec(file: &str) -> anyhow::Result<(String, &'static str)> {
     let text = if file == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
@@ -149,6 +151,33 @@ async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCod
     } else {
         "application/toml"
     };
+    Ok((text, content_type))
+}
+
+/// Updates each job in the file, in turn; the framework checks each.
+async fn update(batch: &Batch, file: &str) -> anyhow::Result<ExitCode> {
+    let (text, _) = read_spec(file)?;
+    let jobs = agora_batch::spec::split(&text).map_err(|e| Refused(e.to_string()))?;
+    for job in jobs {
+        let Some(id) = job["id"].as_str().map(str::to_string) else {
+            return Err(Refused("id: is required".into()).into());
+        };
+        batch
+            .call(
+                batch
+                    .client
+                    .put(format!("{}/jobs/{id}", batch.base))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(job.to_string()),
+            )
+            .await?;
+        println!("updated {id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCode> {
+    let (text, content_type) = read_spec(file)?;
     let created = batch
         .call(
             batch

@@ -184,6 +184,9 @@ pub enum JobCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Replace existing jobs' definitions with those in a file (history is
+    /// kept; active runs carry on; nothing is started).
+    Update { file: String },
     /// List jobs.
     List {
         /// Only jobs in these states (e.g. `FAILED` or `QUEUED,RUNNING`).

@@ -433,7 +433,7 @@ async fn cron_job_fires_repeatedly_and_forbid_skips_overlaps() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn run_now_starts_a_scheduled_job_once() {
+async fn run_now_starts_a_scheduled_job_once_and_update_changes_it() {
     let cluster = Cluster::start(&[("r1", "cpus:2;mem:1024")]).await;
     submit_ok(
         &cluster.url,
@@ -448,6 +448,41 @@ async fn run_now_starts_a_scheduled_job_once() {
     assert!(err.contains("forbid"), "{err}");
     let j = wait_job(&cluster.url, "yearly", "SUCCEEDED", Duration::from_secs(30)).await;
     assert_eq!(j["runs"][0]["trigger"], "manual");
+
+    // Updating the definition keeps the history and moves the schedule.
+    let dir = tempdir();
+    let new = write_spec(
+        dir.path(),
+        "yearly.toml",
+        "id = \"yearly\"\ncmd = \"echo changed\"\nschedule = \"0 0 1 6 *\"\n",
+    );
+    let (code, out, err) = agora_job(&cluster.url, &["update", &new]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "updated yearly");
+    let after = job(&cluster.url, "yearly").await;
+    assert_eq!(after["spec"]["cmd"], "echo changed");
+    assert_eq!(
+        after["runs"].as_array().map(Vec::len),
+        Some(1),
+        "history kept"
+    );
+    assert_ne!(after["next_fire"], j["next_fire"], "the new schedule");
+    let bad = write_spec(
+        dir.path(),
+        "bad.toml",
+        "id = \"yearly\"\ncmd = \"x\"\ncpus = -3\n",
+    );
+    let (code, _, err) = agora_job(&cluster.url, &["update", &bad]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("cpus:"), "{err}");
+    let ghost = write_spec(dir.path(), "ghost.toml", "id = \"ghost\"\ncmd = \"x\"\n");
+    let (code, _, err) = agora_job(&cluster.url, &["update", &ghost]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown job `ghost`"), "{err}");
+    assert_eq!(
+        job(&cluster.url, "yearly").await["spec"]["cmd"],
+        "echo changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

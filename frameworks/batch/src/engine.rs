@@ -326,6 +326,59 @@ impl Engine {
         Ok(ids)
     }
 
+    /// Replaces a job's definition, keeping its history. Active runs carry
+    /// on as they were; new runs (and retries) follow the new spec. A new
+    /// schedule takes effect from now; nothing is started.
+    pub fn update(&mut self, spec: JobSpec, now: Millis) -> Result<(), EngineError> {
+        let id = spec.id.clone();
+        if !self.jobs.contains_key(&id) {
+            return Err(unknown(&id));
+        }
+        for (d, dep) in spec.depends_on.iter().enumerate() {
+            if !self.jobs.contains_key(dep) {
+                return Err(SpecError::new(
+                    format!("depends_on[{d}]"),
+                    format!("unknown job `{dep}`"),
+                )
+                .into());
+            }
+        }
+        let deps_of = |job: &str| -> Vec<String> {
+            if job == id {
+                spec.depends_on.clone()
+            } else {
+                self.jobs
+                    .get(job)
+                    .map(|j| j.spec.depends_on.clone())
+                    .unwrap_or_default()
+            }
+        };
+        if let Some(cycle) = find_cycle(&id, &deps_of) {
+            return Err(SpecError::new(
+                "depends_on",
+                format!("dependency cycle: {}", cycle.join(" → ")),
+            )
+            .into());
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Err(unknown(&id));
+        };
+        let timing_changed =
+            job.spec.schedule != spec.schedule || job.spec.timezone != spec.timezone;
+        job.spec = spec;
+        if timing_changed {
+            job.next_fire = job
+                .spec
+                .schedule
+                .as_deref()
+                .and_then(|cron| next_fire(cron, &job.spec.timezone, now));
+        }
+        self.touch(&id);
+        self.rebuild_dependents();
+        self.new_work = true;
+        Ok(())
+    }
+
     /// Deletes a job and its history. Refused while it has an active run or
     /// another job depends on it.
     pub fn remove(&mut self, id: &str) -> Result<(), EngineError> {

@@ -37,7 +37,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(|| async { Json(json!({"status": "ok"})) }),
         )
         .route("/batch/v1/jobs", get(list_jobs).post(create_jobs))
-        .route("/batch/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route(
+            "/batch/v1/jobs/{id}",
+            get(get_job).put(update_job).delete(delete_job),
+        )
         .route("/batch/v1/jobs/{id}/kill", post(kill_job))
         .route("/batch/v1/jobs/{id}/runs", get(list_runs).post(start_run))
         .route("/batch/v1/jobs/{id}/runs/{run}", get(get_run))
@@ -195,6 +198,36 @@ async fn get_job(State(api): Api, Path(id): Path<String>) -> Response {
     match api.engine().job(&id) {
         Some(job) => Json(detail(job)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown job `{id}`")),
+    }
+}
+
+/// Replaces one job's definition (the body holds that one job).
+async fn update_job(State(api): Api, Path(id): Path<String>, body: String) -> Response {
+    let mut specs = match spec::parse(&body) {
+        Ok(specs) => specs,
+        Err(e) => return spec_error(&e),
+    };
+    if specs.len() != 1 {
+        return spec_error(&SpecError::new("spec", "an update holds exactly one job"));
+    }
+    let spec = specs.remove(0);
+    if spec.id != id {
+        return spec_error(&SpecError::new(
+            "id",
+            format!("`{}` does not match the job being updated, `{id}`", spec.id),
+        ));
+    }
+    if let Err(e) = check_fit(&api, std::slice::from_ref(&spec)).await {
+        return spec_error(&e);
+    }
+    let updated = api.engine().update(spec, now_ms());
+    match updated {
+        Ok(()) => {
+            api.persist().await;
+            api.sync_interest().await;
+            Json(json!({ "updated": id })).into_response()
+        }
+        Err(e) => engine_error(e),
     }
 }
 

@@ -127,6 +127,28 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Parses one job or several (a TOML file of `[[job]]` tables, or a JSON
 /// array) from `text`; JSON when it starts with `{` or `[`, else TOML.
 pub fn parse(text: &str) -> Result<Vec<JobSpec>, SpecError> {
+    let items = split(text)?;
+    let many = items.len() > 1;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let Value::Object(map) = item else {
+                return Err(SpecError::new(format!("job[{i}]"), "must be a table"));
+            };
+            from_map(map).map_err(|mut e| {
+                if many {
+                    e.field = format!("job[{i}].{}", e.field);
+                }
+                e
+            })
+        })
+        .collect()
+}
+
+/// The jobs of a spec file as JSON values, unchecked: what a client sends
+/// one by one (e.g. to update each job).
+pub fn split(text: &str) -> Result<Vec<Value>, SpecError> {
     let trimmed = text.trim_start();
     // `[[job]]` and `[table]` open TOML; `[{` and `[]` open a JSON list.
     let json_list = trimmed
@@ -155,22 +177,7 @@ pub fn parse(text: &str) -> Result<Vec<JobSpec>, SpecError> {
     if items.is_empty() {
         return Err(SpecError::new("spec", "holds no job"));
     }
-    let many = items.len() > 1;
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let Value::Object(map) = item else {
-                return Err(SpecError::new(format!("job[{i}]"), "must be a table"));
-            };
-            from_map(map).map_err(|mut e| {
-                if many {
-                    e.field = format!("job[{i}].{}", e.field);
-                }
-                e
-            })
-        })
-        .collect()
+    Ok(items)
 }
 
 fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {

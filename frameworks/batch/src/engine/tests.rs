@@ -488,3 +488,43 @@ fn new_work_is_flagged_for_a_revive() {
     e.tick(2_200);
     assert!(e.take_new_work(), "backoff over: new work");
 }
+
+#[test]
+fn update_replaces_the_spec_and_keeps_history() {
+    let mut e = Engine::new(30_000);
+    submit(
+        &mut e,
+        "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\nschedule = \"* * * * * *\"\n",
+        0,
+    );
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    e.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 1);
+    let new = spec::parse(
+        "id = \"b\"\ncmd = \"echo new\"\nschedule = \"0 0 1 1 *\"\ndepends_on = [\"a\"]\n",
+    )
+    .expect("valid")
+    .remove(0);
+    e.update(new, 500).expect("updated");
+    let b = e.job("b").expect("b");
+    assert_eq!(b.spec.cmd, "echo new");
+    assert!(
+        b.next_fire.expect("fires") > 86_400_000,
+        "the new, yearly schedule"
+    );
+    assert_eq!(e.job("a").expect("a").runs.len(), 1, "history kept");
+    // An update that would close a cycle, or name an unknown job, changes nothing.
+    let cyclic = spec::parse("id = \"a\"\ncmd = \"true\"\ndepends_on = [\"b\"]\n")
+        .expect("valid")
+        .remove(0);
+    assert!(
+        matches!(e.update(cyclic, 600), Err(EngineError::Invalid(err)) if err.field == "depends_on")
+    );
+    assert!(e.job("a").expect("a").spec.depends_on.is_empty());
+    let ghost = spec::parse("id = \"zz\"\ncmd = \"true\"\n")
+        .expect("valid")
+        .remove(0);
+    assert!(matches!(
+        e.update(ghost, 600),
+        Err(EngineError::NotFound(_))
+    ));
+}
