@@ -265,6 +265,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Client output piped into `head` and the like: end quietly when the
+/// reader goes away, as Unix tools do, instead of panicking in `println!`.
+#[allow(unsafe_code)]
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler code; done before any thread starts.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 pub fn main_exec() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // The container init forks: it must run before any runtime thread exists.
@@ -277,6 +286,9 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         Command::Dev(_) | Command::Master(_) | Command::Agent(_) | Command::Batch(_)
     ) {
         run::init_logging(cli.log_format == "json");
+    }
+    if matches!(cli.command, Command::Job(_) | Command::State(_)) {
+        quiet_on_closed_pipe();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
