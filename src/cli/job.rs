@@ -213,27 +213,54 @@ async fn wait_for(batch: &Batch, ids: &[String], run: Option<u32>) -> anyhow::Re
         let mut all_ok = true;
         for (i, id) in ids.iter().enumerate() {
             let job = batch.get(&format!("/jobs/{id}")).await?;
-            let state = match run {
-                Some(n) => job["runs"]
-                    .as_array()
-                    .and_then(|runs| runs.iter().find(|r| r["number"].as_u64() == Some(n as u64)))
-                    .and_then(|r| r["state"].as_str())
-                    .unwrap_or("QUEUED")
-                    .to_string(),
-                None => job["state"].as_str().unwrap_or("UNKNOWN").to_string(),
+            let runs = job["runs"].as_array().cloned().unwrap_or_default();
+            let this_run = match run {
+                Some(n) => runs.iter().find(|r| r["number"].as_u64() == Some(n as u64)),
+                None => runs.last(),
             };
-            if state != last[i] {
-                eprintln!("{id}: {state}");
-                last[i] = state.clone();
-            }
-            if !TERMINAL.contains(&state.as_str()) {
-                all_done = false;
-            } else if state != "SUCCEEDED" {
-                all_ok = false;
-                if let Some(message) = latest_message(&job) {
-                    eprintln!("{id}: {message}");
+            let state = match (run, this_run) {
+                (Some(_), Some(r)) => r["state"].as_str().unwrap_or("QUEUED").to_string(),
+                (Some(_), None) => "QUEUED".to_string(),
+                (None, _) => job["state"].as_str().unwrap_or("UNKNOWN").to_string(),
+            };
+            let done = TERMINAL.contains(&state.as_str());
+            // Progress: instances finished, and retries under way.
+            let mut line = state.clone();
+            if let Some(r) = this_run.filter(|_| !done) {
+                let instances = r["instances"].as_array().cloned().unwrap_or_default();
+                let succeeded = instances
+                    .iter()
+                    .filter(|i| i["state"] == "SUCCEEDED")
+                    .count();
+                if instances.len() > 1 {
+                    line.push_str(&format!(
+                        " ({succeeded}/{} instances succeeded)",
+                        instances.len()
+                    ));
+                }
+                let most = instances
+                    .iter()
+                    .map(|i| i["attempts"].as_array().map_or(0, Vec::len))
+                    .max()
+                    .unwrap_or(0);
+                if most > 1 {
+                    line.push_str(&format!(", attempt {most}"));
                 }
             }
+            if line != last[i] {
+                eprintln!("{id}: {line}");
+                if done
+                    && state != "SUCCEEDED"
+                    && let Some(message) = this_run
+                        .and_then(|r| r["message"].as_str())
+                        .filter(|m| !m.is_empty())
+                {
+                    eprintln!("{id}: {message}");
+                }
+                last[i] = line;
+            }
+            all_done &= done;
+            all_ok &= !done || state == "SUCCEEDED";
         }
         if all_done {
             return Ok(if all_ok {
@@ -244,13 +271,6 @@ async fn wait_for(batch: &Batch, ids: &[String], run: Option<u32>) -> anyhow::Re
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-fn latest_message(job: &Value) -> Option<String> {
-    job["runs"].as_array()?.last()?["message"]
-        .as_str()
-        .filter(|m| !m.is_empty())
-        .map(str::to_string)
 }
 
 fn when(v: &Value) -> String {
