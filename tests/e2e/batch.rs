@@ -259,6 +259,27 @@ async fn submitted_job_succeeds_and_its_output_is_readable() {
     assert_eq!(code, 0);
     assert!(out.contains("hello") && out.contains("SUCCEEDED"), "{out}");
 
+    let metrics = reqwest::get(format!("{}/batch/v1/metrics", cluster.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    assert_eq!(value("agora_batch_jobs{state=\"SUCCEEDED\"}"), 1.0);
+    assert_eq!(value("agora_batch_tasks_launched_total"), 1.0);
+    assert_eq!(
+        value("agora_batch_runs_ended_total{outcome=\"SUCCEEDED\"}"),
+        1.0
+    );
+    assert_eq!(value("agora_batch_instances_waiting"), 0.0);
+    assert!(value("agora_batch_store_commit_seconds_count") >= 1.0);
+
     // Unknown ids and refused requests: a clear error and a non-zero exit.
     for args in [
         vec!["status", "nope"],

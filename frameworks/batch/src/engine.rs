@@ -80,6 +80,16 @@ pub struct Engine {
     /// offers even if it never suppressed them, to clear decline filters.
     new_work: bool,
     last_tick: Millis,
+    counters: Counters,
+}
+
+/// Counts since the framework started, for `/batch/v1/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub tasks_launched: u64,
+    pub runs_succeeded: u64,
+    pub runs_failed: u64,
+    pub runs_killed: u64,
 }
 
 /// What the store must write: changed jobs (`None` = deleted) and metadata.
@@ -106,6 +116,7 @@ impl Engine {
             last_reconcile: 0,
             new_work: false,
             last_tick: 0,
+            counters: Counters::default(),
         }
     }
 
@@ -178,6 +189,10 @@ impl Engine {
                     && (run.state == RunState::Running || matches!(self.deps(job), Deps::Ready))
             })
         })
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     pub fn has_new_work(&self) -> bool {
@@ -595,6 +610,7 @@ impl Engine {
                         unknown_since: None,
                     });
                 }
+                self.counters.tasks_launched += 1;
                 self.tasks.insert(
                     task_id,
                     TaskRef {
@@ -962,6 +978,12 @@ impl Engine {
     /// and trim history.
     fn run_ended(&mut self, id: &str, number: u32, now: Millis, actions: &mut Vec<Action>) {
         let Some(job) = self.jobs.get(id) else { return };
+        match job.run(number).map(|r| r.state) {
+            Some(RunState::Succeeded) => self.counters.runs_succeeded += 1,
+            Some(RunState::Failed) => self.counters.runs_failed += 1,
+            Some(RunState::Killed) => self.counters.runs_killed += 1,
+            _ => {}
+        }
         let succeeded = job
             .run(number)
             .is_some_and(|r| r.state == RunState::Succeeded);

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +82,9 @@ pub(crate) struct Shared {
     wake_writer: Notify,
     /// Whether offers were last revived (true) or suppressed (false).
     interest: Mutex<Option<bool>>,
+    /// Store commits and the time they took, for `/batch/v1/metrics`.
+    pub(crate) commits: AtomicU64,
+    pub(crate) commit_micros: AtomicU64,
 }
 
 impl Shared {
@@ -310,6 +314,8 @@ pub async fn run(
         committed,
         wake_writer: Notify::new(),
         interest: Mutex::new(None),
+        commits: AtomicU64::new(0),
+        commit_micros: AtomicU64::new(0),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -374,6 +380,7 @@ async fn write_loop(shared: Arc<Shared>, store: Arc<Store>, mut stop: watch::Rec
         if let Some(changes) = changes {
             let version = changes.version;
             let store = store.clone();
+            let started = std::time::Instant::now();
             let written = tokio::task::spawn_blocking(move || {
                 let result = store.commit(&changes);
                 (result, changes)
@@ -381,6 +388,10 @@ async fn write_loop(shared: Arc<Shared>, store: Arc<Store>, mut stop: watch::Rec
             .await;
             match written {
                 Ok((Ok(()), _)) => {
+                    shared.commits.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .commit_micros
+                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     shared.committed.send_replace(version);
                 }
                 Ok((Err(e), changes)) => {

@@ -36,6 +36,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/batch/v1/health",
             get(|| async { Json(json!({"status": "ok"})) }),
         )
+        .route("/batch/v1/metrics", get(metrics))
         .route("/batch/v1/jobs", get(list_jobs).post(create_jobs))
         .route(
             "/batch/v1/jobs/{id}",
@@ -122,6 +123,84 @@ const JOB_STATES: [&str; 6] = [
 
 /// Jobs in submission order; `state` (one or several, comma-separated),
 /// `offset` and `limit` narrow the list; `total` counts what matched.
+/// Prometheus text: jobs by state, the queue, and counts since start.
+async fn metrics(State(api): Api) -> Response {
+    use std::fmt::Write;
+    let (by_state, waiting, live, counters) = {
+        let engine = api.engine();
+        let mut by_state: std::collections::BTreeMap<&'static str, u64> =
+            JOB_STATES.iter().map(|s| (*s, 0)).collect();
+        let (mut waiting, mut live) = (0u64, 0u64);
+        for job in engine.jobs() {
+            *by_state.entry(job.state()).or_default() += 1;
+            for run in job.runs.iter().filter(|r| r.state.is_active()) {
+                for inst in &run.instances {
+                    waiting += u64::from(inst.state == InstanceState::Waiting);
+                    live += u64::from(inst.state.has_task());
+                }
+            }
+        }
+        (by_state, waiting, live, engine.counters())
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP agora_batch_jobs Jobs by state.\n# TYPE agora_batch_jobs gauge"
+    );
+    for (state, n) in by_state {
+        let _ = writeln!(out, "agora_batch_jobs{{state=\"{state}\"}} {n}");
+    }
+    let gauges = [
+        (
+            "agora_batch_instances_waiting",
+            "Instances waiting for resources, a dependency or a retry.",
+            waiting,
+        ),
+        (
+            "agora_batch_instances_live",
+            "Instances with a task launched or running.",
+            live,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP agora_batch_tasks_launched_total Tasks launched since start.\n# TYPE agora_batch_tasks_launched_total counter\nagora_batch_tasks_launched_total {}",
+        counters.tasks_launched
+    );
+    let _ = writeln!(
+        out,
+        "# HELP agora_batch_runs_ended_total Runs ended since start, by outcome.\n# TYPE agora_batch_runs_ended_total counter"
+    );
+    for (outcome, n) in [
+        ("SUCCEEDED", counters.runs_succeeded),
+        ("FAILED", counters.runs_failed),
+        ("KILLED", counters.runs_killed),
+    ] {
+        let _ = writeln!(
+            out,
+            "agora_batch_runs_ended_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let commits = api.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let micros = api.commit_micros.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP agora_batch_store_commit_seconds Durable store commits (each groups many changes).\n# TYPE agora_batch_store_commit_seconds summary\nagora_batch_store_commit_seconds_count {commits}\nagora_batch_store_commit_seconds_sum {:.6}",
+        micros as f64 / 1e6
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}
+
 async fn list_jobs(State(api): Api, Query(params): Query<HashMap<String, String>>) -> Response {
     let states: Option<Vec<String>> = params.get("state").map(|s| {
         s.split(',')
