@@ -103,8 +103,12 @@ pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> 
                 ExitCode::SUCCESS
             })
         }
-        JobCommand::Rm { id } => batch
-            .call(batch.client.delete(format!("{}/jobs/{id}", batch.base)))
+        JobCommand::Rm { id, force } => batch
+            .call(
+                batch
+                    .client
+                    .delete(format!("{}/jobs/{id}?force={force}", batch.base)),
+            )
             .await
             .map(|_| {
                 println!("removed {id}");

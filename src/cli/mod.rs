@@ -220,7 +220,12 @@ pub enum JobCommand {
         run: Option<u32>,
     },
     /// Remove a job and its history.
-    Rm { id: String },
+    Rm {
+        id: String,
+        /// Kill an active run first instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
     /// Start a run now (e.g. of a scheduled job).
     Run {
         id: String,

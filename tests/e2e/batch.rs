@@ -543,7 +543,7 @@ async fn timeout_kills_and_fails_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn user_kill_is_not_retried() {
+async fn user_kill_is_not_retried_and_forced_remove_kills() {
     let cluster = Cluster::start(&[("k1", "cpus:2;mem:1024")]).await;
     submit_ok(
         &cluster.url,
@@ -565,6 +565,39 @@ async fn user_kill_is_not_retried() {
     .await;
     assert_eq!(j["state"], "KILLED");
     assert_eq!(attempts(&j["runs"][0], 0).len(), 1);
+    // Removing a job with an active run takes `--force`, which kills it.
+    submit_ok(&cluster.url, "id = \"busy\"\ncmd = \"sleep 300\"\n").await;
+    wait_until("busy running", Duration::from_secs(10), || async {
+        (job(&cluster.url, "busy").await["state"] == "RUNNING").then_some(())
+    })
+    .await;
+    let (code, _, err) = agora_job(&cluster.url, &["rm", "busy"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("active run"), "{err}");
+    let busy = job(&cluster.url, "busy").await;
+    let task = attempts(&busy["runs"][0], 0)[0]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_string();
+    let (code, out, err) = agora_job(&cluster.url, &["rm", "busy", "--force"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "removed busy");
+    let (code, _, _) = agora_job(&cluster.url, &["status", "busy"]).await;
+    assert_ne!(code, 0, "gone");
+    wait_until(
+        "the removed job's task killed",
+        Duration::from_secs(20),
+        || async {
+            let t: Value = reqwest::get(format!("{}/api/v1/tasks/{task}", cluster.url))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (t["state"] == "TASK_KILLED").then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -394,13 +394,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes a job and its history. Refused while it has an active run or
-    /// another job depends on it.
-    pub fn remove(&mut self, id: &str) -> Result<(), EngineError> {
+    /// Deletes a job and its history. Refused while another job depends on
+    /// it, and while it has an active run unless `force` (which kills it).
+    pub fn remove(
+        &mut self,
+        id: &str,
+        force: bool,
+        now: Millis,
+    ) -> Result<Vec<Action>, EngineError> {
         let job = self.jobs.get(id).ok_or_else(|| unknown(id))?;
-        if job.has_active_run() {
+        if job.has_active_run() && !force {
             return Err(EngineError::Conflict(format!(
-                "job `{id}` has an active run; kill it first (`agora job kill {id}`)"
+                "job `{id}` has an active run; kill it first (`agora job kill {id}`), or remove with force"
             )));
         }
         if let Some(users) = self.dependents.get(id).filter(|u| !u.is_empty()) {
@@ -413,6 +418,8 @@ impl Engine {
                     .join(", ")
             )));
         }
+        // Forced: its live tasks are killed; their last words find no job.
+        let actions = self.kill_runs(id, None, "removed", RunState::Killed, now);
         if let Some(job) = self.jobs.remove(id) {
             for run in &job.runs {
                 for inst in &run.instances {
@@ -426,7 +433,7 @@ impl Engine {
         self.removed.insert(id.to_string());
         self.version += 1;
         self.rebuild_dependents();
-        Ok(())
+        Ok(actions)
     }
 
     /// Starts a run now (`agora job run`), following the job's concurrency.

@@ -310,11 +310,28 @@ async fn update_job(State(api): Api, Path(id): Path<String>, body: String) -> Re
     }
 }
 
-async fn delete_job(State(api): Api, Path(id): Path<String>) -> Response {
-    let removed = api.engine().remove(&id);
+/// Removes a job; `?force=true` first kills an active run.
+async fn delete_job(
+    State(api): Api,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let force = match params.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("parameter `force` must be true or false, got `{other}`"),
+            );
+        }
+    };
+    let removed = api.engine().remove(&id, force, now_ms());
     match removed {
-        Ok(()) => {
+        Ok(actions) => {
             api.persist().await;
+            api.act(actions).await;
+            api.sync_interest().await;
             Json(json!({ "removed": id })).into_response()
         }
         Err(e) => engine_error(e),

@@ -158,7 +158,7 @@ mod tests {
                 .commit(&engine.take_changes().expect("changes"))
                 .expect("commit");
             engine.kill("b", None, 2_000).expect("killed");
-            engine.remove("b").expect("removed");
+            engine.remove("b", false, 2_000).expect("removed");
             store
                 .commit(&engine.take_changes().expect("changes"))
                 .expect("commit");

@@ -462,11 +462,17 @@ fn remove_is_refused_while_active_or_depended_on() {
         "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\ndepends_on = [\"a\"]\n",
         0,
     );
-    assert!(matches!(e.remove("a"), Err(EngineError::Conflict(_))));
-    assert!(matches!(e.remove("zzz"), Err(EngineError::NotFound(_))));
+    assert!(matches!(
+        e.remove("a", false, 10),
+        Err(EngineError::Conflict(_))
+    ));
+    assert!(matches!(
+        e.remove("zzz", false, 10),
+        Err(EngineError::NotFound(_))
+    ));
     let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
     e.on_status(&status(&t[0], TaskState::TaskFinished, Some(0)), 1);
-    assert!(matches!(e.remove("a"), Err(EngineError::Conflict(m)) if m.contains("`b`")));
+    assert!(matches!(e.remove("a", false, 10), Err(EngineError::Conflict(m)) if m.contains("`b`")));
 }
 
 #[test]
@@ -527,4 +533,24 @@ fn update_replaces_the_spec_and_keeps_history() {
         e.update(ghost, 600),
         Err(EngineError::NotFound(_))
     ));
+}
+
+#[test]
+fn forced_remove_kills_the_active_run() {
+    let mut e = Engine::new(30_000);
+    submit(&mut e, "id = \"busy\"\ncmd = \"sleep 100\"\n", 0);
+    let t = launched(&e.place(&[offer("o", "a1", 4.0, 1024.0, &[])], 0));
+    assert!(matches!(
+        e.remove("busy", false, 1),
+        Err(EngineError::Conflict(_))
+    ));
+    assert_eq!(
+        e.remove("busy", true, 2).expect("forced"),
+        vec![Action::Kill(t[0].clone())]
+    );
+    assert!(e.job("busy").is_none());
+    assert!(
+        e.on_status(&status(&t[0], TaskState::TaskKilled, None), 3)
+            .is_empty()
+    );
 }
