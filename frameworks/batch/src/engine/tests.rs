@@ -1,4 +1,5 @@
 use super::*;
+use agora_sdk::Resources;
 
 fn offer(id: &str, agent: &str, cpus: f64, mem: f64, attrs: &[(&str, &str)]) -> Offer {
     Offer {
