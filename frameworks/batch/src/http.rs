@@ -454,7 +454,7 @@ async fn logs(
             format!("parameter `stream` must be stdout or stderr, got `{stream}`"),
         );
     }
-    let (task_id, run_number, run_state, instance_state, attempt) = {
+    let (task_id, run_number, run_state, instance_state, attempt, task_live) = {
         let engine = api.engine();
         let Some(job) = engine.job(&id) else {
             return error(StatusCode::NOT_FOUND, format!("unknown job `{id}`"));
@@ -488,6 +488,7 @@ async fn logs(
             run.state.as_str(),
             inst.state,
             inst.attempts.len() - 1,
+            attempt.ended_at.is_none(),
         )
     };
     let mut url = format!(
@@ -515,8 +516,15 @@ async fn logs(
         }
     };
     let status = answer.status();
-    let body: Value = answer.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
+    let mut body: Value = answer.json().await.unwrap_or(Value::Null);
+    if status == reqwest::StatusCode::NOT_FOUND && task_live {
+        // Launched but not started on its agent yet: no output so far.
+        let offset = params
+            .get("offset")
+            .and_then(|o| o.parse::<u64>().ok())
+            .unwrap_or(0);
+        body = json!({ "data": "", "offset": offset });
+    } else if !status.is_success() {
         let why = body["error"].as_str().unwrap_or("no reason given");
         let code = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         return error(code, format!("task `{task_id}`'s {stream}: {why}"));
@@ -528,9 +536,7 @@ async fn logs(
         "attempt": attempt,
         "task_id": task_id,
         "run_state": run_state,
-        "instance_done": instance_state == InstanceState::Succeeded
-            || instance_state == InstanceState::Failed
-            || instance_state == InstanceState::Killed,
+        "instance_done": instance_state.is_done(),
         "data": body["data"],
         "offset": body["offset"],
     }))
