@@ -139,6 +139,11 @@ async fn batch_framework_ids(master: &str) -> Vec<String> {
         .collect()
 }
 
+/// Shell that blocks a task until the test creates `gate`.
+fn until_gate(gate: &Path) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())
+}
+
 fn write_spec(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("writing spec");
@@ -177,9 +182,9 @@ impl RunningAndQueued {
         submit_ok(
             master,
             &format!(
-                "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
+                "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; {}\"\n",
                 first.display(),
-                gate.display()
+                until_gate(&gate)
             ),
         )
         .await;
@@ -827,9 +832,9 @@ async fn torn_down_batch_registers_anew_and_retries_its_jobs() {
     submit_ok(
         &cluster.url,
         &format!(
-            "id = \"resilient\"\nretries = 1\nbackoff = \"0s\"\ncmd = \"echo $AGORA_ATTEMPT >> {}; while [ ! -e {} ]; do sleep 0.05; done\"\n",
+            "id = \"resilient\"\nretries = 1\nbackoff = \"0s\"\ncmd = \"echo $AGORA_ATTEMPT >> {}; {}\"\n",
             marks.display(),
-            gate.display()
+            until_gate(&gate)
         ),
     )
     .await;

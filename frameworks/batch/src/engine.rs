@@ -10,8 +10,7 @@ use agora_sdk::{Offer, TaskInfo, TaskState, TaskStatus, v1};
 
 use crate::model::{Attempt, Instance, InstanceState, Job, Millis, Run, RunState, Trigger};
 use crate::spec::{self, Concurrency, JobSpec, Operator, SpecError};
-pub use placement::needs;
-use placement::{Slot, task_info, unique_values};
+use placement::{Slot, needs, task_info, unique_values};
 
 /// Terminal runs kept per job; older ones are dropped from history.
 pub const RUN_HISTORY: usize = 50;
@@ -152,10 +151,6 @@ impl Engine {
 
     pub fn job(&self, id: &str) -> Option<&Job> {
         self.jobs.get(id)
-    }
-
-    pub fn framework_id(&self) -> Option<&str> {
-        self.framework_id.as_deref()
     }
 
     pub fn version(&self) -> u64 {

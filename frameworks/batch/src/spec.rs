@@ -531,11 +531,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// The field names a spec may hold, for documentation and errors.
-pub fn fields() -> &'static [&'static str] {
-    FIELDS
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use crate::model::Run;
 use crate::spec::{JobSpec, Operator};
 
 /// The resources one instance of `spec` takes.
-pub fn needs(spec: &JobSpec) -> Resources {
+pub(super) fn needs(spec: &JobSpec) -> Resources {
     let mut r = Resources::new()
         .with_scalar("cpus", spec.cpus)
         .with_scalar("mem", spec.mem);
