@@ -200,6 +200,11 @@ async fn a_task_sees_its_own_pid_uts_mount_and_ipc_namespaces() {
                  sleep 1 & wait";
     rig.launch(vec![task("probe-1", probe, &resources(0.2, 64.0))])
         .await;
+    // The agent lists a container while it is still being set up: its
+    // cgroup exists once the task runs.
+    rig.f
+        .wait_state("probe-1", TaskState::TaskRunning, Duration::from_secs(20))
+        .await;
     let container = container_of(&rig.endpoint, "probe-1").await;
     let id = container["container_id"].as_str().expect("id").to_string();
     assert!(
