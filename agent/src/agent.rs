@@ -23,6 +23,7 @@ use crate::AgentConfig;
 use crate::cgroups::Usage;
 use crate::checkpoint::Checkpoints;
 use crate::containerizer::{Container, Containerizer, Exit, LaunchSpec};
+use crate::health::{CheckTarget, HealthEvent, run_checks};
 
 type TaskKey = (String, String);
 
@@ -40,6 +41,8 @@ pub(crate) enum TaskEvent {
         reason: task_status::Reason,
         exit_code: Option<i32>,
     },
+    /// The task's health checker has news.
+    Health { key: TaskKey, event: HealthEvent },
 }
 
 /// One running container, as the agent's HTTP API shows it.
@@ -75,6 +78,30 @@ struct TaskRecord {
     /// resent together, in order.
     pending: VecDeque<v1::StatusUpdate>,
     sent_at: Option<Instant>,
+    /// The latest health-check result (sent with every update).
+    healthy: Option<bool>,
+    /// The task's health checker, stopped when the task ends.
+    checker: Option<tokio::task::AbortHandle>,
+    /// Why the agent killed the task for failing its health checks.
+    unhealthy: Option<String>,
+}
+
+impl TaskRecord {
+    fn new(info: v1::TaskInfo, state: TaskState, container_id: String) -> TaskRecord {
+        TaskRecord {
+            info,
+            state,
+            container_id,
+            pid: 0,
+            kill: None,
+            kill_pending: None,
+            pending: VecDeque::new(),
+            sent_at: None,
+            healthy: None,
+            checker: None,
+            unhealthy: None,
+        }
+    }
 }
 
 struct Session {
@@ -271,19 +298,10 @@ impl<C: Containerizer> Agent<C> {
             let key = (framework.clone(), task_id.clone());
             let state = TaskState::try_from(cp.state).unwrap_or(TaskState::TaskUnknown);
             keep.push(cp.container_id.clone());
-            self.tasks.insert(
-                key.clone(),
-                TaskRecord {
-                    info: info.clone(),
-                    state,
-                    container_id: cp.container_id.clone(),
-                    pid: cp.pid,
-                    kill: None,
-                    kill_pending: None,
-                    pending: cp.pending.into_iter().collect(),
-                    sent_at: None,
-                },
-            );
+            let mut record = TaskRecord::new(info.clone(), state, cp.container_id.clone());
+            record.pid = cp.pid;
+            record.pending = cp.pending.into_iter().collect();
+            self.tasks.insert(key.clone(), record);
             if is_terminal(state) {
                 info!(task = %task_id, "recovered a finished task with updates to deliver");
                 continue;
@@ -293,9 +311,10 @@ impl<C: Containerizer> Agent<C> {
                 Ok(container) => {
                     info!(task = %task_id, pid = cp.pid, "re-attached to a running task");
                     self.supervise(key.clone(), container);
+                    self.start_health_checks(&key);
                     if self.config.recover_cleanup {
                         info!(task = %task_id, "--recover=cleanup: killing it");
-                        self.kill(key);
+                        self.kill(key, None);
                     }
                 }
                 Err(e) => {
@@ -509,7 +528,11 @@ impl<C: Containerizer> Agent<C> {
                     kill.framework_id.map(|f| f.value).unwrap_or_default(),
                     kill.task_id.map(|t| t.value).unwrap_or_default(),
                 );
-                self.kill(key);
+                let grace = kill
+                    .kill_grace_period
+                    .filter(|g| g.is_finite() && *g >= 0.0)
+                    .map(|g| Duration::from_secs_f64(g.min(3600.0)));
+                self.kill(key, grace);
             }
             master_message::Message::Acknowledge(ack) => {
                 let key = (
@@ -522,7 +545,7 @@ impl<C: Containerizer> Agent<C> {
                 warn!(reason = %s.message, "the master asked this agent to shut down; killing its tasks");
                 let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
                 for key in keys {
-                    self.kill(key);
+                    self.kill(key, None);
                 }
             }
         }
@@ -579,16 +602,7 @@ impl<C: Containerizer> Agent<C> {
         let container_id = uuid::Uuid::new_v4().simple().to_string();
         self.tasks.insert(
             key.clone(),
-            TaskRecord {
-                info: task.clone(),
-                state: TaskState::TaskStaging,
-                container_id: container_id.clone(),
-                pid: 0,
-                kill: None,
-                kill_pending: None,
-                pending: VecDeque::new(),
-                sent_at: None,
-            },
+            TaskRecord::new(task.clone(), TaskState::TaskStaging, container_id.clone()),
         );
         let invalid =
             task_id.is_empty() || task_id == "." || task_id == ".." || task_id.contains('/');
@@ -662,6 +676,7 @@ impl<C: Containerizer> Agent<C> {
             task_status::Reason::None,
             None,
         );
+        self.start_health_checks(&key);
         if let Some(grace) = self.tasks.get_mut(&key).and_then(|t| t.kill_pending.take())
             && let Some(kill) = self.tasks.get_mut(&key).and_then(|t| t.kill.take())
         {
@@ -679,14 +694,81 @@ impl<C: Containerizer> Agent<C> {
         tokio::spawn(supervise(key, container, kill_rx, self.events_tx.clone()).instrument(span));
     }
 
-    fn kill(&mut self, key: TaskKey) {
-        let grace = self.config.kill_grace_period;
+    /// Starts the task's health checker, if it has a check.
+    fn start_health_checks(&mut self, key: &TaskKey) {
+        let Some(task) = self.tasks.get(key) else {
+            return;
+        };
+        let Some(check) = task.info.health_check.clone() else {
+            return;
+        };
+        let ports: Vec<u64> = Resources::from_proto(&task.info.resources)
+            .map(|r| r.ranges("ports").iter().collect())
+            .unwrap_or_default();
+        let sandbox = self.sandbox_of(key);
+        let target = CheckTarget {
+            port: ports.get(check.port_index as usize).copied(),
+            env: task_env(&key.0, &task.info, &sandbox),
+            sandbox,
+        };
+        let events = self.events_tx.clone();
+        let event_key = key.clone();
+        let span = info_span!("health", framework = %key.0, task = %key.1);
+        let handle = tokio::spawn(
+            run_checks(check, target, move |event| {
+                events
+                    .send(TaskEvent::Health {
+                        key: event_key.clone(),
+                        event,
+                    })
+                    .is_ok()
+            })
+            .instrument(span),
+        );
+        if let Some(task) = self.tasks.get_mut(key) {
+            task.checker = Some(handle.abort_handle());
+        }
+    }
+
+    /// A health checker's news: a change of health becomes a `TASK_RUNNING`
+    /// update; exhausted failures kill the task.
+    fn health_event(&mut self, key: TaskKey, event: HealthEvent) {
+        let Some(task) = self.tasks.get_mut(&key) else {
+            return;
+        };
+        if is_terminal(task.state) {
+            return;
+        }
+        match event {
+            HealthEvent::Changed { healthy, message } => {
+                info!(task = %key.1, healthy, %message, "health changed");
+                task.healthy = Some(healthy);
+                if task.state == TaskState::TaskRunning {
+                    let reason = task_status::Reason::TaskHealthCheckStatusUpdated;
+                    self.update(&key, TaskState::TaskRunning, &message, reason, None);
+                }
+            }
+            HealthEvent::Exhausted { message } => {
+                warn!(task = %key.1, %message, "killing an unhealthy task");
+                task.healthy = Some(false);
+                task.unhealthy = Some(message);
+                self.kill(key, None);
+            }
+        }
+    }
+
+    /// Kills a task; `grace` (from the kill itself) overrides the task's
+    /// own grace period and the agent's default.
+    fn kill(&mut self, key: TaskKey, grace: Option<Duration>) {
+        let default = self.config.kill_grace_period;
         match self.tasks.get_mut(&key) {
             Some(t) if !is_terminal(t.state) => {
-                let grace = if t.info.kill_grace_period > 0.0 {
-                    Duration::from_secs_f64(t.info.kill_grace_period.min(3600.0))
-                } else {
-                    grace
+                let grace = match grace {
+                    Some(g) => g,
+                    None if t.info.kill_grace_period > 0.0 => {
+                        Duration::from_secs_f64(t.info.kill_grace_period.min(3600.0))
+                    }
+                    None => default,
                 };
                 if let Some(kill) = t.kill.take() {
                     info!(task = %key.1, ?grace, "killing task");
@@ -699,23 +781,15 @@ impl<C: Containerizer> Agent<C> {
             Some(_) => debug!(task = %key.1, "kill of an ended task; its update is on its way"),
             None => {
                 // The master thinks it exists; tell it that it does not.
+                let info = v1::TaskInfo {
+                    task_id: Some(v1::TaskId {
+                        value: key.1.clone(),
+                    }),
+                    ..Default::default()
+                };
                 self.tasks.insert(
                     key.clone(),
-                    TaskRecord {
-                        info: v1::TaskInfo {
-                            task_id: Some(v1::TaskId {
-                                value: key.1.clone(),
-                            }),
-                            ..Default::default()
-                        },
-                        state: TaskState::TaskStaging,
-                        container_id: String::new(),
-                        pid: 0,
-                        kill: None,
-                        kill_pending: None,
-                        pending: VecDeque::new(),
-                        sent_at: None,
-                    },
+                    TaskRecord::new(info, TaskState::TaskStaging, String::new()),
                 );
                 self.update(
                     &key,
@@ -733,14 +807,25 @@ impl<C: Containerizer> Agent<C> {
             TaskEvent::Launched { key, result } => self.launched(key, result),
             TaskEvent::Exited {
                 key,
-                state,
-                message,
-                reason,
+                mut state,
+                mut message,
+                mut reason,
                 exit_code,
             } => {
+                if let Some(task) = self.tasks.get_mut(&key) {
+                    if let Some(checker) = task.checker.take() {
+                        checker.abort();
+                    }
+                    if let Some(why) = task.unhealthy.take() {
+                        state = TaskState::TaskKilled;
+                        reason = task_status::Reason::TaskUnhealthy;
+                        message = why;
+                    }
+                }
                 info!(task = %key.1, state = state.as_str_name(), %message, "task ended");
                 self.update(&key, state, &message, reason, exit_code);
             }
+            TaskEvent::Health { key, event } => self.health_event(key, event),
         }
     }
 
@@ -774,6 +859,7 @@ impl<C: Containerizer> Agent<C> {
                 timestamp: now_seconds(),
                 uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
                 exit_code,
+                healthy: task.healthy,
             }),
         });
         // On disk before it is sent: an update the master may have seen is
@@ -869,7 +955,8 @@ impl<C: Containerizer> Agent<C> {
                     let _ = container.kill_all();
                     let _ = container.destroy();
                 }
-                Ok(Some(TaskEvent::Launched { result: Err(_), .. })) => {}
+                Ok(Some(TaskEvent::Launched { result: Err(_), .. }))
+                | Ok(Some(TaskEvent::Health { .. })) => {}
                 Ok(None) | Err(_) => break,
             }
         }

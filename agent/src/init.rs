@@ -12,14 +12,21 @@
 //!    mount namespace (private `/proc`, optional `pivot_root` into an image),
 //!    sets the hostname, then reaps zombies and forwards signals;
 //! 3. the task's command, `sh -c`.
+//!
+//! The agent hands the init a *start report* pipe as its standard input.
+//! Every process holds it close-on-exec: a set-up failure is written to it
+//! (then the process exits), and the agent reads end-of-file exactly when
+//! the task's `exec` succeeded — so `TASK_RUNNING` means the command runs in
+//! its container, and a failed set-up is a launch failure with its cause.
 
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -79,14 +86,53 @@ fn handled_signals() -> SigSet {
     set
 }
 
+/// The start report (see the module docs): a close-on-exec descriptor, or
+/// -1 once this process has closed its copy.
+static START_REPORT: AtomicI32 = AtomicI32::new(-1);
+
 fn fail(message: String) -> ! {
     let _ = writeln!(std::io::stderr(), "agora container-init: {message}");
+    let fd = START_REPORT.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: the descriptor stays open until `close_start_report`, and
+        // this process is single-threaded.
+        let report = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = nix::unistd::write(report, message.as_bytes());
+    }
     std::process::exit(127)
+}
+
+/// Moves the start report off standard input to a close-on-exec descriptor,
+/// and gives the container `/dev/null` as its standard input.
+fn take_start_report() {
+    if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() {
+        START_REPORT.store(fd.into_raw_fd(), Ordering::SeqCst);
+    }
+    match File::open("/dev/null") {
+        Ok(null) => {
+            if let Err(e) = nix::unistd::dup2_stdin(null) {
+                fail(format!("replacing stdin with /dev/null: {e}"));
+            }
+        }
+        Err(e) => fail(format!("opening /dev/null: {e}")),
+    }
+}
+
+/// This process's copy of the start report is no longer needed: the
+/// agent's end-of-file then waits only for the others.
+fn close_start_report() {
+    let fd = START_REPORT.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: the descriptor came from `into_raw_fd` and nothing else
+        // owns it; the swap above makes this the only close.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
 }
 
 /// Runs the supervisor for the container described in `dir`; returns the
 /// process exit code.
 pub fn container_init_main(dir: &Path) -> i32 {
+    take_start_report();
     let spec_path = dir.join("init.json");
     let spec: InitSpec = match std::fs::read(&spec_path)
         .map_err(|e| e.to_string())
@@ -121,6 +167,7 @@ pub fn container_init_main(dir: &Path) -> i32 {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(status_write);
+            close_start_report();
             supervise(dir, child, status_read, &signals)
         }
     }
@@ -228,6 +275,7 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
         }
         Ok(ForkResult::Parent { child }) => child,
     };
+    close_start_report();
     // Init: reap every zombie, pass signals on to the task, end with it.
     let exit = loop {
         match signals.wait() {

@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod checkpoint;
 pub mod containerizer;
 pub mod detect;
+pub mod health;
 mod http;
 pub mod image;
 pub mod init;

@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use agora_proto::v1::accept_refusal::Reason as Refusal;
 use agora_proto::v1::{
     self, AgentMessage, Event, MasterMessage, TaskState, TaskStatus, agent_message, event,
     master_message, task_status,
 };
-use agora_proto::{Resources, is_terminal};
+use agora_proto::{Resources, is_terminal, refusal_status};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
@@ -39,7 +40,10 @@ pub enum Call {
     Decline(v1::DeclineRequest),
     Revive,
     Suppress,
-    Kill(v1::TaskId),
+    Kill {
+        task_id: v1::TaskId,
+        grace: Option<f64>,
+    },
     Acknowledge(v1::AcknowledgeRequest),
     Reconcile(Vec<v1::TaskId>),
     Teardown,
@@ -176,6 +180,8 @@ struct TaskEntry {
     kill_requested: bool,
     /// Latest usage the agent reported, while running.
     usage: Option<v1::ResourceUsage>,
+    /// Latest health-check result the agent reported.
+    healthy: Option<bool>,
 }
 
 type TaskKey = (String, String);
@@ -678,6 +684,7 @@ impl Core {
                             reason: task_status::Reason::None,
                             kill_requested: false,
                             usage: None,
+                            healthy: None,
                         },
                     );
                 }
@@ -769,6 +776,20 @@ impl Core {
         self.emit(ClusterEvent::AgentUnreachable {
             agent_id: agent_id.to_string(),
         });
+        // Every framework hears of it (Mesos's `FAILURE` event), before the
+        // task updates that follow.
+        for f in self.frameworks.values() {
+            if let Some((_, tx)) = &f.stream {
+                let _ = tx.send(Ok(Event {
+                    event: Some(event::Event::Failure(event::Failure {
+                        agent_id: Some(v1::AgentId {
+                            value: agent_id.to_string(),
+                        }),
+                        message: "the agent is unreachable: it missed its heartbeats".into(),
+                    })),
+                }));
+            }
+        }
         let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
         self.master_transition(
             keys,
@@ -826,6 +847,7 @@ impl Core {
             timestamp: now_seconds(),
             uuid: Vec::new(),
             exit_code: None,
+            healthy: self.tasks.get(key).and_then(|t| t.healthy),
         }
     }
 
@@ -839,6 +861,9 @@ impl Core {
         let changed = task.state != state || task.message != status.message;
         task.state = state;
         task.message = status.message.clone();
+        if status.healthy.is_some() {
+            task.healthy = status.healthy;
+        }
         task.reason = task_status::Reason::try_from(status.reason).unwrap_or_default();
         let event = ClusterEvent::TaskUpdated {
             framework_id: key.0.clone(),
@@ -936,6 +961,12 @@ impl Core {
     }
 
     fn send_kill(&mut self, key: &TaskKey) {
+        self.send_kill_with_grace(key, None);
+    }
+
+    /// Asks the task's agent to kill it; `grace` overrides the task's own
+    /// kill grace period.
+    fn send_kill_with_grace(&mut self, key: &TaskKey, grace: Option<f64>) {
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
@@ -950,6 +981,7 @@ impl Core {
                 task_id: Some(v1::TaskId {
                     value: key.1.clone(),
                 }),
+                kill_grace_period: grace,
             }),
         );
     }
@@ -1109,11 +1141,16 @@ impl Core {
                 self.allocator.suppress(&framework_id);
                 Ok(())
             }
-            Call::Kill(task_id) => {
+            Call::Kill { task_id, grace } => {
+                if grace.is_some_and(|g| !(g.is_finite() && (0.0..=3600.0).contains(&g))) {
+                    return Err(Status::invalid_argument(
+                        "kill_grace_period must be between 0 and 3600 seconds",
+                    ));
+                }
                 let key = (framework_id.clone(), task_id.value.clone());
                 match self.tasks.get(&key) {
                     Some(t) if !is_terminal(t.state) => {
-                        self.send_kill(&key);
+                        self.send_kill_with_grace(&key, grace);
                         Ok(())
                     }
                     Some(_) => Err(Status::failed_precondition(format!(
@@ -1208,40 +1245,53 @@ impl Core {
     /// Validates and applies an accept. Invalid accepts launch nothing and
     /// return every named offer's resources.
     fn accept(&mut self, framework_id: &str, req: v1::AcceptRequest) -> Result<(), Status> {
-        let refuse = refuse_duration(req.filters.as_ref())?;
+        let refuse = refuse_duration(req.filters.as_ref())
+            .map_err(|s| refusal_status(Refusal::InvalidFilters, s.message(), ""))?;
         let mut offer_ids: Vec<String> = Vec::new();
-        let mut problem: Option<String> = None;
+        let mut problem: Option<(Refusal, String, String)> = None;
+        let offers_problem = |reason, message: String| (reason, message, String::new());
         for id in &req.offer_ids {
             if offer_ids.contains(&id.value) {
-                problem.get_or_insert(format!("offer `{}` is named twice", id.value));
+                problem.get_or_insert(offers_problem(
+                    Refusal::InvalidOffers,
+                    format!("offer `{}` is named twice", id.value),
+                ));
                 continue;
             }
             match self.offers.get(&id.value) {
                 Some(o) if o.framework == framework_id => offer_ids.push(id.value.clone()),
                 Some(_) => {
-                    problem.get_or_insert(format!(
-                        "offer `{}` belongs to another framework",
-                        id.value
+                    problem.get_or_insert(offers_problem(
+                        Refusal::OfferNotOwned,
+                        format!("offer `{}` belongs to another framework", id.value),
                     ));
                 }
                 None => {
-                    problem.get_or_insert(format!(
-                        "offer `{}` is not outstanding (already used, declined, rescinded or unknown)",
-                        id.value
+                    problem.get_or_insert(offers_problem(
+                        Refusal::OfferNotOutstanding,
+                        format!(
+                            "offer `{}` is not outstanding (already used, declined, rescinded or unknown)",
+                            id.value
+                        ),
                     ));
                 }
             }
         }
         if req.offer_ids.is_empty() {
-            problem.get_or_insert("accept names no offer".into());
+            problem.get_or_insert(offers_problem(
+                Refusal::InvalidOffers,
+                "accept names no offer".into(),
+            ));
         }
         let agents: HashSet<&str> = offer_ids
             .iter()
             .filter_map(|id| self.offers.get(id).map(|o| o.agent.as_str()))
             .collect();
         if agents.len() > 1 {
-            problem
-                .get_or_insert("offers from different agents cannot be accepted together".into());
+            problem.get_or_insert(offers_problem(
+                Refusal::InvalidOffers,
+                "offers from different agents cannot be accepted together".into(),
+            ));
         }
         let agent = agents
             .iter()
@@ -1263,13 +1313,13 @@ impl Core {
             }
         }
 
-        if let Some(problem) = problem {
+        if let Some((reason, problem, task)) = problem {
             warn!(%problem, "invalid accept; nothing launched");
             self.metrics.invalid_accepts += 1;
             for id in &offer_ids {
                 self.take_offer(id, refuse);
             }
-            return Err(Status::invalid_argument(problem));
+            return Err(refusal_status(reason, problem, &task));
         }
 
         let mut used = Resources::new();
@@ -1306,6 +1356,7 @@ impl Core {
                     reason: task_status::Reason::None,
                     kill_requested: false,
                     usage: None,
+                    healthy: None,
                 },
             );
             self.send_to_agent(
@@ -1331,7 +1382,8 @@ impl Core {
         agent: &str,
         offered: &Resources,
         tasks: &[v1::TaskInfo],
-    ) -> Result<Vec<(v1::TaskInfo, Resources)>, String> {
+    ) -> Result<Vec<(v1::TaskInfo, Resources)>, (Refusal, String, String)> {
+        let bad = |id: &str, message: String| (Refusal::InvalidTask, message, id.to_string());
         let mut seen: HashSet<&str> = HashSet::new();
         let mut total = Resources::new();
         let mut out = Vec::with_capacity(tasks.len());
@@ -1342,35 +1394,45 @@ impl Core {
                 .map(|t| t.value.as_str())
                 .unwrap_or("");
             if id.is_empty() {
-                return Err("task_id must not be empty".into());
+                return Err(bad(id, "task_id must not be empty".into()));
             }
             if id.len() > 256
                 || id == "."
                 || id == ".."
                 || id.chars().any(|c| c.is_control() || c == '/')
             {
-                return Err(format!(
-                    "task `{id}`: task_id must be at most 256 characters, not `.` or `..`, without `/` or control characters"
+                return Err(bad(
+                    id,
+                    format!(
+                        "task `{id}`: task_id must be at most 256 characters, not `.` or `..`, without `/` or control characters"
+                    ),
                 ));
             }
             if !seen.insert(id) {
-                return Err(format!("task id `{id}` appears twice in one accept"));
+                return Err(bad(
+                    id,
+                    format!("task id `{id}` appears twice in one accept"),
+                ));
             }
             if self
                 .tasks
                 .get(&(framework_id.to_string(), id.to_string()))
                 .is_some_and(|t| !is_terminal(t.state))
             {
-                return Err(format!(
-                    "task id `{id}` is already in use by a live task of this framework"
+                return Err(bad(
+                    id,
+                    format!("task id `{id}` is already in use by a live task of this framework"),
                 ));
             }
             if let Some(a) = task.agent_id.as_ref().filter(|a| !a.value.is_empty())
                 && a.value != agent
             {
-                return Err(format!(
-                    "task `{id}`: agent_id `{}` is not the offer's agent `{agent}`",
-                    a.value
+                return Err(bad(
+                    id,
+                    format!(
+                        "task `{id}`: agent_id `{}` is not the offer's agent `{agent}`",
+                        a.value
+                    ),
                 ));
             }
             if task
@@ -1378,25 +1440,43 @@ impl Core {
                 .as_ref()
                 .is_none_or(|c| c.value.trim().is_empty())
             {
-                return Err(format!("task `{id}`: command.value must not be empty"));
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: command.value must not be empty"),
+                ));
             }
-            let resources =
-                Resources::from_proto(&task.resources).map_err(|e| format!("task `{id}`: {e}"))?;
+            let resources = Resources::from_proto(&task.resources)
+                .map_err(|e| bad(id, format!("task `{id}`: {e}")))?;
             if resources.scalar("cpus") < 0.01 {
-                return Err(format!("task `{id}`: resources.cpus must be at least 0.01"));
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: resources.cpus must be at least 0.01"),
+                ));
             }
             if resources.scalar("mem") < 1.0 {
-                return Err(format!("task `{id}`: resources.mem must be at least 1 MiB"));
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: resources.mem must be at least 1 MiB"),
+                ));
             }
             if !(task.kill_grace_period.is_finite() && task.kill_grace_period >= 0.0) {
-                return Err(format!(
-                    "task `{id}`: kill_grace_period must be a finite number >= 0"
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: kill_grace_period must be a finite number >= 0"),
                 ));
+            }
+            if let Some(check) = &task.health_check {
+                validate_health_check(check, resources.ranges("ports").len())
+                    .map_err(|e| bad(id, format!("task `{id}`: health_check: {e}")))?;
             }
             total.add(&resources);
             if !offered.contains(&total) {
-                return Err(format!(
-                    "task `{id}`: resources {resources} are not within the offer (offered {offered}; tasks so far need {total})"
+                return Err((
+                    Refusal::InsufficientResources,
+                    format!(
+                        "task `{id}`: resources {resources} are not within the offer (offered {offered}; tasks so far need {total})"
+                    ),
+                    id.to_string(),
                 ));
             }
             out.push((task.clone(), resources));
@@ -1621,6 +1701,7 @@ impl Core {
                             path,
                         }
                     }),
+                healthy: t.healthy,
                 usage: t.usage.as_ref().map(|u| UsageView {
                     cpu_seconds: u.cpu_seconds,
                     memory_bytes: u.memory_bytes,
@@ -1653,6 +1734,33 @@ impl Core {
 
 /// Ends a session that talks before registering: the agent reconnects and
 /// registers first.
+/// Checks a task's health check against the task (its ports).
+fn validate_health_check(check: &v1::HealthCheck, ports: u64) -> Result<(), String> {
+    use v1::health_check::Protocol;
+    let protocol =
+        Protocol::try_from(check.protocol).map_err(|_| "unknown protocol".to_string())?;
+    for (name, value) in [
+        ("grace_period_seconds", check.grace_period_seconds),
+        ("interval_seconds", check.interval_seconds),
+        ("timeout_seconds", check.timeout_seconds),
+    ] {
+        if !(value.is_finite() && (0.0..=86_400.0).contains(&value)) {
+            return Err(format!("{name} must be between 0 and 86400"));
+        }
+    }
+    match protocol {
+        Protocol::None => Ok(()),
+        Protocol::Http | Protocol::Tcp if u64::from(check.port_index) >= ports => Err(format!(
+            "port_index {} but the task has {ports} port(s)",
+            check.port_index
+        )),
+        Protocol::Command if check.command.trim().is_empty() => {
+            Err("a command check needs a command".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn refuse_unregistered(tx: &AgentTx) {
     let _ = tx.send(Err(Status::failed_precondition(
         "this session is not registered; register first",

@@ -153,7 +153,14 @@ impl Scheduler for CoreHandle {
             .task_id
             .filter(|t| !t.value.is_empty())
             .ok_or_else(|| Status::invalid_argument("kill: task_id is required"))?;
-        self.call(r.header, Call::Kill(task)).await
+        self.call(
+            r.header,
+            Call::Kill {
+                task_id: task,
+                grace: r.kill_grace_period,
+            },
+        )
+        .await
     }
 
     async fn acknowledge(

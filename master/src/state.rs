@@ -76,6 +76,9 @@ pub struct TaskView {
     pub reason: String,
     /// Where the task's files are, on its agent's HTTP API.
     pub sandbox: Option<SandboxView>,
+    /// The latest health-check result, for tasks with a health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
     /// Latest usage reported by the agent, while the task runs.
     pub usage: Option<UsageView>,
 }

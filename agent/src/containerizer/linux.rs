@@ -145,29 +145,55 @@ impl Containerizer for LinuxContainerizer {
                 source: std::io::Error::other("no container init command configured"),
             });
         };
-        let child = tokio::process::Command::new(program)
+        // The start report (see `crate::init`): end-of-file once the task's
+        // command has exec'd; a set-up failure's cause before that.
+        let (mut report, report_writer) =
+            std::io::pipe().map_err(|source| ContainerizerError::Spawn {
+                task: spec.task_id.clone(),
+                source,
+            })?;
+        let mut command = tokio::process::Command::new(program);
+        command
             .args(args)
             .arg(&dir)
             .current_dir(&spec.sandbox)
             .env_clear()
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(report_writer))
             .stdout(open_output(&spec.sandbox, "stdout")?)
             .stderr(open_output(&spec.sandbox, "stderr")?)
             // Its own session: a signal to the agent's group or terminal does
             // not reach the task, and the task outlives an agent restart.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| ContainerizerError::Spawn {
-                task: spec.task_id.clone(),
-                source,
-            });
-        let child = match child {
+            .process_group(0);
+        let child = command.spawn().map_err(|source| ContainerizerError::Spawn {
+            task: spec.task_id.clone(),
+            source,
+        });
+        // Our copy of the pipe's write end goes with the command, so the
+        // read below ends when the container's copies are gone.
+        drop(command);
+        let mut child = match child {
             Ok(c) => c,
             Err(e) => {
                 let _ = self.cgroups.remove(id);
                 return Err(e);
             }
         };
+        let mut cause = String::new();
+        let read = std::io::Read::read_to_string(&mut report, &mut cause);
+        if read.is_err() || !cause.is_empty() {
+            let _ = child.start_kill();
+            let _ = self.cgroups.kill_all(id);
+            let _ = self.cgroups.remove(id);
+            let _ = std::fs::remove_dir_all(&dir);
+            let cause = match read {
+                Err(e) => format!("reading the container's start report: {e}"),
+                Ok(_) => cause,
+            };
+            return Err(ContainerizerError::Setup {
+                task: spec.task_id.clone(),
+                cause,
+            });
+        }
         let pid = child.id().unwrap_or(0);
         Ok(self.container(spec, pid, Some(child)))
     }

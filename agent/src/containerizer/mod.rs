@@ -95,6 +95,9 @@ pub enum ContainerizerError {
     },
     #[error("image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
+    /// The container was set up but the task's command never started.
+    #[error("setting up the container of task {task} failed: {cause}")]
+    Setup { task: String, cause: String },
     #[error("container {container} cannot be recovered: {reason}")]
     Recover { container: String, reason: String },
 }

@@ -9,8 +9,8 @@ use std::str::FromStr;
 use agora_sdk::{Offer, TaskInfo, TaskState, TaskStatus, v1};
 
 use crate::model::{Attempt, Instance, InstanceState, Job, Millis, Run, RunState, Trigger};
-use crate::spec::{self, Concurrency, JobSpec, Operator, SpecError};
-use placement::{Slot, needs, task_info, unique_values};
+use crate::spec::{self, Concurrency, JobSpec, SpecError};
+use placement::{Slot, needs, occupied, task_info};
 
 /// Terminal runs kept per job; older ones are dropped from history.
 pub const RUN_HISTORY: usize = 50;
@@ -523,8 +523,6 @@ impl Engine {
     /// oldest job; each onto the offer it fits tightest (best fit).
     pub fn place(&mut self, offers: &[Offer], now: Millis) -> Placement {
         let mut slots: Vec<Slot> = offers.iter().map(Slot::new).collect();
-        // (job, run, attribute, value) placed in this pass, for `UNIQUE`.
-        let mut placed: Vec<(String, u32, String, Option<String>)> = Vec::new();
         let mut wanted: Vec<(i64, u64, String, u32, usize)> = Vec::new();
         for job in self.jobs.values() {
             for run in &job.runs {
@@ -557,12 +555,15 @@ impl Engine {
             };
             let need = needs(&job.spec);
             let Some(run) = job.run(number) else { continue };
-            let taken = unique_values(run);
+            // The run's live instances, those placed earlier in this pass
+            // included (they are Launching already).
+            let taken = occupied(run);
+            let taken: Vec<&agora_sdk::placement::AgentAttributes> = taken.iter().collect();
             let best = slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| !s.exhausted && s.free.contains(&need))
-                .filter(|(_, s)| s.admits(&job.spec, number, &taken, &placed))
+                .filter(|(_, s)| s.admits(&job.spec, &taken))
                 .min_by(|(_, a), (_, b)| a.leftover(&need).total_cmp(&b.leftover(&need)))
                 .map(|(i, _)| i);
             let Some(slot) = best else { continue };
@@ -578,17 +579,7 @@ impl Engine {
                 .map_or(0, |i| i.attempts.len());
             let task_id = format!("{id}.{}.{number}.{index}.{attempt_no}", job.seq);
             let info = task_info(&job.spec, &task_id, number, index, attempt_no, &need);
-            for c in &job.spec.constraints {
-                if c.operator == Operator::Unique {
-                    placed.push((
-                        id.clone(),
-                        number,
-                        c.attribute.clone(),
-                        slot.attribute(&c.attribute),
-                    ));
-                }
-            }
-            let (agent_id, hostname) = (slot.agent_id.clone(), slot.hostname.clone());
+            let agent = slot.agent.clone();
             slot.tasks.push(info);
             let timeout = job.spec.timeout_ms;
             if let Some(job) = self.jobs.get_mut(&id)
@@ -603,8 +594,9 @@ impl Engine {
                     inst.state = InstanceState::Launching;
                     inst.attempts.push(Attempt {
                         task_id: task_id.clone(),
-                        agent_id,
-                        hostname,
+                        agent_id: agent.agent_id,
+                        hostname: agent.hostname,
+                        attributes: agent.attributes,
                         state: LAUNCHED_STATE.into(),
                         launched_at: now,
                         running_at: None,

@@ -207,9 +207,14 @@ impl Scheduler for BatchScheduler {
                 .accept(&[offer.as_str()], tasks, Some(REMAINDER_REFUSE_SECONDS))
                 .await
             {
-                // The master refuses every bad accept with InvalidArgument;
-                // its message tells a stale offer from bad tasks.
-                let stale_offer = matches!(&e, agora_sdk::SdkError::Call { message, .. } if message.contains("not outstanding"));
+                // The refusal's reason tells a stale offer from bad tasks.
+                let stale_offer = matches!(
+                    &e,
+                    agora_sdk::SdkError::AcceptRefused {
+                        reason: agora_sdk::RefusalReason::OfferNotOutstanding,
+                        ..
+                    }
+                );
                 let actions = if stale_offer {
                     // The offer went away meanwhile: nothing was launched.
                     warn!(%offer, "accept refused: {e}; the tasks go back in the queue");

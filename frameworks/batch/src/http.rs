@@ -19,6 +19,7 @@ use crate::engine::EngineError;
 use crate::framework::{Shared, now_ms};
 use crate::model::{InstanceState, Job, Run};
 use crate::spec::{self, JobSpec, Operator, SpecError};
+use agora_sdk::placement::{AgentAttributes, check_all};
 
 /// The largest spec accepted (a file of many jobs fits easily).
 const MAX_BODY: usize = 1 << 20;
@@ -570,18 +571,11 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
     };
     for (i, spec) in specs.iter().enumerate() {
         let attr = |agent: &Value, name: &str| -> Option<String> {
-            if name == "hostname" {
-                return agent["hostname"].as_str().map(str::to_string);
-            }
-            agent["attributes"][name].as_str().map(str::to_string)
+            agent_attributes(agent).get(name).map(str::to_string)
         };
         let placeable: Vec<&Value> = agents
             .iter()
-            .filter(|a| {
-                spec.constraints
-                    .iter()
-                    .all(|c| c.admits(attr(a, &c.attribute).as_deref()))
-            })
+            .filter(|a| check_all(&spec.constraints, &agent_attributes(a), &[]).is_ok())
             .collect();
         if placeable.is_empty() {
             return Err(SpecError::new(
@@ -625,4 +619,20 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// An agent of `GET /api/v1/agents` as constraints see it.
+fn agent_attributes(agent: &Value) -> AgentAttributes {
+    AgentAttributes {
+        agent_id: agent["id"].as_str().unwrap_or_default().to_string(),
+        hostname: agent["hostname"].as_str().unwrap_or_default().to_string(),
+        attributes: agent["attributes"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }

@@ -81,6 +81,9 @@ pub struct Attempt {
     pub task_id: String,
     pub agent_id: String,
     pub hostname: String,
+    /// The agent's attributes, for constraints on the run's other instances.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
     /// The task's last state, as the master reported it (`TASK_RUNNING`…).
     pub state: String,
     pub launched_at: Millis,

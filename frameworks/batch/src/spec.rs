@@ -8,23 +8,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A spec that was refused, naming the field at fault.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
-
-impl SpecError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
 /// What happens when a run is due while another run of the job is active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,43 +20,9 @@ pub enum Concurrency {
     Replace,
 }
 
-/// How a constraint compares an agent attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Operator {
-    /// The attribute equals the value.
-    Is,
-    /// The attribute matches the regular expression (whole value).
-    Like,
-    /// The attribute does not match the regular expression.
-    Unlike,
-    /// Each instance of a run on a different value of the attribute.
-    Unique,
-}
-
-/// A placement rule on agent attributes (`hostname` is always an attribute).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Constraint {
-    pub attribute: String,
-    pub operator: Operator,
-    pub value: String,
-}
-
-impl Constraint {
-    /// Whether an agent whose `attribute` is `actual` may take an instance.
-    /// `Unique` is decided by the placer, which knows the other instances.
-    pub fn admits(&self, actual: Option<&str>) -> bool {
-        match self.operator {
-            Operator::Is => actual == Some(self.value.as_str()),
-            Operator::Like => actual.is_some_and(|a| whole_match(&self.value, a)),
-            Operator::Unlike => !actual.is_some_and(|a| whole_match(&self.value, a)),
-            Operator::Unique => true,
-        }
-    }
-}
-
-fn whole_match(pattern: &str, text: &str) -> bool {
-    regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|r| r.is_match(text))
-}
+pub use agora_sdk::placement::{Constraint, Operator};
+pub use agora_sdk::spec::{SpecError, parse_duration};
+use agora_sdk::spec::{check_fields, constraints, integer, number, string};
 
 /// A checked job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,44 +98,11 @@ pub fn parse(text: &str) -> Result<Vec<JobSpec>, SpecError> {
 /// The jobs of a spec file as JSON values, unchecked: what a client sends
 /// one by one (e.g. to update each job).
 pub fn split(text: &str) -> Result<Vec<Value>, SpecError> {
-    let trimmed = text.trim_start();
-    // `[[job]]` and `[table]` open TOML; `[{` and `[]` open a JSON list.
-    let json_list = trimmed
-        .strip_prefix('[')
-        .is_some_and(|rest| rest.trim_start().starts_with(['{', ']']));
-    let value: Value = if trimmed.starts_with('{') || json_list {
-        serde_json::from_str(text)
-            .map_err(|e| SpecError::new("spec", format!("not valid JSON: {e}")))?
-    } else {
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| SpecError::new("spec", format!("not valid TOML: {}", e.message())))?;
-        serde_json::to_value(table).map_err(|e| SpecError::new("spec", e.to_string()))?
-    };
-    let items = match value {
-        Value::Array(items) => items,
-        Value::Object(mut map) if map.len() == 1 && map.contains_key("job") => {
-            match map.remove("job") {
-                Some(Value::Array(items)) => items,
-                Some(one @ Value::Object(_)) => vec![one],
-                _ => return Err(SpecError::new("job", "must be a table or a list of tables")),
-            }
-        }
-        one @ Value::Object(_) => vec![one],
-        _ => return Err(SpecError::new("spec", "must be a job, or a list of jobs")),
-    };
-    if items.is_empty() {
-        return Err(SpecError::new("spec", "holds no job"));
-    }
-    Ok(items)
+    agora_sdk::spec::split(text, "job", "job")
 }
 
 fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
-    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(SpecError::new(
-            unknown.clone(),
-            format!("unknown field (known fields: {})", FIELDS.join(", ")),
-        ));
-    }
+    check_fields(&map, FIELDS)?;
     let mut take = |k: &str| map.remove(k).filter(|v| !v.is_null());
     let id = string(take("id"), "id")?.ok_or_else(|| SpecError::new("id", "is required"))?;
     check_id(&id, "id")?;
@@ -216,7 +132,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
         ));
     }
     let image = string(take("image"), "image")?.unwrap_or_default();
-    let env = env(take("env"))?;
+    let env = agora_sdk::spec::env(take("env"), "AGORA_")?;
     let instances =
         integer(take("instances"), "instances", 1, MAX_INSTANCES as i64)?.unwrap_or(1) as u32;
     let retries = integer(take("retries"), "retries", 0, MAX_RETRIES as i64)?.unwrap_or(0) as u32;
@@ -325,159 +241,6 @@ pub fn check_id(id: &str, field: &str) -> Result<(), SpecError> {
     }
 }
 
-fn string(v: Option<Value>, field: &str) -> Result<Option<String>, SpecError> {
-    match v {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(SpecError::new(
-            field,
-            format!("must be a string, got {other}"),
-        )),
-    }
-}
-
-fn number(v: Option<Value>, field: &str) -> Result<Option<f64>, SpecError> {
-    match v {
-        None => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(other) => Err(SpecError::new(
-            field,
-            format!("must be a number, got {other}"),
-        )),
-    }
-}
-
-fn integer(v: Option<Value>, field: &str, min: i64, max: i64) -> Result<Option<i64>, SpecError> {
-    match v {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(i) if (min..=max).contains(&i) => Ok(Some(i)),
-            _ => Err(SpecError::new(
-                field,
-                format!("must be a whole number from {min} to {max}, got {n}"),
-            )),
-        },
-        Some(other) => Err(SpecError::new(
-            field,
-            format!("must be a whole number, got {other}"),
-        )),
-    }
-}
-
-fn env(v: Option<Value>) -> Result<BTreeMap<String, String>, SpecError> {
-    let Some(v) = v else {
-        return Ok(BTreeMap::new());
-    };
-    let Value::Object(map) = v else {
-        return Err(SpecError::new("env", "must be a table of NAME = \"value\""));
-    };
-    let mut env = BTreeMap::new();
-    for (name, value) in map {
-        let field = format!("env.{name}");
-        let valid = !name.is_empty()
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(SpecError::new(field, "is not a valid variable name"));
-        }
-        if name.starts_with("AGORA_") {
-            return Err(SpecError::new(
-                field,
-                "AGORA_ variables are set by the batch framework",
-            ));
-        }
-        let value = match value {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            other => {
-                return Err(SpecError::new(
-                    field,
-                    format!("must be a string, got {other}"),
-                ));
-            }
-        };
-        env.insert(name, value);
-    }
-    Ok(env)
-}
-
-fn constraints(v: Option<Value>) -> Result<Vec<Constraint>, SpecError> {
-    let Some(v) = v else {
-        return Ok(Vec::new());
-    };
-    let Value::Array(items) = v else {
-        return Err(SpecError::new(
-            "constraints",
-            "must be a list of [attribute, operator, value]",
-        ));
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        let field = format!("constraints[{i}]");
-        let parts: Vec<String> = match item {
-            Value::Array(parts) => parts
-                .into_iter()
-                .map(|p| match p {
-                    Value::String(s) => Ok(s),
-                    other => Err(SpecError::new(
-                        &field,
-                        format!("parts must be strings, got {other}"),
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-            _ => {
-                return Err(SpecError::new(
-                    field,
-                    "must be [attribute, operator, value]",
-                ));
-            }
-        };
-        let (attribute, op, value) = match parts.as_slice() {
-            [a, op] => (a.clone(), op.to_ascii_uppercase(), String::new()),
-            [a, op, v] => (a.clone(), op.to_ascii_uppercase(), v.clone()),
-            _ => {
-                return Err(SpecError::new(
-                    field,
-                    "must be [attribute, operator, value]",
-                ));
-            }
-        };
-        if attribute.is_empty() {
-            return Err(SpecError::new(field, "the attribute must not be empty"));
-        }
-        let operator = match op.as_str() {
-            "IS" | "EQ" | "==" => Operator::Is,
-            "LIKE" => Operator::Like,
-            "UNLIKE" => Operator::Unlike,
-            "UNIQUE" => Operator::Unique,
-            _ => {
-                return Err(SpecError::new(
-                    field,
-                    format!("unknown operator `{op}` (IS, LIKE, UNLIKE, UNIQUE)"),
-                ));
-            }
-        };
-        if matches!(operator, Operator::Like | Operator::Unlike)
-            && let Err(e) = regex::Regex::new(&value)
-        {
-            return Err(SpecError::new(
-                field,
-                format!("`{value}` is not a regular expression: {e}"),
-            ));
-        }
-        if operator != Operator::Unique && parts.len() != 3 {
-            return Err(SpecError::new(field, format!("{op} needs a value")));
-        }
-        out.push(Constraint {
-            attribute,
-            operator,
-            value,
-        });
-    }
-    Ok(out)
-}
-
 /// A cron pattern with an optional seconds field (5 or 6 fields).
 pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
     let fields = pattern.split_whitespace().count();
@@ -487,48 +250,6 @@ pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
         ));
     }
     croner::Cron::from_str(pattern).map_err(|e| format!("`{pattern}` does not parse: {e}"))
-}
-
-/// Parses `90s`, `10m`, `1h30m`, `500ms`, `2d`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err(format!("`{text}` is not a duration"))
-        };
-    }
-    let bad = || format!("`{text}` is not a duration (e.g. 90s, 10m, 1h30m)");
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let amount: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(amount * scale);
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -572,8 +293,12 @@ mod tests {
         assert_eq!(spec.concurrency, Concurrency::Forbid);
         assert_eq!(spec.env["LEVEL"], "info");
         assert_eq!(spec.constraints[0].operator, Operator::Like);
-        assert!(spec.constraints[0].admits(Some("a")));
-        assert!(!spec.constraints[0].admits(Some("ab")));
+        let on = |zone: &str| agora_sdk::placement::AgentAttributes {
+            attributes: [("zone".to_string(), zone.to_string())].into(),
+            ..Default::default()
+        };
+        assert!(spec.constraints[0].check(&on("a"), &[]).is_ok());
+        assert!(spec.constraints[0].check(&on("ab"), &[]).is_err());
     }
 
     #[test]

@@ -27,6 +27,14 @@ pub enum SdkError {
     /// and its tasks were killed.
     #[error("the master removed this framework: {0}")]
     TornDown(String),
+    /// The master refused an accept; nothing of it was launched.
+    #[error("accept refused ({reason:?}): {message}")]
+    AcceptRefused {
+        reason: crate::RefusalReason,
+        message: String,
+        /// The task at fault, when one was.
+        task_id: String,
+    },
     #[error("{call}: {message} ({code:?})")]
     Call {
         call: &'static str,
@@ -40,6 +48,7 @@ impl SdkError {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             SdkError::Call { code, .. } => Some(*code),
+            SdkError::AcceptRefused { .. } => Some(tonic::Code::InvalidArgument),
             _ => None,
         }
     }
@@ -111,6 +120,13 @@ fn to_offer_ids(ids: &[&str]) -> Vec<v1::OfferId> {
 }
 
 fn call_error(call: &'static str, status: tonic::Status) -> SdkError {
+    if let Some(refusal) = agora_proto::refusal_of(&status) {
+        return SdkError::AcceptRefused {
+            reason: refusal.reason(),
+            message: refusal.message,
+            task_id: refusal.task_id,
+        };
+    }
     SdkError::Call {
         call,
         code: status.code(),
@@ -219,13 +235,25 @@ impl Driver {
         call.map(drop).map_err(|s| call_error("suppress", s))
     }
 
-    /// Kills a task; its end arrives as a status update.
+    /// Kills a task with its own grace period; its end arrives as a status
+    /// update.
     pub async fn kill(&self, task_id: &str) -> Result<(), SdkError> {
+        self.kill_with_grace(task_id, None).await
+    }
+
+    /// Kills a task: SIGTERM, then `grace` (or the task's own
+    /// `kill_grace_period`), then SIGKILL of everything it left.
+    pub async fn kill_with_grace(
+        &self,
+        task_id: &str,
+        grace: Option<Duration>,
+    ) -> Result<(), SdkError> {
         let request = v1::KillRequest {
             header: Some(self.header()?),
             task_id: Some(v1::TaskId {
                 value: task_id.to_string(),
             }),
+            kill_grace_period: grace.map(|g| g.as_secs_f64()),
         };
         let call = self.client.clone().kill(request).await;
         call.map(drop).map_err(|s| call_error("kill", s))

@@ -8,9 +8,12 @@
 //! framework in one file.
 
 mod driver;
+pub mod placement;
+pub mod spec;
 
 use std::future::Future;
 
+pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
 pub use agora_proto::{RangeSet, Resources, is_terminal, v1};
 pub use driver::{Driver, FrameworkConfig, SdkError};

@@ -1,10 +1,11 @@
 //! Placement helpers: the resources an instance needs, the task it becomes,
 //! and an offer being filled (constraints, best-fit scoring).
 
+use agora_sdk::placement::{AgentAttributes, check_all};
 use agora_sdk::{Offer, Resources, TaskInfo, v1};
 
 use crate::model::Run;
-use crate::spec::{JobSpec, Operator};
+use crate::spec::JobSpec;
 
 /// The resources one instance of `spec` takes.
 pub(super) fn needs(spec: &JobSpec) -> Resources {
@@ -53,22 +54,24 @@ pub(super) fn task_info(
     info
 }
 
-/// (agent id, hostname) of this run's live instances, for `UNIQUE`.
-pub(super) fn unique_values(run: &Run) -> Vec<(String, String)> {
+/// Where this run's live instances are, for the constraints of the next.
+pub(super) fn occupied(run: &Run) -> Vec<AgentAttributes> {
     run.instances
         .iter()
         .filter(|i| i.state.has_task())
         .filter_map(|i| i.current())
-        .map(|a| (a.agent_id.clone(), a.hostname.clone()))
+        .map(|a| AgentAttributes {
+            agent_id: a.agent_id.clone(),
+            hostname: a.hostname.clone(),
+            attributes: a.attributes.clone(),
+        })
         .collect()
 }
 
 /// An offer being filled.
 pub(super) struct Slot {
     pub(super) offer_id: String,
-    pub(super) agent_id: String,
-    pub(super) hostname: String,
-    attributes: Vec<(String, String)>,
+    pub(super) agent: AgentAttributes,
     /// What is still free in the offer.
     pub(super) free: Resources,
     /// Tasks placed on it so far.
@@ -81,58 +84,17 @@ impl Slot {
     pub(super) fn new(offer: &Offer) -> Slot {
         Slot {
             offer_id: agora_sdk::offer_id(offer).to_string(),
-            agent_id: offer
-                .agent_id
-                .as_ref()
-                .map_or(String::new(), |a| a.value.clone()),
-            hostname: offer.hostname.clone(),
-            attributes: offer
-                .attributes
-                .iter()
-                .map(|a| (a.name.clone(), a.text.clone()))
-                .collect(),
+            agent: AgentAttributes::of(offer),
             free: agora_sdk::offer_resources(offer),
             tasks: Vec::new(),
             exhausted: false,
         }
     }
 
-    pub(super) fn attribute(&self, name: &str) -> Option<String> {
-        if name == "hostname" {
-            return Some(self.hostname.clone());
-        }
-        self.attributes
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    }
-
-    /// Whether this agent satisfies the spec's constraints. For `UNIQUE`, no
-    /// live instance of the same run may share the agent's value (`live` is
-    /// (agent id, hostname) of those instances; only `hostname` and agent
-    /// identity are known for them, so other attributes are checked within
-    /// this pass, against `placed`).
-    pub(super) fn admits(
-        &self,
-        spec: &JobSpec,
-        run: u32,
-        live: &[(String, String)],
-        placed: &[(String, u32, String, Option<String>)],
-    ) -> bool {
-        spec.constraints.iter().all(|c| {
-            let actual = self.attribute(&c.attribute);
-            if c.operator != Operator::Unique {
-                return c.admits(actual.as_deref());
-            }
-            let clash_live = c.attribute == "hostname"
-                && live
-                    .iter()
-                    .any(|(agent, host)| *agent == self.agent_id || *host == self.hostname);
-            let clash_here = placed.iter().any(|(job, r, attr, value)| {
-                *job == spec.id && *r == run && *attr == c.attribute && *value == actual
-            });
-            !clash_live && !clash_here
-        })
+    /// Whether this agent satisfies the spec's constraints, given where the
+    /// run's other instances are (`placed`: live ones and this pass's).
+    pub(super) fn admits(&self, spec: &JobSpec, placed: &[&AgentAttributes]) -> bool {
+        check_all(&spec.constraints, &self.agent, placed).is_ok()
     }
 
     /// How much of the offer would be left over, relative to the need: the
