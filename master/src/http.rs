@@ -512,22 +512,34 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
         forward = forward.header(header::CONTENT_TYPE, ct);
     }
     match forward.send().await {
-        Ok(answer) => {
+        Ok(mut answer) => {
             let status = answer.status();
             let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-            match answer.bytes().await {
-                Ok(bytes) => {
-                    let mut response = (status, bytes).into_response();
-                    if let Some(ct) = content_type {
-                        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+            // Streamed, not buffered: event streams (`text/event-stream`)
+            // pass through as they happen.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, String>>(16);
+            tokio::spawn(async move {
+                loop {
+                    match answer.chunk().await {
+                        Ok(Some(chunk)) => {
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string())).await;
+                            return;
+                        }
                     }
-                    response
                 }
-                Err(e) => error(
-                    StatusCode::BAD_GATEWAY,
-                    format!("framework `{name}` at {base}: {e}"),
-                ),
+            });
+            let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+            let mut response = (status, body).into_response();
+            if let Some(ct) = content_type {
+                response.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
+            response
         }
         Err(e) => error(
             StatusCode::BAD_GATEWAY,

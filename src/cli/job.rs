@@ -9,78 +9,15 @@ use anyhow::Context;
 use serde_json::Value;
 
 use super::JobCommand;
+use super::client::{FrameworkApi, Refused, exit_on_refusal, read_spec, text, when};
 use super::table::print_table;
 
 const TERMINAL: [&str; 3] = ["SUCCEEDED", "FAILED", "KILLED"];
 const POLL: Duration = Duration::from_millis(250);
 
-struct Batch {
-    base: String,
-    client: reqwest::Client,
-}
-
-/// A refusal from the API, printed as `error: …` with exit code 1.
-#[derive(Debug)]
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refused {}
-
-impl Batch {
-    fn new(master: &str) -> anyhow::Result<Batch> {
-        Ok(Batch {
-            base: format!("{}/batch/v1", master.trim_end_matches('/')),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .context("building the HTTP client")?,
-        })
-    }
-
-    async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request.send().await.map_err(|e| {
-            let master = self.base.trim_end_matches("/batch/v1");
-            Refused(format!("cannot reach the master at {master}: {e}"))
-        })?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(body);
-        }
-        let message = body["error"]
-            .as_str()
-            .unwrap_or("no reason given")
-            .to_string();
-        if status == reqwest::StatusCode::NOT_FOUND
-            && message.starts_with("no such endpoint: /batch/")
-        {
-            return Err(Refused(
-                "the batch framework is not running (no framework named `batch` is registered with the master; start one with `agora batch`)".into(),
-            )
-            .into());
-        }
-        Err(Refused(message).into())
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.client.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    async fn post(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.client.post(format!("{}{path}", self.base)))
-            .await
-    }
-}
-
 /// Runs a `job` subcommand.
 pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> {
-    let batch = Batch::new(master)?;
+    let batch = FrameworkApi::new(master, "batch", "agora batch")?;
     let result = match command {
         JobCommand::Submit { file, wait } => submit(&batch, &file, wait).await,
         JobCommand::Update { file } => update(&batch, &file).await,
@@ -130,36 +67,11 @@ pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> 
             }
         }
     };
-    match result {
-        Ok(code) => Ok(code),
-        Err(e) if e.is::<Refused>() => {
-            eprintln!("error: {e}");
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// A spec file's text (`-` for stdin) and its content type.
-fn read_spec(file: &str) -> anyhow::Result<(String, &'static str)> {
-    let text = if file == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .context("reading the spec from stdin")?;
-        text
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
-    };
-    let content_type = if file.ends_with(".json") {
-        "application/json"
-    } else {
-        "application/toml"
-    };
-    Ok((text, content_type))
+    exit_on_refusal(result)
 }
 
 /// Updates each job in the file, in turn; the framework checks each.
-async fn update(batch: &Batch, file: &str) -> anyhow::Result<ExitCode> {
+async fn update(batch: &FrameworkApi, file: &str) -> anyhow::Result<ExitCode> {
     let (text, _) = read_spec(file)?;
     let jobs = agora_batch::spec::split(&text).map_err(|e| Refused(e.to_string()))?;
     for job in jobs {
@@ -180,7 +92,7 @@ async fn update(batch: &Batch, file: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCode> {
+async fn submit(batch: &FrameworkApi, file: &str, wait: bool) -> anyhow::Result<ExitCode> {
     let (text, content_type) = read_spec(file)?;
     let created = batch
         .call(
@@ -210,7 +122,7 @@ async fn submit(batch: &Batch, file: &str, wait: bool) -> anyhow::Result<ExitCod
 
 /// Follows jobs (or one run of one job) until they end; exit 0 only if all
 /// succeeded.
-async fn wait_for(batch: &Batch, ids: &[String], run: Option<u32>) -> anyhow::Result<ExitCode> {
+async fn wait_for(batch: &FrameworkApi, ids: &[String], run: Option<u32>) -> anyhow::Result<ExitCode> {
     let mut last: Vec<String> = vec![String::new(); ids.len()];
     loop {
         let mut all_done = true;
@@ -277,21 +189,7 @@ async fn wait_for(batch: &Batch, ids: &[String], run: Option<u32>) -> anyhow::Re
     }
 }
 
-fn when(v: &Value) -> String {
-    v.as_i64()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-async fn list(batch: &Batch, state: Option<&str>) -> anyhow::Result<ExitCode> {
+async fn list(batch: &FrameworkApi, state: Option<&str>) -> anyhow::Result<ExitCode> {
     let path = match state {
         Some(s) => format!("/jobs?state={s}"),
         None => "/jobs".to_string(),
@@ -322,7 +220,7 @@ async fn list(batch: &Batch, state: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(batch: &Batch, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+async fn status(batch: &FrameworkApi, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let job = batch.get(&format!("/jobs/{id}")).await?;
     if json {
         println!(
@@ -401,7 +299,7 @@ async fn status(batch: &Batch, id: &str, json: bool) -> anyhow::Result<ExitCode>
 }
 
 async fn logs(
-    batch: &Batch,
+    batch: &FrameworkApi,
     id: &str,
     run: Option<u32>,
     instance: u32,

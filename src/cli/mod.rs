@@ -1,5 +1,7 @@
 //! Command-line parsing and dispatch.
 
+mod app;
+mod client;
 mod job;
 mod run;
 mod state;
@@ -29,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole system in one process: master, one agent with this
-    /// machine's resources, and the batch framework.
+    /// machine's resources, and the batch and services frameworks.
     Dev(DevArgs),
     /// Run a master.
     Master(MasterArgs),
@@ -37,6 +39,13 @@ enum Command {
     Agent(AgentArgs),
     /// Run the batch framework against a master.
     Batch(BatchArgs),
+    /// Run the services framework (long-running apps) against a master.
+    Services(ServicesArgs),
+    /// Deploy and manage long-running apps.
+    App(AppArgs),
+    /// A standalone load balancer for apps with a `[service]` port, following
+    /// the services framework through the master.
+    Lb(LbArgs),
     /// Submit and manage batch jobs.
     Job(JobArgs),
     /// Show the cluster's state.
@@ -108,6 +117,8 @@ struct DevArgs {
     #[command(flatten)]
     batch: BatchFlags,
     #[command(flatten)]
+    services: ServicesFlags,
+    #[command(flatten)]
     master: MasterFlags,
     #[command(flatten)]
     agent: AgentFlags,
@@ -159,6 +170,116 @@ struct BatchArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     batch: BatchFlags,
+}
+
+#[derive(Args, Clone)]
+pub struct ServicesFlags {
+    /// Address the built-in load balancer binds apps' service ports on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub lb_address: std::net::IpAddr,
+    /// Do not run the built-in load balancer.
+    #[arg(long)]
+    pub no_lb: bool,
+}
+
+#[derive(Args)]
+struct ServicesArgs {
+    /// The master's URL.
+    #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+    master: String,
+    /// Address of the services HTTP API (the master proxies `/services/` to it).
+    #[arg(long, default_value = "127.0.0.1:5070")]
+    listen: String,
+    /// The URL the master uses to reach the API (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Where the app store lives.
+    #[arg(long, default_value = "./agora-services-data")]
+    data_dir: PathBuf,
+    /// How long a task the master does not know may be unaccounted for
+    /// before it counts as lost.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    reconcile_grace: Duration,
+    #[command(flatten)]
+    services: ServicesFlags,
+}
+
+#[derive(Args)]
+struct LbArgs {
+    /// The master's URL.
+    #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+    master: String,
+    /// Address the service ports are bound on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+}
+
+#[derive(Args)]
+struct AppArgs {
+    /// The master's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "AGORA_MASTER",
+        default_value = "http://127.0.0.1:5050"
+    )]
+    master: String,
+    #[command(subcommand)]
+    command: AppCommand,
+}
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Deploy the app(s) in a TOML or JSON file (`-` for stdin): new apps, or
+    /// new versions of existing ones.
+    Deploy {
+        file: String,
+        /// Follow the deployment: exit 0 when it finished, 1 when it rolled
+        /// back, paused or was replaced.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List apps.
+    List,
+    /// An app's state: instances, deployment and its steps, why it waits.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An app's versions, newest first.
+    Versions { id: String },
+    /// Change the number of instances.
+    Scale {
+        id: String,
+        instances: u32,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Go back to an earlier version (default: the one before), the rolling way.
+    Rollback {
+        id: String,
+        #[arg(long)]
+        to: Option<u32>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Replace every instance, the rolling way.
+    Restart {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel the app's running deployment (it rolls back).
+    Cancel { id: String },
+    /// The app's healthy instances as host:port.
+    Endpoints {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an app (its instances drain and stop).
+    Rm { id: String },
 }
 
 #[derive(Args)]
@@ -288,11 +409,19 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
     }
     if matches!(
         cli.command,
-        Command::Dev(_) | Command::Master(_) | Command::Agent(_) | Command::Batch(_)
+        Command::Dev(_)
+            | Command::Master(_)
+            | Command::Agent(_)
+            | Command::Batch(_)
+            | Command::Services(_)
+            | Command::Lb(_)
     ) {
         run::init_logging(cli.log_format == "json");
     }
-    if matches!(cli.command, Command::Job(_) | Command::State(_)) {
+    if matches!(
+        cli.command,
+        Command::Job(_) | Command::App(_) | Command::State(_)
+    ) {
         quiet_on_closed_pipe();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -300,9 +429,19 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Dev(a) => {
-            runtime.block_on(run::dev(a.listen, a.data_dir, a.master, a.agent, a.batch))
-        }
+        Command::Dev(a) => runtime.block_on(run::dev(
+            a.listen, a.data_dir, a.master, a.agent, a.batch, a.services,
+        )),
+        Command::Services(a) => runtime.block_on(run::services(
+            a.master,
+            a.listen,
+            a.advertise,
+            a.data_dir,
+            a.reconcile_grace,
+            a.services,
+        )),
+        Command::App(a) => runtime.block_on(app::run(&a.master, a.command)),
+        Command::Lb(a) => runtime.block_on(run::lb(a.master, a.address)),
         Command::Batch(a) => runtime.block_on(run::batch(
             a.master,
             a.listen,

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{AgentFlags, BatchFlags, MasterFlags};
+use super::{AgentFlags, BatchFlags, MasterFlags, ServicesFlags};
 
 /// Logs to stderr as text or JSON lines, filtered by `AGORA_LOG` or
 /// `RUST_LOG` (default `info`).
@@ -120,9 +120,16 @@ pub async fn dev(
     master: MasterFlags,
     agent: AgentFlags,
     batch: BatchFlags,
+    services: ServicesFlags,
 ) -> anyhow::Result<ExitCode> {
     let config = master_config(&master)?;
     let (listener, url) = bind(&listen).await?;
+    let mut services_config =
+        agora_services::ServicesConfig::new(url.clone(), data_dir.join("services"));
+    services_config.lb_address = (!services.no_lb).then_some(services.lb_address);
+    let services_http = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the services framework's HTTP API")?;
     let mut batch_config = agora_batch::BatchConfig::new(url.clone(), data_dir.join("batch"));
     batch_config.reconcile_grace = batch.reconcile_grace;
     let batch_http = TcpListener::bind("127.0.0.1:0")
@@ -145,6 +152,12 @@ pub async fn dev(
     let mut batch_task = tokio::spawn(agora_batch::run(
         batch_config,
         batch_http,
+        stopped(stop_batch_rx.clone()),
+    ));
+    // Services stops with batch, before the agent and the master.
+    let mut services_task = tokio::spawn(agora_services::run(
+        services_config,
+        services_http,
         stopped(stop_batch_rx),
     ));
     let agent_stop = stop_rx.clone();
@@ -152,33 +165,51 @@ pub async fn dev(
         run_agent(agent_config, &agent, agent_http, stopped(agent_stop)).await
     });
     eprintln!(
-        "agora dev: master, agent and batch up; web UI at {url}/; jobs with `agora job submit FILE`; Ctrl-C stops all"
+        "agora dev: master, agent, batch and services up; web UI at {url}/; jobs with `agora job submit FILE`, apps with `agora app deploy FILE`; Ctrl-C stops all"
     );
     // Whatever stops first (Ctrl-C, or a part that could not start) takes
     // the rest down: batch first, so it saves its state while the master is
     // still there, then the agent, then the master.
-    let (batch_result, agent_result) = tokio::select! {
-        () = terminated() => {
-            stop_batch_tx.send_replace(true);
-            let b = (&mut batch_task).await;
-            stop_tx.send_replace(true);
-            (b, (&mut agent_task).await)
-        }
-        result = &mut agent_task => {
-            stop_batch_tx.send_replace(true);
-            ((&mut batch_task).await, result)
-        }
-        result = &mut batch_task => {
-            stop_tx.send_replace(true);
-            (result, (&mut agent_task).await)
-        }
+    let early = tokio::select! {
+        () = terminated() => None,
+        result = &mut agent_task => Some(("agent", result.context("agent task")?.err())),
+        result = &mut batch_task => Some((
+            "batch framework",
+            result.context("batch task")?.err().map(anyhow::Error::from),
+        )),
+        result = &mut services_task => Some((
+            "services framework",
+            result.context("services task")?.err().map(anyhow::Error::from),
+        )),
+    };
+    stop_batch_tx.send_replace(true);
+    let finished = early.as_ref().map(|(who, _)| *who);
+    let batch_result = if finished == Some("batch framework") {
+        Ok(())
+    } else {
+        (&mut batch_task).await.context("batch task")?.map_err(anyhow::Error::from)
+    };
+    let services_result = if finished == Some("services framework") {
+        Ok(())
+    } else {
+        (&mut services_task)
+            .await
+            .context("services task")?
+            .map_err(anyhow::Error::from)
     };
     stop_tx.send_replace(true);
+    let agent_result = if finished == Some("agent") {
+        Ok(())
+    } else {
+        (&mut agent_task).await.context("agent task")?
+    };
     master_task.await.context("master task")??;
-    agent_result.context("agent task")??;
-    batch_result
-        .context("batch task")?
-        .context("batch framework")?;
+    if let Some((who, Some(e))) = early {
+        return Err(e.context(who));
+    }
+    agent_result.context("agent")?;
+    batch_result.context("batch framework")?;
+    services_result.context("services framework")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -220,5 +251,37 @@ pub async fn batch(
     config.advertise = advertise;
     config.reconcile_grace = flags.reconcile_grace;
     agora_batch::run(config, listener, terminated()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn services(
+    master: String,
+    listen: String,
+    advertise: Option<String>,
+    data_dir: PathBuf,
+    reconcile_grace: std::time::Duration,
+    flags: ServicesFlags,
+) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen} for the services HTTP API"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    println!("agora services listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let mut config = agora_services::ServicesConfig::new(master, data_dir);
+    config.advertise = advertise;
+    config.reconcile_grace = reconcile_grace;
+    config.lb_address = (!flags.no_lb).then_some(flags.lb_address);
+    agora_services::run(config, listener, terminated()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agora lb`: balances every app with a service port, following the
+/// services framework's event stream through the master.
+pub async fn lb(master: String, address: std::net::IpAddr) -> anyhow::Result<ExitCode> {
+    println!("agora lb following {master}, binding service ports on {address}");
+    let _ = std::io::stdout().flush();
+    let balancer = agora_services::lb::LoadBalancer::new(address);
+    agora_services::lb::follow(&master, balancer, terminated()).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,9 @@ pub enum SdkError {
         /// The task at fault, when one was.
         task_id: String,
     },
+    /// The master's operator API did not answer as expected.
+    #[error("{url}: {message}")]
+    Operator { url: String, message: String },
     #[error("{call}: {message} ({code:?})")]
     Call {
         call: &'static str,

@@ -8,6 +8,7 @@
 //! framework in one file.
 
 mod driver;
+pub mod operator;
 pub mod placement;
 pub mod spec;
 
@@ -17,6 +18,8 @@ pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
 pub use agora_proto::{RangeSet, Resources, is_terminal, v1};
 pub use driver::{Driver, FrameworkConfig, SdkError};
+/// gRPC status codes, as [`SdkError::code`] reports them.
+pub use tonic::Code;
 
 /// A framework's scheduling logic. Every callback gets the driver, to answer
 /// offers and manage tasks from inside it.

@@ -9,3 +9,9 @@
 pub mod engine;
 pub mod model;
 pub mod spec;
+mod framework;
+mod http;
+pub mod lb;
+pub mod store;
+
+pub use framework::{ServicesConfig, ServicesError, run};

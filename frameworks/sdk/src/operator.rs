@@ -1,0 +1,135 @@
+//! What a framework may read from the master's operator API, through one
+//! client: its tasks' measured usage and the agents' resources and
+//! attributes (for admission checks). Frameworks never build operator URLs
+//! themselves.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::SdkError;
+
+/// A running task's usage, as its agent last reported it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct TaskUsage {
+    pub task_id: String,
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+}
+
+/// An agent as constraints and admission checks see it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentSummary {
+    pub attributes: crate::placement::AgentAttributes,
+    /// Total resources by name (`cpus`, `mem`, `disk`).
+    pub total: std::collections::BTreeMap<String, f64>,
+    /// Whether it is draining (no new offers from it).
+    pub draining: bool,
+}
+
+/// A client of the master's operator API.
+#[derive(Clone)]
+pub struct MasterApi {
+    base: String,
+    client: reqwest::Client,
+}
+
+/// Tasks per page when listing.
+const PAGE: usize = 1000;
+
+impl MasterApi {
+    /// A client for the master at `master` (`http://host:port`).
+    pub fn new(master: &str) -> MasterApi {
+        MasterApi {
+            base: master.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, SdkError> {
+        let url = format!("{}{path}", self.base);
+        let fail = |e: String| SdkError::Operator {
+            url: url.clone(),
+            message: e,
+        };
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("answered {}", response.status())));
+        }
+        response.json().await.map_err(|e| fail(e.to_string()))
+    }
+
+    /// The usage of the framework's running tasks.
+    pub async fn task_usage(&self, framework_id: &str) -> Result<Vec<TaskUsage>, SdkError> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = self
+                .get_json(&format!(
+                    "/api/v1/tasks?framework={framework_id}&state=TASK_RUNNING&offset={offset}&limit={PAGE}"
+                ))
+                .await?;
+            let tasks = page["tasks"].as_array().cloned().unwrap_or_default();
+            for t in &tasks {
+                let usage = &t["usage"];
+                if usage.is_null() {
+                    continue;
+                }
+                out.push(TaskUsage {
+                    task_id: t["id"].as_str().unwrap_or_default().to_string(),
+                    cpu_seconds: usage["cpu_seconds"].as_f64().unwrap_or(0.0),
+                    memory_bytes: usage["memory_bytes"].as_u64().unwrap_or(0),
+                });
+            }
+            offset += tasks.len();
+            let total = page["total"].as_u64().unwrap_or(0) as usize;
+            if tasks.is_empty() || offset >= total {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Every agent the master knows.
+    pub async fn agents(&self) -> Result<Vec<AgentSummary>, SdkError> {
+        let body = self.get_json("/api/v1/agents").await?;
+        let list = body["agents"]
+            .as_array()
+            .or_else(|| body.as_array())
+            .cloned()
+            .unwrap_or_default();
+        Ok(list
+            .iter()
+            .map(|a| AgentSummary {
+                attributes: crate::placement::AgentAttributes {
+                    agent_id: a["id"].as_str().unwrap_or_default().to_string(),
+                    hostname: a["hostname"].as_str().unwrap_or_default().to_string(),
+                    attributes: a["attributes"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                },
+                total: a["resources"]["total"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                draining: a["draining"].as_bool().unwrap_or(false),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,139 @@
+//! The HTTP client the framework commands (`agora job`, `agora app`) share:
+//! a framework's API through the master (which relays `/{name}/v1/…`),
+//! refusals as `error: …` with exit code 1, and spec files.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// A framework's API, through the master.
+pub struct FrameworkApi {
+    pub base: String,
+    pub client: reqwest::Client,
+    /// The framework's name (`batch`) and the command that starts it.
+    name: &'static str,
+    start: &'static str,
+}
+
+/// A refusal from the API, printed as `error: …` with exit code 1.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl FrameworkApi {
+    pub fn new(master: &str, name: &'static str, start: &'static str) -> anyhow::Result<Self> {
+        Ok(FrameworkApi {
+            base: format!("{}/{name}/v1", master.trim_end_matches('/')),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("building the HTTP client")?,
+            name,
+            start,
+        })
+    }
+
+    pub async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let suffix = format!("/{}/v1", self.name);
+        let response = request.send().await.map_err(|e| {
+            let master = self.base.trim_end_matches(&suffix);
+            Refused(format!("cannot reach the master at {master}: {e}"))
+        })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_string();
+        if status == reqwest::StatusCode::NOT_FOUND
+            && message.starts_with(&format!("no such endpoint: /{}/", self.name))
+        {
+            return Err(Refused(format!(
+                "the {name} framework is not running (no framework named `{name}` is registered with the master; start one with `{start}`)",
+                name = self.name,
+                start = self.start
+            ))
+            .into());
+        }
+        Err(Refused(message).into())
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.client.post(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+}
+
+/// A spec file's text (`-` for stdin) and its content type.
+pub fn read_spec(file: &str) -> anyhow::Result<(String, &'static str)> {
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the spec from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let content_type = if file.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/toml"
+    };
+    Ok((text, content_type))
+}
+
+/// A refusal ends the command with `error: …` and exit code 1.
+pub fn exit_on_refusal(
+    result: anyhow::Result<std::process::ExitCode>,
+) -> anyhow::Result<std::process::ExitCode> {
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) if e.is::<Refused>() => {
+            eprintln!("error: {e}");
+            Ok(std::process::ExitCode::FAILURE)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A millisecond timestamp as a local-free UTC time.
+pub fn when(v: &Value) -> String {
+    v.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+/// A JSON value as table text.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
