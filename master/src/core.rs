@@ -444,6 +444,7 @@ impl Core {
                 hostname: agent.hostname.clone(),
                 resources: a.resources.to_proto(),
                 attributes: agent.attributes.clone(),
+                address: task_address(&agent.endpoint, &agent.hostname),
             };
             self.offers.insert(
                 id,
@@ -1734,6 +1735,27 @@ impl Core {
 
 /// Ends a session that talks before registering: the agent reconnects and
 /// registers first.
+/// Where an agent's tasks are reached: the host of its endpoint URL
+/// (`http://10.0.0.5:5051` → `10.0.0.5`), else its hostname.
+fn task_address(endpoint: &str, hostname: &str) -> String {
+    let host = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    // `[::1]:5051` or `host:5051`.
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    if host.is_empty() {
+        hostname.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
 /// Checks a task's health check against the task (its ports).
 fn validate_health_check(check: &v1::HealthCheck, ports: u64) -> Result<(), String> {
     use v1::health_check::Protocol;

@@ -3,5 +3,6 @@
 mod batch;
 mod containers;
 mod operator;
+mod services;
 mod spine;
 mod support;

@@ -136,8 +136,9 @@ impl Drop for Proc {
     }
 }
 
-/// Kills and removes every container an agent with data in `data` started.
-fn remove_containers(data: &Path) {
+/// Kills and removes every container an agent with data in `data` started
+/// (for agents a test killed on purpose, whose tasks outlive them).
+pub fn remove_containers(data: &Path) {
     let Ok(entries) = std::fs::read_dir(data.join("containers")) else {
         return;
     };
@@ -312,6 +313,23 @@ pub fn start_batch(master: &str, data: &Path, extra: &[&str]) -> Proc {
     Proc::spawn(&args, true)
 }
 
+/// Starts the services framework for `master` on an ephemeral port,
+/// keeping its store in `data`.
+pub fn start_services(master: &str, data: &Path, extra: &[&str]) -> Proc {
+    let data = data.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "services",
+        "--master",
+        master,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args, true)
+}
+
 /// Starts `agora dev` on an ephemeral port with its data in `data`.
 pub fn start_dev(data: &Path, extra: &[&str]) -> Proc {
     let data = data.to_str().expect("utf-8 path");
@@ -356,6 +374,7 @@ pub enum Seen {
     Rescinded(String),
     Update(TaskStatus),
     Error(String),
+    Failure(String),
     Disconnected,
 }
 
@@ -385,6 +404,9 @@ impl Scheduler for Recorder {
     }
     async fn error(&mut self, _: &Driver, message: &str) {
         let _ = self.tx.send(Seen::Error(message.to_string()));
+    }
+    async fn failure(&mut self, _: &Driver, agent_id: &str, _message: &str) {
+        let _ = self.tx.send(Seen::Failure(agent_id.to_string()));
     }
     async fn disconnected(&mut self, _: &Driver) {
         let _ = self.tx.send(Seen::Disconnected);

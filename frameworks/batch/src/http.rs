@@ -19,7 +19,7 @@ use crate::engine::EngineError;
 use crate::framework::{Shared, now_ms};
 use crate::model::{InstanceState, Job, Run};
 use crate::spec::{self, JobSpec, Operator, SpecError};
-use agora_sdk::placement::{AgentAttributes, check_all};
+use agora_sdk::placement::check_all;
 
 /// The largest spec accepted (a file of many jobs fits easily).
 const MAX_BODY: usize = 1 << 20;
@@ -548,14 +548,10 @@ async fn logs(
 /// exist. With no agents registered yet (or no master to ask) it cannot
 /// know, and lets the job queue.
 async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
-    let url = format!("{}/api/v1/agents", api.master);
-    let agents: Vec<Value> = match api.client.get(&url).send().await {
-        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-            Ok(v) => v["agents"].as_array().cloned().unwrap_or_default(),
-            Err(_) => return Ok(()),
-        },
-        _ => {
-            tracing::warn!("could not list agents at {url}; not checking whether jobs fit");
+    let agents = match agora_sdk::operator::MasterApi::new(&api.master).agents().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("could not list agents ({e}); not checking whether jobs fit");
             return Ok(());
         }
     };
@@ -570,12 +566,9 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
         }
     };
     for (i, spec) in specs.iter().enumerate() {
-        let attr = |agent: &Value, name: &str| -> Option<String> {
-            agent_attributes(agent).get(name).map(str::to_string)
-        };
-        let placeable: Vec<&Value> = agents
+        let placeable: Vec<_> = agents
             .iter()
-            .filter(|a| check_all(&spec.constraints, &agent_attributes(a), &[]).is_ok())
+            .filter(|a| check_all(&spec.constraints, &a.attributes, &[]).is_ok())
             .collect();
         if placeable.is_empty() {
             return Err(SpecError::new(
@@ -589,7 +582,7 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
             }
             let largest = placeable
                 .iter()
-                .filter_map(|a| a["resources"]["total"][name].as_f64())
+                .filter_map(|a| a.total.get(name).copied())
                 .fold(0.0_f64, f64::max);
             if want > largest + 1e-9 {
                 return Err(SpecError::new(
@@ -603,8 +596,8 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
             .iter()
             .filter(|c| c.operator == Operator::Unique)
         {
-            let values: BTreeSet<Option<String>> =
-                placeable.iter().map(|a| attr(a, &c.attribute)).collect();
+            let values: BTreeSet<Option<&str>> =
+                placeable.iter().map(|a| a.attributes.get(&c.attribute)).collect();
             if (values.len() as u32) < spec.instances {
                 return Err(SpecError::new(
                     format!("{}constraints", prefix(i)),
@@ -621,18 +614,3 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// An agent of `GET /api/v1/agents` as constraints see it.
-fn agent_attributes(agent: &Value) -> AgentAttributes {
-    AgentAttributes {
-        agent_id: agent["id"].as_str().unwrap_or_default().to_string(),
-        hostname: agent["hostname"].as_str().unwrap_or_default().to_string(),
-        attributes: agent["attributes"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}

@@ -111,6 +111,7 @@ impl MasterApi {
                 attributes: crate::placement::AgentAttributes {
                     agent_id: a["id"].as_str().unwrap_or_default().to_string(),
                     hostname: a["hostname"].as_str().unwrap_or_default().to_string(),
+                    address: String::new(),
                     attributes: a["attributes"]
                         .as_object()
                         .map(|m| {

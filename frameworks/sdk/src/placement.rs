@@ -71,6 +71,9 @@ impl PartialEq for Constraint {
 pub struct AgentAttributes {
     pub agent_id: String,
     pub hostname: String,
+    /// Where the agent's tasks are reached (an IP address or a name).
+    #[serde(default)]
+    pub address: String,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
 }
@@ -84,6 +87,11 @@ impl AgentAttributes {
                 .as_ref()
                 .map_or(String::new(), |a| a.value.clone()),
             hostname: offer.hostname.clone(),
+            address: if offer.address.is_empty() {
+                offer.hostname.clone()
+            } else {
+                offer.address.clone()
+            },
             attributes: offer
                 .attributes
                 .iter()
@@ -269,6 +277,7 @@ mod tests {
             agent_id: format!("id-{host}"),
             hostname: host.into(),
             attributes: [("zone".to_string(), zone.to_string())].into(),
+            ..Default::default()
         }
     }
 

@@ -931,7 +931,11 @@ impl Engine {
             .filter(|i| app.is_ready(i))
             .map(|i| Endpoint {
                 task_id: i.task_id.clone(),
-                host: i.agent.hostname.clone(),
+                host: if i.agent.address.is_empty() {
+                    i.agent.hostname.clone()
+                } else {
+                    i.agent.address.clone()
+                },
                 port: i.ports.first().copied().unwrap_or(0),
                 ports: i.ports.clone(),
                 agent_id: i.agent.agent_id.clone(),

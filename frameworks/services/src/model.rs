@@ -60,12 +60,6 @@ impl Instance {
         self.draining_since.is_some() || self.kill_sent_at.is_some()
     }
 
-    /// `host:port` of its first port.
-    pub fn address(&self) -> Option<String> {
-        self.ports
-            .first()
-            .map(|p| format!("{}:{p}", self.agent.hostname))
-    }
 }
 
 /// A definition the app had.

@@ -64,6 +64,7 @@ pub(super) fn occupied(run: &Run) -> Vec<AgentAttributes> {
             agent_id: a.agent_id.clone(),
             hostname: a.hostname.clone(),
             attributes: a.attributes.clone(),
+            ..Default::default()
         })
         .collect()
 }
