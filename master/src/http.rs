@@ -534,7 +534,8 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
                     }
                 }
             });
-            let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+            let body =
+                axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
             let mut response = (status, body).into_response();
             if let Some(ct) = content_type {
                 response.headers_mut().insert(header::CONTENT_TYPE, ct);

@@ -1,6 +1,7 @@
 // Agora web UI: reads /api/v1/state, follows /api/v1/events, and shows a
 // task's log by following /api/v1/tasks/{id}/files/read. When the batch
-// framework is up, its jobs come from /batch/v1/jobs. No dependencies.
+// framework is up, its jobs come from /batch/v1/jobs; when the services
+// framework is, its apps from /services/v1/apps. No dependencies.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -96,8 +97,33 @@ async function refreshJobs() {
     <td class="msg">${j.latest_run ? `#${j.latest_run} ${esc(j.latest_state)} ${esc(j.latest_message || "")}` : "–"}</td></tr>`).join("");
 }
 
+// Apps of the services framework, if one is registered (the master relays
+// /services/ to it): counts, the deployment's progress, why instances wait,
+// and where the healthy ones answer. Hidden otherwise.
+async function refreshApps() {
+  let apps = null;
+  try { apps = (await getJSON("/services/v1/apps")).apps; } catch (_) { apps = null; }
+  $("apps").hidden = $("apps-link").hidden = !apps;
+  if (!apps) return;
+  const details = await Promise.all(apps.slice(0, 200).map((a) =>
+    getJSON(`/services/v1/apps/${a.id.split("/").map(encodeURIComponent).join("/")}/endpoints`).catch(() => ({ endpoints: [] }))));
+  $("app-rows").innerHTML = apps.slice(0, 200).map((a, i) => {
+    const c = a.instances;
+    const d = a.deployment;
+    const dep = d ? `#${d.id} ${esc(d.kind)} → v${d.to_version}: ${esc(d.state)}${d.state === "RUNNING" ? "" : ` — ${esc(d.message)}`}` : "–";
+    const waiting = a.waiting && a.waiting.reasons
+      ? Object.entries(a.waiting.reasons).map(([r, n]) => `${esc(r)} (${n})`).join("; ") : "–";
+    const eps = (details[i].endpoints || []).map((e) => `${esc(e.host)}:${e.port}`).join(" ") || "–";
+    const port = a.service_port ? ` <span class="muted">lb :${a.service_port}</span>` : "";
+    return `<tr data-app="${esc(a.id)}"><td>${esc(a.id)}${port}</td><td class="state ${esc(a.status)}">${esc(a.status)}</td>
+      <td>v${a.version}</td><td>${c.healthy} / ${c.running} / ${c.wanted}</td><td class="msg">${dep}</td>
+      <td class="msg waiting">${waiting}</td><td class="msg endpoints">${eps}</td></tr>`;
+  }).join("");
+}
+
 async function refresh() {
   refreshJobs();
+  refreshApps();
   try {
     const [s, r, a] = await Promise.all([getJSON("/api/v1/state"), getJSON("/api/v1/roles"), getJSON("/api/v1/agents")]);
     state = s;

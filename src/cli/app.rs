@@ -20,9 +20,16 @@ pub async fn run(master: &str, command: AppCommand) -> anyhow::Result<ExitCode> 
         AppCommand::List => list(&api).await,
         AppCommand::Status { id, json } => status(&api, &id, json).await,
         AppCommand::Versions { id } => versions(&api, &id).await,
-        AppCommand::Scale { id, instances, wait } => {
+        AppCommand::Scale {
+            id,
+            instances,
+            wait,
+        } => {
             let v = api
-                .post_json(&format!("/apps/{id}/scale"), json!({ "instances": instances }))
+                .post_json(
+                    &format!("/apps/{id}/scale"),
+                    json!({ "instances": instances }),
+                )
                 .await;
             started(&api, &id, v, wait, &format!("scaling {id} to {instances}")).await
         }
@@ -76,7 +83,11 @@ async fn deploy(api: &FrameworkApi, file: &str, wait: bool) -> anyhow::Result<Ex
         )
         .await?;
     let mut waiting = Vec::new();
-    for d in created["deployments"].as_array().cloned().unwrap_or_default() {
+    for d in created["deployments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         let id = d["id"].as_str().unwrap_or_default().to_string();
         let deployment = d["deployment"].as_u64().unwrap_or(0);
         println!("{id} v{} (deployment {deployment})", d["version"]);
@@ -132,7 +143,8 @@ async fn wait_for(api: &FrameworkApi, deployments: &[(String, u64)]) -> anyhow::
                     && let Some(reasons) = w.get("reasons").and_then(Value::as_object)
                     && !reasons.is_empty()
                 {
-                    let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} ({n})")).collect();
+                    let why: Vec<String> =
+                        reasons.iter().map(|(r, n)| format!("{r} ({n})")).collect();
                     println!("  waiting: {}", why.join(", "));
                 }
                 last[k] = line;
@@ -173,16 +185,24 @@ async fn list(api: &FrameworkApi) -> anyhow::Result<ExitCode> {
                 format!("v{}", a["version"]),
                 format!("{}/{}", c["healthy"], c["wanted"]),
                 text(&c["running"]),
-                a["deployment"]["state"]
-                    .as_str()
-                    .map_or("-".into(), |s| format!("{} {}", text(&a["deployment"]["kind"]), s.to_lowercase())),
+                a["deployment"]["state"].as_str().map_or("-".into(), |s| {
+                    format!("{} {}", text(&a["deployment"]["kind"]), s.to_lowercase())
+                }),
                 text(&a["service_port"]),
             ]
         })
         .collect();
     print_table(
         "",
-        &["ID", "STATUS", "VERSION", "HEALTHY", "RUNNING", "DEPLOYMENT", "SERVICE"],
+        &[
+            "ID",
+            "STATUS",
+            "VERSION",
+            "HEALTHY",
+            "RUNNING",
+            "DEPLOYMENT",
+            "SERVICE",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
@@ -268,14 +288,23 @@ async fn status(api: &FrameworkApi, id: &str, as_json: bool) -> anyhow::Result<E
                 text(&t["host"]),
                 t["ports"]
                     .as_array()
-                    .map(|p| p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+                    .map(|p| {
+                        p.iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .unwrap_or_default(),
             ]
         })
         .collect();
     if !rows.is_empty() {
         println!();
-        print_table("", &["TASK", "VERSION", "STATE", "HEALTH", "HOST", "PORTS"], &rows);
+        print_table(
+            "",
+            &["TASK", "VERSION", "STATE", "HEALTH", "HOST", "PORTS"],
+            &rows,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -304,7 +333,14 @@ async fn versions(api: &FrameworkApi, id: &str) -> anyhow::Result<ExitCode> {
         .collect();
     print_table(
         "",
-        &["VERSION", "CREATED", "ORIGIN", "CURRENT", "INSTANCES", "CMD"],
+        &[
+            "VERSION",
+            "CREATED",
+            "ORIGIN",
+            "CURRENT",
+            "INSTANCES",
+            "CMD",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
@@ -329,8 +365,11 @@ async fn cancel(api: &FrameworkApi, id: &str) -> anyhow::Result<ExitCode> {
         return Err(Refused(format!("app `{id}` has no running deployment")).into());
     }
     let number = d["id"].as_u64().unwrap_or(0);
-    api.call(api.client.delete(format!("{}/deployments/{number}", api.base)))
-        .await?;
+    api.call(
+        api.client
+            .delete(format!("{}/deployments/{number}", api.base)),
+    )
+    .await?;
     println!("cancelled deployment {number} of {id}; rolling back");
     Ok(ExitCode::SUCCESS)
 }

@@ -122,7 +122,11 @@ async fn submit(batch: &FrameworkApi, file: &str, wait: bool) -> anyhow::Result<
 
 /// Follows jobs (or one run of one job) until they end; exit 0 only if all
 /// succeeded.
-async fn wait_for(batch: &FrameworkApi, ids: &[String], run: Option<u32>) -> anyhow::Result<ExitCode> {
+async fn wait_for(
+    batch: &FrameworkApi,
+    ids: &[String],
+    run: Option<u32>,
+) -> anyhow::Result<ExitCode> {
     let mut last: Vec<String> = vec![String::new(); ids.len()];
     loop {
         let mut all_done = true;

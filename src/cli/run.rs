@@ -187,7 +187,10 @@ pub async fn dev(
     let batch_result = if finished == Some("batch framework") {
         Ok(())
     } else {
-        (&mut batch_task).await.context("batch task")?.map_err(anyhow::Error::from)
+        (&mut batch_task)
+            .await
+            .context("batch task")?
+            .map_err(anyhow::Error::from)
     };
     let services_result = if finished == Some("services framework") {
         Ok(())

@@ -1,11 +1,12 @@
 // Opens the Agora web UI in Debian's chromium, checks that the agent and the
 // task are shown, opens the task's log and waits for its output, checks the
-// batch job is listed as succeeded and its log opens, and writes a
+// batch job is listed as succeeded and its log opens, checks the apps view
+// (a healthy app, and a waiting one with its reason), and writes a
 // screenshot. Usage:
-// node ui-check.mjs URL HOSTNAME TASK_ID EXPECTED_LOG SCREENSHOT JOB_ID JOB_LOG
+// node ui-check.mjs URL HOSTNAME TASK_ID EXPECTED_LOG SCREENSHOT JOB_ID JOB_LOG APP_ID WAITING_APP_ID WAITING_REASON
 import { chromium } from "playwright-core";
 
-const [url, hostname, taskId, expected, screenshot, jobId, jobLog] = process.argv.slice(2);
+const [url, hostname, taskId, expected, screenshot, jobId, jobLog, appId, waitingApp, waitingReason] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,6 +25,8 @@ try {
   await job.waitFor({ timeout: 15000 });
   await job.click();
   await page.locator("#log-text", { hasText: jobLog }).waitFor({ timeout: 15000 });
+  await page.locator(`#app-rows tr[data-app="${appId}"]`, { hasText: "HEALTHY" }).waitFor({ timeout: 15000 });
+  await page.locator(`#app-rows tr[data-app="${waitingApp}"] .waiting`, { hasText: waitingReason }).waitFor({ timeout: 15000 });
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log("ui-check: ok");
 } finally {

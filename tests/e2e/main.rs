@@ -1,5 +1,6 @@
 //! End-to-end tests of the whole system: one test binary, real processes.
 
+mod agent_protocol;
 mod batch;
 mod containers;
 mod operator;

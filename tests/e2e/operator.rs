@@ -480,6 +480,20 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
         .await
         .expect("submit");
     assert_eq!(submitted.status().as_u16(), 201);
+    // Two apps through the relay to the services framework: one runs, one
+    // waits for ports this agent does not offer.
+    for spec in [
+        "id = \"ui-app\"\ncmd = \"exec sleep 600\"\n",
+        "id = \"ui-waiting\"\ncmd = \"exec sleep 600\"\nports = [\"http\"]\n",
+    ] {
+        let deployed = reqwest::Client::new()
+            .post(format!("{url}/services/v1/apps"))
+            .body(spec)
+            .send()
+            .await
+            .expect("deploy");
+        assert_eq!(deployed.status().as_u16(), 201);
+    }
 
     // Playwright drives Debian's chromium: the agent and the task must be on
     // the page, and clicking the task must show its log; so must the job.
@@ -499,6 +513,7 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
         ])
         .arg(&shot)
         .args(["ui-job", "out-of-a-batch-job"])
+        .args(["ui-app", "ui-waiting", "insufficient ports"])
         .env("CHROMIUM", chromium)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

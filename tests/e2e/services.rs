@@ -121,7 +121,9 @@ initial = "200ms"
 "#
     );
     if let Some(port) = service_port {
-        spec.push_str(&format!("[service]\nport = {port}\ndrain_timeout = \"10s\"\n"));
+        spec.push_str(&format!(
+            "[service]\nport = {port}\ndrain_timeout = \"10s\"\n"
+        ));
     }
     spec
 }
@@ -153,7 +155,13 @@ async fn app(master: &str, id: &str) -> Value {
 }
 
 /// Waits until deployment `number` of `id` is in `state`; returns the app.
-async fn wait_deployment(master: &str, id: &str, number: u64, state: &str, within: Duration) -> Value {
+async fn wait_deployment(
+    master: &str,
+    id: &str,
+    number: u64,
+    state: &str,
+    within: Duration,
+) -> Value {
     wait_until(
         &format!("deployment {number} of {id} to be {state}"),
         within,
@@ -216,7 +224,10 @@ async fn through_lb(client: &reqwest::Client, port: u16) -> Result<String, Strin
     if !r.status().is_success() {
         return Err(format!("status {}", r.status()));
     }
-    r.text().await.map(|t| t.trim().to_string()).map_err(|e| e.to_string())
+    r.text()
+        .await
+        .map(|t| t.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn fresh_connections() -> reqwest::Client {
@@ -259,7 +270,14 @@ async fn deploy_serves_three_healthy_endpoints_and_a_rolling_upgrade_drops_no_re
     });
     let d = deploy(&cluster.url, &web_spec("web", "v2", 3, Some(service))).await;
     let number = d["deployment"].as_u64().expect("deployment id");
-    let a = wait_deployment(&cluster.url, "web", number, "SUCCEEDED", Duration::from_secs(90)).await;
+    let a = wait_deployment(
+        &cluster.url,
+        "web",
+        number,
+        "SUCCEEDED",
+        Duration::from_secs(90),
+    )
+    .await;
     assert_eq!(a["version"], 2);
     // The last old instances drained; a few more requests on the new ones.
     wait_until("only v2 answering", Duration::from_secs(30), || async {
@@ -269,12 +287,27 @@ async fn deploy_serves_three_healthy_endpoints_and_a_rolling_upgrade_drops_no_re
     .await;
     stop_tx.send_replace(true);
     let (ok, failed, versions) = load.await.expect("load task");
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 20, "the client kept asking ({ok} requests)");
-    assert!(versions.contains("v1") && versions.contains("v2"), "{versions:?}");
+    assert!(
+        versions.contains("v1") && versions.contains("v2"),
+        "{versions:?}"
+    );
     let a = app(&cluster.url, "web").await;
     assert_eq!(a["instances"]["healthy"], 3);
-    assert!(a["tasks"].as_array().expect("tasks").iter().all(|t| t["version"] == 2));
+    assert!(
+        a["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .all(|t| t["version"] == 2)
+    );
 
     // The CLI agrees.
     let out = agora_cli(&cluster.url, &["app", "endpoints", "web"]);
@@ -306,13 +339,19 @@ async fn a_broken_version_rolls_back_by_itself_and_manual_rollback_restores_an_o
     wait_healthy(&cluster.url, "api", 2).await;
     let before = task_ids(&app(&cluster.url, "api").await);
     // v2 exits at once: it fails, fails again, and is rolled back.
-    let broken = web_spec("api", "v2", 2, Some(service)).replace(
-        "mkdir -p www",
-        "echo broken >&2; exit 1; mkdir -p www",
-    ) + "[upgrade]\nmax_failures = 3\n";
+    let broken = web_spec("api", "v2", 2, Some(service))
+        .replace("mkdir -p www", "echo broken >&2; exit 1; mkdir -p www")
+        + "[upgrade]\nmax_failures = 3\n";
     let d = deploy(&cluster.url, &broken).await;
     let number = d["deployment"].as_u64().expect("id");
-    let a = wait_deployment(&cluster.url, "api", number, "ROLLED_BACK", Duration::from_secs(60)).await;
+    let a = wait_deployment(
+        &cluster.url,
+        "api",
+        number,
+        "ROLLED_BACK",
+        Duration::from_secs(60),
+    )
+    .await;
     let message = a["deployments"]
         .as_array()
         .expect("deployments")
@@ -321,10 +360,14 @@ async fn a_broken_version_rolls_back_by_itself_and_manual_rollback_restores_an_o
         .map(|d| d["message"].to_string())
         .unwrap_or_default();
     assert!(message.contains("failed"), "{message}");
-    wait_until("the rollback to finish", Duration::from_secs(30), || async {
-        let a = app(&cluster.url, "api").await;
-        (a["status"] == "HEALTHY" && a["deployment"]["kind"] == "rollback").then_some(())
-    })
+    wait_until(
+        "the rollback to finish",
+        Duration::from_secs(30),
+        || async {
+            let a = app(&cluster.url, "api").await;
+            (a["status"] == "HEALTHY" && a["deployment"]["kind"] == "rollback").then_some(())
+        },
+    )
     .await;
     // The v1 instances served throughout: the same tasks, still there.
     assert_eq!(task_ids(&app(&cluster.url, "api").await), before);
@@ -334,15 +377,27 @@ async fn a_broken_version_rolls_back_by_itself_and_manual_rollback_restores_an_o
     // v4 replaces v1's definition; rolling back to v1 brings it back.
     let d = deploy(&cluster.url, &web_spec("api", "v4", 2, Some(service))).await;
     assert_eq!(d["version"], 4);
-    wait_deployment(&cluster.url, "api", d["deployment"].as_u64().expect("id"), "SUCCEEDED", Duration::from_secs(60)).await;
+    wait_deployment(
+        &cluster.url,
+        "api",
+        d["deployment"].as_u64().expect("id"),
+        "SUCCEEDED",
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(through_lb(&client, service).await.as_deref(), Ok("v4"));
-    let out = agora_cli(&cluster.url, &["app", "rollback", "api", "--to", "1", "--wait"]);
+    let out = agora_cli(
+        &cluster.url,
+        &["app", "rollback", "api", "--to", "1", "--wait"],
+    );
     assert!(out.contains("succeeded"), "{out}");
     let a = app(&cluster.url, "api").await;
     assert_eq!(a["version"], 5, "a rollback is a new version");
-    wait_until("v1 through the balancer", Duration::from_secs(20), || async {
-        (through_lb(&fresh_connections(), service).await.ok()? == "v1").then_some(())
-    })
+    wait_until(
+        "v1 through the balancer",
+        Duration::from_secs(20),
+        || async { (through_lb(&fresh_connections(), service).await.ok()? == "v1").then_some(()) },
+    )
     .await;
 }
 
@@ -354,7 +409,12 @@ async fn scale_three_to_six_to_two() {
     let out = agora_cli(&cluster.url, &["app", "scale", "scaled", "6", "--wait"]);
     assert!(out.contains("succeeded"), "{out}");
     wait_healthy(&cluster.url, "scaled", 6).await;
-    let (status, body) = post(&cluster.url, "/apps/scaled/scale", json!({"instances": 2}).to_string()).await;
+    let (status, body) = post(
+        &cluster.url,
+        "/apps/scaled/scale",
+        json!({"instances": 2}).to_string(),
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     wait_healthy(&cluster.url, "scaled", 2).await;
     wait_until("the surplus to stop", Duration::from_secs(30), || async {
@@ -371,7 +431,12 @@ async fn scale_three_to_six_to_two() {
         .filter(|t| t["state"] == "TASK_RUNNING")
         .count();
     assert_eq!(running, 2);
-    let (status, body) = post(&cluster.url, "/apps/scaled/scale", json!({"instances": -1}).to_string()).await;
+    let (status, body) = post(
+        &cluster.url,
+        "/apps/scaled/scale",
+        json!({"instances": -1}).to_string(),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["field"], "instances");
 }
@@ -385,9 +450,15 @@ async fn a_killed_instance_and_an_unhealthy_one_are_replaced() {
     // Kill the instance's processes from outside, as a crash would.
     let endpoint = agent_endpoint(&cluster.url, "a").await;
     let container = container_of(&endpoint, &victim).await;
-    let id = container["container_id"].as_str().expect("container id").to_string();
+    let id = container["container_id"]
+        .as_str()
+        .expect("container id")
+        .to_string();
     for pid in cgroup_pids(&id) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     let eps = wait_until("a replacement", Duration::from_secs(60), || async {
         let e = endpoints(&cluster.url, "heal").await;
@@ -417,14 +488,18 @@ initial = "100ms"
         .as_str()
         .expect("id")
         .to_string();
-    let killed = wait_until("the unhealthy task to be killed", Duration::from_secs(30), || async {
-        let s = state(&cluster.url).await;
-        s["tasks"]
-            .as_array()?
-            .iter()
-            .find(|t| t["id"] == first.as_str() && t["state"] == "TASK_KILLED")
-            .cloned()
-    })
+    let killed = wait_until(
+        "the unhealthy task to be killed",
+        Duration::from_secs(30),
+        || async {
+            let s = state(&cluster.url).await;
+            s["tasks"]
+                .as_array()?
+                .iter()
+                .find(|t| t["id"] == first.as_str() && t["state"] == "TASK_KILLED")
+                .cloned()
+        },
+    )
     .await;
     assert_eq!(killed["reason"], "REASON_TASK_UNHEALTHY", "{killed}");
     wait_until("a healthy replacement", Duration::from_secs(30), || async {
@@ -458,16 +533,20 @@ async fn instances_of_a_stopped_agent_come_back_on_another() {
         .map(|(p, _, _)| p)
         .expect("agent b");
     agent_b.kill_hard();
-    let eps = wait_until("both instances on agent a", Duration::from_secs(60), || async {
-        let a = app(&cluster.url, "moving").await;
-        let e = endpoints(&cluster.url, "moving").await;
-        let on_a = a["tasks"]
-            .as_array()?
-            .iter()
-            .filter(|t| t["host"] == "a" && t["ready"] == true)
-            .count();
-        (on_a == 2 && e.len() == 2).then_some(e)
-    })
+    let eps = wait_until(
+        "both instances on agent a",
+        Duration::from_secs(60),
+        || async {
+            let a = app(&cluster.url, "moving").await;
+            let e = endpoints(&cluster.url, "moving").await;
+            let on_a = a["tasks"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["host"] == "a" && t["ready"] == true)
+                .count();
+            (on_a == 2 && e.len() == 2).then_some(e)
+        },
+    )
     .await;
     assert!(eps.iter().all(|e| e["task_id"] != on_b[0].as_str()));
     remove_containers(&b_data);
@@ -476,15 +555,22 @@ async fn instances_of_a_stopped_agent_come_back_on_another() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unique_hostnames_with_too_few_agents_wait_with_the_reason() {
     let cluster = Cluster::start(5, 2).await;
-    let spec = web_spec("spread", "v1", 3, None)
-        .replace("instances = 3", "instances = 3\nconstraints = [[\"hostname\", \"UNIQUE\"]]");
+    let spec = web_spec("spread", "v1", 3, None).replace(
+        "instances = 3",
+        "instances = 3\nconstraints = [[\"hostname\", \"UNIQUE\"]]",
+    );
     deploy(&cluster.url, &spec).await;
-    let a = wait_until("two placed, one waiting with a reason", Duration::from_secs(60), || async {
-        let a = app(&cluster.url, "spread").await;
-        let reasons = a["waiting"]["reasons"].as_object()?;
-        let unique = reasons.get("constraint hostname UNIQUE")?.as_u64()?;
-        (a["instances"]["healthy"] == 2 && unique > 0 && a["waiting"]["unplaced"] == 1).then_some(a)
-    })
+    let a = wait_until(
+        "two placed, one waiting with a reason",
+        Duration::from_secs(60),
+        || async {
+            let a = app(&cluster.url, "spread").await;
+            let reasons = a["waiting"]["reasons"].as_object()?;
+            let unique = reasons.get("constraint hostname UNIQUE")?.as_u64()?;
+            (a["instances"]["healthy"] == 2 && unique > 0 && a["waiting"]["unplaced"] == 1)
+                .then_some(a)
+        },
+    )
     .await;
     let hosts: BTreeSet<String> = a["tasks"]
         .as_array()
@@ -567,7 +653,11 @@ async fn a_restarted_services_framework_adopts_its_instances() {
         .collect();
     assert_eq!(ids, before);
     assert!(
-        s["tasks"].as_array().expect("tasks").iter().all(|t| t["state"] == "TASK_RUNNING")
+        s["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .all(|t| t["state"] == "TASK_RUNNING")
     );
 }
 
@@ -583,19 +673,40 @@ async fn invalid_specs_are_refused_with_their_field_and_change_nothing() {
         ("id = \"a\"\ncmd = \"x\"\ninstances = 1.5", "instances"),
         ("id = \"a\"\ncmd = \"x\"\nports = [1]", "ports[0]"),
         ("id = \"a\"\ncmd = \"x\"\ncolour = \"red\"", "colour"),
-        ("id = \"a\"\ncmd = \"x\"\nconstraints = [[\"rack\", \"IS\", \"r9\"]]", "constraints"),
-        ("id = \"a\"\ncmd = \"x\"\n[[health_checks]]\nprotocol = \"udp\"", "health_checks[0].protocol"),
-        ("id = \"a\"\ncmd = \"x\"\n[upgrade]\nmaximum_over_capacity = -1", "upgrade.maximum_over_capacity"),
-        ("id = \"a\"\ncmd = \"x\"\n[autoscale]\nmax = 2", "autoscale.target_cpu"),
-        ("id = \"a\"\ncmd = \"x\"\nkill_grace_period = \"forever\"", "kill_grace_period"),
-        ("{\"id\": \"a\", \"cmd\": \"x\", \"instances\": -3}", "instances"),
+        (
+            "id = \"a\"\ncmd = \"x\"\nconstraints = [[\"rack\", \"IS\", \"r9\"]]",
+            "constraints",
+        ),
+        (
+            "id = \"a\"\ncmd = \"x\"\n[[health_checks]]\nprotocol = \"udp\"",
+            "health_checks[0].protocol",
+        ),
+        (
+            "id = \"a\"\ncmd = \"x\"\n[upgrade]\nmaximum_over_capacity = -1",
+            "upgrade.maximum_over_capacity",
+        ),
+        (
+            "id = \"a\"\ncmd = \"x\"\n[autoscale]\nmax = 2",
+            "autoscale.target_cpu",
+        ),
+        (
+            "id = \"a\"\ncmd = \"x\"\nkill_grace_period = \"forever\"",
+            "kill_grace_period",
+        ),
+        (
+            "{\"id\": \"a\", \"cmd\": \"x\", \"instances\": -3}",
+            "instances",
+        ),
         ("not toml at all [", "spec"),
     ];
     for (spec, field) in cases {
         let (status, body) = post(&cluster.url, "/apps", spec.to_string()).await;
         assert_eq!(status, 400, "{spec}: {body}");
         assert_eq!(body["field"], *field, "{spec}: {body}");
-        assert!(body["error"].as_str().is_some_and(|e| e.starts_with(field)), "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.starts_with(field)),
+            "{body}"
+        );
     }
     let list: Value = reqwest::get(format!("{}/services/v1/apps", cluster.url))
         .await
@@ -603,9 +714,15 @@ async fn invalid_specs_are_refused_with_their_field_and_change_nothing() {
         .json()
         .await
         .expect("json");
-    assert_eq!(list["apps"].as_array().map(Vec::len), Some(0), "nothing stored");
+    assert_eq!(
+        list["apps"].as_array().map(Vec::len),
+        Some(0),
+        "nothing stored"
+    );
     // Unknown apps are 404, and the CLI says so.
-    let r = reqwest::get(format!("{}/services/v1/apps/nope", cluster.url)).await.expect("get");
+    let r = reqwest::get(format!("{}/services/v1/apps/nope", cluster.url))
+        .await
+        .expect("get");
     assert_eq!(r.status().as_u16(), 404);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
         .args(["app", "status", "nope"])
@@ -643,10 +760,16 @@ async fn endpoints_stream_as_events_and_a_standalone_lb_follows_them() {
     // `agora lb` on an "edge machine": a second loopback address, since
     // the built-in balancer holds the service port on 127.0.0.1.
     let _lb = LbProc::start(&cluster.url);
-    wait_until("the standalone lb serving", Duration::from_secs(30), || async {
-        let r = reqwest::get(format!("http://127.0.0.2:{service}/index.html")).await.ok()?;
-        (r.text().await.ok()?.trim() == "v1").then_some(())
-    })
+    wait_until(
+        "the standalone lb serving",
+        Duration::from_secs(30),
+        || async {
+            let r = reqwest::get(format!("http://127.0.0.2:{service}/index.html"))
+                .await
+                .ok()?;
+            (r.text().await.ok()?.trim() == "v1").then_some(())
+        },
+    )
     .await;
 }
 

@@ -548,7 +548,10 @@ async fn logs(
 /// exist. With no agents registered yet (or no master to ask) it cannot
 /// know, and lets the job queue.
 async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
-    let agents = match agora_sdk::operator::MasterApi::new(&api.master).agents().await {
+    let agents = match agora_sdk::operator::MasterApi::new(&api.master)
+        .agents()
+        .await
+    {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!("could not list agents ({e}); not checking whether jobs fit");
@@ -596,8 +599,10 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
             .iter()
             .filter(|c| c.operator == Operator::Unique)
         {
-            let values: BTreeSet<Option<&str>> =
-                placeable.iter().map(|a| a.attributes.get(&c.attribute)).collect();
+            let values: BTreeSet<Option<&str>> = placeable
+                .iter()
+                .map(|a| a.attributes.get(&c.attribute))
+                .collect();
             if (values.len() as u32) < spec.instances {
                 return Err(SpecError::new(
                     format!("{}constraints", prefix(i)),
@@ -613,4 +618,3 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
     }
     Ok(())
 }
-

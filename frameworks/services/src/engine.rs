@@ -345,11 +345,9 @@ impl Engine {
         }
         let id = spec.id.clone();
         match self.apps.get_mut(&id) {
-            Some(app) if app.removing => {
-                return Err(EngineError::Conflict(format!(
-                    "app `{id}` is being removed; deploy it again once it is gone"
-                )));
-            }
+            Some(app) if app.removing => Err(EngineError::Conflict(format!(
+                "app `{id}` is being removed; deploy it again once it is gone"
+            ))),
             Some(app) => {
                 let from = app.target;
                 let changes_instances = !app.spec().launch_fields_eq(&spec);

@@ -121,11 +121,14 @@ impl Shared {
     pub(crate) async fn publish(&self) {
         let events = self.engine().take_events();
         for event in events {
-            if let (Some(lb), ServiceEvent::Endpoints {
-                app,
-                service_port,
-                endpoints,
-            }) = (&self.lb, &event)
+            if let (
+                Some(lb),
+                ServiceEvent::Endpoints {
+                    app,
+                    service_port,
+                    endpoints,
+                },
+            ) = (&self.lb, &event)
                 && let Err(e) = lb.update(app, *service_port, endpoints).await
             {
                 warn!("{e}");
@@ -149,8 +152,10 @@ impl Shared {
             match result {
                 Ok(()) => {}
                 // Already gone: its end is on its way (or was), nothing to do.
-                Err(SdkError::Call { code, .. })
-                    if matches!(code, Code::NotFound | Code::FailedPrecondition) => {}
+                Err(SdkError::Call {
+                    code: Code::NotFound | Code::FailedPrecondition,
+                    ..
+                }) => {}
                 Err(e) => warn!(?action, "{e}"),
             }
         }
@@ -210,7 +215,10 @@ impl Scheduler for ServicesScheduler {
         };
         self.shared.persist().await;
         if !live.is_empty() {
-            info!(tasks = live.len(), "reconciling the instances from the store");
+            info!(
+                tasks = live.len(),
+                "reconciling the instances from the store"
+            );
             let ids: Vec<&str> = live.iter().map(String::as_str).collect();
             if let Err(e) = driver.reconcile(&ids).await {
                 warn!("reconcile: {e}");
@@ -289,9 +297,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServicesError> {
-    let store = Arc::new(ServicesStore::open(
-        &config.data_dir.join("services.redb"),
-    )?);
+    let store = Arc::new(ServicesStore::open(&config.data_dir.join("services.redb"))?);
     let loaded = store.load()?;
     info!(
         apps = loaded.apps.len(),
@@ -473,8 +479,10 @@ async fn usage_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::Recei
         };
         match shared.master.task_usage(&framework).await {
             Ok(usage) => {
-                let samples: Vec<(String, f64)> =
-                    usage.into_iter().map(|u| (u.task_id, u.cpu_seconds)).collect();
+                let samples: Vec<(String, f64)> = usage
+                    .into_iter()
+                    .map(|u| (u.task_id, u.cpu_seconds))
+                    .collect();
                 shared.engine().observe_usage(&samples, now_ms());
             }
             Err(e) => warn!("reading usage: {e}"),

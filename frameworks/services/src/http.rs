@@ -357,7 +357,9 @@ async fn app_route(
                     .as_u64()
                     .and_then(|n| u32::try_from(n).ok())
                     .map(Some)
-                    .ok_or_else(|| SpecError::new("to", format!("must be a version number, got {n}"))),
+                    .ok_or_else(|| {
+                        SpecError::new("to", format!("must be a version number, got {n}"))
+                    }),
             }) {
                 Ok(to) => to,
                 Err(e) => return spec_error(&e),
@@ -516,7 +518,10 @@ async fn metrics(State(api): Api) -> Response {
                     a.id.clone(),
                     a.status(),
                     a.instances,
-                    a.live.iter().filter(|i| i.state == InstanceState::Running).count(),
+                    a.live
+                        .iter()
+                        .filter(|i| i.state == InstanceState::Running)
+                        .count(),
                     a.live.iter().filter(|i| a.is_ready(i)).count(),
                 )
             })
@@ -535,7 +540,11 @@ async fn metrics(State(api): Api) -> Response {
     for (name, help, pick) in [
         ("wanted", "Instances wanted.", 0usize),
         ("running", "Instances running.", 1),
-        ("healthy", "Instances serving (running, healthy if checked).", 2),
+        (
+            "healthy",
+            "Instances serving (running, healthy if checked).",
+            2,
+        ),
     ] {
         let _ = writeln!(out, "# HELP agora_services_instances_{name} {help}");
         let _ = writeln!(out, "# TYPE agora_services_instances_{name} gauge");
@@ -553,8 +562,14 @@ async fn metrics(State(api): Api) -> Response {
         ("instances_failed_total", counters.instances_failed),
         ("instances_lost_total", counters.instances_lost),
         ("deployments_started_total", counters.deployments_started),
-        ("deployments_succeeded_total", counters.deployments_succeeded),
-        ("deployments_rolled_back_total", counters.deployments_rolled_back),
+        (
+            "deployments_succeeded_total",
+            counters.deployments_succeeded,
+        ),
+        (
+            "deployments_rolled_back_total",
+            counters.deployments_rolled_back,
+        ),
         ("deployments_paused_total", counters.deployments_paused),
         ("autoscale_events_total", counters.autoscale_events),
         (
@@ -569,7 +584,10 @@ async fn metrics(State(api): Api) -> Response {
         use std::sync::atomic::Ordering::Relaxed;
         for (name, value) in [
             ("lb_connections_total", lb.stats.connections.load(Relaxed)),
-            ("lb_connect_failures_total", lb.stats.connect_failures.load(Relaxed)),
+            (
+                "lb_connect_failures_total",
+                lb.stats.connect_failures.load(Relaxed),
+            ),
             ("lb_no_backend_total", lb.stats.no_backend.load(Relaxed)),
         ] {
             let _ = writeln!(out, "# TYPE agora_services_{name} counter");
@@ -577,7 +595,10 @@ async fn metrics(State(api): Api) -> Response {
         }
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         out,
     )
         .into_response()

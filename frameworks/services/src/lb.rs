@@ -351,11 +351,7 @@ pub async fn follow(
     tokio::pin!(shutdown);
     loop {
         let session = async {
-            let mut response = client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut response = client.get(&url).send().await.map_err(|e| e.to_string())?;
             if !response.status().is_success() {
                 return Err(format!("{url} answered {}", response.status()));
             }
@@ -403,7 +399,9 @@ async fn apply_event(lb: &Arc<LoadBalancer>, event: &str) {
         return;
     }
     let app = value["app"].as_str().unwrap_or_default().to_string();
-    let port = value["service_port"].as_u64().and_then(|p| u16::try_from(p).ok());
+    let port = value["service_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok());
     let endpoints: Vec<Endpoint> = value["endpoints"]
         .as_array()
         .map(|list| {
@@ -462,7 +460,9 @@ mod tests {
     }
 
     async fn ask(port: u16) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         s.write_all(b"hi").await.expect("write");
         let mut buf = [0u8; 16];
         let n = s.read(&mut buf).await.expect("read");
@@ -483,15 +483,21 @@ mod tests {
             seen.insert(ask(port).await);
         }
         assert_eq!(seen.len(), 2, "both instances get connections: {seen:?}");
-        lb.update("web", Some(port), &[endpoint("t-b", b)]).await.expect("update");
+        lb.update("web", Some(port), &[endpoint("t-b", b)])
+            .await
+            .expect("update");
         for _ in 0..4 {
             assert_eq!(ask(port).await, "b");
         }
         // A dead instance in the list: its connects fail over to a live one.
         let dead = free_port().await;
-        lb.update("web", Some(port), &[endpoint("t-dead", dead), endpoint("t-b", b)])
-            .await
-            .expect("update");
+        lb.update(
+            "web",
+            Some(port),
+            &[endpoint("t-dead", dead), endpoint("t-b", b)],
+        )
+        .await
+        .expect("update");
         for _ in 0..4 {
             assert_eq!(ask(port).await, "b");
         }
@@ -504,8 +510,12 @@ mod tests {
         let (a, _ha) = echo_server("a").await;
         let lb = LoadBalancer::new("127.0.0.1".parse().expect("ip"));
         let port = free_port().await;
-        lb.update("web", Some(port), &[endpoint("t-a", a)]).await.expect("listen");
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        lb.update("web", Some(port), &[endpoint("t-a", a)])
+            .await
+            .expect("listen");
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         s.write_all(b"hi").await.expect("write");
         let mut buf = [0u8; 16];
         let n = s.read(&mut buf).await.expect("read");

@@ -7,11 +7,11 @@
 //! and serves its HTTP API (`/services/v1/…`), which the master proxies.
 
 pub mod engine;
-pub mod model;
-pub mod spec;
 mod framework;
 mod http;
 pub mod lb;
+pub mod model;
+pub mod spec;
 pub mod store;
 
 pub use framework::{ServicesConfig, ServicesError, run};

@@ -59,7 +59,6 @@ impl Instance {
     pub fn leaving(&self) -> bool {
         self.draining_since.is_some() || self.kill_sent_at.is_some()
     }
-
 }
 
 /// A definition the app had.

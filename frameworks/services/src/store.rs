@@ -118,9 +118,14 @@ mod tests {
         engine.deploy(spec, 5).expect("deploy");
         {
             let store = ServicesStore::open(&path).expect("open");
-            store.commit(&engine.take_changes().expect("changes")).expect("commit");
+            store
+                .commit(&engine.take_changes().expect("changes"))
+                .expect("commit");
         }
-        let loaded = ServicesStore::open(&path).expect("reopen").load().expect("load");
+        let loaded = ServicesStore::open(&path)
+            .expect("reopen")
+            .load()
+            .expect("load");
         assert_eq!(loaded.framework_id.as_deref(), Some("fw-1"));
         assert_eq!(loaded.apps.len(), 1);
         assert_eq!(loaded.apps[0].id, "shop/web");
