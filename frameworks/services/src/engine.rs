@@ -819,10 +819,14 @@ impl Engine {
             .iter()
             .filter(|i| app.is_current(i) && !i.leaving() && i.state != InstanceState::Unreachable)
             .count() as u32;
+        // Instances on an unreachable agent cannot be waited for: they are
+        // killed if they ever come back.
         let others = app
             .live
             .iter()
-            .filter(|i| !app.is_current(i) || i.leaving())
+            .filter(|i| {
+                (!app.is_current(i) || i.leaving()) && i.state != InstanceState::Unreachable
+            })
             .count() as u32;
         let upgrade = app.spec().upgrade.clone();
         let ready = app.live.iter().any(|i| app.is_ready(i));
@@ -903,11 +907,20 @@ impl Engine {
     }
 
     fn finish_removal(&mut self, id: &str) {
-        if self
-            .apps
-            .get(id)
-            .is_some_and(|a| a.removing && a.live.is_empty())
-        {
+        // Instances lost with their agent do not hold the removal up: if
+        // they come back, they are strangers and get killed.
+        let done = self.apps.get(id).is_some_and(|a| {
+            a.removing
+                && a.live
+                    .iter()
+                    .all(|i| i.state == InstanceState::Unreachable && i.kill_sent_at.is_some())
+        });
+        if done {
+            if let Some(app) = self.apps.get(id) {
+                for i in &app.live {
+                    self.tasks.remove(&i.task_id);
+                }
+            }
             self.apps.remove(id);
             self.waiting.remove(id);
             self.dirty.insert(id.to_string());

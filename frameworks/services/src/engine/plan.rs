@@ -24,11 +24,21 @@ pub(crate) fn plan(app: &App) -> Decision {
         .filter(|i| !i.leaving() && i.state != InstanceState::Unreachable)
         .collect();
     let (current, old): (Vec<_>, Vec<_>) = live.iter().partition(|i| app.is_current(i));
+    // Instances lost with their agent are replaced; they are told to stop,
+    // which reaches them if their agent returns.
+    decision.take_down.extend(
+        app.live
+            .iter()
+            .filter(|i| i.state == InstanceState::Unreachable && !i.leaving())
+            .map(|i| i.task_id.clone()),
+    );
     if app.paused().is_some() {
         // A failed deployment stopped here: nothing moves until the user
         // deploys or rolls back — but extra current instances still go.
         if current.len() > want {
-            decision.take_down = surplus(app, &current, current.len() - want);
+            decision
+                .take_down
+                .extend(surplus(app, &current, current.len() - want));
         }
         return decision;
     }

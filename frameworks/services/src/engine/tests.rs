@@ -585,3 +585,34 @@ fn restart_replaces_every_instance_and_cancel_rolls_back() {
         Some(DeploymentKind::Rollback)
     );
 }
+
+#[test]
+fn an_instance_lost_with_its_agent_does_not_hold_up_a_scale_down_or_a_removal() {
+    let mut e = engine();
+    running_web(&mut e, WEB);
+    e.on_agent_lost("a", 100);
+    // Its replacement comes up on another agent.
+    let new = launch_round(&mut e, 2, &["b", "c"], 200);
+    run_all(&mut e, &new, 210);
+    for t in &new {
+        e.on_status(&healthy(t, true), 215);
+    }
+    e.scale("web", 1, 300).expect("scale");
+    for t in kills(&e.tick(310, &no_connections)) {
+        e.on_status(&status(&t, TaskState::TaskKilled), 320);
+    }
+    e.tick(330, &no_connections);
+    assert_eq!(last_deployment(&e, "web").state, DeploymentState::Succeeded);
+    e.remove("web", 400).expect("remove");
+    for t in kills(&e.tick(410, &no_connections)) {
+        e.on_status(&status(&t, TaskState::TaskKilled), 420);
+    }
+    e.tick(430, &no_connections);
+    assert!(
+        e.app("web").is_err(),
+        "removed although one instance is unreachable"
+    );
+    // If it comes back, it is a stranger: killed.
+    let lost = e.on_status(&status("web.1", TaskState::TaskRunning), 500);
+    assert_eq!(kills(&lost), vec!["web.1".to_string()]);
+}
