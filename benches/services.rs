@@ -170,14 +170,14 @@ fn load(
                     .build()
                     .expect("client");
                 while !stop.load(Ordering::Relaxed) {
-                    let r = client.get(format!("http://{addr}/index.html")).send().await;
-                    match r {
-                        Ok(r) if r.status().is_success() && r.text().await.is_ok() => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
+                    let answered = match client.get(format!("http://{addr}/index.html")).send().await {
+                        Ok(r) if r.status().is_success() => r.text().await.is_ok(),
+                        _ => false,
+                    };
+                    if answered {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }));

@@ -17,7 +17,16 @@ fn small() -> Resources {
         .with_scalar("mem", 32.0)
 }
 
-async fn rig(slot_ports: &str) -> (Proc, Proc, tempfile::TempDir, TestFramework, String) {
+/// A master, one agent and a test framework. Fields drop in order: the
+/// agent (and the containers it started) before its data directory.
+struct Rig {
+    f: TestFramework,
+    agent: Proc,
+    _master: Proc,
+    data: tempfile::TempDir,
+}
+
+async fn rig(slot_ports: &str) -> Rig {
     let master = start_master("127.0.0.1:0", &[]);
     let url = master.url.clone().expect("url");
     let data = tempdir();
@@ -25,12 +34,18 @@ async fn rig(slot_ports: &str) -> (Proc, Proc, tempfile::TempDir, TestFramework,
     let agent = start_agent(&url, data.path(), &resources, "box");
     wait_for_agents(&url, 1).await;
     let f = TestFramework::start(&url, "protocol", "*").await;
-    (master, agent, data, f, url)
+    Rig {
+        f,
+        agent,
+        _master: master,
+        data,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_that_cannot_start_fails_its_launch_with_the_cause_and_is_never_running() {
-    let (_m, _a, _data, mut f, _url) = rig("22600-22609").await;
+    let mut rig = rig("22600-22609").await;
+    let f = &mut rig.f;
     // An image whose /bin/sh cannot be executed: the container is set up
     // (cgroup, namespaces, pivot_root), then the exec fails inside it.
     let images = tempdir();
@@ -60,9 +75,11 @@ async fn a_container_that_cannot_start_fails_its_launch_with_the_cause_and_is_ne
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_checks_report_changes_and_kill_after_too_many_failures() {
-    let (_m, _a, data, mut f, _url) = rig("22610-22619").await;
+    let mut rig = rig("22610-22619").await;
+    let data = rig.data.path().to_path_buf();
+    let f = &mut rig.f;
     // A command check on a file the test controls; 0 = report, never kill.
-    let flag = data.path().join("healthy-flag");
+    let flag = data.join("healthy-flag");
     std::fs::write(&flag, b"").expect("flag");
     let mut watched = task("watched", "exec sleep 600", &small());
     watched.health_check = Some(v1::HealthCheck {
@@ -132,7 +149,8 @@ async fn health_checks_report_changes_and_kill_after_too_many_failures() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kill_may_set_its_own_grace_period() {
-    let (_m, _a, _data, mut f, _url) = rig("22620-22629").await;
+    let mut rig = rig("22620-22629").await;
+    let f = &mut rig.f;
     // The task ignores SIGTERM and asks for an hour's grace.
     let mut stubborn = task(
         "stubborn",
@@ -164,7 +182,8 @@ async fn a_kill_may_set_its_own_grace_period() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_agent_is_announced_and_a_stale_offer_refusal_is_typed() {
-    let (_m, mut agent, data, mut f, _url) = rig("22630-22639").await;
+    let mut rig = rig("22630-22639").await;
+    let f = &mut rig.f;
     let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
     let agent_id = offer.agent_id.clone().map(|a| a.value).unwrap_or_default();
     f.driver
@@ -190,7 +209,7 @@ async fn a_lost_agent_is_announced_and_a_stale_offer_refusal_is_typed() {
         ),
         "{err:?}"
     );
-    agent.kill_hard();
+    rig.agent.kill_hard();
     let lost = f
         .next_matching(Duration::from_secs(20), |s| match s {
             Seen::Failure(a) => Some(a.clone()),
@@ -198,5 +217,5 @@ async fn a_lost_agent_is_announced_and_a_stale_offer_refusal_is_typed() {
         })
         .await;
     assert_eq!(lost, agent_id);
-    remove_containers(data.path());
+    remove_containers(rig.data.path());
 }

@@ -338,38 +338,15 @@ pub async fn run(
             .await
     });
     info!(%webui, master = %config.master, "batch framework serving");
-    tokio::pin!(shutdown);
-    let result = loop {
-        let driver = shared.driver();
-        let scheduler = BatchScheduler {
+    let result = agora_sdk::run_until(
+        fw,
+        &shared.driver,
+        || BatchScheduler {
             shared: shared.clone(),
-        };
-        let ended = tokio::select! {
-            r = driver.run(scheduler) => r,
-            () = &mut shutdown => {
-                driver.stop();
-                break Ok(());
-            }
-        };
-        match ended {
-            Ok(_) => break Ok(()),
-            Err(agora_sdk::SdkError::TornDown(why)) => {
-                // The jobs are still ours: register as a new framework; the
-                // old tasks turn out unknown and are retried after the grace.
-                warn!(%why, "the master removed this framework; registering anew");
-                fw.framework_id = None;
-                match Driver::new(fw.clone()) {
-                    Ok(d) => *shared.driver.lock().unwrap_or_else(|p| p.into_inner()) = d,
-                    Err(e) => break Err(e),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = &mut shutdown => break Ok(()),
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
+        },
+        shutdown,
+    )
+    .await;
     stop_tx.send_replace(true);
     let _ = clock.await;
     let _ = server.await;

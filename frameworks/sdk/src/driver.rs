@@ -453,3 +453,42 @@ impl Driver {
         }
     }
 }
+
+/// Runs a framework until `shutdown`, with a scheduler from `make` for each
+/// subscription. When the master removes the framework (an operator tore
+/// it down) it registers anew under a new id and carries on: what the
+/// framework keeps (jobs, apps) is still its own, and its old tasks turn
+/// out unknown at reconciliation. `driver` always holds the current driver,
+/// for calls made from elsewhere (an HTTP API, a clock).
+pub async fn run_until<S: Scheduler>(
+    mut config: FrameworkConfig,
+    driver: &Mutex<Driver>,
+    mut make: impl FnMut() -> S,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SdkError> {
+    tokio::pin!(shutdown);
+    loop {
+        let current = driver.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ended = tokio::select! {
+            r = current.run(make()) => r,
+            () = &mut shutdown => {
+                current.stop();
+                return Ok(());
+            }
+        };
+        match ended {
+            Ok(_) => return Ok(()),
+            Err(SdkError::TornDown(why)) => {
+                warn!(%why, "the master removed this framework; registering anew");
+                config.framework_id = None;
+                let fresh = Driver::new(config.clone())?;
+                *driver.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

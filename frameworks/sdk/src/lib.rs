@@ -17,7 +17,7 @@ use std::future::Future;
 pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
 pub use agora_proto::{RangeSet, Resources, is_terminal, v1};
-pub use driver::{Driver, FrameworkConfig, SdkError};
+pub use driver::{Driver, FrameworkConfig, SdkError, run_until};
 /// gRPC status codes, as [`SdkError::code`] reports them.
 pub use tonic::Code;
 

@@ -357,38 +357,15 @@ pub async fn run(
             .await
     });
     info!(%webui, master = %config.master, "services framework serving");
-    tokio::pin!(shutdown);
-    let result = loop {
-        let driver = shared.driver();
-        let scheduler = ServicesScheduler {
+    let result = agora_sdk::run_until(
+        fw,
+        &shared.driver,
+        || ServicesScheduler {
             shared: shared.clone(),
-        };
-        let ended = tokio::select! {
-            r = driver.run(scheduler) => r,
-            () = &mut shutdown => {
-                driver.stop();
-                break Ok(());
-            }
-        };
-        match ended {
-            Ok(_) => break Ok(()),
-            Err(SdkError::TornDown(why)) => {
-                // The apps are still ours: register anew; the old tasks turn
-                // out unknown and are replaced after the grace.
-                warn!(%why, "the master removed this framework; registering anew");
-                fw.framework_id = None;
-                match Driver::new(fw.clone()) {
-                    Ok(d) => *shared.driver.lock().unwrap_or_else(|p| p.into_inner()) = d,
-                    Err(e) => break Err(e),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = &mut shutdown => break Ok(()),
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
+        },
+        shutdown,
+    )
+    .await;
     stop_tx.send_replace(true);
     let _ = clock.await;
     let _ = usage.await;
