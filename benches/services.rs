@@ -170,10 +170,11 @@ fn load(
                     .build()
                     .expect("client");
                 while !stop.load(Ordering::Relaxed) {
-                    let answered = match client.get(format!("http://{addr}/index.html")).send().await {
-                        Ok(r) if r.status().is_success() => r.text().await.is_ok(),
-                        _ => false,
-                    };
+                    let answered =
+                        match client.get(format!("http://{addr}/index.html")).send().await {
+                            Ok(r) if r.status().is_success() => r.text().await.is_ok(),
+                            _ => false,
+                        };
                     if answered {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -330,6 +331,22 @@ async fn main() {
     println!("latency and throughput: direct to {direct} and through the balancer at {lb}…");
     let (d_lat, d_rps) = measure(&direct, requests, clients, 10).await;
     let (l_lat, l_rps) = measure(&lb, requests, clients, 10).await;
+    // The app goes before `agora dev` does: tasks outlive a stopped agent
+    // by design, and would hold their ports.
+    let _ = client
+        .delete(format!("{}/services/v1/apps/bench", dev.url))
+        .send()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .get(format!("{}/services/v1/apps/bench", dev.url))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     println!();
     println!("| measure | value |");
     println!("|---|---:|");

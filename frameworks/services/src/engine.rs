@@ -864,7 +864,10 @@ impl Engine {
             self.counters.deployments_succeeded += 1;
             return true;
         }
-        if !d.kind.replaces() {
+        // Only a deployment that replaces a working version can fail (and
+        // go back to it); a new app keeps trying, its crash loop or its
+        // waiting reasons in plain view.
+        if !d.kind.replaces() || d.from_version == 0 {
             return changed;
         }
         let spec = upgrade;
@@ -931,7 +934,8 @@ impl Engine {
 
     // ---- discovery ---------------------------------------------------------------------
 
-    /// The app's serving instances.
+    /// The app's serving instances (an app without ports has nothing to
+    /// reach, so no endpoints).
     pub fn endpoints(&self, id: &str) -> Vec<Endpoint> {
         let Some(app) = self.apps.get(id) else {
             return Vec::new();
@@ -939,7 +943,7 @@ impl Engine {
         let mut out: Vec<Endpoint> = app
             .live
             .iter()
-            .filter(|i| app.is_ready(i))
+            .filter(|i| app.is_ready(i) && !i.ports.is_empty())
             .map(|i| Endpoint {
                 task_id: i.task_id.clone(),
                 host: if i.agent.address.is_empty() {

@@ -339,6 +339,9 @@ fn a_crash_looping_app_says_so() {
     let app = e.app("crash").expect("app");
     assert_eq!(app.status(), "CRASH_LOOPING");
     assert!(app.backoff.last_failure.contains("TASK_FAILED"));
+    // A new app has nothing to go back to: it keeps trying, in plain view.
+    e.tick(now + 600_000, &no_connections);
+    assert_eq!(last_deployment(&e, "crash").state, DeploymentState::Running);
 }
 
 #[test]
