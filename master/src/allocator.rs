@@ -30,6 +30,48 @@ pub struct Allocation {
     pub resources: Resources,
 }
 
+/// How a pass spreads free resources over frameworks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OfferPolicy {
+    /// Mesos's: each free agent goes whole to the framework furthest below
+    /// its share, offers counting as allocations. A framework that is slow
+    /// to decide can hold most of the cluster's free resources in offers
+    /// while others wait (Omega, EuroSys 2013, §3.2).
+    Mesos,
+    /// Agora's: the same DRF order, but a framework's outstanding offers may
+    /// hold at most this share (dominant, by cpus and memory) of what is free
+    /// or on offer; one offer is always allowed. The rest goes to the next
+    /// framework in DRF order, so a slow decider cannot lock the cluster.
+    Capped { max_offered_share: f64 },
+}
+
+impl OfferPolicy {
+    /// `mesos`, `capped` (half), or `capped:0.3`.
+    pub fn parse(text: &str) -> Result<OfferPolicy, String> {
+        match text.trim() {
+            "mesos" => Ok(OfferPolicy::Mesos),
+            "capped" => Ok(OfferPolicy::Capped {
+                max_offered_share: 0.5,
+            }),
+            other => match other.strip_prefix("capped:").map(str::parse::<f64>) {
+                Some(Ok(x)) if x > 0.0 && x <= 1.0 => Ok(OfferPolicy::Capped {
+                    max_offered_share: x,
+                }),
+                _ => Err(format!(
+                    "`{other}` is not an offer policy (mesos, capped, or capped:SHARE with 0 < SHARE <= 1)"
+                )),
+            },
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            OfferPolicy::Mesos => "mesos".into(),
+            OfferPolicy::Capped { max_offered_share } => format!("capped:{max_offered_share}"),
+        }
+    }
+}
+
 /// An allocation policy. The master drives it with events and asks for a
 /// pass with [`Allocator::allocate`]; allocated resources count against a
 /// framework until they are [`recovered`](Allocator::recover).
@@ -69,6 +111,12 @@ pub trait Allocator: Send {
     fn set_agent_active(&mut self, agent: &str, active: bool);
     /// Every role with its weight, allocation and DRF share.
     fn roles(&self) -> Vec<RoleShare>;
+    /// An offer of `offered` to `framework` is over (accepted, declined or
+    /// rescinded): what of it was used stays allocated, the rest comes back
+    /// through [`Allocator::recover`].
+    fn offer_ended(&mut self, framework: &str, offered: &Resources) {
+        let _ = (framework, offered);
+    }
 }
 
 /// A role as the allocator sees it.
@@ -235,6 +283,8 @@ struct FrameworkSlot {
     id: String,
     role: usize,
     allocated: Resources,
+    /// What its outstanding offers hold (part of `allocated`).
+    offered: Resources,
     active: bool,
     suppressed: bool,
     share: Share,
@@ -269,6 +319,7 @@ pub struct DrfAllocator {
     next_start: usize,
     /// The cluster's totals changed since shares were last computed.
     shares_stale: bool,
+    policy: Option<OfferPolicy>,
 }
 
 fn set_bit(bits: &mut Vec<u64>, i: usize, on: bool) {
@@ -293,9 +344,21 @@ fn worth_offering(r: &Resources) -> bool {
 }
 
 impl DrfAllocator {
-    /// An empty allocator.
+    /// An empty allocator with Mesos's offer policy.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty allocator with `policy`.
+    pub fn with_policy(policy: OfferPolicy) -> Self {
+        DrfAllocator {
+            policy: Some(policy),
+            ..Self::default()
+        }
+    }
+
+    pub fn policy(&self) -> OfferPolicy {
+        self.policy.unwrap_or(OfferPolicy::Mesos)
     }
 
     fn dominant_share(&self, allocated: &Resources) -> f64 {
@@ -422,8 +485,34 @@ impl DrfAllocator {
         }
     }
 
+    /// Whether `fw` may hold `more` in offers on top of what it holds, out
+    /// of `pool` free or on offer (always, under Mesos's policy).
+    fn may_hold(&self, fw: usize, more: &Resources, pool: &Resources) -> bool {
+        let OfferPolicy::Capped { max_offered_share } = self.policy() else {
+            return true;
+        };
+        let Some(f) = self.frameworks[fw].as_ref() else {
+            return false;
+        };
+        if !worth_offering(&f.offered) {
+            return true;
+        }
+        let share = ["cpus", "mem"]
+            .iter()
+            .map(|r| {
+                let total = pool.scalar(r);
+                if total > 0.0 {
+                    (f.offered.scalar(r) + more.scalar(r)) / total
+                } else {
+                    0.0
+                }
+            })
+            .fold(0.0_f64, f64::max);
+        share <= max_offered_share + 1e-9
+    }
+
     /// The first framework in DRF order that may be offered `agent`.
-    fn pick_framework(&self, agent: &AgentSlot) -> Option<usize> {
+    fn pick_framework(&self, agent: &AgentSlot, pool: &Resources) -> Option<usize> {
         let any = self
             .eligible
             .iter()
@@ -432,14 +521,45 @@ impl DrfAllocator {
         if !any {
             return None;
         }
+        // Under a cap, a framework over it yields to the next in DRF order;
+        // if nobody else may take the agent, the first still gets it (the
+        // cap spreads offers, it never leaves resources idle).
+        let mut first = None;
         for &(_, role) in &self.role_order {
             for &(_, fw) in &self.roles[role].frameworks {
                 if bit(&self.eligible, fw) && !bit(&agent.filters.applying, fw) {
-                    return Some(fw);
+                    if self.may_hold(fw, &agent.available, pool) {
+                        return Some(fw);
+                    }
+                    first.get_or_insert(fw);
                 }
             }
         }
-        None
+        first
+    }
+
+    /// What is free on active agents or held in offers: the pool the
+    /// capped policy divides (empty under Mesos's, which needs none).
+    fn offer_pool(&self) -> Resources {
+        let mut pool = Resources::new();
+        if self.policy() == OfferPolicy::Mesos {
+            return pool;
+        }
+        for a in self.agents.iter().flatten().filter(|a| a.active) {
+            for (name, x) in a.available.scalars() {
+                if name == "cpus" || name == "mem" {
+                    let sum = pool.scalar(name) + x;
+                    pool = pool.with_scalar(name, sum);
+                }
+            }
+        }
+        for f in self.frameworks.iter().flatten() {
+            for name in ["cpus", "mem"] {
+                let sum = pool.scalar(name) + f.offered.scalar(name);
+                pool = pool.with_scalar(name, sum);
+            }
+        }
+        pool
     }
 
     /// The role of a framework, for tests and state views.
@@ -537,6 +657,7 @@ impl Allocator for DrfAllocator {
             id: framework.to_string(),
             role,
             allocated: Resources::new(),
+            offered: Resources::new(),
             active,
             suppressed: false,
             share: Share(0.0),
@@ -659,6 +780,16 @@ impl Allocator for DrfAllocator {
         }
     }
 
+    fn offer_ended(&mut self, framework: &str, offered: &Resources) {
+        if let Some(f) = self
+            .framework_index
+            .get(framework)
+            .and_then(|&i| self.frameworks[i].as_mut())
+        {
+            f.offered = f.offered.minus(&offered.scalar_part());
+        }
+    }
+
     fn roles(&self) -> Vec<RoleShare> {
         let mut out: Vec<RoleShare> = self
             .roles
@@ -692,6 +823,7 @@ impl Allocator for DrfAllocator {
         }
         let start = self.next_start % n;
         self.next_start = self.next_start.wrapping_add(1);
+        let pool = self.offer_pool();
         for k in 0..n {
             let i = (start + k) % n;
             let Some(agent) = self.agents[i].as_mut() else {
@@ -705,12 +837,15 @@ impl Allocator for DrfAllocator {
             let Some(agent) = self.agents[i].as_ref() else {
                 continue;
             };
-            let Some(fw) = self.pick_framework(agent) else {
+            let Some(fw) = self.pick_framework(agent, &pool) else {
                 continue;
             };
             let resources = agent.available.clone();
             let agent_id = agent.id.clone();
             self.charge(fw, i, &resources, true);
+            if let Some(f) = self.frameworks[fw].as_mut() {
+                f.offered.add(&resources.scalar_part());
+            }
             if let Some(f) = self.frameworks[fw].as_ref() {
                 out.push(Allocation {
                     framework: f.id.clone(),
@@ -946,5 +1081,81 @@ mod tests {
             log
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn offer_policies_parse() {
+        assert_eq!(OfferPolicy::parse("mesos"), Ok(OfferPolicy::Mesos));
+        assert_eq!(
+            OfferPolicy::parse("capped:0.25"),
+            Ok(OfferPolicy::Capped {
+                max_offered_share: 0.25
+            })
+        );
+        assert!(OfferPolicy::parse("capped:0").is_err());
+        assert!(OfferPolicy::parse("greedy").is_err());
+    }
+
+    /// Ten agents, two frameworks: who is offered what in one pass.
+    fn one_pass(policy: OfferPolicy) -> HashMap<String, usize> {
+        let mut alloc = DrfAllocator::with_policy(policy);
+        for i in 0..10 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("slow", "*", true);
+        alloc.add_framework("fast", "*", true);
+        let mut count = HashMap::new();
+        for a in alloc.allocate(0) {
+            *count.entry(a.framework).or_insert(0) += 1;
+        }
+        count
+    }
+
+    #[test]
+    fn the_cap_spreads_a_pass_over_frameworks_without_idling_resources() {
+        // DRF alternates while shares are charged as offers go out...
+        let mesos = one_pass(OfferPolicy::Mesos);
+        assert_eq!(mesos.values().sum::<usize>(), 10);
+        // ...and the cap keeps either from holding more than 30% of it.
+        let capped = one_pass(OfferPolicy::Capped {
+            max_offered_share: 0.3,
+        });
+        assert_eq!(capped.values().sum::<usize>(), 10, "nothing left idle");
+        // A lone framework still gets everything.
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Capped {
+            max_offered_share: 0.2,
+        });
+        for i in 0..10 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("only", "*", true);
+        assert_eq!(alloc.allocate(0).len(), 10);
+    }
+
+    #[test]
+    fn a_framework_holding_offers_over_the_cap_yields_to_the_next() {
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Capped {
+            max_offered_share: 0.5,
+        });
+        for i in 0..4 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        // `slow` runs a lot already (its share is high), `hungry` nothing.
+        alloc.add_framework("hungry", "*", true);
+        alloc.add_framework("slow", "*", true);
+        let first = alloc.allocate(0);
+        let to_hungry: Vec<_> = first.iter().filter(|a| a.framework == "hungry").collect();
+        let to_slow: Vec<_> = first.iter().filter(|a| a.framework == "slow").collect();
+        assert_eq!(to_hungry.len() + to_slow.len(), 4);
+        assert!(
+            to_hungry.len() <= 2 && to_slow.len() <= 2,
+            "neither holds more than half the free pool: {first:?}"
+        );
+        // Once its offers end, a framework may be offered again.
+        for a in &first {
+            alloc.offer_ended(&a.framework, &a.resources);
+            alloc.recover(&a.framework, &a.agent, &a.resources, None);
+        }
+        assert_eq!(alloc.allocate(1).len(), 4);
     }
 }

@@ -18,6 +18,8 @@ pub struct MasterConfig {
     pub role_weights: BTreeMap<String, f64>,
     /// Terminal tasks kept for the state endpoint.
     pub completed_task_history: usize,
+    /// How allocation passes spread free resources over frameworks.
+    pub offer_policy: crate::allocator::OfferPolicy,
 }
 
 impl Default for MasterConfig {
@@ -29,6 +31,7 @@ impl Default for MasterConfig {
             framework_heartbeat: Duration::from_secs(15),
             role_weights: BTreeMap::new(),
             completed_task_history: 1000,
+            offer_policy: crate::allocator::OfferPolicy::Mesos,
         }
     }
 }

@@ -244,7 +244,7 @@ const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 impl Core {
     /// A master with no agents or frameworks.
     pub fn new(config: MasterConfig, events: broadcast::Sender<ClusterEvent>) -> Self {
-        let mut allocator = DrfAllocator::new();
+        let mut allocator = DrfAllocator::with_policy(config.offer_policy);
         for (role, weight) in &config.role_weights {
             allocator.set_weight(role, *weight);
         }
@@ -485,6 +485,8 @@ impl Core {
     /// Removes an offer and returns its resources to the allocator.
     fn take_offer(&mut self, offer_id: &str, refuse: Option<Duration>) -> Option<OfferEntry> {
         let offer = self.offers.remove(offer_id)?;
+        self.allocator
+            .offer_ended(&offer.framework, &offer.resources);
         let until = refuse.map(|d| self.now_ms().saturating_add(d.as_millis() as Millis));
         self.allocator
             .recover(&offer.framework, &offer.agent, &offer.resources, until);
@@ -1325,7 +1327,9 @@ impl Core {
 
         let mut used = Resources::new();
         for id in &offer_ids {
-            self.offers.remove(id);
+            if let Some(offer) = self.offers.remove(id) {
+                self.allocator.offer_ended(framework_id, &offer.resources);
+            }
         }
         for (mut task, resources) in launches {
             task.agent_id = Some(v1::AgentId {

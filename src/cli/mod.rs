@@ -4,6 +4,7 @@ mod app;
 mod client;
 mod job;
 mod run;
+mod sim;
 mod state;
 mod table;
 
@@ -50,6 +51,9 @@ enum Command {
     Job(JobArgs),
     /// Show the cluster's state.
     State(StateArgs),
+    /// The simulator: a cluster in virtual time around the real allocator.
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Internal: a container's init process (started by the agent).
     #[command(hide = true)]
     ContainerInit { dir: PathBuf },
@@ -69,6 +73,11 @@ pub struct MasterFlags {
     /// Role weights for DRF, e.g. `prod=2,dev=1`.
     #[arg(long, default_value = "")]
     pub weights: String,
+    /// How a pass spreads free resources: `mesos` (each agent to the
+    /// framework furthest below its share) or `capped[:SHARE]` (no framework
+    /// holds more than SHARE of what is free in offers; see `agora sim`).
+    #[arg(long, default_value = "mesos", value_parser = agora_master::allocator::OfferPolicy::parse)]
+    pub offer_policy: agora_master::allocator::OfferPolicy,
 }
 
 #[derive(Args, Clone)]
@@ -355,6 +364,43 @@ pub enum JobCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum SimCommand {
+    /// Play one scenario; print (or write) its summary and plots.
+    Run {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write summary.json and utilisation.svg here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Override the scenario's offer policy (mesos, capped, capped:SHARE).
+        #[arg(long)]
+        offer_policy: Option<String>,
+    },
+    /// Play a scenario once per value of one parameter (and per policy).
+    Sweep {
+        scenario: PathBuf,
+        /// e.g. `frameworks.service.t_job`.
+        #[arg(long)]
+        param: String,
+        /// Comma-separated, e.g. `0.1,1,10,100`.
+        #[arg(long)]
+        values: String,
+        /// Comma-separated offer policies, e.g. `mesos,capped`.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Where sweep.json and the plots go (default ./sim-out).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 struct StateArgs {
     #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
@@ -453,6 +499,7 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         Command::Master(a) => runtime.block_on(run::master(a.listen, a.master)),
         Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
+        Command::Sim(c) => sim::run(c),
         Command::ContainerInit { .. } => Ok(ExitCode::SUCCESS),
     }
 }

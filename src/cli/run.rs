@@ -50,6 +50,7 @@ fn master_config(flags: &MasterFlags) -> anyhow::Result<MasterConfig> {
         offer_timeout: flags.offer_timeout,
         allocation_interval: flags.allocation_interval,
         role_weights: agora_master::config::parse_weights(&flags.weights)?,
+        offer_policy: flags.offer_policy,
         ..MasterConfig::default()
     })
 }

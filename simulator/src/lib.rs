@@ -1,0 +1,159 @@
+//! Agora's simulator: a discrete-event cluster in virtual time around the
+//! master's **real** allocator (`agora_master::allocator`, with its offer
+//! policies), simulated agents and frameworks in the Omega paper's model,
+//! and workloads from distributions or traces (our CSV, or the Google
+//! cluster-data 2011 tables). `agora sim run` asks "what happens to my
+//! cluster if…"; `agora sim sweep` varies one parameter across runs, as
+//! the Omega authors did for Mesos.
+
+pub mod dist;
+pub mod engine;
+pub mod report;
+pub mod scenario;
+pub mod workload;
+
+use std::path::Path;
+
+pub use engine::{Progress, Sim};
+pub use report::Report;
+pub use scenario::{Scenario, ScenarioError};
+
+/// Runs one scenario.
+pub fn run(scenario: Scenario, progress: &mut dyn FnMut(Progress)) -> Report {
+    Sim::new(scenario).run(progress)
+}
+
+/// One point of a sweep.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SweepPoint {
+    pub policy: String,
+    pub value: String,
+    pub report: Report,
+}
+
+/// Runs the scenario in `text` once per policy and value of `param`
+/// (e.g. `frameworks.service.t_job`); `policies` empty keeps the
+/// scenario's own.
+pub fn sweep(
+    text: &str,
+    base: &Path,
+    param: &str,
+    values: &[String],
+    policies: &[String],
+    progress: &mut dyn FnMut(&str, &str, Progress),
+) -> Result<Vec<SweepPoint>, ScenarioError> {
+    let own = [String::new()];
+    let policies: &[String] = if policies.is_empty() { &own } else { policies };
+    // Every combination is checked before any runs.
+    let mut runs = Vec::new();
+    for policy in policies {
+        for value in values {
+            let mut v = scenario::parse_value(text)?;
+            scenario::set_param(&mut v, param, value)?;
+            if !policy.is_empty() {
+                scenario::set_param(&mut v, "offer_policy", policy)?;
+            }
+            runs.push((policy.clone(), value.clone(), scenario::check(v, base)?));
+        }
+    }
+    let mut out = Vec::new();
+    for (policy, value, s) in runs {
+        let name = s.offer_policy.name();
+        let report = run(s, &mut |p| progress(&name, &value, p));
+        out.push(SweepPoint {
+            policy: if policy.is_empty() { name } else { policy },
+            value,
+            report,
+        });
+    }
+    Ok(out)
+}
+
+/// The sweep's charts: one per metric, a line per (policy, framework).
+pub fn sweep_charts(points: &[SweepPoint], param: &str) -> Vec<(String, String)> {
+    type Metric = fn(&report::FrameworkReport) -> f64;
+    let metrics: [(&str, &str, Metric); 5] = [
+        ("wait-mean", "mean job wait (s)", |f| f.wait_mean_s),
+        ("wait-p90", "p90 job wait (s)", |f| f.wait_p90_s),
+        ("abandoned", "share of jobs abandoned", |f| {
+            f.abandoned_share
+        }),
+        ("busy", "scheduler busy fraction", |f| f.busy_fraction),
+        ("conflicts", "decisions lost to a rescind", |f| {
+            f.conflicts as f64
+        }),
+    ];
+    let x = |p: &SweepPoint| -> f64 {
+        scenario::parse_duration_ms(&p.value)
+            .map_or_else(|_| p.value.parse().unwrap_or(0.0), |ms| ms / 1000.0)
+    };
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for p in points {
+        for f in &p.report.frameworks {
+            let k = (p.policy.clone(), f.name.clone());
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let log_x = points
+        .iter()
+        .map(x)
+        .filter(|v| *v > 0.0)
+        .fold((f64::MAX, 0.0_f64), |(a, b), v| (a.min(v), b.max(v)));
+    let log_x = log_x.1 / log_x.0.max(1e-12) >= 100.0;
+    let mut charts = Vec::new();
+    for (file, label, metric) in metrics {
+        let series: Vec<report::Series> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (policy, fw))| report::Series {
+                name: format!("{fw} ({policy})"),
+                colour: report::COLOURS[i % report::COLOURS.len()],
+                points: points
+                    .iter()
+                    .filter(|p| p.policy == *policy)
+                    .filter_map(|p| p.report.framework(fw).map(|f| (x(p), metric(f))))
+                    .collect(),
+            })
+            .collect();
+        charts.push((
+            format!("sweep-{file}.svg"),
+            report::line_chart(
+                &format!("{label} against {param}"),
+                param,
+                label,
+                &series,
+                log_x,
+            ),
+        ));
+    }
+    let util: Vec<report::Series> = {
+        let mut policies: Vec<String> = points.iter().map(|p| p.policy.clone()).collect();
+        policies.dedup();
+        policies
+            .iter()
+            .enumerate()
+            .map(|(i, policy)| report::Series {
+                name: format!("utilisation ({policy})"),
+                colour: report::COLOURS[i % report::COLOURS.len()],
+                points: points
+                    .iter()
+                    .filter(|p| p.policy == *policy)
+                    .map(|p| (x(p), p.report.mean_utilisation))
+                    .collect(),
+            })
+            .collect()
+    };
+    charts.push((
+        "sweep-utilisation.svg".into(),
+        report::line_chart(
+            &format!("mean cpu utilisation against {param}"),
+            param,
+            "share of cpus",
+            &util,
+            log_x,
+        ),
+    ));
+    charts
+}
