@@ -104,8 +104,14 @@ pub trait Allocator: Send {
         resources: &Resources,
         refuse_until: Option<Millis>,
     );
-    /// One allocation pass at time `now`.
+    /// One allocation pass over every agent at time `now`.
     fn allocate(&mut self, now: Millis) -> Vec<Allocation>;
+    /// A pass over what changed since the last pass (agents with more free,
+    /// new agents; everything after a framework became eligible). Refusal
+    /// filters that merely expired wait for the next full pass.
+    fn allocate_changed(&mut self, now: Millis) -> Vec<Allocation> {
+        self.allocate(now)
+    }
     /// Stops (or resumes) offering an agent's free resources, keeping what
     /// runs there accounted for (an agent being drained).
     fn set_agent_active(&mut self, agent: &str, active: bool);
@@ -320,6 +326,11 @@ pub struct DrfAllocator {
     /// The cluster's totals changed since shares were last computed.
     shares_stale: bool,
     policy: Option<OfferPolicy>,
+    /// Agents whose free resources grew since the last pass, each once.
+    changed: Vec<usize>,
+    changed_mark: Vec<bool>,
+    /// A framework became eligible: the next pass must look everywhere.
+    everything_changed: bool,
 }
 
 fn set_bit(bits: &mut Vec<u64>, i: usize, on: bool) {
@@ -435,10 +446,27 @@ impl DrfAllocator {
         let on = self.frameworks[fw]
             .as_ref()
             .is_some_and(|f| f.active && !f.suppressed);
+        if on && !bit(&self.eligible, fw) {
+            // It may want agents nobody else took: look everywhere.
+            self.everything_changed = true;
+        }
         set_bit(&mut self.eligible, fw, on);
     }
 
+    fn mark_changed(&mut self, agent: usize) {
+        if self.changed_mark.len() <= agent {
+            self.changed_mark.resize(agent + 1, false);
+        }
+        if !self.changed_mark[agent] {
+            self.changed_mark[agent] = true;
+            self.changed.push(agent);
+        }
+    }
+
     fn charge(&mut self, fw: usize, agent: usize, resources: &Resources, add: bool) {
+        if !add {
+            self.mark_changed(agent);
+        }
         let Some(a) = self.agents[agent].as_mut() else {
             return;
         };
@@ -522,20 +550,20 @@ impl DrfAllocator {
             return None;
         }
         // Under a cap, a framework over it yields to the next in DRF order;
-        // if nobody else may take the agent, the first still gets it (the
-        // cap spreads offers, it never leaves resources idle).
-        let mut first = None;
+        // if none may take the agent it stays unoffered until offers come
+        // back — free resources wait for whoever is idle rather than pile up
+        // with a framework that is still deciding.
         for &(_, role) in &self.role_order {
             for &(_, fw) in &self.roles[role].frameworks {
-                if bit(&self.eligible, fw) && !bit(&agent.filters.applying, fw) {
-                    if self.may_hold(fw, &agent.available, pool) {
-                        return Some(fw);
-                    }
-                    first.get_or_insert(fw);
+                if bit(&self.eligible, fw)
+                    && !bit(&agent.filters.applying, fw)
+                    && self.may_hold(fw, &agent.available, pool)
+                {
+                    return Some(fw);
                 }
             }
         }
-        first
+        None
     }
 
     /// What is free on active agents or held in offers: the pool the
@@ -545,21 +573,64 @@ impl DrfAllocator {
         if self.policy() == OfferPolicy::Mesos {
             return pool;
         }
+        // `with_scalar` adds to what is there.
         for a in self.agents.iter().flatten().filter(|a| a.active) {
             for (name, x) in a.available.scalars() {
                 if name == "cpus" || name == "mem" {
-                    let sum = pool.scalar(name) + x;
-                    pool = pool.with_scalar(name, sum);
+                    pool = pool.with_scalar(name, x);
                 }
             }
         }
         for f in self.frameworks.iter().flatten() {
             for name in ["cpus", "mem"] {
-                let sum = pool.scalar(name) + f.offered.scalar(name);
-                pool = pool.with_scalar(name, sum);
+                pool = pool.with_scalar(name, f.offered.scalar(name));
             }
         }
         pool
+    }
+
+    /// Offers the free resources of `agents` (slot numbers, in order).
+    fn pass(&mut self, now: Millis, agents: &[usize]) -> Vec<Allocation> {
+        // Adding or removing agents rescales every share; do it once per pass
+        // rather than once per agent (10,000 agents joining is one rescale).
+        if std::mem::take(&mut self.shares_stale) {
+            self.reorder_all();
+        }
+        let mut out = Vec::new();
+        if agents.is_empty() {
+            return out;
+        }
+        let pool = self.offer_pool();
+        for &i in agents {
+            let Some(agent) = self.agents.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            agent.filters.expire(now);
+            if !agent.active || !worth_offering(&agent.available) {
+                continue;
+            }
+            agent.filters.refresh(&agent.available);
+            let Some(agent) = self.agents[i].as_ref() else {
+                continue;
+            };
+            let Some(fw) = self.pick_framework(agent, &pool) else {
+                continue;
+            };
+            let resources = agent.available.clone();
+            let agent_id = agent.id.clone();
+            self.charge(fw, i, &resources, true);
+            if let Some(f) = self.frameworks[fw].as_mut() {
+                f.offered.add(&resources.scalar_part());
+            }
+            if let Some(f) = self.frameworks[fw].as_ref() {
+                out.push(Allocation {
+                    framework: f.id.clone(),
+                    agent: agent_id,
+                    resources,
+                });
+            }
+        }
+        out
     }
 
     /// The role of a framework, for tests and state views.
@@ -604,6 +675,7 @@ impl Allocator for DrfAllocator {
             }
         };
         self.agent_index.insert(agent.to_string(), i);
+        self.mark_changed(i);
         for (framework, resources) in used {
             if let Some(&fw) = self.framework_index.get(framework) {
                 self.charge(fw, i, resources, true);
@@ -728,6 +800,8 @@ impl Allocator for DrfAllocator {
         for agent in 0..self.agents.len() {
             self.clear_filter(agent, fw);
         }
+        // Its cleared filters may open agents it was kept from.
+        self.everything_changed = true;
         self.refresh_eligible(fw);
     }
 
@@ -778,6 +852,9 @@ impl Allocator for DrfAllocator {
         {
             slot.active = active;
         }
+        if active && let Some(&i) = self.agent_index.get(agent) {
+            self.mark_changed(i);
+        }
     }
 
     fn offer_ended(&mut self, framework: &str, offered: &Resources) {
@@ -811,50 +888,30 @@ impl Allocator for DrfAllocator {
     }
 
     fn allocate(&mut self, now: Millis) -> Vec<Allocation> {
-        // Adding or removing agents rescales every share; do it once per pass
-        // rather than once per agent (10,000 agents joining is one rescale).
-        if std::mem::take(&mut self.shares_stale) {
-            self.reorder_all();
+        self.everything_changed = false;
+        for i in std::mem::take(&mut self.changed) {
+            if let Some(m) = self.changed_mark.get_mut(i) {
+                *m = false;
+            }
         }
-        let mut out = Vec::new();
         let n = self.agents.len();
-        if n == 0 {
-            return out;
-        }
-        let start = self.next_start % n;
+        let start = if n == 0 { 0 } else { self.next_start % n };
         self.next_start = self.next_start.wrapping_add(1);
-        let pool = self.offer_pool();
-        for k in 0..n {
-            let i = (start + k) % n;
-            let Some(agent) = self.agents[i].as_mut() else {
-                continue;
-            };
-            agent.filters.expire(now);
-            if !agent.active || !worth_offering(&agent.available) {
-                continue;
-            }
-            agent.filters.refresh(&agent.available);
-            let Some(agent) = self.agents[i].as_ref() else {
-                continue;
-            };
-            let Some(fw) = self.pick_framework(agent, &pool) else {
-                continue;
-            };
-            let resources = agent.available.clone();
-            let agent_id = agent.id.clone();
-            self.charge(fw, i, &resources, true);
-            if let Some(f) = self.frameworks[fw].as_mut() {
-                f.offered.add(&resources.scalar_part());
-            }
-            if let Some(f) = self.frameworks[fw].as_ref() {
-                out.push(Allocation {
-                    framework: f.id.clone(),
-                    agent: agent_id,
-                    resources,
-                });
+        let order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
+        self.pass(now, &order)
+    }
+
+    fn allocate_changed(&mut self, now: Millis) -> Vec<Allocation> {
+        if self.everything_changed {
+            return self.allocate(now);
+        }
+        let changed = std::mem::take(&mut self.changed);
+        for &i in &changed {
+            if let Some(m) = self.changed_mark.get_mut(i) {
+                *m = false;
             }
         }
-        out
+        self.pass(now, &changed)
     }
 }
 
@@ -1112,7 +1169,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cap_spreads_a_pass_over_frameworks_without_idling_resources() {
+    fn the_cap_spreads_a_pass_over_frameworks_and_bounds_what_each_holds() {
         // DRF alternates while shares are charged as offers go out...
         let mesos = one_pass(OfferPolicy::Mesos);
         assert_eq!(mesos.values().sum::<usize>(), 10);
@@ -1120,8 +1177,11 @@ mod tests {
         let capped = one_pass(OfferPolicy::Capped {
             max_offered_share: 0.3,
         });
-        assert_eq!(capped.values().sum::<usize>(), 10, "nothing left idle");
-        // A lone framework still gets everything.
+        assert_eq!(capped.values().sum::<usize>(), 6, "three each: {capped:?}");
+        let per_framework: Vec<usize> = capped.values().copied().collect();
+        assert!(per_framework.iter().all(|n| *n <= 3), "{capped:?}");
+        // A lone framework holds at most its share at once; the rest waits
+        // for its offers to come back.
         let mut alloc = DrfAllocator::with_policy(OfferPolicy::Capped {
             max_offered_share: 0.2,
         });
@@ -1129,7 +1189,13 @@ mod tests {
             alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
         }
         alloc.add_framework("only", "*", true);
-        assert_eq!(alloc.allocate(0).len(), 10);
+        let first = alloc.allocate(0);
+        assert_eq!(first.len(), 2);
+        for a in &first {
+            alloc.offer_ended("only", &a.resources);
+            alloc.recover("only", &a.agent, &a.resources, None);
+        }
+        assert_eq!(alloc.allocate(1).len(), 2);
     }
 
     #[test]
@@ -1157,5 +1223,40 @@ mod tests {
             alloc.recover(&a.framework, &a.agent, &a.resources, None);
         }
         assert_eq!(alloc.allocate(1).len(), 4);
+    }
+
+    #[test]
+    fn a_pass_over_what_changed_offers_freed_and_new_agents_only() {
+        let mut alloc = DrfAllocator::new();
+        for i in 0..4 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("f", "*", true);
+        let first = alloc.allocate_changed(0);
+        assert_eq!(first.len(), 4, "a new framework: everything");
+        assert!(alloc.allocate_changed(1).is_empty(), "nothing changed");
+        // One agent's offer comes back: only it is offered again.
+        let back = &first[2];
+        alloc.offer_ended("f", &back.resources);
+        alloc.recover("f", &back.agent, &back.resources, None);
+        let again = alloc.allocate_changed(2);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].agent, back.agent);
+        alloc.add_agent("a9", agent_resources(), &[]);
+        let new = alloc.allocate_changed(3);
+        assert_eq!(
+            new.iter().map(|a| a.agent.as_str()).collect::<Vec<_>>(),
+            ["a9"]
+        );
+        // A declined agent is filtered; the full pass after expiry re-offers it.
+        let gone = &new[0];
+        alloc.offer_ended("f", &gone.resources);
+        alloc.recover("f", &gone.agent, &gone.resources, Some(10));
+        assert!(alloc.allocate_changed(4).is_empty(), "filtered");
+        assert!(
+            alloc.allocate_changed(11).is_empty(),
+            "expiry waits for a full pass"
+        );
+        assert_eq!(alloc.allocate(11).len(), 1);
     }
 }

@@ -31,6 +31,9 @@ impl Default for MasterConfig {
             framework_heartbeat: Duration::from_secs(15),
             role_weights: BTreeMap::new(),
             completed_task_history: 1000,
+            // `capped` wins the simulated contention experiment but narrows
+            // what a lone framework sees at once (simulator/README.md); the
+            // default stays Mesos's until that is solved.
             offer_policy: crate::allocator::OfferPolicy::Mesos,
         }
     }

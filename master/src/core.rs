@@ -197,6 +197,9 @@ pub struct Core {
     tasks: HashMap<TaskKey, TaskEntry>,
     completed: VecDeque<TaskKey>,
     allocation_needed: bool,
+    /// The periodic pass over every agent is due (refusal filters that
+    /// expired are only seen there); other passes cover what changed.
+    full_pass_due: bool,
     last_allocation: Instant,
     last_heartbeat: Instant,
     events: broadcast::Sender<ClusterEvent>,
@@ -259,6 +262,7 @@ impl Core {
             tasks: HashMap::new(),
             completed: VecDeque::new(),
             allocation_needed: false,
+            full_pass_due: true,
             last_allocation: now,
             last_heartbeat: now,
             events,
@@ -405,6 +409,7 @@ impl Core {
             .retain(|_, t| now.duration_since(*t) < Duration::from_secs(300));
         if now.duration_since(self.last_allocation) >= self.config.allocation_interval {
             self.allocation_needed = true;
+            self.full_pass_due = true;
         }
     }
 
@@ -414,7 +419,11 @@ impl Core {
         self.allocation_needed = false;
         self.last_allocation = Instant::now();
         let pass = std::time::Instant::now();
-        let allocations = self.allocator.allocate(self.now_ms());
+        let allocations = if std::mem::take(&mut self.full_pass_due) {
+            self.allocator.allocate(self.now_ms())
+        } else {
+            self.allocator.allocate_changed(self.now_ms())
+        };
         self.metrics
             .allocation_pass_seconds
             .observe(pass.elapsed().as_secs_f64());

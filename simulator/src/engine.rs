@@ -293,11 +293,11 @@ impl Sim {
             Ev::Arrival(fw) => self.arrival(fw),
             Ev::Allocate => {
                 self.allocate_pending = false;
-                self.allocate();
+                self.allocate(false);
             }
             Ev::Tick => {
                 if self.frameworks.iter().any(|f| !f.suppressed) {
-                    self.allocate();
+                    self.allocate(true);
                 }
                 let next = self.now + self.scenario.allocation_interval_ms;
                 self.at(next, Ev::Tick);
@@ -351,8 +351,14 @@ impl Sim {
         self.maybe_decide(fw);
     }
 
-    fn allocate(&mut self) {
-        let allocations = self.allocator.allocate(self.now);
+    /// A pass over every agent (`full`, as the master's periodic pass), or
+    /// over what changed (as its event-driven ones).
+    fn allocate(&mut self, full: bool) {
+        let allocations = if full {
+            self.allocator.allocate(self.now)
+        } else {
+            self.allocator.allocate_changed(self.now)
+        };
         let mut touched = BTreeSet::new();
         for a in allocations {
             let Some(fw) = self.frameworks.iter().position(|f| f.name == a.framework) else {
@@ -470,7 +476,9 @@ impl Sim {
             }
         }
         let time = time_ms.max(1.0).round() as Ms;
-        f.busy_ms += time as f64;
+        // Only the part of the decision inside the run counts as busy.
+        let end = self.scenario.duration_ms;
+        f.busy_ms += (now + time).min(end).saturating_sub(now) as f64;
         f.deciding = Some(Decision { offers, placements });
         self.at(now + time, Ev::Decided(fw));
     }
@@ -699,7 +707,14 @@ impl Sim {
                 0.0
             }
         };
+        let mut offered_by: BTreeMap<String, f64> = BTreeMap::new();
+        for o in self.offers.values() {
+            *offered_by
+                .entry(self.frameworks[o.framework].name.clone())
+                .or_default() += share(o.resources.scalar("cpus"));
+        }
         self.samples.push(ClusterSample {
+            offered_by,
             t_seconds: self.now as f64 / 1000.0,
             used_cpus: share(self.used.scalar("cpus")),
             offered_cpus: share(offered),

@@ -37,6 +37,8 @@ pub struct ClusterSample {
     pub used_cpus: f64,
     /// Share of the live cpus held in outstanding offers.
     pub offered_cpus: f64,
+    /// The same, by framework.
+    pub offered_by: std::collections::BTreeMap<String, f64>,
     pub agents: u64,
     pub pending_jobs: u64,
 }

@@ -354,7 +354,8 @@ fn from_value(value: Value, base: &Path) -> Result<Scenario, ScenarioError> {
     )
     .max(1);
     let offer_policy = match string(top, "offer_policy", "offer_policy")? {
-        None => OfferPolicy::Mesos,
+        // The master's own default unless the scenario says otherwise.
+        None => agora_master::MasterConfig::default().offer_policy,
         Some(p) => OfferPolicy::parse(&p).map_err(|m| err("offer_policy", m))?,
     };
     let prefill = number(top, "prefill", "prefill")?.unwrap_or(0.0);
@@ -726,7 +727,10 @@ mem = "512"
         assert_eq!(s.frameworks[0].t_job_ms, 100.0);
         assert_eq!(s.frameworks[0].role, "batch");
         assert_eq!(s.machines[0].racks, 2);
-        assert_eq!(s.offer_policy, OfferPolicy::Mesos);
+        assert_eq!(
+            s.offer_policy,
+            agora_master::MasterConfig::default().offer_policy
+        );
     }
 
     #[test]

@@ -44,3 +44,57 @@ fn the_same_scenario_and_seed_give_the_same_summary_byte_for_byte() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_failed_rack_loses_its_tasks_and_the_cluster_recovers() {
+    // The shipped scenario, made small enough for a test.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let text = std::fs::read_to_string(dir.join("rack-failure.toml"))
+        .expect("read")
+        .replace("count = 5000", "count = 200")
+        .replace("interarrival = \"exp 2s\"", "interarrival = \"exp 40s\"")
+        .replace("interarrival = \"exp 30s\"", "interarrival = \"exp 600s\"");
+    let s = scenario::parse(&text, &dir).expect("valid");
+    let report = agora_sim::run(s, &mut |_| {});
+    assert_eq!(report.agents_failed, 20, "one rack of ten");
+    let lost: u64 = report.frameworks.iter().map(|f| f.tasks_lost).sum();
+    assert!(lost > 0, "the rack ran tasks: {report:#?}");
+    // Every lost task was placed again: nothing is left waiting at the end.
+    for f in &report.frameworks {
+        assert_eq!(f.jobs_abandoned, 0, "{}", f.name);
+        assert!(
+            f.jobs_pending <= 2,
+            "{}: {} pending",
+            f.name,
+            f.jobs_pending
+        );
+    }
+    let after: Vec<_> = report
+        .samples
+        .iter()
+        .filter(|s| s.t_seconds > 3600.0)
+        .collect();
+    assert!(after.iter().all(|s| s.agents == 180));
+}
+
+#[test]
+fn traces_and_the_google_sample_replay() {
+    let report = agora_sim::run(load("trace-replay.toml"), &mut |_| {});
+    let batch = report.framework("batch").expect("batch");
+    assert_eq!(batch.jobs_submitted, 5, "the CSV's batch lines");
+    assert_eq!(batch.jobs_scheduled, 5);
+    let google = report.framework("google").expect("google");
+    assert_eq!(google.jobs_submitted, 3, "the sample's three jobs");
+    assert_eq!(google.tasks_launched, 6);
+}
+
+#[test]
+fn every_shipped_scenario_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    for entry in std::fs::read_dir(&dir).expect("scenarios") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}
