@@ -2,7 +2,10 @@
 //! values) in an embedded `redb` file, read whole at start and written in
 //! grouped, atomic commits. The services framework keeps its apps here; the
 //! master's registry and the etcd backend for high availability are meant
-//! to sit behind this same small surface.
+//! to sit behind this same small surface. [`writer`] is the group-commit
+//! loop both frameworks run over their stores.
+
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 

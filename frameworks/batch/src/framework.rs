@@ -326,7 +326,11 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let writer = tokio::spawn(write_loop(shared.clone(), store, stop_rx.clone()));
+    let journal = Arc::new(BatchJournal {
+        shared: shared.clone(),
+        store,
+    });
+    let writer = tokio::spawn(agora_store::writer::group_commits(journal, stop_rx.clone()));
     let clock = tokio::spawn(clock_loop(shared.clone(), stop_rx.clone()));
     let app = crate::http::router(shared.clone());
     let mut http_stop = stop_rx.clone();
@@ -356,48 +360,38 @@ pub async fn run(
     result.map_err(BatchError::from)
 }
 
-/// Commits the engine's changes whenever woken, several at a time.
-async fn write_loop(shared: Arc<Shared>, store: Arc<Store>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let stopping = *stop.borrow();
-        let changes = shared.engine().take_changes();
-        if let Some(changes) = changes {
-            let version = changes.version;
-            let store = store.clone();
-            let started = std::time::Instant::now();
-            let written = tokio::task::spawn_blocking(move || {
-                let result = store.commit(&changes);
-                (result, changes)
-            })
-            .await;
-            match written {
-                Ok((Ok(()), _)) => {
-                    shared.commits.fetch_add(1, Ordering::Relaxed);
-                    shared
-                        .commit_micros
-                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    shared.committed.send_replace(version);
-                }
-                Ok((Err(e), changes)) => {
-                    // Not marked committed: waiters hold their launches and
-                    // acknowledgements until the store works again.
-                    tracing::error!("{e}; retrying");
-                    shared.engine().requeue(changes);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => tracing::error!("store writer: {e}"),
-            }
-            continue;
-        }
-        if stopping {
-            return;
-        }
-        tokio::select! {
-            () = shared.wake_writer.notified() => {}
-            _ = stop.changed() => {}
-            // Tick-driven changes (schedules, timeouts) need no waiter.
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
+/// The batch engine and its store, as the group-commit writer sees them.
+struct BatchJournal {
+    shared: Arc<Shared>,
+    store: Arc<Store>,
+}
+
+impl agora_store::writer::Journal for BatchJournal {
+    type Changes = crate::engine::Changes;
+    type Error = StoreError;
+
+    fn take_changes(&self) -> Option<(u64, Self::Changes)> {
+        self.shared.engine().take_changes().map(|c| (c.version, c))
+    }
+
+    fn requeue(&self, changes: Self::Changes) {
+        self.shared.engine().requeue(changes);
+    }
+
+    fn commit(&self, changes: &Self::Changes) -> Result<(), StoreError> {
+        self.store.commit(changes)
+    }
+
+    fn committed(&self, version: u64, took: Duration) {
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .commit_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.shared.committed.send_replace(version);
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.shared.wake_writer
     }
 }
 

@@ -340,7 +340,11 @@ pub async fn run(
     shared.publish().await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let writer = tokio::spawn(write_loop(shared.clone(), store, stop_rx.clone()));
+    let journal = Arc::new(ServicesJournal {
+        shared: shared.clone(),
+        store,
+    });
+    let writer = tokio::spawn(agora_store::writer::group_commits(journal, stop_rx.clone()));
     let clock = tokio::spawn(clock_loop(shared.clone(), stop_rx.clone()));
     let usage = tokio::spawn(usage_loop(
         shared.clone(),
@@ -375,47 +379,35 @@ pub async fn run(
     result.map_err(ServicesError::from)
 }
 
-/// Commits the engine's changes whenever woken, several at a time.
-async fn write_loop(
+/// The services engine and its store, as the group-commit writer sees them.
+struct ServicesJournal {
     shared: Arc<Shared>,
     store: Arc<ServicesStore>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let stopping = *stop.borrow();
-        let changes = shared.engine().take_changes();
-        if let Some(changes) = changes {
-            let version = changes.version;
-            let store = store.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                let result = store.commit(&changes);
-                (result, changes)
-            })
-            .await;
-            match written {
-                Ok((Ok(()), _)) => {
-                    shared.commits.fetch_add(1, Ordering::Relaxed);
-                    shared.committed.send_replace(version);
-                }
-                Ok((Err(e), changes)) => {
-                    // Not marked committed: launches and acknowledgements
-                    // wait until the store works again.
-                    tracing::error!("{e}; retrying");
-                    shared.engine().requeue(changes);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => tracing::error!("store writer: {e}"),
-            }
-            continue;
-        }
-        if stopping {
-            return;
-        }
-        tokio::select! {
-            () = shared.wake_writer.notified() => {}
-            _ = stop.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
+}
+
+impl agora_store::writer::Journal for ServicesJournal {
+    type Changes = crate::engine::Changes;
+    type Error = ServicesStoreError;
+
+    fn take_changes(&self) -> Option<(u64, Self::Changes)> {
+        self.shared.engine().take_changes().map(|c| (c.version, c))
+    }
+
+    fn requeue(&self, changes: Self::Changes) {
+        self.shared.engine().requeue(changes);
+    }
+
+    fn commit(&self, changes: &Self::Changes) -> Result<(), ServicesStoreError> {
+        self.store.commit(changes)
+    }
+
+    fn committed(&self, version: u64, _took: Duration) {
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.committed.send_replace(version);
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.shared.wake_writer
     }
 }
 
