@@ -2,6 +2,7 @@
 //! `proto/agora.proto` (Mesos v1 vocabulary), and the conversions and resource
 //! arithmetic that master, agent and frameworks share.
 
+pub mod duration;
 pub mod refusal;
 pub mod resources;
 mod task_state;
@@ -12,6 +13,7 @@ pub mod v1 {
     tonic::include_proto!("agora.v1");
 }
 
+pub use duration::parse_duration;
 pub use refusal::{refusal_of, refusal_status};
 pub use resources::{RangeSet, ResourceError, Resources};
 pub use task_state::is_terminal;

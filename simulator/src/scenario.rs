@@ -176,49 +176,14 @@ fn number(t: &toml::Table, key: &str, field: &str) -> Result<Option<f64>, Scenar
     }
 }
 
-/// `90s`, `10m`, `1h30m`, `500ms`, `7d`, or a number of seconds.
+/// `90s`, `10m`, `1h30m`, `500ms`, `7d`, or a number of seconds, in
+/// milliseconds; at most a year of simulated time.
 pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 {
-            Ok(secs * 1000.0)
-        } else {
-            Err(format!("`{text}` is not a duration"))
-        };
+    let d = agora_proto::parse_duration(text)?;
+    if d > std::time::Duration::from_secs(366 * 86_400) {
+        return Err(format!("`{}` is longer than a year", text.trim()));
     }
-    let bad = || format!("`{text}` is not a duration (e.g. 90s, 10m, 1h30m, 7d)");
-    let mut total = 0.0;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let amount: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit] {
-            "ms" => 1.0,
-            "s" => 1000.0,
-            "m" => 60_000.0,
-            "h" => 3_600_000.0,
-            "d" => 86_400_000.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit..];
-        total += amount * scale;
-    }
-    if total > 366.0 * 86_400_000.0 {
-        return Err(format!("`{text}` is longer than a year"));
-    }
-    Ok(total)
+    Ok(d.as_secs_f64() * 1000.0)
 }
 
 fn duration(t: &toml::Table, key: &str, field: &str) -> Result<Option<f64>, ScenarioError> {

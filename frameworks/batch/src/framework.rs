@@ -81,7 +81,7 @@ pub(crate) struct Shared {
     committed: watch::Sender<u64>,
     wake_writer: Notify,
     /// Whether offers were last revived (true) or suppressed (false).
-    interest: Mutex<Option<bool>>,
+    interest: agora_sdk::OfferInterest,
     /// Store commits and the time they took, for `/batch/v1/metrics`.
     pub(crate) commits: AtomicU64,
     pub(crate) commit_micros: AtomicU64,
@@ -141,25 +141,11 @@ impl Shared {
             let mut engine = self.engine();
             (engine.take_new_work(), engine.wants_offers(now_ms()))
         };
-        let last = *self.interest.lock().unwrap_or_else(|p| p.into_inner());
-        if last == Some(want) && !(want && new_work) {
-            return;
-        }
-        let result = if want {
-            self.driver().revive().await
-        } else {
-            self.driver().suppress().await
-        };
-        match result {
-            Ok(()) => *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = Some(want),
-            // Before the first subscription: `subscribed` syncs again.
-            Err(agora_sdk::SdkError::NotSubscribed) => {}
-            Err(e) => warn!(want, "changing offer interest: {e}"),
-        }
+        self.interest.sync(&self.driver(), want, new_work).await;
     }
 
     fn forget_interest(&self) {
-        *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.interest.forget();
     }
 }
 
@@ -320,7 +306,7 @@ pub async fn run(
             .unwrap_or_default(),
         committed,
         wake_writer: Notify::new(),
-        interest: Mutex::new(None),
+        interest: agora_sdk::OfferInterest::new(),
         commits: AtomicU64::new(0),
         commit_micros: AtomicU64::new(0),
     });

@@ -8,6 +8,7 @@
 //! framework in one file.
 
 mod driver;
+mod interest;
 pub mod operator;
 pub mod placement;
 pub mod spec;
@@ -18,6 +19,7 @@ pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
 pub use agora_proto::{RangeSet, Resources, is_terminal, v1};
 pub use driver::{Driver, FrameworkConfig, SdkError, run_until};
+pub use interest::OfferInterest;
 /// gRPC status codes, as [`SdkError::code`] reports them.
 pub use tonic::Code;
 

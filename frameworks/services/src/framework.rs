@@ -86,7 +86,7 @@ pub(crate) struct Shared {
     pub(crate) master: MasterApi,
     committed: watch::Sender<u64>,
     wake_writer: Notify,
-    interest: Mutex<Option<bool>>,
+    interest: agora_sdk::OfferInterest,
     /// Service events for `/services/v1/events` (JSON, one per event).
     pub(crate) events: broadcast::Sender<ServiceEvent>,
     pub(crate) lb: Option<Arc<LoadBalancer>>,
@@ -168,24 +168,11 @@ impl Shared {
             let mut engine = self.engine();
             (engine.take_new_work(), engine.wants_offers(now_ms()))
         };
-        let last = *self.interest.lock().unwrap_or_else(|p| p.into_inner());
-        if last == Some(want) && !(want && new_work) {
-            return;
-        }
-        let result = if want {
-            self.driver().revive().await
-        } else {
-            self.driver().suppress().await
-        };
-        match result {
-            Ok(()) => *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = Some(want),
-            Err(SdkError::NotSubscribed) => {}
-            Err(e) => warn!(want, "changing offer interest: {e}"),
-        }
+        self.interest.sync(&self.driver(), want, new_work).await;
     }
 
     fn forget_interest(&self) {
-        *self.interest.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.interest.forget();
     }
 
     /// Everything that follows a change: on disk, announced, acted on.
@@ -331,7 +318,7 @@ pub async fn run(
         master: MasterApi::new(&config.master),
         committed,
         wake_writer: Notify::new(),
-        interest: Mutex::new(None),
+        interest: agora_sdk::OfferInterest::new(),
         events,
         lb: config.lb_address.map(LoadBalancer::new),
         commits: AtomicU64::new(0),
