@@ -6,68 +6,19 @@
 //! `cargo bench --bench batch` (as root, with cgroups).
 //! `AGORA_BENCH_JOBS=N` (default 10000), `AGORA_BENCH_LATENCY=M` (default 100).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Dev {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
+#[path = "support/dev.rs"]
+mod dev;
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
+use dev::{Dev, dev_args, percentile};
 
 fn start_dev() -> Dev {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .args(dev_args())
-        .env("AGORA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("agora dev");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listen line");
-    let url = line
-        .trim()
-        .split_once("listening on ")
-        .map(|(_, u)| u.to_string())
-        .expect("listen line");
-    Dev {
-        child,
-        url,
-        _data: data,
-    }
-}
-
-/// Extra `agora dev` flags from `AGORA_BENCH_DEV_ARGS` (e.g.
-/// `--containerizer process`).
-fn dev_args() -> Vec<String> {
-    std::env::var("AGORA_BENCH_DEV_ARGS")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    dev::start_dev(&dev_args())
 }
 
 /// N fork/execs of `sh -c true`, as many at once as there are cores.

@@ -9,60 +9,17 @@
 //! `AGORA_BENCH_INSTANCES=N` (default 100), `AGORA_BENCH_CLIENTS=C`
 //! (default 8), `AGORA_BENCH_REQUESTS=M` (default 2000, per latency case).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Dev {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
+#[path = "support/dev.rs"]
+mod dev;
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-fn start_dev() -> Dev {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .env("AGORA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("agora dev");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listen line");
-    let url = line
-        .trim()
-        .split_once("listening on ")
-        .map(|(_, u)| u.to_string())
-        .expect("listen line");
-    Dev {
-        child,
-        url,
-        _data: data,
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+use dev::{percentile, start_dev};
 
 fn spec(version: &str, instances: usize, service_port: u16) -> String {
     format!(
@@ -290,7 +247,7 @@ async fn main() {
     println!(
         "services benchmark: {n} busybox httpd instances through `agora dev` (one agent, this machine)\n"
     );
-    let dev = start_dev();
+    let dev = start_dev(&[]);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !client
