@@ -1,0 +1,293 @@
+//! Accepting offers: validating every task against the offers before
+//! anything launches, then launching.
+
+use super::*;
+
+impl Core {
+    /// Validates and applies an accept. Invalid accepts launch nothing and
+    /// return every named offer's resources.
+    pub(super) fn accept(
+        &mut self,
+        framework_id: &str,
+        req: v1::AcceptRequest,
+    ) -> Result<(), Status> {
+        let refuse = refuse_duration(req.filters.as_ref())
+            .map_err(|s| refusal_status(Refusal::InvalidFilters, s.message(), ""))?;
+        let mut offer_ids: Vec<String> = Vec::new();
+        let mut problem: Option<(Refusal, String, String)> = None;
+        let offers_problem = |reason, message: String| (reason, message, String::new());
+        for id in &req.offer_ids {
+            if offer_ids.contains(&id.value) {
+                problem.get_or_insert(offers_problem(
+                    Refusal::InvalidOffers,
+                    format!("offer `{}` is named twice", id.value),
+                ));
+                continue;
+            }
+            match self.offers.get(&id.value) {
+                Some(o) if o.framework == framework_id => offer_ids.push(id.value.clone()),
+                Some(_) => {
+                    problem.get_or_insert(offers_problem(
+                        Refusal::OfferNotOwned,
+                        format!("offer `{}` belongs to another framework", id.value),
+                    ));
+                }
+                None => {
+                    problem.get_or_insert(offers_problem(
+                        Refusal::OfferNotOutstanding,
+                        format!(
+                            "offer `{}` is not outstanding (already used, declined, rescinded or unknown)",
+                            id.value
+                        ),
+                    ));
+                }
+            }
+        }
+        if req.offer_ids.is_empty() {
+            problem.get_or_insert(offers_problem(
+                Refusal::InvalidOffers,
+                "accept names no offer".into(),
+            ));
+        }
+        let agents: HashSet<&str> = offer_ids
+            .iter()
+            .filter_map(|id| self.offers.get(id).map(|o| o.agent.as_str()))
+            .collect();
+        if agents.len() > 1 {
+            problem.get_or_insert(offers_problem(
+                Refusal::InvalidOffers,
+                "offers from different agents cannot be accepted together".into(),
+            ));
+        }
+        let agent = agents
+            .iter()
+            .next()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut offered = Resources::new();
+        for id in &offer_ids {
+            if let Some(o) = self.offers.get(id) {
+                offered.add(&o.resources);
+            }
+        }
+
+        let mut launches: Vec<(v1::TaskInfo, Resources)> = Vec::new();
+        if problem.is_none() {
+            match self.validate_tasks(framework_id, &agent, &offered, &req.tasks) {
+                Ok(l) => launches = l,
+                Err(e) => problem = Some(e),
+            }
+        }
+
+        if let Some((reason, problem, task)) = problem {
+            warn!(%problem, "invalid accept; nothing launched");
+            self.metrics.invalid_accepts += 1;
+            for id in &offer_ids {
+                self.take_offer(id, refuse);
+            }
+            return Err(refusal_status(reason, problem, &task));
+        }
+
+        let mut used = Resources::new();
+        for id in &offer_ids {
+            if let Some(offer) = self.offers.remove(id) {
+                self.allocator.offer_ended(framework_id, &offer.resources);
+            }
+        }
+        for (mut task, resources) in launches {
+            task.agent_id = Some(v1::AgentId {
+                value: agent.clone(),
+            });
+            let task_id = task
+                .task_id
+                .as_ref()
+                .map(|t| t.value.clone())
+                .unwrap_or_default();
+            used.add(&resources);
+            info!(task = %task_id, agent = %agent, resources = %resources, "launching task");
+            self.metrics.tasks_launched += 1;
+            self.emit(ClusterEvent::TaskUpdated {
+                framework_id: framework_id.to_string(),
+                task_id: task_id.clone(),
+                agent_id: agent.clone(),
+                state: TaskState::TaskStaging.as_str_name().to_string(),
+                message: String::new(),
+            });
+            self.tasks.insert(
+                (framework_id.to_string(), task_id),
+                TaskEntry {
+                    info: task.clone(),
+                    agent: agent.clone(),
+                    resources,
+                    state: TaskState::TaskStaging,
+                    message: String::new(),
+                    reason: task_status::Reason::None,
+                    kill_requested: false,
+                    usage: None,
+                    healthy: None,
+                },
+            );
+            self.send_to_agent(
+                &agent,
+                master_message::Message::Launch(master_message::Launch {
+                    framework_id: Some(v1::FrameworkId {
+                        value: framework_id.to_string(),
+                    }),
+                    task: Some(task),
+                }),
+            );
+        }
+        let unused = offered.minus(&used);
+        let until = refuse.map(|d| self.now_ms().saturating_add(d.as_millis() as Millis));
+        self.allocator.recover(framework_id, &agent, &unused, until);
+        self.allocation_needed = true;
+        Ok(())
+    }
+
+    pub(super) fn validate_tasks(
+        &self,
+        framework_id: &str,
+        agent: &str,
+        offered: &Resources,
+        tasks: &[v1::TaskInfo],
+    ) -> Result<Vec<(v1::TaskInfo, Resources)>, (Refusal, String, String)> {
+        let bad = |id: &str, message: String| (Refusal::InvalidTask, message, id.to_string());
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut total = Resources::new();
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let id = task
+                .task_id
+                .as_ref()
+                .map(|t| t.value.as_str())
+                .unwrap_or("");
+            if id.is_empty() {
+                return Err(bad(id, "task_id must not be empty".into()));
+            }
+            if id.len() > 256
+                || id == "."
+                || id == ".."
+                || id.chars().any(|c| c.is_control() || c == '/')
+            {
+                return Err(bad(
+                    id,
+                    format!(
+                        "task `{id}`: task_id must be at most 256 characters, not `.` or `..`, without `/` or control characters"
+                    ),
+                ));
+            }
+            if !seen.insert(id) {
+                return Err(bad(
+                    id,
+                    format!("task id `{id}` appears twice in one accept"),
+                ));
+            }
+            if self
+                .tasks
+                .get(&(framework_id.to_string(), id.to_string()))
+                .is_some_and(|t| !is_terminal(t.state))
+            {
+                return Err(bad(
+                    id,
+                    format!("task id `{id}` is already in use by a live task of this framework"),
+                ));
+            }
+            if let Some(a) = task.agent_id.as_ref().filter(|a| !a.value.is_empty())
+                && a.value != agent
+            {
+                return Err(bad(
+                    id,
+                    format!(
+                        "task `{id}`: agent_id `{}` is not the offer's agent `{agent}`",
+                        a.value
+                    ),
+                ));
+            }
+            if task
+                .command
+                .as_ref()
+                .is_none_or(|c| c.value.trim().is_empty())
+            {
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: command.value must not be empty"),
+                ));
+            }
+            let resources = Resources::from_proto(&task.resources)
+                .map_err(|e| bad(id, format!("task `{id}`: {e}")))?;
+            if resources.scalar("cpus") < 0.01 {
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: resources.cpus must be at least 0.01"),
+                ));
+            }
+            if resources.scalar("mem") < 1.0 {
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: resources.mem must be at least 1 MiB"),
+                ));
+            }
+            if !(task.kill_grace_period.is_finite() && task.kill_grace_period >= 0.0) {
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: kill_grace_period must be a finite number >= 0"),
+                ));
+            }
+            if let Some(check) = &task.health_check {
+                validate_health_check(check, resources.ranges("ports").len())
+                    .map_err(|e| bad(id, format!("task `{id}`: health_check: {e}")))?;
+            }
+            total.add(&resources);
+            if !offered.contains(&total) {
+                return Err((
+                    Refusal::InsufficientResources,
+                    format!(
+                        "task `{id}`: resources {resources} are not within the offer (offered {offered}; tasks so far need {total})"
+                    ),
+                    id.to_string(),
+                ));
+            }
+            out.push((task.clone(), resources));
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a task's health check against the task (its ports).
+fn validate_health_check(check: &v1::HealthCheck, ports: u64) -> Result<(), String> {
+    use v1::health_check::Protocol;
+    let protocol =
+        Protocol::try_from(check.protocol).map_err(|_| "unknown protocol".to_string())?;
+    for (name, value) in [
+        ("grace_period_seconds", check.grace_period_seconds),
+        ("interval_seconds", check.interval_seconds),
+        ("timeout_seconds", check.timeout_seconds),
+    ] {
+        if !(value.is_finite() && (0.0..=86_400.0).contains(&value)) {
+            return Err(format!("{name} must be between 0 and 86400"));
+        }
+    }
+    match protocol {
+        Protocol::None => Ok(()),
+        Protocol::Http | Protocol::Tcp if u64::from(check.port_index) >= ports => Err(format!(
+            "port_index {} but the task has {ports} port(s)",
+            check.port_index
+        )),
+        Protocol::Command if check.command.trim().is_empty() => {
+            Err("a command check needs a command".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn refuse_duration(filters: Option<&v1::Filters>) -> Result<Option<Duration>, Status> {
+    let seconds = filters
+        .and_then(|f| f.refuse_seconds)
+        .unwrap_or(DEFAULT_REFUSE_SECONDS);
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(Status::invalid_argument(
+            "filters.refuse_seconds must be a finite number >= 0",
+        ));
+    }
+    Ok((seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9))))
+}

@@ -1,0 +1,151 @@
+//! Framework calls other than accept: decline, revive, suppress, kill,
+//! acknowledge, reconcile, teardown.
+
+use super::accept::refuse_duration;
+use super::*;
+
+impl Core {
+    pub(super) fn call(
+        &mut self,
+        header: Option<v1::CallHeader>,
+        call: Call,
+    ) -> Result<(), Status> {
+        let (framework_id, stream_id) = header_ids(&header);
+        let Some(f) = self.frameworks.get(&framework_id) else {
+            return Err(Status::not_found(format!(
+                "unknown framework `{framework_id}`"
+            )));
+        };
+        if f.stream.as_ref().is_none_or(|(s, _)| *s != stream_id) {
+            return Err(Status::failed_precondition(format!(
+                "stream `{stream_id}` is not framework `{framework_id}`'s current subscription"
+            )));
+        }
+        let span = info_span!("framework", framework = %framework_id);
+        let _enter = span.enter();
+        match call {
+            Call::Accept(req) => self.accept(&framework_id, req),
+            Call::Decline(req) => {
+                let refuse = refuse_duration(req.filters.as_ref())?;
+                for id in req.offer_ids {
+                    if self
+                        .offers
+                        .get(&id.value)
+                        .is_some_and(|o| o.framework == framework_id)
+                    {
+                        self.take_offer(&id.value, refuse);
+                        self.metrics.offers_declined += 1;
+                    }
+                }
+                Ok(())
+            }
+            Call::Revive => {
+                self.allocator.revive(&framework_id);
+                self.allocation_needed = true;
+                Ok(())
+            }
+            Call::Suppress => {
+                self.allocator.suppress(&framework_id);
+                Ok(())
+            }
+            Call::Kill { task_id, grace } => {
+                if grace.is_some_and(|g| !(g.is_finite() && (0.0..=3600.0).contains(&g))) {
+                    return Err(Status::invalid_argument(
+                        "kill_grace_period must be between 0 and 3600 seconds",
+                    ));
+                }
+                let key = (framework_id.clone(), task_id.value.clone());
+                match self.tasks.get(&key) {
+                    Some(t) if !is_terminal(t.state) => {
+                        self.send_kill_with_grace(&key, grace);
+                        Ok(())
+                    }
+                    Some(_) => Err(Status::failed_precondition(format!(
+                        "task `{}` has already ended",
+                        task_id.value
+                    ))),
+                    None => Err(Status::not_found(format!(
+                        "unknown task `{}`",
+                        task_id.value
+                    ))),
+                }
+            }
+            Call::Acknowledge(req) => {
+                let task_id = req.task_id.map(|t| t.value).unwrap_or_default();
+                let agent = match req.agent_id.map(|a| a.value).filter(|a| !a.is_empty()) {
+                    Some(a) => a,
+                    None => self
+                        .tasks
+                        .get(&(framework_id.clone(), task_id.clone()))
+                        .map(|t| t.agent.clone())
+                        .ok_or_else(|| Status::not_found(format!("unknown task `{task_id}`")))?,
+                };
+                if req.uuid.is_empty() {
+                    return Err(Status::invalid_argument("acknowledge: uuid is required"));
+                }
+                if let Some(relayed) = self.awaiting_ack.remove(&req.uuid) {
+                    self.metrics
+                        .status_update_ack_seconds
+                        .observe(relayed.elapsed().as_secs_f64());
+                }
+                // An agent that is away resends the update when it returns.
+                self.send_to_agent(
+                    &agent,
+                    master_message::Message::Acknowledge(master_message::Acknowledge {
+                        framework_id: Some(v1::FrameworkId {
+                            value: framework_id,
+                        }),
+                        task_id: Some(v1::TaskId { value: task_id }),
+                        uuid: req.uuid,
+                    }),
+                );
+                Ok(())
+            }
+            Call::Reconcile(task_ids) => {
+                self.reconcile(&framework_id, task_ids);
+                Ok(())
+            }
+            Call::Teardown => {
+                info!("framework asked for teardown");
+                self.remove_framework(&framework_id);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn reconcile(&mut self, framework_id: &str, task_ids: Vec<v1::TaskId>) {
+        let keys: Vec<TaskKey> = if task_ids.is_empty() {
+            self.tasks
+                .iter()
+                .filter(|((fw, _), t)| fw == framework_id && !is_terminal(t.state))
+                .map(|(k, _)| k.clone())
+                .collect()
+        } else {
+            task_ids
+                .into_iter()
+                .map(|t| (framework_id.to_string(), t.value))
+                .collect()
+        };
+        for key in keys {
+            let status = match self.tasks.get(&key) {
+                Some(t) => {
+                    let mut s = self.master_status(
+                        &key,
+                        t.state,
+                        &t.message,
+                        task_status::Reason::Reconciliation,
+                    );
+                    s.message = t.message.clone();
+                    s
+                }
+                None => self.master_status(
+                    &key,
+                    TaskState::TaskUnknown,
+                    "the master knows no such task",
+                    task_status::Reason::Reconciliation,
+                ),
+            };
+            self.send_update(framework_id, status);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Frameworks: subscription (and failover to a new stream), disconnection
+//! and removal.
+
+use super::*;
+
+impl Core {
+    pub(super) fn subscribe(
+        &mut self,
+        info: v1::FrameworkInfo,
+        tx: FrameworkTx,
+    ) -> Result<(String, String), Status> {
+        if info.name.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "framework_info.name must not be empty",
+            ));
+        }
+        if !(info.failover_timeout.is_finite() && info.failover_timeout >= 0.0) {
+            return Err(Status::invalid_argument(
+                "framework_info.failover_timeout must be a finite number >= 0",
+            ));
+        }
+        let role = if info.role.is_empty() {
+            "*".to_string()
+        } else {
+            info.role.clone()
+        };
+        let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
+        let stream_id = new_id();
+        if let Some((_, old)) = self.frameworks.get_mut(&id).and_then(|f| f.stream.take()) {
+            let _ = old.send(Ok(Event {
+                event: Some(event::Event::Error(event::Error {
+                    message: "framework failed over to a new subscription".into(),
+                })),
+            }));
+        }
+        // A new subscription starts from a clean slate of offers.
+        self.rescind_where(|o| o.framework == id);
+        let mut info = info;
+        info.id = Some(v1::FrameworkId { value: id.clone() });
+        info!(framework = %id, name = %info.name, role = %role, "framework subscribed");
+        self.emit(ClusterEvent::FrameworkAdded {
+            framework_id: id.clone(),
+            name: info.name.clone(),
+            role: role.clone(),
+        });
+        self.frameworks.insert(
+            id.clone(),
+            FrameworkEntry {
+                id: id.clone(),
+                failover_timeout: Duration::from_secs_f64(info.failover_timeout.min(1e9)),
+                info,
+                role: role.clone(),
+                stream: Some((stream_id.clone(), tx.clone())),
+                disconnected_at: None,
+            },
+        );
+        self.allocator.add_framework(&id, &role, true);
+        let _ = tx.send(Ok(Event {
+            event: Some(event::Event::Subscribed(event::Subscribed {
+                framework_id: Some(v1::FrameworkId { value: id.clone() }),
+                stream_id: stream_id.clone(),
+                heartbeat_interval_seconds: self.config.framework_heartbeat.as_secs_f64(),
+            })),
+        }));
+        self.allocation_needed = true;
+        Ok((id, stream_id))
+    }
+
+    pub(super) fn framework_closed(&mut self, framework_id: &str, stream_id: &str) {
+        let Some(f) = self.frameworks.get_mut(framework_id) else {
+            return;
+        };
+        if f.stream.as_ref().is_none_or(|(s, _)| s != stream_id) {
+            return;
+        }
+        info!(framework = %framework_id, "framework disconnected");
+        let _ = self.events.send(ClusterEvent::FrameworkDisconnected {
+            framework_id: framework_id.to_string(),
+        });
+        f.stream = None;
+        f.disconnected_at = Some(Instant::now());
+        self.allocator.set_framework_active(framework_id, false);
+        let ids: Vec<String> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| o.framework == framework_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.take_offer(&id, None);
+        }
+    }
+
+    pub(super) fn remove_framework(&mut self, framework_id: &str) {
+        let Some(mut f) = self.frameworks.remove(framework_id) else {
+            return;
+        };
+        self.emit(ClusterEvent::FrameworkRemoved {
+            framework_id: framework_id.to_string(),
+        });
+        if let Some((_, tx)) = f.stream.take() {
+            let _ = tx.send(Err(Status::aborted("framework torn down")));
+        }
+        let offers: Vec<String> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| o.framework == framework_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in offers {
+            self.offers.remove(&id);
+        }
+        let live = self.task_keys(|(fw, _), t| fw == framework_id && !is_terminal(t.state));
+        for key in live {
+            self.send_kill(&key);
+        }
+        self.allocator.remove_framework(framework_id);
+        self.allocation_needed = true;
+    }
+}

@@ -1,0 +1,425 @@
+//! The master core: one task that owns the authoritative cluster state and is
+//! driven by messages from the connection tasks (gRPC streams, HTTP
+//! handlers) and by its own timer. Nothing else mutates the state, so no lock
+//! is ever held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use agora_proto::v1::accept_refusal::Reason as Refusal;
+use agora_proto::v1::{
+    self, AgentMessage, Event, MasterMessage, TaskState, TaskStatus, agent_message, event,
+    master_message, task_status,
+};
+use agora_proto::{Resources, is_terminal, refusal_status};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::{debug, info, info_span, warn};
+
+mod accept;
+mod agents;
+mod calls;
+mod frameworks;
+mod metrics;
+mod offers;
+mod operator;
+mod tasks;
+mod view;
+
+use crate::allocator::{Allocator, DrfAllocator, Millis, RoleShare};
+use crate::config::MasterConfig;
+use crate::events::ClusterEvent;
+use crate::metrics::{Gauges, Metrics};
+use crate::state::{
+    AgentResources, AgentView, FrameworkView, OfferView, SandboxView, StateView, TaskView,
+    UsageView,
+};
+
+/// Outbound half of an agent's session stream.
+pub type AgentTx = mpsc::UnboundedSender<Result<MasterMessage, Status>>;
+/// Outbound half of a framework's event stream.
+pub type FrameworkTx = mpsc::UnboundedSender<Result<Event, Status>>;
+/// The reply to a framework call.
+pub type CallReply = oneshot::Sender<Result<(), Status>>;
+
+/// A framework call, after the gRPC layer unpacked it.
+#[derive(Debug)]
+pub enum Call {
+    Accept(v1::AcceptRequest),
+    Decline(v1::DeclineRequest),
+    Revive,
+    Suppress,
+    Kill {
+        task_id: v1::TaskId,
+        grace: Option<f64>,
+    },
+    Acknowledge(v1::AcknowledgeRequest),
+    Reconcile(Vec<v1::TaskId>),
+    Teardown,
+}
+
+/// What the core is told.
+pub enum CoreMsg {
+    Agent {
+        conn: u64,
+        tx: AgentTx,
+        msg: AgentMessage,
+    },
+    AgentClosed {
+        conn: u64,
+    },
+    Subscribe {
+        info: v1::FrameworkInfo,
+        tx: FrameworkTx,
+        reply: oneshot::Sender<Result<(String, String), Status>>,
+    },
+    FrameworkClosed {
+        framework_id: String,
+        stream_id: String,
+    },
+    Call {
+        header: Option<v1::CallHeader>,
+        call: Call,
+        reply: CallReply,
+    },
+    Snapshot {
+        reply: oneshot::Sender<StateView>,
+    },
+    Roles {
+        reply: oneshot::Sender<Vec<RoleShare>>,
+    },
+    /// The announced web UI / API address of the connected framework named
+    /// `name`, if there is one.
+    FrameworkUrl {
+        name: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
+    Operator {
+        op: Operator,
+        reply: oneshot::Sender<Result<(), OperatorError>>,
+    },
+}
+
+/// An operator's action through the HTTP API.
+#[derive(Debug)]
+pub enum Operator {
+    SetWeight {
+        role: String,
+        weight: f64,
+    },
+    Teardown {
+        framework_id: String,
+    },
+    /// No new offers from the agent; optionally kill what runs there (each
+    /// task with its grace period).
+    Drain {
+        agent_id: String,
+        kill_tasks: bool,
+    },
+    Undrain {
+        agent_id: String,
+    },
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum OperatorError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgentStatus {
+    Active,
+    Disconnected,
+    Unreachable,
+}
+
+impl AgentStatus {
+    fn name(self) -> &'static str {
+        match self {
+            AgentStatus::Active => "active",
+            AgentStatus::Disconnected => "disconnected",
+            AgentStatus::Unreachable => "unreachable",
+        }
+    }
+}
+
+struct AgentEntry {
+    id: String,
+    hostname: String,
+    endpoint: String,
+    attributes: Vec<v1::Attribute>,
+    total: Resources,
+    status: AgentStatus,
+    conn: Option<(u64, AgentTx)>,
+    last_seen: Instant,
+    /// No new offers (an operator drain); survives re-registration.
+    draining: bool,
+}
+
+struct FrameworkEntry {
+    id: String,
+    info: v1::FrameworkInfo,
+    role: String,
+    stream: Option<(String, FrameworkTx)>,
+    disconnected_at: Option<Instant>,
+    failover_timeout: Duration,
+}
+
+struct OfferEntry {
+    framework: String,
+    agent: String,
+    resources: Resources,
+    created: Instant,
+}
+
+struct TaskEntry {
+    info: v1::TaskInfo,
+    agent: String,
+    resources: Resources,
+    state: TaskState,
+    message: String,
+    reason: task_status::Reason,
+    kill_requested: bool,
+    /// Latest usage the agent reported, while running.
+    usage: Option<v1::ResourceUsage>,
+    /// Latest health-check result the agent reported.
+    healthy: Option<bool>,
+}
+
+type TaskKey = (String, String);
+
+/// The authoritative master state and its event handlers.
+pub struct Core {
+    config: MasterConfig,
+    started: Instant,
+    allocator: Box<dyn Allocator>,
+    agents: HashMap<String, AgentEntry>,
+    frameworks: HashMap<String, FrameworkEntry>,
+    offers: HashMap<String, OfferEntry>,
+    tasks: HashMap<TaskKey, TaskEntry>,
+    completed: VecDeque<TaskKey>,
+    allocation_needed: bool,
+    /// The periodic pass over every agent is due (refusal filters that
+    /// expired are only seen there); other passes cover what changed.
+    full_pass_due: bool,
+    last_allocation: Instant,
+    last_heartbeat: Instant,
+    events: broadcast::Sender<ClusterEvent>,
+    metrics: Metrics,
+    /// Relayed updates awaiting the framework's acknowledgement, by uuid.
+    awaiting_ack: HashMap<Vec<u8>, Instant>,
+    /// Which agent each open session belongs to: every heartbeat and update
+    /// is looked up here, so no scan over all agents.
+    agent_of_conn: HashMap<u64, String>,
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn header_ids(header: &Option<v1::CallHeader>) -> (String, String) {
+    header.as_ref().map_or_else(Default::default, |h| {
+        (
+            h.framework_id
+                .as_ref()
+                .map(|f| f.value.clone())
+                .unwrap_or_default(),
+            h.stream_id.clone(),
+        )
+    })
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The id a peer asked to resume, or a fresh one.
+fn id_or_new(requested: Option<&str>) -> String {
+    requested
+        .filter(|r| !r.is_empty())
+        .map_or_else(new_id, str::to_string)
+}
+
+/// The default refusal of a decline without filters (Mesos: 5 s).
+const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
+
+impl Core {
+    /// A master with no agents or frameworks.
+    pub fn new(config: MasterConfig, events: broadcast::Sender<ClusterEvent>) -> Self {
+        let mut allocator = DrfAllocator::with_policy(config.offer_policy);
+        for (role, weight) in &config.role_weights {
+            allocator.set_weight(role, *weight);
+        }
+        let now = Instant::now();
+        Core {
+            config,
+            started: now,
+            allocator: Box::new(allocator),
+            agents: HashMap::new(),
+            frameworks: HashMap::new(),
+            offers: HashMap::new(),
+            tasks: HashMap::new(),
+            completed: VecDeque::new(),
+            allocation_needed: false,
+            full_pass_due: true,
+            last_allocation: now,
+            last_heartbeat: now,
+            events,
+            metrics: Metrics::default(),
+            awaiting_ack: HashMap::new(),
+            agent_of_conn: HashMap::new(),
+        }
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    /// Runs the core until every sender is gone or `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<CoreMsg>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let tick = (self.config.agent_timeout / 4)
+            .min(self.config.allocation_interval)
+            .max(Duration::from_millis(10));
+        let mut timer = tokio::time::interval(tick);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    // Take what else is queued before allocating: one pass per burst.
+                    while let Ok(msg) = rx.try_recv() {
+                        self.handle(msg);
+                    }
+                }
+                _ = timer.tick() => self.tick(),
+                () = &mut shutdown => break,
+            }
+            if self.allocation_needed {
+                self.allocate();
+            }
+        }
+        info!("master core stopped");
+    }
+
+    fn handle(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Agent { conn, tx, msg } => self.agent_message(conn, tx, msg),
+            CoreMsg::AgentClosed { conn } => self.agent_closed(conn),
+            CoreMsg::Subscribe { info, tx, reply } => {
+                let _ = reply.send(self.subscribe(info, tx));
+            }
+            CoreMsg::FrameworkClosed {
+                framework_id,
+                stream_id,
+            } => self.framework_closed(&framework_id, &stream_id),
+            CoreMsg::Call {
+                header,
+                call,
+                reply,
+            } => {
+                let _ = reply.send(self.call(header, call));
+            }
+            CoreMsg::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+            CoreMsg::Roles { reply } => {
+                let _ = reply.send(self.allocator.roles());
+            }
+            CoreMsg::FrameworkUrl { name, reply } => {
+                let url = self
+                    .frameworks
+                    .values()
+                    .filter(|f| f.info.name == name && !f.info.webui_url.is_empty())
+                    // A connected one before one that is away.
+                    .max_by_key(|f| f.stream.is_some())
+                    .map(|f| f.info.webui_url.clone());
+                let _ = reply.send(url);
+            }
+            CoreMsg::Metrics { reply } => {
+                let _ = reply.send(self.render_metrics());
+            }
+            CoreMsg::Operator { op, reply } => {
+                let _ = reply.send(self.operator(op));
+            }
+        }
+    }
+
+    // ---- timers ---------------------------------------------------------------
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let silent: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| {
+                a.status != AgentStatus::Unreachable
+                    && now.duration_since(a.last_seen) > self.config.agent_timeout
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for agent in silent {
+            self.mark_unreachable(&agent);
+        }
+
+        let expired: Vec<String> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| now.duration_since(o.created) > self.config.offer_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for offer in expired {
+            info!(offer = %offer, "offer timed out; rescinding");
+            self.rescind_offer(&offer);
+        }
+
+        let gone: Vec<String> = self
+            .frameworks
+            .values()
+            .filter(|f| {
+                f.disconnected_at
+                    .is_some_and(|t| now.duration_since(t) > f.failover_timeout)
+            })
+            .map(|f| f.id.clone())
+            .collect();
+        for framework in gone {
+            info!(framework = %framework, "framework failover timeout passed; tearing down");
+            self.remove_framework(&framework);
+        }
+
+        if now.duration_since(self.last_heartbeat) >= self.config.framework_heartbeat {
+            self.last_heartbeat = now;
+            for f in self.frameworks.values() {
+                if let Some((_, tx)) = &f.stream {
+                    let _ = tx.send(Ok(Event {
+                        event: Some(event::Event::Heartbeat(event::Heartbeat {})),
+                    }));
+                }
+            }
+        }
+        // Updates whose acknowledgement never came (framework gone) are
+        // not measured.
+        self.awaiting_ack
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(300));
+        if now.duration_since(self.last_allocation) >= self.config.allocation_interval {
+            self.allocation_needed = true;
+            self.full_pass_due = true;
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Tasks: state changes the agents report or the master decides, relaying
+//! updates to frameworks, and kills.
+
+use super::*;
+
+impl Core {
+    /// Keys of the tasks matching `pred`.
+    pub(super) fn task_keys(&self, pred: impl Fn(&TaskKey, &TaskEntry) -> bool) -> Vec<TaskKey> {
+        self.tasks
+            .iter()
+            .filter(|(k, t)| pred(k, t))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Moves tasks to a state the master decides (not the agent), and tells
+    /// their frameworks.
+    pub(super) fn master_transition(
+        &mut self,
+        keys: Vec<TaskKey>,
+        state: TaskState,
+        message: &str,
+        reason: task_status::Reason,
+    ) {
+        for key in keys {
+            let status = self.master_status(&key, state, message, reason);
+            self.set_task_state(&key, &status);
+            self.send_update(&key.0, status);
+        }
+    }
+
+    pub(super) fn master_status(
+        &self,
+        key: &TaskKey,
+        state: TaskState,
+        message: &str,
+        reason: task_status::Reason,
+    ) -> TaskStatus {
+        TaskStatus {
+            task_id: Some(v1::TaskId {
+                value: key.1.clone(),
+            }),
+            state: state as i32,
+            message: message.to_string(),
+            source: task_status::Source::Master as i32,
+            reason: reason as i32,
+            agent_id: self.tasks.get(key).map(|t| v1::AgentId {
+                value: t.agent.clone(),
+            }),
+            timestamp: now_seconds(),
+            uuid: Vec::new(),
+            exit_code: None,
+            healthy: self.tasks.get(key).and_then(|t| t.healthy),
+        }
+    }
+
+    /// Records a task's new state; frees its resources when it ends.
+    pub(super) fn set_task_state(&mut self, key: &TaskKey, status: &TaskStatus) {
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
+        let was_terminal = is_terminal(task.state);
+        let changed = task.state != state || task.message != status.message;
+        task.state = state;
+        task.message = status.message.clone();
+        if status.healthy.is_some() {
+            task.healthy = status.healthy;
+        }
+        task.reason = task_status::Reason::try_from(status.reason).unwrap_or_default();
+        let event = ClusterEvent::TaskUpdated {
+            framework_id: key.0.clone(),
+            task_id: key.1.clone(),
+            agent_id: task.agent.clone(),
+            state: state.as_str_name().to_string(),
+            message: status.message.clone(),
+        };
+        if changed {
+            self.emit(event);
+        }
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        if is_terminal(state) && !was_terminal {
+            task.usage = None;
+            let (agent, resources) = (task.agent.clone(), task.resources.clone());
+            self.allocator.recover(&key.0, &agent, &resources, None);
+            self.allocation_needed = true;
+            self.completed.push_back(key.clone());
+            while self.completed.len() > self.config.completed_task_history {
+                if let Some(old) = self.completed.pop_front()
+                    && self.tasks.get(&old).is_some_and(|t| is_terminal(t.state))
+                {
+                    self.tasks.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_update(&self, framework: &str, status: TaskStatus) -> bool {
+        self.frameworks
+            .get(framework)
+            .and_then(|f| f.stream.as_ref())
+            .is_some_and(|(_, tx)| {
+                tx.send(Ok(Event {
+                    event: Some(event::Event::Update(event::Update {
+                        status: Some(status),
+                    })),
+                }))
+                .is_ok()
+            })
+    }
+
+    pub(super) fn status_update(&mut self, agent: &str, update: v1::StatusUpdate) {
+        let framework = update.framework_id.map(|f| f.value).unwrap_or_default();
+        let Some(mut status) = update.status else {
+            return;
+        };
+        let task_id = status
+            .task_id
+            .as_ref()
+            .map(|t| t.value.clone())
+            .unwrap_or_default();
+        let key = (framework.clone(), task_id.clone());
+        status.agent_id = Some(v1::AgentId {
+            value: agent.to_string(),
+        });
+        debug!(framework = %framework, task = %task_id, state = status.state, "status update");
+        self.set_task_state(&key, &status);
+        self.metrics.status_updates += 1;
+        if !self.frameworks.contains_key(&framework) {
+            // Nobody to deliver to: acknowledge on the framework's behalf so the
+            // agent stops retrying.
+            self.send_to_agent(
+                agent,
+                master_message::Message::Acknowledge(master_message::Acknowledge {
+                    framework_id: Some(v1::FrameworkId { value: framework }),
+                    task_id: status.task_id,
+                    uuid: status.uuid,
+                }),
+            );
+            return;
+        }
+        // If the framework is disconnected the agent retries later.
+        let uuid = status.uuid.clone();
+        if self.send_update(&framework, status)
+            && !uuid.is_empty()
+            && self.awaiting_ack.len() < 100_000
+        {
+            self.awaiting_ack.entry(uuid).or_insert_with(Instant::now);
+        }
+    }
+
+    pub(super) fn send_to_agent(&self, agent: &str, message: master_message::Message) -> bool {
+        self.agents
+            .get(agent)
+            .and_then(|a| a.conn.as_ref())
+            .is_some_and(|(_, tx)| {
+                tx.send(Ok(MasterMessage {
+                    message: Some(message),
+                }))
+                .is_ok()
+            })
+    }
+
+    pub(super) fn send_kill(&mut self, key: &TaskKey) {
+        self.send_kill_with_grace(key, None);
+    }
+
+    /// Asks the task's agent to kill it; `grace` overrides the task's own
+    /// kill grace period.
+    pub(super) fn send_kill_with_grace(&mut self, key: &TaskKey, grace: Option<f64>) {
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        task.kill_requested = true;
+        let agent = task.agent.clone();
+        self.send_to_agent(
+            &agent,
+            master_message::Message::Kill(master_message::Kill {
+                framework_id: Some(v1::FrameworkId {
+                    value: key.0.clone(),
+                }),
+                task_id: Some(v1::TaskId {
+                    value: key.1.clone(),
+                }),
+                kill_grace_period: grace,
+            }),
+        );
+    }
+}
