@@ -55,6 +55,7 @@ impl Drop for Cluster {
 
 fn start(containerizer: &str) -> Cluster {
     let bin = env!("CARGO_BIN_EXE_agora");
+    let data = tempfile::tempdir().expect("tempdir");
     let mut master = Command::new(bin)
         .args([
             "master",
@@ -63,6 +64,8 @@ fn start(containerizer: &str) -> Cluster {
             "--allocation-interval",
             "100ms",
         ])
+        .arg("--data-dir")
+        .arg(data.path().join("master"))
         .env("AGORA_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -75,7 +78,6 @@ fn start(containerizer: &str) -> Cluster {
         .trim()
         .trim_start_matches("agora listening on ")
         .to_string();
-    let data = tempfile::tempdir().expect("tempdir");
     let agent = Command::new(bin)
         .args([
             "agent",
@@ -87,7 +89,7 @@ fn start(containerizer: &str) -> Cluster {
             containerizer,
         ])
         .args(["--resources", "cpus:2;mem:4096", "--data-dir"])
-        .arg(data.path())
+        .arg(data.path().join("agent"))
         .env("AGORA_LOG", "warn")
         .spawn()
         .expect("agent");

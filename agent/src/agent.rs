@@ -114,11 +114,29 @@ pub(crate) struct Agent<C: Containerizer> {
     resources: Resources,
     containerizer: Arc<C>,
     agent_id: Option<String>,
+    /// Issued by the master with the id; presented whenever we register.
+    secret: String,
     tasks: HashMap<TaskKey, TaskRecord>,
     session: Option<Session>,
     heartbeat: Duration,
     events_tx: mpsc::UnboundedSender<TaskEvent>,
     checkpoints: Checkpoints,
+}
+
+/// Writes a file only its owner can read, atomically (write, sync, rename).
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn now_seconds() -> f64 {
@@ -168,6 +186,9 @@ impl<C: Containerizer> Agent<C> {
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        let secret = std::fs::read_to_string(config.data_dir.join("agent_secret"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         let checkpoints = Checkpoints::new(&config.data_dir);
         (
             Agent {
@@ -175,6 +196,7 @@ impl<C: Containerizer> Agent<C> {
                 resources,
                 containerizer: Arc::new(containerizer),
                 agent_id,
+                secret,
                 tasks: HashMap::new(),
                 session: None,
                 heartbeat: Duration::from_secs(1),
@@ -490,6 +512,7 @@ impl<C: Containerizer> Agent<C> {
         self.send(agent_message::Message::Register(agent_message::Register {
             agent_info: Some(info),
             tasks,
+            secret: self.secret.clone(),
         }));
     }
 
@@ -500,6 +523,14 @@ impl<C: Containerizer> Agent<C> {
             master_message::Message::Registered(r) => {
                 let id = r.agent_id.map(|a| a.value).unwrap_or_default();
                 info!(agent = %id, "registered");
+                if !r.secret.is_empty() {
+                    // Newly admitted: the id is only ours with this secret.
+                    let path = self.config.data_dir.join("agent_secret");
+                    if let Err(e) = write_private(&path, &r.secret) {
+                        warn!("writing {}: {e}", path.display());
+                    }
+                    self.secret = r.secret;
+                }
                 if self.agent_id.as_deref() != Some(id.as_str()) {
                     let path = self.config.data_dir.join("agent_id");
                     if let Err(e) = std::fs::write(&path, &id) {

@@ -6,8 +6,12 @@ use std::time::Duration;
 /// How the master behaves; every field has an operator-facing flag.
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
-    /// An agent silent for longer than this is unreachable.
+    /// An agent silent for longer than this is unreachable. Also how long a
+    /// master that recovers waits for known agents to re-register.
     pub agent_timeout: Duration,
+    /// An agent unreachable for longer than this is removed from the
+    /// registry; its tasks are `TASK_LOST`.
+    pub agent_removal_timeout: Duration,
     /// Offers not answered within this are rescinded.
     pub offer_timeout: Duration,
     /// Period of the batch allocation pass (events also trigger passes).
@@ -26,6 +30,7 @@ impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             agent_timeout: Duration::from_secs(15),
+            agent_removal_timeout: Duration::from_secs(3600),
             offer_timeout: Duration::from_secs(30),
             allocation_interval: Duration::from_secs(1),
             framework_heartbeat: Duration::from_secs(15),

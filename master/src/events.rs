@@ -28,6 +28,11 @@ pub enum ClusterEvent {
     AgentUndrained {
         agent_id: String,
     },
+    /// Forgotten: unreachable past the removal timeout, or marked gone.
+    AgentRemoved {
+        agent_id: String,
+        reason: String,
+    },
     FrameworkAdded {
         framework_id: String,
         name: String,
@@ -62,6 +67,7 @@ impl ClusterEvent {
             ClusterEvent::AgentUnreachable { .. } => "agent_unreachable",
             ClusterEvent::AgentDrained { .. } => "agent_drained",
             ClusterEvent::AgentUndrained { .. } => "agent_undrained",
+            ClusterEvent::AgentRemoved { .. } => "agent_removed",
             ClusterEvent::FrameworkAdded { .. } => "framework_added",
             ClusterEvent::FrameworkDisconnected { .. } => "framework_disconnected",
             ClusterEvent::FrameworkRemoved { .. } => "framework_removed",

@@ -49,6 +49,7 @@ pub fn router(core: CoreHandle, events: broadcast::Sender<ClusterEvent>) -> Rout
         .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/agents/{id}/drain", post(drain))
         .route("/api/v1/agents/{id}/undrain", post(undrain))
+        .route("/api/v1/agents/{id}/gone", post(mark_gone))
         .route("/api/v1/frameworks", get(frameworks))
         .route("/api/v1/frameworks/{id}", get(framework))
         .route("/api/v1/frameworks/{id}/teardown", post(teardown))
@@ -381,6 +382,7 @@ async fn act(api: &Api, op: Operator) -> Response {
         Ok(Ok(())) => Json(json!({ "ok": true })).into_response(),
         Ok(Err(OperatorError::NotFound(m))) => error(StatusCode::NOT_FOUND, m),
         Ok(Err(OperatorError::BadRequest(m))) => error(StatusCode::BAD_REQUEST, m),
+        Ok(Err(OperatorError::Registry(m))) => error(StatusCode::SERVICE_UNAVAILABLE, m),
         Err(r) => r,
     }
 }
@@ -439,6 +441,10 @@ async fn drain(State(api): State<Api>, Path(id): Path<String>, body: String) -> 
 
 async fn undrain(State(api): State<Api>, Path(id): Path<String>) -> Response {
     act(&api, Operator::Undrain { agent_id: id }).await
+}
+
+async fn mark_gone(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    act(&api, Operator::MarkGone { agent_id: id }).await
 }
 
 async fn event_stream(State(api): State<Api>) -> Response {

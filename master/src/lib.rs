@@ -10,6 +10,7 @@ pub mod events;
 mod grpc;
 mod http;
 pub mod metrics;
+pub mod registry;
 pub mod state;
 mod ui;
 
@@ -24,10 +25,13 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 pub use config::MasterConfig;
+pub use registry::Registry;
 
 /// Why the master stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     #[error("serving on {addr}: {source}")]
     Serve {
         addr: String,
@@ -43,10 +47,12 @@ fn set_nodelay(stream: &mut tokio::net::TcpStream) {
     }
 }
 
-/// Serves the master on an already-bound listener until `shutdown` resolves.
+/// Serves the master on an already-bound listener until `shutdown` resolves,
+/// starting from what `registry` holds.
 pub async fn run(
     listener: TcpListener,
     config: MasterConfig,
+    registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
     let addr = listener
@@ -58,7 +64,8 @@ pub async fn run(
     // Slow event readers lag and are told so; the core never waits on them.
     let (events, _) = tokio::sync::broadcast::channel(4096);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
-    let core = tokio::spawn(core::Core::new(config, events.clone()).run(rx, async move {
+    let core = core::Core::recover(config, events.clone(), registry)?;
+    let core = tokio::spawn(core.run(rx, async move {
         let _ = stop_core_rx.await;
     }));
 

@@ -14,6 +14,7 @@ pub fn is_terminal(state: TaskState) -> bool {
             | TaskState::TaskError
             | TaskState::TaskDropped
             | TaskState::TaskGone
+            | TaskState::TaskGoneByOperator
     )
 }
 

@@ -78,6 +78,10 @@ pub struct MasterFlags {
     /// holds more than SHARE of what is free in offers; see `agora sim`).
     #[arg(long, default_value = "mesos", value_parser = agora_master::allocator::OfferPolicy::parse)]
     pub offer_policy: agora_master::allocator::OfferPolicy,
+    /// An agent unreachable this long is removed from the registry (its
+    /// tasks become `TASK_LOST`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub agent_removal_timeout: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -137,6 +141,9 @@ struct DevArgs {
 struct MasterArgs {
     #[arg(long, default_value = "127.0.0.1:5050")]
     listen: String,
+    /// Where the registry (agents, frameworks, weights, drains, tasks) lives.
+    #[arg(long, default_value = "./agora-master-data")]
+    data_dir: PathBuf,
     #[command(flatten)]
     master: MasterFlags,
 }
@@ -496,7 +503,7 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
             a.batch,
         )),
         Command::Job(a) => runtime.block_on(job::run(&a.master, a.command)),
-        Command::Master(a) => runtime.block_on(run::master(a.listen, a.master)),
+        Command::Master(a) => runtime.block_on(run::master(a.listen, a.data_dir, a.master)),
         Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
         Command::Sim(c) => sim::run(c),

@@ -51,6 +51,7 @@ fn master_config(flags: &MasterFlags) -> anyhow::Result<MasterConfig> {
         allocation_interval: flags.allocation_interval,
         role_weights: agora_master::config::parse_weights(&flags.weights)?,
         offer_policy: flags.offer_policy,
+        agent_removal_timeout: flags.agent_removal_timeout,
         ..MasterConfig::default()
     })
 }
@@ -124,6 +125,7 @@ pub async fn dev(
     services: ServicesFlags,
 ) -> anyhow::Result<ExitCode> {
     let config = master_config(&master)?;
+    let registry = open_registry(&data_dir.join("master"))?;
     let (listener, url) = bind(&listen).await?;
     let mut services_config =
         agora_services::ServicesConfig::new(url.clone(), data_dir.join("services"));
@@ -147,6 +149,7 @@ pub async fn dev(
     let master_task = tokio::spawn(agora_master::run(
         listener,
         config,
+        registry,
         stopped(stop_rx.clone()),
     ));
     let (stop_batch_tx, stop_batch_rx) = watch::channel(false);
@@ -217,10 +220,22 @@ pub async fn dev(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn master(listen: String, flags: MasterFlags) -> anyhow::Result<ExitCode> {
+/// Opens the master's embedded registry in `data_dir`.
+fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<agora_master::Registry> {
+    let path = data_dir.join("registry.redb");
+    agora_master::Registry::open(&path)
+        .with_context(|| format!("opening the registry {}", path.display()))
+}
+
+pub async fn master(
+    listen: String,
+    data_dir: PathBuf,
+    flags: MasterFlags,
+) -> anyhow::Result<ExitCode> {
     let config = master_config(&flags)?;
+    let registry = open_registry(&data_dir)?;
     let (listener, _) = bind(&listen).await?;
-    agora_master::run(listener, config, terminated()).await?;
+    agora_master::run(listener, config, registry, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,6 +49,8 @@ pub struct Proc {
     agent_data: Option<PathBuf>,
     /// The test stopped it on purpose (its tasks are meant to outlive it).
     stopped_by_test: bool,
+    /// A master's registry, when the test did not give it a place.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Proc {
@@ -83,6 +85,7 @@ impl Proc {
             url,
             agent_data: None,
             stopped_by_test: false,
+            _data: None,
         }
     }
 
@@ -160,12 +163,22 @@ pub fn remove_containers(data: &Path) {
 /// Master flags that make failures show up within a test's patience.
 pub const FAST_MASTER: &[&str] = &["--agent-timeout", "2s", "--allocation-interval", "100ms"];
 
-/// Starts a master on an ephemeral loopback port (or `listen`).
+/// Starts a master on an ephemeral loopback port (or `listen`), with its
+/// registry in a fresh directory unless `extra` names one.
 pub fn start_master(listen: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["master", "--listen", listen];
     args.extend_from_slice(FAST_MASTER);
     args.extend_from_slice(extra);
-    Proc::spawn(&args, true)
+    let data = (!extra.contains(&"--data-dir")).then(|| tempfile::tempdir().expect("tempdir"));
+    let path = data
+        .as_ref()
+        .map(|d| d.path().to_str().expect("utf-8 path").to_string());
+    if let Some(path) = &path {
+        args.extend_from_slice(&["--data-dir", path]);
+    }
+    let mut master = Proc::spawn(&args, true);
+    master._data = data;
+    master
 }
 
 /// Starts an agent offering `resources`, keeping its data in `data_dir`,

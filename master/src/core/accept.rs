@@ -113,8 +113,9 @@ impl Core {
                 state: TaskState::TaskStaging.as_str_name().to_string(),
                 message: String::new(),
             });
+            let key = (framework_id.to_string(), task_id);
             self.tasks.insert(
-                (framework_id.to_string(), task_id),
+                key.clone(),
                 TaskEntry {
                     info: task.clone(),
                     agent: agent.clone(),
@@ -127,6 +128,7 @@ impl Core {
                     healthy: None,
                 },
             );
+            self.persist_task(&key);
             self.send_to_agent(
                 &agent,
                 master_message::Message::Launch(master_message::Launch {

@@ -67,6 +67,40 @@ impl Core {
         let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
         let span = info_span!("agent", agent = %id);
         let _enter = span.enter();
+        if self.gone_agents.contains(&id) {
+            warn!("an agent marked gone tried to register; telling it to kill its tasks");
+            let _ = tx.send(Ok(MasterMessage {
+                message: Some(master_message::Message::Shutdown(
+                    master_message::Shutdown {
+                        message: "an operator marked this agent gone".into(),
+                    },
+                )),
+            }));
+            let _ = tx.send(Err(Status::permission_denied(format!(
+                "agent `{id}` was marked gone by an operator; wipe its data directory to join as a new agent"
+            ))));
+            return;
+        }
+        let known_secret = self
+            .agents
+            .get(&id)
+            .map(|a| a.secret_sha256.clone())
+            .filter(|s| !s.is_empty());
+        // A new agent, or one whose record is gone, is issued a secret; a
+        // known one must present the one it was issued.
+        let issued = match &known_secret {
+            Some(hash) => {
+                if sha256(&register.secret) != *hash {
+                    warn!("registration refused: wrong secret for this agent id");
+                    let _ = tx.send(Err(Status::permission_denied(format!(
+                        "agent `{id}`: the secret does not match the one issued with this id"
+                    ))));
+                    return;
+                }
+                None
+            }
+            None => Some(format!("{}{}", new_id(), new_id()).replace('-', "")),
+        };
         let returning = self.agents.contains_key(&id);
         info!(hostname = %info.hostname, resources = %total, returning, "agent registered");
 
@@ -75,6 +109,33 @@ impl Core {
         self.allocator.remove_agent(&id);
 
         let draining = self.agents.get(&id).is_some_and(|a| a.draining);
+        // A session the agent left behind is no longer its own.
+        if let Some((old, _)) = self.agents.get(&id).and_then(|a| a.conn.as_ref()) {
+            self.agent_of_conn.remove(old);
+        }
+        let entry = AgentEntry {
+            draining,
+            id: id.clone(),
+            hostname: info.hostname.clone(),
+            endpoint: info.endpoint.clone(),
+            attributes: info.attributes.clone(),
+            total: total.clone(),
+            status: AgentStatus::Active,
+            conn: Some((conn, tx.clone())),
+            last_seen: Instant::now(),
+            secret_sha256: known_secret.unwrap_or_else(|| sha256(issued.as_deref().unwrap_or(""))),
+            unreachable_since: None,
+        };
+        // The admission is durable before the agent hears of it: a secret
+        // the registry lost would lock the agent out.
+        let record = self.agent_record(&entry);
+        if let Err(e) = self.registry.transaction(|r| r.put_agent(&record)) {
+            warn!("registration refused: {e}");
+            let _ = tx.send(Err(Status::unavailable(format!(
+                "the master could not record the registration: {e}"
+            ))));
+            return;
+        }
         self.emit(if returning {
             ClusterEvent::AgentReregistered {
                 agent_id: id.clone(),
@@ -86,94 +147,10 @@ impl Core {
                 hostname: info.hostname.clone(),
             }
         });
-        // A session the agent left behind is no longer its own.
-        if let Some((old, _)) = self.agents.get(&id).and_then(|a| a.conn.as_ref()) {
-            self.agent_of_conn.remove(old);
-        }
         self.agent_of_conn.insert(conn, id.clone());
-        self.agents.insert(
-            id.clone(),
-            AgentEntry {
-                draining,
-                id: id.clone(),
-                hostname: info.hostname.clone(),
-                endpoint: info.endpoint.clone(),
-                attributes: info.attributes.clone(),
-                total: total.clone(),
-                status: AgentStatus::Active,
-                conn: Some((conn, tx.clone())),
-                last_seen: Instant::now(),
-            },
-        );
+        self.agents.insert(id.clone(), entry);
 
-        // Reconcile the tasks the agent reports with what the master knows.
-        let mut reported: HashSet<TaskKey> = HashSet::new();
-        for t in register.tasks {
-            let framework = t.framework_id.map(|f| f.value).unwrap_or_default();
-            let Some(task) = t.task else { continue };
-            let task_id = task
-                .task_id
-                .as_ref()
-                .map(|i| i.value.clone())
-                .unwrap_or_default();
-            let state = TaskState::try_from(t.state).unwrap_or(TaskState::TaskUnknown);
-            let key = (framework.clone(), task_id.clone());
-            reported.insert(key.clone());
-            if !self.frameworks.contains_key(&framework) {
-                // The master restarted: keep the framework's place until it resubscribes.
-                self.frameworks.insert(
-                    framework.clone(),
-                    FrameworkEntry {
-                        id: framework.clone(),
-                        info: v1::FrameworkInfo::default(),
-                        role: "*".into(),
-                        stream: None,
-                        disconnected_at: Some(Instant::now()),
-                        failover_timeout: Duration::from_secs(7 * 24 * 3600),
-                    },
-                );
-                self.allocator.add_framework(&framework, "*", false);
-            }
-            let resources = Resources::from_proto(&task.resources).unwrap_or_default();
-            match self.tasks.get_mut(&key) {
-                Some(entry) => {
-                    let was = entry.state;
-                    entry.agent = id.clone();
-                    if was == TaskState::TaskUnreachable && !is_terminal(state) {
-                        entry.state = state;
-                        entry.message = "agent re-registered".into();
-                        entry.reason = task_status::Reason::AgentReregistered;
-                        let status = self.master_status(
-                            &key,
-                            state,
-                            "agent re-registered",
-                            task_status::Reason::AgentReregistered,
-                        );
-                        self.send_update(&framework, status);
-                    }
-                }
-                None => {
-                    if is_terminal(state) {
-                        // Ended while the master was away; its update follows.
-                        self.completed.push_back(key.clone());
-                    }
-                    self.tasks.insert(
-                        key,
-                        TaskEntry {
-                            info: task,
-                            agent: id.clone(),
-                            resources,
-                            state,
-                            message: String::new(),
-                            reason: task_status::Reason::None,
-                            kill_requested: false,
-                            usage: None,
-                            healthy: None,
-                        },
-                    );
-                }
-            }
-        }
+        let (reported, declared_ended) = self.reconcile_reported_tasks(&id, register.tasks);
 
         // Tasks the master placed on this agent that it no longer runs are gone.
         let lost =
@@ -198,17 +175,109 @@ impl Core {
                     heartbeat_interval_seconds: (self.config.agent_timeout / 5)
                         .as_secs_f64()
                         .max(0.05),
+                    secret: issued.unwrap_or_default(),
                 },
             )),
         }));
 
-        // Kills asked for while the agent was away.
+        // Kills asked for while the agent was away, and of tasks the master
+        // had declared ended (their frameworks may have replaced them).
         let pending =
             self.task_keys(|_, t| t.agent == id && t.kill_requested && !is_terminal(t.state));
-        for key in pending {
-            self.send_kill(&key);
+        for key in pending.iter().chain(&declared_ended) {
+            self.send_kill(key);
         }
         self.allocation_needed = true;
+    }
+
+    /// Reconciles the tasks a (re-)registering agent runs with what the
+    /// master knows; returns their keys, and those of the tasks to kill.
+    /// Nothing is adopted silently: a task whose state the master did not
+    /// know is reported to its framework (which may have replaced it), and
+    /// one the master already declared ended is killed.
+    fn reconcile_reported_tasks(
+        &mut self,
+        agent: &str,
+        tasks: Vec<v1::AgentTask>,
+    ) -> (HashSet<TaskKey>, Vec<TaskKey>) {
+        let mut reported: HashSet<TaskKey> = HashSet::new();
+        let mut to_kill = Vec::new();
+        for t in tasks {
+            let framework = t.framework_id.map(|f| f.value).unwrap_or_default();
+            let Some(task) = t.task else { continue };
+            let task_id = task
+                .task_id
+                .as_ref()
+                .map(|i| i.value.clone())
+                .unwrap_or_default();
+            let state = TaskState::try_from(t.state).unwrap_or(TaskState::TaskUnknown);
+            let key = (framework.clone(), task_id);
+            reported.insert(key.clone());
+            if !self.frameworks.contains_key(&framework) {
+                // Its registry record is gone: keep its place until it subscribes.
+                self.add_placeholder_framework(&framework);
+            }
+            let resources = Resources::from_proto(&task.resources).unwrap_or_default();
+            let known = self.tasks.get(&key).map(|t| (t.state, t.agent.clone()));
+            match known {
+                Some((was, _)) if is_terminal(was) => {
+                    if !is_terminal(state) {
+                        // Declared lost or gone while away: its framework
+                        // may have replaced it already.
+                        info!(task = %key.1, was = was.as_str_name(), "killing a task the master had declared ended");
+                        if let Some(entry) = self.tasks.get_mut(&key) {
+                            entry.agent = agent.to_string();
+                        }
+                        to_kill.push(key);
+                    }
+                }
+                Some((was, on)) => {
+                    if let Some(entry) = self.tasks.get_mut(&key) {
+                        entry.agent = agent.to_string();
+                    }
+                    if !is_terminal(state) && (was != state || on != agent) {
+                        self.master_transition(
+                            vec![key],
+                            state,
+                            "agent re-registered",
+                            task_status::Reason::AgentReregistered,
+                        );
+                    }
+                    // A terminal state: the agent's own update follows.
+                }
+                None => {
+                    self.tasks.insert(
+                        key.clone(),
+                        TaskEntry {
+                            info: task,
+                            agent: agent.to_string(),
+                            resources,
+                            state,
+                            message: String::new(),
+                            reason: task_status::Reason::None,
+                            kill_requested: false,
+                            usage: None,
+                            healthy: None,
+                        },
+                    );
+                    if is_terminal(state) {
+                        // Ended while the master was away; its update follows.
+                        self.completed.push_back(key);
+                    } else {
+                        self.persist_task(&key);
+                        let status = self.master_status(
+                            &key,
+                            state,
+                            "the master did not know this task; its agent reported it",
+                            task_status::Reason::AgentReregistered,
+                        );
+                        self.emit_task_event(&key, &status);
+                        self.send_update(&framework, status);
+                    }
+                }
+            }
+        }
+        (reported, to_kill)
     }
 
     pub(super) fn used_on_agent(&self, agent: &str) -> Vec<(String, Resources)> {
@@ -247,6 +316,7 @@ impl Core {
         };
         warn!(agent = %agent_id, "agent missed its heartbeats; marking it unreachable");
         agent.status = AgentStatus::Unreachable;
+        agent.unreachable_since.get_or_insert_with(Instant::now);
         // End the stream, so an agent that was only slow reconnects and
         // re-registers rather than talking into a dead session.
         if let Some((conn, tx)) = agent.conn.take() {
@@ -281,6 +351,84 @@ impl Core {
             "agent is unreachable",
             task_status::Reason::AgentDisconnected,
         );
+        self.persist_agent(agent_id);
+    }
+
+    /// Forgets an agent unreachable past the removal timeout: its tasks are
+    /// `TASK_LOST`. Should it come back, it joins as if new, and whatever
+    /// it still runs is reported to the frameworks.
+    pub(super) fn remove_agent(&mut self, agent_id: &str) {
+        warn!(agent = %agent_id, timeout = ?self.config.agent_removal_timeout, "agent unreachable past the removal timeout; removing it");
+        let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
+        self.master_transition(
+            keys,
+            TaskState::TaskLost,
+            "the agent was unreachable past the removal timeout and was removed",
+            task_status::Reason::AgentRemoved,
+        );
+        self.forget_agent(agent_id);
+        self.registry.delete_agent(agent_id);
+        self.emit(ClusterEvent::AgentRemoved {
+            agent_id: agent_id.to_string(),
+            reason: "unreachable past the removal timeout".into(),
+        });
+    }
+
+    /// An operator declared the agent gone for good: its tasks are
+    /// `TASK_GONE_BY_OPERATOR`, and it is told to kill them and refused
+    /// from now on. Durable before it takes effect.
+    pub(super) fn mark_gone(&mut self, agent_id: &str) -> Result<(), OperatorError> {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return Err(OperatorError::NotFound(format!(
+                "unknown agent `{agent_id}`"
+            )));
+        };
+        let mut record = self.agent_record(agent);
+        record.gone = true;
+        record.unreachable_since = None;
+        self.registry
+            .transaction(|r| r.put_agent(&record))
+            .map_err(|e| OperatorError::Registry(e.to_string()))?;
+        warn!(agent = %agent_id, "operator marked the agent gone");
+        if let Some((conn, tx)) = self.agents.get_mut(agent_id).and_then(|a| a.conn.take()) {
+            self.agent_of_conn.remove(&conn);
+            let _ = tx.send(Ok(MasterMessage {
+                message: Some(master_message::Message::Shutdown(
+                    master_message::Shutdown {
+                        message: "an operator marked this agent gone".into(),
+                    },
+                )),
+            }));
+            let _ = tx.send(Err(Status::permission_denied(format!(
+                "agent `{agent_id}` was marked gone by an operator"
+            ))));
+        }
+        let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
+        self.master_transition(
+            keys,
+            TaskState::TaskGoneByOperator,
+            "an operator marked the task's agent gone",
+            task_status::Reason::AgentRemoved,
+        );
+        self.forget_agent(agent_id);
+        self.gone_agents.insert(agent_id.to_string());
+        self.emit(ClusterEvent::AgentRemoved {
+            agent_id: agent_id.to_string(),
+            reason: "marked gone by an operator".into(),
+        });
+        Ok(())
+    }
+
+    /// Drops the agent from memory, its offers and the allocator.
+    fn forget_agent(&mut self, agent_id: &str) {
+        self.rescind_where(|o| o.agent == agent_id);
+        self.allocator.remove_agent(agent_id);
+        if let Some(agent) = self.agents.remove(agent_id)
+            && let Some((conn, _)) = agent.conn
+        {
+            self.agent_of_conn.remove(&conn);
+        }
+        self.allocation_needed = true;
     }
 }
 
@@ -290,4 +438,9 @@ fn refuse_unregistered(tx: &AgentTx) {
     let _ = tx.send(Err(Status::failed_precondition(
         "this session is not registered; register first",
     )));
+}
+
+pub(super) fn sha256(secret: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).to_vec()
 }

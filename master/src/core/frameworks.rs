@@ -1,6 +1,7 @@
 //! Frameworks: subscription (and failover to a new stream), disconnection
 //! and removal.
 
+use super::recovery::{failover_timeout_of, role_of};
 use super::*;
 
 impl Core {
@@ -19,12 +20,21 @@ impl Core {
                 "framework_info.failover_timeout must be a finite number >= 0",
             ));
         }
-        let role = if info.role.is_empty() {
-            "*".to_string()
-        } else {
-            info.role.clone()
-        };
+        let role = role_of(&info);
         let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
+        let mut info = info;
+        info.id = Some(v1::FrameworkId { value: id.clone() });
+        // Durable before the framework hears its id: a master that fails
+        // over must know the framework's role and failover timeout.
+        let record = agora_proto::v1::RegistryFramework {
+            info: Some(info.clone()),
+            disconnected_since: None,
+        };
+        self.registry
+            .transaction(|r| r.put_framework(&record))
+            .map_err(|e| {
+                Status::unavailable(format!("the master could not record the subscription: {e}"))
+            })?;
         let stream_id = new_id();
         if let Some((_, old)) = self.frameworks.get_mut(&id).and_then(|f| f.stream.take()) {
             let _ = old.send(Ok(Event {
@@ -35,8 +45,6 @@ impl Core {
         }
         // A new subscription starts from a clean slate of offers.
         self.rescind_where(|o| o.framework == id);
-        let mut info = info;
-        info.id = Some(v1::FrameworkId { value: id.clone() });
         info!(framework = %id, name = %info.name, role = %role, "framework subscribed");
         self.emit(ClusterEvent::FrameworkAdded {
             framework_id: id.clone(),
@@ -47,7 +55,7 @@ impl Core {
             id.clone(),
             FrameworkEntry {
                 id: id.clone(),
-                failover_timeout: Duration::from_secs_f64(info.failover_timeout.min(1e9)),
+                failover_timeout: failover_timeout_of(&info),
                 info,
                 role: role.clone(),
                 stream: Some((stream_id.clone(), tx.clone())),
@@ -79,6 +87,7 @@ impl Core {
         });
         f.stream = None;
         f.disconnected_at = Some(Instant::now());
+        self.persist_framework(framework_id);
         self.allocator.set_framework_active(framework_id, false);
         let ids: Vec<String> = self
             .offers
@@ -95,6 +104,7 @@ impl Core {
         let Some(mut f) = self.frameworks.remove(framework_id) else {
             return;
         };
+        self.registry.delete_framework(framework_id);
         self.emit(ClusterEvent::FrameworkRemoved {
             framework_id: framework_id.to_string(),
         });

@@ -24,13 +24,17 @@ mod frameworks;
 mod metrics;
 mod offers;
 mod operator;
+mod recovery;
 mod tasks;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use crate::allocator::{Allocator, DrfAllocator, Millis, RoleShare};
 use crate::config::MasterConfig;
 use crate::events::ClusterEvent;
 use crate::metrics::{Gauges, Metrics};
+use crate::registry::{Registry, RegistryError};
 use crate::state::{
     AgentResources, AgentView, FrameworkView, OfferView, SandboxView, StateView, TaskView,
     UsageView,
@@ -123,6 +127,11 @@ pub enum Operator {
     Undrain {
         agent_id: String,
     },
+    /// The agent is gone for good: its tasks are `TASK_GONE_BY_OPERATOR`,
+    /// and it is refused (and told to kill what it runs) if it returns.
+    MarkGone {
+        agent_id: String,
+    },
 }
 
 /// Why an operator action was refused.
@@ -132,6 +141,9 @@ pub enum OperatorError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The change could not be made durable; nothing changed.
+    #[error("{0}")]
+    Registry(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +174,12 @@ struct AgentEntry {
     last_seen: Instant,
     /// No new offers (an operator drain); survives re-registration.
     draining: bool,
+    /// SHA-256 of the secret issued at admission: re-registering under this
+    /// id needs the secret.
+    secret_sha256: Vec<u8>,
+    /// Since when the agent is unreachable: past `agent_removal_timeout` it
+    /// is removed.
+    unreachable_since: Option<Instant>,
 }
 
 struct FrameworkEntry {
@@ -219,6 +237,12 @@ pub struct Core {
     /// Which agent each open session belongs to: every heartbeat and update
     /// is looked up here, so no scan over all agents.
     agent_of_conn: HashMap<u64, String>,
+    /// What survives a restart; changes are committed once per burst of
+    /// messages, or at once where a reply promises durability.
+    registry: Registry,
+    /// Agents an operator marked gone: refused if they return.
+    gone_agents: HashSet<String>,
+    clock: recovery::WallClock,
 }
 
 fn now_seconds() -> f64 {
@@ -255,8 +279,13 @@ fn id_or_new(requested: Option<&str>) -> String {
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
 impl Core {
-    /// A master with no agents or frameworks.
-    pub fn new(config: MasterConfig, events: broadcast::Sender<ClusterEvent>) -> Self {
+    /// A master with no agents or frameworks (before recovery).
+    fn empty(
+        config: MasterConfig,
+        events: broadcast::Sender<ClusterEvent>,
+        registry: Registry,
+        clock: recovery::WallClock,
+    ) -> Self {
         let mut allocator = DrfAllocator::with_policy(config.offer_policy);
         for (role, weight) in &config.role_weights {
             allocator.set_weight(role, *weight);
@@ -279,6 +308,9 @@ impl Core {
             metrics: Metrics::default(),
             awaiting_ack: HashMap::new(),
             agent_of_conn: HashMap::new(),
+            registry,
+            gone_agents: HashSet::new(),
+            clock,
         }
     }
 
@@ -311,11 +343,27 @@ impl Core {
                 _ = timer.tick() => self.tick(),
                 () = &mut shutdown => break,
             }
-            if self.allocation_needed {
-                self.allocate();
-            }
+            self.end_of_burst();
         }
+        self.commit_registry();
         info!("master core stopped");
+    }
+
+    /// What follows every burst of messages or tick: one registry commit,
+    /// then one allocation pass.
+    fn end_of_burst(&mut self) {
+        self.commit_registry();
+        if self.allocation_needed {
+            self.allocate();
+        }
+    }
+
+    /// Commits queued registry changes; a failure keeps them for the next
+    /// burst (the agents resend what matters: their tasks and updates).
+    fn commit_registry(&mut self) {
+        if let Err(e) = self.registry.commit() {
+            warn!("{e}; retrying with the next change");
+        }
     }
 
     fn handle(&mut self, msg: CoreMsg) {
@@ -376,6 +424,19 @@ impl Core {
             .collect();
         for agent in silent {
             self.mark_unreachable(&agent);
+        }
+        let removal = self.config.agent_removal_timeout;
+        let forgotten: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| {
+                a.unreachable_since
+                    .is_some_and(|t| now.duration_since(t) > removal)
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for agent in forgotten {
+            self.remove_agent(&agent);
         }
 
         let expired: Vec<String> = self

@@ -1,4 +1,6 @@
-//! Operator actions from the HTTP API: role weights, teardown, drains.
+//! Operator actions from the HTTP API: role weights, teardown, drains,
+//! marking agents gone. Each is durable in the registry before it is
+//! acknowledged.
 
 use super::*;
 
@@ -19,6 +21,9 @@ impl Core {
                         "weight must be a finite number > 0, not {weight}"
                     )));
                 }
+                self.registry
+                    .transaction(|r| r.put_weight(&role, weight))
+                    .map_err(|e| OperatorError::Registry(e.to_string()))?;
                 info!(%role, weight, "operator set a role weight");
                 self.allocator.set_weight(&role, weight);
                 self.config.role_weights.insert(role.clone(), weight);
@@ -33,6 +38,9 @@ impl Core {
                 }
                 info!(framework = %framework_id, "operator tore down a framework");
                 self.remove_framework(&framework_id);
+                self.registry
+                    .commit()
+                    .map_err(|e| OperatorError::Registry(e.to_string()))?;
             }
             Operator::Drain {
                 agent_id,
@@ -43,8 +51,14 @@ impl Core {
                         "unknown agent `{agent_id}`"
                     )));
                 };
-                info!(agent = %agent_id, kill_tasks, "operator drained an agent");
                 agent.draining = true;
+                if let Err(e) = self.persist_agent_now(&agent_id) {
+                    if let Some(agent) = self.agents.get_mut(&agent_id) {
+                        agent.draining = false;
+                    }
+                    return Err(e);
+                }
+                info!(agent = %agent_id, kill_tasks, "operator drained an agent");
                 self.allocator.set_agent_active(&agent_id, false);
                 self.rescind_where(|o| o.agent == agent_id);
                 if kill_tasks {
@@ -63,13 +77,30 @@ impl Core {
                         "unknown agent `{agent_id}`"
                     )));
                 };
-                info!(agent = %agent_id, "operator put an agent back");
                 agent.draining = false;
+                if let Err(e) = self.persist_agent_now(&agent_id) {
+                    if let Some(agent) = self.agents.get_mut(&agent_id) {
+                        agent.draining = true;
+                    }
+                    return Err(e);
+                }
+                info!(agent = %agent_id, "operator put an agent back");
                 self.allocator.set_agent_active(&agent_id, true);
                 self.emit(ClusterEvent::AgentUndrained { agent_id });
                 self.allocation_needed = true;
             }
+            Operator::MarkGone { agent_id } => self.mark_gone(&agent_id)?,
         }
         Ok(())
+    }
+
+    /// Writes the agent's record at once.
+    fn persist_agent_now(&mut self, agent_id: &str) -> Result<(), OperatorError> {
+        let Some(record) = self.agents.get(agent_id).map(|a| self.agent_record(a)) else {
+            return Ok(());
+        };
+        self.registry
+            .transaction(|r| r.put_agent(&record))
+            .map_err(|e| OperatorError::Registry(e.to_string()))
     }
 }

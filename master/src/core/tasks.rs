@@ -60,7 +60,8 @@ impl Core {
             return;
         };
         let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
-        let was_terminal = is_terminal(task.state);
+        let was_state = task.state;
+        let was_terminal = is_terminal(was_state);
         let changed = task.state != state || task.message != status.message;
         task.state = state;
         task.message = status.message.clone();
@@ -68,15 +69,12 @@ impl Core {
             task.healthy = status.healthy;
         }
         task.reason = task_status::Reason::try_from(status.reason).unwrap_or_default();
-        let event = ClusterEvent::TaskUpdated {
-            framework_id: key.0.clone(),
-            task_id: key.1.clone(),
-            agent_id: task.agent.clone(),
-            state: state.as_str_name().to_string(),
-            message: status.message.clone(),
-        };
+        let state_changed = task.state != was_state;
         if changed {
-            self.emit(event);
+            self.emit_task_event(key, status);
+        }
+        if state_changed {
+            self.persist_task(key);
         }
         let Some(task) = self.tasks.get_mut(key) else {
             return;
@@ -95,6 +93,23 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Tells `/api/v1/events` listeners of the task's new state.
+    pub(super) fn emit_task_event(&self, key: &TaskKey, status: &TaskStatus) {
+        let Some(task) = self.tasks.get(key) else {
+            return;
+        };
+        self.emit(ClusterEvent::TaskUpdated {
+            framework_id: key.0.clone(),
+            task_id: key.1.clone(),
+            agent_id: task.agent.clone(),
+            state: TaskState::try_from(status.state)
+                .unwrap_or(TaskState::TaskUnknown)
+                .as_str_name()
+                .to_string(),
+            message: status.message.clone(),
+        });
     }
 
     pub(super) fn send_update(&self, framework: &str, status: TaskStatus) -> bool {

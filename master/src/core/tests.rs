@@ -1,0 +1,711 @@
+//! The core as a state machine: messages in, messages out, under paused
+//! time, with a real registry file — no sockets.
+
+use agora_proto::refusal_of;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+
+type AgentRx = UnboundedReceiver<Result<MasterMessage, Status>>;
+type FrameworkRx = UnboundedReceiver<Result<Event, Status>>;
+
+fn config() -> MasterConfig {
+    MasterConfig {
+        agent_timeout: Duration::from_secs(10),
+        agent_removal_timeout: Duration::from_secs(600),
+        offer_timeout: Duration::from_secs(30),
+        allocation_interval: Duration::from_secs(1),
+        framework_heartbeat: Duration::from_secs(15),
+        ..MasterConfig::default()
+    }
+}
+
+struct Harness {
+    core: Core,
+    events: broadcast::Receiver<ClusterEvent>,
+    dir: tempfile::TempDir,
+    /// One wall clock across restarts, moving with paused time.
+    clock: recovery::WallClock,
+}
+
+struct AgentSession {
+    conn: u64,
+    tx: AgentTx,
+    rx: AgentRx,
+    id: String,
+    secret: String,
+}
+
+struct FrameworkSession {
+    id: String,
+    stream: String,
+    rx: FrameworkRx,
+}
+
+fn registry(dir: &tempfile::TempDir) -> Registry {
+    Registry::open(&dir.path().join("registry.redb")).expect("registry")
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::start(dir, recovery::WallClock::start())
+    }
+
+    fn start(dir: tempfile::TempDir, clock: recovery::WallClock) -> Harness {
+        let (events, rx) = broadcast::channel(4096);
+        let core =
+            Core::recover_with_clock(config(), events, registry(&dir), clock).expect("recover");
+        Harness {
+            core,
+            events: rx,
+            dir,
+            clock,
+        }
+    }
+
+    /// A new master on the same registry (the old one is gone: `kill -9`
+    /// loses nothing but what was never committed).
+    fn restart(self) -> Harness {
+        let Harness {
+            core, dir, clock, ..
+        } = self;
+        drop(core);
+        Harness::start(dir, clock)
+    }
+
+    fn send(&mut self, msg: CoreMsg) {
+        self.core.handle(msg);
+        self.core.end_of_burst();
+    }
+
+    async fn advance(&mut self, by: Duration) {
+        tokio::time::advance(by).await;
+        self.core.tick();
+        self.core.end_of_burst();
+    }
+
+    /// Advances time in steps, with `agent` heartbeating all along.
+    async fn advance_alive(&mut self, agent: &AgentSession, by: Duration) {
+        let step = Duration::from_secs(1);
+        let mut left = by;
+        while !left.is_zero() {
+            let d = left.min(step);
+            self.send(CoreMsg::Agent {
+                conn: agent.conn,
+                tx: agent.tx.clone(),
+                msg: AgentMessage {
+                    message: Some(agent_message::Message::Heartbeat(
+                        agent_message::Heartbeat::default(),
+                    )),
+                },
+            });
+            self.advance(d).await;
+            left -= d;
+        }
+    }
+
+    fn register(
+        &mut self,
+        conn: u64,
+        id: Option<&str>,
+        secret: &str,
+        tasks: Vec<v1::AgentTask>,
+    ) -> (AgentTx, AgentRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let info = v1::AgentInfo {
+            hostname: format!("host{conn}"),
+            resources: Resources::parse("cpus:4;mem:4096;ports:[31000-31010]")
+                .expect("resources")
+                .to_proto(),
+            id: id.map(|value| v1::AgentId {
+                value: value.into(),
+            }),
+            ..Default::default()
+        };
+        self.send(CoreMsg::Agent {
+            conn,
+            tx: tx.clone(),
+            msg: AgentMessage {
+                message: Some(agent_message::Message::Register(agent_message::Register {
+                    agent_info: Some(info),
+                    tasks,
+                    secret: secret.into(),
+                })),
+            },
+        });
+        (tx, rx)
+    }
+
+    /// A new agent, admitted.
+    fn admit(&mut self, conn: u64) -> AgentSession {
+        let (tx, mut rx) = self.register(conn, None, "", Vec::new());
+        let registered = registered(&mut rx).expect("registered");
+        AgentSession {
+            conn,
+            tx,
+            rx,
+            id: registered.agent_id.expect("id").value,
+            secret: registered.secret,
+        }
+    }
+
+    /// The same agent on a new session, reporting `tasks`.
+    fn reregister(
+        &mut self,
+        agent: &AgentSession,
+        conn: u64,
+        tasks: Vec<v1::AgentTask>,
+    ) -> AgentSession {
+        let (tx, mut rx) = self.register(conn, Some(&agent.id), &agent.secret, tasks);
+        let registered = registered(&mut rx).expect("re-registered");
+        assert!(
+            registered.secret.is_empty(),
+            "no new secret for a known agent"
+        );
+        AgentSession {
+            conn,
+            tx,
+            rx,
+            id: agent.id.clone(),
+            secret: agent.secret.clone(),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        name: &str,
+        role: &str,
+        failover: f64,
+        id: Option<&str>,
+    ) -> FrameworkSession {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply, mut answer) = oneshot::channel();
+        self.send(CoreMsg::Subscribe {
+            info: v1::FrameworkInfo {
+                name: name.into(),
+                role: role.into(),
+                failover_timeout: failover,
+                id: id.map(|value| v1::FrameworkId {
+                    value: value.into(),
+                }),
+                ..Default::default()
+            },
+            tx,
+            reply,
+        });
+        let (id, stream) = answer.try_recv().expect("reply").expect("subscribed");
+        FrameworkSession { id, stream, rx }
+    }
+
+    fn call(&mut self, framework: &FrameworkSession, call: Call) -> Result<(), Status> {
+        let (reply, mut answer) = oneshot::channel();
+        self.send(CoreMsg::Call {
+            header: Some(v1::CallHeader {
+                framework_id: Some(v1::FrameworkId {
+                    value: framework.id.clone(),
+                }),
+                stream_id: framework.stream.clone(),
+            }),
+            call,
+            reply,
+        });
+        answer.try_recv().expect("reply")
+    }
+
+    fn operator(&mut self, op: Operator) -> Result<(), OperatorError> {
+        let (reply, mut answer) = oneshot::channel();
+        self.send(CoreMsg::Operator { op, reply });
+        answer.try_recv().expect("reply")
+    }
+
+    fn update(
+        &mut self,
+        agent: &AgentSession,
+        framework: &str,
+        task: &str,
+        state: TaskState,
+        uuid: &[u8],
+    ) {
+        self.send(CoreMsg::Agent {
+            conn: agent.conn,
+            tx: agent.tx.clone(),
+            msg: AgentMessage {
+                message: Some(agent_message::Message::StatusUpdate(v1::StatusUpdate {
+                    framework_id: Some(v1::FrameworkId {
+                        value: framework.into(),
+                    }),
+                    status: Some(TaskStatus {
+                        task_id: Some(v1::TaskId { value: task.into() }),
+                        state: state as i32,
+                        source: task_status::Source::Agent as i32,
+                        uuid: uuid.to_vec(),
+                        ..Default::default()
+                    }),
+                })),
+            },
+        });
+    }
+
+    fn events(&mut self) -> Vec<ClusterEvent> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+    }
+
+    fn task_state(&self, framework: &str, task: &str) -> Option<TaskState> {
+        self.core
+            .tasks
+            .get(&(framework.to_string(), task.to_string()))
+            .map(|t| t.state)
+    }
+}
+
+fn drain<T>(rx: &mut UnboundedReceiver<Result<T, Status>>) -> Vec<Result<T, Status>> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+fn registered(rx: &mut AgentRx) -> Option<master_message::Registered> {
+    drain(rx).into_iter().find_map(|m| match m.ok()?.message? {
+        master_message::Message::Registered(r) => Some(r),
+        _ => None,
+    })
+}
+
+fn offers(rx: &mut FrameworkRx) -> Vec<v1::Offer> {
+    drain(rx)
+        .into_iter()
+        .filter_map(|e| match e.ok()?.event? {
+            event::Event::Offers(o) => Some(o.offers),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// The framework's events, by kind, in order: `offers`, `update:STATE`,
+/// `rescind`, `failure`, ….
+fn event_kinds(rx: &mut FrameworkRx) -> Vec<String> {
+    drain(rx)
+        .into_iter()
+        .filter_map(|e| {
+            Some(match e.ok()?.event? {
+                event::Event::Offers(_) => "offers".to_string(),
+                event::Event::Update(u) => format!(
+                    "update:{}",
+                    TaskState::try_from(u.status?.state).ok()?.as_str_name()
+                ),
+                event::Event::Rescind(_) => "rescind".into(),
+                event::Event::Failure(_) => "failure".into(),
+                event::Event::Subscribed(_) => "subscribed".into(),
+                event::Event::Heartbeat(_) => "heartbeat".into(),
+                event::Event::Error(_) => "error".into(),
+            })
+        })
+        .collect()
+}
+
+/// What the agent was told, by kind: `launch:TASK`, `kill:TASK`, `ack`,
+/// `shutdown`, `registered`, `closed:CODE`.
+fn agent_kinds(rx: &mut AgentRx) -> Vec<String> {
+    drain(rx)
+        .into_iter()
+        .map(|m| match m {
+            Err(status) => format!("closed:{:?}", status.code()),
+            Ok(m) => match m.message {
+                Some(master_message::Message::Launch(l)) => format!(
+                    "launch:{}",
+                    l.task
+                        .and_then(|t| t.task_id)
+                        .map(|t| t.value)
+                        .unwrap_or_default()
+                ),
+                Some(master_message::Message::Kill(k)) => {
+                    format!("kill:{}", k.task_id.map(|t| t.value).unwrap_or_default())
+                }
+                Some(master_message::Message::Acknowledge(_)) => "ack".into(),
+                Some(master_message::Message::Shutdown(_)) => "shutdown".into(),
+                Some(master_message::Message::Registered(_)) => "registered".into(),
+                None => "empty".into(),
+            },
+        })
+        .collect()
+}
+
+fn task_info(id: &str, resources: &str) -> v1::TaskInfo {
+    v1::TaskInfo {
+        name: id.into(),
+        task_id: Some(v1::TaskId { value: id.into() }),
+        resources: Resources::parse(resources).expect("resources").to_proto(),
+        command: Some(v1::CommandInfo {
+            value: "sleep 100".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn reported(framework: &str, id: &str, state: TaskState) -> v1::AgentTask {
+    v1::AgentTask {
+        framework_id: Some(v1::FrameworkId {
+            value: framework.into(),
+        }),
+        task: Some(task_info(id, "cpus:1;mem:128")),
+        state: state as i32,
+    }
+}
+
+fn accept(offer: &v1::Offer, tasks: Vec<v1::TaskInfo>) -> Call {
+    Call::Accept(v1::AcceptRequest {
+        offer_ids: vec![offer.id.clone().expect("offer id")],
+        tasks,
+        filters: None,
+        header: None,
+    })
+}
+
+/// An agent and a framework with one task running on it.
+fn running_task(h: &mut Harness, failover: f64) -> (AgentSession, FrameworkSession) {
+    let mut agent = h.admit(1);
+    let mut framework = h.subscribe("batch", "*", failover, None);
+    let offer = offers(&mut framework.rx).pop().expect("an offer");
+    h.call(
+        &framework,
+        accept(&offer, vec![task_info("t1", "cpus:1;mem:128")]),
+    )
+    .expect("accept");
+    assert_eq!(agent_kinds(&mut agent.rx), ["launch:t1"]);
+    h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u1");
+    let fid = framework.id.clone();
+    h.call(
+        &framework,
+        Call::Acknowledge(v1::AcknowledgeRequest {
+            agent_id: None,
+            task_id: Some(v1::TaskId { value: "t1".into() }),
+            uuid: b"u1".to_vec(),
+            header: None,
+        }),
+    )
+    .expect("ack");
+    assert_eq!(h.task_state(&fid, "t1"), Some(TaskState::TaskRunning));
+    drain(&mut agent.rx);
+    drain(&mut framework.rx);
+    (agent, framework)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_id_is_only_accepted_with_its_secret() {
+    let mut h = Harness::new();
+    let agent = h.admit(1);
+    assert!(!agent.secret.is_empty(), "a new agent is issued a secret");
+
+    let (_, mut rx) = h.register(2, Some(&agent.id), "not-the-secret", Vec::new());
+    let refused = drain(&mut rx);
+    assert!(
+        matches!(refused.as_slice(), [Err(s)] if s.code() == tonic::Code::PermissionDenied),
+        "an impostor is refused: {refused:?}"
+    );
+    let (_, mut rx) = h.register(3, Some(&agent.id), "", Vec::new());
+    assert!(registered(&mut rx).is_none(), "no secret, no admission");
+
+    // The real agent still may, also after a master restart.
+    let mut h = h.restart();
+    h.reregister(&agent, 4, Vec::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn offers_are_made_and_rescinded_after_the_offer_timeout() {
+    let mut h = Harness::new();
+    let agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 0.0, None);
+    let offer = offers(&mut framework.rx).pop().expect("offer");
+    assert_eq!(
+        Resources::from_proto(&offer.resources)
+            .expect("resources")
+            .scalar("cpus"),
+        4.0
+    );
+    h.advance_alive(&agent, Duration::from_secs(29)).await;
+    assert!(!event_kinds(&mut framework.rx).contains(&"rescind".to_string()));
+    h.advance_alive(&agent, Duration::from_secs(2)).await;
+    let kinds = event_kinds(&mut framework.rx);
+    assert!(kinds.contains(&"rescind".to_string()), "{kinds:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_accept_launches_nothing_and_returns_the_offer() {
+    let mut h = Harness::new();
+    let mut agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 0.0, None);
+    let offer = offers(&mut framework.rx).pop().expect("offer");
+    let refused = h
+        .call(
+            &framework,
+            accept(
+                &offer,
+                vec![
+                    task_info("small", "cpus:1;mem:128"),
+                    task_info("huge", "cpus:8;mem:128"),
+                ],
+            ),
+        )
+        .expect_err("too big");
+    let refusal = refusal_of(&refused).expect("typed refusal");
+    assert_eq!(refusal.reason(), Refusal::InsufficientResources);
+    assert_eq!(refusal.task_id, "huge");
+    assert!(agent_kinds(&mut agent.rx).is_empty(), "nothing launched");
+    assert_eq!(h.task_state(&framework.id, "small"), None);
+
+    // The offer is spent; the resources come back after the refusal (5 s).
+    let again = h.call(
+        &framework,
+        accept(&offer, vec![task_info("small", "cpus:1;mem:128")]),
+    );
+    assert_eq!(
+        refusal_of(&again.expect_err("spent")).map(|r| r.reason()),
+        Some(Refusal::OfferNotOutstanding)
+    );
+    h.advance(Duration::from_secs(6)).await;
+    assert_eq!(offers(&mut framework.rx).len(), 1, "offered again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_are_relayed_in_order_and_acknowledgements_reach_the_agent() {
+    let mut h = Harness::new();
+    let mut agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 0.0, None);
+    let offer = offers(&mut framework.rx).pop().expect("offer");
+    h.call(
+        &framework,
+        accept(&offer, vec![task_info("t1", "cpus:1;mem:128")]),
+    )
+    .expect("accept");
+    agent_kinds(&mut agent.rx);
+    h.update(&agent, &framework.id, "t1", TaskState::TaskStarting, b"u1");
+    h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u2");
+    h.update(&agent, &framework.id, "t1", TaskState::TaskFinished, b"u3");
+    let kinds: Vec<String> = event_kinds(&mut framework.rx)
+        .into_iter()
+        .filter(|k| k.starts_with("update"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "update:TASK_STARTING",
+            "update:TASK_RUNNING",
+            "update:TASK_FINISHED"
+        ]
+    );
+    h.call(
+        &framework,
+        Call::Acknowledge(v1::AcknowledgeRequest {
+            agent_id: None,
+            task_id: Some(v1::TaskId { value: "t1".into() }),
+            uuid: b"u3".to_vec(),
+            header: None,
+        }),
+    )
+    .expect("ack");
+    assert_eq!(agent_kinds(&mut agent.rx), ["ack"]);
+    // A finished task's resources are free again.
+    assert!(h.core.used_on_agent(&agent.id).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_agent_turns_unreachable_and_its_return_is_reported_and_evented() {
+    let mut h = Harness::new();
+    let (agent, mut framework) = running_task(&mut h, 3600.0);
+    h.events();
+    h.advance(Duration::from_secs(11)).await;
+    assert_eq!(
+        event_kinds(&mut framework.rx),
+        ["failure", "update:TASK_UNREACHABLE"],
+        "the framework hears of the agent before its tasks"
+    );
+    h.reregister(
+        &agent,
+        2,
+        vec![reported(&framework.id, "t1", TaskState::TaskRunning)],
+    );
+    assert_eq!(
+        event_kinds(&mut framework.rx)
+            .into_iter()
+            .filter(|k| k.starts_with("update"))
+            .collect::<Vec<_>>(),
+        ["update:TASK_RUNNING"]
+    );
+    let running_again = h.events().into_iter().any(
+        |e| matches!(e, ClusterEvent::TaskUpdated { ref state, .. } if state == "TASK_RUNNING"),
+    );
+    assert!(
+        running_again,
+        "UNREACHABLE → RUNNING appears on the event stream"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_declared_lost_is_killed_when_its_agent_comes_back() {
+    let mut h = Harness::new();
+    let (agent, mut framework) = running_task(&mut h, 3600.0);
+    h.advance(Duration::from_secs(11)).await; // unreachable
+    h.advance(Duration::from_secs(601)).await; // removed: TASK_LOST
+    assert!(
+        event_kinds(&mut framework.rx).contains(&"update:TASK_LOST".to_string()),
+        "removal is reported"
+    );
+    assert_eq!(h.task_state(&framework.id, "t1"), Some(TaskState::TaskLost));
+    // It returns with the task still running; the master no longer knows
+    // the agent, so it is admitted anew (with a new secret) …
+    let (_, mut rx) = h.register(
+        2,
+        Some(&agent.id),
+        &agent.secret,
+        vec![reported(&framework.id, "t1", TaskState::TaskRunning)],
+    );
+    let kinds = agent_kinds(&mut rx);
+    // … and the task the framework has replaced is killed, not adopted.
+    assert_eq!(kinds, ["registered", "kill:t1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_the_master_never_knew_is_reported_to_its_framework() {
+    let mut h = Harness::new();
+    let agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    drain(&mut framework.rx);
+    h.reregister(
+        &agent,
+        2,
+        vec![reported(&framework.id, "stray", TaskState::TaskRunning)],
+    );
+    assert!(
+        event_kinds(&mut framework.rx).contains(&"update:TASK_RUNNING".to_string()),
+        "never adopted silently"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_framework_away_past_its_failover_timeout_loses_its_tasks_even_across_a_restart() {
+    let mut h = Harness::new();
+    let (agent, framework) = running_task(&mut h, 60.0);
+    h.send(CoreMsg::FrameworkClosed {
+        framework_id: framework.id.clone(),
+        stream_id: framework.stream.clone(),
+    });
+    h.advance(Duration::from_secs(30)).await;
+    assert!(h.core.frameworks.contains_key(&framework.id));
+
+    // The master restarts half-way through the timeout; the agent returns.
+    let mut h = h.restart();
+    let mut agent = h.reregister(
+        &agent,
+        2,
+        vec![reported(&framework.id, "t1", TaskState::TaskRunning)],
+    );
+    h.advance_alive(&agent, Duration::from_secs(29)).await;
+    assert!(agent_kinds(&mut agent.rx).is_empty(), "not yet");
+    h.advance_alive(&agent, Duration::from_secs(2)).await;
+    assert_eq!(agent_kinds(&mut agent.rx), ["kill:t1"]);
+    assert!(!h.core.frameworks.contains_key(&framework.id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_master_keeps_weights_drains_frameworks_and_tasks() {
+    let mut h = Harness::new();
+    let (agent, framework) = running_task(&mut h, 7200.0);
+    h.operator(Operator::SetWeight {
+        role: "prod".into(),
+        weight: 3.0,
+    })
+    .expect("weight");
+    h.operator(Operator::Drain {
+        agent_id: agent.id.clone(),
+        kill_tasks: false,
+    })
+    .expect("drain");
+
+    let mut h = h.restart();
+    assert_eq!(h.core.config.role_weights.get("prod"), Some(&3.0));
+    let recovered = h.core.frameworks.get(&framework.id).expect("framework");
+    assert_eq!(recovered.info.name, "batch");
+    assert_eq!(recovered.failover_timeout, Duration::from_secs(7200));
+    assert_eq!(
+        h.task_state(&framework.id, "t1"),
+        Some(TaskState::TaskRunning)
+    );
+    assert!(h.core.agents.get(&agent.id).expect("agent").draining);
+
+    // The framework resubscribes with its id; reconciliation is truthful.
+    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework.id));
+    h.call(&framework, Call::Reconcile(Vec::new()))
+        .expect("reconcile");
+    assert_eq!(
+        event_kinds(&mut framework.rx),
+        ["subscribed", "update:TASK_RUNNING"]
+    );
+
+    // The drained agent returns and still gets no offers.
+    h.reregister(
+        &agent,
+        2,
+        vec![reported(&framework.id, "t1", TaskState::TaskRunning)],
+    );
+    h.advance(Duration::from_secs(2)).await;
+    assert!(
+        offers(&mut framework.rx).is_empty(),
+        "drained across the restart"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_known_agent_that_does_not_return_after_a_restart_is_unreachable_then_lost() {
+    let mut h = Harness::new();
+    let (_agent, framework) = running_task(&mut h, 7200.0);
+    let mut h = h.restart();
+    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework.id));
+    drain(&mut framework.rx);
+    h.advance(Duration::from_secs(11)).await;
+    assert_eq!(
+        event_kinds(&mut framework.rx),
+        ["failure", "update:TASK_UNREACHABLE"]
+    );
+    // Unreachability, too, survives a restart: the removal clock keeps running.
+    let mut h = h.restart();
+    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework.id));
+    h.advance(Duration::from_secs(601)).await;
+    assert!(event_kinds(&mut framework.rx).contains(&"update:TASK_LOST".to_string()));
+    assert!(h.core.agents.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_marked_gone_is_told_to_shut_down_and_refused_for_good() {
+    let mut h = Harness::new();
+    let (mut agent, mut framework) = running_task(&mut h, 3600.0);
+    h.operator(Operator::MarkGone {
+        agent_id: agent.id.clone(),
+    })
+    .expect("gone");
+    assert_eq!(
+        agent_kinds(&mut agent.rx),
+        ["shutdown", "closed:PermissionDenied"]
+    );
+    assert_eq!(
+        event_kinds(&mut framework.rx),
+        ["update:TASK_GONE_BY_OPERATOR"]
+    );
+    let mut h = h.restart();
+    let (_, mut rx) = h.register(
+        2,
+        Some(&agent.id),
+        &agent.secret,
+        vec![reported(&framework.id, "t1", TaskState::TaskRunning)],
+    );
+    assert_eq!(
+        agent_kinds(&mut rx),
+        ["shutdown", "closed:PermissionDenied"]
+    );
+    assert_eq!(
+        h.operator(Operator::MarkGone {
+            agent_id: "nobody".into()
+        }),
+        Err(OperatorError::NotFound("unknown agent `nobody`".into()))
+    );
+}
