@@ -4,6 +4,7 @@ mod agent_protocol;
 mod batch;
 mod containers;
 mod operator;
+mod registry;
 mod services;
 mod spine;
 mod support;

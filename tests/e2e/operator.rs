@@ -16,23 +16,6 @@ fn small() -> Resources {
         .with_scalar("mem", 64.0)
 }
 
-async fn get(url: &str) -> (u16, Value) {
-    let r = reqwest::get(url).await.expect("GET");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn send(method: reqwest::Method, url: &str, body: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .request(method, url)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 fn error_of(body: &Value) -> String {
     body["error"].as_str().unwrap_or_default().to_string()
 }

@@ -363,6 +363,25 @@ pub async fn state(master: &str) -> Value {
         .expect("state JSON")
 }
 
+/// `GET url`: the status and the JSON body (null if none).
+pub async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A request with a body: the status and the JSON body (null if none).
+pub async fn send(method: reqwest::Method, url: &str, body: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .request(method, url)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// Waits until the master lists `count` active agents.
 pub async fn wait_for_agents(master: &str, count: usize) -> Value {
     wait_until(
@@ -560,6 +579,11 @@ impl TestFramework {
             found.insert(status_task_id(&s).to_string(), s);
         }
         found
+    }
+
+    /// The framework process dies: its stream drops without a teardown.
+    pub fn abandon(self) {
+        self.run.abort();
     }
 
     pub async fn teardown(self) {
