@@ -1,15 +1,21 @@
 //! Agora's durable state: named tables of records (string keys, byte
-//! values) in an embedded `redb` file, read whole at start and written in
-//! grouped, atomic commits. The services framework keeps its apps here; the
-//! master's registry and the etcd backend for high availability are meant
-//! to sit behind this same small surface. [`writer`] is the group-commit
-//! loop both frameworks run over their stores.
+//! values), read whole at start and written in grouped, atomic commits —
+//! in an embedded `redb` file (one process) or in etcd (highly available:
+//! [`election`] picks one leader, whose writes are fenced on its lease).
+//! The master's registry, batch's jobs and services' apps all live here.
+//! [`writer`] is the group-commit loop the frameworks run over their stores.
 
+pub mod election;
+pub mod etcd;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::election::Leadership;
+use crate::etcd::{Etcd, EtcdError};
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +26,12 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// This process no longer leads: the write was refused, and must not
+    /// be retried by it.
+    #[error("store: not written, this process is no longer the leader of `{0}`")]
+    Fenced(String),
 }
 
 /// One change: `value` `None` deletes the key.
@@ -48,10 +60,58 @@ impl Write {
     }
 }
 
-/// An embedded store in one file.
+/// A store: an embedded file, or keys under a prefix in etcd.
 pub struct Store {
-    db: Database,
-    path: PathBuf,
+    backend: Backend,
+}
+
+enum Backend {
+    Redb {
+        db: Database,
+        path: PathBuf,
+    },
+    Etcd {
+        etcd: Etcd,
+        /// `/agora/<who>/`: tables live under it.
+        prefix: String,
+        /// Writes only while leading, fenced on the leader key.
+        fence: Option<Leadership>,
+    },
+}
+
+/// etcd's most operations in one transaction (its `--max-txn-ops` default
+/// is 128): bigger commits are split, each part atomic.
+const ETCD_OPS_PER_TXN: usize = 100;
+
+/// The store's API is blocking (it runs on blocking threads or in the
+/// master's core between messages); etcd's client is async. Its requests
+/// run on one runtime thread of their own.
+fn block_on<F>(future: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    let handle = RUNTIME.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("agora-store-etcd".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for etcd requests");
+                let _ = tx.send(runtime.handle().clone());
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .expect("spawning the etcd request thread");
+        rx.recv().expect("the etcd request runtime")
+    });
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv().expect("the etcd request thread is alive")
 }
 
 fn table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
@@ -59,6 +119,23 @@ fn table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
 }
 
 impl Store {
+    /// A store under `prefix` in the etcd cluster at `endpoints`; with a
+    /// `fence`, every write is conditional on still leading.
+    pub fn etcd(
+        endpoints: &str,
+        prefix: &str,
+        fence: Option<Leadership>,
+    ) -> Result<Store, StoreError> {
+        let prefix = format!("{}/", prefix.trim_end_matches('/'));
+        Ok(Store {
+            backend: Backend::Etcd {
+                etcd: Etcd::new(endpoints)?,
+                prefix,
+                fence,
+            },
+        })
+    }
+
     /// Opens (or creates) the store file at `path`, and its directory.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let err = |e: redb::Error| StoreError::Db {
@@ -70,65 +147,151 @@ impl Store {
         }
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         Ok(Store {
-            db,
-            path: path.to_path_buf(),
+            backend: Backend::Redb {
+                db,
+                path: path.to_path_buf(),
+            },
         })
     }
 
-    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Db {
-            path: self.path.clone(),
-            source: e.into(),
+    /// Where the store is, for messages.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Redb { path, .. } => path.display().to_string(),
+            Backend::Etcd { etcd, prefix, .. } => {
+                format!("etcd {} {prefix}", etcd.endpoints().join(","))
+            }
         }
     }
 
     /// Every record of `name`, in key order (none if the table was never
     /// written).
     pub fn load(&self, name: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = match txn.open_table(table(name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.err(e)),
-        };
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(|e| self.err(e))? {
-            let (k, v) = entry.map_err(|e| self.err(e))?;
-            out.push((k.value().to_string(), v.value().to_vec()));
+        match &self.backend {
+            Backend::Redb { db, path } => redb_load(db, path, name),
+            Backend::Etcd { etcd, prefix, .. } => {
+                let table = format!("{prefix}{name}/");
+                let etcd = etcd.clone();
+                let rows = block_on({
+                    let table = table.clone();
+                    async move { etcd.range_prefix(&table).await }
+                })?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|kv| Some((kv.key.strip_prefix(&table)?.to_string(), kv.value)))
+                    .collect())
+            }
         }
-        Ok(out)
     }
 
     /// One record.
     pub fn get(&self, name: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = match txn.open_table(table(name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err(e)),
-        };
-        Ok(t.get(key)
-            .map_err(|e| self.err(e))?
-            .map(|v| v.value().to_vec()))
-    }
-
-    /// Applies `writes` in one durable transaction: all or nothing.
-    pub fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        for w in writes {
-            let mut t = txn.open_table(table(w.table)).map_err(|e| self.err(e))?;
-            match &w.value {
-                Some(v) => {
-                    t.insert(w.key.as_str(), v.as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
-                None => {
-                    t.remove(w.key.as_str()).map_err(|e| self.err(e))?;
-                }
+        match &self.backend {
+            Backend::Redb { db, path } => redb_get(db, path, name, key),
+            Backend::Etcd { etcd, prefix, .. } => {
+                let full = format!("{prefix}{name}/{key}");
+                let etcd = etcd.clone();
+                Ok(block_on(async move { etcd.get(&full).await })?.map(|kv| kv.value))
             }
         }
-        txn.commit().map_err(|e| self.err(e))
     }
+
+    /// Applies `writes` in one durable transaction: all or nothing (in
+    /// etcd, each part of at most 100 writes).
+    pub fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb { db, path } => redb_commit(db, path, writes),
+            Backend::Etcd {
+                etcd,
+                prefix,
+                fence,
+            } => {
+                for part in writes.chunks(ETCD_OPS_PER_TXN) {
+                    if let Some(fence) = fence
+                        && !fence.is_valid()
+                    {
+                        return Err(StoreError::Fenced(prefix.clone()));
+                    }
+                    let ops: Vec<_> = part
+                        .iter()
+                        .map(|w| {
+                            let key = format!("{prefix}{}/{}", w.table, w.key);
+                            match &w.value {
+                                Some(v) => etcd::put(&key, v, 0),
+                                None => etcd::delete(&key),
+                            }
+                        })
+                        .collect();
+                    let compare: Vec<_> = fence.iter().map(Leadership::fence).collect();
+                    let etcd = etcd.clone();
+                    let done = block_on(async move { etcd.txn(compare, ops, Vec::new()).await })?;
+                    if !done.succeeded {
+                        return Err(StoreError::Fenced(prefix.clone()));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn redb_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+fn redb_load(db: &Database, path: &Path, name: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let err = |e: redb::Error| redb_err(path, e);
+    let txn = db.begin_read().map_err(|e| err(e.into()))?;
+    let t = match txn.open_table(table(name)) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(err(e.into())),
+    };
+    let mut out = Vec::new();
+    for entry in t.iter().map_err(|e| err(e.into()))? {
+        let (k, v) = entry.map_err(|e| err(e.into()))?;
+        out.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn redb_get(
+    db: &Database,
+    path: &Path,
+    name: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let err = |e: redb::Error| redb_err(path, e);
+    let txn = db.begin_read().map_err(|e| err(e.into()))?;
+    let t = match txn.open_table(table(name)) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(err(e.into())),
+    };
+    Ok(t.get(key)
+        .map_err(|e| err(e.into()))?
+        .map(|v| v.value().to_vec()))
+}
+
+fn redb_commit(db: &Database, path: &Path, writes: &[Write]) -> Result<(), StoreError> {
+    let err = |e: redb::Error| redb_err(path, e);
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    for w in writes {
+        let mut t = txn.open_table(table(w.table)).map_err(|e| err(e.into()))?;
+        match &w.value {
+            Some(v) => {
+                t.insert(w.key.as_str(), v.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            None => {
+                t.remove(w.key.as_str()).map_err(|e| err(e.into()))?;
+            }
+        }
+    }
+    txn.commit().map_err(|e| err(e.into()))
 }
 
 #[cfg(test)]

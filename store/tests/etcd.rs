@@ -1,0 +1,176 @@
+//! The etcd backend and leader election against a real etcd (Debian's
+//! `etcd-server`), started per test on free loopback ports.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agora_store::election::Election;
+use agora_store::etcd::Etcd;
+use agora_store::{Store, StoreError, Write};
+use tokio::sync::watch;
+
+struct EtcdServer {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn etcd() -> EtcdServer {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (apt-get install etcd-server)");
+    let server = EtcdServer {
+        child,
+        url,
+        _data: data,
+    };
+    let client = Etcd::new(&server.url).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get("/ready").await.is_err() {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+/// The store's calls block: run them off the async threads, as its users do.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_in_etcd_commit_load_and_delete() {
+    let server = etcd().await;
+    let url = server.url.clone();
+    blocking(move || {
+        let store = Store::etcd(&url, "/agora/test", None).expect("store");
+        store
+            .commit(&[
+                Write::put("apps", "b", b"2".to_vec()),
+                Write::put("apps", "a", b"1".to_vec()),
+                Write::put("appsx", "c", b"3".to_vec()),
+            ])
+            .expect("commit");
+        store.commit(&[Write::delete("apps", "b")]).expect("delete");
+        let again = Store::etcd(&url, "/agora/test", None).expect("store");
+        assert_eq!(
+            again.load("apps").expect("load"),
+            vec![("a".to_string(), b"1".to_vec())],
+            "a table is its own prefix, not a neighbour's"
+        );
+        assert_eq!(again.get("appsx", "c").expect("get"), Some(b"3".to_vec()));
+        // More writes than one etcd transaction holds.
+        let many: Vec<Write> = (0..250)
+            .map(|i| Write::put("many", format!("{i:03}"), vec![1]))
+            .collect();
+        again.commit(&many).expect("a big commit");
+        assert_eq!(again.load("many").expect("load").len(), 250);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_leader_at_a_time_and_a_deposed_leader_cannot_write() {
+    let server = etcd().await;
+    let etcd = Arc::new(Etcd::new(&server.url).expect("client"));
+    let ttl = Duration::from_secs(2);
+    let first = Election::new(etcd.clone(), "/agora/test/leader", "http://m1", ttl);
+    let second = Election::new(etcd.clone(), "/agora/test/leader", "http://m2", ttl);
+    let (seen1, _) = watch::channel(None);
+    let leader = first.campaign(&seen1).await;
+    assert!(leader.is_valid());
+    assert_eq!(
+        second.leader().await.expect("leader"),
+        Some("http://m1".to_string())
+    );
+
+    let (seen2, mut seen2_rx) = watch::channel(None);
+    let standby = tokio::spawn(async move {
+        let l = second.campaign(&seen2).await;
+        (l, second)
+    });
+    seen2_rx
+        .wait_for(|l| l.as_deref() == Some("http://m1"))
+        .await
+        .expect("the standby sees the leader");
+
+    let url = server.url.clone();
+    let fence = leader.clone();
+    blocking(move || {
+        let store = Store::etcd(&url, "/agora/test/data", Some(fence)).expect("store");
+        store
+            .commit(&[Write::put("t", "k", b"leader".to_vec())])
+            .expect("the leader writes");
+    })
+    .await;
+
+    // The lease is lost behind the leader's back (as when it freezes past
+    // its TTL): its next write is refused, not applied.
+    let lease_holder = etcd.get("/agora/test/leader").await.expect("get");
+    assert!(lease_holder.is_some());
+    leader.resign().await;
+    let (new_leader, _second) = tokio::time::timeout(Duration::from_secs(5), standby)
+        .await
+        .expect("the standby takes over promptly")
+        .expect("campaign");
+    assert!(new_leader.is_valid());
+    let url = server.url.clone();
+    let stale = leader.clone();
+    let refused = blocking(move || {
+        let store = Store::etcd(&url, "/agora/test/data", Some(stale)).expect("store");
+        store.commit(&[Write::put("t", "k", b"stale".to_vec())])
+    })
+    .await;
+    assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    let url = server.url.clone();
+    let value = blocking(move || {
+        Store::etcd(&url, "/agora/test/data", None)
+            .expect("store")
+            .get("t", "k")
+            .expect("get")
+    })
+    .await;
+    assert_eq!(
+        value,
+        Some(b"leader".to_vec()),
+        "the stale write left no trace"
+    );
+    // The old leader learns it too.
+    tokio::time::timeout(Duration::from_secs(5), leader.lost())
+        .await
+        .expect("the deposed leader notices");
+    assert!(!leader.is_valid());
+}
