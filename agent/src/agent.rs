@@ -146,6 +146,13 @@ fn now_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Why a session could not be opened: the message, and the leader a
+/// standby master named.
+struct SessionRefused {
+    message: String,
+    leader: Option<String>,
+}
+
 /// Opens the session stream to the master.
 async fn open_session(
     master: String,
@@ -154,23 +161,30 @@ async fn open_session(
         mpsc::UnboundedSender<AgentMessage>,
         Streaming<MasterMessage>,
     ),
-    String,
+    SessionRefused,
 > {
+    let refused = |message: String| SessionRefused {
+        message,
+        leader: None,
+    };
     let endpoint = tonic::transport::Endpoint::from_shared(master.clone())
-        .map_err(|e| format!("master URL `{master}`: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
+        .map_err(|e| refused(format!("master URL `{master}`: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("connecting to {master}: {e}"))?;
+        .map_err(|e| refused(format!("connecting to {master}: {e}")))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let inbound = AgentServiceClient::new(channel)
         .session(UnboundedReceiverStream::new(rx))
         .await
-        .map_err(|e| format!("opening a session with {master}: {e}"))?
+        .map_err(|status| SessionRefused {
+            message: format!("opening a session with {master}: {}", status.message()),
+            leader: agora_proto::leader_hint(&status),
+        })?
         .into_inner();
     Ok((tx, inbound))
 }
@@ -228,15 +242,21 @@ impl<C: Containerizer> Agent<C> {
                 .status_retry_interval
                 .min(Duration::from_secs(1)),
         );
+        // Several masters (one leads): go where a standby points, else
+        // try the next.
+        let mut masters = agora_proto::MasterList::new(&self.config.master)
+            .unwrap_or_else(|| agora_proto::MasterList::new("http://127.0.0.1:5050").expect("a list"));
         loop {
             if inbound.is_none() && !connecting {
                 connecting = true;
-                let master = self.config.master.clone();
+                let master = masters.current().to_string();
                 let done = connected_tx.clone();
                 let delay = backoff;
                 tokio::spawn(async move {
                     let result = open_session(master).await;
-                    if result.is_err() {
+                    if let Err(refused) = &result
+                        && refused.leader.is_none()
+                    {
                         tokio::time::sleep(delay).await;
                     }
                     let _ = done.send(result);
@@ -252,9 +272,13 @@ impl<C: Containerizer> Agent<C> {
                             self.session = Some(Session { tx, registered: false });
                             self.register();
                         }
-                        Some(Err(e)) => {
-                            warn!("{e}; retrying");
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        Some(Err(refused)) => {
+                            warn!("{}; retrying", refused.message);
+                            masters.failed(refused.leader);
+                            // With standbys to ask, a new leader is at most
+                            // a lease away: keep asking often.
+                            let cap = if masters.all().len() > 1 { 500 } else { 5000 };
+                            backoff = (backoff * 2).min(Duration::from_millis(cap));
                         }
                         None => break,
                     }
@@ -266,9 +290,13 @@ impl<C: Containerizer> Agent<C> {
                         }
                     }
                     None => {
-                        warn!("lost the master; reconnecting");
+                        warn!(master = masters.current(), "lost the master; reconnecting");
                         inbound = None;
                         self.session = None;
+                        // Quickly: it may have been a leader that died,
+                        // and another leads now (a failed connection
+                        // moves on to the next master).
+                        backoff = Duration::from_millis(100);
                     }
                 },
                 Some(event) = events.recv() => self.task_event(event),

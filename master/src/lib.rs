@@ -9,6 +9,7 @@ mod core;
 pub mod events;
 mod grpc;
 mod http;
+pub mod leadership;
 pub mod metrics;
 pub mod registry;
 pub mod state;
@@ -21,17 +22,27 @@ use agora_proto::v1::{
 };
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use agora_store::election::Election;
+use agora_store::etcd::Etcd;
+use agora_store::{Store, StoreError};
+use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
 pub use config::MasterConfig;
-pub use registry::Registry;
+pub use leadership::{Backing, HaConfig, Role};
+pub use registry::{Registry, RegistryError};
 
 /// Why the master stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
+    /// The lease was lost (the process froze, or etcd was out of reach):
+    /// another master may lead now.
+    #[error("this master lost its leadership and stopped acting; restart it to stand by")]
+    Deposed,
     #[error("serving on {addr}: {source}")]
     Serve {
         addr: String,
@@ -47,32 +58,38 @@ fn set_nodelay(stream: &mut tokio::net::TcpStream) {
     }
 }
 
-/// Serves the master on an already-bound listener until `shutdown` resolves,
-/// starting from what `registry` holds.
+/// Serves the master on an already-bound listener until `shutdown` resolves.
+/// With an embedded registry it leads at once; on etcd it stands by until
+/// elected, then leads until `shutdown` (it resigns) or until it loses the
+/// lease ([`MasterError::Deposed`]: the process should exit and be
+/// restarted, to stand by again).
 pub async fn run(
     listener: TcpListener,
     config: MasterConfig,
-    registry: Registry,
+    backing: Backing,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
+    let me = match &backing {
+        Backing::Etcd(ha) => ha.advertise.clone(),
+        Backing::Embedded(_) => format!("http://{addr}"),
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = grpc::CoreHandle::new(tx);
     // Slow event readers lag and are told so; the core never waits on them.
     let (events, _) = tokio::sync::broadcast::channel(4096);
-    let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
-    let core = core::Core::recover(config, events.clone(), registry)?;
-    let core = tokio::spawn(core.run(rx, async move {
-        let _ = stop_core_rx.await;
-    }));
+    let (role_tx, role) = watch::channel(match backing {
+        Backing::Embedded(_) => Role::Leading,
+        Backing::Etcd(_) => Role::Standby { leader: None },
+    });
 
     let grpc = tonic::service::Routes::new(SchedulerServer::new(handle.clone()))
         .add_service(AgentServiceServer::new(handle.clone()))
         .into_axum_router();
-    let operator = http::router(handle, events);
+    let operator = http::router(handle, events.clone());
     // gRPC and HTTP share the port; both routers have their own fallback, so
     // requests are steered by content type rather than merged by path.
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -80,12 +97,25 @@ pub async fn run(
             .headers()
             .get(axum::http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let now = role.borrow().clone();
         let router = if is_grpc {
             grpc.clone()
         } else {
             operator.clone()
         };
+        let me = me.clone();
         async move {
+            if !is_grpc && path == "/api/v1/leader" {
+                return leadership::leader_answer(&now, &me);
+            }
+            if let Role::Standby { leader } = &now {
+                return leadership::standby_answer(leader.as_deref(), is_grpc, &path);
+            }
             match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
@@ -93,13 +123,72 @@ pub async fn run(
         }
     });
     tracing::info!(%addr, "master listening (gRPC and HTTP)");
+    let server = tokio::spawn(axum::serve(listener.tap_io(set_nodelay), app).into_future());
+    let served = async move {
+        match server.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    };
+    tokio::pin!(served);
+    tokio::pin!(shutdown);
+
+    let (registry, fence) = match backing {
+        Backing::Embedded(registry) => (registry, None),
+        Backing::Etcd(ha) => {
+            let etcd = Arc::new(Etcd::new(&ha.etcd).map_err(StoreError::from).map_err(RegistryError::from)?);
+            let election = Election::new(etcd, leadership::LEADER_KEY, &ha.advertise, ha.lease_ttl);
+            let (observed_tx, observed) = watch::channel(None);
+            let mirror = tokio::spawn(leadership::follow_observed(observed, role_tx.clone()));
+            tracing::info!(etcd = %ha.etcd, "standing by: campaigning for leadership");
+            let leadership = tokio::select! {
+                l = election.campaign(&observed_tx) => l,
+                () = &mut shutdown => return Ok(()),
+                served = &mut served => return served.map_err(|source| MasterError::Serve { addr, source }),
+            };
+            mirror.abort();
+            tracing::info!(me = %ha.advertise, "elected leader; recovering the registry");
+            let store = Store::etcd(&ha.etcd, leadership::REGISTRY_PREFIX, Some(leadership.clone()))
+                .map_err(RegistryError::from)?;
+            (Registry::on(store), Some(leadership))
+        }
+    };
+    let core = core::Core::recover(config, events, registry)?;
+    role_tx.send_replace(Role::Leading);
+    let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut core = tokio::spawn(core.run(
+        rx,
+        async move {
+            let _ = stop_core_rx.await;
+        },
+        fence.clone(),
+    ));
+    let lost = async {
+        match &fence {
+            Some(f) => f.lost().await,
+            None => std::future::pending().await,
+        }
+    };
     // Not a graceful drain: agent and framework streams never end on their
     // own, and they reconnect to whoever serves next.
-    let served = tokio::select! {
-        served = axum::serve(listener.tap_io(set_nodelay), app).into_future() => served,
-        () = shutdown => Ok(()),
+    let outcome = tokio::select! {
+        served = &mut served => served.map_err(|source| MasterError::Serve { addr, source }),
+        () = &mut shutdown => Ok(()),
+        () = lost => Err(MasterError::Deposed),
+        exit = &mut core => {
+            return match exit {
+                Ok(core::CoreExit::Deposed) => Err(MasterError::Deposed),
+                _ => Ok(()),
+            };
+        }
     };
     let _ = stop_core_tx.send(());
     let _ = core.await;
-    served.map_err(|source| MasterError::Serve { addr, source })
+    if outcome.is_ok()
+        && let Some(f) = &fence
+    {
+        // A graceful stop hands over at once.
+        f.resign().await;
+    }
+    outcome
 }

@@ -54,10 +54,20 @@ fn task_key(framework: &str, task: &str) -> String {
 impl Registry {
     /// Opens (or creates) the embedded registry file at `path`.
     pub fn open(path: &Path) -> Result<Registry, RegistryError> {
-        Ok(Registry {
-            store: Store::open(path)?,
+        Ok(Registry::on(Store::open(path)?))
+    }
+
+    /// The registry in `store` (e.g. etcd, fenced on leading).
+    pub fn on(store: Store) -> Registry {
+        Registry {
+            store,
             pending: Vec::new(),
-        })
+        }
+    }
+
+    /// Whether an error means this master no longer leads (and must stop).
+    pub fn is_deposed(error: &RegistryError) -> bool {
+        matches!(error, RegistryError::Store(StoreError::Fenced(_)))
     }
 
     /// Reads every record.

@@ -3,6 +3,7 @@
 //! arithmetic that master, agent and frameworks share.
 
 pub mod duration;
+pub mod masters;
 pub mod refusal;
 pub mod resources;
 mod task_state;
@@ -14,6 +15,7 @@ pub mod v1 {
 }
 
 pub use duration::parse_duration;
+pub use masters::{MasterList, leader_hint, not_leader};
 pub use refusal::{refusal_of, refusal_status};
 pub use resources::{RangeSet, ResourceError, Resources};
 pub use task_state::is_terminal;

@@ -14,7 +14,7 @@ const POLL: Duration = Duration::from_millis(300);
 
 /// Runs an `app` subcommand.
 pub async fn run(master: &str, command: AppCommand) -> anyhow::Result<ExitCode> {
-    let api = FrameworkApi::new(master, "services", "agora services")?;
+    let api = FrameworkApi::new(master, "services", "agora services").await?;
     let result = match command {
         AppCommand::Deploy { file, wait } => deploy(&api, &file, wait).await,
         AppCommand::List => list(&api).await,

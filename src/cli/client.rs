@@ -28,8 +28,37 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// The leading master among `masters` (a comma-separated list): the first
+/// that answers says who leads. With one master, that master.
+pub async fn leading_master(masters: &str) -> anyhow::Result<String> {
+    let list = agora_proto::masters::parse_masters(masters);
+    if list.len() <= 1 {
+        return Ok(list.into_iter().next().unwrap_or_else(|| masters.to_string()));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("building the HTTP client")?;
+    let mut problems = Vec::new();
+    for master in &list {
+        let answer = client.get(format!("{master}/api/v1/leader")).send().await;
+        match answer {
+            Ok(r) => match r.json::<Value>().await {
+                Ok(body) => match body["leader"].as_str() {
+                    Some(leader) => return Ok(leader.trim_end_matches('/').to_string()),
+                    None => problems.push(format!("{master}: no leader elected yet")),
+                },
+                Err(e) => problems.push(format!("{master}: {e}")),
+            },
+            Err(e) => problems.push(format!("{master}: {e}")),
+        }
+    }
+    Err(Refused(format!("no master leads: {}", problems.join("; "))).into())
+}
+
 impl FrameworkApi {
-    pub fn new(master: &str, name: &'static str, start: &'static str) -> anyhow::Result<Self> {
+    pub async fn new(masters: &str, name: &'static str, start: &'static str) -> anyhow::Result<Self> {
+        let master = leading_master(masters).await?;
         Ok(FrameworkApi {
             base: format!("{}/{name}/v1", master.trim_end_matches('/')),
             client: reqwest::Client::builder()

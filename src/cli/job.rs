@@ -17,7 +17,7 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Runs a `job` subcommand.
 pub async fn run(master: &str, command: JobCommand) -> anyhow::Result<ExitCode> {
-    let batch = FrameworkApi::new(master, "batch", "agora batch")?;
+    let batch = FrameworkApi::new(master, "batch", "agora batch").await?;
     let result = match command {
         JobCommand::Submit { file, wait } => submit(&batch, &file, wait).await,
         JobCommand::Update { file } => update(&batch, &file).await,

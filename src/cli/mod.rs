@@ -84,6 +84,22 @@ pub struct MasterFlags {
     pub agent_removal_timeout: Duration,
 }
 
+/// Several masters (or framework replicas) on etcd: one leads.
+#[derive(Args, Clone)]
+pub struct HaFlags {
+    /// etcd endpoints (`http://h1:2379,http://h2:2379`): keep the state in
+    /// etcd and elect one leader among the processes given the same list.
+    #[arg(long, env = "AGORA_ETCD")]
+    pub etcd: Option<String>,
+    /// The URL others send clients to while this process leads (default:
+    /// the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The leader's lease: a dead leader is replaced within about this.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_lease: Duration,
+}
+
 #[derive(Args, Clone)]
 pub struct AgentFlags {
     /// Resources to offer instead of detecting them,
@@ -141,9 +157,12 @@ struct DevArgs {
 struct MasterArgs {
     #[arg(long, default_value = "127.0.0.1:5050")]
     listen: String,
-    /// Where the registry (agents, frameworks, weights, drains, tasks) lives.
+    /// Where the registry (agents, frameworks, weights, drains, tasks) lives
+    /// (without `--etcd`).
     #[arg(long, default_value = "./agora-master-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    ha: HaFlags,
     #[command(flatten)]
     master: MasterFlags,
 }
@@ -503,7 +522,7 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
             a.batch,
         )),
         Command::Job(a) => runtime.block_on(job::run(&a.master, a.command)),
-        Command::Master(a) => runtime.block_on(run::master(a.listen, a.data_dir, a.master)),
+        Command::Master(a) => runtime.block_on(run::master(a.listen, a.data_dir, a.ha, a.master)),
         Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
         Command::Sim(c) => sim::run(c),

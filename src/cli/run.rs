@@ -149,7 +149,7 @@ pub async fn dev(
     let master_task = tokio::spawn(agora_master::run(
         listener,
         config,
-        registry,
+        agora_master::Backing::Embedded(registry),
         stopped(stop_rx.clone()),
     ));
     let (stop_batch_tx, stop_batch_rx) = watch::channel(false);
@@ -230,12 +230,20 @@ fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<agora_master::Reg
 pub async fn master(
     listen: String,
     data_dir: PathBuf,
+    ha: super::HaFlags,
     flags: MasterFlags,
 ) -> anyhow::Result<ExitCode> {
     let config = master_config(&flags)?;
-    let registry = open_registry(&data_dir)?;
-    let (listener, _) = bind(&listen).await?;
-    agora_master::run(listener, config, registry, terminated()).await?;
+    let (listener, url) = bind(&listen).await?;
+    let backing = match ha.etcd {
+        Some(etcd) => agora_master::Backing::Etcd(agora_master::HaConfig {
+            etcd,
+            advertise: ha.advertise.unwrap_or(url),
+            lease_ttl: ha.leader_lease,
+        }),
+        None => agora_master::Backing::Embedded(open_registry(&data_dir)?),
+    };
+    agora_master::run(listener, config, backing, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

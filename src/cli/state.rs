@@ -32,6 +32,7 @@ fn table(title: &str, header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 pub async fn show(master: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let master = super::client::leading_master(master).await?;
     let url = format!("{}/api/v1/state", master.trim_end_matches('/'));
     let response = reqwest::get(&url)
         .await

@@ -100,10 +100,28 @@ struct Subscription {
 #[derive(Clone)]
 pub struct Driver {
     config: Arc<FrameworkConfig>,
-    client: SchedulerClient<Channel>,
+    /// The masters, and a connection to each one used so far.
+    masters: Arc<Mutex<Masters>>,
     // A std mutex: held only to copy ids, never across an `.await`.
     subscription: Arc<Mutex<Subscription>>,
     stop: Arc<watch::Sender<Stop>>,
+}
+
+/// Where the framework talks: the master it follows (the leader, when
+/// there are several) and a lazily connected channel per master.
+struct Masters {
+    list: agora_proto::MasterList,
+    clients: std::collections::HashMap<String, SchedulerClient<Channel>>,
+}
+
+fn lazy_client(url: &str) -> Result<SchedulerClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(SchedulerClient::new(endpoint.connect_lazy()))
 }
 
 /// What [`Driver::run`] is asked to do next.
@@ -144,24 +162,59 @@ impl Driver {
             url: config.master.clone(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(config.master.clone())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let list = agora_proto::MasterList::new(&config.master)
+            .ok_or_else(|| bad("names no master".into()))?;
+        let mut clients = std::collections::HashMap::new();
+        for url in list.all() {
+            let client = lazy_client(url).map_err(|e| bad(format!("`{url}`: {e}")))?;
+            clients.insert(url.clone(), client);
+        }
         let (stop, _) = watch::channel(Stop::Running);
         let subscription = Subscription {
             framework_id: config.framework_id.clone(),
             stream_id: None,
         };
         Ok(Driver {
-            client: SchedulerClient::new(channel),
+            masters: Arc::new(Mutex::new(Masters { list, clients })),
             config: Arc::new(config),
             subscription: Arc::new(Mutex::new(subscription)),
             stop: Arc::new(stop),
         })
+    }
+
+    /// The longest wait between attempts: short when standbys can say
+    /// who leads (a new leader is at most a lease away).
+    fn backoff_cap(&self) -> Duration {
+        let masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
+        if masters.list.all().len() > 1 {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+
+    /// The master the framework follows now.
+    fn client(&self) -> SchedulerClient<Channel> {
+        let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
+        let url = masters.list.current().to_string();
+        if let Some(client) = masters.clients.get(&url) {
+            return client.clone();
+        }
+        // A leader named by a standby, not in the list we were given.
+        let client = lazy_client(&url).unwrap_or_else(|_| {
+            let first = masters.list.all()[0].clone();
+            masters.clients[&first].clone()
+        });
+        masters.clients.insert(url, client.clone());
+        client
+    }
+
+    /// The master that was followed did not serve: follow the leader it
+    /// named, else try the next one.
+    fn master_failed(&self, status: &tonic::Status) {
+        let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
+        let hint = agora_proto::leader_hint(status);
+        masters.list.failed(hint);
     }
 
     /// The framework id, once subscribed.
@@ -200,7 +253,7 @@ impl Driver {
             tasks,
             filters: Some(v1::Filters { refuse_seconds }),
         };
-        let call = self.client.clone().accept(request).await;
+        let call = self.client().accept(request).await;
         call.map(drop).map_err(|s| call_error("accept", s))
     }
 
@@ -216,7 +269,7 @@ impl Driver {
             offer_ids: to_offer_ids(offer_ids),
             filters: Some(v1::Filters { refuse_seconds }),
         };
-        let call = self.client.clone().decline(request).await;
+        let call = self.client().decline(request).await;
         call.map(drop).map_err(|s| call_error("decline", s))
     }
 
@@ -225,7 +278,7 @@ impl Driver {
         let request = v1::ReviveRequest {
             header: Some(self.header()?),
         };
-        let call = self.client.clone().revive(request).await;
+        let call = self.client().revive(request).await;
         call.map(drop).map_err(|s| call_error("revive", s))
     }
 
@@ -234,7 +287,7 @@ impl Driver {
         let request = v1::SuppressRequest {
             header: Some(self.header()?),
         };
-        let call = self.client.clone().suppress(request).await;
+        let call = self.client().suppress(request).await;
         call.map(drop).map_err(|s| call_error("suppress", s))
     }
 
@@ -258,7 +311,7 @@ impl Driver {
             }),
             kill_grace_period: grace.map(|g| g.as_secs_f64()),
         };
-        let call = self.client.clone().kill(request).await;
+        let call = self.client().kill(request).await;
         call.map(drop).map_err(|s| call_error("kill", s))
     }
 
@@ -274,7 +327,7 @@ impl Driver {
             task_id: status.task_id.clone(),
             uuid: status.uuid.clone(),
         };
-        let call = self.client.clone().acknowledge(request).await;
+        let call = self.client().acknowledge(request).await;
         call.map(drop).map_err(|s| call_error("acknowledge", s))
     }
 
@@ -290,7 +343,7 @@ impl Driver {
                 })
                 .collect(),
         };
-        let call = self.client.clone().reconcile(request).await;
+        let call = self.client().reconcile(request).await;
         call.map(drop).map_err(|s| call_error("reconcile", s))
     }
 
@@ -318,8 +371,7 @@ impl Driver {
             let request = v1::TeardownRequest {
                 header: Some(self.header()?),
             };
-            self.client
-                .clone()
+            self.client()
                 .teardown(request)
                 .await
                 .map_err(|s| call_error("teardown", s))?;
@@ -348,8 +400,7 @@ impl Driver {
                 ..Default::default()
             };
             let subscribed = self
-                .client
-                .clone()
+                .client()
                 .subscribe(v1::SubscribeRequest {
                     framework_info: Some(info),
                 })
@@ -364,13 +415,19 @@ impl Driver {
                 {
                     return Err(SdkError::SubscribeRefused(status.message().to_string()));
                 }
+                Err(status) if agora_proto::leader_hint(&status).is_some() => {
+                    // A standby: straight to the leader it names.
+                    self.master_failed(&status);
+                    continue;
+                }
                 Err(status) => {
+                    self.master_failed(&status);
                     warn!(code = ?status.code(), message = %status.message(), "subscribing failed; retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => return self.finish(scheduler).await,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(self.backoff_cap());
                     continue;
                 }
             };
@@ -449,7 +506,7 @@ impl Driver {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.changed() => return self.finish(scheduler).await,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(self.backoff_cap());
         }
     }
 }

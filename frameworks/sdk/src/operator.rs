@@ -30,7 +30,9 @@ pub struct AgentSummary {
 /// A client of the master's operator API.
 #[derive(Clone)]
 pub struct MasterApi {
-    base: String,
+    /// Every master: a standby redirects to the leader, a dead one is
+    /// skipped.
+    masters: Vec<String>,
     client: reqwest::Client,
 }
 
@@ -38,10 +40,11 @@ pub struct MasterApi {
 const PAGE: usize = 1000;
 
 impl MasterApi {
-    /// A client for the master at `master` (`http://host:port`).
-    pub fn new(master: &str) -> MasterApi {
+    /// A client for the masters at `masters` (`http://host:port`, or a
+    /// comma-separated list).
+    pub fn new(masters: &str) -> MasterApi {
         MasterApi {
-            base: master.trim_end_matches('/').to_string(),
+            masters: agora_proto::masters::parse_masters(masters),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -50,21 +53,30 @@ impl MasterApi {
     }
 
     async fn get_json(&self, path: &str) -> Result<serde_json::Value, SdkError> {
-        let url = format!("{}{path}", self.base);
-        let fail = |e: String| SdkError::Operator {
-            url: url.clone(),
-            message: e,
+        let mut last = SdkError::Operator {
+            url: path.to_string(),
+            message: "no master given".into(),
         };
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(fail(format!("answered {}", response.status())));
+        for base in &self.masters {
+            let url = format!("{base}{path}");
+            let fail = |e: String| SdkError::Operator {
+                url: url.clone(),
+                message: e,
+            };
+            let response = match self.client.get(&url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = fail(e.to_string());
+                    continue;
+                }
+            };
+            if !response.status().is_success() {
+                last = fail(format!("answered {}", response.status()));
+                continue;
+            }
+            return response.json().await.map_err(|e| fail(e.to_string()));
         }
-        response.json().await.map_err(|e| fail(e.to_string()))
+        Err(last)
     }
 
     /// The usage of the framework's running tasks.

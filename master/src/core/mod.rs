@@ -243,6 +243,16 @@ pub struct Core {
     /// Agents an operator marked gone: refused if they return.
     gone_agents: HashSet<String>,
     clock: recovery::WallClock,
+    /// A registry write was fenced off: another master leads.
+    deposed: bool,
+}
+
+/// Why the core stopped.
+#[derive(Debug, PartialEq)]
+pub enum CoreExit {
+    Stopped,
+    /// It may no longer lead; it acted on nothing since it knew.
+    Deposed,
 }
 
 fn now_seconds() -> f64 {
@@ -311,6 +321,7 @@ impl Core {
             registry,
             gone_agents: HashSet::new(),
             clock,
+            deposed: false,
         }
     }
 
@@ -318,35 +329,61 @@ impl Core {
         self.started.elapsed().as_millis() as Millis
     }
 
-    /// Runs the core until every sender is gone or `shutdown` resolves.
+    /// Runs the core until every sender is gone or `shutdown` resolves —
+    /// or, for a leader on etcd, until it may no longer lead (`fence`
+    /// invalid, or a registry write refused): then it stops acting at once
+    /// and says so.
     pub async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<CoreMsg>,
         shutdown: impl std::future::Future<Output = ()>,
-    ) {
+        fence: Option<agora_store::election::Leadership>,
+    ) -> CoreExit {
         let tick = (self.config.agent_timeout / 4)
             .min(self.config.allocation_interval)
             .max(Duration::from_millis(10));
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let leading = |fence: &Option<agora_store::election::Leadership>| {
+            fence.as_ref().is_none_or(|f| f.is_valid())
+        };
         loop {
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
+                    // Checked before acting on anything: a leader that was
+                    // frozen past its lease wakes up deposed.
+                    if !leading(&fence) {
+                        return self.step_down();
+                    }
                     self.handle(msg);
                     // Take what else is queued before allocating: one pass per burst.
                     while let Ok(msg) = rx.try_recv() {
                         self.handle(msg);
                     }
                 }
-                _ = timer.tick() => self.tick(),
+                _ = timer.tick() => {
+                    if !leading(&fence) {
+                        return self.step_down();
+                    }
+                    self.tick()
+                }
                 () = &mut shutdown => break,
             }
             self.end_of_burst();
+            if self.deposed {
+                return self.step_down();
+            }
         }
         self.commit_registry();
         info!("master core stopped");
+        CoreExit::Stopped
+    }
+
+    fn step_down(&mut self) -> CoreExit {
+        warn!("this master no longer leads; it stops acting");
+        CoreExit::Deposed
     }
 
     /// What follows every burst of messages or tick: one registry commit,
@@ -359,10 +396,15 @@ impl Core {
     }
 
     /// Commits queued registry changes; a failure keeps them for the next
-    /// burst (the agents resend what matters: their tasks and updates).
+    /// burst (the agents resend what matters: their tasks and updates). A
+    /// write refused because another master leads deposes this one.
     fn commit_registry(&mut self) {
         if let Err(e) = self.registry.commit() {
-            warn!("{e}; retrying with the next change");
+            if Registry::is_deposed(&e) {
+                self.deposed = true;
+            } else {
+                warn!("{e}; retrying with the next change");
+            }
         }
     }
 
