@@ -91,10 +91,6 @@ pub struct HaFlags {
     /// etcd and elect one leader among the processes given the same list.
     #[arg(long, env = "AGORA_ETCD")]
     pub etcd: Option<String>,
-    /// The URL others send clients to while this process leads (default:
-    /// the listen address).
-    #[arg(long)]
-    pub advertise: Option<String>,
     /// The leader's lease: a dead leader is replaced within about this.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub leader_lease: Duration,
@@ -161,6 +157,10 @@ struct MasterArgs {
     /// (without `--etcd`).
     #[arg(long, default_value = "./agora-master-data")]
     data_dir: PathBuf,
+    /// The URL other masters send clients to while this one leads
+    /// (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
     #[command(flatten)]
     ha: HaFlags,
     #[command(flatten)]
@@ -200,9 +200,11 @@ struct BatchArgs {
     /// The URL the master uses to reach the API (default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
-    /// Where the job store lives.
+    /// Where the job store lives (without `--etcd`).
     #[arg(long, default_value = "./agora-batch-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    ha: HaFlags,
     #[command(flatten)]
     batch: BatchFlags,
 }
@@ -228,9 +230,11 @@ struct ServicesArgs {
     /// The URL the master uses to reach the API (default: the listen address).
     #[arg(long)]
     advertise: Option<String>,
-    /// Where the app store lives.
+    /// Where the app store lives (without `--etcd`).
     #[arg(long, default_value = "./agora-services-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    ha: HaFlags,
     /// How long a task the master does not know may be unaccounted for
     /// before it counts as lost.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -504,25 +508,12 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         Command::Dev(a) => runtime.block_on(run::dev(
             a.listen, a.data_dir, a.master, a.agent, a.batch, a.services,
         )),
-        Command::Services(a) => runtime.block_on(run::services(
-            a.master,
-            a.listen,
-            a.advertise,
-            a.data_dir,
-            a.reconcile_grace,
-            a.services,
-        )),
+        Command::Services(a) => runtime.block_on(run::services(a)),
         Command::App(a) => runtime.block_on(app::run(&a.master, a.command)),
         Command::Lb(a) => runtime.block_on(run::lb(a.master, a.address)),
-        Command::Batch(a) => runtime.block_on(run::batch(
-            a.master,
-            a.listen,
-            a.advertise,
-            a.data_dir,
-            a.batch,
-        )),
+        Command::Batch(a) => runtime.block_on(run::batch(a)),
         Command::Job(a) => runtime.block_on(job::run(&a.master, a.command)),
-        Command::Master(a) => runtime.block_on(run::master(a.listen, a.data_dir, a.ha, a.master)),
+        Command::Master(a) => runtime.block_on(run::master(a)),
         Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
         Command::Sim(c) => sim::run(c),

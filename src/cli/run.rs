@@ -227,21 +227,16 @@ fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<agora_master::Reg
         .with_context(|| format!("opening the registry {}", path.display()))
 }
 
-pub async fn master(
-    listen: String,
-    data_dir: PathBuf,
-    ha: super::HaFlags,
-    flags: MasterFlags,
-) -> anyhow::Result<ExitCode> {
-    let config = master_config(&flags)?;
-    let (listener, url) = bind(&listen).await?;
-    let backing = match ha.etcd {
+pub async fn master(args: super::MasterArgs) -> anyhow::Result<ExitCode> {
+    let config = master_config(&args.master)?;
+    let (listener, url) = bind(&args.listen).await?;
+    let backing = match args.ha.etcd {
         Some(etcd) => agora_master::Backing::Etcd(agora_master::HaConfig {
             etcd,
-            advertise: ha.advertise.unwrap_or(url),
-            lease_ttl: ha.leader_lease,
+            advertise: args.advertise.unwrap_or(url),
+            lease_ttl: args.ha.leader_lease,
         }),
-        None => agora_master::Backing::Embedded(open_registry(&data_dir)?),
+        None => agora_master::Backing::Embedded(open_registry(&args.data_dir)?),
     };
     agora_master::run(listener, config, backing, terminated()).await?;
     Ok(ExitCode::SUCCESS)
@@ -261,44 +256,37 @@ pub async fn agent(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn batch(
-    master: String,
-    listen: String,
-    advertise: Option<String>,
-    data_dir: PathBuf,
-    flags: BatchFlags,
-) -> anyhow::Result<ExitCode> {
-    let listener = TcpListener::bind(&listen)
+pub async fn batch(args: super::BatchArgs) -> anyhow::Result<ExitCode> {
+    let listen = &args.listen;
+    let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} for the batch HTTP API"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("agora batch listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    let mut config = agora_batch::BatchConfig::new(master, data_dir);
-    config.advertise = advertise;
-    config.reconcile_grace = flags.reconcile_grace;
+    let mut config = agora_batch::BatchConfig::new(args.master, args.data_dir);
+    config.advertise = args.advertise;
+    config.reconcile_grace = args.batch.reconcile_grace;
+    config.etcd = args.ha.etcd;
+    config.lease_ttl = args.ha.leader_lease;
     agora_batch::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn services(
-    master: String,
-    listen: String,
-    advertise: Option<String>,
-    data_dir: PathBuf,
-    reconcile_grace: std::time::Duration,
-    flags: ServicesFlags,
-) -> anyhow::Result<ExitCode> {
-    let listener = TcpListener::bind(&listen)
+pub async fn services(args: super::ServicesArgs) -> anyhow::Result<ExitCode> {
+    let listen = &args.listen;
+    let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} for the services HTTP API"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("agora services listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    let mut config = agora_services::ServicesConfig::new(master, data_dir);
-    config.advertise = advertise;
-    config.reconcile_grace = reconcile_grace;
-    config.lb_address = (!flags.no_lb).then_some(flags.lb_address);
+    let mut config = agora_services::ServicesConfig::new(args.master, args.data_dir);
+    config.advertise = args.advertise;
+    config.reconcile_grace = args.reconcile_grace;
+    config.lb_address = (!args.services.no_lb).then_some(args.services.lb_address);
+    config.etcd = args.ha.etcd;
+    config.lease_ttl = args.ha.leader_lease;
     agora_services::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 
 pub mod election;
 pub mod etcd;
+pub mod replica;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

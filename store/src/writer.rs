@@ -42,6 +42,13 @@ pub async fn group_commits<J: Journal>(journal: Arc<J>, mut stop: watch::Receive
                 Ok((Err(e), changes)) => {
                     // Not marked committed: waiters hold their launches and
                     // acknowledgements until the store works again.
+                    if stopping {
+                        // Stopping with a store that takes nothing (gone,
+                        // or this process no longer leads): nothing more
+                        // can be saved here.
+                        tracing::error!("{e}; stopping with changes unsaved");
+                        return;
+                    }
                     tracing::error!("{e}; retrying");
                     journal.requeue(changes);
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::engine::{Action, Engine};
 use crate::model::Millis;
-use crate::store::{Store, StoreError};
+use crate::store::{BatchStore, StoreError};
+use agora_store::replica::StoreConfig;
 
 /// How the batch framework runs.
 #[derive(Clone, Debug)]
@@ -36,6 +37,11 @@ pub struct BatchConfig {
     pub reconcile_grace: Duration,
     /// How long the master keeps this framework's tasks while it is away.
     pub failover_timeout: Duration,
+    /// Run as one of several replicas with the state in etcd
+    /// (`http://h1:2379,…`): one is active, the others stand by.
+    pub etcd: Option<String>,
+    /// A dead active replica is replaced within about this.
+    pub lease_ttl: Duration,
 }
 
 impl BatchConfig {
@@ -48,6 +54,8 @@ impl BatchConfig {
             advertise: None,
             reconcile_grace: Duration::from_secs(30),
             failover_timeout: Duration::from_secs(7 * 24 * 3600),
+            etcd: None,
+            lease_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -57,6 +65,9 @@ impl BatchConfig {
 pub enum BatchError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another replica is active now; this one stopped acting.
+    #[error("this batch replica lost its lease and stopped; restart it to stand by")]
+    Deposed,
     #[error("batch HTTP API: {0}")]
     Http(std::io::Error),
     #[error("talking to the master: {0}")]
@@ -269,7 +280,29 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BatchError> {
-    let store = Arc::new(Store::open(&config.data_dir.join("batch.redb"))?);
+    tokio::pin!(shutdown);
+    let addr: SocketAddr = listener.local_addr().map_err(BatchError::Http)?;
+    let webui = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let store_config = StoreConfig::for_framework(
+        config.data_dir.join("batch-store.redb"),
+        config.etcd.as_deref(),
+        &config.name,
+        &webui,
+        config.lease_ttl,
+    );
+    let Some((store, active)) = agora_store::replica::become_active(&store_config, shutdown.as_mut())
+        .await
+        .map_err(StoreError::from)?
+    else {
+        return Ok(());
+    };
+    if config.etcd.is_none() {
+        crate::store::migrate_old_file(&config.data_dir.join("batch.redb"), &store)?;
+    }
+    let store = Arc::new(BatchStore::on(store));
     let loaded = store.load()?;
     info!(
         jobs = loaded.jobs.len(),
@@ -282,11 +315,6 @@ pub async fn run(
         loaded.framework_id.clone(),
         config.reconcile_grace.as_millis() as Millis,
     );
-    let addr: SocketAddr = listener.local_addr().map_err(BatchError::Http)?;
-    let webui = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
     let mut fw = FrameworkConfig::new(config.master.clone(), config.name.clone());
     fw.role = config.role.clone();
     fw.failover_timeout = config.failover_timeout;
@@ -334,7 +362,7 @@ pub async fn run(
         || BatchScheduler {
             shared: shared.clone(),
         },
-        shutdown,
+        active.until(shutdown),
     )
     .await;
     stop_tx.send_replace(true);
@@ -343,13 +371,17 @@ pub async fn run(
     // The writer saves what is left before it ends.
     shared.wake_writer.notify_one();
     let _ = writer.await;
+    if active.deposed() {
+        return Err(BatchError::Deposed);
+    }
+    active.resign().await;
     result.map_err(BatchError::from)
 }
 
 /// The batch engine and its store, as the group-commit writer sees them.
 struct BatchJournal {
     shared: Arc<Shared>,
-    store: Arc<Store>,
+    store: Arc<BatchStore>,
 }
 
 impl agora_store::writer::Journal for BatchJournal {

@@ -1,34 +1,33 @@
-//! The batch framework's durable state in an embedded `redb` file: one JSON
-//! record per job (definition, runs, attempts) and a little metadata (the
-//! framework id to resume, the next submission number). Writes are grouped:
-//! whatever changed since the last commit goes in one transaction.
+//! The batch framework's durable state on `agora-store` (an embedded file,
+//! or etcd when batch runs as replicas): one JSON record per job
+//! (definition, runs, attempts) and a little metadata (the framework id to
+//! resume, the next submission number). Writes are grouped: whatever
+//! changed since the last commit goes in one transaction.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use agora_store::{Store, Write};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::engine::Changes;
 use crate::model::Job;
 
-const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
-const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const JOBS: &str = "jobs";
+const META: &str = "meta";
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("batch store {path}: {source}")]
-    Db {
-        path: PathBuf,
-        #[source]
-        source: redb::Error,
-    },
-    #[error("batch store {path}: record `{key}` is unreadable: {source}")]
+    #[error(transparent)]
+    Store(#[from] agora_store::StoreError),
+    #[error("batch store: record `{key}` is unreadable: {source}")]
     Record {
-        path: PathBuf,
         key: String,
         #[source]
         source: serde_json::Error,
     },
+    #[error("batch store: moving {path} to the new format: {reason}")]
+    Migration { path: String, reason: String },
 }
 
 /// Everything the store held at start.
@@ -38,102 +37,97 @@ pub struct Loaded {
     pub framework_id: Option<String>,
 }
 
-pub struct Store {
-    db: Database,
-    path: PathBuf,
+pub struct BatchStore {
+    store: Store,
 }
 
-impl Store {
-    /// Opens (or creates) the store file at `path`.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db_err = |e: redb::Error| StoreError::Db {
-            path: path.to_path_buf(),
-            source: e,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| db_err(redb::StorageError::Io(e).into()))?;
-        }
-        let db = Database::create(path).map_err(|e| db_err(e.into()))?;
-        let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
-        txn.open_table(JOBS).map_err(|e| db_err(e.into()))?;
-        txn.open_table(META).map_err(|e| db_err(e.into()))?;
-        txn.commit().map_err(|e| db_err(e.into()))?;
-        Ok(Store {
-            db,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Db {
-            path: self.path.clone(),
-            source: e.into(),
-        }
+impl BatchStore {
+    pub fn on(store: Store) -> BatchStore {
+        BatchStore { store }
     }
 
     /// Reads every job and the metadata.
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(JOBS).map_err(|e| self.err(e))?;
         let mut jobs = Vec::new();
-        for entry in table.iter().map_err(|e| self.err(e))? {
-            let (key, value) = entry.map_err(|e| self.err(e))?;
-            let job: Job =
-                serde_json::from_slice(value.value()).map_err(|source| StoreError::Record {
-                    path: self.path.clone(),
-                    key: key.value().to_string(),
-                    source,
-                })?;
+        for (key, bytes) in self.store.load(JOBS)? {
+            let job: Job = serde_json::from_slice(&bytes)
+                .map_err(|source| StoreError::Record { key, source })?;
             jobs.push(job);
         }
-        let meta = txn.open_table(META).map_err(|e| self.err(e))?;
-        let get = |k: &str| -> Result<Option<String>, StoreError> {
-            Ok(meta
-                .get(k)
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value().to_string()))
+        let meta = |k: &str| -> Result<Option<String>, StoreError> {
+            Ok(self
+                .store
+                .get(META, k)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned()))
         };
-        let next_seq = get("next_seq")?.and_then(|s| s.parse().ok()).unwrap_or(1);
-        let framework_id = get("framework_id")?.filter(|s| !s.is_empty());
         Ok(Loaded {
             jobs,
-            next_seq,
-            framework_id,
+            next_seq: meta("next_seq")?.and_then(|s| s.parse().ok()).unwrap_or(1),
+            framework_id: meta("framework_id")?.filter(|s| !s.is_empty()),
         })
     }
 
     /// Writes `changes` in one durable transaction.
     pub fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut jobs = txn.open_table(JOBS).map_err(|e| self.err(e))?;
-            for (id, job) in &changes.jobs {
-                match job {
-                    Some(job) => {
-                        let bytes =
-                            serde_json::to_vec(job).map_err(|source| StoreError::Record {
-                                path: self.path.clone(),
-                                key: id.clone(),
-                                source,
-                            })?;
-                        jobs.insert(id.as_str(), bytes.as_slice())
-                            .map_err(|e| self.err(e))?;
-                    }
-                    None => {
-                        jobs.remove(id.as_str()).map_err(|e| self.err(e))?;
-                    }
+        let mut writes = Vec::with_capacity(changes.jobs.len() + 2);
+        for (id, job) in &changes.jobs {
+            writes.push(match job {
+                Some(job) => {
+                    let bytes = serde_json::to_vec(job).map_err(|source| StoreError::Record {
+                        key: id.clone(),
+                        source,
+                    })?;
+                    Write::put(JOBS, id.clone(), bytes)
                 }
-            }
-            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-            let seq = changes.next_seq.to_string();
-            meta.insert("next_seq", seq.as_str())
-                .map_err(|e| self.err(e))?;
-            let fw = changes.framework_id.clone().unwrap_or_default();
-            meta.insert("framework_id", fw.as_str())
-                .map_err(|e| self.err(e))?;
+                None => Write::delete(JOBS, id.clone()),
+            });
         }
-        txn.commit().map_err(|e| self.err(e))
+        writes.push(Write::put(
+            META,
+            "next_seq",
+            changes.next_seq.to_string().into_bytes(),
+        ));
+        if let Some(id) = &changes.framework_id {
+            writes.push(Write::put(META, "framework_id", id.clone().into_bytes()));
+        }
+        Ok(self.store.commit(&writes)?)
     }
+}
+
+/// Moves a store written by an older batch (`batch.redb`, text metadata)
+/// into `into` once, then renames the old file `batch.redb.migrated`.
+pub fn migrate_old_file(old: &Path, into: &Store) -> Result<(), StoreError> {
+    if !old.exists() {
+        return Ok(());
+    }
+    let fail = |reason: String| StoreError::Migration {
+        path: old.display().to_string(),
+        reason,
+    };
+    let jobs: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+    let meta: TableDefinition<&str, &str> = TableDefinition::new("meta");
+    let db = Database::open(old).map_err(|e| fail(e.to_string()))?;
+    let txn = db.begin_read().map_err(|e| fail(e.to_string()))?;
+    let mut writes = Vec::new();
+    if let Ok(table) = txn.open_table(jobs) {
+        for entry in table.iter().map_err(|e| fail(e.to_string()))? {
+            let (k, v) = entry.map_err(|e| fail(e.to_string()))?;
+            writes.push(Write::put(JOBS, k.value(), v.value().to_vec()));
+        }
+    }
+    if let Ok(table) = txn.open_table(meta) {
+        for entry in table.iter().map_err(|e| fail(e.to_string()))? {
+            let (k, v) = entry.map_err(|e| fail(e.to_string()))?;
+            writes.push(Write::put(META, k.value(), v.value().as_bytes().to_vec()));
+        }
+    }
+    drop(txn);
+    drop(db);
+    into.commit(&writes)?;
+    let done = old.with_extension("redb.migrated");
+    std::fs::rename(old, &done).map_err(|e| fail(e.to_string()))?;
+    tracing::info!(jobs = writes.len(), from = %old.display(), "batch store moved to the new format");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -144,7 +138,7 @@ mod tests {
     #[test]
     fn what_is_committed_comes_back() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("batch.redb");
+        let path = dir.path().join("batch-store.redb");
         let mut engine = Engine::new(30_000);
         let specs = crate::spec::parse(
             "[[job]]\nid = \"a\"\ncmd = \"true\"\n[[job]]\nid = \"b\"\ncmd = \"true\"\n",
@@ -153,7 +147,7 @@ mod tests {
         engine.submit(specs, 1_000).expect("submitted");
         engine.set_framework_id("fw-1");
         {
-            let store = Store::open(&path).expect("open");
+            let store = BatchStore::on(Store::open(&path).expect("open"));
             store
                 .commit(&engine.take_changes().expect("changes"))
                 .expect("commit");
@@ -164,11 +158,43 @@ mod tests {
                 .expect("commit");
             assert!(engine.take_changes().is_none(), "nothing left to write");
         }
-        let store = Store::open(&path).expect("reopen");
+        let store = BatchStore::on(Store::open(&path).expect("reopen"));
         let loaded = store.load().expect("load");
         assert_eq!(loaded.framework_id.as_deref(), Some("fw-1"));
         assert_eq!(loaded.jobs.len(), 1);
         assert_eq!(loaded.jobs[0], *engine.job("a").expect("a"));
         assert_eq!(loaded.next_seq, 3);
+    }
+
+    #[test]
+    fn an_old_store_file_is_moved_over_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("batch.redb");
+        {
+            let db = Database::create(&old).expect("old db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let jobs: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+                let meta: TableDefinition<&str, &str> = TableDefinition::new("meta");
+                let mut engine = Engine::new(30_000);
+                engine
+                    .submit(crate::spec::parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n").expect("spec"), 1)
+                    .expect("submit");
+                let job = serde_json::to_vec(engine.job("a").expect("a")).expect("json");
+                txn.open_table(jobs).expect("jobs").insert("a", job.as_slice()).expect("insert");
+                let mut m = txn.open_table(meta).expect("meta");
+                m.insert("framework_id", "fw-old").expect("insert");
+                m.insert("next_seq", "7").expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(&dir.path().join("batch-store.redb")).expect("new");
+        migrate_old_file(&old, &store).expect("migrate");
+        assert!(!old.exists());
+        migrate_old_file(&old, &store).expect("a second run does nothing");
+        let loaded = BatchStore::on(store).load().expect("load");
+        assert_eq!(loaded.framework_id.as_deref(), Some("fw-old"));
+        assert_eq!(loaded.next_seq, 7);
+        assert_eq!(loaded.jobs.len(), 1);
     }
 }

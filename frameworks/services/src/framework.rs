@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::engine::{Action, Engine, ServiceEvent};
 use crate::lb::LoadBalancer;
 use crate::model::Millis;
+use agora_store::replica::StoreConfig;
 use crate::store::{ServicesStore, ServicesStoreError};
 
 /// How the services framework runs.
@@ -43,6 +44,11 @@ pub struct ServicesConfig {
     pub lb_address: Option<IpAddr>,
     /// How often running instances' usage is read (for autoscaling).
     pub usage_interval: Duration,
+    /// Run as one of several replicas with the state in etcd
+    /// (`http://h1:2379,…`): one is active, the others stand by.
+    pub etcd: Option<String>,
+    /// A dead active replica is replaced within about this.
+    pub lease_ttl: Duration,
 }
 
 impl ServicesConfig {
@@ -57,6 +63,8 @@ impl ServicesConfig {
             failover_timeout: Duration::from_secs(7 * 24 * 3600),
             lb_address: Some(IpAddr::from([127, 0, 0, 1])),
             usage_interval: Duration::from_secs(2),
+            etcd: None,
+            lease_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -70,6 +78,9 @@ pub enum ServicesError {
     Http(std::io::Error),
     #[error("talking to the master: {0}")]
     Sdk(#[from] SdkError),
+    /// Another replica is active now; this one stopped acting.
+    #[error("this services replica lost its lease and stopped; restart it to stand by")]
+    Deposed,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -284,7 +295,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServicesError> {
-    let store = Arc::new(ServicesStore::open(&config.data_dir.join("services.redb"))?);
+    tokio::pin!(shutdown);
+    let addr: SocketAddr = listener.local_addr().map_err(ServicesError::Http)?;
+    let webui = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let store_config = StoreConfig::for_framework(
+        config.data_dir.join("services.redb"),
+        config.etcd.as_deref(),
+        &config.name,
+        &webui,
+        config.lease_ttl,
+    );
+    let Some((store, active)) = agora_store::replica::become_active(&store_config, shutdown.as_mut())
+        .await
+        .map_err(ServicesStoreError::from)?
+    else {
+        return Ok(());
+    };
+    let store = Arc::new(ServicesStore::on(store));
     let loaded = store.load()?;
     info!(
         apps = loaded.apps.len(),
@@ -298,11 +328,6 @@ pub async fn run(
         loaded.framework_id.clone(),
         config.reconcile_grace.as_millis() as Millis,
     );
-    let addr: SocketAddr = listener.local_addr().map_err(ServicesError::Http)?;
-    let webui = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
     let mut fw = FrameworkConfig::new(config.master.clone(), config.name.clone());
     fw.role = config.role.clone();
     fw.failover_timeout = config.failover_timeout;
@@ -354,7 +379,7 @@ pub async fn run(
         || ServicesScheduler {
             shared: shared.clone(),
         },
-        shutdown,
+        active.until(shutdown),
     )
     .await;
     stop_tx.send_replace(true);
@@ -363,6 +388,10 @@ pub async fn run(
     let _ = server.await;
     shared.wake_writer.notify_one();
     let _ = writer.await;
+    if active.deposed() {
+        return Err(ServicesError::Deposed);
+    }
+    active.resign().await;
     result.map_err(ServicesError::from)
 }
 

@@ -39,9 +39,12 @@ pub struct ServicesStore {
 
 impl ServicesStore {
     pub fn open(path: &Path) -> Result<ServicesStore, ServicesStoreError> {
-        Ok(ServicesStore {
-            store: Store::open(path)?,
-        })
+        Ok(ServicesStore::on(Store::open(path)?))
+    }
+
+    /// The services state in `store` (a file, or etcd for replicas).
+    pub fn on(store: Store) -> ServicesStore {
+        ServicesStore { store }
     }
 
     pub fn load(&self) -> Result<Loaded, ServicesStoreError> {
