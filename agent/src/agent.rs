@@ -244,8 +244,9 @@ impl<C: Containerizer> Agent<C> {
         );
         // Several masters (one leads): go where a standby points, else
         // try the next.
-        let mut masters = agora_proto::MasterList::new(&self.config.master)
-            .unwrap_or_else(|| agora_proto::MasterList::new("http://127.0.0.1:5050").expect("a list"));
+        let mut masters = agora_proto::MasterList::new(&self.config.master).unwrap_or_else(|| {
+            agora_proto::MasterList::new("http://127.0.0.1:5050").expect("a list")
+        });
         loop {
             if inbound.is_none() && !connecting {
                 connecting = true;

@@ -21,8 +21,8 @@ use agora_proto::v1::{
     agent_service_server::AgentServiceServer, scheduler_server::SchedulerServer,
 };
 use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
 use std::sync::Arc;
+use tokio::net::TcpListener;
 
 use agora_store::election::Election;
 use agora_store::etcd::Etcd;
@@ -136,7 +136,11 @@ pub async fn run(
     let (registry, fence) = match backing {
         Backing::Embedded(registry) => (registry, None),
         Backing::Etcd(ha) => {
-            let etcd = Arc::new(Etcd::new(&ha.etcd).map_err(StoreError::from).map_err(RegistryError::from)?);
+            let etcd = Arc::new(
+                Etcd::new(&ha.etcd)
+                    .map_err(StoreError::from)
+                    .map_err(RegistryError::from)?,
+            );
             let election = Election::new(etcd, leadership::LEADER_KEY, &ha.advertise, ha.lease_ttl);
             let (observed_tx, observed) = watch::channel(None);
             let mirror = tokio::spawn(leadership::follow_observed(observed, role_tx.clone()));
@@ -148,8 +152,12 @@ pub async fn run(
             };
             mirror.abort();
             tracing::info!(me = %ha.advertise, "elected leader; recovering the registry");
-            let store = Store::etcd(&ha.etcd, leadership::REGISTRY_PREFIX, Some(leadership.clone()))
-                .map_err(RegistryError::from)?;
+            let store = Store::etcd(
+                &ha.etcd,
+                leadership::REGISTRY_PREFIX,
+                Some(leadership.clone()),
+            )
+            .map_err(RegistryError::from)?;
             (Registry::on(store), Some(leadership))
         }
     };

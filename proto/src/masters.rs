@@ -98,7 +98,11 @@ mod tests {
         list.failed(None);
         assert_eq!(list.current(), "http://m1:5050");
         list.failed(leader_hint(&status));
-        assert_eq!(list.current(), "http://m3:5050", "an unknown leader is added");
+        assert_eq!(
+            list.current(),
+            "http://m3:5050",
+            "an unknown leader is added"
+        );
         assert!(MasterList::new(" , ").is_none());
     }
 }

@@ -33,7 +33,10 @@ impl std::error::Error for Refused {}
 pub async fn leading_master(masters: &str) -> anyhow::Result<String> {
     let list = agora_proto::masters::parse_masters(masters);
     if list.len() <= 1 {
-        return Ok(list.into_iter().next().unwrap_or_else(|| masters.to_string()));
+        return Ok(list
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| masters.to_string()));
     }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -57,7 +60,11 @@ pub async fn leading_master(masters: &str) -> anyhow::Result<String> {
 }
 
 impl FrameworkApi {
-    pub async fn new(masters: &str, name: &'static str, start: &'static str) -> anyhow::Result<Self> {
+    pub async fn new(
+        masters: &str,
+        name: &'static str,
+        start: &'static str,
+    ) -> anyhow::Result<Self> {
         let master = leading_master(masters).await?;
         Ok(FrameworkApi {
             base: format!("{}/{name}/v1", master.trim_end_matches('/')),

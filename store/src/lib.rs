@@ -207,6 +207,19 @@ impl Store {
                 prefix,
                 fence,
             } => {
+                // etcd refuses a transaction naming a key twice: the last
+                // write of each key is the one that counts.
+                let mut last: std::collections::HashMap<(&str, &str), usize> =
+                    std::collections::HashMap::new();
+                for (i, w) in writes.iter().enumerate() {
+                    last.insert((w.table, w.key.as_str()), i);
+                }
+                let writes: Vec<&Write> = writes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, w)| last.get(&(w.table, w.key.as_str())) == Some(i))
+                    .map(|(_, w)| w)
+                    .collect();
                 for part in writes.chunks(ETCD_OPS_PER_TXN) {
                     if let Some(fence) = fence
                         && !fence.is_valid()

@@ -85,6 +85,17 @@ async fn tables_in_etcd_commit_load_and_delete() {
             ])
             .expect("commit");
         store.commit(&[Write::delete("apps", "b")]).expect("delete");
+        // One key written twice in a commit: the last write counts.
+        store
+            .commit(&[
+                Write::put("twice", "k", b"first".to_vec()),
+                Write::put("twice", "k", b"last".to_vec()),
+            ])
+            .expect("a key written twice");
+        assert_eq!(
+            store.get("twice", "k").expect("get"),
+            Some(b"last".to_vec())
+        );
         let again = Store::etcd(&url, "/agora/test", None).expect("store");
         assert_eq!(
             again.load("apps").expect("load"),

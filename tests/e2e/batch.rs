@@ -51,27 +51,6 @@ impl Cluster {
     }
 }
 
-/// Waits until the master relays `/batch/` to a subscribed batch framework.
-async fn wait_for_batch(master: &str) {
-    let client = reqwest::Client::new();
-    wait_until(
-        "the batch API through the master",
-        Duration::from_secs(20),
-        || {
-            let client = client.clone();
-            async move {
-                let r = client
-                    .get(format!("{master}/batch/v1/health"))
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())
-            }
-        },
-    )
-    .await;
-}
-
 async fn submit(master: &str, spec: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{master}/batch/v1/jobs"))

@@ -3,6 +3,7 @@
 mod agent_protocol;
 mod batch;
 mod containers;
+mod ha;
 mod operator;
 mod registry;
 mod services;

@@ -89,6 +89,11 @@ impl Proc {
         }
     }
 
+    /// How it ended, once it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
@@ -714,4 +719,127 @@ pub fn sandbox_file(data_dir: &Path, framework: &str, task: &str, file: &str) ->
         .join(framework)
         .join(task)
         .join(file)
+}
+
+/// A one-member etcd on free loopback ports (Debian's `etcd-server`),
+/// with short elections so leases can be short; stopped when dropped.
+pub struct EtcdServer {
+    child: Child,
+    pub url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub async fn start_etcd() -> EtcdServer {
+    let data = tempdir();
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (apt-get install etcd-server)");
+    let server = EtcdServer {
+        child,
+        url,
+        _data: data,
+    };
+    let client = reqwest::Client::new();
+    wait_until("etcd to serve", Duration::from_secs(20), || async {
+        let r = client
+            .post(format!("{}/v3/kv/range", server.url))
+            .body(r#"{"key":"AA=="}"#)
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    server
+}
+
+/// The leader every one of `masters` that answers names, once they agree
+/// (on someone other than `not`, a leader known dead or frozen).
+pub async fn wait_leader(masters: &[String], not: Option<&str>) -> String {
+    wait_until(
+        "the masters to agree on a leader",
+        Duration::from_secs(20),
+        || async {
+            let mut named = Vec::new();
+            for m in masters {
+                let (code, body) = match reqwest::get(format!("{m}/api/v1/leader")).await {
+                    Ok(r) => (
+                        r.status().as_u16(),
+                        r.json::<Value>().await.unwrap_or(Value::Null),
+                    ),
+                    Err(_) => continue,
+                };
+                if code != 200 {
+                    return None;
+                }
+                named.push(body["leader"].as_str()?.to_string());
+            }
+            let first = named.first()?.clone();
+            (Some(first.as_str()) != not && named.iter().all(|l| *l == first)).then_some(first)
+        },
+    )
+    .await
+}
+
+/// Waits until `master` relays `/batch/` to a subscribed batch framework.
+pub async fn wait_for_batch(master: &str) {
+    let client = reqwest::Client::new();
+    wait_until(
+        "the batch API through the master",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(format!("{master}/batch/v1/health"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// How many batch jobs are in `states` (e.g. `SUCCEEDED`, `FAILED,KILLED`).
+pub async fn batch_count(master: &str, states: &str) -> Option<u64> {
+    let page: Value = reqwest::get(format!("{master}/batch/v1/jobs?state={states}&limit=0"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    page["total"].as_u64()
 }

@@ -212,6 +212,17 @@ impl Scheduler for BatchScheduler {
                         ..
                     }
                 );
+                if e.outcome_unknown() {
+                    // Sent, but no answer: the tasks may be running. The
+                    // master says (or, after the grace, does not): no second
+                    // launch meanwhile.
+                    warn!(%offer, "accept: {e}; reconciling its tasks before anything else");
+                    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    if let Err(e) = driver.reconcile(&id_refs).await {
+                        warn!("reconcile: {e}; the next subscription reconciles");
+                    }
+                    continue;
+                }
                 let actions = if stale_offer {
                     // The offer went away meanwhile: nothing was launched.
                     warn!(%offer, "accept refused: {e}; the tasks go back in the queue");
@@ -293,9 +304,10 @@ pub async fn run(
         &webui,
         config.lease_ttl,
     );
-    let Some((store, active)) = agora_store::replica::become_active(&store_config, shutdown.as_mut())
-        .await
-        .map_err(StoreError::from)?
+    let Some((store, active)) =
+        agora_store::replica::become_active(&store_config, shutdown.as_mut())
+            .await
+            .map_err(StoreError::from)?
     else {
         return Ok(());
     };

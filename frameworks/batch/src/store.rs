@@ -178,10 +178,16 @@ mod tests {
                 let meta: TableDefinition<&str, &str> = TableDefinition::new("meta");
                 let mut engine = Engine::new(30_000);
                 engine
-                    .submit(crate::spec::parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n").expect("spec"), 1)
+                    .submit(
+                        crate::spec::parse("[[job]]\nid = \"a\"\ncmd = \"true\"\n").expect("spec"),
+                        1,
+                    )
                     .expect("submit");
                 let job = serde_json::to_vec(engine.job("a").expect("a")).expect("json");
-                txn.open_table(jobs).expect("jobs").insert("a", job.as_slice()).expect("insert");
+                txn.open_table(jobs)
+                    .expect("jobs")
+                    .insert("a", job.as_slice())
+                    .expect("insert");
                 let mut m = txn.open_table(meta).expect("meta");
                 m.insert("framework_id", "fw-old").expect("insert");
                 m.insert("next_seq", "7").expect("insert");

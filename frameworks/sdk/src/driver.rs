@@ -55,6 +55,25 @@ impl SdkError {
             _ => None,
         }
     }
+
+    /// Whether the call may have taken effect although it failed: the
+    /// connection broke, or the master died, after it was sent. An accept
+    /// that fails so may have launched its tasks: reconcile them rather
+    /// than launch them again.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            SdkError::Call { code, .. } => !matches!(
+                code,
+                tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::Unauthenticated
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Who the framework is and where its master lives.

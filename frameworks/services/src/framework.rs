@@ -21,8 +21,8 @@ use tracing::{info, warn};
 use crate::engine::{Action, Engine, ServiceEvent};
 use crate::lb::LoadBalancer;
 use crate::model::Millis;
-use agora_store::replica::StoreConfig;
 use crate::store::{ServicesStore, ServicesStoreError};
+use agora_store::replica::StoreConfig;
 
 /// How the services framework runs.
 #[derive(Clone, Debug)]
@@ -239,6 +239,16 @@ impl Scheduler for ServicesScheduler {
                 .accept(&[offer.as_str()], tasks, Some(REMAINDER_REFUSE_SECONDS))
                 .await
             {
+                if e.outcome_unknown() {
+                    // Sent, but no answer: the instances may be running;
+                    // reconciliation tells (or the grace gives up on them).
+                    warn!(%offer, "accept: {e}; reconciling its tasks before anything else");
+                    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    if let Err(e) = driver.reconcile(&id_refs).await {
+                        warn!("reconcile: {e}; the next subscription reconciles");
+                    }
+                    continue;
+                }
                 let failed = match &e {
                     SdkError::AcceptRefused {
                         reason: RefusalReason::OfferNotOutstanding,
@@ -308,9 +318,10 @@ pub async fn run(
         &webui,
         config.lease_ttl,
     );
-    let Some((store, active)) = agora_store::replica::become_active(&store_config, shutdown.as_mut())
-        .await
-        .map_err(ServicesStoreError::from)?
+    let Some((store, active)) =
+        agora_store::replica::become_active(&store_config, shutdown.as_mut())
+            .await
+            .map_err(ServicesStoreError::from)?
     else {
         return Ok(());
     };

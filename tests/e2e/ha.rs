@@ -1,0 +1,247 @@
+//! High availability with real processes and a real etcd: three masters
+//! (one leads), agents and frameworks given the list of masters, the
+//! leader killed or frozen mid-work; batch as two replicas.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::support::*;
+
+const LEASE: &str = "1s";
+
+fn masters_on(etcd: &EtcdServer) -> Vec<Proc> {
+    (0..3)
+        .map(|_| {
+            start_master(
+                "127.0.0.1:0",
+                &["--etcd", &etcd.url, "--leader-lease", LEASE],
+            )
+        })
+        .collect()
+}
+
+fn urls(masters: &[Proc]) -> Vec<String> {
+    masters
+        .iter()
+        .map(|m| m.url.clone().expect("url"))
+        .collect()
+}
+
+/// `count` jobs whose command appends a line to `dir/<job id>`: a job that
+/// ran twice leaves two lines.
+fn counting_jobs(prefix: &str, count: usize, dir: &Path, seconds: f64) -> String {
+    let mut spec = String::new();
+    for i in 0..count {
+        let id = format!("{prefix}-{i}");
+        spec.push_str(&format!(
+            "[[job]]\nid = \"{id}\"\ncmd = \"sleep {seconds}; echo ran >> {}/{id}\"\ncpus = 0.01\nmem = 16\n",
+            dir.display()
+        ));
+    }
+    spec
+}
+
+async fn submit(master: &str, spec: String) {
+    let r = reqwest::Client::new()
+        .post(format!("{master}/batch/v1/jobs"))
+        .body(spec)
+        .send()
+        .await
+        .expect("POST /batch/v1/jobs");
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+}
+
+/// Waits until `count` jobs succeeded (through whichever master leads) and
+/// none failed.
+async fn wait_succeeded(masters: &[String], count: u64, timeout: Duration) {
+    wait_until(&format!("{count} jobs to succeed"), timeout, || async {
+        for m in masters {
+            let Some(ok) = batch_count(m, "SUCCEEDED").await else {
+                continue;
+            };
+            let bad = batch_count(m, "FAILED,KILLED").await.unwrap_or(0);
+            assert_eq!(bad, 0, "jobs failed");
+            return (ok >= count).then_some(());
+        }
+        None
+    })
+    .await;
+}
+
+/// Every job left exactly one line: each ran once.
+fn assert_each_ran_once(dir: &Path, prefix: &str, count: usize) {
+    let mut twice = Vec::new();
+    for i in 0..count {
+        let id = format!("{prefix}-{i}");
+        let runs = std::fs::read_to_string(dir.join(&id))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if runs != 1 {
+            twice.push(format!("{id}: {runs}"));
+        }
+    }
+    assert!(twice.is_empty(), "jobs not run exactly once: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leading_master_mid_batch_loses_no_job_and_runs_none_twice() {
+    let etcd = start_etcd().await;
+    let mut masters = masters_on(&etcd);
+    let all = urls(&masters);
+    let list = all.join(",");
+    let leader = wait_leader(&all, None).await;
+    let (da, db) = (tempdir(), tempdir());
+    let _a = start_agent(&list, da.path(), "cpus:2;mem:2048;disk:1000", "ha-a");
+    let _b = start_agent(&list, db.path(), "cpus:2;mem:2048;disk:1000", "ha-b");
+    wait_for_agents(&leader, 2).await;
+    let batch_data = tempdir();
+    let _batch = start_batch(&list, batch_data.path(), &["--reconcile-grace", "10s"]);
+    wait_for_batch(&leader).await;
+
+    let out = tempdir();
+    submit(&leader, counting_jobs("j", 500, out.path(), 0.05)).await;
+    wait_succeeded(&[leader.clone()], 100, Duration::from_secs(120)).await;
+
+    let index = all
+        .iter()
+        .position(|u| *u == leader)
+        .expect("leader is one of them");
+    let killed = Instant::now();
+    masters[index].kill_hard();
+    let rest: Vec<String> = all.iter().filter(|u| **u != leader).cloned().collect();
+    let new_leader = wait_leader(&rest, Some(&leader)).await;
+    eprintln!("new leader {new_leader} after {:?}", killed.elapsed());
+    assert_ne!(new_leader, leader);
+
+    wait_succeeded(&rest, 500, Duration::from_secs(180)).await;
+    assert_each_ran_once(out.path(), "j", 500);
+    // The cluster is whole again under the new leader.
+    let s = wait_for_agents(&new_leader, 2).await;
+    assert_eq!(s["agents"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_frozen_past_its_lease_steps_down_and_writes_nothing() {
+    let etcd = start_etcd().await;
+    let mut masters = masters_on(&etcd);
+    let all = urls(&masters);
+    let leader = wait_leader(&all, None).await;
+    let index = all.iter().position(|u| *u == leader).expect("leader");
+
+    masters[index].signal(Signal::SIGSTOP);
+    // A change asked of the frozen leader waits in its socket.
+    let frozen = leader.clone();
+    let queued = tokio::spawn(async move {
+        reqwest::Client::new()
+            .put(format!("{frozen}/api/v1/roles/stale"))
+            .body(r#"{"weight": 9}"#)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let rest: Vec<String> = all.iter().filter(|u| **u != leader).cloned().collect();
+    let new_leader = wait_leader(&rest, Some(&leader)).await;
+    assert_ne!(new_leader, leader);
+
+    masters[index].signal(Signal::SIGCONT);
+    // It wakes up deposed: it acts on nothing and exits.
+    let old = &mut masters[index];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        if let Some(status) = old.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not step down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!exited.success(), "a deposed master exits with an error");
+    let answer = queued.await.expect("request task");
+    assert_ne!(
+        answer.ok(),
+        Some(200),
+        "the frozen leader acted after waking"
+    );
+
+    // Nothing of it in etcd, nor in the new leader's state.
+    let (_, roles) = get(&format!("{new_leader}/api/v1/roles")).await;
+    let stale = roles["roles"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["role"] == "stale").cloned());
+    assert!(stale.is_none_or(|r| r["weight"] != 9.0), "{roles:#}");
+    let etcd_url = etcd.url.clone();
+    let weights = tokio::task::spawn_blocking(move || {
+        agora_store::Store::etcd(&etcd_url, "/agora/master/registry", None)
+            .expect("store")
+            .load("weights")
+            .expect("load")
+    })
+    .await
+    .expect("blocking");
+    assert!(
+        weights.iter().all(|(role, _)| role != "stale"),
+        "a deposed leader wrote: {weights:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
+    let etcd = start_etcd().await;
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let agent_data = tempdir();
+    let _agent = start_agent(
+        &url,
+        agent_data.path(),
+        "cpus:2;mem:2048;disk:1000",
+        "replicas",
+    );
+    wait_for_agents(&url, 1).await;
+    let replica_args = ["--etcd", etcd.url.as_str(), "--leader-lease", LEASE];
+    let (d1, d2) = (tempdir(), tempdir());
+    let mut replicas = [
+        start_batch(&url, d1.path(), &replica_args),
+        start_batch(&url, d2.path(), &replica_args),
+    ];
+    wait_for_batch(&url).await;
+
+    let out = tempdir();
+    submit(&url, counting_jobs("r", 100, out.path(), 0.1)).await;
+    wait_succeeded(&[url.clone()], 20, Duration::from_secs(60)).await;
+
+    // The active replica is the one the master relays to.
+    let (_, frameworks) = get(&format!("{url}/api/v1/frameworks")).await;
+    let active_url = frameworks["frameworks"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "batch"))
+        .and_then(|f| f["webui_url"].as_str())
+        .expect("batch's URL")
+        .to_string();
+    let active = replicas
+        .iter()
+        .position(|r| r.url.as_deref() == Some(active_url.as_str()))
+        .expect("one replica is active");
+    replicas[active].kill_hard();
+
+    wait_succeeded(&[url.clone()], 100, Duration::from_secs(120)).await;
+    assert_each_ran_once(out.path(), "r", 100);
+    let (_, frameworks) = get(&format!("{url}/api/v1/frameworks")).await;
+    let batches: Vec<&Value> = frameworks["frameworks"]
+        .as_array()
+        .expect("frameworks")
+        .iter()
+        .filter(|f| f["name"] == "batch")
+        .collect();
+    assert_eq!(batches.len(), 1, "the standby resumed the same framework");
+    assert_eq!(
+        batches[0]["webui_url"].as_str(),
+        replicas[1 - active].url.as_deref()
+    );
+}
