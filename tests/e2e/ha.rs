@@ -104,7 +104,7 @@ async fn killing_the_leading_master_mid_batch_loses_no_job_and_runs_none_twice()
 
     let out = tempdir();
     submit(&leader, counting_jobs("j", 500, out.path(), 0.05)).await;
-    wait_succeeded(&[leader.clone()], 100, Duration::from_secs(120)).await;
+    wait_succeeded(std::slice::from_ref(&leader), 100, Duration::from_secs(120)).await;
 
     let index = all
         .iter()
@@ -214,7 +214,7 @@ async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
 
     let out = tempdir();
     submit(&url, counting_jobs("r", 100, out.path(), 0.1)).await;
-    wait_succeeded(&[url.clone()], 20, Duration::from_secs(60)).await;
+    wait_succeeded(std::slice::from_ref(&url), 20, Duration::from_secs(60)).await;
 
     // The active replica is the one the master relays to.
     let (_, frameworks) = get(&format!("{url}/api/v1/frameworks")).await;
@@ -230,7 +230,7 @@ async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
         .expect("one replica is active");
     replicas[active].kill_hard();
 
-    wait_succeeded(&[url.clone()], 100, Duration::from_secs(120)).await;
+    wait_succeeded(std::slice::from_ref(&url), 100, Duration::from_secs(120)).await;
     assert_each_ran_once(out.path(), "r", 100);
     let (_, frameworks) = get(&format!("{url}/api/v1/frameworks")).await;
     let batches: Vec<&Value> = frameworks["frameworks"]
