@@ -119,6 +119,10 @@ pub(crate) struct Agent<C: Containerizer> {
     tasks: HashMap<TaskKey, TaskRecord>,
     session: Option<Session>,
     heartbeat: Duration,
+    /// The last word from the master, and how long the master waits before
+    /// it declares this agent unreachable (known once registered).
+    master_contact: Instant,
+    agent_timeout: Option<Duration>,
     events_tx: mpsc::UnboundedSender<TaskEvent>,
     checkpoints: Checkpoints,
 }
@@ -214,6 +218,8 @@ impl<C: Containerizer> Agent<C> {
                 tasks: HashMap::new(),
                 session: None,
                 heartbeat: Duration::from_secs(1),
+                master_contact: Instant::now(),
+                agent_timeout: None,
                 events_tx,
                 checkpoints,
             },
@@ -248,6 +254,9 @@ impl<C: Containerizer> Agent<C> {
             agora_proto::MasterList::new("http://127.0.0.1:5050").expect("a list")
         });
         loop {
+            // First, also after this process was frozen: tasks that must not
+            // outlive a partition go before anything else happens.
+            self.stop_tasks_if_master_lost();
             if inbound.is_none() && !connecting {
                 connecting = true;
                 let master = masters.current().to_string();
@@ -548,7 +557,9 @@ impl<C: Containerizer> Agent<C> {
     /// Handles one message; returns a new heartbeat interval when the master
     /// sets one.
     fn master_message(&mut self, msg: MasterMessage) -> Option<Duration> {
+        self.master_contact = Instant::now();
         match msg.message? {
+            master_message::Message::HeartbeatAck(_) => {}
             master_message::Message::Registered(r) => {
                 let id = r.agent_id.map(|a| a.value).unwrap_or_default();
                 info!(agent = %id, "registered");
@@ -569,6 +580,11 @@ impl<C: Containerizer> Agent<C> {
                 }
                 if let Some(s) = self.session.as_mut() {
                     s.registered = true;
+                }
+                if r.agent_timeout_seconds.is_finite() && r.agent_timeout_seconds > 0.0 {
+                    self.agent_timeout = Some(Duration::from_secs_f64(
+                        r.agent_timeout_seconds.min(86_400.0),
+                    ));
                 }
                 self.retry_updates(true);
                 let interval = r.heartbeat_interval_seconds;
@@ -819,6 +835,30 @@ impl<C: Containerizer> Agent<C> {
 
     /// Kills a task; `grace` (from the kill itself) overrides the task's
     /// own grace period and the agent's default.
+    /// Out of touch with the master for longer than the agent timeout: the
+    /// master has declared this agent unreachable, and a framework may be
+    /// starting replacements. Tasks that asked for it are killed at once.
+    fn stop_tasks_if_master_lost(&mut self) {
+        let Some(timeout) = self.agent_timeout else {
+            return;
+        };
+        if self.master_contact.elapsed() <= timeout {
+            return;
+        }
+        let doomed: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.info.stop_when_master_lost && !is_terminal(t.state) && t.kill.is_some()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            warn!(task = %key.1, "lost the master for longer than the agent timeout; stopping the task");
+            self.kill(key, Some(Duration::ZERO));
+        }
+    }
+
     fn kill(&mut self, key: TaskKey, grace: Option<Duration>) {
         let default = self.config.kill_grace_period;
         match self.tasks.get_mut(&key) {

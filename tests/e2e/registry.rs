@@ -214,3 +214,55 @@ async fn an_agent_claiming_another_agents_id_without_its_secret_is_refused() {
     assert_eq!(agents[0]["hostname"], "owner");
     assert_eq!(agents[0]["status"], "active");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_must_not_outlive_a_partition_dies_when_its_frozen_agent_wakes() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let agent = start_agent(&url, dir.path(), AGENT, "frozen");
+    wait_for_agents(&url, 1).await;
+    let endpoint = agent_endpoint(&url, "frozen").await;
+
+    let mut f = TestFramework::start(&url, "partitioned", "*").await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    let mut careful = task("careful", "sleep 600", &small());
+    careful.stop_when_master_lost = true;
+    let patient = task("patient", "sleep 600", &small());
+    f.driver
+        .accept(&[offer_id(&offer)], vec![careful, patient], None)
+        .await
+        .expect("accept");
+    f.wait_all(
+        &["careful", "patient"],
+        TaskState::TaskRunning,
+        Duration::from_secs(10),
+    )
+    .await;
+    let pid_of = |c: Value| c["pid"].as_i64().expect("pid") as i32;
+    let careful_pid = pid_of(container_of(&endpoint, "careful").await);
+    let patient_pid = pid_of(container_of(&endpoint, "patient").await);
+
+    // Frozen past the agent timeout (2 s): the master gives its tasks up.
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    f.wait_state(
+        "careful",
+        TaskState::TaskUnreachable,
+        Duration::from_secs(10),
+    )
+    .await;
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
+    // On waking, before anything else, it stops the task that asked for it.
+    wait_until(
+        "the careful task to be stopped",
+        Duration::from_secs(3),
+        || async { (!process_alive(careful_pid)).then_some(()) },
+    )
+    .await;
+    assert!(process_alive(patient_pid), "the other task keeps running");
+    let patient = f
+        .wait_state("patient", TaskState::TaskRunning, Duration::from_secs(10))
+        .await;
+    assert_eq!(patient.state, TaskState::TaskRunning as i32);
+    f.teardown().await;
+}

@@ -22,7 +22,7 @@ pub enum Concurrency {
 
 pub use agora_sdk::placement::{Constraint, Operator};
 pub use agora_sdk::spec::{SpecError, parse_duration};
-use agora_sdk::spec::{check_fields, constraints, integer, number, string};
+use agora_sdk::spec::{boolean, check_fields, constraints, integer, number, string};
 
 /// A checked job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,14 @@ pub struct JobSpec {
     pub timezone: String,
     pub concurrency: Concurrency,
     pub constraints: Vec<Constraint>,
+    /// Killed by its agent once the agent has lost the master for longer
+    /// than the agent timeout, so a replacement never runs beside it.
+    #[serde(default = "yes")]
+    pub stop_when_master_lost: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 const FIELDS: &[&str] = &[
@@ -67,6 +75,7 @@ const FIELDS: &[&str] = &[
     "timezone",
     "concurrency",
     "constraints",
+    "stop_when_master_lost",
 ];
 
 pub const MAX_INSTANCES: u32 = 1000;
@@ -201,6 +210,8 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
         }
     };
     let constraints = constraints(take("constraints"))?;
+    let stop_when_master_lost =
+        boolean(take("stop_when_master_lost"), "stop_when_master_lost")?.unwrap_or(true);
     Ok(JobSpec {
         id,
         cmd,
@@ -219,6 +230,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
         timezone,
         concurrency,
         constraints,
+        stop_when_master_lost,
     })
 }
 

@@ -21,6 +21,13 @@ impl Core {
                     refuse_unregistered(&tx);
                     return;
                 };
+                // The agent learns the master still hears it (tasks that
+                // must not outlive a partition depend on it).
+                let _ = tx.send(Ok(MasterMessage {
+                    message: Some(master_message::Message::HeartbeatAck(
+                        master_message::HeartbeatAck {},
+                    )),
+                }));
                 for u in heartbeat.usage {
                     let key = (
                         u.framework_id.map(|f| f.value).unwrap_or_default(),
@@ -176,6 +183,7 @@ impl Core {
                         .as_secs_f64()
                         .max(0.05),
                     secret: issued.unwrap_or_default(),
+                    agent_timeout_seconds: self.config.agent_timeout.as_secs_f64(),
                 },
             )),
         }));

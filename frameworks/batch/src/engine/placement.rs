@@ -29,6 +29,7 @@ pub(super) fn task_info(
     let mut info = agora_sdk::task(task_id, &spec.cmd, need);
     info.name = format!("{} run {run} instance {instance}", spec.id);
     info.image = spec.image.clone();
+    info.stop_when_master_lost = spec.stop_when_master_lost;
     let mut vars: Vec<v1::environment::Variable> = spec
         .env
         .iter()
