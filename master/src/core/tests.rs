@@ -304,10 +304,19 @@ fn event_kinds(rx: &mut FrameworkRx) -> Vec<String> {
 }
 
 /// What the agent was told, by kind: `launch:TASK`, `kill:TASK`, `ack`,
-/// `shutdown`, `registered`, `closed:CODE`.
+/// `shutdown`, `registered`, `closed:CODE` (heartbeat acknowledgements
+/// left out).
 fn agent_kinds(rx: &mut AgentRx) -> Vec<String> {
     drain(rx)
         .into_iter()
+        .filter(|m| {
+            !matches!(
+                m,
+                Ok(MasterMessage {
+                    message: Some(master_message::Message::HeartbeatAck(_))
+                })
+            )
+        })
         .map(|m| match m {
             Err(status) => format!("closed:{:?}", status.code()),
             Ok(m) => match m.message {
@@ -324,7 +333,7 @@ fn agent_kinds(rx: &mut AgentRx) -> Vec<String> {
                 Some(master_message::Message::Acknowledge(_)) => "ack".into(),
                 Some(master_message::Message::Shutdown(_)) => "shutdown".into(),
                 Some(master_message::Message::Registered(_)) => "registered".into(),
-                None => "empty".into(),
+                Some(master_message::Message::HeartbeatAck(_)) | None => "empty".into(),
             },
         })
         .collect()
