@@ -560,6 +560,10 @@ impl<C: Containerizer> Agent<C> {
         self.master_contact = Instant::now();
         match msg.message? {
             master_message::Message::HeartbeatAck(_) => {}
+            master_message::Message::MarkedUnreachable(_) => {
+                warn!("the master declared this agent unreachable");
+                self.stop_tasks_that_must_not_outlive_a_partition();
+            }
             master_message::Message::Registered(r) => {
                 let id = r.agent_id.map(|a| a.value).unwrap_or_default();
                 info!(agent = %id, "registered");
@@ -842,9 +846,14 @@ impl<C: Containerizer> Agent<C> {
         let Some(timeout) = self.agent_timeout else {
             return;
         };
-        if self.master_contact.elapsed() <= timeout {
-            return;
+        if self.master_contact.elapsed() > timeout {
+            self.stop_tasks_that_must_not_outlive_a_partition();
         }
+    }
+
+    /// Kills, without grace, the tasks that asked not to run once the
+    /// master has given this agent up.
+    fn stop_tasks_that_must_not_outlive_a_partition(&mut self) {
         let doomed: Vec<TaskKey> = self
             .tasks
             .iter()

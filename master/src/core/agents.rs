@@ -329,6 +329,11 @@ impl Core {
         // re-registers rather than talking into a dead session.
         if let Some((conn, tx)) = agent.conn.take() {
             self.agent_of_conn.remove(&conn);
+            let _ = tx.send(Ok(MasterMessage {
+                message: Some(master_message::Message::MarkedUnreachable(
+                    master_message::MarkedUnreachable {},
+                )),
+            }));
             let _ = tx.send(Err(Status::unavailable(
                 "agent marked unreachable; register again",
             )));

@@ -333,6 +333,7 @@ fn agent_kinds(rx: &mut AgentRx) -> Vec<String> {
                 Some(master_message::Message::Acknowledge(_)) => "ack".into(),
                 Some(master_message::Message::Shutdown(_)) => "shutdown".into(),
                 Some(master_message::Message::Registered(_)) => "registered".into(),
+                Some(master_message::Message::MarkedUnreachable(_)) => "unreachable".into(),
                 Some(master_message::Message::HeartbeatAck(_)) | None => "empty".into(),
             },
         })
@@ -521,13 +522,18 @@ async fn updates_are_relayed_in_order_and_acknowledgements_reach_the_agent() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_agent_turns_unreachable_and_its_return_is_reported_and_evented() {
     let mut h = Harness::new();
-    let (agent, mut framework) = running_task(&mut h, 3600.0);
+    let (mut agent, mut framework) = running_task(&mut h, 3600.0);
     h.events();
     h.advance(Duration::from_secs(11)).await;
     assert_eq!(
         event_kinds(&mut framework.rx),
         ["failure", "update:TASK_UNREACHABLE"],
         "the framework hears of the agent before its tasks"
+    );
+    assert_eq!(
+        agent_kinds(&mut agent.rx),
+        ["unreachable", "closed:Unavailable"],
+        "the agent hears it was given up on (its careful tasks stop)"
     );
     h.reregister(
         &agent,
