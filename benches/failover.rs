@@ -1,6 +1,6 @@
 //! Whole-system benchmark of high availability and of the registry's cost.
 //!
-//! 1. Failover: three masters on a one-member etcd (loopback), one agent
+//! 1. Failover: three masters on a three-member etcd (loopback), one agent
 //!    and one framework given the list of masters. The leader is killed
 //!    with SIGKILL (or stopped with SIGTERM, when it resigns), and the clock
 //!    runs from the signal to (a) the framework subscribed again — to the
@@ -73,23 +73,56 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_etcd(data: &Path) -> (Proc, String) {
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
-        .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (apt-get install etcd-server)");
-    (Proc(child), url)
+/// A three-member etcd cluster on loopback; returns its members and the
+/// comma-separated client URLs.
+fn start_etcd(data: &Path) -> (Vec<Proc>, String) {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = Vec::new();
+    let mut urls = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(data.join(format!("e{i}")))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+            .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (apt-get install etcd-server)");
+        members.push(Proc(child));
+        urls.push(url);
+    }
+    (members, urls.join(","))
+}
+
+/// Waits until etcd answers (the cluster has a leader).
+async fn wait_etcd(endpoints: &str) {
+    let first = endpoints.split(',').next().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = reqwest::Client::new()
+            .post(format!("{first}/v3/kv/range"))
+            .body(r#"{"key":"AA=="}"#)
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "etcd did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `agora master` on `listen`; returns once it serves.
@@ -164,7 +197,7 @@ fn summary(name: &str, mut ms: Vec<f64>) {
 async fn failovers(rounds: usize, graceful: bool) -> (Vec<f64>, Vec<f64>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_etcd, etcd) = start_etcd(&dir.path().join("etcd"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_etcd(&etcd).await;
     let listens: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -341,7 +374,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
 
-    println!("== failover: 3 masters on etcd (lease 1 s), 1 agent, 1 framework ==");
+    println!("== failover: 3 masters on a 3-member etcd (lease 1 s), 1 agent, 1 framework ==");
     let (sub, offer) = failovers(kills, false).await;
     summary("kill -9 → framework resubscribed", sub);
     summary("kill -9 → first offer from the new leader", offer);
@@ -353,8 +386,8 @@ async fn main() {
     for backend in ["embedded", "etcd"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = (backend == "etcd").then(|| start_etcd(&dir.path().join("etcd")));
-        if etcd.is_some() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some((_, endpoints)) = &etcd {
+            wait_etcd(endpoints).await;
         }
         let listen = format!("127.0.0.1:{}", free_port());
         let url = format!("http://{listen}");

@@ -250,6 +250,7 @@ impl<C: Containerizer> Agent<C> {
         );
         // Several masters (one leads): go where a standby points, else
         // try the next.
+        let mut failed_in_round = 0;
         let mut masters = agora_proto::MasterList::new(&self.config.master).unwrap_or_else(|| {
             agora_proto::MasterList::new("http://127.0.0.1:5050").expect("a list")
         });
@@ -261,7 +262,12 @@ impl<C: Containerizer> Agent<C> {
                 connecting = true;
                 let master = masters.current().to_string();
                 let done = connected_tx.clone();
-                let delay = backoff;
+                // The next master at once, until a whole round failed.
+                let delay = if failed_in_round + 1 < masters.all().len() {
+                    Duration::ZERO
+                } else {
+                    backoff
+                };
                 tokio::spawn(async move {
                     let result = open_session(master).await;
                     if let Err(refused) = &result
@@ -278,6 +284,7 @@ impl<C: Containerizer> Agent<C> {
                     match result {
                         Some(Ok((tx, stream))) => {
                             backoff = Duration::from_millis(100);
+                            failed_in_round = 0;
                             inbound = Some(stream);
                             self.session = Some(Session { tx, registered: false });
                             self.register();
@@ -285,6 +292,7 @@ impl<C: Containerizer> Agent<C> {
                         Some(Err(refused)) => {
                             warn!("{}; retrying", refused.message);
                             masters.failed(refused.leader);
+                            failed_in_round = (failed_in_round + 1) % masters.all().len().max(1);
                             // With standbys to ask, a new leader is at most
                             // a lease away: keep asking often.
                             let cap = if masters.all().len() > 1 { 500 } else { 5000 };

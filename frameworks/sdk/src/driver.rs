@@ -212,6 +212,11 @@ impl Driver {
         }
     }
 
+    fn master_count(&self) -> usize {
+        let masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
+        masters.list.all().len()
+    }
+
     /// The master the framework follows now.
     fn client(&self) -> SchedulerClient<Channel> {
         let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
@@ -406,6 +411,7 @@ impl Driver {
     pub async fn run<S: Scheduler>(&self, mut scheduler: S) -> Result<S, SdkError> {
         let mut stop = self.stop.subscribe();
         let mut backoff = Duration::from_millis(100);
+        let mut failed_in_round = 0;
         loop {
             if *stop.borrow() != Stop::Running {
                 return self.finish(scheduler).await;
@@ -441,6 +447,12 @@ impl Driver {
                 }
                 Err(status) => {
                     self.master_failed(&status);
+                    // The next master at once, until a whole round failed.
+                    failed_in_round += 1;
+                    if failed_in_round < self.master_count() {
+                        continue;
+                    }
+                    failed_in_round = 0;
                     warn!(code = ?status.code(), message = %status.message(), "subscribing failed; retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -450,6 +462,8 @@ impl Driver {
                     continue;
                 }
             };
+            let subscribed_at = tokio::time::Instant::now();
+            failed_in_round = 0;
             // Silence for three heartbeats means the master is gone.
             let mut silence = Duration::from_secs(45);
             loop {
@@ -521,11 +535,16 @@ impl Driver {
                 sub.stream_id = None;
             }
             scheduler.disconnected(self).await;
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.changed() => return self.finish(scheduler).await,
+            // A subscription that lasted resubscribes at once (its master
+            // may have died and another lead already); one that ended
+            // straight away backs off.
+            if subscribed_at.elapsed() < Duration::from_secs(1) {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return self.finish(scheduler).await,
+                }
+                backoff = (backoff * 2).min(self.backoff_cap());
             }
-            backoff = (backoff * 2).min(self.backoff_cap());
         }
     }
 }
