@@ -92,10 +92,20 @@ fn start_etcd(data: &Path) -> (Vec<Proc>, String) {
             .args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(data.join(format!("e{i}")))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+            .args([
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-state",
+                "new",
+            ])
             .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -128,10 +138,16 @@ async fn wait_etcd(endpoints: &str) {
 /// `agora master` on `listen`; returns once it serves.
 fn start_master(listen: &str, etcd: Option<&str>, data: &Path) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
-    cmd.args(["master", "--listen", listen, "--allocation-interval", "100ms"])
-        .args(["--agent-timeout", "5s"])
-        .arg("--data-dir")
-        .arg(data);
+    cmd.args([
+        "master",
+        "--listen",
+        listen,
+        "--allocation-interval",
+        "100ms",
+    ])
+    .args(["--agent-timeout", "5s"])
+    .arg("--data-dir")
+    .arg(data);
     if let Some(etcd) = etcd {
         cmd.args(["--etcd", etcd, "--leader-lease", "1s"]);
     }
@@ -150,7 +166,12 @@ fn start_master(listen: &str, etcd: Option<&str>, data: &Path) -> Proc {
 fn start_agent(masters: &str, data: &Path) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_agora"))
         .args(["agent", "--master", masters, "--listen", "127.0.0.1:0"])
-        .args(["--containerizer", "process", "--resources", "cpus:4;mem:4096"])
+        .args([
+            "--containerizer",
+            "process",
+            "--resources",
+            "cpus:4;mem:4096",
+        ])
         .arg("--data-dir")
         .arg(data)
         .env("AGORA_LOG", "error")
@@ -222,7 +243,10 @@ async fn failovers(rounds: usize, graceful: bool) -> (Vec<f64>, Vec<f64>) {
     let (mut to_subscribed, mut to_offer) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let leader = leader_of(&urls).await;
-        let index = urls.iter().position(|u| *u == leader).expect("a known leader");
+        let index = urls
+            .iter()
+            .position(|u| *u == leader)
+            .expect("a known leader");
         // Steady state: the framework is offered the agent.
         loop {
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
@@ -340,7 +364,11 @@ async fn launch_latency(master: &str, n: usize) -> Vec<f64> {
             let Some(offer) = offer else { continue };
             let start = Instant::now();
             let launched = driver
-                .accept(&[offer_id(&offer)], vec![task(&id, "true", &per_task)], Some(0.0))
+                .accept(
+                    &[offer_id(&offer)],
+                    vec![task(&id, "true", &per_task)],
+                    Some(0.0),
+                )
                 .await;
             if launched.is_ok() {
                 break start;
