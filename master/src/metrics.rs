@@ -55,6 +55,8 @@ pub struct Metrics {
     pub offers_rescinded: u64,
     pub tasks_launched: u64,
     pub invalid_accepts: u64,
+    /// Registrations refused: a wrong secret, or an agent marked gone.
+    pub registrations_refused: u64,
     pub status_updates: u64,
     pub allocation_pass_seconds: Histogram,
     /// From the master relaying an agent's update to the framework's
@@ -70,6 +72,7 @@ impl Default for Metrics {
             offers_rescinded: 0,
             tasks_launched: 0,
             invalid_accepts: 0,
+            registrations_refused: 0,
             status_updates: 0,
             allocation_pass_seconds: Histogram::new(PASS_BOUNDS),
             status_update_ack_seconds: Histogram::new(UPDATE_BOUNDS),
@@ -192,6 +195,12 @@ impl Metrics {
             "agora_invalid_accepts_total",
             "Accepts refused as invalid.",
             self.invalid_accepts,
+        );
+        counter(
+            &mut out,
+            "agora_agent_registrations_refused_total",
+            "Agent registrations refused (a wrong secret for the id, or an agent marked gone).",
+            self.registrations_refused,
         );
         counter(
             &mut out,

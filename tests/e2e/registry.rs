@@ -164,7 +164,16 @@ async fn a_framework_away_past_its_failover_timeout_loses_its_tasks_across_a_mas
 
     // The framework process dies (no teardown); then so does the master.
     f.abandon();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The master sees it go (and records since when) before it dies too.
+    wait_until(
+        "the master to see the framework go",
+        Duration::from_secs(10),
+        || async {
+            let s = state(&url).await;
+            (find(&s["frameworks"], "name", "fleeting")?["active"] == false).then_some(())
+        },
+    )
+    .await;
     master.kill_hard();
     let master = master_in(master_data.path(), &listen);
     let url = master.url.clone().expect("url");
@@ -206,8 +215,27 @@ async fn an_agent_claiming_another_agents_id_without_its_secret_is_refused() {
     // The impostor copies the id, not the secret.
     std::fs::write(db.path().join("agent_id"), &id).expect("write id");
     let _b = start_agent(&url, db.path(), AGENT, "impostor");
-    // Long enough for several registration attempts.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Refused, and refused again when it retries.
+    wait_until(
+        "the impostor to be refused twice",
+        Duration::from_secs(20),
+        || async {
+            let metrics = reqwest::get(format!("{url}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let refused = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("agora_agent_registrations_refused_total "))?
+                .trim()
+                .parse::<f64>()
+                .ok()?;
+            (refused >= 2.0).then_some(())
+        },
+    )
+    .await;
     let s = state(&url).await;
     let agents = s["agents"].as_array().expect("agents");
     assert_eq!(agents.len(), 1, "{s:#}");

@@ -76,6 +76,7 @@ impl Core {
         let _enter = span.enter();
         if self.gone_agents.contains(&id) {
             warn!("an agent marked gone tried to register; telling it to kill its tasks");
+            self.metrics.registrations_refused += 1;
             let _ = tx.send(Ok(MasterMessage {
                 message: Some(master_message::Message::Shutdown(
                     master_message::Shutdown {
@@ -99,6 +100,7 @@ impl Core {
             Some(hash) => {
                 if sha256(&register.secret) != *hash {
                     warn!("registration refused: wrong secret for this agent id");
+                    self.metrics.registrations_refused += 1;
                     let _ = tx.send(Err(Status::permission_denied(format!(
                         "agent `{id}`: the secret does not match the one issued with this id"
                     ))));
