@@ -49,7 +49,51 @@ pub fn leader_answer(role: &Role, me: &str) -> Response {
         Role::Standby { leader } => leader.clone(),
     };
     let standby = matches!(role, Role::Standby { .. });
-    axum::Json(json!({ "leader": leader, "standby": standby })).into_response()
+    with_any_origin(axum::Json(json!({ "leader": leader, "standby": standby })).into_response())
+}
+
+/// `GET /api/v1/masters`: every master, and who leads. Readable from any
+/// origin, like `/api/v1/leader`: a page served by a master that died asks
+/// the others where to go.
+pub fn masters_answer(role: &Role, me: &str, masters: Vec<String>) -> Response {
+    let leader = match role {
+        Role::Leading => Some(me.to_string()),
+        Role::Standby { leader } => leader.clone(),
+    };
+    with_any_origin(axum::Json(json!({ "masters": masters, "leader": leader })).into_response())
+}
+
+fn with_any_origin(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
+
+/// Keeps the list of masters current (every second) while the process runs.
+pub async fn follow_members(
+    election: std::sync::Arc<agora_store::election::Election>,
+    members: watch::Sender<Vec<String>>,
+) {
+    loop {
+        match election.members().await {
+            Ok(mut list) if !list.is_empty() => {
+                list.sort();
+                members.send_if_modified(|current| {
+                    let changed = *current != list;
+                    *current = list;
+                    changed
+                });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("listing the masters: {e}"),
+        }
+        if members.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// A standby's answer to anything but `/api/v1/leader`.

@@ -85,6 +85,9 @@ pub async fn run(
         Backing::Embedded(_) => Role::Leading,
         Backing::Etcd(_) => Role::Standby { leader: None },
     });
+    // Every master there is (on etcd: as they list themselves), for
+    // clients that lost theirs — the web UI among them.
+    let (members_tx, members) = watch::channel(vec![me.clone()]);
 
     let grpc = tonic::service::Routes::new(SchedulerServer::new(handle.clone()))
         .add_service(AgentServiceServer::new(handle.clone()))
@@ -109,9 +112,13 @@ pub async fn run(
             operator.clone()
         };
         let me = me.clone();
+        let masters = members.borrow().clone();
         async move {
             if !is_grpc && path == "/api/v1/leader" {
                 return leadership::leader_answer(&now, &me);
+            }
+            if !is_grpc && path == "/api/v1/masters" {
+                return leadership::masters_answer(&now, &me, masters);
             }
             if let Role::Standby { leader } = &now {
                 return leadership::standby_answer(leader.as_deref(), is_grpc, &path);
@@ -141,7 +148,13 @@ pub async fn run(
                     .map_err(StoreError::from)
                     .map_err(RegistryError::from)?,
             );
-            let election = Election::new(etcd, leadership::LEADER_KEY, &ha.advertise, ha.lease_ttl);
+            let election = Arc::new(Election::new(
+                etcd,
+                leadership::LEADER_KEY,
+                &ha.advertise,
+                ha.lease_ttl,
+            ));
+            tokio::spawn(leadership::follow_members(election.clone(), members_tx));
             let (observed_tx, observed) = watch::channel(None);
             let mirror = tokio::spawn(leadership::follow_observed(observed, role_tx.clone()));
             tracing::info!(etcd = %ha.etcd, "standing by: campaigning for leadership");

@@ -1,7 +1,9 @@
 // Agora web UI: reads /api/v1/state, follows /api/v1/events, and shows a
 // task's log by following /api/v1/tasks/{id}/files/read. When the batch
 // framework is up, its jobs come from /batch/v1/jobs; when the services
-// framework is, its apps from /services/v1/apps. No dependencies.
+// framework is, its apps from /services/v1/apps. With several masters it
+// remembers them all (/api/v1/masters) and, when the one that served the
+// page stops answering, moves to whichever leads now. No dependencies.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -121,9 +123,36 @@ async function refreshApps() {
   }).join("");
 }
 
+// Every master, as the last answer listed them.
+let masters = [];
+
+async function rememberMasters() {
+  try {
+    const m = await getJSON("/api/v1/masters");
+    if (Array.isArray(m.masters) && m.masters.length) masters = m.masters;
+  } catch (_) { /* keep the last list */ }
+}
+
+// This page's master is gone: ask the others who leads, and go there.
+async function findLeader() {
+  for (const m of masters) {
+    if (m === location.origin) continue;
+    try {
+      const r = await fetch(`${m}/api/v1/leader`, { signal: AbortSignal.timeout(2000) });
+      const { leader } = await r.json();
+      if (leader && leader !== location.origin) {
+        location.href = `${leader}/${location.hash}`;
+        return true;
+      }
+    } catch (_) { /* that one is gone too */ }
+  }
+  return false;
+}
+
 async function refresh() {
   refreshJobs();
   refreshApps();
+  rememberMasters();
   try {
     const [s, r, a] = await Promise.all([getJSON("/api/v1/state"), getJSON("/api/v1/roles"), getJSON("/api/v1/agents")]);
     state = s;
@@ -134,6 +163,8 @@ async function refresh() {
     renderBars(); renderChart(); renderAgents(); renderFrameworks(r.roles); renderTasks();
   } catch (e) {
     $("live").textContent = `error: ${e.message}`;
+    // A network error (not an HTTP one): the master may be gone.
+    if (e instanceof TypeError) await findLeader();
   }
 }
 
@@ -190,10 +221,10 @@ window.addEventListener("hashchange", fromHash);
 
 const events = new EventSource("/api/v1/events");
 events.onopen = () => { $("live").textContent = "live"; $("live").classList.add("on"); };
-events.onerror = () => { $("live").textContent = "reconnecting…"; $("live").classList.remove("on"); };
+events.onerror = () => { $("live").textContent = "reconnecting…"; $("live").classList.remove("on"); refreshSoon(); };
 events.onmessage = refreshSoon;
 for (const name of ["agent_added", "agent_reregistered", "agent_disconnected", "agent_unreachable", "agent_drained", "agent_undrained", "framework_added", "framework_disconnected", "framework_removed", "task_updated", "role_weight_changed"]) {
   events.addEventListener(name, refreshSoon);
 }
-setInterval(refresh, 5000);
+setInterval(refresh, 2000);
 refresh().then(fromHash);

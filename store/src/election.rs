@@ -18,6 +18,9 @@ pub struct Election {
     key: String,
     me: String,
     ttl: Duration,
+    /// Where candidates list themselves (bound to their lease), so clients
+    /// can find every one of them: `<key>/members/`.
+    members: String,
 }
 
 /// Being the leader: valid until the lease may have expired.
@@ -42,7 +45,20 @@ impl Election {
             key: key.to_string(),
             me: me.to_string(),
             ttl,
+            members: format!("{key}/members/"),
         }
+    }
+
+    /// Every candidate alive now (leader and standbys), as they announce
+    /// themselves.
+    pub async fn members(&self) -> Result<Vec<String>, EtcdError> {
+        Ok(self
+            .etcd
+            .range_prefix(&self.members)
+            .await?
+            .into_iter()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .collect())
     }
 
     /// Who leads now, as the leader announced itself.
@@ -92,6 +108,17 @@ impl Election {
                 (id, ttl, sent)
             }
         };
+        if lease.is_none_or(|(old, _, _)| old != id) {
+            // A new lease: list ourselves under it (gone when it expires).
+            let member = format!("{}{}", self.members, self.me);
+            self.etcd
+                .txn(
+                    Vec::new(),
+                    vec![etcd::put(&member, self.me.as_bytes(), id)],
+                    Vec::new(),
+                )
+                .await?;
+        }
         *lease = Some((id, ttl, renewed));
         let result = self
             .etcd

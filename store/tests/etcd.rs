@@ -128,6 +128,7 @@ async fn one_leader_at_a_time_and_a_deposed_leader_cannot_write() {
         Some("http://m1".to_string())
     );
 
+    assert_eq!(first.members().await.expect("members"), ["http://m1"]);
     let (seen2, mut seen2_rx) = watch::channel(None);
     let standby = tokio::spawn(async move {
         let l = second.campaign(&seen2).await;
@@ -137,6 +138,13 @@ async fn one_leader_at_a_time_and_a_deposed_leader_cannot_write() {
         .wait_for(|l| l.as_deref() == Some("http://m1"))
         .await
         .expect("the standby sees the leader");
+    let mut members = first.members().await.expect("members");
+    members.sort();
+    assert_eq!(
+        members,
+        ["http://m1", "http://m2"],
+        "standbys list themselves too"
+    );
 
     let url = server.url.clone();
     let fence = leader.clone();

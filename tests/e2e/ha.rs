@@ -245,3 +245,65 @@ async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
         replicas[1 - active].url.as_deref()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_ui_moves_to_the_new_leader_by_itself() {
+    let chromium = "/usr/bin/chromium";
+    assert!(
+        Path::new(chromium).exists(),
+        "apt-get install chromium (.ci/run does)"
+    );
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci` in tests/browser (.ci/run does)"
+    );
+    let etcd = start_etcd().await;
+    let mut masters = masters_on(&etcd);
+    let all = urls(&masters);
+    let leader = wait_leader(&all, None).await;
+    let dir = tempdir();
+    let _agent = start_agent(&all.join(","), dir.path(), "cpus:1;mem:256", "ui-ha-host");
+    wait_for_agents(&leader, 1).await;
+
+    let mut check = tokio::process::Command::new("node")
+        .arg(browser_dir.join("ha-check.mjs"))
+        .args([leader.as_str(), "ui-ha-host"])
+        .env("CHROMIUM", chromium)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut stdout = tokio::io::BufReader::new(check.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line),
+    )
+    .await
+    .expect("the page comes up")
+    .expect("read");
+    assert_eq!(line.trim(), "ready", "the browser check did not start");
+
+    let index = all.iter().position(|u| *u == leader).expect("leader");
+    masters[index].kill_hard();
+    let mut stdin = check.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"killed\n")
+        .await
+        .expect("tell the check");
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(60), check.wait_with_output())
+        .await
+        .expect("the browser check finishes")
+        .expect("node ran");
+    let mut rest = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest).await;
+    assert!(
+        output.status.success(),
+        "the page did not follow the leader:\n{rest}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(rest.contains("ha-check: ok"), "{rest}");
+}
