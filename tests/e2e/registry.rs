@@ -294,3 +294,77 @@ async fn a_task_that_must_not_outlive_a_partition_dies_when_its_frozen_agent_wak
     assert_eq!(patient.state, TaskState::TaskRunning as i32);
     f.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_marked_gone_loses_its_tasks_kills_them_and_is_refused() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT, "doomed");
+    let s = wait_for_agents(&url, 1).await;
+    let id = find(&s["agents"], "hostname", "doomed").expect("agent")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let endpoint = agent_endpoint(&url, "doomed").await;
+    let mut f = TestFramework::start(&url, "bystander", "*").await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    f.driver
+        .accept(
+            &[offer_id(&offer)],
+            vec![task("stranded", "sleep 600", &small())],
+            None,
+        )
+        .await
+        .expect("accept");
+    f.wait_state("stranded", TaskState::TaskRunning, Duration::from_secs(10))
+        .await;
+    let pid = container_of(&endpoint, "stranded").await["pid"]
+        .as_i64()
+        .expect("pid") as i32;
+
+    let (code, body) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/agents/{id}/gone"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    f.wait_state(
+        "stranded",
+        TaskState::TaskGoneByOperator,
+        Duration::from_secs(10),
+    )
+    .await;
+    // The agent is told, and kills what it ran.
+    wait_until("the task to be killed", Duration::from_secs(10), || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
+    // It keeps trying to come back and is refused every time.
+    wait_until("a refused return", Duration::from_secs(10), || async {
+        let metrics = reqwest::get(format!("{url}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("agora_agent_registrations_refused_total ") && !l.ends_with(" 0")
+            })
+            .then_some(())
+    })
+    .await;
+    let s = state(&url).await;
+    assert!(find(&s["agents"], "id", &id).is_none(), "{s:#}");
+    let (code, body) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/agents/{id}/gone"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    f.teardown().await;
+}
