@@ -5,6 +5,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -74,14 +75,39 @@ struct ReadQuery {
     length: Option<u64>,
 }
 
+/// Why a sandbox path was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub(crate) enum PathError {
+    #[error("no such file in the sandboxes: {0}")]
+    NotFound(String),
+    #[error("path {0} is not under the sandboxes")]
+    NotUnder(String),
+    #[error("path {0} may not contain `..` or `.`")]
+    DotComponent(String),
+    #[error("path {0} leads out of the sandboxes")]
+    LeadsOut(String),
+    #[error("sandbox root {0}: {1}")]
+    Root(String, String),
+}
+
+impl PathError {
+    fn status(&self) -> StatusCode {
+        match self {
+            PathError::NotFound(_) => StatusCode::NOT_FOUND,
+            PathError::Root(..) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
 /// Resolves `requested` (relative to the sandbox root, or absolute under it)
 /// to a file inside the sandboxes; `..` and symlinks leading out are refused.
-pub(crate) fn confine(root: &Path, requested: &str) -> Result<PathBuf, String> {
+pub(crate) fn confine(root: &Path, requested: &str) -> Result<PathBuf, PathError> {
     let requested = Path::new(requested);
     let relative = if requested.is_absolute() {
         requested
             .strip_prefix(root)
-            .map_err(|_| format!("path {} is not under the sandboxes", requested.display()))?
+            .map_err(|_| PathError::NotUnder(requested.display().to_string()))?
     } else {
         requested
     };
@@ -89,25 +115,27 @@ pub(crate) fn confine(root: &Path, requested: &str) -> Result<PathBuf, String> {
         .components()
         .any(|c| !matches!(c, Component::Normal(_)))
     {
-        return Err(format!(
-            "path {} may not contain `..` or `.`",
-            relative.display()
-        ));
+        return Err(PathError::DotComponent(relative.display().to_string()));
     }
     let root = root
         .canonicalize()
-        .map_err(|e| format!("sandbox root {}: {e}", root.display()))?;
+        .map_err(|e| PathError::Root(root.display().to_string(), e.to_string()))?;
     let full = root
         .join(relative)
         .canonicalize()
-        .map_err(|_| format!("no such file in the sandboxes: {}", relative.display()))?;
+        .map_err(|_| PathError::NotFound(relative.display().to_string()))?;
     if !full.starts_with(&root) {
-        return Err(format!(
-            "path {} leads out of the sandboxes",
-            relative.display()
-        ));
+        return Err(PathError::LeadsOut(relative.display().to_string()));
     }
     Ok(full)
+}
+
+/// A query the handler cannot read: 400 in JSON, naming the problem.
+fn bad_query(rejection: QueryRejection) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("query: {}", rejection.body_text()),
+    )
 }
 
 #[derive(Deserialize)]
@@ -116,7 +144,14 @@ struct BrowseQuery {
 }
 
 /// The entries of a sandbox directory.
-async fn browse(State(api): State<AgentApi>, Query(q): Query<BrowseQuery>) -> Response {
+async fn browse(
+    State(api): State<AgentApi>,
+    q: Result<Query<BrowseQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(rejection) => return bad_query(rejection),
+    };
     let dir = match confine(&api.sandboxes, &q.path) {
         Ok(p) if p.is_dir() => p,
         Ok(_) => {
@@ -125,8 +160,7 @@ async fn browse(State(api): State<AgentApi>, Query(q): Query<BrowseQuery>) -> Re
                 format!("{} is not a directory", q.path),
             );
         }
-        Err(e) if e.starts_with("no such file") => return error(StatusCode::NOT_FOUND, e),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(e.status(), e.to_string()),
     };
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -152,12 +186,18 @@ async fn browse(State(api): State<AgentApi>, Query(q): Query<BrowseQuery>) -> Re
     Json(json!({ "path": q.path, "files": files })).into_response()
 }
 
-async fn read_file(State(api): State<AgentApi>, Query(q): Query<ReadQuery>) -> Response {
+async fn read_file(
+    State(api): State<AgentApi>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(rejection) => return bad_query(rejection),
+    };
     let path = match confine(&api.sandboxes, &q.path) {
         Ok(p) if p.is_file() => p,
         Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a file", q.path)),
-        Err(e) if e.starts_with("no such file") => return error(StatusCode::NOT_FOUND, e),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(e.status(), e.to_string()),
     };
     let length = q.length.unwrap_or(64 * 1024);
     if length > MAX_READ {
@@ -211,26 +251,22 @@ mod tests {
         );
         let absolute = root.join("f/t/stdout");
         assert!(confine(&root, absolute.to_str().expect("utf-8")).is_ok());
-        assert!(
-            confine(&root, "f/t/../../../secret")
-                .expect_err("dotdot")
-                .contains("..")
-        );
-        assert!(
-            confine(&root, "f/t/escape")
-                .expect_err("symlink")
-                .contains("leads out")
-        );
-        assert!(
-            confine(&root, "/etc/passwd")
-                .expect_err("absolute")
-                .contains("not under")
-        );
-        assert!(
-            confine(&root, "f/t/nope")
-                .expect_err("missing")
-                .starts_with("no such file")
-        );
+        assert!(matches!(
+            confine(&root, "f/t/../../../secret"),
+            Err(PathError::DotComponent(_))
+        ));
+        assert!(matches!(
+            confine(&root, "f/t/escape"),
+            Err(PathError::LeadsOut(_))
+        ));
+        assert!(matches!(
+            confine(&root, "/etc/passwd"),
+            Err(PathError::NotUnder(_))
+        ));
+        assert!(matches!(
+            confine(&root, "f/t/nope"),
+            Err(PathError::NotFound(_))
+        ));
         assert!(confine(&root, "f/t").expect("a directory").is_dir());
     }
 }

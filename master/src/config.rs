@@ -47,8 +47,65 @@ impl Default for MasterConfig {
 /// A flag value the master cannot use.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
-    #[error("--weights: `{0}` is not `role=weight` with a weight > 0")]
+    #[error("--weights: `{0}` is not `role=weight` with a weight between 1e-6 and 1e6")]
     BadWeight(String),
+    #[error("--weights: {0}")]
+    BadRole(String),
+}
+
+/// Longest role name.
+pub const MAX_ROLE_LENGTH: usize = 128;
+/// Smallest and largest role weight: beyond them shares stop being numbers.
+pub const WEIGHT_RANGE: std::ops::RangeInclusive<f64> = 1e-6..=1e6;
+/// Longest failover timeout a framework may ask for: a year.
+pub const MAX_FAILOVER_TIMEOUT_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Whether `role` is a role name: `*`, or `/`-separated parts of letters,
+/// digits, `.`, `_` and `-` (not `.` or `..`, not starting with `-`), at
+/// most 128 characters (Mesos's rules, short of its length).
+pub fn validate_role(role: &str) -> Result<(), String> {
+    if role == "*" {
+        return Ok(());
+    }
+    let shown: String = role
+        .chars()
+        .take(40)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if role.is_empty() || role.len() > MAX_ROLE_LENGTH {
+        return Err(format!(
+            "role `{shown}`: must be 1 to {MAX_ROLE_LENGTH} characters"
+        ));
+    }
+    for part in role.split('/') {
+        let ok = !part.is_empty()
+            && part != "."
+            && part != ".."
+            && !part.starts_with('-')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(format!(
+                "role `{shown}`: use `/`-separated parts of letters, digits, `.`, `_` and `-` (not `.`, `..` or a leading `-`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `weight` is a usable role weight.
+pub fn validate_weight(weight: f64) -> Result<(), String> {
+    if weight.is_finite() && WEIGHT_RANGE.contains(&weight) {
+        Ok(())
+    } else {
+        Err(format!(
+            "weight must be a number between {} and {}, not {weight}",
+            WEIGHT_RANGE.start(),
+            WEIGHT_RANGE.end()
+        ))
+    }
 }
 
 /// Parses `--weights 'prod=2,dev=1'`.
@@ -58,9 +115,8 @@ pub fn parse_weights(text: &str) -> Result<BTreeMap<String, f64>, ConfigError> {
         let bad = || ConfigError::BadWeight(item.to_string());
         let (role, weight) = item.split_once('=').ok_or_else(bad)?;
         let weight: f64 = weight.trim().parse().map_err(|_| bad())?;
-        if role.trim().is_empty() || !weight.is_finite() || weight <= 0.0 {
-            return Err(bad());
-        }
+        validate_role(role.trim()).map_err(ConfigError::BadRole)?;
+        validate_weight(weight).map_err(|_| bad())?;
         out.insert(role.trim().to_string(), weight);
     }
     Ok(out)
@@ -82,5 +138,26 @@ mod tests {
             parse_weights("prod=-1"),
             Err(ConfigError::BadWeight("prod=-1".into()))
         );
+        assert_eq!(
+            parse_weights("tiny=5e-324"),
+            Err(ConfigError::BadWeight("tiny=5e-324".into()))
+        );
+        assert!(matches!(
+            parse_weights("a\u{1}b=2"),
+            Err(ConfigError::BadRole(_))
+        ));
+    }
+
+    #[test]
+    fn role_names_follow_the_rules() {
+        for good in ["*", "prod", "eng/backend", "team-a.v2", "a_b"] {
+            assert_eq!(validate_role(good), Ok(()), "{good}");
+        }
+        let long = "r".repeat(MAX_ROLE_LENGTH + 1);
+        for bad in [
+            "", "a\u{1}b", "..", "a/../b", "/a", "a/", "-a", "a b", &long,
+        ] {
+            assert!(validate_role(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -59,7 +59,7 @@ pub fn router(core: CoreHandle, events: broadcast::Sender<ClusterEvent>) -> Rout
         .route("/api/v1/tasks/{id}/files/read", get(task_file_read))
         .route("/api/v1/offers", get(offers))
         .route("/api/v1/roles", get(roles))
-        .route("/api/v1/roles/{role}", put(set_weight))
+        .route("/api/v1/roles/{role}", put(set_weight).delete(reset_weight))
         .route("/api/v1/events", get(event_stream))
         .fallback(framework_proxy)
         .with_state(Api {
@@ -357,6 +357,22 @@ async fn task_file_read(
     );
     for key in ["offset", "length"] {
         if let Some(v) = params.get(key) {
+            // Checked here, so a bad one is a 400 naming it, not the
+            // agent's refusal relayed as a bad gateway.
+            let number = if key == "offset" {
+                v.parse::<i64>().is_ok()
+            } else {
+                v.parse::<u64>().is_ok()
+            };
+            if !number {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "parameter `{key}` must be a whole number, got `{}`",
+                        v.escape_debug()
+                    ),
+                );
+            }
             url.push_str(&format!("&{key}={}", query_escape(v)));
         }
     }
@@ -387,17 +403,33 @@ async fn act(api: &Api, op: Operator) -> Response {
     }
 }
 
-/// A JSON body, or a 400 naming what is wrong with it.
-fn body_json(body: &str) -> Result<Value, Response> {
+/// A JSON object body with only the `known` fields, or a 400 naming what
+/// is wrong with it (a misspelt field is not silently ignored).
+fn body_json(body: &str, known: &[&str]) -> Result<Value, Response> {
     if body.trim().is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_str(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(error(StatusCode::BAD_REQUEST, "body must be a JSON object"));
+    };
+    if let Some(unknown) = object.keys().find(|k| !known.contains(&k.as_str())) {
+        let expected = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        };
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown field `{unknown}` (known: {expected})"),
+        ));
+    }
+    Ok(value)
 }
 
 async fn set_weight(State(api): State<Api>, Path(role): Path<String>, body: String) -> Response {
-    let body = match body_json(&body) {
+    let body = match body_json(&body, &["weight"]) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -410,12 +442,19 @@ async fn set_weight(State(api): State<Api>, Path(role): Path<String>, body: Stri
     act(&api, Operator::SetWeight { role, weight }).await
 }
 
-async fn teardown(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn teardown(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+    if let Err(r) = body_json(&body, &[]) {
+        return r;
+    }
     act(&api, Operator::Teardown { framework_id: id }).await
 }
 
+async fn reset_weight(State(api): State<Api>, Path(role): Path<String>) -> Response {
+    act(&api, Operator::ResetWeight { role }).await
+}
+
 async fn drain(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
-    let body = match body_json(&body) {
+    let body = match body_json(&body, &["kill_tasks"]) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -439,11 +478,17 @@ async fn drain(State(api): State<Api>, Path(id): Path<String>, body: String) -> 
     .await
 }
 
-async fn undrain(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn undrain(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+    if let Err(r) = body_json(&body, &[]) {
+        return r;
+    }
     act(&api, Operator::Undrain { agent_id: id }).await
 }
 
-async fn mark_gone(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn mark_gone(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+    if let Err(r) = body_json(&body, &[]) {
+        return r;
+    }
     act(&api, Operator::MarkGone { agent_id: id }).await
 }
 

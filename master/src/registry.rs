@@ -149,6 +149,10 @@ impl Registry {
             .push(Write::put(WEIGHTS, role, weight.to_string().into_bytes()));
     }
 
+    pub fn delete_weight(&mut self, role: &str) {
+        self.pending.push(Write::delete(WEIGHTS, role));
+    }
+
     /// Whether changes wait to be committed.
     pub fn dirty(&self) -> bool {
         !self.pending.is_empty()

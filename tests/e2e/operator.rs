@@ -180,6 +180,93 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
         assert!(error_of(&answer).contains(field), "{body}: {answer}");
     }
     assert_eq!(get(&format!("{url}/api/v1/nothing/here")).await.0, 404);
+
+    // Hostile input is refused, naming what is wrong, and changes nothing.
+    for (role, body, field) in [
+        ("a%01b", r#"{"weight": 2}"#, "role"),
+        ("tiny", r#"{"weight": 5e-324}"#, "weight"),
+        ("web", r#"{"weight": 2, "wieght": 3}"#, "wieght"),
+        ("web", "[1, 2]", "object"),
+    ] {
+        let (code, answer) = send(
+            reqwest::Method::PUT,
+            &format!("{url}/api/v1/roles/{role}"),
+            body,
+        )
+        .await;
+        assert_eq!(code, 400, "{role} {body}");
+        assert!(error_of(&answer).contains(field), "{body}: {answer}");
+    }
+    let long = "r".repeat(5000);
+    let (code, answer) = send(
+        reqwest::Method::PUT,
+        &format!("{url}/api/v1/roles/{long}"),
+        r#"{"weight": 2}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{answer}");
+    let (code, answer) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/agents/{agent_id}/drain"),
+        r#"{"kil_tasks": true}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(error_of(&answer).contains("kil_tasks"), "{answer}");
+    let (_, agents) = get(&format!("{url}/api/v1/agents")).await;
+    assert_eq!(
+        agents["agents"][0]["draining"], false,
+        "a refused drain drains nothing"
+    );
+    let (code, _) = send(
+        reqwest::Method::POST,
+        &format!("{url}/api/v1/agents/{agent_id}/undrain"),
+        r#"{"now": true}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    // A role's weight can be taken back.
+    let (code, _) = send(
+        reqwest::Method::DELETE,
+        &format!("{url}/api/v1/roles/web"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = send(
+        reqwest::Method::DELETE,
+        &format!("{url}/api/v1/roles/web"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 404, "nothing left to reset");
+    // Bad numbers through the file proxy, and at the agent itself: JSON 400s.
+    let (code, answer) = get(&format!(
+        "{url}/api/v1/tasks/sleeper/files/read?path=stdout&offset=abc"
+    ))
+    .await;
+    assert_eq!(code, 400);
+    assert!(error_of(&answer).contains("`offset`"), "{answer}");
+    let endpoint = agent_endpoint(&url, "op-host").await;
+    let (code, answer) = get(&format!("{endpoint}/files/read?path=x&length=-1")).await;
+    assert_eq!(code, 400);
+    assert!(error_of(&answer).contains("length"), "{answer}");
+
+    // A subscription with a silly failover timeout or role is refused.
+    for (role, failover) in [("*", 1e300_f64), ("a b", 60.0)] {
+        let mut config = agora_sdk::FrameworkConfig::new(&url, "hostile");
+        config.role = role.into();
+        config.failover_timeout = Duration::from_secs_f64(failover.min(1e18));
+        let refused = agora_sdk::Driver::new(config)
+            .expect("driver")
+            .run(Recorder::new(tokio::sync::mpsc::unbounded_channel().0))
+            .await;
+        assert!(
+            matches!(refused, Err(agora_sdk::SdkError::SubscribeRefused(_))),
+            "role {role:?}, failover {failover}: {:?}",
+            refused.err()
+        );
+    }
     f.teardown().await;
 }
 

@@ -15,12 +15,16 @@ impl Core {
                 "framework_info.name must not be empty",
             ));
         }
-        if !(info.failover_timeout.is_finite() && info.failover_timeout >= 0.0) {
-            return Err(Status::invalid_argument(
-                "framework_info.failover_timeout must be a finite number >= 0",
-            ));
+        let max = crate::config::MAX_FAILOVER_TIMEOUT_SECONDS;
+        if !(info.failover_timeout.is_finite() && (0.0..=max).contains(&info.failover_timeout)) {
+            return Err(Status::invalid_argument(format!(
+                "framework_info.failover_timeout must be between 0 and {max} seconds (a year), not {}",
+                info.failover_timeout
+            )));
         }
         let role = role_of(&info);
+        crate::config::validate_role(&role)
+            .map_err(|e| Status::invalid_argument(format!("framework_info.role: {e}")))?;
         let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
         let mut info = info;
         info.id = Some(v1::FrameworkId { value: id.clone() });

@@ -115,6 +115,10 @@ pub enum Operator {
         role: String,
         weight: f64,
     },
+    /// Back to the default weight (1), forgetting the role's own.
+    ResetWeight {
+        role: String,
+    },
     Teardown {
         framework_id: String,
     },

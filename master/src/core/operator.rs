@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Most roles with a weight of their own (each is kept for good).
+const MAX_WEIGHTED_ROLES: usize = 1000;
+
 impl Core {
     pub(super) fn emit(&self, event: ClusterEvent) {
         // No subscribers is fine: events are for whoever listens now.
@@ -13,12 +16,13 @@ impl Core {
     pub(super) fn operator(&mut self, op: Operator) -> Result<(), OperatorError> {
         match op {
             Operator::SetWeight { role, weight } => {
-                if role.is_empty() {
-                    return Err(OperatorError::BadRequest("role must not be empty".into()));
-                }
-                if !weight.is_finite() || weight <= 0.0 {
+                crate::config::validate_role(&role).map_err(OperatorError::BadRequest)?;
+                crate::config::validate_weight(weight).map_err(OperatorError::BadRequest)?;
+                if !self.config.role_weights.contains_key(&role)
+                    && self.config.role_weights.len() >= MAX_WEIGHTED_ROLES
+                {
                     return Err(OperatorError::BadRequest(format!(
-                        "weight must be a finite number > 0, not {weight}"
+                        "at most {MAX_WEIGHTED_ROLES} roles may have a weight; reset one first (DELETE /api/v1/roles/NAME)"
                     )));
                 }
                 self.registry
@@ -28,6 +32,22 @@ impl Core {
                 self.allocator.set_weight(&role, weight);
                 self.config.role_weights.insert(role.clone(), weight);
                 self.emit(ClusterEvent::RoleWeightChanged { role, weight });
+                self.allocation_needed = true;
+            }
+            Operator::ResetWeight { role } => {
+                if self.config.role_weights.remove(&role).is_none() {
+                    return Err(OperatorError::NotFound(format!(
+                        "role `{}` has no weight of its own",
+                        role.escape_debug()
+                    )));
+                }
+                if let Err(e) = self.registry.transaction(|r| r.delete_weight(&role)) {
+                    self.config.role_weights.insert(role, 1.0);
+                    return Err(OperatorError::Registry(e.to_string()));
+                }
+                info!(%role, "operator reset a role weight");
+                self.allocator.set_weight(&role, 1.0);
+                self.emit(ClusterEvent::RoleWeightChanged { role, weight: 1.0 });
                 self.allocation_needed = true;
             }
             Operator::Teardown { framework_id } => {

@@ -724,3 +724,33 @@ async fn an_agent_marked_gone_is_told_to_shut_down_and_refused_for_good() {
         Err(OperatorError::NotFound("unknown agent `nobody`".into()))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn weighted_roles_are_bounded_and_a_reset_weight_stays_reset() {
+    let mut h = Harness::new();
+    for i in 0..1000 {
+        h.operator(Operator::SetWeight {
+            role: format!("r{i}"),
+            weight: 2.0,
+        })
+        .expect("within the bound");
+    }
+    assert!(matches!(
+        h.operator(Operator::SetWeight {
+            role: "one-too-many".into(),
+            weight: 2.0,
+        }),
+        Err(OperatorError::BadRequest(_))
+    ));
+    h.operator(Operator::ResetWeight { role: "r7".into() })
+        .expect("reset");
+    h.operator(Operator::SetWeight {
+        role: "one-too-many".into(),
+        weight: 2.0,
+    })
+    .expect("room again");
+    let h = h.restart();
+    assert!(!h.core.config.role_weights.contains_key("r7"));
+    assert_eq!(h.core.config.role_weights.get("one-too-many"), Some(&2.0));
+    assert_eq!(h.core.config.role_weights.len(), 1000);
+}
