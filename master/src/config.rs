@@ -24,6 +24,8 @@ pub struct MasterConfig {
     pub completed_task_history: usize,
     /// How allocation passes spread free resources over frameworks.
     pub offer_policy: crate::allocator::OfferPolicy,
+    /// Connection bounds on the master's port.
+    pub serve: crate::serve::ServeLimits,
 }
 
 impl Default for MasterConfig {
@@ -40,6 +42,7 @@ impl Default for MasterConfig {
             // what a lone framework sees at once (simulator/README.md); the
             // default stays Mesos's until that is solved.
             offer_policy: crate::allocator::OfferPolicy::Mesos,
+            serve: crate::serve::ServeLimits::default(),
         }
     }
 }

@@ -12,15 +12,15 @@ mod http;
 pub mod leadership;
 pub mod metrics;
 pub mod registry;
+mod serve;
 pub mod state;
 mod ui;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 
 use agora_proto::v1::{
     agent_service_server::AgentServiceServer, scheduler_server::SchedulerServer,
 };
-use axum::serve::ListenerExt;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -33,6 +33,7 @@ use tower::ServiceExt;
 pub use config::MasterConfig;
 pub use leadership::{Backing, HaConfig, Role};
 pub use registry::{Registry, RegistryError};
+pub use serve::ServeLimits;
 
 /// Why the master stopped.
 #[derive(Debug, thiserror::Error)]
@@ -50,11 +51,12 @@ pub enum MasterError {
     },
 }
 
-/// Small gRPC messages (updates, acknowledgements) must not wait for Nagle's
-/// algorithm and the peer's delayed ACK: that costs ~40 ms a round trip.
-fn set_nodelay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("TCP_NODELAY: {e}");
+/// Stops the accept loop when `run` returns, however it returns.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -130,10 +132,11 @@ pub async fn run(
         }
     });
     tracing::info!(%addr, "master listening (gRPC and HTTP)");
-    let server = tokio::spawn(axum::serve(listener.tap_io(set_nodelay), app).into_future());
+    let server = tokio::spawn(serve::serve(listener, app, config.serve.clone()));
+    let _stop_serving = AbortOnDrop(server.abort_handle());
     let served = async move {
         match server.await {
-            Ok(result) => result,
+            Ok(()) => Ok(()),
             Err(e) => Err(std::io::Error::other(e)),
         }
     };

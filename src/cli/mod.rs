@@ -82,6 +82,15 @@ pub struct MasterFlags {
     /// tasks become `TASK_LOST`).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub agent_removal_timeout: Duration,
+    /// Most open connections to the master in all; more are closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Most open connections from one address.
+    #[arg(long, default_value_t = 2_000)]
+    pub max_connections_per_ip: usize,
+    /// A request's headers must arrive within this.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 }
 
 /// Several masters (or framework replicas) on etcd: one leads.

@@ -52,6 +52,11 @@ fn master_config(flags: &MasterFlags) -> anyhow::Result<MasterConfig> {
         role_weights: agora_master::config::parse_weights(&flags.weights)?,
         offer_policy: flags.offer_policy,
         agent_removal_timeout: flags.agent_removal_timeout,
+        serve: agora_master::ServeLimits {
+            max_connections: flags.max_connections.max(1),
+            max_connections_per_ip: flags.max_connections_per_ip.max(1),
+            header_read_timeout: flags.header_read_timeout,
+        },
         ..MasterConfig::default()
     })
 }

@@ -603,3 +603,59 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
     assert!(shot.exists(), "a screenshot for people to look at");
     f.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_half_sent_requests_are_dropped_and_cannot_crowd_out_agents() {
+    let master = start_master(
+        "127.0.0.1:0",
+        &[
+            "--header-read-timeout",
+            "1s",
+            "--max-connections-per-ip",
+            "200",
+        ],
+    );
+    let url = master.url.clone().expect("url");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    // An attacker on another loopback address opens many connections and
+    // sends half a request on each.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("address"))
+            .expect("bind 127.0.0.2");
+        let Ok(mut stream) = socket
+            .connect(format!("127.0.0.1:{port}").parse().expect("address"))
+            .await
+        else {
+            continue;
+        };
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        idle.push(stream);
+    }
+    // An agent from elsewhere still gets in.
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT, "crowded");
+    wait_for_agents(&url, 1).await;
+    // The half-sent requests are cut off once their headers are late (the
+    // master closes them; the ones over the bound were closed at once).
+    let mut open = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for stream in &mut idle {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(stream, &mut buf))
+            .await
+        {
+            Ok(Ok(_)) | Ok(Err(_)) => {}
+            Err(_) => open += 1,
+        }
+    }
+    assert_eq!(open, 0, "connections the master kept open");
+    assert_eq!(get(&format!("{url}/health")).await.0, 200);
+}
