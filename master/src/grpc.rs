@@ -91,10 +91,15 @@ impl Scheduler for CoreHandle {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<crate::PeerAddr>()
+            .map(|p| p.0.ip());
         let info = request
             .into_inner()
             .framework_info
             .ok_or_else(|| Status::invalid_argument("subscribe: framework_info is required"))?;
+        check_webui_url(&info.webui_url, peer).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.send(CoreMsg::Subscribe { info, tx, reply })?;
@@ -228,5 +233,40 @@ impl AgentService for CoreHandle {
             on_drop: Some((self.clone(), CoreMsg::AgentClosed { conn })),
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The master relays `/{name}/…` to a framework's `webui_url`: it must be
+/// the address the framework connects from, or the master would be an open
+/// relay to any host and port.
+async fn check_webui_url(url: &str, peer: Option<std::net::IpAddr>) -> Result<(), Status> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let bad =
+        |why: String| Status::invalid_argument(format!("framework_info.webui_url `{url}`: {why}"));
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("must be an http(s) URL".into()));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| bad("names no host".into()))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let Some(peer) = peer else {
+        return Ok(());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<std::net::IpAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| bad(format!("cannot resolve {host}: {e}")))?
+        .map(|a| a.ip())
+        .collect();
+    if addresses.contains(&peer) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "{host} is not the address this framework connects from ({peer})"
+        )))
     }
 }

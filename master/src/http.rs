@@ -65,7 +65,11 @@ pub fn router(core: CoreHandle, events: broadcast::Sender<ClusterEvent>) -> Rout
         .with_state(Api {
             core,
             events,
-            client: reqwest::Client::new(),
+            // The relay hands back redirects rather than following them.
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         })
 }
 

@@ -33,7 +33,7 @@ use tower::ServiceExt;
 pub use config::MasterConfig;
 pub use leadership::{Backing, HaConfig, Role};
 pub use registry::{Registry, RegistryError};
-pub use serve::ServeLimits;
+pub use serve::{PeerAddr, ServeLimits};
 
 /// Why the master stopped.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+/// The address a request came from, in its extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// How much of the master one client, and all of them, may hold.
 #[derive(Clone, Debug)]
 pub struct ServeLimits {
@@ -104,7 +108,7 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: ServeLimits
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {e}");
         }
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(PeerAddr(peer))));
         let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());

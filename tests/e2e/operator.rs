@@ -252,18 +252,26 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
     assert_eq!(code, 400);
     assert!(error_of(&answer).contains("length"), "{answer}");
 
-    // A subscription with a silly failover timeout or role is refused.
-    for (role, failover) in [("*", 1e300_f64), ("a b", 60.0)] {
+    // A subscription with a silly failover timeout or role is refused, and
+    // so is a web UI address the framework does not connect from (the
+    // master would relay `/hostile/…` there).
+    for (role, failover, webui) in [
+        ("*", 1e300_f64, None),
+        ("a b", 60.0, None),
+        ("*", 60.0, Some("http://127.0.0.2:22/")),
+        ("*", 60.0, Some("file:///etc/passwd")),
+    ] {
         let mut config = agora_sdk::FrameworkConfig::new(&url, "hostile");
         config.role = role.into();
         config.failover_timeout = Duration::from_secs_f64(failover.min(1e18));
+        config.webui_url = webui.map(str::to_string);
         let refused = agora_sdk::Driver::new(config)
             .expect("driver")
             .run(Recorder::new(tokio::sync::mpsc::unbounded_channel().0))
             .await;
         assert!(
             matches!(refused, Err(agora_sdk::SdkError::SubscribeRefused(_))),
-            "role {role:?}, failover {failover}: {:?}",
+            "role {role:?}, failover {failover}, webui {webui:?}: {:?}",
             refused.err()
         );
     }
