@@ -95,14 +95,20 @@ impl Scheduler for CoreHandle {
             .extensions()
             .get::<crate::PeerAddr>()
             .map(|p| p.0.ip());
+        let request = request.into_inner();
+        let secret = request.secret;
         let info = request
-            .into_inner()
             .framework_info
             .ok_or_else(|| Status::invalid_argument("subscribe: framework_info is required"))?;
         check_webui_url(&info.webui_url, peer).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
-        self.send(CoreMsg::Subscribe { info, tx, reply })?;
+        self.send(CoreMsg::Subscribe {
+            info,
+            secret,
+            tx,
+            reply,
+        })?;
         let (framework_id, stream_id) = answer
             .await
             .map_err(|_| Status::unavailable("the master is shutting down"))??;

@@ -615,8 +615,21 @@ async fn a_second_subscription_with_the_same_id_takes_over_the_framework() {
     old.wait_state("kept", TaskState::TaskRunning, Duration::from_secs(10))
         .await;
 
+    // Without the secret issued with the id, nobody takes it over.
     let mut config = agora_sdk::FrameworkConfig::new(&url, "phoenix");
     config.framework_id = Some(old.id.clone());
+    let refused = agora_sdk::Driver::new(config.clone())
+        .expect("driver")
+        .run(Recorder::new(tokio::sync::mpsc::unbounded_channel().0))
+        .await;
+    assert!(
+        matches!(refused, Err(agora_sdk::SdkError::SubscribeRefused(_))),
+        "{:?}",
+        refused.err()
+    );
+    // With it (the framework's next process), the id is resumed.
+    config.framework_secret = old.driver.framework_secret();
+    assert!(config.framework_secret.is_some());
     let driver = agora_sdk::Driver::new(config).expect("driver");
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let runner = driver.clone();

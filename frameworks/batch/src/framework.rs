@@ -84,6 +84,9 @@ pub fn now_ms() -> Millis {
 /// State shared by the scheduler, the clock, the writer and the HTTP API.
 pub(crate) struct Shared {
     engine: Mutex<Engine>,
+    /// Where the framework's state lives (the engine's changes reach it
+    /// through the group-commit writer).
+    store: Arc<BatchStore>,
     /// Replaced when the framework must register anew (it was torn down).
     driver: Mutex<Driver>,
     pub(crate) master: String,
@@ -172,6 +175,18 @@ const REMAINDER_REFUSE_SECONDS: f64 = 0.5;
 
 impl Scheduler for BatchScheduler {
     async fn subscribed(&mut self, driver: &Driver, framework_id: &str) {
+        // The secret that goes with the id is on disk before the id is:
+        // without it, the id could not be resumed.
+        if let Some(secret) = driver.framework_secret() {
+            let store = self.shared.store.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || store.save_framework_secret(&secret)).await;
+            match saved {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("saving the framework secret: {e}"),
+                Err(e) => warn!("saving the framework secret: {e}"),
+            }
+        }
         let live = {
             let mut engine = self.shared.engine();
             engine.set_framework_id(framework_id);
@@ -331,6 +346,7 @@ pub async fn run(
     fw.role = config.role.clone();
     fw.failover_timeout = config.failover_timeout;
     fw.framework_id = loaded.framework_id;
+    fw.framework_secret = loaded.framework_secret;
     fw.auto_acknowledge = false;
     fw.webui_url = Some(webui.clone());
     let driver = Driver::new(fw.clone())?;
@@ -338,6 +354,7 @@ pub async fn run(
     let (committed, _) = watch::channel(version);
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
+        store: store.clone(),
         driver: Mutex::new(driver),
         master: config.master.trim_end_matches('/').to_string(),
         client: reqwest::Client::builder()

@@ -35,6 +35,8 @@ pub struct Loaded {
     pub jobs: Vec<Job>,
     pub next_seq: u64,
     pub framework_id: Option<String>,
+    /// The secret the master issued with `framework_id`.
+    pub framework_secret: Option<String>,
 }
 
 pub struct BatchStore {
@@ -64,7 +66,17 @@ impl BatchStore {
             jobs,
             next_seq: meta("next_seq")?.and_then(|s| s.parse().ok()).unwrap_or(1),
             framework_id: meta("framework_id")?.filter(|s| !s.is_empty()),
+            framework_secret: meta("framework_secret")?.filter(|s| !s.is_empty()),
         })
+    }
+
+    /// Keeps the secret the master issued with the framework id.
+    pub fn save_framework_secret(&self, secret: &str) -> Result<(), StoreError> {
+        Ok(self.store.commit(&[Write::put(
+            META,
+            "framework_secret",
+            secret.as_bytes().to_vec(),
+        )])?)
     }
 
     /// Writes `changes` in one durable transaction.

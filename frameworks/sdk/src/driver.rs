@@ -88,6 +88,9 @@ pub struct FrameworkConfig {
     pub failover_timeout: Duration,
     /// Resume this framework id instead of registering a new framework.
     pub framework_id: Option<String>,
+    /// The secret the master issued with `framework_id` (see
+    /// [`Driver::framework_secret`]); an id is only resumed with it.
+    pub framework_secret: Option<String>,
     /// Acknowledge each status update when `status_update` returns.
     pub auto_acknowledge: bool,
     /// The framework's own HTTP API or UI, announced to the master.
@@ -103,6 +106,7 @@ impl FrameworkConfig {
             role: "*".into(),
             failover_timeout: Duration::from_secs(7 * 24 * 3600),
             framework_id: None,
+            framework_secret: None,
             auto_acknowledge: true,
             webui_url: None,
         }
@@ -112,6 +116,8 @@ impl FrameworkConfig {
 #[derive(Default)]
 struct Subscription {
     framework_id: Option<String>,
+    /// Issued by the master with the id; needed to resubscribe under it.
+    secret: Option<String>,
     stream_id: Option<String>,
 }
 
@@ -191,6 +197,7 @@ impl Driver {
         let (stop, _) = watch::channel(Stop::Running);
         let subscription = Subscription {
             framework_id: config.framework_id.clone(),
+            secret: config.framework_secret.clone(),
             stream_id: None,
         };
         Ok(Driver {
@@ -239,6 +246,12 @@ impl Driver {
         let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
         let hint = agora_proto::leader_hint(status);
         masters.list.failed(hint);
+    }
+
+    /// The secret that goes with the framework id: keep it with the id to
+    /// resume the framework after a restart.
+    pub fn framework_secret(&self) -> Option<String> {
+        self.subscription.lock().ok().and_then(|s| s.secret.clone())
     }
 
     /// The framework id, once subscribed.
@@ -428,6 +441,7 @@ impl Driver {
                 .client()
                 .subscribe(v1::SubscribeRequest {
                     framework_info: Some(info),
+                    secret: self.framework_secret().unwrap_or_default(),
                 })
                 .await;
             let mut events = match subscribed {
@@ -493,6 +507,9 @@ impl Driver {
                         if let Ok(mut sub) = self.subscription.lock() {
                             sub.framework_id = Some(id.clone());
                             sub.stream_id = Some(s.stream_id);
+                            if !s.secret.is_empty() {
+                                sub.secret = Some(s.secret);
+                            }
                         }
                         if s.heartbeat_interval_seconds.is_finite()
                             && s.heartbeat_interval_seconds > 0.0
@@ -576,6 +593,7 @@ pub async fn run_until<S: Scheduler>(
             Err(SdkError::TornDown(why)) => {
                 warn!(%why, "the master removed this framework; registering anew");
                 config.framework_id = None;
+                config.framework_secret = None;
                 let fresh = Driver::new(config.clone())?;
                 *driver.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
                 tokio::select! {

@@ -31,6 +31,8 @@ pub struct Loaded {
     pub next_task: u64,
     pub next_deployment: u64,
     pub framework_id: Option<String>,
+    /// The secret the master issued with `framework_id`.
+    pub framework_secret: Option<String>,
 }
 
 pub struct ServicesStore {
@@ -68,7 +70,17 @@ impl ServicesStore {
             next_task: number("next_task")?,
             next_deployment: number("next_deployment")?,
             framework_id: meta("framework_id")?.filter(|s| !s.is_empty()),
+            framework_secret: meta("framework_secret")?.filter(|s| !s.is_empty()),
         })
+    }
+
+    /// Keeps the secret the master issued with the framework id.
+    pub fn save_framework_secret(&self, secret: &str) -> Result<(), ServicesStoreError> {
+        Ok(self.store.commit(&[Write::put(
+            META,
+            "framework_secret",
+            secret.as_bytes().to_vec(),
+        )])?)
     }
 
     /// Writes `changes` in one durable transaction.

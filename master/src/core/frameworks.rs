@@ -8,6 +8,7 @@ impl Core {
     pub(super) fn subscribe(
         &mut self,
         info: v1::FrameworkInfo,
+        secret: &str,
         tx: FrameworkTx,
     ) -> Result<(String, String), Status> {
         if info.name.trim().is_empty() {
@@ -26,13 +27,35 @@ impl Core {
         crate::config::validate_role(&role)
             .map_err(|e| Status::invalid_argument(format!("framework_info.role: {e}")))?;
         let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
+        // A framework id is public (it is in every offer and in the state):
+        // taking one back needs the secret issued with it.
+        let known_secret = self
+            .frameworks
+            .get(&id)
+            .map(|f| f.secret_sha256.clone())
+            .filter(|h| !h.is_empty());
+        let issued = match &known_secret {
+            Some(hash) => {
+                if super::agents::sha256(secret) != *hash {
+                    warn!(framework = %id, "subscription refused: wrong secret for this framework id");
+                    return Err(Status::permission_denied(format!(
+                        "framework `{id}`: the secret does not match the one issued with this id"
+                    )));
+                }
+                None
+            }
+            None => Some(format!("{}{}", new_id(), new_id()).replace('-', "")),
+        };
+        let secret_sha256 =
+            known_secret.unwrap_or_else(|| super::agents::sha256(issued.as_deref().unwrap_or("")));
         let mut info = info;
         info.id = Some(v1::FrameworkId { value: id.clone() });
         // Durable before the framework hears its id: a master that fails
-        // over must know the framework's role and failover timeout.
+        // over must know the framework's role, failover timeout and secret.
         let record = agora_proto::v1::RegistryFramework {
             info: Some(info.clone()),
             disconnected_since: None,
+            secret_sha256: secret_sha256.clone(),
         };
         self.registry
             .transaction(|r| r.put_framework(&record))
@@ -64,6 +87,7 @@ impl Core {
                 role: role.clone(),
                 stream: Some((stream_id.clone(), tx.clone())),
                 disconnected_at: None,
+                secret_sha256,
             },
         );
         self.allocator.add_framework(&id, &role, true);
@@ -72,6 +96,7 @@ impl Core {
                 framework_id: Some(v1::FrameworkId { value: id.clone() }),
                 stream_id: stream_id.clone(),
                 heartbeat_interval_seconds: self.config.framework_heartbeat.as_secs_f64(),
+                secret: issued.unwrap_or_default(),
             })),
         }));
         self.allocation_needed = true;

@@ -75,6 +75,8 @@ pub enum CoreMsg {
     },
     Subscribe {
         info: v1::FrameworkInfo,
+        /// The secret presented with a framework id to resume.
+        secret: String,
         tx: FrameworkTx,
         reply: oneshot::Sender<Result<(String, String), Status>>,
     },
@@ -193,6 +195,9 @@ struct FrameworkEntry {
     stream: Option<(String, FrameworkTx)>,
     disconnected_at: Option<Instant>,
     failover_timeout: Duration,
+    /// SHA-256 of the secret issued with the id (empty for frameworks
+    /// known only from agents' reports, or from before secrets).
+    secret_sha256: Vec<u8>,
 }
 
 struct OfferEntry {
@@ -416,8 +421,13 @@ impl Core {
         match msg {
             CoreMsg::Agent { conn, tx, msg } => self.agent_message(conn, tx, msg),
             CoreMsg::AgentClosed { conn } => self.agent_closed(conn),
-            CoreMsg::Subscribe { info, tx, reply } => {
-                let _ = reply.send(self.subscribe(info, tx));
+            CoreMsg::Subscribe {
+                info,
+                secret,
+                tx,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(info, &secret, tx));
             }
             CoreMsg::FrameworkClosed {
                 framework_id,

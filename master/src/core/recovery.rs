@@ -128,6 +128,7 @@ impl Core {
                             .disconnected_since
                             .map_or(now, |u| clock.instant_of(u)),
                     ),
+                    secret_sha256: record.secret_sha256,
                 },
             );
         }
@@ -190,6 +191,7 @@ impl Core {
                 stream: None,
                 disconnected_at: Some(Instant::now()),
                 failover_timeout: Duration::from_secs(7 * 24 * 3600),
+                secret_sha256: Vec::new(),
             },
         );
         self.allocator.add_framework(framework, "*", false);
@@ -227,6 +229,7 @@ impl Core {
         let record = RegistryFramework {
             info: Some(f.info.clone()),
             disconnected_since: f.disconnected_at.map(|at| self.clock.unix_of(at)),
+            secret_sha256: f.secret_sha256.clone(),
         };
         self.registry.put_framework(&record);
     }

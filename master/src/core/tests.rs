@@ -39,6 +39,7 @@ struct AgentSession {
 struct FrameworkSession {
     id: String,
     stream: String,
+    secret: String,
     rx: FrameworkRx,
 }
 
@@ -172,30 +173,65 @@ impl Harness {
         }
     }
 
-    fn subscribe(
+    /// Subscribes, resuming `(id, secret)` if given; the session keeps the
+    /// secret the master issued (the `SUBSCRIBED` event is consumed).
+    fn try_subscribe(
         &mut self,
         name: &str,
         role: &str,
         failover: f64,
-        id: Option<&str>,
-    ) -> FrameworkSession {
-        let (tx, rx) = mpsc::unbounded_channel();
+        resume: Option<(&str, &str)>,
+    ) -> Result<FrameworkSession, Status> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let (reply, mut answer) = oneshot::channel();
         self.send(CoreMsg::Subscribe {
             info: v1::FrameworkInfo {
                 name: name.into(),
                 role: role.into(),
                 failover_timeout: failover,
-                id: id.map(|value| v1::FrameworkId {
+                id: resume.map(|(value, _)| v1::FrameworkId {
                     value: value.into(),
                 }),
                 ..Default::default()
             },
+            secret: resume.map(|(_, s)| s.to_string()).unwrap_or_default(),
             tx,
             reply,
         });
-        let (id, stream) = answer.try_recv().expect("reply").expect("subscribed");
-        FrameworkSession { id, stream, rx }
+        let (id, stream) = answer.try_recv().expect("reply")?;
+        let issued = match rx.try_recv() {
+            Ok(Ok(Event {
+                event: Some(event::Event::Subscribed(s)),
+            })) => s.secret,
+            other => panic!("expected SUBSCRIBED first, got {other:?}"),
+        };
+        let secret = if issued.is_empty() {
+            resume.map(|(_, s)| s.to_string()).unwrap_or_default()
+        } else {
+            issued
+        };
+        Ok(FrameworkSession {
+            id,
+            stream,
+            secret,
+            rx,
+        })
+    }
+
+    fn subscribe(
+        &mut self,
+        name: &str,
+        role: &str,
+        failover: f64,
+        resume: Option<&FrameworkSession>,
+    ) -> FrameworkSession {
+        self.try_subscribe(
+            name,
+            role,
+            failover,
+            resume.map(|f| (f.id.as_str(), f.secret.as_str())),
+        )
+        .expect("subscribed")
     }
 
     fn call(&mut self, framework: &FrameworkSession, call: Call) -> Result<(), Status> {
@@ -649,13 +685,10 @@ async fn a_restarted_master_keeps_weights_drains_frameworks_and_tasks() {
     assert!(h.core.agents.get(&agent.id).expect("agent").draining);
 
     // The framework resubscribes with its id; reconciliation is truthful.
-    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework.id));
+    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework));
     h.call(&framework, Call::Reconcile(Vec::new()))
         .expect("reconcile");
-    assert_eq!(
-        event_kinds(&mut framework.rx),
-        ["subscribed", "update:TASK_RUNNING"]
-    );
+    assert_eq!(event_kinds(&mut framework.rx), ["update:TASK_RUNNING"]);
 
     // The drained agent returns and still gets no offers.
     h.reregister(
@@ -675,7 +708,7 @@ async fn a_known_agent_that_does_not_return_after_a_restart_is_unreachable_then_
     let mut h = Harness::new();
     let (_agent, framework) = running_task(&mut h, 7200.0);
     let mut h = h.restart();
-    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework.id));
+    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework));
     drain(&mut framework.rx);
     h.advance(Duration::from_secs(11)).await;
     assert_eq!(
@@ -684,7 +717,7 @@ async fn a_known_agent_that_does_not_return_after_a_restart_is_unreachable_then_
     );
     // Unreachability, too, survives a restart: the removal clock keeps running.
     let mut h = h.restart();
-    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework.id));
+    let mut framework = h.subscribe("batch", "*", 7200.0, Some(&framework));
     h.advance(Duration::from_secs(601)).await;
     assert!(event_kinds(&mut framework.rx).contains(&"update:TASK_LOST".to_string()));
     assert!(h.core.agents.is_empty());
@@ -753,4 +786,38 @@ async fn weighted_roles_are_bounded_and_a_reset_weight_stays_reset() {
     assert!(!h.core.config.role_weights.contains_key("r7"));
     assert_eq!(h.core.config.role_weights.get("one-too-many"), Some(&2.0));
     assert_eq!(h.core.config.role_weights.len(), 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_framework_id_is_only_resumed_with_its_secret() {
+    let mut h = Harness::new();
+    let (mut agent, framework) = running_task(&mut h, 3600.0);
+    assert!(
+        !framework.secret.is_empty(),
+        "a new framework is issued a secret"
+    );
+    // Someone who read the (public) id tries to take the framework over.
+    let stolen = h.try_subscribe("batch", "*", 5.0, Some((&framework.id, "guess")));
+    assert_eq!(
+        stolen.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+    let stolen = h.try_subscribe("batch", "*", 5.0, Some((&framework.id, "")));
+    assert_eq!(
+        stolen.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+    // Nothing changed for the owner: same subscription, same timeout.
+    let entry = h.core.frameworks.get(&framework.id).expect("framework");
+    assert_eq!(entry.failover_timeout, Duration::from_secs(3600));
+    assert!(
+        entry
+            .stream
+            .as_ref()
+            .is_some_and(|(s, _)| *s == framework.stream)
+    );
+    assert!(agent_kinds(&mut agent.rx).is_empty(), "no kill");
+    // The owner resumes with it, also after a master restart.
+    let mut h = h.restart();
+    h.subscribe("batch", "*", 3600.0, Some(&framework));
 }
