@@ -650,16 +650,12 @@ async fn lost_agent_task_is_retried_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_thousand_tiny_jobs_drain() {
+async fn a_thousand_tiny_jobs_drain_each_run_exactly_once() {
     let cluster = Cluster::start(&[("t1", "cpus:2;mem:4096")]).await;
     let client = reqwest::Client::new();
+    let out = tempdir();
     for batch in 0..10 {
-        let mut spec = String::new();
-        for i in 0..100 {
-            spec.push_str(&format!(
-                "[[job]]\nid = \"tiny-{batch}-{i}\"\ncmd = \"true\"\ncpus = 0.01\nmem = 16\n"
-            ));
-        }
+        let spec = counting_jobs(&format!("tiny-{batch}"), 100, out.path(), 0.0);
         submit_ok(&cluster.url, &spec).await;
     }
     let done = wait_until("1,000 jobs to succeed", Duration::from_secs(240), || {
@@ -689,6 +685,9 @@ async fn a_thousand_tiny_jobs_drain() {
     })
     .await;
     assert_eq!(done, 1000);
+    for batch in 0..10 {
+        assert_each_ran_once(out.path(), &format!("tiny-{batch}"), 100);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

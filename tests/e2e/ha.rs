@@ -30,20 +30,6 @@ fn urls(masters: &[Proc]) -> Vec<String> {
         .collect()
 }
 
-/// `count` jobs whose command appends a line to `dir/<job id>`: a job that
-/// ran twice leaves two lines.
-fn counting_jobs(prefix: &str, count: usize, dir: &Path, seconds: f64) -> String {
-    let mut spec = String::new();
-    for i in 0..count {
-        let id = format!("{prefix}-{i}");
-        spec.push_str(&format!(
-            "[[job]]\nid = \"{id}\"\ncmd = \"sleep {seconds}; echo ran >> {}/{id}\"\ncpus = 0.01\nmem = 16\n",
-            dir.display()
-        ));
-    }
-    spec
-}
-
 async fn submit(master: &str, spec: String) {
     let r = reqwest::Client::new()
         .post(format!("{master}/batch/v1/jobs"))
@@ -69,22 +55,6 @@ async fn wait_succeeded(masters: &[String], count: u64, timeout: Duration) {
         None
     })
     .await;
-}
-
-/// Every job left exactly one line: each ran once.
-fn assert_each_ran_once(dir: &Path, prefix: &str, count: usize) {
-    let mut twice = Vec::new();
-    for i in 0..count {
-        let id = format!("{prefix}-{i}");
-        let runs = std::fs::read_to_string(dir.join(&id))
-            .unwrap_or_default()
-            .lines()
-            .count();
-        if runs != 1 {
-            twice.push(format!("{id}: {runs}"));
-        }
-    }
-    assert!(twice.is_empty(), "jobs not run exactly once: {twice:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -843,3 +843,33 @@ pub async fn batch_count(master: &str, states: &str) -> Option<u64> {
         .ok()?;
     page["total"].as_u64()
 }
+
+/// `count` jobs whose command appends a line to `dir/<job id>`: a job that
+/// ran twice leaves two lines.
+pub fn counting_jobs(prefix: &str, count: usize, dir: &Path, seconds: f64) -> String {
+    let mut spec = String::new();
+    for i in 0..count {
+        let id = format!("{prefix}-{i}");
+        spec.push_str(&format!(
+            "[[job]]\nid = \"{id}\"\ncmd = \"sleep {seconds}; echo ran >> {}/{id}\"\ncpus = 0.01\nmem = 16\n",
+            dir.display()
+        ));
+    }
+    spec
+}
+
+/// Every job left exactly one line: each ran once.
+pub fn assert_each_ran_once(dir: &Path, prefix: &str, count: usize) {
+    let mut twice = Vec::new();
+    for i in 0..count {
+        let id = format!("{prefix}-{i}");
+        let runs = std::fs::read_to_string(dir.join(&id))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if runs != 1 {
+            twice.push(format!("{id}: {runs}"));
+        }
+    }
+    assert!(twice.is_empty(), "jobs not run exactly once: {twice:?}");
+}
