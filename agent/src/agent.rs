@@ -183,6 +183,8 @@ async fn open_session(
         .map_err(|e| refused(format!("connecting to {master}: {e}")))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let inbound = AgentServiceClient::new(channel)
+        .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
         .session(UnboundedReceiverStream::new(rx))
         .await
         .map_err(|status| SessionRefused {

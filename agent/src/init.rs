@@ -253,7 +253,13 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
     if let Err(e) = chdir(&workdir) {
         fail(format!("chdir({}): {e}", workdir.display()));
     }
-    let argv = [c("/bin/sh"), c("-c"), c(&spec.command)];
+    let args = match crate::containerizer::shell_args(&spec.command, Path::new(".")) {
+        Ok(args) => args,
+        Err(e) => fail(format!("writing the command to the sandbox: {e}")),
+    };
+    let argv: Vec<CString> = std::iter::once(c("/bin/sh"))
+        .chain(args.iter().map(|a| c(a)))
+        .collect();
     let mut env: Vec<CString> = spec
         .env
         .iter()

@@ -516,7 +516,7 @@ async fn event_stream(State(api): State<Api>) -> Response {
 }
 
 /// Largest request body relayed to a framework.
-const MAX_PROXY_BODY: usize = 2 << 20;
+const MAX_PROXY_BODY: usize = agora_proto::limits::MAX_MESSAGE_BYTES;
 
 /// `/{name}/…` goes to the framework called `name` that announced a web
 /// address when it subscribed (as Mesos frameworks announce a `webui_url`):

@@ -91,9 +91,18 @@ pub async fn run(
     // clients that lost theirs — the web UI among them.
     let (members_tx, members) = watch::channel(vec![me.clone()]);
 
-    let grpc = tonic::service::Routes::new(SchedulerServer::new(handle.clone()))
-        .add_service(AgentServiceServer::new(handle.clone()))
-        .into_axum_router();
+    use agora_proto::limits::MAX_MESSAGE_BYTES;
+    let grpc = tonic::service::Routes::new(
+        SchedulerServer::new(handle.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        AgentServiceServer::new(handle.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .into_axum_router();
     let operator = http::router(handle, events.clone());
     // gRPC and HTTP share the port; both routers have their own fallback, so
     // requests are steered by content type rather than merged by path.

@@ -877,3 +877,32 @@ async fn logs_follow_a_running_job_to_its_end() {
     assert_ne!(code, 0);
     assert!(err.contains("no instance 7"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_with_a_huge_command_runs_every_instance_and_one_too_big_is_refused() {
+    let cluster = Cluster::start(&[("big", "cpus:2;mem:1024;disk:1000")]).await;
+    // 1.5 MB commands (beyond one `sh -c` argument, 128 KiB) and eight
+    // instances: more than one accept (and the old 4 MiB gRPC limit) holds.
+    let command = format!("# {}\necho big-ran", "a".repeat(1_500_000));
+    let spec = format!(
+        "[[job]]\nid = \"big\"\ncmd = '''{command}'''\ninstances = 8\ncpus = 0.1\nmem = 16\n"
+    );
+    submit_ok(&cluster.url, &spec).await;
+    let job = wait_job(&cluster.url, "big", "SUCCEEDED", Duration::from_secs(60)).await;
+    assert_eq!(
+        job["runs"][0]["instances"].as_array().map(Vec::len),
+        Some(8),
+        "{job:#}"
+    );
+
+    let huge = format!(
+        "[[job]]\nid = \"huge\"\ncmd = '''{}'''\n",
+        "b".repeat(5_000_000)
+    );
+    let (status, body) = submit(&cluster.url, &huge).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("cmd"),
+        "{body}"
+    );
+}

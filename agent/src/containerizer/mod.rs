@@ -165,3 +165,19 @@ pub(crate) fn open_output(sandbox: &Path, name: &str) -> Result<std::fs::File, C
     let path = sandbox.join(name);
     std::fs::File::create(&path).map_err(|source| ContainerizerError::Sandbox { path, source })
 }
+
+/// Commands longer than this run from [`COMMAND_FILE`] rather than as one
+/// `sh -c` argument, which the kernel caps at 128 KiB (`MAX_ARG_STRLEN`).
+const LONGEST_INLINE_COMMAND: usize = 64 * 1024;
+/// Where a long command is written, in the task's sandbox.
+pub(crate) const COMMAND_FILE: &str = ".agora-command";
+
+/// The arguments to `/bin/sh` for a task's command, run in `sandbox`:
+/// `-c COMMAND`, or — for a long command — a script file written there.
+pub(crate) fn shell_args(command: &str, sandbox: &std::path::Path) -> std::io::Result<Vec<String>> {
+    if command.len() <= LONGEST_INLINE_COMMAND {
+        return Ok(vec!["-c".into(), command.into()]);
+    }
+    std::fs::write(sandbox.join(COMMAND_FILE), command)?;
+    Ok(vec![format!("./{COMMAND_FILE}")])
+}

@@ -26,9 +26,14 @@ impl Containerizer for ProcessContainerizer {
     fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError> {
         let stdout = open_output(&spec.sandbox, "stdout")?;
         let stderr = open_output(&spec.sandbox, "stderr")?;
+        let args = super::shell_args(&spec.command, &spec.sandbox).map_err(|source| {
+            ContainerizerError::Spawn {
+                task: spec.task_id.clone(),
+                source,
+            }
+        })?;
         let child = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&spec.command)
+            .args(&args)
             .current_dir(&spec.sandbox)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

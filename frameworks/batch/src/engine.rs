@@ -559,26 +559,31 @@ impl Engine {
             // included (they are Launching already).
             let taken = occupied(run);
             let taken: Vec<&agora_sdk::placement::AgentAttributes> = taken.iter().collect();
+            let attempt_no = run.instances.get(index).map_or(0, |i| i.attempts.len());
+            let task_id = format!("{id}.{}.{number}.{index}.{attempt_no}", job.seq);
+            let info = task_info(&job.spec, &task_id, number, index, attempt_no, &need);
+            // One accept carries a bounded amount: big tasks spill over to
+            // the next accept (the offer's remainder comes back).
+            let bytes = agora_sdk::task_bytes(&info);
             let best = slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| !s.exhausted && s.free.contains(&need))
+                .filter(|(_, s)| {
+                    s.tasks.is_empty()
+                        || s.bytes + bytes <= agora_sdk::limits::MAX_ACCEPT_TASK_BYTES
+                })
                 .filter(|(_, s)| s.admits(&job.spec, &taken))
                 .min_by(|(_, a), (_, b)| a.leftover(&need).total_cmp(&b.leftover(&need)))
                 .map(|(i, _)| i);
             let Some(slot) = best else { continue };
             let slot = &mut slots[slot];
             slot.free.subtract(&need);
+            slot.bytes += bytes;
             // Nothing smaller than the smallest job will fit now: stop early.
             if slot.free.scalar("cpus") < 0.001 || slot.free.scalar("mem") < 1.0 {
                 slot.exhausted = true;
             }
-            let attempt_no = job
-                .run(number)
-                .and_then(|r| r.instances.get(index))
-                .map_or(0, |i| i.attempts.len());
-            let task_id = format!("{id}.{}.{number}.{index}.{attempt_no}", job.seq);
-            let info = task_info(&job.spec, &task_id, number, index, attempt_no, &need);
             let agent = slot.agent.clone();
             slot.tasks.push(info);
             let timeout = job.spec.timeout_ms;

@@ -21,8 +21,9 @@ use crate::model::{InstanceState, Job, Run};
 use crate::spec::{self, JobSpec, Operator, SpecError};
 use agora_sdk::placement::check_all;
 
-/// The largest spec accepted (a file of many jobs fits easily).
-const MAX_BODY: usize = 1 << 20;
+/// The largest body accepted: specs of several jobs of the largest size a
+/// task may be (`limits::MAX_TASK_BYTES`).
+const MAX_BODY: usize = agora_sdk::limits::MAX_MESSAGE_BYTES;
 
 type Api = State<Arc<Shared>>;
 
@@ -55,6 +56,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(too_large_as_json))
         .with_state(shared)
 }
 
@@ -617,4 +619,16 @@ async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// Axum answers an oversized body with a plain-text 413; say it in JSON,
+/// with the limit, like every other refusal.
+async fn too_large_as_json(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        );
+    }
+    response
 }

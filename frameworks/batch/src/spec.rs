@@ -142,6 +142,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
     }
     let image = string(take("image"), "image")?.unwrap_or_default();
     let env = agora_sdk::spec::env(take("env"), "AGORA_")?;
+    agora_sdk::spec::check_task_size(&cmd, &env)?;
     let instances =
         integer(take("instances"), "instances", 1, MAX_INSTANCES as i64)?.unwrap_or(1) as u32;
     let retries = integer(take("retries"), "retries", 0, MAX_RETRIES as i64)?.unwrap_or(0) as u32;

@@ -146,7 +146,9 @@ fn lazy_client(url: &str) -> Result<SchedulerClient<Channel>, String> {
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    Ok(SchedulerClient::new(endpoint.connect_lazy()))
+    Ok(SchedulerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES))
 }
 
 /// What [`Driver::run`] is asked to do next.

@@ -17,7 +17,7 @@ use std::future::Future;
 
 pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
-pub use agora_proto::{RangeSet, Resources, is_terminal, v1};
+pub use agora_proto::{RangeSet, Resources, is_terminal, limits, v1};
 pub use driver::{Driver, FrameworkConfig, SdkError, run_until};
 pub use interest::OfferInterest;
 /// gRPC status codes, as [`SdkError::code`] reports them.
@@ -138,4 +138,10 @@ mod tests {
         assert!(offer.contains(&got));
         assert!(with_ports(want, &offer, 8).is_none());
     }
+}
+
+/// How many bytes `task` takes in an accept (to keep one within
+/// [`limits::MAX_ACCEPT_TASK_BYTES`]).
+pub fn task_bytes(task: &TaskInfo) -> usize {
+    prost::Message::encoded_len(task)
 }

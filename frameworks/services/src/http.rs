@@ -27,8 +27,9 @@ use crate::framework::{Shared, now_ms};
 use crate::model::{App, InstanceState};
 use crate::spec::{self, AppSpec};
 
-/// The largest spec accepted.
-const MAX_BODY: usize = 1 << 20;
+/// The largest body accepted: specs of several jobs of the largest size a
+/// task may be (`limits::MAX_TASK_BYTES`).
+const MAX_BODY: usize = agora_sdk::limits::MAX_MESSAGE_BYTES;
 
 type Api = State<Arc<Shared>>;
 
@@ -55,6 +56,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(too_large_as_json))
         .with_state(shared)
 }
 
@@ -602,4 +604,16 @@ async fn metrics(State(api): Api) -> Response {
         out,
     )
         .into_response()
+}
+
+/// Axum answers an oversized body with a plain-text 413; say it in JSON,
+/// with the limit, like every other refusal.
+async fn too_large_as_json(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        );
+    }
+    response
 }

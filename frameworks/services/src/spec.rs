@@ -270,6 +270,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<AppSpec, SpecError> {
         integer(take("instances"), "instances", 0, MAX_INSTANCES as i64)?.unwrap_or(1) as u32;
     let ports = ports(take("ports"))?;
     let env = agora_sdk::spec::env(take("env"), "AGORA_")?;
+    agora_sdk::spec::check_task_size(&cmd, &env)?;
     if let Some(name) = env.keys().find(|k| *k == "PORT" || k.starts_with("PORT")) {
         return Err(SpecError::new(
             format!("env.{name}"),

@@ -205,6 +205,16 @@ impl Core {
                     ),
                 ));
             }
+            let bytes = prost::Message::encoded_len(task);
+            if bytes > agora_proto::limits::MAX_TASK_BYTES {
+                return Err(bad(
+                    id,
+                    format!(
+                        "task `{id}` is {bytes} bytes; a task may be at most {} bytes",
+                        agora_proto::limits::MAX_TASK_BYTES
+                    ),
+                ));
+            }
             if task
                 .command
                 .as_ref()

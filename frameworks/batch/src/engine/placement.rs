@@ -76,8 +76,9 @@ pub(super) struct Slot {
     pub(super) agent: AgentAttributes,
     /// What is still free in the offer.
     pub(super) free: Resources,
-    /// Tasks placed on it so far.
+    /// Tasks placed on it so far, and their encoded size.
     pub(super) tasks: Vec<TaskInfo>,
+    pub(super) bytes: usize,
     /// Nothing more fits: skipped for the rest of the pass.
     pub(super) exhausted: bool,
 }
@@ -89,6 +90,7 @@ impl Slot {
             agent: AgentAttributes::of(offer),
             free: agora_sdk::offer_resources(offer),
             tasks: Vec::new(),
+            bytes: 0,
             exhausted: false,
         }
     }

@@ -555,3 +555,32 @@ fn forced_remove_kills_the_active_run() {
             .is_empty()
     );
 }
+
+#[test]
+fn big_tasks_spill_over_to_the_next_accept_and_too_big_ones_are_refused() {
+    let mut engine = Engine::new(30_000);
+    // 1.5 MB commands, 8 instances: 12 MB, more than one accept carries.
+    let command = format!("# {}\necho ok", "a".repeat(1_500_000));
+    let spec = format!(
+        "[[job]]\nid = \"big\"\ncmd = '''{command}'''\ninstances = 8\ncpus = 0.1\nmem = 8\n"
+    );
+    submit(&mut engine, &spec, 1);
+    let first = engine.place(&[offer("o1", "a1", 8.0, 1024.0, &[])], 2);
+    let bytes: usize = first.launches[0].1.iter().map(agora_sdk::task_bytes).sum();
+    assert!(bytes <= agora_sdk::limits::MAX_ACCEPT_TASK_BYTES, "{bytes}");
+    let placed = launched(&first).len();
+    assert!(
+        (1..8).contains(&placed),
+        "{placed} of 8 in the first accept"
+    );
+    let second = engine.place(&[offer("o2", "a1", 8.0, 1024.0, &[])], 3);
+    let third = engine.place(&[offer("o3", "a1", 8.0, 1024.0, &[])], 4);
+    assert_eq!(placed + launched(&second).len() + launched(&third).len(), 8);
+
+    let huge = format!(
+        "[[job]]\nid = \"huge\"\ncmd = '''{}'''\n",
+        "b".repeat(5_000_000)
+    );
+    let refused = spec::parse(&huge).expect_err("too big for a task");
+    assert_eq!(refused.field, "cmd");
+}
