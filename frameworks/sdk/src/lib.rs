@@ -125,6 +125,12 @@ pub fn with_ports(wanted: Resources, available: &Resources, count: u64) -> Optio
     Some(wanted.with_ranges("ports", ports))
 }
 
+/// How many bytes `task` takes in an accept (to keep one within
+/// [`limits::MAX_ACCEPT_TASK_BYTES`]).
+pub fn task_bytes(task: &TaskInfo) -> usize {
+    prost::Message::encoded_len(task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,10 +144,4 @@ mod tests {
         assert!(offer.contains(&got));
         assert!(with_ports(want, &offer, 8).is_none());
     }
-}
-
-/// How many bytes `task` takes in an accept (to keep one within
-/// [`limits::MAX_ACCEPT_TASK_BYTES`]).
-pub fn task_bytes(task: &TaskInfo) -> usize {
-    prost::Message::encoded_len(task)
 }

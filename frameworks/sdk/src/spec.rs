@@ -286,6 +286,31 @@ pub fn constraints(v: Option<Value>) -> Result<Vec<Constraint>, SpecError> {
     Ok(out)
 }
 
+/// Room left in a task for what the framework adds (ids, resources,
+/// variables like `AGORA_JOB`, a health check).
+const TASK_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Refuses a command and environment too big for one task (see
+/// `agora_proto::limits::MAX_TASK_BYTES`): refused at submission, named,
+/// rather than failing at launch.
+pub fn check_task_size(cmd: &str, env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    let bytes = cmd.len()
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>();
+    let max = agora_proto::limits::MAX_TASK_BYTES - TASK_OVERHEAD_BYTES;
+    if bytes > max {
+        return Err(SpecError::new(
+            "cmd",
+            format!(
+                "the command and environment take {bytes} bytes; a task may hold at most {max}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,29 +345,4 @@ mod tests {
             "kil"
         );
     }
-}
-
-/// Room left in a task for what the framework adds (ids, resources,
-/// variables like `AGORA_JOB`, a health check).
-const TASK_OVERHEAD_BYTES: usize = 64 * 1024;
-
-/// Refuses a command and environment too big for one task (see
-/// `agora_proto::limits::MAX_TASK_BYTES`): refused at submission, named,
-/// rather than failing at launch.
-pub fn check_task_size(cmd: &str, env: &BTreeMap<String, String>) -> Result<(), SpecError> {
-    let bytes = cmd.len()
-        + env
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 8)
-            .sum::<usize>();
-    let max = agora_proto::limits::MAX_TASK_BYTES - TASK_OVERHEAD_BYTES;
-    if bytes > max {
-        return Err(SpecError::new(
-            "cmd",
-            format!(
-                "the command and environment take {bytes} bytes; a task may hold at most {max}"
-            ),
-        ));
-    }
-    Ok(())
 }
