@@ -7,6 +7,7 @@
 //! the Omega authors did for Mesos.
 
 pub mod dist;
+pub mod emulate;
 pub mod engine;
 pub mod report;
 pub mod scenario;

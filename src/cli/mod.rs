@@ -438,6 +438,30 @@ pub enum SimCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run many emulated agents in this process: each speaks the real agent
+    /// protocol to the master and runs no processes (tasks finish after
+    /// --task-duration, or run until killed). Until Ctrl-C.
+    Emulate {
+        #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+        master: String,
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Each agent's resources.
+        #[arg(
+            long,
+            default_value = "cpus:8;mem:16384;disk:100000;ports:[31000-32000]"
+        )]
+        resources: String,
+        /// Each agent's attributes, e.g. `zone:a` (each also gets `rack`).
+        #[arg(long, default_value = "")]
+        attributes: String,
+        /// How long a task runs (`30s`), or `forever` (until killed).
+        #[arg(long, default_value = "forever")]
+        task_duration: String,
+        /// Agents whose sessions share one HTTP/2 connection.
+        #[arg(long, default_value_t = 100)]
+        agents_per_connection: usize,
+    },
 }
 
 #[derive(Args)]
@@ -525,7 +549,7 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         Command::Master(a) => runtime.block_on(run::master(a)),
         Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
-        Command::Sim(c) => sim::run(c),
+        Command::Sim(c) => sim::run(c, &runtime),
         Command::ContainerInit { .. } => Ok(ExitCode::SUCCESS),
     }
 }

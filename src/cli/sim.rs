@@ -53,8 +53,23 @@ fn refused(e: agora_sim::ScenarioError) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: SimCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     match command {
+        SimCommand::Emulate {
+            master,
+            agents,
+            resources,
+            attributes,
+            task_duration,
+            agents_per_connection,
+        } => runtime.block_on(emulate(
+            master,
+            agents,
+            &resources,
+            &attributes,
+            &task_duration,
+            agents_per_connection,
+        )),
         SimCommand::Run {
             scenario,
             seed,
@@ -238,4 +253,56 @@ fn print_report(r: &agora_sim::Report) {
             f.conflicts
         );
     }
+}
+
+/// `agora sim emulate`: emulated agents until Ctrl-C, with a line of
+/// progress every two seconds.
+async fn emulate(
+    master: String,
+    agents: usize,
+    resources: &str,
+    attributes: &str,
+    task_duration: &str,
+    agents_per_connection: usize,
+) -> anyhow::Result<ExitCode> {
+    let resources = agora_proto::Resources::parse(resources)
+        .map_err(|e| anyhow::anyhow!("--resources: {e}"))?;
+    let attributes = agora_agent::parse_attributes(attributes)?
+        .into_iter()
+        .collect();
+    let task_duration = match task_duration {
+        "forever" => None,
+        d => Some(super::parse_duration(d).map_err(|e| anyhow::anyhow!("--task-duration: {e}"))?),
+    };
+    let stats = std::sync::Arc::new(agora_sim::emulate::EmulatorStats::default());
+    let config = agora_sim::emulate::EmulateConfig {
+        masters: master,
+        agents,
+        resources,
+        attributes,
+        task_duration,
+        agents_per_connection,
+    };
+    let progress = stats.clone();
+    let report = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!(
+                "emulated agents: {} of {agents} registered; tasks {} launched, {} finished, {} killed",
+                progress.registered.load(Relaxed),
+                progress.launched.load(Relaxed),
+                progress.finished.load(Relaxed),
+                progress.killed.load(Relaxed),
+            );
+        }
+    });
+    let result = agora_sim::emulate::emulate(config, stats, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    report.abort();
+    result?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -758,3 +758,55 @@ async fn agora_dev_runs_a_master_and_an_agent_that_agora_state_shows() {
         "the agent keeps its id in --data-dir"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emulated_agents_register_and_run_tasks_the_master_cannot_tell_apart() {
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let _emulator = Proc::spawn_plain(&[
+        "sim",
+        "emulate",
+        "--master",
+        &url,
+        "--agents",
+        "50",
+        "--resources",
+        "cpus:2;mem:1024",
+        "--task-duration",
+        "1s",
+        "--agents-per-connection",
+        "20",
+    ]);
+    let s = wait_for_agents(&url, 50).await;
+    assert!(
+        s["agents"]
+            .as_array()
+            .expect("agents")
+            .iter()
+            .all(|a| a["hostname"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("emulated-"))),
+        "{s:#}"
+    );
+    let mut f = TestFramework::start(&url, "on-emulated", "*").await;
+    let offers = f.next_offers(Duration::from_secs(10)).await;
+    let tasks = vec![
+        task("short", "true", &small_task()),
+        task("long", "sleep 600", &small_task()),
+    ];
+    f.driver
+        .accept(&[offer_id(&offers[0])], tasks, None)
+        .await
+        .expect("accept");
+    // The emulated task runs its duration and finishes; a killed one is killed.
+    f.wait_state("long", TaskState::TaskRunning, Duration::from_secs(10))
+        .await;
+    f.driver.kill("long").await.expect("kill");
+    f.wait_state("long", TaskState::TaskKilled, Duration::from_secs(10))
+        .await;
+    let finished = f
+        .wait_state("short", TaskState::TaskFinished, Duration::from_secs(10))
+        .await;
+    assert_eq!(finished.exit_code, Some(0));
+    f.teardown().await;
+}

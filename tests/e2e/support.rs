@@ -94,6 +94,11 @@ impl Proc {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Any `agora` command, not waiting for a listen line.
+    pub fn spawn_plain(args: &[&str]) -> Proc {
+        Proc::spawn(args, false)
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }

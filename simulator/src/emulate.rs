@@ -1,0 +1,383 @@
+//! Emulated agents: many agents in one process, each speaking the real
+//! agent protocol over its own session (register with its id and secret,
+//! heartbeat, launch, kill, status updates resent until acknowledged) and
+//! running no processes — a launched task goes `STARTING` → `RUNNING` →
+//! `FINISHED` after a set duration, or runs until killed. Kubernetes's
+//! kubemark and the Mesos paper's emulated agents are the model; the master
+//! cannot tell them from real ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agora_proto::v1::{
+    self, AgentMessage, MasterMessage, TaskState, agent_message,
+    agent_service_client::AgentServiceClient, master_message, task_status,
+};
+use agora_proto::{MasterList, Resources};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// What to emulate.
+#[derive(Clone, Debug)]
+pub struct EmulateConfig {
+    /// The masters (`http://m1:5050,http://m2:5050`).
+    pub masters: String,
+    pub agents: usize,
+    /// Every agent's resources.
+    pub resources: Resources,
+    /// Every agent's attributes (`rack` gets the agent's rack, one per 40).
+    pub attributes: Vec<(String, String)>,
+    /// How long a task runs; `None`: until killed.
+    pub task_duration: Option<Duration>,
+    /// Agents sharing one HTTP/2 connection (their sessions are streams).
+    pub agents_per_connection: usize,
+}
+
+/// Counts the emulator keeps, for progress and for benchmarks.
+#[derive(Debug, Default)]
+pub struct EmulatorStats {
+    pub registered: AtomicUsize,
+    pub launched: AtomicU64,
+    pub finished: AtomicU64,
+    pub killed: AtomicU64,
+    pub updates_sent: AtomicU64,
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulateError {
+    #[error("--master `{0}` names no master")]
+    NoMaster(String),
+    #[error("master URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+type TaskKey = (String, String);
+
+/// One emulated agent's state.
+struct Agent {
+    index: usize,
+    config: Arc<EmulateConfig>,
+    stats: Arc<EmulatorStats>,
+    id: Option<String>,
+    secret: String,
+    /// Live tasks and their state.
+    tasks: HashMap<TaskKey, (v1::TaskInfo, TaskState)>,
+    /// Updates sent and not yet acknowledged, in the order they were sent
+    /// (resent in that order), by sequence number.
+    unacked: std::collections::BTreeMap<u64, v1::StatusUpdate>,
+    next_uuid: u64,
+    heartbeat: Duration,
+}
+
+enum Tick {
+    Finish(TaskKey),
+}
+
+/// Runs `config.agents` emulated agents until `shutdown` resolves; `stats`
+/// counts what they do.
+pub async fn emulate(
+    config: EmulateConfig,
+    stats: Arc<EmulatorStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), EmulateError> {
+    let masters = MasterList::new(&config.masters)
+        .ok_or_else(|| EmulateError::NoMaster(config.masters.clone()))?;
+    let mut channels: HashMap<String, Vec<Channel>> = HashMap::new();
+    let per = config.agents_per_connection.max(1);
+    let connections = config.agents.div_ceil(per).max(1);
+    for url in masters.all() {
+        let mut list = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let endpoint =
+                Endpoint::from_shared(url.clone()).map_err(|e| EmulateError::BadUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+            list.push(
+                endpoint
+                    .connect_timeout(Duration::from_secs(2))
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .connect_lazy(),
+            );
+        }
+        channels.insert(url.clone(), list);
+    }
+    let channels = Arc::new(channels);
+    let config = Arc::new(config);
+    let mut running = Vec::with_capacity(config.agents);
+    for index in 0..config.agents {
+        let agent = Agent {
+            index,
+            config: config.clone(),
+            stats: stats.clone(),
+            id: None,
+            secret: String::new(),
+            tasks: HashMap::new(),
+            unacked: std::collections::BTreeMap::new(),
+            next_uuid: 0,
+            heartbeat: Duration::from_secs(1),
+        };
+        running.push(tokio::spawn(agent.run(
+            masters.clone(),
+            channels.clone(),
+            index / per,
+        )));
+    }
+    shutdown.await;
+    for r in running {
+        r.abort();
+    }
+    Ok(())
+}
+
+impl Agent {
+    fn hostname(&self) -> String {
+        format!("emulated-{}", self.index)
+    }
+
+    async fn run(
+        mut self,
+        mut masters: MasterList,
+        channels: Arc<HashMap<String, Vec<Channel>>>,
+        connection: usize,
+    ) {
+        let (ticks_tx, mut ticks) = mpsc::unbounded_channel::<Tick>();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let url = masters.current().to_string();
+            let Some(channel) = channels.get(&url).and_then(|c| c.get(connection)).cloned() else {
+                masters.failed(None);
+                continue;
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let opened = AgentServiceClient::new(channel)
+                .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
+                .session(UnboundedReceiverStream::new(rx))
+                .await;
+            let mut inbound = match opened {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    let hint = agora_proto::leader_hint(&status);
+                    let pause = if hint.is_some() {
+                        Duration::ZERO
+                    } else {
+                        backoff
+                    };
+                    masters.failed(hint);
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            self.register(&tx);
+            let mut heartbeat = tokio::time::interval(self.heartbeat);
+            let mut resend = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(msg)) => {
+                            if let Some(every) = self.master_message(msg, &tx, &ticks_tx) {
+                                heartbeat = tokio::time::interval(every);
+                            }
+                        }
+                        _ => break,
+                    },
+                    Some(tick) = ticks.recv() => match tick {
+                        Tick::Finish(key) => self.end(&tx, key, TaskState::TaskFinished, "finished"),
+                    },
+                    _ = heartbeat.tick() => {
+                        let _ = tx.send(AgentMessage {
+                            message: Some(agent_message::Message::Heartbeat(
+                                agent_message::Heartbeat::default(),
+                            )),
+                        });
+                    }
+                    _ = resend.tick() => {
+                        for update in self.unacked.values() {
+                            let _ = tx.send(AgentMessage {
+                                message: Some(agent_message::Message::StatusUpdate(update.clone())),
+                            });
+                        }
+                    }
+                }
+            }
+            if self.id.is_some() {
+                self.stats.registered.fetch_sub(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    fn register(&self, tx: &mpsc::UnboundedSender<AgentMessage>) {
+        let info = v1::AgentInfo {
+            hostname: self.hostname(),
+            resources: self.config.resources.to_proto(),
+            attributes: self
+                .config
+                .attributes
+                .iter()
+                .map(|(name, text)| v1::Attribute {
+                    name: name.clone(),
+                    text: text.clone(),
+                })
+                .chain(std::iter::once(v1::Attribute {
+                    name: "rack".into(),
+                    text: format!("r{}", self.index / 40),
+                }))
+                .collect(),
+            id: self.id.clone().map(|value| v1::AgentId { value }),
+            endpoint: String::new(),
+        };
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|((framework, _), (task, state))| v1::AgentTask {
+                framework_id: Some(v1::FrameworkId {
+                    value: framework.clone(),
+                }),
+                task: Some(task.clone()),
+                state: *state as i32,
+            })
+            .collect();
+        let _ = tx.send(AgentMessage {
+            message: Some(agent_message::Message::Register(agent_message::Register {
+                agent_info: Some(info),
+                tasks,
+                secret: self.secret.clone(),
+            })),
+        });
+    }
+
+    /// Handles one message; returns a new heartbeat interval when the
+    /// master sets one.
+    fn master_message(
+        &mut self,
+        msg: MasterMessage,
+        tx: &mpsc::UnboundedSender<AgentMessage>,
+        ticks: &mpsc::UnboundedSender<Tick>,
+    ) -> Option<Duration> {
+        match msg.message? {
+            master_message::Message::Registered(r) => {
+                self.id = r.agent_id.map(|a| a.value);
+                if !r.secret.is_empty() {
+                    self.secret = r.secret;
+                }
+                self.stats.registered.fetch_add(1, Ordering::Relaxed);
+                let every = r.heartbeat_interval_seconds;
+                if every.is_finite() && every > 0.0 {
+                    self.heartbeat = Duration::from_secs_f64(every);
+                    return Some(self.heartbeat);
+                }
+            }
+            master_message::Message::Launch(launch) => {
+                let framework = launch.framework_id.map(|f| f.value).unwrap_or_default();
+                let Some(task) = launch.task else { return None };
+                let id = task
+                    .task_id
+                    .as_ref()
+                    .map(|t| t.value.clone())
+                    .unwrap_or_default();
+                let key = (framework, id);
+                self.stats.launched.fetch_add(1, Ordering::Relaxed);
+                self.tasks
+                    .insert(key.clone(), (task, TaskState::TaskRunning));
+                self.send_update(tx, &key, TaskState::TaskStarting, "");
+                self.send_update(tx, &key, TaskState::TaskRunning, "");
+                if let Some(d) = self.config.task_duration {
+                    let ticks = ticks.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        let _ = ticks.send(Tick::Finish(key));
+                    });
+                }
+            }
+            master_message::Message::Kill(kill) => {
+                let key = (
+                    kill.framework_id.map(|f| f.value).unwrap_or_default(),
+                    kill.task_id.map(|t| t.value).unwrap_or_default(),
+                );
+                self.end(tx, key, TaskState::TaskKilled, "killed");
+            }
+            master_message::Message::Acknowledge(ack) => {
+                if let Some(seq) = std::str::from_utf8(&ack.uuid)
+                    .ok()
+                    .and_then(|u| u.rsplit_once('-'))
+                    .and_then(|(_, seq)| seq.parse::<u64>().ok())
+                {
+                    self.unacked.remove(&seq);
+                }
+            }
+            master_message::Message::Shutdown(_)
+            | master_message::Message::MarkedUnreachable(_) => {
+                let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
+                for key in keys {
+                    self.end(
+                        tx,
+                        key,
+                        TaskState::TaskKilled,
+                        "the master gave this agent up",
+                    );
+                }
+            }
+            master_message::Message::HeartbeatAck(_) => {}
+        }
+        None
+    }
+
+    fn end(
+        &mut self,
+        tx: &mpsc::UnboundedSender<AgentMessage>,
+        key: TaskKey,
+        state: TaskState,
+        message: &str,
+    ) {
+        if self.tasks.remove(&key).is_none() {
+            return;
+        }
+        let counter = if state == TaskState::TaskFinished {
+            &self.stats.finished
+        } else {
+            &self.stats.killed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.send_update(tx, &key, state, message);
+    }
+
+    fn send_update(
+        &mut self,
+        tx: &mpsc::UnboundedSender<AgentMessage>,
+        key: &TaskKey,
+        state: TaskState,
+        message: &str,
+    ) {
+        self.next_uuid += 1;
+        let uuid = format!("{}-{}", self.index, self.next_uuid).into_bytes();
+        let update = v1::StatusUpdate {
+            framework_id: Some(v1::FrameworkId {
+                value: key.0.clone(),
+            }),
+            status: Some(v1::TaskStatus {
+                task_id: Some(v1::TaskId {
+                    value: key.1.clone(),
+                }),
+                state: state as i32,
+                message: message.to_string(),
+                source: task_status::Source::Agent as i32,
+                uuid: uuid.clone(),
+                exit_code: (state == TaskState::TaskFinished).then_some(0),
+                ..Default::default()
+            }),
+        };
+        self.unacked.insert(self.next_uuid, update.clone());
+        self.stats.updates_sent.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(AgentMessage {
+            message: Some(agent_message::Message::StatusUpdate(update)),
+        });
+    }
+}
