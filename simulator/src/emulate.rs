@@ -277,7 +277,7 @@ impl Agent {
             }
             master_message::Message::Launch(launch) => {
                 let framework = launch.framework_id.map(|f| f.value).unwrap_or_default();
-                let Some(task) = launch.task else { return None };
+                let task = launch.task?;
                 let id = task
                     .task_id
                     .as_ref()
