@@ -80,6 +80,9 @@ enum Backend {
     },
 }
 
+/// The embedded store's page cache.
+const STORE_CACHE_BYTES: usize = 16 << 20;
+
 /// etcd's most operations in one transaction (its `--max-txn-ops` default
 /// is 128): bigger commits are split, each part atomic.
 const ETCD_OPS_PER_TXN: usize = 100;
@@ -146,7 +149,12 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(redb::StorageError::Io(e).into()))?;
         }
-        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        // redb caches up to 1 GiB by default; these stores are small and
+        // written far more than read (everything is loaded once at start).
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| err(e.into()))?;
         Ok(Store {
             backend: Backend::Redb {
                 db,
