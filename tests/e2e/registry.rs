@@ -27,6 +27,41 @@ fn master_in(data: &std::path::Path, listen: &str) -> Proc {
     start_master(listen, &["--data-dir", dir])
 }
 
+/// Launches `sleep 600` as `id` from the framework's next offer and waits
+/// for it to run; returns its pid on the agent at `endpoint`.
+async fn launch_sleeper(f: &mut TestFramework, endpoint: &str, id: &str) -> i32 {
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    f.driver
+        .accept(
+            &[offer_id(&offer)],
+            vec![task(id, "sleep 600", &small())],
+            None,
+        )
+        .await
+        .expect("accept");
+    f.wait_state(id, TaskState::TaskRunning, Duration::from_secs(10))
+        .await;
+    container_of(endpoint, id).await["pid"]
+        .as_i64()
+        .expect("pid") as i32
+}
+
+/// The master's count of refused agent registrations.
+async fn registrations_refused(url: &str) -> Option<f64> {
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agora_agent_registrations_refused_total "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_master_killed_hard_keeps_weights_drains_and_frameworks_and_reconciles_tasks() {
     let master_data = tempdir();
@@ -146,21 +181,8 @@ async fn a_framework_away_past_its_failover_timeout_loses_its_tasks_across_a_mas
     let mut config = FrameworkConfig::new(&url, "fleeting");
     config.failover_timeout = Duration::from_secs(6);
     let mut f = TestFramework::start_with(config).await;
-    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
-    f.driver
-        .accept(
-            &[offer_id(&offer)],
-            vec![task("orphan", "sleep 600", &small())],
-            None,
-        )
-        .await
-        .expect("accept");
-    f.wait_state("orphan", TaskState::TaskRunning, Duration::from_secs(10))
-        .await;
     let endpoint = agent_endpoint(&url, "orphanage").await;
-    let pid = container_of(&endpoint, "orphan").await["pid"]
-        .as_i64()
-        .expect("pid") as i32;
+    let pid = launch_sleeper(&mut f, &endpoint, "orphan").await;
 
     // The framework process dies (no teardown); then so does the master.
     f.abandon();
@@ -220,18 +242,7 @@ async fn an_agent_claiming_another_agents_id_without_its_secret_is_refused() {
         "the impostor to be refused twice",
         Duration::from_secs(20),
         || async {
-            let metrics = reqwest::get(format!("{url}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let refused = metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("agora_agent_registrations_refused_total "))?
-                .trim()
-                .parse::<f64>()
-                .ok()?;
+            let refused = registrations_refused(&url).await?;
             (refused >= 2.0).then_some(())
         },
     )
@@ -308,20 +319,7 @@ async fn an_agent_marked_gone_loses_its_tasks_kills_them_and_is_refused() {
         .to_string();
     let endpoint = agent_endpoint(&url, "doomed").await;
     let mut f = TestFramework::start(&url, "bystander", "*").await;
-    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
-    f.driver
-        .accept(
-            &[offer_id(&offer)],
-            vec![task("stranded", "sleep 600", &small())],
-            None,
-        )
-        .await
-        .expect("accept");
-    f.wait_state("stranded", TaskState::TaskRunning, Duration::from_secs(10))
-        .await;
-    let pid = container_of(&endpoint, "stranded").await["pid"]
-        .as_i64()
-        .expect("pid") as i32;
+    let pid = launch_sleeper(&mut f, &endpoint, "stranded").await;
 
     let (code, body) = send(
         reqwest::Method::POST,
@@ -343,18 +341,7 @@ async fn an_agent_marked_gone_loses_its_tasks_kills_them_and_is_refused() {
     .await;
     // It keeps trying to come back and is refused every time.
     wait_until("a refused return", Duration::from_secs(10), || async {
-        let metrics = reqwest::get(format!("{url}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        metrics
-            .lines()
-            .any(|l| {
-                l.starts_with("agora_agent_registrations_refused_total ") && !l.ends_with(" 0")
-            })
-            .then_some(())
+        (registrations_refused(&url).await? > 0.0).then_some(())
     })
     .await;
     let s = state(&url).await;
