@@ -496,7 +496,17 @@ async fn mark_gone(State(api): State<Api>, Path(id): Path<String>, body: String)
     act(&api, Operator::MarkGone { agent_id: id }).await
 }
 
+/// Most event streams open at once: each holds a connection and a share of
+/// every event.
+const MAX_EVENT_STREAMS: usize = 1024;
+
 async fn event_stream(State(api): State<Api>) -> Response {
+    if api.events.receiver_count() >= MAX_EVENT_STREAMS {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_EVENT_STREAMS} event streams are open already; try again later"),
+        );
+    }
     let stream = BroadcastStream::new(api.events.subscribe()).map(|item| {
         Ok::<Event, Infallible>(match item {
             Ok(event) => Event::default()

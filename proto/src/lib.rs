@@ -5,6 +5,8 @@
 pub mod duration;
 pub mod limits;
 pub mod masters;
+#[cfg(test)]
+mod proptests;
 pub mod refusal;
 pub mod resources;
 mod task_state;

@@ -8,6 +8,8 @@ mod framework;
 mod http;
 pub mod model;
 pub mod spec;
+#[cfg(test)]
+mod spec_proptests;
 pub mod store;
 
 pub use framework::{BatchConfig, BatchError, run};

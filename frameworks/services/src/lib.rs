@@ -12,6 +12,8 @@ mod http;
 pub mod lb;
 pub mod model;
 pub mod spec;
+#[cfg(test)]
+mod spec_proptests;
 pub mod store;
 
 pub use framework::{ServicesConfig, ServicesError, run};
