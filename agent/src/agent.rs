@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::AgentConfig;
 use crate::cgroups::Usage;
 use crate::checkpoint::Checkpoints;
-use crate::containerizer::{Container, Containerizer, Exit, LaunchSpec};
+use crate::containerizer::{Container, Containerizer, Exit, LaunchSpec, TaskUser};
 use crate::health::{CheckTarget, HealthEvent, run_checks};
 
 type TaskKey = (String, String);
@@ -376,7 +376,9 @@ impl<C: Containerizer> Agent<C> {
                 info!(task = %task_id, "recovered a finished task with updates to deliver");
                 continue;
             }
-            let spec = self.launch_spec(&framework, &info, &cp.container_id);
+            // Re-attaching runs nothing: who the task runs as is settled.
+            let user = self.task_user(&info).unwrap_or_default();
+            let spec = self.launch_spec(&framework, &info, &cp.container_id, user);
             match self.containerizer.recover(&spec, cp.pid) {
                 Ok(container) => {
                     info!(task = %task_id, pid = cp.pid, "re-attached to a running task");
@@ -650,7 +652,13 @@ impl<C: Containerizer> Agent<C> {
             .join(&key.1)
     }
 
-    fn launch_spec(&self, framework: &str, task: &v1::TaskInfo, container_id: &str) -> LaunchSpec {
+    fn launch_spec(
+        &self,
+        framework: &str,
+        task: &v1::TaskInfo,
+        container_id: &str,
+        user: TaskUser,
+    ) -> LaunchSpec {
         let task_id = task
             .task_id
             .as_ref()
@@ -673,7 +681,25 @@ impl<C: Containerizer> Agent<C> {
             cpu_hard_limit: task.cpu_hard_limit,
             pids_limit: (task.pids_limit > 0).then_some(task.pids_limit),
             image: (!task.image.is_empty()).then(|| PathBuf::from(&task.image)),
+            user,
         }
+    }
+
+    /// Who `task` runs as: its user, else the agent's default; root only
+    /// where the agent allows it.
+    fn task_user(&self, task: &v1::TaskInfo) -> Result<TaskUser, String> {
+        let name = if task.user.is_empty() {
+            self.config.default_task_user.as_str()
+        } else {
+            task.user.as_str()
+        };
+        let user = TaskUser::resolve(name)?;
+        if user.uid == 0 && !self.config.allow_root_tasks {
+            return Err(format!(
+                "tasks may not run as root (user `{name}`) on this agent (it allows that with --allow-root-tasks)"
+            ));
+        }
+        Ok(user)
     }
 
     fn launch(&mut self, framework: String, task: v1::TaskInfo) {
@@ -715,8 +741,25 @@ impl<C: Containerizer> Agent<C> {
             task_status::Reason::None,
             None,
         );
-        let spec = self.launch_spec(&framework, &task, &container_id);
-        if let Err(e) = std::fs::create_dir_all(&spec.sandbox) {
+        let user = match self.task_user(&task) {
+            Ok(u) => u,
+            Err(message) => {
+                self.update(
+                    &key,
+                    TaskState::TaskFailed,
+                    &message,
+                    task_status::Reason::TaskInvalid,
+                    None,
+                );
+                return;
+            }
+        };
+        let spec = self.launch_spec(&framework, &task, &container_id, user);
+        let created = std::fs::create_dir_all(&spec.sandbox).and_then(|()| {
+            // The task's own directory is its user's.
+            std::os::unix::fs::chown(&spec.sandbox, Some(spec.user.uid), Some(spec.user.gid))
+        });
+        if let Err(e) = created {
             let message = format!("creating sandbox {}: {e}", spec.sandbox.display());
             self.update(
                 &key,

@@ -52,6 +52,8 @@ pub struct InitSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// The task's image overlay to `pivot_root` into, if it has an image.
     pub rootfs: Option<RootfsSpec>,
+    /// Who the command runs as (pid 1 stays root to set the container up).
+    pub user: crate::containerizer::TaskUser,
 }
 
 fn exit_from_wait(status: WaitStatus) -> Option<Exit> {
@@ -276,6 +278,7 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
         Ok(ForkResult::Child) => {
             drop(status_write);
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            become_user(&spec.user);
             let e = execve(&argv[0], &argv, &env).err();
             fail(format!("exec /bin/sh: {e:?}"))
         }
@@ -371,6 +374,26 @@ fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path) {
         fail(format!("detaching the old root: {e}"));
     }
     let _ = std::fs::remove_dir("/.old_root");
+}
+
+/// Drops to the task's user for good: its group alone, then its uid (which,
+/// for anyone but root, leaves no capabilities), and no way back up through
+/// set-uid programs.
+fn become_user(user: &crate::containerizer::TaskUser) {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let gid = Gid::from_raw(user.gid);
+    if let Err(e) = setgroups(&[gid]) {
+        fail(format!("setgroups({}): {e}", user.gid));
+    }
+    if let Err(e) = setgid(gid) {
+        fail(format!("setgid({}): {e}", user.gid));
+    }
+    if let Err(e) = setuid(Uid::from_raw(user.uid)) {
+        fail(format!("setuid({} = {}): {e}", user.uid, user.name));
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        fail(format!("no_new_privs: {e}"));
+    }
 }
 
 fn c(s: &str) -> CString {

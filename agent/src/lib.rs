@@ -43,6 +43,10 @@ pub struct AgentConfig {
     pub sandbox_gc: Duration,
     /// Where the agent's HTTP API answers (set by [`run`]).
     pub endpoint: String,
+    /// Who a task runs as when neither it nor its framework names a user.
+    pub default_task_user: String,
+    /// Whether tasks may run as root (uid 0) at all.
+    pub allow_root_tasks: bool,
 }
 
 impl AgentConfig {
@@ -62,6 +66,8 @@ impl AgentConfig {
             recover_cleanup: false,
             sandbox_gc: Duration::from_secs(3600),
             endpoint: String::new(),
+            default_task_user: "nobody".into(),
+            allow_root_tasks: false,
         }
     }
 }

@@ -138,6 +138,12 @@ pub struct AgentFlags {
     /// How long an ended task's sandbox is kept.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub sandbox_gc: Duration,
+    /// Who tasks run as when neither they nor their framework name a user.
+    #[arg(long, default_value = "nobody")]
+    pub default_task_user: String,
+    /// Let tasks run as root (uid 0) when they ask to.
+    #[arg(long)]
+    pub allow_root_tasks: bool,
 }
 
 #[derive(Args)]

@@ -70,6 +70,8 @@ fn agent_config(
     if let Some(text) = &flags.resources {
         config.resources = Some(Resources::parse(text).context("--resources")?);
     }
+    config.default_task_user = flags.default_task_user.clone();
+    config.allow_root_tasks = flags.allow_root_tasks;
     config.attributes = agora_agent::parse_attributes(&flags.attributes)?;
     if let Some(hostname) = &flags.hostname {
         config.hostname = hostname.clone();

@@ -758,10 +758,14 @@ async fn invalid_specs_are_refused_naming_the_field_and_nothing_is_stored() {
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert!(err.contains("cpus: must be a positive number"), "{err}");
-    // Too large a body is refused before it is parsed.
-    let big = format!("id = \"big\"\ncmd = \"{}\"\n", "x".repeat(3 << 20));
-    let (status, _) = submit(&cluster.url, &big).await;
+    // Too large a body is refused before it is parsed, saying so in JSON.
+    let big = format!("id = \"big\"\ncmd = \"{}\"\n", "x".repeat(17 << 20));
+    let (status, body) = submit(&cluster.url, &big).await;
     assert_eq!(status, 413);
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("bytes"),
+        "{body}"
+    );
 
     let jobs: Value = reqwest::get(format!("{}/batch/v1/jobs", cluster.url))
         .await

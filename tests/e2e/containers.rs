@@ -472,3 +472,61 @@ async fn ended_sandboxes_are_collected_after_the_gc_delay() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_run_as_nobody_unless_told_and_never_as_root_unless_the_agent_allows() {
+    let mut rig = Rig::new(&[]).await;
+    let who = "id -u; id -g; grep CapEff /proc/self/status; head -c1 /etc/shadow && echo read-shadow || echo no-shadow; touch owned && echo wrote-sandbox";
+    let mut as_daemon = task("daemon-task", who, &resources(0.1, 32.0));
+    as_daemon.user = "daemon".into();
+    let mut as_root = task("root-task", "id -u", &resources(0.1, 32.0));
+    as_root.user = "root".into();
+    rig.launch(vec![
+        task("default-task", who, &resources(0.1, 32.0)),
+        as_daemon,
+        as_root,
+    ])
+    .await;
+    rig.f
+        .wait_all(
+            &["default-task", "daemon-task"],
+            TaskState::TaskFinished,
+            Duration::from_secs(15),
+        )
+        .await;
+    let out = rig.stdout("default-task");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("65534"),
+        "nobody by default: {out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("CapEff:") && l.ends_with("0000000000000000")),
+        "no capabilities: {out}"
+    );
+    assert!(out.contains("no-shadow"), "cannot read /etc/shadow: {out}");
+    assert!(
+        out.contains("wrote-sandbox"),
+        "its sandbox is its own: {out}"
+    );
+    let daemon = rig.stdout("daemon-task");
+    let daemon_uid = nix::unistd::User::from_name("daemon")
+        .expect("lookup")
+        .expect("a daemon user")
+        .uid
+        .as_raw();
+    assert_eq!(
+        daemon.lines().next(),
+        Some(daemon_uid.to_string().as_str()),
+        "{daemon}"
+    );
+    // Root is refused, with the reason, on an agent that does not allow it.
+    let refused = rig
+        .f
+        .wait_state("root-task", TaskState::TaskFailed, Duration::from_secs(15))
+        .await;
+    assert!(refused.message.contains("root"), "{}", refused.message);
+}

@@ -713,8 +713,14 @@ pub fn spawn_launcher(master: &str, name: &str, role: &str, launcher: Launcher) 
 }
 
 /// A fresh temporary directory.
+/// A scratch directory anyone may use: tasks run as `nobody` and read and
+/// write the files tests share with them there.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("tempdir")
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod the scratch directory");
+    dir
 }
 
 /// Reads a pid a task wrote into its sandbox.

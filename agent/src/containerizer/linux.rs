@@ -135,6 +135,7 @@ impl Containerizer for LinuxContainerizer {
             hostname: spec.task_id.chars().take(64).collect(),
             cgroup_procs: self.cgroups.procs_files(id),
             rootfs,
+            user: spec.user.clone(),
         };
         let spec_path = dir.join("init.json");
         let json = serde_json::to_vec(&init).unwrap_or_default();

@@ -37,6 +37,42 @@ pub struct LaunchSpec {
     pub pids_limit: Option<u64>,
     /// Root filesystem (a directory, or a .tar/.tar.gz of one).
     pub image: Option<PathBuf>,
+    /// Who the command runs as.
+    pub user: TaskUser,
+}
+
+/// A resolved user: the command runs with these ids (and no others).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for TaskUser {
+    /// `nobody`, as on Debian.
+    fn default() -> Self {
+        TaskUser {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+impl TaskUser {
+    /// Looks `name` up in this machine's user database.
+    pub fn resolve(name: &str) -> Result<TaskUser, String> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(TaskUser {
+                name: name.to_string(),
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            }),
+            Ok(None) => Err(format!("no user `{name}` on this agent")),
+            Err(e) => Err(format!("looking up user `{name}`: {e}")),
+        }
+    }
 }
 
 /// How a task's command ended.

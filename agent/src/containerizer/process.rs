@@ -34,6 +34,8 @@ impl Containerizer for ProcessContainerizer {
         })?;
         let child = tokio::process::Command::new("sh")
             .args(&args)
+            .uid(spec.user.uid)
+            .gid(spec.user.gid)
             .current_dir(&spec.sandbox)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -97,12 +99,17 @@ impl Container for ProcessContainer {
 mod tests {
     use super::*;
 
+    /// A spec run as the task's default user, in a sandbox it owns (as the
+    /// agent makes it).
     fn spec(dir: &std::path::Path, command: &str) -> LaunchSpec {
+        let user = super::super::TaskUser::default();
+        std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).expect("chown the sandbox");
         LaunchSpec {
             task_id: "t".into(),
             command: command.into(),
             env: vec![("GREETING".into(), "hello".into())],
             sandbox: dir.to_path_buf(),
+            user,
             ..LaunchSpec::default()
         }
     }

@@ -94,10 +94,18 @@ impl Core {
                 self.allocator.offer_ended(framework_id, &offer.resources);
             }
         }
+        let framework_user = self
+            .frameworks
+            .get(framework_id)
+            .map(|f| f.info.user.clone())
+            .unwrap_or_default();
         for (mut task, resources) in launches {
             task.agent_id = Some(v1::AgentId {
                 value: agent.clone(),
             });
+            if task.user.is_empty() {
+                task.user.clone_from(&framework_user);
+            }
             let task_id = task
                 .task_id
                 .as_ref()
