@@ -51,6 +51,9 @@ pub struct JobSpec {
     /// than the agent timeout, so a replacement never runs beside it.
     #[serde(default = "yes")]
     pub stop_when_master_lost: bool,
+    /// Who the tasks run as (empty: the agent's default, `nobody`).
+    #[serde(default)]
+    pub user: String,
 }
 
 fn yes() -> bool {
@@ -76,6 +79,7 @@ const FIELDS: &[&str] = &[
     "concurrency",
     "constraints",
     "stop_when_master_lost",
+    "user",
 ];
 
 pub const MAX_INSTANCES: u32 = 1000;
@@ -213,6 +217,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
     let constraints = constraints(take("constraints"))?;
     let stop_when_master_lost =
         boolean(take("stop_when_master_lost"), "stop_when_master_lost")?.unwrap_or(true);
+    let user = agora_sdk::spec::user(take("user"), "user")?;
     Ok(JobSpec {
         id,
         cmd,
@@ -232,6 +237,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
         concurrency,
         constraints,
         stop_when_master_lost,
+        user,
     })
 }
 
@@ -390,5 +396,17 @@ mod tests {
         assert!(parse_cron("*/2 * * * * *").is_ok());
         assert!(parse_cron("0 3 * * MON").is_ok());
         assert!(parse_cron("* * *").is_err());
+    }
+
+    #[test]
+    fn a_job_may_name_its_user_and_a_bad_name_is_refused() {
+        let jobs = parse("id = \"a\"\ncmd = \"true\"\nuser = \"daemon\"\n").expect("valid");
+        assert_eq!(jobs[0].user, "daemon");
+        assert_eq!(
+            parse("id = \"a\"\ncmd = \"true\"\n").expect("valid")[0].user,
+            ""
+        );
+        let refused = parse("id = \"a\"\ncmd = \"true\"\nuser = \"a b\"\n").expect_err("bad");
+        assert_eq!(refused.field, "user");
     }
 }

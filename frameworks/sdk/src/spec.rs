@@ -311,6 +311,25 @@ pub fn check_task_size(cmd: &str, env: &BTreeMap<String, String>) -> Result<(), 
     Ok(())
 }
 
+/// A spec's `user`: who its tasks run as (empty: the agent's default). A
+/// POSIX user name, so it can be looked up on the agents.
+pub fn user(v: Option<Value>, field: &str) -> Result<String, SpecError> {
+    let name = string(v, field)?.unwrap_or_default();
+    let ok = name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with('-');
+    if ok {
+        Ok(name)
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("`{}` is not a user name", name.escape_debug()),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,9 @@ pub struct AppSpec {
     pub id: String,
     pub cmd: String,
     pub image: String,
+    /// Who the instances run as (empty: the agent's default, `nobody`).
+    #[serde(default)]
+    pub user: String,
     pub cpus: f64,
     pub mem: f64,
     pub disk: f64,
@@ -131,6 +134,7 @@ impl AppSpec {
     pub fn launch_fields_eq(&self, other: &AppSpec) -> bool {
         self.cmd == other.cmd
             && self.image == other.image
+            && self.user == other.user
             && self.cpus == other.cpus
             && self.mem == other.mem
             && self.disk == other.disk
@@ -146,6 +150,7 @@ const FIELDS: &[&str] = &[
     "id",
     "cmd",
     "image",
+    "user",
     "cpus",
     "mem",
     "disk",
@@ -245,6 +250,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<AppSpec, SpecError> {
         return Err(SpecError::new("cmd", "must not be empty"));
     }
     let image = string(take("image"), "image")?.unwrap_or_default();
+    let user = agora_sdk::spec::user(take("user"), "user")?;
     let cpus = number(take("cpus"), "cpus")?.unwrap_or(0.1);
     if !(0.01..=1e6).contains(&cpus) {
         return Err(SpecError::new(
@@ -307,6 +313,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<AppSpec, SpecError> {
         id,
         cmd,
         image,
+        user,
         cpus,
         mem,
         disk,

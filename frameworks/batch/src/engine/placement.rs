@@ -30,6 +30,7 @@ pub(super) fn task_info(
     info.name = format!("{} run {run} instance {instance}", spec.id);
     info.image = spec.image.clone();
     info.stop_when_master_lost = spec.stop_when_master_lost;
+    info.user = spec.user.clone();
     let mut vars: Vec<v1::environment::Variable> = spec
         .env
         .iter()

@@ -131,6 +131,7 @@ fn task_info(
     let mut info = agora_sdk::task(task_id, &spec.cmd, &resources);
     info.name = format!("{} v{}", app.id, app.target);
     info.image = spec.image.clone();
+    info.user = spec.user.clone();
     info.kill_grace_period = spec.kill_grace_period_ms as f64 / 1000.0;
     let mut vars: Vec<v1::environment::Variable> = spec
         .env
