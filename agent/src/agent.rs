@@ -682,6 +682,12 @@ impl<C: Containerizer> Agent<C> {
             pids_limit: (task.pids_limit > 0).then_some(task.pids_limit),
             image: (!task.image.is_empty()).then(|| PathBuf::from(&task.image)),
             user,
+            writable: task
+                .volumes
+                .iter()
+                .filter(|v| !v.read_only)
+                .map(|v| PathBuf::from(&v.host_path))
+                .collect(),
         }
     }
 

@@ -54,6 +54,10 @@ pub struct InitSpec {
     pub rootfs: Option<RootfsSpec>,
     /// Who the command runs as (pid 1 stays root to set the container up).
     pub user: crate::containerizer::TaskUser,
+    /// Host paths kept writable beside the sandbox (tasks without an image
+    /// see the rest of the host read-only).
+    #[serde(default)]
+    pub writable: Vec<PathBuf>,
 }
 
 fn exit_from_wait(status: WaitStatus) -> Option<Exit> {
@@ -240,7 +244,12 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
             enter_rootfs(rootfs, &spec.sandbox);
             PathBuf::from("/mnt/sandbox")
         }
-        None => spec.sandbox.clone(),
+        None => {
+            let mut writable = vec![spec.sandbox.clone()];
+            writable.extend(spec.writable.iter().cloned());
+            read_only_host(&writable);
+            spec.sandbox.clone()
+        }
     };
     // A /proc that shows this pid namespace only.
     if let Err(e) = mount(
@@ -374,6 +383,79 @@ fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path) {
         fail(format!("detaching the old root: {e}"));
     }
     let _ = std::fs::remove_dir("/.old_root");
+}
+
+/// The host's filesystems, read-only in this mount namespace, but for
+/// `writable` (the sandbox and declared volumes), `/dev`, `/proc` and `/sys`.
+fn read_only_host(writable: &[PathBuf]) {
+    // Each writable place becomes a mount of its own, which the read-only
+    // remounts below leave alone.
+    for path in writable {
+        if let Err(e) = mount(
+            Some(path.as_path()),
+            path.as_path(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ) {
+            fail(format!("binding {} writable: {e}", path.display()));
+        }
+    }
+    let mountinfo = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(m) => m,
+        Err(e) => fail(format!("reading /proc/self/mountinfo: {e}")),
+    };
+    let kept = |point: &Path| {
+        writable.iter().any(|w| point.starts_with(w))
+            || ["/dev", "/proc", "/sys"]
+                .iter()
+                .any(|p| point.starts_with(p))
+    };
+    for point in mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_point)
+    {
+        if kept(&point) {
+            continue;
+        }
+        let remounted = mount(
+            None::<&str>,
+            point.as_path(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        );
+        // The root must become read-only; a mount that refuses (an odd
+        // filesystem) stays as the host has it.
+        if let Err(e) = remounted
+            && point == Path::new("/")
+        {
+            fail(format!("making / read-only: {e}"));
+        }
+    }
+}
+
+/// `/proc/self/mountinfo` writes spaces and the like as `\040` octal.
+fn unescape_mount_point(raw: &str) -> PathBuf {
+    let mut out = Vec::with_capacity(raw.len());
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&raw[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&out),
+    ))
 }
 
 /// Drops to the task's user for good: its group alone, then its uid (which,

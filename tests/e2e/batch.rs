@@ -161,9 +161,10 @@ impl RunningAndQueued {
         submit_ok(
             master,
             &format!(
-                "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; {}\"\n",
+                "id = \"first\"\ncpus = 1\ncmd = \"echo start >> {}; {}\"\nvolumes = [\"{}\"]\n",
                 first.display(),
-                until_gate(&gate)
+                until_gate(&gate),
+                dir.path().display()
             ),
         )
         .await;
@@ -174,8 +175,9 @@ impl RunningAndQueued {
         submit_ok(
             master,
             &format!(
-                "id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\n",
-                second.display()
+                "id = \"second\"\ncpus = 1\ncmd = \"echo start >> {}\"\nvolumes = [\"{}\"]\n",
+                second.display(),
+                dir.path().display()
             ),
         )
         .await;
@@ -340,7 +342,7 @@ async fn four_instances_run_in_parallel_on_two_agents() {
     // Each instance checks in, then waits for all four: only a parallel run
     // can finish.
     let spec = format!(
-        "id = \"par\"\ncpus = 1\nmem = 64\ninstances = 4\ncmd = \"touch {b}/$AGORA_INSTANCE; for i in $(seq 200); do [ $(ls {b} | wc -l) -ge 4 ] && exit 0; sleep 0.05; done; exit 1\"\n"
+        "id = \"par\"\ncpus = 1\nmem = 64\ninstances = 4\ncmd = \"touch {b}/$AGORA_INSTANCE; for i in $(seq 200); do [ $(ls {b} | wc -l) -ge 4 ] && exit 0; sleep 0.05; done; exit 1\"\nvolumes = [\"{b}\"]\n"
     );
     submit_ok(&cluster.url, &spec).await;
     let j = wait_job(&cluster.url, "par", "SUCCEEDED", Duration::from_secs(60)).await;
@@ -366,10 +368,11 @@ async fn dependency_chain_runs_in_order_and_a_failure_stops_it() {
     let out = tempdir();
     let log = out.path().join("order");
     let l = log.display();
+    let o = out.path().display();
     let chain = format!(
-        "[[job]]\nid = \"extract\"\ncmd = \"sleep 0.3; echo extract >> {l}\"\n\
-         [[job]]\nid = \"transform\"\ncmd = \"echo transform >> {l}\"\ndepends_on = [\"extract\"]\n\
-         [[job]]\nid = \"load\"\ncmd = \"echo load >> {l}\"\ndepends_on = [\"transform\"]\n"
+        "[[job]]\nid = \"extract\"\ncmd = \"sleep 0.3; echo extract >> {l}\"\nvolumes = [\"{o}\"]\n\
+         [[job]]\nid = \"transform\"\ncmd = \"echo transform >> {l}\"\nvolumes = [\"{o}\"]\ndepends_on = [\"extract\"]\n\
+         [[job]]\nid = \"load\"\ncmd = \"echo load >> {l}\"\nvolumes = [\"{o}\"]\ndepends_on = [\"transform\"]\n"
     );
     submit_ok(&cluster.url, &chain).await;
     wait_job(&cluster.url, "load", "SUCCEEDED", Duration::from_secs(30)).await;
@@ -378,9 +381,9 @@ async fn dependency_chain_runs_in_order_and_a_failure_stops_it() {
     let broken = out.path().join("broken");
     let b = broken.display();
     let chain = format!(
-        "[[job]]\nid = \"a\"\ncmd = \"echo a >> {b}\"\n\
-         [[job]]\nid = \"b\"\ncmd = \"echo b >> {b}; exit 1\"\ndepends_on = [\"a\"]\n\
-         [[job]]\nid = \"c\"\ncmd = \"echo c >> {b}\"\ndepends_on = [\"b\"]\n"
+        "[[job]]\nid = \"a\"\ncmd = \"echo a >> {b}\"\nvolumes = [\"{o}\"]\n\
+         [[job]]\nid = \"b\"\ncmd = \"echo b >> {b}; exit 1\"\nvolumes = [\"{o}\"]\ndepends_on = [\"a\"]\n\
+         [[job]]\nid = \"c\"\ncmd = \"echo c >> {b}\"\nvolumes = [\"{o}\"]\ndepends_on = [\"b\"]\n"
     );
     submit_ok(&cluster.url, &chain).await;
     let c = wait_job(&cluster.url, "c", "FAILED", Duration::from_secs(30)).await;
@@ -814,9 +817,10 @@ async fn torn_down_batch_registers_anew_and_retries_its_jobs() {
     submit_ok(
         &cluster.url,
         &format!(
-            "id = \"resilient\"\nretries = 1\nbackoff = \"0s\"\ncmd = \"echo $AGORA_ATTEMPT >> {}; {}\"\n",
+            "id = \"resilient\"\nretries = 1\nbackoff = \"0s\"\ncmd = \"echo $AGORA_ATTEMPT >> {}; {}\"\nvolumes = [\"{}\"]\n",
             marks.display(),
-            until_gate(&gate)
+            until_gate(&gate),
+            out.path().display()
         ),
     )
     .await;

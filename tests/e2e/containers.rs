@@ -476,17 +476,24 @@ async fn ended_sandboxes_are_collected_after_the_gc_delay() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_run_as_nobody_unless_told_and_never_as_root_unless_the_agent_allows() {
     let mut rig = Rig::new(&[]).await;
-    let who = "id -u; id -g; grep CapEff /proc/self/status; head -c1 /etc/shadow && echo read-shadow || echo no-shadow; touch owned && echo wrote-sandbox";
+    let shared = tempdir();
+    let scratch = tempdir();
+    let who = format!(
+        "id -u; id -g; grep CapEff /proc/self/status; head -c1 /etc/shadow && echo read-shadow || echo no-shadow; touch owned && echo wrote-sandbox; touch {}/x && echo wrote-host || echo host-read-only; touch {}/y && echo wrote-volume; true",
+        scratch.path().display(),
+        shared.path().display()
+    );
+    let who = who.as_str();
     let mut as_daemon = task("daemon-task", who, &resources(0.1, 32.0));
     as_daemon.user = "daemon".into();
     let mut as_root = task("root-task", "id -u", &resources(0.1, 32.0));
     as_root.user = "root".into();
-    rig.launch(vec![
-        task("default-task", who, &resources(0.1, 32.0)),
-        as_daemon,
-        as_root,
-    ])
-    .await;
+    let mut default_task = task("default-task", who, &resources(0.1, 32.0));
+    default_task.volumes = vec![v1::Volume {
+        host_path: shared.path().display().to_string(),
+        read_only: false,
+    }];
+    rig.launch(vec![default_task, as_daemon, as_root]).await;
     rig.f
         .wait_all(
             &["default-task", "daemon-task"],
@@ -512,6 +519,16 @@ async fn tasks_run_as_nobody_unless_told_and_never_as_root_unless_the_agent_allo
         out.contains("wrote-sandbox"),
         "its sandbox is its own: {out}"
     );
+    assert!(
+        out.contains("host-read-only"),
+        "the host is read-only: {out}"
+    );
+    assert!(!scratch.path().join("x").exists());
+    assert!(
+        out.contains("wrote-volume"),
+        "a declared volume is writable: {out}"
+    );
+    assert!(shared.path().join("y").exists());
     let daemon = rig.stdout("daemon-task");
     let daemon_uid = nix::unistd::User::from_name("daemon")
         .expect("lookup")

@@ -862,8 +862,8 @@ pub fn counting_jobs(prefix: &str, count: usize, dir: &Path, seconds: f64) -> St
     for i in 0..count {
         let id = format!("{prefix}-{i}");
         spec.push_str(&format!(
-            "[[job]]\nid = \"{id}\"\ncmd = \"sleep {seconds}; echo ran >> {}/{id}\"\ncpus = 0.01\nmem = 16\n",
-            dir.display()
+            "[[job]]\nid = \"{id}\"\ncmd = \"sleep {seconds}; echo ran >> {dir}/{id}\"\ncpus = 0.01\nmem = 16\nvolumes = [\"{dir}\"]\n",
+            dir = dir.display()
         ));
     }
     spec

@@ -136,6 +136,7 @@ impl Containerizer for LinuxContainerizer {
             cgroup_procs: self.cgroups.procs_files(id),
             rootfs,
             user: spec.user.clone(),
+            writable: spec.writable.clone(),
         };
         let spec_path = dir.join("init.json");
         let json = serde_json::to_vec(&init).unwrap_or_default();

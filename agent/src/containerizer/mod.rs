@@ -39,6 +39,8 @@ pub struct LaunchSpec {
     pub image: Option<PathBuf>,
     /// Who the command runs as.
     pub user: TaskUser,
+    /// Host paths the task may write besides its sandbox.
+    pub writable: Vec<PathBuf>,
 }
 
 /// A resolved user: the command runs with these ids (and no others).

@@ -54,6 +54,17 @@ pub struct JobSpec {
     /// Who the tasks run as (empty: the agent's default, `nobody`).
     #[serde(default)]
     pub user: String,
+    /// Host paths the tasks may write besides their sandbox.
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+}
+
+/// A host path a job's tasks may write (or read only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub host_path: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 fn yes() -> bool {
@@ -80,6 +91,7 @@ const FIELDS: &[&str] = &[
     "constraints",
     "stop_when_master_lost",
     "user",
+    "volumes",
 ];
 
 pub const MAX_INSTANCES: u32 = 1000;
@@ -218,6 +230,13 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
     let stop_when_master_lost =
         boolean(take("stop_when_master_lost"), "stop_when_master_lost")?.unwrap_or(true);
     let user = agora_sdk::spec::user(take("user"), "user")?;
+    let volumes = agora_sdk::spec::volumes(take("volumes"), "volumes")?
+        .into_iter()
+        .map(|v| Volume {
+            host_path: v.host_path,
+            read_only: v.read_only,
+        })
+        .collect();
     Ok(JobSpec {
         id,
         cmd,
@@ -238,6 +257,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
         constraints,
         stop_when_master_lost,
         user,
+        volumes,
     })
 }
 

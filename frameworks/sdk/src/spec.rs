@@ -330,6 +330,39 @@ pub fn user(v: Option<Value>, field: &str) -> Result<String, SpecError> {
     }
 }
 
+/// A spec's `volumes`: host paths its tasks may write besides their
+/// sandbox (`"/srv/data"`, or `"/srv/data:ro"` to read only).
+pub fn volumes(v: Option<Value>, field: &str) -> Result<Vec<agora_proto::v1::Volume>, SpecError> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(items) = v else {
+        return Err(SpecError::new(field, "must be a list of paths"));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let Value::String(text) = item else {
+            return Err(SpecError::new(at, "must be a path"));
+        };
+        let (path, read_only) = match text.strip_suffix(":ro") {
+            Some(p) => (p.to_string(), true),
+            None => (text.strip_suffix(":rw").unwrap_or(&text).to_string(), false),
+        };
+        if !path.starts_with('/') || path == "/" || path.split('/').any(|c| c == "..") {
+            return Err(SpecError::new(
+                at,
+                format!("`{path}` must be an absolute path other than `/`, without `..`"),
+            ));
+        }
+        out.push(agora_proto::v1::Volume {
+            host_path: path,
+            read_only,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

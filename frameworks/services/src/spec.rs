@@ -111,6 +111,10 @@ pub struct AppSpec {
     /// Who the instances run as (empty: the agent's default, `nobody`).
     #[serde(default)]
     pub user: String,
+    /// Host paths the instances may write besides their sandbox
+    /// (`"/srv/data"`, `"/srv/data:ro"`).
+    #[serde(default)]
+    pub volumes: Vec<String>,
     pub cpus: f64,
     pub mem: f64,
     pub disk: f64,
@@ -135,6 +139,7 @@ impl AppSpec {
         self.cmd == other.cmd
             && self.image == other.image
             && self.user == other.user
+            && self.volumes == other.volumes
             && self.cpus == other.cpus
             && self.mem == other.mem
             && self.disk == other.disk
@@ -151,6 +156,7 @@ const FIELDS: &[&str] = &[
     "cmd",
     "image",
     "user",
+    "volumes",
     "cpus",
     "mem",
     "disk",
@@ -251,6 +257,15 @@ fn from_map(mut map: Map<String, Value>) -> Result<AppSpec, SpecError> {
     }
     let image = string(take("image"), "image")?.unwrap_or_default();
     let user = agora_sdk::spec::user(take("user"), "user")?;
+    let volumes_value = take("volumes");
+    agora_sdk::spec::volumes(volumes_value.clone(), "volumes")?;
+    let volumes: Vec<String> = match volumes_value {
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
     let cpus = number(take("cpus"), "cpus")?.unwrap_or(0.1);
     if !(0.01..=1e6).contains(&cpus) {
         return Err(SpecError::new(
@@ -314,6 +329,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<AppSpec, SpecError> {
         cmd,
         image,
         user,
+        volumes,
         cpus,
         mem,
         disk,

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Most volumes one task may declare.
+const MAX_VOLUMES: usize = 16;
+
 impl Core {
     /// Validates and applies an accept. Invalid accepts launch nothing and
     /// return every named offer's resources.
@@ -222,6 +225,29 @@ impl Core {
                         agora_proto::limits::MAX_TASK_BYTES
                     ),
                 ));
+            }
+            if task.volumes.len() > MAX_VOLUMES {
+                return Err(bad(
+                    id,
+                    format!("task `{id}`: at most {MAX_VOLUMES} volumes"),
+                ));
+            }
+            for v in &task.volumes {
+                let path = std::path::Path::new(&v.host_path);
+                let plain = path.is_absolute()
+                    && path
+                        .components()
+                        .all(|c| !matches!(c, std::path::Component::ParentDir))
+                    && !v.host_path.contains('\0');
+                if !plain || v.host_path == "/" {
+                    return Err(bad(
+                        id,
+                        format!(
+                            "task `{id}`: volume `{}` must be an absolute path other than `/`, without `..`",
+                            v.host_path.escape_debug()
+                        ),
+                    ));
+                }
             }
             if task
                 .command
