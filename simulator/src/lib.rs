@@ -4,7 +4,8 @@
 //! and workloads from distributions or traces (our CSV, or the Google
 //! cluster-data 2011 tables). `agora sim run` asks "what happens to my
 //! cluster if…"; `agora sim sweep` varies one parameter across runs, as
-//! the Omega authors did for Mesos.
+//! the Omega authors did for Mesos. [`emulate`] is the other half: emulated
+//! agents that speak the real protocol to a real master, for scale tests.
 
 pub mod dist;
 pub mod emulate;
