@@ -27,7 +27,12 @@ use agora_sdk::{
     Driver, FrameworkConfig, Offer, Resources, Scheduler, TaskState, TaskStatus, offer_id,
     status_state, status_task_id, task,
 };
+use agora_store::local_etcd::LocalEtcd;
 use tokio::sync::mpsc;
+
+#[path = "support/dev.rs"]
+mod dev;
+use dev::percentile;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 enum Seen {
@@ -73,66 +78,13 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A three-member etcd cluster on loopback; returns its members and the
-/// comma-separated client URLs.
-fn start_etcd(data: &Path) -> (Vec<Proc>, String) {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members = Vec::new();
-    let mut urls = Vec::new();
-    for (i, (client, peer)) in ports.iter().enumerate() {
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", &format!("e{i}")])
-            .arg("--data-dir")
-            .arg(data.join(format!("e{i}")))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args([
-                "--initial-cluster",
-                &cluster,
-                "--initial-cluster-state",
-                "new",
-            ])
-            .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd (apt-get install etcd-server)");
-        members.push(Proc(child));
-        urls.push(url);
-    }
-    (members, urls.join(","))
-}
-
-/// Waits until etcd answers (the cluster has a leader).
-async fn wait_etcd(endpoints: &str) {
-    let first = endpoints.split(',').next().unwrap_or_default().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = reqwest::Client::new()
-            .post(format!("{first}/v3/kv/range"))
-            .body(r#"{"key":"AA=="}"#)
-            .send()
-            .await;
-        if answer.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A three-member etcd cluster on loopback, answering.
+async fn start_etcd(data: &Path) -> LocalEtcd {
+    let etcd = LocalEtcd::start(data, 3).expect("etcd (apt-get install etcd-server)");
+    etcd.ready(Duration::from_secs(30))
+        .await
+        .expect("etcd did not start");
+    etcd
 }
 
 /// `agora master` on `listen`; returns once it serves.
@@ -198,11 +150,6 @@ async fn leader_of(masters: &[String]) -> String {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn summary(name: &str, mut ms: Vec<f64>) {
     ms.sort_by(f64::total_cmp);
     println!(
@@ -217,8 +164,8 @@ fn summary(name: &str, mut ms: Vec<f64>) {
 /// resubscription and to the first offer of the new leader, in ms.
 async fn failovers(rounds: usize, graceful: bool) -> (Vec<f64>, Vec<f64>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_etcd, etcd) = start_etcd(&dir.path().join("etcd"));
-    wait_etcd(&etcd).await;
+    let cluster = start_etcd(&dir.path().join("etcd")).await;
+    let etcd = cluster.endpoints.clone();
     let listens: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -413,15 +360,15 @@ async fn main() {
     println!("== the registry's cost ==");
     for backend in ["embedded", "etcd"] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let etcd = (backend == "etcd").then(|| start_etcd(&dir.path().join("etcd")));
-        if let Some((_, endpoints)) = &etcd {
-            wait_etcd(endpoints).await;
-        }
+        let etcd = match backend {
+            "etcd" => Some(start_etcd(&dir.path().join("etcd")).await),
+            _ => None,
+        };
         let listen = format!("127.0.0.1:{}", free_port());
         let url = format!("http://{listen}");
         let _master = start_master(
             &listen,
-            etcd.as_ref().map(|(_, u)| u.as_str()),
+            etcd.as_ref().map(|e| e.endpoints.as_str()),
             &dir.path().join("master"),
         );
         leader_of(std::slice::from_ref(&url)).await;

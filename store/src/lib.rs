@@ -7,6 +7,7 @@
 
 pub mod election;
 pub mod etcd;
+pub mod local_etcd;
 pub mod replica;
 pub mod writer;
 

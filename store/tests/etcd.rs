@@ -1,69 +1,28 @@
 //! The etcd backend and leader election against a real etcd (Debian's
 //! `etcd-server`), started per test on free loopback ports.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agora_store::election::Election;
 use agora_store::etcd::Etcd;
+use agora_store::local_etcd::LocalEtcd;
 use agora_store::{Store, StoreError, Write};
 use tokio::sync::watch;
 
 struct EtcdServer {
-    child: Child,
-    url: String,
+    local: LocalEtcd,
     _data: tempfile::TempDir,
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 async fn etcd() -> EtcdServer {
     let data = tempfile::tempdir().expect("tempdir");
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
-        .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (apt-get install etcd-server)");
-    let server = EtcdServer {
-        child,
-        url,
-        _data: data,
-    };
-    let client = Etcd::new(&server.url).expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get("/ready").await.is_err() {
-        assert!(Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
+    let local = LocalEtcd::start(data.path(), 1).expect("etcd (apt-get install etcd-server)");
+    local
+        .ready(Duration::from_secs(20))
+        .await
+        .expect("etcd did not start");
+    EtcdServer { local, _data: data }
 }
 
 /// The store's calls block: run them off the async threads, as its users do.
@@ -74,7 +33,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 #[tokio::test(flavor = "multi_thread")]
 async fn tables_in_etcd_commit_load_and_delete() {
     let server = etcd().await;
-    let url = server.url.clone();
+    let url = server.local.endpoints.clone();
     blocking(move || {
         let store = Store::etcd(&url, "/agora/test", None).expect("store");
         store
@@ -116,7 +75,7 @@ async fn tables_in_etcd_commit_load_and_delete() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_leader_at_a_time_and_a_deposed_leader_cannot_write() {
     let server = etcd().await;
-    let etcd = Arc::new(Etcd::new(&server.url).expect("client"));
+    let etcd = Arc::new(Etcd::new(&server.local.endpoints).expect("client"));
     let ttl = Duration::from_secs(2);
     let first = Election::new(etcd.clone(), "/agora/test/leader", "http://m1", ttl);
     let second = Election::new(etcd.clone(), "/agora/test/leader", "http://m2", ttl);
@@ -146,7 +105,7 @@ async fn one_leader_at_a_time_and_a_deposed_leader_cannot_write() {
         "standbys list themselves too"
     );
 
-    let url = server.url.clone();
+    let url = server.local.endpoints.clone();
     let fence = leader.clone();
     blocking(move || {
         let store = Store::etcd(&url, "/agora/test/data", Some(fence)).expect("store");
@@ -166,7 +125,7 @@ async fn one_leader_at_a_time_and_a_deposed_leader_cannot_write() {
         .expect("the standby takes over promptly")
         .expect("campaign");
     assert!(new_leader.is_valid());
-    let url = server.url.clone();
+    let url = server.local.endpoints.clone();
     let stale = leader.clone();
     let refused = blocking(move || {
         let store = Store::etcd(&url, "/agora/test/data", Some(stale)).expect("store");
@@ -174,7 +133,7 @@ async fn one_leader_at_a_time_and_a_deposed_leader_cannot_write() {
     })
     .await;
     assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
-    let url = server.url.clone();
+    let url = server.local.endpoints.clone();
     let value = blocking(move || {
         Store::etcd(&url, "/agora/test/data", None)
             .expect("store")

@@ -17,7 +17,7 @@ fn masters_on(etcd: &EtcdServer) -> Vec<Proc> {
         .map(|_| {
             start_master(
                 "127.0.0.1:0",
-                &["--etcd", &etcd.url, "--leader-lease", LEASE],
+                &["--etcd", etcd.url(), "--leader-lease", LEASE],
             )
         })
         .collect()
@@ -146,7 +146,7 @@ async fn a_leader_frozen_past_its_lease_steps_down_and_writes_nothing() {
         .as_array()
         .and_then(|r| r.iter().find(|x| x["role"] == "stale").cloned());
     assert!(stale.is_none_or(|r| r["weight"] != 9.0), "{roles:#}");
-    let etcd_url = etcd.url.clone();
+    let etcd_url = etcd.url().to_string();
     let weights = tokio::task::spawn_blocking(move || {
         agora_store::Store::etcd(&etcd_url, "/agora/master/registry", None)
             .expect("store")
@@ -174,7 +174,7 @@ async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
         "replicas",
     );
     wait_for_agents(&url, 1).await;
-    let replica_args = ["--etcd", etcd.url.as_str(), "--leader-lease", LEASE];
+    let replica_args = ["--etcd", etcd.url(), "--leader-lease", LEASE];
     let (d1, d2) = (tempdir(), tempdir());
     let mut replicas = [
         start_batch(&url, d1.path(), &replica_args),

@@ -733,66 +733,28 @@ pub fn sandbox_file(data_dir: &Path, framework: &str, task: &str, file: &str) ->
 }
 
 /// A one-member etcd on free loopback ports (Debian's `etcd-server`),
-/// with short elections so leases can be short; stopped when dropped.
+/// stopped when dropped.
 pub struct EtcdServer {
-    child: Child,
-    pub url: String,
+    local: agora_store::local_etcd::LocalEtcd,
     _data: tempfile::TempDir,
 }
 
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl EtcdServer {
+    /// Its client URL.
+    pub fn url(&self) -> &str {
+        &self.local.endpoints
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 pub async fn start_etcd() -> EtcdServer {
     let data = tempdir();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
-        .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let local = agora_store::local_etcd::LocalEtcd::start(data.path(), 1)
         .expect("etcd (apt-get install etcd-server)");
-    let server = EtcdServer {
-        child,
-        url,
-        _data: data,
-    };
-    let client = reqwest::Client::new();
-    wait_until("etcd to serve", Duration::from_secs(20), || async {
-        let r = client
-            .post(format!("{}/v3/kv/range", server.url))
-            .body(r#"{"key":"AA=="}"#)
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-    server
+    local
+        .ready(Duration::from_secs(20))
+        .await
+        .expect("etcd did not start");
+    EtcdServer { local, _data: data }
 }
 
 /// The leader every one of `masters` that answers names, once they agree
