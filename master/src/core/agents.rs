@@ -89,26 +89,16 @@ impl Core {
             ))));
             return;
         }
-        let known_secret = self
-            .agents
-            .get(&id)
-            .map(|a| a.secret_sha256.clone())
-            .filter(|s| !s.is_empty());
         // A new agent, or one whose record is gone, is issued a secret; a
         // known one must present the one it was issued.
-        let issued = match &known_secret {
-            Some(hash) => {
-                if sha256(&register.secret) != *hash {
-                    warn!("registration refused: wrong secret for this agent id");
-                    self.metrics.registrations_refused += 1;
-                    let _ = tx.send(Err(Status::permission_denied(format!(
-                        "agent `{id}`: the secret does not match the one issued with this id"
-                    ))));
-                    return;
-                }
-                None
-            }
-            None => Some(format!("{}{}", new_id(), new_id()).replace('-', "")),
+        let known = self.agents.get(&id).map(|a| a.secret_sha256.as_slice());
+        let Some((issued, secret_sha256)) = check_or_issue_secret(known, &register.secret) else {
+            warn!("registration refused: wrong secret for this agent id");
+            self.metrics.registrations_refused += 1;
+            let _ = tx.send(Err(Status::permission_denied(format!(
+                "agent `{id}`: the secret does not match the one issued with this id"
+            ))));
+            return;
         };
         let returning = self.agents.contains_key(&id);
         info!(hostname = %info.hostname, resources = %total, returning, "agent registered");
@@ -132,7 +122,7 @@ impl Core {
             status: AgentStatus::Active,
             conn: Some((conn, tx.clone())),
             last_seen: Instant::now(),
-            secret_sha256: known_secret.unwrap_or_else(|| sha256(issued.as_deref().unwrap_or(""))),
+            secret_sha256,
             unreachable_since: None,
         };
         // The admission is durable before the agent hears of it: a secret
@@ -453,9 +443,4 @@ fn refuse_unregistered(tx: &AgentTx) {
     let _ = tx.send(Err(Status::failed_precondition(
         "this session is not registered; register first",
     )));
-}
-
-pub(super) fn sha256(secret: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret.as_bytes()).to_vec()
 }

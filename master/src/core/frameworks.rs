@@ -29,25 +29,13 @@ impl Core {
         let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
         // A framework id is public (it is in every offer and in the state):
         // taking one back needs the secret issued with it.
-        let known_secret = self
-            .frameworks
-            .get(&id)
-            .map(|f| f.secret_sha256.clone())
-            .filter(|h| !h.is_empty());
-        let issued = match &known_secret {
-            Some(hash) => {
-                if super::agents::sha256(secret) != *hash {
-                    warn!(framework = %id, "subscription refused: wrong secret for this framework id");
-                    return Err(Status::permission_denied(format!(
-                        "framework `{id}`: the secret does not match the one issued with this id"
-                    )));
-                }
-                None
-            }
-            None => Some(format!("{}{}", new_id(), new_id()).replace('-', "")),
+        let known = self.frameworks.get(&id).map(|f| f.secret_sha256.as_slice());
+        let Some((issued, secret_sha256)) = check_or_issue_secret(known, secret) else {
+            warn!(framework = %id, "subscription refused: wrong secret for this framework id");
+            return Err(Status::permission_denied(format!(
+                "framework `{id}`: the secret does not match the one issued with this id"
+            )));
         };
-        let secret_sha256 =
-            known_secret.unwrap_or_else(|| super::agents::sha256(issued.as_deref().unwrap_or("")));
         let mut info = info;
         info.id = Some(v1::FrameworkId { value: id.clone() });
         // Durable before the framework hears its id: a master that fails

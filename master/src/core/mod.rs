@@ -287,6 +287,29 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// An identity's secret (agents and frameworks alike): with `known` (the
+/// hash issued before), the `presented` secret must match and nothing new
+/// is issued; without, a new secret is issued. Returns the secret issued,
+/// if any, and the hash to keep — or `None` when the secret does not match.
+fn check_or_issue_secret(
+    known: Option<&[u8]>,
+    presented: &str,
+) -> Option<(Option<String>, Vec<u8>)> {
+    match known.filter(|h| !h.is_empty()) {
+        Some(hash) => (sha256(presented) == hash).then(|| (None, hash.to_vec())),
+        None => {
+            let secret = format!("{}{}", new_id(), new_id()).replace('-', "");
+            let hash = sha256(&secret);
+            Some((Some(secret), hash))
+        }
+    }
+}
+
+fn sha256(secret: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).to_vec()
+}
+
 /// The id a peer asked to resume, or a fresh one.
 fn id_or_new(requested: Option<&str>) -> String {
     requested
