@@ -56,15 +56,7 @@ pub struct JobSpec {
     pub user: String,
     /// Host paths the tasks may write besides their sandbox.
     #[serde(default)]
-    pub volumes: Vec<Volume>,
-}
-
-/// A host path a job's tasks may write (or read only).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Volume {
-    pub host_path: String,
-    #[serde(default)]
-    pub read_only: bool,
+    pub volumes: Vec<agora_sdk::spec::Volume>,
 }
 
 fn yes() -> bool {
@@ -230,13 +222,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
     let stop_when_master_lost =
         boolean(take("stop_when_master_lost"), "stop_when_master_lost")?.unwrap_or(true);
     let user = agora_sdk::spec::user(take("user"), "user")?;
-    let volumes = agora_sdk::spec::volumes(take("volumes"), "volumes")?
-        .into_iter()
-        .map(|v| Volume {
-            host_path: v.host_path,
-            read_only: v.read_only,
-        })
-        .collect();
+    let volumes = agora_sdk::spec::volumes(take("volumes"), "volumes")?;
     Ok(JobSpec {
         id,
         cmd,

@@ -330,9 +330,30 @@ pub fn user(v: Option<Value>, field: &str) -> Result<String, SpecError> {
     }
 }
 
-/// A spec's `volumes`: host paths its tasks may write besides their
-/// sandbox (`"/srv/data"`, or `"/srv/data:ro"` to read only).
-pub fn volumes(v: Option<Value>, field: &str) -> Result<Vec<agora_proto::v1::Volume>, SpecError> {
+/// A host path a spec's tasks may write besides their sandbox (or read
+/// only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Volume {
+    pub host_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// As a task carries them.
+    pub fn to_proto(volumes: &[Volume]) -> Vec<agora_proto::v1::Volume> {
+        volumes
+            .iter()
+            .map(|v| agora_proto::v1::Volume {
+                host_path: v.host_path.clone(),
+                read_only: v.read_only,
+            })
+            .collect()
+    }
+}
+
+/// A spec's `volumes`: `"/srv/data"`, or `"/srv/data:ro"` to read only.
+pub fn volumes(v: Option<Value>, field: &str) -> Result<Vec<Volume>, SpecError> {
     let Some(v) = v else {
         return Ok(Vec::new());
     };
@@ -355,7 +376,7 @@ pub fn volumes(v: Option<Value>, field: &str) -> Result<Vec<agora_proto::v1::Vol
                 format!("`{path}` must be an absolute path other than `/`, without `..`"),
             ));
         }
-        out.push(agora_proto::v1::Volume {
+        out.push(Volume {
             host_path: path,
             read_only,
         });

@@ -114,7 +114,7 @@ pub struct AppSpec {
     /// Host paths the instances may write besides their sandbox
     /// (`"/srv/data"`, `"/srv/data:ro"`).
     #[serde(default)]
-    pub volumes: Vec<String>,
+    pub volumes: Vec<agora_sdk::spec::Volume>,
     pub cpus: f64,
     pub mem: f64,
     pub disk: f64,
@@ -257,15 +257,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<AppSpec, SpecError> {
     }
     let image = string(take("image"), "image")?.unwrap_or_default();
     let user = agora_sdk::spec::user(take("user"), "user")?;
-    let volumes_value = take("volumes");
-    agora_sdk::spec::volumes(volumes_value.clone(), "volumes")?;
-    let volumes: Vec<String> = match volumes_value {
-        Some(serde_json::Value::Array(items)) => items
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let volumes = agora_sdk::spec::volumes(take("volumes"), "volumes")?;
     let cpus = number(take("cpus"), "cpus")?.unwrap_or(0.1);
     if !(0.01..=1e6).contains(&cpus) {
         return Err(SpecError::new(

@@ -31,14 +31,7 @@ pub(super) fn task_info(
     info.image = spec.image.clone();
     info.stop_when_master_lost = spec.stop_when_master_lost;
     info.user = spec.user.clone();
-    info.volumes = spec
-        .volumes
-        .iter()
-        .map(|v| v1::Volume {
-            host_path: v.host_path.clone(),
-            read_only: v.read_only,
-        })
-        .collect();
+    info.volumes = agora_sdk::spec::Volume::to_proto(&spec.volumes);
     let mut vars: Vec<v1::environment::Variable> = spec
         .env
         .iter()

@@ -132,11 +132,7 @@ fn task_info(
     info.name = format!("{} v{}", app.id, app.target);
     info.image = spec.image.clone();
     info.user = spec.user.clone();
-    info.volumes = agora_sdk::spec::volumes(
-        Some(serde_json::Value::from(spec.volumes.clone())),
-        "volumes",
-    )
-    .unwrap_or_default();
+    info.volumes = agora_sdk::spec::Volume::to_proto(&spec.volumes);
     info.kill_grace_period = spec.kill_grace_period_ms as f64 / 1000.0;
     let mut vars: Vec<v1::environment::Variable> = spec
         .env
