@@ -181,10 +181,11 @@ impl Scheduler for BatchScheduler {
             let store = self.shared.store.clone();
             let saved =
                 tokio::task::spawn_blocking(move || store.save_framework_secret(&secret)).await;
-            match saved {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!("saving the framework secret: {e}"),
-                Err(e) => warn!("saving the framework secret: {e}"),
+            if let Err(e) = saved
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                warn!("saving the framework secret: {e}");
             }
         }
         let live = {
@@ -371,7 +372,6 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let journal = Arc::new(BatchJournal {
         shared: shared.clone(),
-        store,
     });
     let writer = tokio::spawn(agora_store::writer::group_commits(journal, stop_rx.clone()));
     let clock = tokio::spawn(clock_loop(shared.clone(), stop_rx.clone()));
@@ -410,7 +410,6 @@ pub async fn run(
 /// The batch engine and its store, as the group-commit writer sees them.
 struct BatchJournal {
     shared: Arc<Shared>,
-    store: Arc<BatchStore>,
 }
 
 impl agora_store::writer::Journal for BatchJournal {
@@ -426,7 +425,7 @@ impl agora_store::writer::Journal for BatchJournal {
     }
 
     fn commit(&self, changes: &Self::Changes) -> Result<(), StoreError> {
-        self.store.commit(changes)
+        self.shared.store.commit(changes)
     }
 
     fn committed(&self, version: u64, took: Duration) {

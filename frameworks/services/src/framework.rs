@@ -215,10 +215,11 @@ impl Scheduler for ServicesScheduler {
             let store = self.shared.store.clone();
             let saved =
                 tokio::task::spawn_blocking(move || store.save_framework_secret(&secret)).await;
-            match saved {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!("saving the framework secret: {e}"),
-                Err(e) => warn!("saving the framework secret: {e}"),
+            if let Err(e) = saved
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                warn!("saving the framework secret: {e}");
             }
         }
         let live = {
@@ -382,7 +383,6 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let journal = Arc::new(ServicesJournal {
         shared: shared.clone(),
-        store,
     });
     let writer = tokio::spawn(agora_store::writer::group_commits(journal, stop_rx.clone()));
     let clock = tokio::spawn(clock_loop(shared.clone(), stop_rx.clone()));
@@ -426,7 +426,6 @@ pub async fn run(
 /// The services engine and its store, as the group-commit writer sees them.
 struct ServicesJournal {
     shared: Arc<Shared>,
-    store: Arc<ServicesStore>,
 }
 
 impl agora_store::writer::Journal for ServicesJournal {
@@ -442,7 +441,7 @@ impl agora_store::writer::Journal for ServicesJournal {
     }
 
     fn commit(&self, changes: &Self::Changes) -> Result<(), ServicesStoreError> {
-        self.store.commit(changes)
+        self.shared.store.commit(changes)
     }
 
     fn committed(&self, version: u64, _took: Duration) {
