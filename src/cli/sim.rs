@@ -290,11 +290,12 @@ async fn emulate(
             every.tick().await;
             use std::sync::atomic::Ordering::Relaxed;
             eprintln!(
-                "emulated agents: {} of {agents} registered; tasks {} launched, {} finished, {} killed",
+                "emulated agents: {} of {agents} registered; tasks {} launched, {} finished, {} killed; {} status updates sent",
                 progress.registered.load(Relaxed),
                 progress.launched.load(Relaxed),
                 progress.finished.load(Relaxed),
                 progress.killed.load(Relaxed),
+                progress.updates_sent.load(Relaxed),
             );
         }
     });
