@@ -146,13 +146,86 @@ impl fmt::Display for RangeSet {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
     /// Scalars in thousandths.
-    scalars: BTreeMap<String, i64>,
+    scalars: Scalars,
     ranges: BTreeMap<String, RangeSet>,
     sets: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn to_milli(value: f64) -> i64 {
     (value * 1000.0).round() as i64
+}
+
+/// Scalars in thousandths, by name. The names nearly every bag holds have
+/// fixed slots, so the arithmetic the allocator does per offer (add,
+/// subtract, contains, clone) neither allocates nor compares strings; any
+/// other name lives in a map that stays empty (and unallocated) otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Scalars {
+    /// Indexed like `WELL_KNOWN`; 0 means absent.
+    known: [i64; 4],
+    other: BTreeMap<String, i64>,
+}
+
+/// Sorted, so iteration merges with `other` in name order.
+const WELL_KNOWN: [&str; 4] = ["cpus", "disk", "gpus", "mem"];
+
+fn well_known(name: &str) -> Option<usize> {
+    match name {
+        "cpus" => Some(0),
+        "disk" => Some(1),
+        "gpus" => Some(2),
+        "mem" => Some(3),
+        _ => None,
+    }
+}
+
+impl Scalars {
+    fn get(&self, name: &str) -> i64 {
+        match well_known(name) {
+            Some(i) => self.known[i],
+            None => self.other.get(name).copied().unwrap_or(0),
+        }
+    }
+
+    /// Adds `milli` (which may be negative) to `name`, flooring at zero
+    /// when `floor` and dropping entries that reach zero.
+    fn add(&mut self, name: &str, milli: i64, floor: bool) {
+        let bound = |v: i64| if floor { v.max(0) } else { v };
+        match well_known(name) {
+            Some(i) => self.known[i] = bound(self.known[i] + milli),
+            None => {
+                let entry = self.other.entry(name.to_string()).or_insert(0);
+                *entry = bound(*entry + milli);
+                if *entry == 0 {
+                    self.other.remove(name);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.known.iter().all(|m| *m == 0) && self.other.is_empty()
+    }
+
+    /// Every (name, thousandths) present, in name order.
+    fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
+        let mut known = WELL_KNOWN
+            .iter()
+            .zip(self.known)
+            .filter(|(_, m)| *m != 0)
+            .map(|(n, m)| (*n, m))
+            .peekable();
+        let mut other = self
+            .other
+            .iter()
+            .map(|(n, m)| (n.as_str(), *m))
+            .peekable();
+        std::iter::from_fn(move || match (known.peek(), other.peek()) {
+            (Some(k), Some(o)) if o.0 < k.0 => other.next(),
+            (Some(_), _) => known.next(),
+            (None, _) => other.next(),
+        })
+    }
 }
 
 impl Resources {
@@ -183,23 +256,17 @@ impl Resources {
         if milli == 0 {
             return;
         }
-        let entry = self.scalars.entry(name.to_string()).or_insert(0);
-        *entry += milli;
-        if *entry == 0 {
-            self.scalars.remove(name);
-        }
+        self.scalars.add(name, milli, false);
     }
 
     /// The amount of scalar `name` (0 when absent).
     pub fn scalar(&self, name: &str) -> f64 {
-        self.scalars.get(name).map_or(0.0, |m| *m as f64 / 1000.0)
+        self.scalars.get(name) as f64 / 1000.0
     }
 
     /// The scalars by name.
     pub fn scalars(&self) -> impl Iterator<Item = (&str, f64)> {
-        self.scalars
-            .iter()
-            .map(|(n, m)| (n.as_str(), *m as f64 / 1000.0))
+        self.scalars.iter().map(|(n, m)| (n, m as f64 / 1000.0))
     }
 
     /// Only the scalar part: what sums meaningfully across agents (ports on
@@ -223,11 +290,13 @@ impl Resources {
 
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &Resources) {
-        for (name, milli) in &other.scalars {
-            let entry = self.scalars.entry(name.clone()).or_insert(0);
-            *entry += milli;
-            if *entry == 0 {
-                self.scalars.remove(name);
+        if other.scalars.other.is_empty() {
+            for (mine, theirs) in self.scalars.known.iter_mut().zip(other.scalars.known) {
+                *mine += theirs;
+            }
+        } else {
+            for (name, milli) in other.scalars.iter() {
+                self.scalars.add(name, milli, false);
             }
         }
         for (name, ranges) in &other.ranges {
@@ -246,7 +315,7 @@ impl Resources {
         other
             .scalars
             .iter()
-            .all(|(n, m)| self.scalars.get(n).copied().unwrap_or(0) >= *m)
+            .all(|(n, m)| self.scalars.get(n) >= m)
             && other
                 .ranges
                 .iter()
@@ -260,12 +329,9 @@ impl Resources {
     /// Removes `other` from `self`; what `self` lacks is ignored (callers
     /// check `contains` first where it matters).
     pub fn subtract(&mut self, other: &Resources) {
-        for (name, milli) in &other.scalars {
-            if let Some(entry) = self.scalars.get_mut(name) {
-                *entry = (*entry - milli).max(0);
-                if *entry == 0 {
-                    self.scalars.remove(name);
-                }
+        for (name, milli) in other.scalars.iter() {
+            if self.scalars.get(name) > 0 {
+                self.scalars.add(name, -milli, true);
             }
         }
         for (name, ranges) in &other.ranges {
@@ -295,7 +361,7 @@ impl Resources {
 
     /// The names of the scalar resources present.
     pub fn scalar_names(&self) -> impl Iterator<Item = &str> {
-        self.scalars.keys().map(String::as_str)
+        self.scalars.iter().map(|(n, _)| n)
     }
 
     /// Parses the agent flag form: `cpus:4;mem:8192;ports:[31000-32000];zones:{a,b}`.
@@ -480,6 +546,24 @@ impl Serialize for Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn well_known_and_other_scalars_mix_in_name_order() {
+        let r = Resources::parse("mem:2;zz:1;cpus:1;bandwidth:5;gpus:1;foo:3").expect("valid");
+        let names: Vec<&str> = r.scalar_names().collect();
+        assert_eq!(names, ["bandwidth", "cpus", "foo", "gpus", "mem", "zz"]);
+        assert_eq!(r.to_string(), "bandwidth:5;cpus:1;foo:3;gpus:1;mem:2;zz:1");
+        // Taking everything back out leaves a bag equal to an empty one.
+        let mut left = r.clone();
+        left.subtract(&r);
+        assert!(left.is_empty());
+        assert_eq!(left, Resources::new());
+        let mut twice = r.clone();
+        twice.add(&r);
+        assert_eq!(twice.scalar("foo"), 6.0);
+        assert_eq!(twice.scalar("cpus"), 2.0);
+        assert!(twice.contains(&r) && !r.contains(&twice));
+    }
 
     #[test]
     fn parses_the_agent_flag_form() {
