@@ -43,13 +43,44 @@ pub enum OfferPolicy {
     /// or on offer; one offer is always allowed. The rest goes to the next
     /// framework in DRF order, so a slow decider cannot lock the cluster.
     Capped { max_offered_share: f64 },
+    /// Agora's: offers sized to demand, within a fair part. A framework
+    /// that has said what it still wants placed ([`Demand`]) is offered
+    /// agents, in DRF order, only until its outstanding offers hold twice
+    /// that demand over at least as many agents as it has tasks — so offers
+    /// scale with the work to place, not with the free agents. And with n
+    /// frameworks connected, none holds more than 1/n of what is free or on
+    /// offer (one offer is always allowed; alone, a framework may hold
+    /// everything) — so a slow framework with a backlog cannot lock the
+    /// cluster. A framework that has said nothing is bounded by the fair
+    /// part only.
+    Demand,
 }
+
+/// What a framework still wants placed: the sum of its pending tasks'
+/// resources, and how many tasks that is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Demand {
+    pub resources: Resources,
+    pub tasks: u32,
+}
+
+impl Demand {
+    /// Nothing to place.
+    pub fn is_empty(&self) -> bool {
+        self.tasks == 0
+    }
+}
+
+/// How much more than its demand a framework may hold in offers: room to
+/// choose (constraints, spreading, best fit) without taking the cluster.
+pub const DEMAND_SLACK: f64 = 2.0;
 
 impl OfferPolicy {
     /// `mesos`, `capped` (half), or `capped:0.3`.
     pub fn parse(text: &str) -> Result<OfferPolicy, String> {
         match text.trim() {
             "mesos" => Ok(OfferPolicy::Mesos),
+            "demand" => Ok(OfferPolicy::Demand),
             "capped" => Ok(OfferPolicy::Capped {
                 max_offered_share: 0.5,
             }),
@@ -58,7 +89,7 @@ impl OfferPolicy {
                     max_offered_share: x,
                 }),
                 _ => Err(format!(
-                    "`{other}` is not an offer policy (mesos, capped, or capped:SHARE with 0 < SHARE <= 1)"
+                    "`{other}` is not an offer policy (demand, mesos, capped, or capped:SHARE with 0 < SHARE <= 1)"
                 )),
             },
         }
@@ -68,6 +99,7 @@ impl OfferPolicy {
         match self {
             OfferPolicy::Mesos => "mesos".into(),
             OfferPolicy::Capped { max_offered_share } => format!("capped:{max_offered_share}"),
+            OfferPolicy::Demand => "demand".into(),
         }
     }
 }
@@ -122,6 +154,12 @@ pub trait Allocator: Send {
     /// through [`Allocator::recover`].
     fn offer_ended(&mut self, framework: &str, offered: &Resources) {
         let _ = (framework, offered);
+    }
+    /// What a framework still wants placed (`None`: it has not said, and is
+    /// offered as much as the policy gives anyone). Policies that do not
+    /// size offers ignore it.
+    fn set_demand(&mut self, framework: &str, demand: Option<Demand>) {
+        let _ = (framework, demand);
     }
 }
 
@@ -291,6 +329,9 @@ struct FrameworkSlot {
     allocated: Resources,
     /// What its outstanding offers hold (part of `allocated`).
     offered: Resources,
+    /// How many offers it holds.
+    offers_out: u32,
+    demand: Option<Demand>,
     active: bool,
     suppressed: bool,
     share: Share,
@@ -331,6 +372,13 @@ pub struct DrfAllocator {
     changed_mark: Vec<bool>,
     /// A framework became eligible: the next pass must look everywhere.
     everything_changed: bool,
+    /// A pass left an agent unoffered because every framework that could
+    /// take it held its fill (cap or demand): when offers come back, the
+    /// next pass looks everywhere, not only where resources were freed.
+    held_back: bool,
+    /// Scalars free on active agents, kept as they change: with what the
+    /// frameworks hold in offers, the pool a cap divides.
+    free: Resources,
 }
 
 fn set_bit(bits: &mut Vec<u64>, i: usize, on: bool) {
@@ -347,6 +395,28 @@ fn set_bit(bits: &mut Vec<u64>, i: usize, on: bool) {
 
 fn bit(bits: &[u64], i: usize) -> bool {
     bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// See [`DrfAllocator::pass_limits`].
+struct PassLimits {
+    pool: Resources,
+    fair_share: f64,
+}
+
+/// Under the demand policy: whether a framework's outstanding offers do not
+/// yet cover its demand with slack (always, if it has declared none).
+fn wants_more(f: &FrameworkSlot) -> bool {
+    let Some(demand) = &f.demand else {
+        return true;
+    };
+    if demand.is_empty() {
+        return false;
+    }
+    f.offers_out < demand.tasks
+        || demand
+            .resources
+            .scalars()
+            .any(|(name, amount)| f.offered.scalar(name) < DEMAND_SLACK * amount)
 }
 
 /// Mesos's minimum allocatable amount: an offer must carry some cpus or memory.
@@ -472,6 +542,7 @@ impl DrfAllocator {
         };
         // What is free changed, so which refusals apply may have too.
         a.filters.stale = true;
+        let free_before = a.active.then(|| a.available.scalar_part());
         let entry = a.allocated.entry(fw).or_default();
         if add {
             entry.add(resources);
@@ -490,6 +561,11 @@ impl DrfAllocator {
                 }
                 a.available = a.total.minus(&used);
             }
+        }
+        if let Some(before) = free_before {
+            let after = a.available.scalar_part();
+            self.free.subtract(&before);
+            self.free.add(&after);
         }
         let Some(f) = self.frameworks[fw].as_mut() else {
             return;
@@ -515,13 +591,17 @@ impl DrfAllocator {
 
     /// Whether `fw` may hold `more` in offers on top of what it holds, out
     /// of `pool` free or on offer (always, under Mesos's policy).
-    fn may_hold(&self, fw: usize, more: &Resources, pool: &Resources) -> bool {
-        let OfferPolicy::Capped { max_offered_share } = self.policy() else {
-            return true;
-        };
+    fn may_hold(&self, fw: usize, more: &Resources, limits: &PassLimits) -> bool {
         let Some(f) = self.frameworks[fw].as_ref() else {
             return false;
         };
+        let max_offered_share = match self.policy() {
+            OfferPolicy::Mesos => return true,
+            OfferPolicy::Demand if !wants_more(f) => return false,
+            OfferPolicy::Demand => limits.fair_share,
+            OfferPolicy::Capped { max_offered_share } => max_offered_share,
+        };
+        let pool = &limits.pool;
         if !worth_offering(&f.offered) {
             return true;
         }
@@ -539,8 +619,14 @@ impl DrfAllocator {
         share <= max_offered_share + 1e-9
     }
 
-    /// The first framework in DRF order that may be offered `agent`.
-    fn pick_framework(&self, agent: &AgentSlot, pool: &Resources) -> Option<usize> {
+    /// The first framework in DRF order that may be offered `agent`
+    /// (`held_back` set when one could have been but held its fill).
+    fn pick_framework(
+        &self,
+        agent: &AgentSlot,
+        limits: &PassLimits,
+        held_back: &mut bool,
+    ) -> Option<usize> {
         let any = self
             .eligible
             .iter()
@@ -555,38 +641,42 @@ impl DrfAllocator {
         // with a framework that is still deciding.
         for &(_, role) in &self.role_order {
             for &(_, fw) in &self.roles[role].frameworks {
-                if bit(&self.eligible, fw)
-                    && !bit(&agent.filters.applying, fw)
-                    && self.may_hold(fw, &agent.available, pool)
-                {
-                    return Some(fw);
+                if bit(&self.eligible, fw) && !bit(&agent.filters.applying, fw) {
+                    if self.may_hold(fw, &agent.available, limits) {
+                        return Some(fw);
+                    }
+                    *held_back = true;
                 }
             }
         }
         None
     }
 
-    /// What is free on active agents or held in offers: the pool the
-    /// capped policy divides (empty under Mesos's, which needs none).
-    fn offer_pool(&self) -> Resources {
-        let mut pool = Resources::new();
+    /// What bounds the offers of one pass: the pool a cap divides (what is
+    /// free on active agents or held in offers) and, under the demand
+    /// policy, each framework's fair part of it.
+    fn pass_limits(&self) -> PassLimits {
+        let mut limits = PassLimits {
+            pool: Resources::new(),
+            fair_share: 1.0,
+        };
         if self.policy() == OfferPolicy::Mesos {
-            return pool;
+            return limits;
         }
+        let mut connected = 0usize;
         // `with_scalar` adds to what is there.
-        for a in self.agents.iter().flatten().filter(|a| a.active) {
-            for (name, x) in a.available.scalars() {
-                if name == "cpus" || name == "mem" {
-                    pool = pool.with_scalar(name, x);
-                }
-            }
-        }
+        let mut pool = Resources::new()
+            .with_scalar("cpus", self.free.scalar("cpus"))
+            .with_scalar("mem", self.free.scalar("mem"));
         for f in self.frameworks.iter().flatten() {
+            connected += usize::from(f.active);
             for name in ["cpus", "mem"] {
                 pool = pool.with_scalar(name, f.offered.scalar(name));
             }
         }
-        pool
+        limits.pool = pool;
+        limits.fair_share = 1.0 / connected.max(1) as f64;
+        limits
     }
 
     /// Offers the free resources of `agents` (slot numbers, in order).
@@ -600,7 +690,7 @@ impl DrfAllocator {
         if agents.is_empty() {
             return out;
         }
-        let pool = self.offer_pool();
+        let limits = self.pass_limits();
         for &i in agents {
             let Some(agent) = self.agents.get_mut(i).and_then(Option::as_mut) else {
                 continue;
@@ -613,7 +703,10 @@ impl DrfAllocator {
             let Some(agent) = self.agents[i].as_ref() else {
                 continue;
             };
-            let Some(fw) = self.pick_framework(agent, &pool) else {
+            let mut held_back = false;
+            let picked = self.pick_framework(agent, &limits, &mut held_back);
+            self.held_back |= held_back;
+            let Some(fw) = picked else {
                 continue;
             };
             let resources = agent.available.clone();
@@ -621,6 +714,7 @@ impl DrfAllocator {
             self.charge(fw, i, &resources, true);
             if let Some(f) = self.frameworks[fw].as_mut() {
                 f.offered.add(&resources.scalar_part());
+                f.offers_out += 1;
             }
             if let Some(f) = self.frameworks[fw].as_ref() {
                 out.push(Allocation {
@@ -664,6 +758,7 @@ impl Allocator for DrfAllocator {
             filters: RefusalFilters::new(),
             active: true,
         };
+        self.free.add(&slot.available.scalar_part());
         let i = match self.free_agent_slots.pop() {
             Some(i) => {
                 self.agents[i] = Some(slot);
@@ -692,6 +787,9 @@ impl Allocator for DrfAllocator {
             return;
         };
         self.cluster_total.subtract(&slot.total);
+        if slot.active {
+            self.free.subtract(&slot.available.scalar_part());
+        }
         for (fw, resources) in slot.allocated {
             let resources = resources.scalar_part();
             if let Some(f) = self.frameworks[fw].as_mut() {
@@ -730,6 +828,8 @@ impl Allocator for DrfAllocator {
             role,
             allocated: Resources::new(),
             offered: Resources::new(),
+            offers_out: 0,
+            demand: None,
             active,
             suppressed: false,
             share: Share(0.0),
@@ -835,6 +935,9 @@ impl Allocator for DrfAllocator {
             // The framework is gone; its share went with it.
             if let Some(slot) = self.agents[a].as_mut() {
                 slot.available.add(resources);
+                if slot.active {
+                    self.free.add(&resources.scalar_part());
+                }
             }
             return;
         };
@@ -849,8 +952,15 @@ impl Allocator for DrfAllocator {
             .agent_index
             .get(agent)
             .and_then(|&i| self.agents[i].as_mut())
+            && slot.active != active
         {
             slot.active = active;
+            let available = slot.available.scalar_part();
+            if active {
+                self.free.add(&available);
+            } else {
+                self.free.subtract(&available);
+            }
         }
         if active && let Some(&i) = self.agent_index.get(agent) {
             self.mark_changed(i);
@@ -864,6 +974,32 @@ impl Allocator for DrfAllocator {
             .and_then(|&i| self.frameworks[i].as_mut())
         {
             f.offered = f.offered.minus(&offered.scalar_part());
+            f.offers_out = f.offers_out.saturating_sub(1);
+            if std::mem::take(&mut self.held_back) {
+                self.everything_changed = true;
+            }
+        }
+    }
+
+    fn set_demand(&mut self, framework: &str, demand: Option<Demand>) {
+        let Some(f) = self
+            .framework_index
+            .get(framework)
+            .and_then(|&i| self.frameworks[i].as_mut())
+        else {
+            return;
+        };
+        let grew = match (&f.demand, &demand) {
+            (Some(old), Some(new)) => {
+                new.tasks > old.tasks || !old.resources.contains(&new.resources)
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        f.demand = demand;
+        // It may now want agents a pass left alone.
+        if grew && self.policy() == OfferPolicy::Demand {
+            self.everything_changed = true;
         }
     }
 
@@ -1150,6 +1286,7 @@ mod tests {
             })
         );
         assert!(OfferPolicy::parse("capped:0").is_err());
+        assert_eq!(OfferPolicy::parse("demand"), Ok(OfferPolicy::Demand));
         assert!(OfferPolicy::parse("greedy").is_err());
     }
 
@@ -1223,6 +1360,114 @@ mod tests {
             alloc.recover(&a.framework, &a.agent, &a.resources, None);
         }
         assert_eq!(alloc.allocate(1).len(), 4);
+    }
+
+    fn demand(tasks: u32) -> Demand {
+        let mut resources = Resources::new();
+        for _ in 0..tasks {
+            resources.add(&task());
+        }
+        Demand { resources, tasks }
+    }
+
+    #[test]
+    fn under_the_demand_policy_a_framework_holds_twice_its_demand_and_no_more() {
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..10 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("sized", "*", true);
+        alloc.add_framework("silent", "*", true);
+        // Three one-cpu tasks: three agents (one per task; 12 cpus >= 2 x 3).
+        alloc.set_demand("sized", Some(demand(3)));
+        let offers = alloc.allocate_changed(0);
+        let sized: Vec<_> = offers.iter().filter(|a| a.framework == "sized").collect();
+        assert_eq!(sized.len(), 3, "{offers:?}");
+        // One that said nothing is offered as much as its fair part allows:
+        // with two frameworks connected, half of what is free or on offer.
+        assert_eq!(offers.len() - sized.len(), 5, "{offers:?}");
+        // Alone, a framework that said nothing is offered everything.
+        let mut alone = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..10 {
+            alone.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alone.add_framework("silent", "*", true);
+        assert_eq!(alone.allocate(0).len(), 10);
+        // Memory decides here: twice 6 GiB is three agents of 4 GiB.
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..10 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("big", "*", true);
+        let big = Resources::new()
+            .with_scalar("cpus", 3.0)
+            .with_scalar("mem", 6144.0);
+        alloc.set_demand(
+            "big",
+            Some(Demand {
+                resources: big,
+                tasks: 3,
+            }),
+        );
+        assert_eq!(alloc.allocate(0).len(), 3);
+    }
+
+    #[test]
+    fn demand_that_grows_or_offers_that_come_back_open_the_rest_of_the_cluster() {
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..6 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("f", "*", true);
+        alloc.set_demand("f", Some(demand(0)));
+        assert!(alloc.allocate(0).is_empty(), "no demand, no offers");
+        alloc.set_demand("f", Some(demand(2)));
+        let first = alloc.allocate_changed(1);
+        assert_eq!(first.len(), 2, "grown demand is seen by a changed-only pass");
+        assert!(alloc.allocate_changed(2).is_empty(), "its fill is on offer");
+        // It declines both for a while (they did not suit it): the next
+        // changed-only pass offers agents it has not seen, though nothing
+        // was freed on them.
+        for a in &first {
+            alloc.offer_ended("f", &a.resources);
+            alloc.recover("f", &a.agent, &a.resources, Some(1_000));
+        }
+        let next = alloc.allocate_changed(3);
+        assert_eq!(next.len(), 2);
+        assert!(next.iter().all(|a| first.iter().all(|f| f.agent != a.agent)));
+        // Forgetting its demand (`None`) offers it everything left.
+        alloc.set_demand("f", None);
+        assert_eq!(alloc.allocate_changed(4).len(), 2, "the two never offered");
+    }
+
+    #[test]
+    fn a_slow_framework_that_declares_demand_leaves_the_cluster_to_others() {
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..20 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("service", "*", true);
+        alloc.set_demand("service", Some(demand(4)));
+        let held = alloc.allocate(0);
+        assert_eq!(held.len(), 4);
+        // While it decides, a batch framework arrives and is offered what
+        // its fair part (half, with two connected) allows, though it wants
+        // more; the rest waits for offers to come back.
+        alloc.add_framework("batch", "*", true);
+        alloc.set_demand("batch", Some(demand(30)));
+        let batch = alloc.allocate_changed(1);
+        assert_eq!(batch.len(), 10);
+        assert!(batch.iter().all(|a| a.framework == "batch"));
+        // A slow framework with a backlog is held to its fair part too.
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..20 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("service", "*", true);
+        alloc.add_framework("batch", "*", true);
+        alloc.set_demand("service", Some(demand(1_000)));
+        alloc.set_demand("batch", Some(demand(0)));
+        assert_eq!(alloc.allocate(0).len(), 10, "half the pool, not all of it");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p agora-sim --bench speed`
 //! `AGORA_SIM_HOURS=H` (default 1) simulated hours at 10,000 agents;
-//! `AGORA_SIM_BIG_MINUTES=M` (default 10) simulated minutes at 50,000.
+//! `AGORA_SIM_BIG_MINUTES=M` (default 10) simulated minutes at 50,000;
+//! `AGORA_SIM_POLICY` (default `demand`) the allocator's offer policy.
 
 use std::path::Path;
 use std::time::Instant;
@@ -23,12 +24,13 @@ fn rss_kib() -> u64 {
 
 /// The Omega workload on `agents` machines: arrival rates scaled so the
 /// load per machine stays the paper's.
-fn scenario(agents: usize, duration: &str) -> agora_sim::Scenario {
+fn scenario(agents: usize, duration: &str, policy: &str) -> agora_sim::Scenario {
     let scale = agents as f64 / 10_000.0;
     let text = format!(
         r#"
 name = "speed-{agents}"
 duration = "{duration}"
+offer_policy = "{policy}"
 offer_timeout = "1d"
 sample_interval = "5m"
 prefill = 0.5
@@ -74,6 +76,7 @@ fn main() {
     };
     let hours = env("AGORA_SIM_HOURS", 1.0);
     let minutes = env("AGORA_SIM_BIG_MINUTES", 10.0);
+    let policy = std::env::var("AGORA_SIM_POLICY").unwrap_or_else(|_| "demand".into());
     println!(
         "| case | simulated | wall | simulated s / wall s | events/s | offers | RSS per agent |"
     );
@@ -83,7 +86,7 @@ fn main() {
         (50_000, format!("{}s", minutes * 60.0)),
     ] {
         let before = rss_kib();
-        let s = scenario(agents, &duration);
+        let s = scenario(agents, &duration, &policy);
         let simulated = s.duration_ms as f64 / 1000.0;
         let started = Instant::now();
         let mut peak = before;
@@ -91,7 +94,7 @@ fn main() {
         let wall = started.elapsed().as_secs_f64();
         let peak = peak.max(rss_kib());
         println!(
-            "| {agents} agents, Omega load | {simulated:.0} s | {wall:.1} s | {:.0} | {:.0} | {} | {:.1} KiB |",
+            "| {agents} agents, Omega load, {policy} | {simulated:.0} s | {wall:.1} s | {:.0} | {:.0} | {} | {:.1} KiB |",
             simulated / wall,
             report.events as f64 / wall,
             report.offers_made,

@@ -14,7 +14,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Instant;
 
-use agora_master::allocator::{Allocator, DrfAllocator};
+use agora_master::allocator::{Allocator, Demand, DrfAllocator};
 use agora_proto::Resources;
 
 use crate::dist::Rng;
@@ -79,6 +79,8 @@ struct SimFramework {
     inbox: Vec<u64>,
     deciding: Option<Decision>,
     suppressed: bool,
+    /// What it last told the allocator it wants placed.
+    demand: Demand,
     // Outcomes.
     submitted: u64,
     scheduled: u64,
@@ -179,6 +181,7 @@ impl Sim {
                 inbox: Vec::new(),
                 deciding: None,
                 suppressed: true,
+                demand: Demand::default(),
                 submitted: 0,
                 scheduled: 0,
                 abandoned: 0,
@@ -348,7 +351,31 @@ impl Sim {
             self.request_allocation();
         }
         self.schedule_next_arrival(fw);
+        self.declare_demand(fw);
         self.maybe_decide(fw);
+    }
+
+    /// Tells the allocator what the framework's arrived jobs still want
+    /// placed, when that changed (policies that do not size offers
+    /// ignore it).
+    fn declare_demand(&mut self, fw: usize) {
+        let f = &mut self.frameworks[fw];
+        let mut demand = Demand::default();
+        for (_, job) in f.queue.iter().filter(|(_, j)| j.arrived != u64::MAX) {
+            let n = f64::from(job.remaining);
+            demand.resources = demand
+                .resources
+                .with_scalar("cpus", job.job.cpus * n)
+                .with_scalar("mem", job.job.mem * n);
+            demand.tasks += job.remaining;
+        }
+        if demand != f.demand {
+            f.demand = demand.clone();
+            let name = f.name.clone();
+            self.allocator.set_demand(&name, Some(demand));
+            // As the master does after a call that changes allocation.
+            self.request_allocation();
+        }
     }
 
     /// A pass over every agent (`full`, as the master's periodic pass), or
@@ -566,6 +593,7 @@ impl Sim {
             }
         }
         f.queue = kept;
+        self.declare_demand(fw);
         self.request_allocation();
         self.maybe_decide(fw);
     }
@@ -676,6 +704,7 @@ impl Sim {
                 let name = f.name.clone();
                 self.allocator.revive(&name);
             }
+            self.declare_demand(fw);
         }
     }
 
