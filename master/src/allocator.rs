@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+pub use agora_proto::Demand;
 use agora_proto::Resources;
 
 /// Milliseconds on the caller's monotonic clock.
@@ -54,21 +55,6 @@ pub enum OfferPolicy {
     /// cluster. A framework that has said nothing is bounded by the fair
     /// part only.
     Demand,
-}
-
-/// What a framework still wants placed: the sum of its pending tasks'
-/// resources, and how many tasks that is.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Demand {
-    pub resources: Resources,
-    pub tasks: u32,
-}
-
-impl Demand {
-    /// Nothing to place.
-    pub fn is_empty(&self) -> bool {
-        self.tasks == 0
-    }
 }
 
 /// How much more than its demand a framework may hold in offers: room to
@@ -1423,7 +1409,11 @@ mod tests {
         assert!(alloc.allocate(0).is_empty(), "no demand, no offers");
         alloc.set_demand("f", Some(demand(2)));
         let first = alloc.allocate_changed(1);
-        assert_eq!(first.len(), 2, "grown demand is seen by a changed-only pass");
+        assert_eq!(
+            first.len(),
+            2,
+            "grown demand is seen by a changed-only pass"
+        );
         assert!(alloc.allocate_changed(2).is_empty(), "its fill is on offer");
         // It declines both for a while (they did not suit it): the next
         // changed-only pass offers agents it has not seen, though nothing
@@ -1434,7 +1424,10 @@ mod tests {
         }
         let next = alloc.allocate_changed(3);
         assert_eq!(next.len(), 2);
-        assert!(next.iter().all(|a| first.iter().all(|f| f.agent != a.agent)));
+        assert!(
+            next.iter()
+                .all(|a| first.iter().all(|f| f.agent != a.agent))
+        );
         // Forgetting its demand (`None`) offers it everything left.
         alloc.set_demand("f", None);
         assert_eq!(alloc.allocate_changed(4).len(), 2, "the two never offered");

@@ -41,7 +41,7 @@ impl Default for MasterConfig {
             // `capped` wins the simulated contention experiment but narrows
             // what a lone framework sees at once (simulator/README.md); the
             // default stays Mesos's until that is solved.
-            offer_policy: crate::allocator::OfferPolicy::Mesos,
+            offer_policy: crate::allocator::OfferPolicy::Demand,
             serve: crate::serve::ServeLimits::default(),
         }
     }

@@ -155,6 +155,20 @@ impl Scheduler for CoreHandle {
         self.call(r.into_inner().header, Call::Suppress).await
     }
 
+    async fn set_demand(
+        &self,
+        r: Request<v1::DemandRequest>,
+    ) -> Result<Response<v1::CallResponse>, Status> {
+        let r = r.into_inner();
+        let demand = match &r.demand {
+            None => None,
+            Some(d) => Some(agora_proto::Demand::from_proto(d).map_err(|e| {
+                Status::invalid_argument(format!("set_demand: demand.resources: {e}"))
+            })?),
+        };
+        self.call(r.header, Call::SetDemand(demand)).await
+    }
+
     async fn kill(
         &self,
         r: Request<v1::KillRequest>,

@@ -20,5 +20,5 @@ pub mod v1 {
 pub use duration::parse_duration;
 pub use masters::{MasterList, leader_hint, not_leader};
 pub use refusal::{refusal_of, refusal_status};
-pub use resources::{RangeSet, ResourceError, Resources};
+pub use resources::{Demand, RangeSet, ResourceError, Resources};
 pub use task_state::is_terminal;

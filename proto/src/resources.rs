@@ -215,11 +215,7 @@ impl Scalars {
             .filter(|(_, m)| *m != 0)
             .map(|(n, m)| (*n, m))
             .peekable();
-        let mut other = self
-            .other
-            .iter()
-            .map(|(n, m)| (n.as_str(), *m))
-            .peekable();
+        let mut other = self.other.iter().map(|(n, m)| (n.as_str(), *m)).peekable();
         std::iter::from_fn(move || match (known.peek(), other.peek()) {
             (Some(k), Some(o)) if o.0 < k.0 => other.next(),
             (Some(_), _) => known.next(),
@@ -312,10 +308,7 @@ impl Resources {
 
     /// Whether every resource of `other` is in `self`.
     pub fn contains(&self, other: &Resources) -> bool {
-        other
-            .scalars
-            .iter()
-            .all(|(n, m)| self.scalars.get(n) >= m)
+        other.scalars.iter().all(|(n, m)| self.scalars.get(n) >= m)
             && other
                 .ranges
                 .iter()
@@ -540,6 +533,45 @@ impl Serialize for Resources {
             map.serialize_entry(name, items)?;
         }
         map.end()
+    }
+}
+
+/// What a framework still wants placed: the sum of its pending tasks'
+/// resources, and how many tasks that is. The allocator's demand policy
+/// sizes the framework's offers to it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Demand {
+    pub resources: Resources,
+    pub tasks: u32,
+}
+
+impl Demand {
+    /// Nothing to place.
+    pub fn is_empty(&self) -> bool {
+        self.tasks == 0
+    }
+
+    /// Adds `count` tasks of `each`.
+    pub fn add(&mut self, each: &Resources, count: u32) {
+        for _ in 0..count {
+            self.resources.add(&each.scalar_part());
+        }
+        self.tasks += count;
+    }
+
+    pub fn to_proto(&self) -> crate::v1::Demand {
+        crate::v1::Demand {
+            resources: self.resources.to_proto(),
+            tasks: self.tasks,
+        }
+    }
+
+    /// Refuses what [`Resources::from_proto`] refuses.
+    pub fn from_proto(demand: &crate::v1::Demand) -> Result<Demand, ResourceError> {
+        Ok(Demand {
+            resources: Resources::from_proto(&demand.resources)?,
+            tasks: demand.tasks,
+        })
     }
 }
 

@@ -73,10 +73,12 @@ pub struct MasterFlags {
     /// Role weights for DRF, e.g. `prod=2,dev=1`.
     #[arg(long, default_value = "")]
     pub weights: String,
-    /// How a pass spreads free resources: `mesos` (each agent to the
-    /// framework furthest below its share) or `capped[:SHARE]` (no framework
-    /// holds more than SHARE of what is free in offers; see `agora sim`).
-    #[arg(long, default_value = "mesos", value_parser = agora_master::allocator::OfferPolicy::parse)]
+    /// How a pass spreads free resources: `demand` (offers sized to what a
+    /// framework says it wants, none holding more than 1/n of what is free
+    /// with n frameworks connected), `mesos` (each agent to the framework
+    /// furthest below its share) or `capped[:SHARE]` (no framework holds
+    /// more than SHARE of what is free in offers); see `agora sim`.
+    #[arg(long, default_value = "demand", value_parser = agora_master::allocator::OfferPolicy::parse)]
     pub offer_policy: agora_master::allocator::OfferPolicy,
     /// An agent unreachable this long is removed from the registry (its
     /// tasks become `TASK_LOST`).
@@ -422,7 +424,7 @@ pub enum SimCommand {
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
-        /// Override the scenario's offer policy (mesos, capped, capped:SHARE).
+        /// Override the scenario's offer policy (demand, mesos, capped, capped:SHARE).
         #[arg(long)]
         offer_policy: Option<String>,
     },

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
-use agora_sdk::{Offer, TaskInfo, TaskState, TaskStatus, v1};
+use agora_sdk::{Demand, Offer, TaskInfo, TaskState, TaskStatus, v1};
 
 use crate::model::{Attempt, Instance, InstanceState, Job, Millis, Run, RunState, Trigger};
 use crate::spec::{self, Concurrency, JobSpec, SpecError};
@@ -176,16 +176,33 @@ impl Engine {
 
     /// Whether some instance could launch now if resources were offered.
     pub fn wants_offers(&self, now: Millis) -> bool {
-        self.jobs.values().any(|job| {
-            job.runs.iter().any(|run| {
-                run.state.is_active()
-                    && run
-                        .instances
-                        .iter()
-                        .any(|i| i.state == InstanceState::Waiting && i.not_before <= now)
-                    && (run.state == RunState::Running || matches!(self.deps(job), Deps::Ready))
-            })
-        })
+        !self.demand(now).is_empty()
+    }
+
+    /// What could launch now: instances waiting (and not backing off) in
+    /// runs whose dependencies allow them — what the master's demand
+    /// policy sizes this framework's offers to.
+    pub fn demand(&self, now: Millis) -> Demand {
+        let mut demand = Demand::default();
+        for job in self.jobs.values() {
+            let mut ready = None;
+            for run in job.runs.iter().filter(|r| r.state.is_active()) {
+                let waiting = run
+                    .instances
+                    .iter()
+                    .filter(|i| i.state == InstanceState::Waiting && i.not_before <= now)
+                    .count() as u32;
+                if waiting == 0 {
+                    continue;
+                }
+                let may_run = run.state == RunState::Running
+                    || *ready.get_or_insert_with(|| matches!(self.deps(job), Deps::Ready));
+                if may_run {
+                    demand.add(&needs(&job.spec), waiting);
+                }
+            }
+        }
+        demand
     }
 
     pub fn counters(&self) -> Counters {

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agora_proto::Demand;
 use agora_proto::v1::{self, event, scheduler_client::SchedulerClient};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -328,6 +329,18 @@ impl Driver {
         };
         let call = self.client().suppress(request).await;
         call.map(drop).map_err(|s| call_error("suppress", s))
+    }
+
+    /// Tells the master what the framework still wants placed (`None`:
+    /// forget it). Under the master's `demand` offer policy, offers are
+    /// sized to it; it does not clear refusal filters.
+    pub async fn set_demand(&self, demand: Option<&Demand>) -> Result<(), SdkError> {
+        let request = v1::DemandRequest {
+            header: Some(self.header()?),
+            demand: demand.map(Demand::to_proto),
+        };
+        let call = self.client().set_demand(request).await;
+        call.map(drop).map_err(|s| call_error("set_demand", s))
     }
 
     /// Kills a task with its own grace period; its end arrives as a status

@@ -17,7 +17,7 @@ use std::future::Future;
 
 pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
-pub use agora_proto::{RangeSet, Resources, is_terminal, limits, v1};
+pub use agora_proto::{Demand, RangeSet, Resources, is_terminal, limits, v1};
 pub use driver::{Driver, FrameworkConfig, SdkError, run_until};
 pub use interest::OfferInterest;
 /// gRPC status codes, as [`SdkError::code`] reports them.

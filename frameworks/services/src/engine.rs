@@ -1006,9 +1006,20 @@ impl Engine {
 
     /// Whether any app wants launches now (offers are wanted).
     pub fn wants_offers(&self, now: Millis) -> bool {
-        self.apps
-            .values()
-            .any(|a| plan::plan(a).launch > 0 && now >= a.backoff.delay_until)
+        !self.demand(now).is_empty()
+    }
+
+    /// The instances apps want launched now (not backing off), for the
+    /// master's demand policy to size offers to.
+    pub fn demand(&self, now: Millis) -> agora_sdk::Demand {
+        let mut demand = agora_sdk::Demand::default();
+        for app in self.apps.values().filter(|a| now >= a.backoff.delay_until) {
+            let launch = plan::plan(app).launch;
+            if launch > 0 {
+                demand.add(&placement::needs(app.spec()), launch);
+            }
+        }
+        demand
     }
 }
 

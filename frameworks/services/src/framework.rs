@@ -178,11 +178,11 @@ impl Shared {
     /// Revives offers when an app wants launches, suppresses them when none
     /// does. New work always revives (which also lifts decline filters).
     pub(crate) async fn sync_interest(&self) {
-        let (new_work, want) = {
+        let (new_work, demand) = {
             let mut engine = self.engine();
-            (engine.take_new_work(), engine.wants_offers(now_ms()))
+            (engine.take_new_work(), engine.demand(now_ms()))
         };
-        self.interest.sync(&self.driver(), want, new_work).await;
+        self.interest.sync(&self.driver(), demand, new_work).await;
     }
 
     fn forget_interest(&self) {

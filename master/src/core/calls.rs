@@ -48,6 +48,11 @@ impl Core {
                 self.allocator.suppress(&framework_id);
                 Ok(())
             }
+            Call::SetDemand(demand) => {
+                self.allocator.set_demand(&framework_id, demand);
+                self.allocation_needed = true;
+                Ok(())
+            }
             Call::Kill { task_id, grace } => {
                 if grace.is_some_and(|g| !(g.is_finite() && (0.0..=3600.0).contains(&g))) {
                     return Err(Status::invalid_argument(

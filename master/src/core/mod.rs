@@ -54,6 +54,7 @@ pub enum Call {
     Decline(v1::DeclineRequest),
     Revive,
     Suppress,
+    SetDemand(Option<agora_proto::Demand>),
     Kill {
         task_id: v1::TaskId,
         grace: Option<f64>,

@@ -1,7 +1,7 @@
 //! The core as a state machine: messages in, messages out, under paused
 //! time, with a real registry file — no sockets.
 
-use agora_proto::refusal_of;
+use agora_proto::{Demand, refusal_of};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
@@ -820,4 +820,35 @@ async fn a_framework_id_is_only_resumed_with_its_secret() {
     // The owner resumes with it, also after a master restart.
     let mut h = h.restart();
     h.subscribe("batch", "*", 3600.0, Some(&framework));
+}
+
+#[tokio::test(start_paused = true)]
+async fn offers_are_sized_to_the_demand_a_framework_declares() {
+    let mut h = Harness::new();
+    let agents: Vec<AgentSession> = (1..=4).map(|conn| h.admit(conn)).collect();
+    let mut framework = h.subscribe("f", "*", 0.0, None);
+    // Alone and silent about its demand: everything is offered.
+    let first = offers(&mut framework.rx);
+    assert_eq!(first.len(), agents.len());
+    let one_task = Demand {
+        resources: Resources::parse("cpus:1;mem:128").expect("resources"),
+        tasks: 1,
+    };
+    h.call(&framework, Call::SetDemand(Some(one_task)))
+        .expect("demand");
+    let decline = v1::DeclineRequest {
+        header: None,
+        offer_ids: first.iter().filter_map(|o| o.id.clone()).collect(),
+        filters: Some(v1::Filters {
+            refuse_seconds: Some(0.0),
+        }),
+    };
+    h.call(&framework, Call::Decline(decline)).expect("decline");
+    h.advance(Duration::from_secs(1)).await;
+    // One agent's 4 cpus cover twice one task.
+    assert_eq!(offers(&mut framework.rx).len(), 1);
+    // Forgetting the demand offers the rest.
+    h.call(&framework, Call::SetDemand(None)).expect("forget");
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(offers(&mut framework.rx).len(), agents.len() - 1);
 }

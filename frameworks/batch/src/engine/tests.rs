@@ -200,6 +200,29 @@ fn failing_instance_is_retried_with_backoff_then_fails_the_run() {
 }
 
 #[test]
+fn demand_counts_what_could_launch_now() {
+    let mut e = Engine::new(30_000);
+    submit(
+        &mut e,
+        "id = \"w\"\ncmd = \"true\"\ninstances = 3\ncpus = 0.5\nmem = 100\n",
+        0,
+    );
+    submit(
+        &mut e,
+        "id = \"after\"\ncmd = \"true\"\ndepends_on = [\"w\"]\n",
+        0,
+    );
+    let d = e.demand(0);
+    assert_eq!(d.tasks, 3, "the dependent waits for `w`: {d:?}");
+    assert_eq!(d.resources.scalar("cpus"), 1.5);
+    assert_eq!(d.resources.scalar("mem"), 300.0);
+    // Placed instances are no longer wanted.
+    let tasks = launched(&e.place(&[offer("o", "a1", 1.0, 1024.0, &[])], 0));
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(e.demand(0).tasks, 1);
+}
+
+#[test]
 fn user_kill_is_not_retried() {
     let mut e = Engine::new(30_000);
     submit(&mut e, "id = \"k\"\ncmd = \"sleep 100\"\nretries = 5\n", 0);

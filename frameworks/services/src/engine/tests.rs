@@ -94,6 +94,11 @@ const WEB: &str = "id = \"web\"\ncmd = \"serve\"\ninstances = 3\nports = [\"http
 fn deploy_places_spread_and_succeeds_when_running() {
     let mut e = engine();
     e.deploy(spec(WEB), 0).expect("deploy");
+    // What the master is told to size offers to: three instances.
+    let demand = e.demand(0);
+    assert_eq!(demand.tasks, 3);
+    let cpus = demand.resources.scalar("cpus");
+    assert!((cpus - 3.0 * spec(WEB).cpus).abs() < 1e-6, "{demand:?}");
     let tasks = launch_round(&mut e, 1, &["a", "b", "c"], 0);
     assert_eq!(tasks.len(), 3);
     let agents: std::collections::BTreeSet<String> = e
@@ -104,6 +109,7 @@ fn deploy_places_spread_and_succeeds_when_running() {
         .map(|i| i.agent.agent_id.clone())
         .collect();
     assert_eq!(agents.len(), 3, "spread over the agents by default");
+    assert!(e.demand(0).is_empty(), "all placed");
     assert_eq!(last_deployment(&e, "web").state, DeploymentState::Running);
     run_all(&mut e, &tasks, 10);
     e.tick(20, &no_connections);
