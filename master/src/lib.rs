@@ -11,6 +11,7 @@ mod grpc;
 mod http;
 pub mod leadership;
 pub mod metrics;
+pub mod offer_book;
 pub mod registry;
 mod serve;
 pub mod state;

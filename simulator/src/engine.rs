@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Instant;
 
 use agora_master::allocator::{Allocator, Demand, DrfAllocator};
+use agora_master::offer_book::OfferBook;
 use agora_proto::Resources;
 
 use crate::dist::Rng;
@@ -39,10 +40,12 @@ enum Ev {
     Sample,
 }
 
-struct SimOffer {
+/// What the simulator remembers of an offer: its framework and agent by
+/// number.
+#[derive(Clone, Copy)]
+struct OfferTag {
     framework: usize,
     agent: usize,
-    resources: Resources,
 }
 
 struct SimTask {
@@ -117,7 +120,7 @@ pub struct Sim {
     seq: u64,
     allocator: DrfAllocator,
     agents: Vec<SimAgent>,
-    offers: BTreeMap<u64, SimOffer>,
+    offers: OfferBook<u64, OfferTag>,
     next_offer: u64,
     frameworks: Vec<SimFramework>,
     tasks: BTreeMap<u64, SimTask>,
@@ -199,7 +202,7 @@ impl Sim {
             seq: 0,
             allocator,
             agents,
-            offers: BTreeMap::new(),
+            offers: OfferBook::new(),
             next_offer: 0,
             frameworks,
             tasks: BTreeMap::new(),
@@ -322,7 +325,7 @@ impl Sim {
                 }
             }
             Ev::OfferExpire(offer) => {
-                if self.offers.contains_key(&offer) {
+                if self.offers.get(&offer).is_some() {
                     self.rescind(offer);
                     self.request_allocation();
                 }
@@ -397,12 +400,13 @@ impl Sim {
             let id = self.next_offer;
             self.next_offer += 1;
             self.offers_made += 1;
-            self.offers.insert(
+            self.offers.open(
                 id,
-                SimOffer {
+                a,
+                self.now,
+                OfferTag {
                     framework: fw,
                     agent,
-                    resources: a.resources,
                 },
             );
             self.frameworks[fw].inbox.push(id);
@@ -419,19 +423,13 @@ impl Sim {
     /// Declines an outstanding offer: the framework is not offered the
     /// agent again for the refusal period.
     fn decline(&mut self, offer: u64, refuse: bool) {
-        let Some(o) = self.offers.remove(&offer) else {
-            return;
-        };
-        let name = &self.frameworks[o.framework].name;
-        self.allocator.offer_ended(name, &o.resources);
         let until = refuse.then_some(self.now + self.scenario.refuse_ms);
-        self.allocator
-            .recover(name, &self.agents[o.agent].id, &o.resources, until);
+        self.offers.give_back(&offer, until, &mut self.allocator);
     }
 
     fn rescind(&mut self, offer: u64) {
         if let Some(o) = self.offers.get(&offer) {
-            let fw = o.framework;
+            let fw = o.tag.framework;
             self.frameworks[fw].inbox.retain(|x| *x != offer);
         }
         self.offers_rescinded += 1;
@@ -525,7 +523,7 @@ impl Sim {
                 }
                 continue;
             };
-            let (agent, offered) = (o.agent, o.resources.clone());
+            let agent = o.tag.agent;
             let mut used = Resources::new();
             for (_, job_id, n) in decision.placements.iter().filter(|(x, _, _)| x == offer) {
                 let Some((_, job)) = self.frameworks[fw]
@@ -566,13 +564,12 @@ impl Sim {
                 .sum::<u64>();
             // The offer ends: what was used stays allocated, the rest is
             // declined with the refusal filter.
-            self.offers.remove(offer);
-            let name = &self.frameworks[fw].name;
-            self.allocator.offer_ended(name, &offered);
-            let unused = offered.minus(&used);
-            let until = Some(now + self.scenario.refuse_ms);
-            self.allocator
-                .recover(name, &self.agents[agent].id, &unused, until);
+            if let Some(o) = self.offers.take(offer, &mut self.allocator) {
+                let unused = o.resources.minus(&used);
+                let until = Some(now + self.scenario.refuse_ms);
+                self.allocator
+                    .recover(&o.framework, &o.agent, &unused, until);
+            }
         }
         let f = &mut self.frameworks[fw];
         for (job_id, n) in launched_per_job {
@@ -635,17 +632,12 @@ impl Sim {
     fn fail_agent(&mut self, agent: usize) {
         self.agents[agent].alive = false;
         self.agents_failed += 1;
-        let offers: Vec<u64> = self
-            .offers
-            .iter()
-            .filter(|(_, o)| o.agent == agent)
-            .map(|(id, _)| *id)
-            .collect();
-        for offer in offers {
-            if let Some(o) = self.offers.remove(&offer) {
-                let f = &mut self.frameworks[o.framework];
-                f.inbox.retain(|x| *x != offer);
-                self.allocator.offer_ended(&f.name, &o.resources);
+        // Its offers vanish with it (the allocator drops the agent below).
+        for offer in self.offers.ids_where(|o| o.tag.agent == agent) {
+            if let Some(o) = self.offers.take(&offer, &mut self.allocator) {
+                self.frameworks[o.tag.framework]
+                    .inbox
+                    .retain(|x| *x != offer);
                 self.offers_rescinded += 1;
             }
         }
@@ -739,7 +731,7 @@ impl Sim {
         let mut offered_by: BTreeMap<String, f64> = BTreeMap::new();
         for o in self.offers.values() {
             *offered_by
-                .entry(self.frameworks[o.framework].name.clone())
+                .entry(self.frameworks[o.tag.framework].name.clone())
                 .or_default() += share(o.resources.scalar("cpus"));
         }
         self.samples.push(ClusterSample {

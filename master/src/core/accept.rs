@@ -93,9 +93,7 @@ impl Core {
 
         let mut used = Resources::new();
         for id in &offer_ids {
-            if let Some(offer) = self.offers.remove(id) {
-                self.allocator.offer_ended(framework_id, &offer.resources);
-            }
+            self.offers.take(id, self.allocator.as_mut());
         }
         let framework_user = self
             .frameworks

@@ -106,13 +106,7 @@ impl Core {
         f.disconnected_at = Some(Instant::now());
         self.persist_framework(framework_id);
         self.allocator.set_framework_active(framework_id, false);
-        let ids: Vec<String> = self
-            .offers
-            .iter()
-            .filter(|(_, o)| o.framework == framework_id)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
+        for id in self.offers.ids_where(|o| o.framework == framework_id) {
             self.take_offer(&id, None);
         }
     }
@@ -128,15 +122,8 @@ impl Core {
         if let Some((_, tx)) = f.stream.take() {
             let _ = tx.send(Err(Status::aborted("framework torn down")));
         }
-        let offers: Vec<String> = self
-            .offers
-            .iter()
-            .filter(|(_, o)| o.framework == framework_id)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in offers {
-            self.offers.remove(&id);
-        }
+        // The allocator drops everything the framework held just below.
+        self.offers.forget_framework(framework_id);
         let live = self.task_keys(|(fw, _), t| fw == framework_id && !is_terminal(t.state));
         for key in live {
             self.send_kill(&key);

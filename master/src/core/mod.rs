@@ -34,6 +34,7 @@ use crate::allocator::{Allocator, DrfAllocator, Millis, RoleShare};
 use crate::config::MasterConfig;
 use crate::events::ClusterEvent;
 use crate::metrics::{Gauges, Metrics};
+use crate::offer_book::{OfferBook, OpenOffer};
 use crate::registry::{Registry, RegistryError};
 use crate::state::{
     AgentResources, AgentView, FrameworkView, OfferView, SandboxView, StateView, TaskView,
@@ -201,13 +202,6 @@ struct FrameworkEntry {
     secret_sha256: Vec<u8>,
 }
 
-struct OfferEntry {
-    framework: String,
-    agent: String,
-    resources: Resources,
-    created: Instant,
-}
-
 struct TaskEntry {
     info: v1::TaskInfo,
     agent: String,
@@ -231,7 +225,7 @@ pub struct Core {
     allocator: Box<dyn Allocator>,
     agents: HashMap<String, AgentEntry>,
     frameworks: HashMap<String, FrameworkEntry>,
-    offers: HashMap<String, OfferEntry>,
+    offers: OfferBook<String>,
     tasks: HashMap<TaskKey, TaskEntry>,
     completed: VecDeque<TaskKey>,
     allocation_needed: bool,
@@ -340,7 +334,7 @@ impl Core {
             allocator: Box::new(allocator),
             agents: HashMap::new(),
             frameworks: HashMap::new(),
-            offers: HashMap::new(),
+            offers: OfferBook::new(),
             tasks: HashMap::new(),
             completed: VecDeque::new(),
             allocation_needed: false,
@@ -519,13 +513,8 @@ impl Core {
             self.remove_agent(&agent);
         }
 
-        let expired: Vec<String> = self
-            .offers
-            .iter()
-            .filter(|(_, o)| now.duration_since(o.created) > self.config.offer_timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for offer in expired {
+        let timeout = self.config.offer_timeout.as_millis() as Millis;
+        for offer in self.offers.expired(self.now_ms(), timeout) {
             info!(offer = %offer, "offer timed out; rescinding");
             self.rescind_offer(&offer);
         }

@@ -17,15 +17,18 @@ impl Core {
             .allocation_pass_seconds
             .observe(pass.elapsed().as_secs_f64());
         let mut by_framework: BTreeMap<String, Vec<v1::Offer>> = BTreeMap::new();
+        let now = self.now_ms();
         for a in allocations {
             let (Some(agent), Some(framework)) =
                 (self.agents.get(&a.agent), self.frameworks.get(&a.framework))
             else {
+                self.allocator.offer_ended(&a.framework, &a.resources);
                 self.allocator
                     .recover(&a.framework, &a.agent, &a.resources, None);
                 continue;
             };
             if framework.stream.is_none() || agent.status != AgentStatus::Active {
+                self.allocator.offer_ended(&a.framework, &a.resources);
                 self.allocator
                     .recover(&a.framework, &a.agent, &a.resources, None);
                 continue;
@@ -44,17 +47,10 @@ impl Core {
                 attributes: agent.attributes.clone(),
                 address: task_address(&agent.endpoint, &agent.hostname),
             };
-            self.offers.insert(
-                id,
-                OfferEntry {
-                    framework: a.framework.clone(),
-                    agent: a.agent,
-                    resources: a.resources,
-                    created: Instant::now(),
-                },
-            );
+            let framework = a.framework.clone();
+            self.offers.open(id, a, now, ());
             self.metrics.offers_made += 1;
-            by_framework.entry(a.framework).or_default().push(offer);
+            by_framework.entry(framework).or_default().push(offer);
         }
         for (framework, offers) in by_framework {
             debug!(framework = %framework, count = offers.len(), "sending offers");
@@ -85,13 +81,11 @@ impl Core {
         &mut self,
         offer_id: &str,
         refuse: Option<Duration>,
-    ) -> Option<OfferEntry> {
-        let offer = self.offers.remove(offer_id)?;
-        self.allocator
-            .offer_ended(&offer.framework, &offer.resources);
+    ) -> Option<OpenOffer> {
         let until = refuse.map(|d| self.now_ms().saturating_add(d.as_millis() as Millis));
-        self.allocator
-            .recover(&offer.framework, &offer.agent, &offer.resources, until);
+        let offer = self
+            .offers
+            .give_back(&offer_id.to_string(), until, self.allocator.as_mut())?;
         self.allocation_needed = true;
         Some(offer)
     }
@@ -116,14 +110,8 @@ impl Core {
         }
     }
 
-    pub(super) fn rescind_where(&mut self, pred: impl Fn(&OfferEntry) -> bool) {
-        let ids: Vec<String> = self
-            .offers
-            .iter()
-            .filter(|(_, o)| pred(o))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
+    pub(super) fn rescind_where(&mut self, pred: impl Fn(&OpenOffer) -> bool) {
+        for id in self.offers.ids_where(pred) {
             self.rescind_offer(&id);
         }
     }

@@ -109,6 +109,7 @@ impl Core {
             })
             .collect();
         tasks.sort_by(|a, b| a.framework_id.cmp(&b.framework_id).then(a.id.cmp(&b.id)));
+        let now = self.now_ms();
         let mut offers: Vec<OfferView> = self
             .offers
             .iter()
@@ -117,7 +118,7 @@ impl Core {
                 framework_id: o.framework.clone(),
                 agent_id: o.agent.clone(),
                 resources: o.resources.clone(),
-                age_seconds: o.created.elapsed().as_secs_f64(),
+                age_seconds: now.saturating_sub(o.made_at) as f64 / 1000.0,
             })
             .collect();
         offers.sort_by(|a, b| a.id.cmp(&b.id));
