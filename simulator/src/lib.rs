@@ -85,9 +85,37 @@ pub fn sweep_charts(points: &[SweepPoint], param: &str) -> Vec<(String, String)>
             f.conflicts as f64
         }),
     ];
+    // A number or a duration is its own x; values that are neither (e.g.
+    // distributions, `exp 5s`) are placed by their position in the sweep.
+    let numeric = |v: &str| -> Option<f64> {
+        scenario::parse_duration_ms(v)
+            .map(|ms| ms / 1000.0)
+            .ok()
+            .or_else(|| v.parse().ok())
+    };
+    let categorical = points.iter().any(|p| numeric(&p.value).is_none());
+    let mut values: Vec<&str> = Vec::new();
+    for p in points {
+        if !values.contains(&p.value.as_str()) {
+            values.push(&p.value);
+        }
+    }
     let x = |p: &SweepPoint| -> f64 {
-        scenario::parse_duration_ms(&p.value)
-            .map_or_else(|_| p.value.parse().unwrap_or(0.0), |ms| ms / 1000.0)
+        if categorical {
+            values.iter().position(|v| *v == p.value).unwrap_or(0) as f64 + 1.0
+        } else {
+            numeric(&p.value).unwrap_or(0.0)
+        }
+    };
+    let x_label = if categorical {
+        let legend: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{} = {v}", i + 1))
+            .collect();
+        format!("{param} ({})", legend.join(", "))
+    } else {
+        param.to_string()
     };
     let mut keys: Vec<(String, String)> = Vec::new();
     for p in points {
@@ -123,7 +151,7 @@ pub fn sweep_charts(points: &[SweepPoint], param: &str) -> Vec<(String, String)>
             format!("sweep-{file}.svg"),
             report::line_chart(
                 &format!("{label} against {param}"),
-                param,
+                &x_label,
                 label,
                 &series,
                 log_x,
@@ -151,7 +179,7 @@ pub fn sweep_charts(points: &[SweepPoint], param: &str) -> Vec<(String, String)>
         "sweep-utilisation.svg".into(),
         report::line_chart(
             &format!("mean cpu utilisation against {param}"),
-            param,
+            &x_label,
             "share of cpus",
             &util,
             log_x,

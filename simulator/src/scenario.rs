@@ -338,7 +338,14 @@ fn from_value(value: Value, base: &Path) -> Result<Scenario, ScenarioError> {
     {
         let p = format!("machines[{i}].");
         let t = table(v, &format!("machines[{i}]"))?;
-        known(t, &["count", "resources", "racks"], &p)?;
+        // `name` only labels the class, so a sweep can pick it
+        // (`machines.NAME.count`).
+        known(t, &["name", "count", "resources", "racks"], &p)?;
+        if let Some(name) = t.get("name")
+            && !name.is_str()
+        {
+            return Err(err(format!("{p}name"), "must be a string"));
+        }
         let count = match t.get("count") {
             Some(Value::Integer(n)) if (1..=1_000_000).contains(n) => *n as usize,
             other => {
@@ -752,5 +759,15 @@ mem = "512"
         assert!(matches!(s.offer_policy, OfferPolicy::Capped { .. }));
         let mut v = parse_value(MINIMAL).expect("toml");
         assert!(set_param(&mut v, "frameworks.nobody.t_job", "1").is_err());
+        // A machine class is picked by its `name` ("add 10% machines").
+        let named = MINIMAL.replace("count = 10", "name = \"main\"\ncount = 10");
+        let mut v = parse_value(&named).expect("toml");
+        set_param(&mut v, "machines.main.count", "11").expect("set");
+        assert_eq!(check(v, Path::new(".")).expect("valid").machines[0].count, 11);
+        let bad = MINIMAL.replace("count = 10", "name = 3\ncount = 10");
+        assert_eq!(
+            parse(&bad, Path::new(".")).expect_err("name").field,
+            "machines[0].name"
+        );
     }
 }

@@ -98,3 +98,48 @@ fn every_shipped_scenario_parses() {
         }
     }
 }
+
+/// Omega's Mesos result and Agora's answer, on a small copy of the shipped
+/// experiment (200 machines, the job arrivals slowed tenfold): a service
+/// scheduler that takes 100 s per job makes batch jobs wait under Mesos's
+/// policy, and makes no difference to them under the demand policy.
+#[test]
+fn a_slow_scheduler_holds_batch_up_under_mesos_and_not_under_demand() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let text = std::fs::read_to_string(dir.join("omega-mesos.toml"))
+        .expect("read")
+        .replace("count = 2000", "count = 200")
+        .replace("racks = 50", "racks = 5")
+        .replace("interarrival = \"exp 10s\"", "interarrival = \"exp 100s\"")
+        .replace("interarrival = \"exp 20s\"", "interarrival = \"exp 200s\"");
+    let values = ["0.1".to_string(), "100".to_string()];
+    let policies = ["mesos".to_string(), "demand".to_string()];
+    let points = agora_sim::sweep(
+        &text,
+        &dir,
+        "frameworks.service.t_job",
+        &values,
+        &policies,
+        &mut |_, _, _| {},
+    )
+    .expect("sweep");
+    let batch_wait = |policy: &str, value: &str| {
+        let p = points
+            .iter()
+            .find(|p| p.policy == policy && p.value == value)
+            .expect("point");
+        let batch = p.report.framework("batch").expect("batch");
+        assert_eq!(batch.jobs_abandoned, 0);
+        batch.wait_mean_s
+    };
+    let (mesos_fast, mesos_slow) = (batch_wait("mesos", "0.1"), batch_wait("mesos", "100"));
+    let (demand_fast, demand_slow) = (batch_wait("demand", "0.1"), batch_wait("demand", "100"));
+    assert!(
+        mesos_slow > 3.0 * mesos_fast,
+        "mesos: batch waits {mesos_fast:.1} s, then {mesos_slow:.1} s"
+    );
+    assert!(
+        demand_slow < 1.5 * demand_fast && demand_slow * 3.0 < mesos_slow,
+        "demand: batch waits {demand_fast:.1} s, then {demand_slow:.1} s (mesos {mesos_slow:.1} s)"
+    );
+}
