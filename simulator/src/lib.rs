@@ -154,7 +154,11 @@ pub fn sweep_charts(points: &[SweepPoint], param: &str) -> Vec<(String, String)>
                 &x_label,
                 label,
                 &series,
-                log_x,
+                report::Scale {
+                    log_x,
+                    // Waits span decades (the Omega paper plots them so).
+                    log_y: file.starts_with("wait"),
+                },
             ),
         ));
     }
@@ -182,7 +186,10 @@ pub fn sweep_charts(points: &[SweepPoint], param: &str) -> Vec<(String, String)>
             &x_label,
             "share of cpus",
             &util,
-            log_x,
+            report::Scale {
+                log_x,
+                log_y: false,
+            },
         ),
     ));
     charts

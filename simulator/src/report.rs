@@ -91,13 +91,21 @@ pub const COLOURS: [&str; 6] = [
 ];
 
 /// A line chart; `log_x` for sweeps over orders of magnitude.
+/// Which axes of a [`line_chart`] are logarithmic.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scale {
+    pub log_x: bool,
+    pub log_y: bool,
+}
+
 pub fn line_chart(
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
-    log_x: bool,
+    scale: Scale,
 ) -> String {
+    let Scale { log_x, log_y } = scale;
     let (w, h, left, bottom, top, right) = (720.0, 360.0, 70.0, 50.0, 36.0, 150.0);
     let tx = |x: f64| if log_x { x.max(1e-9).log10() } else { x };
     let all: Vec<(f64, f64)> = series
@@ -112,8 +120,26 @@ pub fn line_chart(
         x1 = 1.0;
     }
     let y1 = all.iter().map(|p| p.1).fold(0.0_f64, f64::max).max(1e-9) * 1.1;
+    // On a log scale: whole decades from the smallest positive value (at
+    // most 0.1) to the largest; zero sits on the bottom line.
+    let (d0, d1) = {
+        let low = all
+            .iter()
+            .map(|p| p.1)
+            .filter(|v| *v > 0.0)
+            .fold(0.1_f64, f64::min);
+        let high = all.iter().map(|p| p.1).fold(1.0_f64, f64::max);
+        (low.log10().floor(), high.log10().ceil().max(low.log10().floor() + 1.0))
+    };
     let x = |v: f64| left + (w - left - right) * (tx(v) - x0) / (x1 - x0);
-    let y = |v: f64| h - bottom - (h - top - bottom) * v / y1;
+    let y = |v: f64| {
+        let frac = if log_y {
+            (v.max(10f64.powf(d0)).log10() - d0) / (d1 - d0)
+        } else {
+            v / y1
+        };
+        h - bottom - (h - top - bottom) * frac
+    };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -128,8 +154,12 @@ pub fn line_chart(
         xl = h - 12.0,
         cy = (top + h - bottom) / 2.0,
     );
-    for k in 0..=4 {
-        let v = y1 / 1.1 * f64::from(k) / 4.0;
+    let y_ticks: Vec<f64> = if log_y {
+        (d0 as i32..=d1 as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        (0..=4).map(|k| y1 / 1.1 * f64::from(k) / 4.0).collect()
+    };
+    for v in y_ticks {
         svg.push_str(&format!(
             "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#777\">{}</text>\n",
             left - 6.0,
@@ -230,6 +260,6 @@ pub fn utilisation_chart(report: &Report) -> String {
                     .collect(),
             },
         ],
-        false,
+        Scale::default(),
     )
 }
