@@ -50,6 +50,8 @@ struct OfferTag {
 
 struct SimTask {
     framework: usize,
+    /// The framework's job it belongs to (lost tasks go back as that job).
+    job: u64,
     agent: usize,
     resources: Resources,
     /// To resubmit it if its machine fails.
@@ -545,6 +547,7 @@ impl Sim {
                         id,
                         SimTask {
                             framework: fw,
+                            job: *job_id,
                             agent,
                             resources: need.clone(),
                             duration_ms: duration,
@@ -605,9 +608,11 @@ impl Sim {
                 if let Some(n) = count {
                     chosen.truncate(n);
                 }
+                let mut lost = Vec::new();
                 for a in chosen {
-                    self.fail_agent(a);
+                    lost.extend(self.fail_agent(a));
                 }
+                self.resubmit(lost);
                 self.request_allocation();
             }
             EventKind::AddAgents { count, resources } => {
@@ -627,9 +632,9 @@ impl Sim {
         }
     }
 
-    /// A machine fails: its offers go, its tasks are lost and come back to
-    /// their frameworks as jobs to place again (the recovery is measured).
-    fn fail_agent(&mut self, agent: usize) {
+    /// A machine fails: its offers go and its tasks are lost (returned, for
+    /// [`Sim::resubmit`]).
+    fn fail_agent(&mut self, agent: usize) -> Vec<SimTask> {
         self.agents[agent].alive = false;
         self.agents_failed += 1;
         // Its offers vanish with it (the allocator drops the agent below).
@@ -647,11 +652,11 @@ impl Sim {
             .filter(|(_, t)| t.agent == agent)
             .map(|(id, _)| *id)
             .collect();
-        let mut per_framework: BTreeMap<usize, Vec<SimTask>> = BTreeMap::new();
+        let mut lost_tasks = Vec::new();
         for id in lost {
             if let Some(t) = self.tasks.remove(&id) {
                 self.used.subtract(&t.resources);
-                per_framework.entry(t.framework).or_default().push(t);
+                lost_tasks.push(t);
             }
         }
         if self.scenario.prefill > 0.0 {
@@ -667,30 +672,47 @@ impl Sim {
             self.used.subtract(&fill);
         }
         self.allocator.remove_agent(&self.agents[agent].id);
+        lost_tasks
+    }
+
+    /// Lost tasks come back to their frameworks to be placed again (the
+    /// recovery is measured): those of one job as one job, as a framework
+    /// would relaunch a job's lost instances together.
+    fn resubmit(&mut self, lost: Vec<SimTask>) {
         let now = self.now;
-        for (fw, tasks) in per_framework {
+        let mut per_job: BTreeMap<(usize, u64), (u32, SimTask)> = BTreeMap::new();
+        for t in lost {
+            per_job
+                .entry((t.framework, t.job))
+                .and_modify(|(n, _)| *n += 1)
+                .or_insert((1, t));
+        }
+        let mut touched = BTreeSet::new();
+        for ((fw, _), (count, t)) in per_job {
             let f = &mut self.frameworks[fw];
-            f.tasks_lost += tasks.len() as u64;
-            for t in tasks {
-                let id = f.next_job_id;
-                f.next_job_id += 1;
-                f.submitted += 1;
-                f.queue.push_back((
-                    id,
-                    QueuedJob {
-                        job: TraceJob {
-                            submit_ms: now,
-                            tasks: 1,
-                            duration_ms: t.duration_ms,
-                            cpus: t.resources.scalar("cpus"),
-                            mem: t.resources.scalar("mem"),
-                        },
-                        remaining: 1,
-                        attempts: 0,
-                        arrived: now,
+            f.tasks_lost += u64::from(count);
+            let id = f.next_job_id;
+            f.next_job_id += 1;
+            f.submitted += 1;
+            f.queue.push_back((
+                id,
+                QueuedJob {
+                    job: TraceJob {
+                        submit_ms: now,
+                        tasks: count,
+                        duration_ms: t.duration_ms,
+                        cpus: t.resources.scalar("cpus"),
+                        mem: t.resources.scalar("mem"),
                     },
-                ));
-            }
+                    remaining: count,
+                    attempts: 0,
+                    arrived: now,
+                },
+            ));
+            touched.insert(fw);
+        }
+        for fw in touched {
+            let f = &mut self.frameworks[fw];
             if f.suppressed {
                 f.suppressed = false;
                 let name = f.name.clone();

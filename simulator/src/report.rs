@@ -129,7 +129,10 @@ pub fn line_chart(
             .filter(|v| *v > 0.0)
             .fold(0.1_f64, f64::min);
         let high = all.iter().map(|p| p.1).fold(1.0_f64, f64::max);
-        (low.log10().floor(), high.log10().ceil().max(low.log10().floor() + 1.0))
+        (
+            low.log10().floor(),
+            high.log10().ceil().max(low.log10().floor() + 1.0),
+        )
     };
     let x = |v: f64| left + (w - left - right) * (tx(v) - x0) / (x1 - x0);
     let y = |v: f64| {
@@ -227,22 +230,29 @@ fn tick(v: f64) -> String {
     }
 }
 
-/// Utilisation (used and offered cpus) over time, and jobs waiting.
-pub fn utilisation_chart(report: &Report) -> String {
+/// The time axis of the over-time charts: hours for runs of two hours or
+/// more, else seconds.
+fn time_axis(report: &Report) -> (&'static str, impl Fn(&ClusterSample) -> f64) {
     let hours = report.simulated_seconds >= 7200.0;
-    let t = |s: &ClusterSample| {
+    let unit = if hours { "hours" } else { "seconds" };
+    (unit, move |s: &ClusterSample| {
         if hours {
             s.t_seconds / 3600.0
         } else {
             s.t_seconds
         }
-    };
+    })
+}
+
+/// Utilisation (used and offered cpus) over time.
+pub fn utilisation_chart(report: &Report) -> String {
+    let (unit, t) = time_axis(report);
     line_chart(
         &format!(
             "{}: cluster over time ({})",
             report.scenario, report.offer_policy
         ),
-        if hours { "hours" } else { "seconds" },
+        unit,
         "share of cpus",
         &[
             Series {
@@ -260,6 +270,30 @@ pub fn utilisation_chart(report: &Report) -> String {
                     .collect(),
             },
         ],
+        Scale::default(),
+    )
+}
+
+/// Jobs waiting to be placed over time (a failure's tasks coming back and
+/// being placed again show here).
+pub fn waiting_chart(report: &Report) -> String {
+    let (unit, t) = time_axis(report);
+    line_chart(
+        &format!(
+            "{}: jobs waiting ({})",
+            report.scenario, report.offer_policy
+        ),
+        unit,
+        "jobs waiting",
+        &[Series {
+            name: "waiting".into(),
+            colour: COLOURS[0],
+            points: report
+                .samples
+                .iter()
+                .map(|s| (t(s), s.pending_jobs as f64))
+                .collect(),
+        }],
         Scale::default(),
     )
 }

@@ -763,7 +763,10 @@ mem = "512"
         let named = MINIMAL.replace("count = 10", "name = \"main\"\ncount = 10");
         let mut v = parse_value(&named).expect("toml");
         set_param(&mut v, "machines.main.count", "11").expect("set");
-        assert_eq!(check(v, Path::new(".")).expect("valid").machines[0].count, 11);
+        assert_eq!(
+            check(v, Path::new(".")).expect("valid").machines[0].count,
+            11
+        );
         let bad = MINIMAL.replace("count = 10", "name = 3\ncount = 10");
         assert_eq!(
             parse(&bad, Path::new(".")).expect_err("name").field,

@@ -111,6 +111,11 @@ pub fn run(command: SimCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Re
                     "utilisation.svg",
                     &agora_sim::report::utilisation_chart(&report),
                 )?;
+                write_out(
+                    dir,
+                    "waiting.svg",
+                    &agora_sim::report::waiting_chart(&report),
+                )?;
             }
             if json {
                 println!("{summary}");
@@ -118,7 +123,7 @@ pub fn run(command: SimCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Re
                 print_report(&report);
                 if let Some(dir) = &out {
                     println!(
-                        "wrote {0}/summary.json and {0}/utilisation.svg",
+                        "wrote {0}/summary.json, {0}/utilisation.svg and {0}/waiting.svg",
                         dir.display()
                     );
                 }
