@@ -34,7 +34,6 @@ enum Ev {
     /// A framework finished deciding on the offers it held.
     Decided(usize),
     TaskEnd(u64),
-    OfferExpire(u64),
     /// A scenario event (index into its list).
     Scenario(usize),
     Sample,
@@ -304,7 +303,16 @@ impl Sim {
                 self.allocate(false);
             }
             Ev::Tick => {
-                if self.frameworks.iter().any(|f| !f.suppressed) {
+                // As the master's tick: offers out longer than the timeout
+                // are rescinded (to the tick, not the millisecond).
+                let expired = self
+                    .offers
+                    .expired(self.now, self.scenario.offer_timeout_ms);
+                let rescinded = !expired.is_empty();
+                for offer in expired {
+                    self.rescind(offer);
+                }
+                if rescinded || self.frameworks.iter().any(|f| !f.suppressed) {
                     self.allocate(true);
                 }
                 let next = self.now + self.scenario.allocation_interval_ms;
@@ -324,12 +332,6 @@ impl Sim {
                         self.used.subtract(&t.resources);
                         self.request_allocation();
                     }
-                }
-            }
-            Ev::OfferExpire(offer) => {
-                if self.offers.get(&offer).is_some() {
-                    self.rescind(offer);
-                    self.request_allocation();
                 }
             }
             Ev::Scenario(i) => self.scenario_event(i),
@@ -413,8 +415,6 @@ impl Sim {
             );
             self.frameworks[fw].inbox.push(id);
             self.frameworks[fw].offers_received += 1;
-            let expire = self.now + self.scenario.offer_timeout_ms;
-            self.at(expire, Ev::OfferExpire(id));
             touched.insert(fw);
         }
         for fw in touched {

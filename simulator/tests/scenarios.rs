@@ -143,3 +143,33 @@ fn a_slow_scheduler_holds_batch_up_under_mesos_and_not_under_demand() {
         "demand: batch waits {demand_fast:.1} s, then {demand_slow:.1} s (mesos {mesos_slow:.1} s)"
     );
 }
+
+/// An offer held past the offer timeout is rescinded at the next tick, as
+/// the master does; the placements made on it are lost (a conflict).
+#[test]
+fn offers_held_past_the_timeout_are_rescinded_and_their_placements_lost() {
+    let text = r#"
+name = "slow"
+duration = "10m"
+offer_timeout = "30s"
+[[machines]]
+count = 4
+resources = "cpus:4;mem:16384"
+[[frameworks]]
+name = "slow"
+t_job = "45s"
+max_attempts = 3
+[frameworks.workload]
+interarrival = "60s"
+tasks = "2"
+duration = "60s"
+cpus = "1"
+mem = "1024"
+"#;
+    let s = scenario::parse(text, Path::new(".")).expect("valid");
+    let report = agora_sim::run(s, &mut |_| {});
+    let slow = report.framework("slow").expect("slow");
+    assert!(report.offers_rescinded > 0, "{report:#?}");
+    assert!(slow.conflicts > 0);
+    assert_eq!(slow.tasks_launched, 0, "every decision outlived its offers");
+}
