@@ -135,11 +135,11 @@ pub trait Allocator: Send {
     fn set_agent_active(&mut self, agent: &str, active: bool);
     /// Every role with its weight, allocation and DRF share.
     fn roles(&self) -> Vec<RoleShare>;
-    /// An offer of `offered` to `framework` is over (accepted, declined or
-    /// rescinded): what of it was used stays allocated, the rest comes back
-    /// through [`Allocator::recover`].
-    fn offer_ended(&mut self, framework: &str, offered: &Resources) {
-        let _ = (framework, offered);
+    /// An offer of `offered` on `agent` to `framework` is over (accepted,
+    /// declined or rescinded): what of it was used stays allocated, the rest
+    /// comes back through [`Allocator::recover`].
+    fn offer_ended(&mut self, framework: &str, agent: &str, offered: &Resources) {
+        let _ = (framework, agent, offered);
     }
     /// What a framework still wants placed (`None`: it has not said, and is
     /// offered as much as the policy gives anyone). Policies that do not
@@ -185,6 +185,11 @@ struct AgentSlot {
     /// Allocated resources by framework slot.
     allocated: HashMap<usize, Resources>,
     filters: RefusalFilters,
+    /// Bit per framework slot holding an offer on this agent: under the
+    /// demand policy what is freed here meanwhile is not offered to it again
+    /// until that offer ends, so it gets one offer of everything rather than
+    /// a crumb per task ended.
+    offered_to: Vec<u64>,
     /// Offered at all (false while the agent is drained).
     active: bool,
 }
@@ -613,11 +618,22 @@ impl DrfAllocator {
         limits: &PassLimits,
         held_back: &mut bool,
     ) -> Option<usize> {
+        // Mesos offers what is freed on an agent to a framework that already
+        // holds an offer there as a new offer; the demand policy waits for
+        // the outstanding one to end and then offers it all at once.
+        let coalesce = self.policy() == OfferPolicy::Demand;
         let any = self
             .eligible
             .iter()
             .enumerate()
-            .any(|(w, e)| e & !agent.filters.applying.get(w).copied().unwrap_or(0) != 0);
+            .any(|(w, e)| {
+                let held = if coalesce {
+                    agent.offered_to.get(w).copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                e & !agent.filters.applying.get(w).copied().unwrap_or(0) & !held != 0
+            });
         if !any {
             return None;
         }
@@ -627,7 +643,10 @@ impl DrfAllocator {
         // with a framework that is still deciding.
         for &(_, role) in &self.role_order {
             for &(_, fw) in &self.roles[role].frameworks {
-                if bit(&self.eligible, fw) && !bit(&agent.filters.applying, fw) {
+                if bit(&self.eligible, fw)
+                    && !bit(&agent.filters.applying, fw)
+                    && !(coalesce && bit(&agent.offered_to, fw))
+                {
                     if self.may_hold(fw, &agent.available, limits) {
                         return Some(fw);
                     }
@@ -698,6 +717,9 @@ impl DrfAllocator {
             let resources = agent.available.clone();
             let agent_id = agent.id.clone();
             self.charge(fw, i, &resources, true);
+            if let Some(a) = self.agents[i].as_mut() {
+                set_bit(&mut a.offered_to, fw, true);
+            }
             if let Some(f) = self.frameworks[fw].as_mut() {
                 f.offered.add(&resources.scalar_part());
                 f.offers_out += 1;
@@ -742,6 +764,7 @@ impl Allocator for DrfAllocator {
             total,
             allocated: HashMap::new(),
             filters: RefusalFilters::new(),
+            offered_to: Vec::new(),
             active: true,
         };
         self.free.add(&slot.available.scalar_part());
@@ -847,6 +870,10 @@ impl Allocator for DrfAllocator {
                 self.charge(fw, agent, &resources, false);
             }
             self.clear_filter(agent, fw);
+            // The slot may be reused by another framework.
+            if let Some(a) = self.agents[agent].as_mut() {
+                set_bit(&mut a.offered_to, fw, false);
+            }
         }
         if let Some(f) = self.frameworks[fw].take() {
             self.roles[f.role].frameworks.remove(&(f.share, fw));
@@ -953,12 +980,18 @@ impl Allocator for DrfAllocator {
         }
     }
 
-    fn offer_ended(&mut self, framework: &str, offered: &Resources) {
-        if let Some(f) = self
-            .framework_index
-            .get(framework)
-            .and_then(|&i| self.frameworks[i].as_mut())
+    fn offer_ended(&mut self, framework: &str, agent: &str, offered: &Resources) {
+        let Some(&fw) = self.framework_index.get(framework) else {
+            return;
+        };
+        if let Some(a) = self
+            .agent_index
+            .get(agent)
+            .and_then(|&i| self.agents[i].as_mut())
         {
+            set_bit(&mut a.offered_to, fw, false);
+        }
+        if let Some(f) = self.frameworks[fw].as_mut() {
             f.offered = f.offered.minus(&offered.scalar_part());
             f.offers_out = f.offers_out.saturating_sub(1);
             if std::mem::take(&mut self.held_back) {
@@ -1055,6 +1088,12 @@ mod tests {
     /// (refuse 0), as a hungry framework that launches one task per offer
     /// does. Runs passes until nothing more is offered; returns tasks per
     /// framework.
+    /// An offer ends with `back` of it returned (refused until `refuse`).
+    fn end(alloc: &mut DrfAllocator, offer: &Allocation, back: &Resources, refuse: Option<u64>) {
+        alloc.offer_ended(&offer.framework, &offer.agent, &offer.resources);
+        alloc.recover(&offer.framework, &offer.agent, back, refuse);
+    }
+
     fn run_hungry(alloc: &mut DrfAllocator, frameworks: &[&str]) -> HashMap<String, u32> {
         let mut launched: HashMap<String, u32> =
             frameworks.iter().map(|f| (f.to_string(), 0)).collect();
@@ -1067,15 +1106,10 @@ mod tests {
                 if offer.resources.contains(&task()) {
                     *launched.entry(offer.framework.clone()).or_default() += 1;
                     let rest = offer.resources.minus(&task());
-                    alloc.recover(&offer.framework, &offer.agent, &rest, None);
+                    end(alloc, &offer, &rest, None);
                 } else {
                     // Too small for a task: refuse it for a long time.
-                    alloc.recover(
-                        &offer.framework,
-                        &offer.agent,
-                        &offer.resources,
-                        Some(u64::MAX),
-                    );
+                    end(alloc, &offer, &offer.resources, Some(u64::MAX));
                 }
             }
         }
@@ -1139,11 +1173,11 @@ mod tests {
         } else {
             ("f2", "f1")
         };
-        alloc.recover(taker, "a", &first[0].resources, Some(5_000));
+        end(&mut alloc, &first[0], &first[0].resources, Some(5_000));
         let second = alloc.allocate(1);
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].framework, other, "the other framework gets it");
-        alloc.recover(other, "a", &second[0].resources, Some(10_000));
+        end(&mut alloc, &second[0], &second[0].resources, Some(10_000));
         assert!(alloc.allocate(4_999).is_empty(), "both filtered");
         let third = alloc.allocate(5_000);
         assert_eq!(third.len(), 1);
@@ -1163,7 +1197,7 @@ mod tests {
         let used = Resources::new()
             .with_scalar("cpus", 3.5)
             .with_scalar("mem", 3000.0);
-        alloc.recover("f", "a", &offer.resources.minus(&used), Some(u64::MAX));
+        end(&mut alloc, &offer, &offer.resources.minus(&used), Some(u64::MAX));
         assert!(alloc.allocate(1).is_empty(), "the crumbs stay refused");
         // A task ends: more is free than was refused, so the agent is offered.
         alloc.recover("f", "a", &used, None);
@@ -1189,7 +1223,7 @@ mod tests {
         assert!((web.dominant_share - 0.5).abs() < 1e-9, "{web:?}");
         assert!((web.weighted_share - 0.25).abs() < 1e-9);
         assert_eq!(web.frameworks, 1);
-        alloc.recover("f", "b", &agent_resources(), None);
+        end(&mut alloc, &offers[0], &agent_resources(), None);
         alloc.set_agent_active("a", true);
         assert_eq!(alloc.allocate(1).len(), 2);
     }
@@ -1200,11 +1234,11 @@ mod tests {
         alloc.add_agent("a", agent_resources(), &[]);
         alloc.add_framework("f", "r", true);
         let offer = alloc.allocate(0).remove(0);
-        alloc.recover("f", "a", &offer.resources, Some(u64::MAX));
+        end(&mut alloc, &offer, &offer.resources, Some(u64::MAX));
         assert!(alloc.allocate(1).is_empty());
         alloc.revive("f");
         let offer = alloc.allocate(2).remove(0);
-        alloc.recover("f", "a", &offer.resources, None);
+        end(&mut alloc, &offer, &offer.resources, None);
         alloc.suppress("f");
         assert!(alloc.allocate(3).is_empty());
         alloc.revive("f");
@@ -1254,7 +1288,7 @@ mod tests {
             for pass in 0..5 {
                 for o in alloc.allocate(pass) {
                     log.push((o.framework.clone(), o.agent.clone()));
-                    alloc.recover(&o.framework, &o.agent, &task(), None);
+                    end(&mut alloc, &o, &task(), None);
                 }
             }
             log
@@ -1315,7 +1349,7 @@ mod tests {
         let first = alloc.allocate(0);
         assert_eq!(first.len(), 2);
         for a in &first {
-            alloc.offer_ended("only", &a.resources);
+            alloc.offer_ended("only", &a.agent, &a.resources);
             alloc.recover("only", &a.agent, &a.resources, None);
         }
         assert_eq!(alloc.allocate(1).len(), 2);
@@ -1342,7 +1376,7 @@ mod tests {
         );
         // Once its offers end, a framework may be offered again.
         for a in &first {
-            alloc.offer_ended(&a.framework, &a.resources);
+            alloc.offer_ended(&a.framework, &a.agent, &a.resources);
             alloc.recover(&a.framework, &a.agent, &a.resources, None);
         }
         assert_eq!(alloc.allocate(1).len(), 4);
@@ -1419,7 +1453,7 @@ mod tests {
         // changed-only pass offers agents it has not seen, though nothing
         // was freed on them.
         for a in &first {
-            alloc.offer_ended("f", &a.resources);
+            alloc.offer_ended("f", &a.agent, &a.resources);
             alloc.recover("f", &a.agent, &a.resources, Some(1_000));
         }
         let next = alloc.allocate_changed(3);
@@ -1464,6 +1498,36 @@ mod tests {
     }
 
     #[test]
+    fn what_is_freed_under_an_outstanding_offer_waits_for_it_to_end() {
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        alloc.add_framework("f", "*", true);
+        // The agent comes with one of f's tasks running.
+        alloc.add_agent("a0", agent_resources(), &[("f".to_string(), task())]);
+        let first = alloc.allocate(0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].resources.scalar("cpus"), 3.0);
+        // The task ends while the offer is out.
+        alloc.recover("f", "a0", &task(), None);
+        assert!(
+            alloc.allocate(1).is_empty(),
+            "no second, crumb-sized offer on the same agent"
+        );
+        // Another framework may be offered it meanwhile.
+        alloc.add_framework("g", "*", true);
+        let to_g = alloc.allocate(2);
+        assert_eq!(to_g.len(), 1);
+        assert_eq!(to_g[0].framework, "g");
+        assert_eq!(to_g[0].resources.scalar("cpus"), 1.0);
+        // Once both offers end, everything free is one offer again.
+        end(&mut alloc, &first[0], &first[0].resources, None);
+        end(&mut alloc, &to_g[0], &to_g[0].resources, Some(100));
+        let whole = alloc.allocate(3);
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].framework, "f");
+        assert_eq!(whole[0].resources.scalar("cpus"), 4.0);
+    }
+
+    #[test]
     fn a_pass_over_what_changed_offers_freed_and_new_agents_only() {
         let mut alloc = DrfAllocator::new();
         for i in 0..4 {
@@ -1475,7 +1539,7 @@ mod tests {
         assert!(alloc.allocate_changed(1).is_empty(), "nothing changed");
         // One agent's offer comes back: only it is offered again.
         let back = &first[2];
-        alloc.offer_ended("f", &back.resources);
+        alloc.offer_ended("f", &back.agent, &back.resources);
         alloc.recover("f", &back.agent, &back.resources, None);
         let again = alloc.allocate_changed(2);
         assert_eq!(again.len(), 1);
@@ -1488,7 +1552,7 @@ mod tests {
         );
         // A declined agent is filtered; the full pass after expiry re-offers it.
         let gone = &new[0];
-        alloc.offer_ended("f", &gone.resources);
+        alloc.offer_ended("f", &gone.agent, &gone.resources);
         alloc.recover("f", &gone.agent, &gone.resources, Some(10));
         assert!(alloc.allocate_changed(4).is_empty(), "filtered");
         assert!(

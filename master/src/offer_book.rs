@@ -80,7 +80,7 @@ impl<K: Ord + Clone, T> OfferBook<K, T> {
     /// (with [`Allocator::recover`]).
     pub fn take(&mut self, id: &K, allocator: &mut dyn Allocator) -> Option<OpenOffer<T>> {
         let offer = self.offers.remove(id)?;
-        allocator.offer_ended(&offer.framework, &offer.resources);
+        allocator.offer_ended(&offer.framework, &offer.agent, &offer.resources);
         Some(offer)
     }
 

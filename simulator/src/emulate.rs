@@ -57,6 +57,10 @@ pub enum EmulateError {
 
 type TaskKey = (String, String);
 
+/// How long an update waits for its acknowledgement before it is sent
+/// again.
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+
 /// One emulated agent's state.
 struct Agent {
     index: usize,
@@ -68,7 +72,8 @@ struct Agent {
     tasks: HashMap<TaskKey, (v1::TaskInfo, TaskState)>,
     /// Updates sent and not yet acknowledged, in the order they were sent
     /// (resent in that order), by sequence number.
-    unacked: std::collections::BTreeMap<u64, v1::StatusUpdate>,
+    /// Updates not yet acknowledged, with when each was last sent.
+    unacked: std::collections::BTreeMap<u64, (tokio::time::Instant, v1::StatusUpdate)>,
     next_uuid: u64,
     heartbeat: Duration,
 }
@@ -177,7 +182,7 @@ impl Agent {
             backoff = Duration::from_millis(100);
             self.register(&tx);
             let mut heartbeat = tokio::time::interval(self.heartbeat);
-            let mut resend = tokio::time::interval(Duration::from_secs(2));
+            let mut resend = tokio::time::interval(RESEND_AFTER);
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -199,10 +204,16 @@ impl Agent {
                         });
                     }
                     _ = resend.tick() => {
-                        for update in self.unacked.values() {
-                            let _ = tx.send(AgentMessage {
-                                message: Some(agent_message::Message::StatusUpdate(update.clone())),
-                            });
+                        // Only what has waited a whole interval: an update
+                        // sent just before the tick is not lost yet.
+                        let now = tokio::time::Instant::now();
+                        for (sent, update) in self.unacked.values_mut() {
+                            if now.duration_since(*sent) >= RESEND_AFTER {
+                                *sent = now;
+                                let _ = tx.send(AgentMessage {
+                                    message: Some(agent_message::Message::StatusUpdate(update.clone())),
+                                });
+                            }
                         }
                     }
                 }
@@ -374,7 +385,8 @@ impl Agent {
                 ..Default::default()
             }),
         };
-        self.unacked.insert(self.next_uuid, update.clone());
+        self.unacked
+            .insert(self.next_uuid, (tokio::time::Instant::now(), update.clone()));
         self.stats.updates_sent.fetch_add(1, Ordering::Relaxed);
         let _ = tx.send(AgentMessage {
             message: Some(agent_message::Message::StatusUpdate(update)),

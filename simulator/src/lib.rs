@@ -5,11 +5,13 @@
 //! cluster-data 2011 tables). `agora sim run` asks "what happens to my
 //! cluster if…"; `agora sim sweep` varies one parameter across runs, as
 //! the Omega authors did for Mesos. [`emulate`] is the other half: emulated
-//! agents that speak the real protocol to a real master, for scale tests.
+//! agents that speak the real protocol to a real master, and [`load`] a
+//! framework that keeps its offers busy, for scale tests.
 
 pub mod dist;
 pub mod emulate;
 pub mod engine;
+pub mod load;
 pub mod report;
 pub mod scenario;
 pub mod workload;

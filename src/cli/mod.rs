@@ -470,6 +470,26 @@ pub enum SimCommand {
         #[arg(long, default_value_t = 100)]
         agents_per_connection: usize,
     },
+    /// Run a load framework: launch --tasks small tasks as fast as offers
+    /// allow (or at --rate per second) and report tasks placed per second
+    /// and accept → TASK_RUNNING latency.
+    Load {
+        #[arg(long, env = "AGORA_MASTER", default_value = "http://127.0.0.1:5050")]
+        master: String,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        /// Tasks per second at most (default: as fast as offers allow).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Each task's resources.
+        #[arg(long, default_value = "cpus:0.01;mem:1")]
+        task_size: String,
+        #[arg(long, default_value = "true")]
+        cmd: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]

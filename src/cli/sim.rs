@@ -70,6 +70,14 @@ pub fn run(command: SimCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Re
             &task_duration,
             agents_per_connection,
         )),
+        SimCommand::Load {
+            master,
+            tasks,
+            rate,
+            task_size,
+            cmd,
+            json,
+        } => runtime.block_on(load(master, tasks, rate, &task_size, cmd, json)),
         SimCommand::Run {
             scenario,
             seed,
@@ -311,4 +319,62 @@ async fn emulate(
     report.abort();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn load(
+    master: String,
+    tasks: u64,
+    rate: Option<f64>,
+    task_size: &str,
+    cmd: String,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let task = agora_proto::Resources::parse(task_size)
+        .map_err(|e| anyhow::anyhow!("--task-size: {e}"))?;
+    if task.is_empty() {
+        anyhow::bail!("--task-size: a task needs some resources, e.g. cpus:0.01;mem:1");
+    }
+    if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        anyhow::bail!("--rate: must be a positive number of tasks per second");
+    }
+    let stats = std::sync::Arc::new(agora_sim::load::LoadStats::default());
+    let config = agora_sim::load::LoadConfig {
+        masters: master,
+        tasks,
+        rate,
+        task,
+        command: cmd,
+        name: "load".into(),
+    };
+    let progress = stats.clone();
+    let report = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!(
+                "load: {} of {tasks} launched, {} running, {} ended ({} failed)",
+                progress.launched.load(Relaxed),
+                progress.running.load(Relaxed),
+                progress.ended.load(Relaxed),
+                progress.failed.load(Relaxed),
+            );
+        }
+    });
+    let result = agora_sim::load::run(config, stats).await;
+    report.abort();
+    let r = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{} of {} tasks running in {:.2} s: {:.0} tasks/s; accept -> TASK_RUNNING p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} failed",
+            r.running, r.tasks, r.seconds, r.tasks_per_second, r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.failed
+        );
+    }
+    Ok(if r.failed == 0 && r.running == r.tasks {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -418,7 +418,13 @@ impl Driver {
         });
     }
 
-    async fn finish<S>(&self, scheduler: S) -> Result<S, SdkError> {
+    async fn finish<S>(
+        &self,
+        scheduler: S,
+        acks: &mut tokio::task::JoinSet<()>,
+    ) -> Result<S, SdkError> {
+        // Acknowledgements still on their way go out first.
+        while acks.join_next().await.is_some() {}
         if *self.stop.borrow() == Stop::Teardown {
             let request = v1::TeardownRequest {
                 header: Some(self.header()?),
@@ -438,11 +444,15 @@ impl Driver {
     /// refuses or ends the subscription.
     pub async fn run<S: Scheduler>(&self, mut scheduler: S) -> Result<S, SdkError> {
         let mut stop = self.stop.subscribe();
+        // Acknowledgements are pipelined: each is its own call, so a burst
+        // of updates does not wait on one round trip per update (a task has
+        // at most one update unacknowledged, so order is kept per task).
+        let mut acks = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         let mut failed_in_round = 0;
         loop {
             if *stop.borrow() != Stop::Running {
-                return self.finish(scheduler).await;
+                return self.finish(scheduler, &mut acks).await;
             }
             let info = v1::FrameworkInfo {
                 name: self.config.name.clone(),
@@ -485,7 +495,7 @@ impl Driver {
                     warn!(code = ?status.code(), message = %status.message(), "subscribing failed; retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => return self.finish(scheduler).await,
+                        _ = stop.changed() => return self.finish(scheduler, &mut acks).await,
                     }
                     backoff = (backoff * 2).min(self.backoff_cap());
                     continue;
@@ -498,7 +508,7 @@ impl Driver {
             loop {
                 let next = tokio::select! {
                     next = tokio::time::timeout(silence, events.message()) => next,
-                    _ = stop.changed() => return self.finish(scheduler).await,
+                    _ = stop.changed() => return self.finish(scheduler, &mut acks).await,
                 };
                 let event = match next {
                     Ok(Ok(Some(e))) => e,
@@ -543,10 +553,14 @@ impl Driver {
                     Some(event::Event::Update(u)) => {
                         if let Some(status) = u.status {
                             scheduler.status_update(self, status.clone()).await;
-                            if self.config.auto_acknowledge
-                                && let Err(e) = self.acknowledge(&status).await
-                            {
-                                warn!("{e}");
+                            while acks.try_join_next().is_some() {}
+                            if self.config.auto_acknowledge {
+                                let driver = self.clone();
+                                acks.spawn(async move {
+                                    if let Err(e) = driver.acknowledge(&status).await {
+                                        warn!("{e}");
+                                    }
+                                });
                             }
                         }
                     }
@@ -573,7 +587,7 @@ impl Driver {
             if subscribed_at.elapsed() < Duration::from_secs(1) {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return self.finish(scheduler).await,
+                    _ = stop.changed() => return self.finish(scheduler, &mut acks).await,
                 }
                 backoff = (backoff * 2).min(self.backoff_cap());
             }

@@ -1,0 +1,275 @@
+//! Whole-system scale benchmark: one real master (its own process, release
+//! build, embedded registry) against N emulated agents and the load
+//! framework, both in this process, all on this machine.
+//!
+//! For each agent count: the master starts; `agora_sim::emulate` registers
+//! N agents (each its own session speaking the agent protocol; a task runs
+//! for `AGORA_SCALE_TASK_MS`, default 1 ms, then finishes); once all are
+//! registered, `agora_sim::load` launches `AGORA_SCALE_TASKS` tasks (default
+//! 100,000) as fast as offers allow — the throughput — and then, as a second
+//! framework, the same number at `AGORA_SCALE_RATE` tasks per second
+//! (default 10,000) — the latency under that load, without a backlog of its
+//! own making.
+//!
+//! Inside the clocks: registration runs from the emulator's start to the
+//! last agent registered; throughput from the load framework's first accept
+//! sent to its last `TASK_RUNNING` received (every update acknowledged);
+//! latency from each task's accept sent to its `TASK_RUNNING` received.
+//! Memory is the master's resident set once the runs are over.
+//!
+//! `cargo bench --bench scale` (1,000, 5,000 and 10,000 agents);
+//! `AGORA_SCALE_AGENTS=1000,5000,10000,50000` picks the counts.
+//! Writes `target/scale/scale.json` and plots (`scale-throughput.svg`,
+//! `scale-latency.svg`) there.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use agora_sim::report::{COLOURS, Scale, Series, line_chart};
+
+/// A master process, killed when dropped.
+struct Master {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Master {
+    fn start() -> Master {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["master", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            // Emulated agents are many connections from one address.
+            .args(["--max-connections-per-ip", "100000"])
+            .args(["--max-connections", "100000"])
+            .env("AGORA_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("agora master");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listen line");
+        let url = line
+            .trim()
+            .split_once("listening on ")
+            .map(|(_, u)| u.to_string())
+            .expect("listen line");
+        Master {
+            child,
+            url,
+            _data: data,
+        }
+    }
+
+    fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Point {
+    agents: usize,
+    register_seconds: f64,
+    master_rss_idle_mib: f64,
+    /// As fast as offers allow.
+    load: agora_sim::load::LoadReport,
+    /// At the set rate.
+    paced: agora_sim::load::LoadReport,
+    master_rss_after_mib: f64,
+}
+
+async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
+    let master = Master::start();
+    let stats = Arc::new(agora_sim::emulate::EmulatorStats::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let config = agora_sim::emulate::EmulateConfig {
+        masters: master.url.clone(),
+        agents,
+        resources: agora_proto::Resources::parse("cpus:8;mem:16384;disk:100000").expect("valid"),
+        attributes: Vec::new(),
+        task_duration: Some(Duration::from_millis(task_ms)),
+        agents_per_connection: 100,
+    };
+    let started = Instant::now();
+    let emulator = tokio::spawn(agora_sim::emulate::emulate(config, stats.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    while stats.registered.load(Ordering::Relaxed) < agents {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{agents} agents did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let register_seconds = started.elapsed().as_secs_f64();
+    let master_rss_idle_mib = master.rss_mib();
+    let load_stats = Arc::new(agora_sim::load::LoadStats::default());
+    let progress = load_stats.clone();
+    let ticker = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            eprintln!(
+                "  {agents} agents: {} launched, {} running",
+                progress.launched.load(Ordering::Relaxed),
+                progress.running.load(Ordering::Relaxed)
+            );
+        }
+    });
+    let config = |name: &str, rate: Option<f64>| agora_sim::load::LoadConfig {
+        masters: master.url.clone(),
+        tasks,
+        rate,
+        task: agora_proto::Resources::parse("cpus:0.01;mem:1").expect("valid"),
+        command: "true".into(),
+        name: name.into(),
+    };
+    let load = agora_sim::load::run(config("load-max", None), load_stats)
+        .await
+        .expect("the load ran");
+    let paced = agora_sim::load::run(
+        config("load-paced", Some(rate)),
+        Arc::new(agora_sim::load::LoadStats::default()),
+    )
+    .await
+    .expect("the paced load ran");
+    ticker.abort();
+    let master_rss_after_mib = master.rss_mib();
+    let _ = stop_tx.send(());
+    let _ = emulator.await;
+    drop(master);
+    Point {
+        agents,
+        register_seconds,
+        master_rss_idle_mib,
+        load,
+        paced,
+        master_rss_after_mib,
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let counts: Vec<usize> = std::env::var("AGORA_SCALE_AGENTS")
+        .unwrap_or_else(|_| "1000,5000,10000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("AGORA_SCALE_AGENTS: numbers"))
+        .collect();
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let tasks = env("AGORA_SCALE_TASKS", 100_000);
+    let task_ms = env("AGORA_SCALE_TASK_MS", 1);
+    let rate = env("AGORA_SCALE_RATE", 10_000) as f64;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "| agents | register | tasks | tasks/s, as fast as offers allow | latency p50 / p99 there | latency p50 / p99 / max at {rate:.0} tasks/s (achieved) | master RSS idle → after |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut points = Vec::new();
+    for agents in counts {
+        let p = runtime.block_on(one(agents, tasks, task_ms, rate));
+        println!(
+            "| {} | {:.1} s | {} | {:.0} | {:.0} / {:.0} ms | {:.1} / {:.1} / {:.1} ms ({:.0}/s) | {:.0} → {:.0} MiB |",
+            p.agents,
+            p.register_seconds,
+            p.load.running,
+            p.load.tasks_per_second,
+            p.load.latency_p50_ms,
+            p.load.latency_p99_ms,
+            p.paced.latency_p50_ms,
+            p.paced.latency_p99_ms,
+            p.paced.latency_max_ms,
+            p.paced.tasks_per_second,
+            p.master_rss_idle_mib,
+            p.master_rss_after_mib,
+        );
+        points.push(p);
+    }
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("scale");
+    std::fs::create_dir_all(&out).expect("out dir");
+    std::fs::write(
+        out.join("scale.json"),
+        serde_json::to_string_pretty(&points).expect("json"),
+    )
+    .expect("write");
+    let x = |p: &Point| p.agents as f64;
+    let throughput = line_chart(
+        "master throughput against agents (tasks placed per second)",
+        "emulated agents",
+        "tasks/s, accept → TASK_RUNNING",
+        &[Series {
+            name: "tasks/s".into(),
+            colour: COLOURS[0],
+            points: points
+                .iter()
+                .map(|p| (x(p), p.load.tasks_per_second))
+                .collect(),
+        }],
+        Scale {
+            log_x: true,
+            log_y: false,
+        },
+    );
+    let latency = line_chart(
+        &format!("accept → TASK_RUNNING latency against agents, at {rate:.0} tasks/s"),
+        "emulated agents",
+        "milliseconds",
+        &[
+            Series {
+                name: "p50".into(),
+                colour: COLOURS[0],
+                points: points
+                    .iter()
+                    .map(|p| (x(p), p.paced.latency_p50_ms))
+                    .collect(),
+            },
+            Series {
+                name: "p99".into(),
+                colour: COLOURS[1],
+                points: points
+                    .iter()
+                    .map(|p| (x(p), p.paced.latency_p99_ms))
+                    .collect(),
+            },
+        ],
+        Scale {
+            log_x: true,
+            log_y: true,
+        },
+    );
+    std::fs::write(out.join("scale-throughput.svg"), throughput).expect("write");
+    std::fs::write(out.join("scale-latency.svg"), latency).expect("write");
+    println!("wrote {}", out.display());
+}
