@@ -622,18 +622,14 @@ impl DrfAllocator {
         // holds an offer there as a new offer; the demand policy waits for
         // the outstanding one to end and then offers it all at once.
         let coalesce = self.policy() == OfferPolicy::Demand;
-        let any = self
-            .eligible
-            .iter()
-            .enumerate()
-            .any(|(w, e)| {
-                let held = if coalesce {
-                    agent.offered_to.get(w).copied().unwrap_or(0)
-                } else {
-                    0
-                };
-                e & !agent.filters.applying.get(w).copied().unwrap_or(0) & !held != 0
-            });
+        let any = self.eligible.iter().enumerate().any(|(w, e)| {
+            let held = if coalesce {
+                agent.offered_to.get(w).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            e & !agent.filters.applying.get(w).copied().unwrap_or(0) & !held != 0
+        });
         if !any {
             return None;
         }
@@ -1197,7 +1193,12 @@ mod tests {
         let used = Resources::new()
             .with_scalar("cpus", 3.5)
             .with_scalar("mem", 3000.0);
-        end(&mut alloc, &offer, &offer.resources.minus(&used), Some(u64::MAX));
+        end(
+            &mut alloc,
+            &offer,
+            &offer.resources.minus(&used),
+            Some(u64::MAX),
+        );
         assert!(alloc.allocate(1).is_empty(), "the crumbs stay refused");
         // A task ends: more is free than was refused, so the agent is offered.
         alloc.recover("f", "a", &used, None);

@@ -385,8 +385,10 @@ impl Agent {
                 ..Default::default()
             }),
         };
-        self.unacked
-            .insert(self.next_uuid, (tokio::time::Instant::now(), update.clone()));
+        self.unacked.insert(
+            self.next_uuid,
+            (tokio::time::Instant::now(), update.clone()),
+        );
         self.stats.updates_sent.fetch_add(1, Ordering::Relaxed);
         let _ = tx.send(AgentMessage {
             message: Some(agent_message::Message::StatusUpdate(update)),

@@ -8,8 +8,8 @@
 //! framework is not what limits the master.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_proto::{Demand, Resources};
@@ -299,7 +299,10 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
     let load = result?;
     let mut latencies = load.latencies_ms;
     latencies.sort_by(f64::total_cmp);
-    let first_accept = shared.lock().unwrap_or_else(|p| p.into_inner()).first_accept;
+    let first_accept = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .first_accept;
     let seconds = match (first_accept, load.last_running) {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
         _ => 0.0,

@@ -369,7 +369,14 @@ async fn load(
     } else {
         println!(
             "{} of {} tasks running in {:.2} s: {:.0} tasks/s; accept -> TASK_RUNNING p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} failed",
-            r.running, r.tasks, r.seconds, r.tasks_per_second, r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.failed
+            r.running,
+            r.tasks,
+            r.seconds,
+            r.tasks_per_second,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            r.latency_max_ms,
+            r.failed
         );
     }
     Ok(if r.failed == 0 && r.running == r.tasks {

@@ -152,6 +152,57 @@ fn lazy_client(url: &str) -> Result<SchedulerClient<Channel>, String> {
         .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES))
 }
 
+/// Most acknowledgements in one call.
+const MAX_ACKS_PER_CALL: usize = 1000;
+
+/// Acknowledges status updates in the background, off the event loop: one
+/// call at a time, carrying everything that piled up while the previous
+/// one was on its way — so a burst of updates costs a few calls, not one
+/// round trip each. A task has at most one update unacknowledged, so order
+/// is kept per task.
+struct Acker {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<v1::TaskStatus>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Acker {
+    fn start(driver: Driver) -> Acker {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<v1::TaskStatus>();
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_ACKS_PER_CALL {
+                    match rx.try_recv() {
+                        Ok(status) => batch.push(status),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = driver.acknowledge_all(&batch).await {
+                    warn!("{e}");
+                }
+            }
+        });
+        Acker {
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    fn send(&self, status: v1::TaskStatus) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(status);
+        }
+    }
+
+    /// Waits until everything sent so far was acknowledged (or failed).
+    async fn drain(&mut self) {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
 /// What [`Driver::run`] is asked to do next.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stop {
@@ -370,14 +421,29 @@ impl Driver {
     /// Acknowledges a status update (done for you unless `auto_acknowledge`
     /// is off). Updates without a uuid need none.
     pub async fn acknowledge(&self, status: &v1::TaskStatus) -> Result<(), SdkError> {
-        if status.uuid.is_empty() {
+        self.acknowledge_all(std::slice::from_ref(status)).await
+    }
+
+    /// Acknowledges several status updates in one call.
+    pub async fn acknowledge_all(&self, statuses: &[v1::TaskStatus]) -> Result<(), SdkError> {
+        let mut acks =
+            statuses
+                .iter()
+                .filter(|s| !s.uuid.is_empty())
+                .map(|s| v1::Acknowledgement {
+                    agent_id: s.agent_id.clone(),
+                    task_id: s.task_id.clone(),
+                    uuid: s.uuid.clone(),
+                });
+        let Some(first) = acks.next() else {
             return Ok(());
-        }
+        };
         let request = v1::AcknowledgeRequest {
             header: Some(self.header()?),
-            agent_id: status.agent_id.clone(),
-            task_id: status.task_id.clone(),
-            uuid: status.uuid.clone(),
+            agent_id: first.agent_id,
+            task_id: first.task_id,
+            uuid: first.uuid,
+            more: acks.collect(),
         };
         let call = self.client().acknowledge(request).await;
         call.map(drop).map_err(|s| call_error("acknowledge", s))
@@ -418,13 +484,9 @@ impl Driver {
         });
     }
 
-    async fn finish<S>(
-        &self,
-        scheduler: S,
-        acks: &mut tokio::task::JoinSet<()>,
-    ) -> Result<S, SdkError> {
+    async fn finish<S>(&self, scheduler: S, acker: &mut Acker) -> Result<S, SdkError> {
         // Acknowledgements still on their way go out first.
-        while acks.join_next().await.is_some() {}
+        acker.drain().await;
         if *self.stop.borrow() == Stop::Teardown {
             let request = v1::TeardownRequest {
                 header: Some(self.header()?),
@@ -444,15 +506,12 @@ impl Driver {
     /// refuses or ends the subscription.
     pub async fn run<S: Scheduler>(&self, mut scheduler: S) -> Result<S, SdkError> {
         let mut stop = self.stop.subscribe();
-        // Acknowledgements are pipelined: each is its own call, so a burst
-        // of updates does not wait on one round trip per update (a task has
-        // at most one update unacknowledged, so order is kept per task).
-        let mut acks = tokio::task::JoinSet::new();
+        let mut acker = Acker::start(self.clone());
         let mut backoff = Duration::from_millis(100);
         let mut failed_in_round = 0;
         loop {
             if *stop.borrow() != Stop::Running {
-                return self.finish(scheduler, &mut acks).await;
+                return self.finish(scheduler, &mut acker).await;
             }
             let info = v1::FrameworkInfo {
                 name: self.config.name.clone(),
@@ -495,7 +554,7 @@ impl Driver {
                     warn!(code = ?status.code(), message = %status.message(), "subscribing failed; retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => return self.finish(scheduler, &mut acks).await,
+                        _ = stop.changed() => return self.finish(scheduler, &mut acker).await,
                     }
                     backoff = (backoff * 2).min(self.backoff_cap());
                     continue;
@@ -508,7 +567,7 @@ impl Driver {
             loop {
                 let next = tokio::select! {
                     next = tokio::time::timeout(silence, events.message()) => next,
-                    _ = stop.changed() => return self.finish(scheduler, &mut acks).await,
+                    _ = stop.changed() => return self.finish(scheduler, &mut acker).await,
                 };
                 let event = match next {
                     Ok(Ok(Some(e))) => e,
@@ -553,14 +612,8 @@ impl Driver {
                     Some(event::Event::Update(u)) => {
                         if let Some(status) = u.status {
                             scheduler.status_update(self, status.clone()).await;
-                            while acks.try_join_next().is_some() {}
                             if self.config.auto_acknowledge {
-                                let driver = self.clone();
-                                acks.spawn(async move {
-                                    if let Err(e) = driver.acknowledge(&status).await {
-                                        warn!("{e}");
-                                    }
-                                });
+                                acker.send(status);
                             }
                         }
                     }
@@ -587,7 +640,7 @@ impl Driver {
             if subscribed_at.elapsed() < Duration::from_secs(1) {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return self.finish(scheduler, &mut acks).await,
+                    _ = stop.changed() => return self.finish(scheduler, &mut acker).await,
                 }
                 backoff = (backoff * 2).min(self.backoff_cap());
             }

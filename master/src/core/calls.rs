@@ -76,35 +76,35 @@ impl Core {
                 }
             }
             Call::Acknowledge(req) => {
-                let task_id = req.task_id.map(|t| t.value).unwrap_or_default();
-                let agent = match req.agent_id.map(|a| a.value).filter(|a| !a.is_empty()) {
-                    Some(a) => a,
-                    None => self
-                        .tasks
-                        .get(&(framework_id.clone(), task_id.clone()))
-                        .map(|t| t.agent.clone())
-                        .ok_or_else(|| Status::not_found(format!("unknown task `{task_id}`")))?,
+                let first = v1::Acknowledgement {
+                    agent_id: req.agent_id,
+                    task_id: req.task_id,
+                    uuid: req.uuid,
                 };
-                if req.uuid.is_empty() {
+                let acks: Vec<v1::Acknowledgement> =
+                    std::iter::once(first).chain(req.more).collect();
+                if acks.iter().any(|a| a.uuid.is_empty()) {
                     return Err(Status::invalid_argument("acknowledge: uuid is required"));
                 }
-                if let Some(relayed) = self.awaiting_ack.remove(&req.uuid) {
-                    self.metrics
-                        .status_update_ack_seconds
-                        .observe(relayed.elapsed().as_secs_f64());
+                // Each stands alone: one for a task the master no longer
+                // knows does not hold up the rest.
+                let mut unknown = Vec::new();
+                for ack in acks {
+                    if let Err(task) = self.acknowledge(&framework_id, ack) {
+                        unknown.push(task);
+                    }
                 }
-                // An agent that is away resends the update when it returns.
-                self.send_to_agent(
-                    &agent,
-                    master_message::Message::Acknowledge(master_message::Acknowledge {
-                        framework_id: Some(v1::FrameworkId {
-                            value: framework_id,
-                        }),
-                        task_id: Some(v1::TaskId { value: task_id }),
-                        uuid: req.uuid,
-                    }),
-                );
-                Ok(())
+                match unknown.first() {
+                    None => Ok(()),
+                    Some(task) => Err(Status::not_found(format!(
+                        "unknown task `{task}`{}",
+                        if unknown.len() > 1 {
+                            format!(" (and {} more)", unknown.len() - 1)
+                        } else {
+                            String::new()
+                        }
+                    ))),
+                }
             }
             Call::Reconcile(task_ids) => {
                 self.reconcile(&framework_id, task_ids);
@@ -152,5 +152,37 @@ impl Core {
             };
             self.send_update(framework_id, status);
         }
+    }
+}
+
+impl Core {
+    /// Passes one acknowledgement on to the agent; `Err(task id)` when the
+    /// task is unknown and the agent not named.
+    fn acknowledge(&mut self, framework_id: &str, ack: v1::Acknowledgement) -> Result<(), String> {
+        let task_id = ack.task_id.map(|t| t.value).unwrap_or_default();
+        let agent = match ack.agent_id.map(|a| a.value).filter(|a| !a.is_empty()) {
+            Some(a) => a,
+            None => match self.tasks.get(&(framework_id.to_string(), task_id.clone())) {
+                Some(t) => t.agent.clone(),
+                None => return Err(task_id),
+            },
+        };
+        if let Some(relayed) = self.awaiting_ack.remove(&ack.uuid) {
+            self.metrics
+                .status_update_ack_seconds
+                .observe(relayed.elapsed().as_secs_f64());
+        }
+        // An agent that is away resends the update when it returns.
+        self.send_to_agent(
+            &agent,
+            master_message::Message::Acknowledge(master_message::Acknowledge {
+                framework_id: Some(v1::FrameworkId {
+                    value: framework_id.to_string(),
+                }),
+                task_id: Some(v1::TaskId { value: task_id }),
+                uuid: ack.uuid,
+            }),
+        );
+        Ok(())
     }
 }

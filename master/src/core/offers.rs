@@ -22,13 +22,15 @@ impl Core {
             let (Some(agent), Some(framework)) =
                 (self.agents.get(&a.agent), self.frameworks.get(&a.framework))
             else {
-                self.allocator.offer_ended(&a.framework, &a.agent, &a.resources);
+                self.allocator
+                    .offer_ended(&a.framework, &a.agent, &a.resources);
                 self.allocator
                     .recover(&a.framework, &a.agent, &a.resources, None);
                 continue;
             };
             if framework.stream.is_none() || agent.status != AgentStatus::Active {
-                self.allocator.offer_ended(&a.framework, &a.agent, &a.resources);
+                self.allocator
+                    .offer_ended(&a.framework, &a.agent, &a.resources);
                 self.allocator
                     .recover(&a.framework, &a.agent, &a.resources, None);
                 continue;

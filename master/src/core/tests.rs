@@ -428,6 +428,7 @@ fn running_task(h: &mut Harness, failover: f64) -> (AgentSession, FrameworkSessi
             task_id: Some(v1::TaskId { value: "t1".into() }),
             uuid: b"u1".to_vec(),
             header: None,
+            more: Vec::new(),
         }),
     )
     .expect("ack");
@@ -540,17 +541,28 @@ async fn updates_are_relayed_in_order_and_acknowledgements_reach_the_agent() {
             "update:TASK_FINISHED"
         ]
     );
-    h.call(
-        &framework,
-        Call::Acknowledge(v1::AcknowledgeRequest {
-            agent_id: None,
-            task_id: Some(v1::TaskId { value: "t1".into() }),
-            uuid: b"u3".to_vec(),
-            header: None,
-        }),
-    )
-    .expect("ack");
-    assert_eq!(agent_kinds(&mut agent.rx), ["ack"]);
+    // Three acknowledgements in one call, one of them for a task nobody
+    // knows: the known ones still reach the agent, and the call names it.
+    let ack = |task: &str, uuid: &[u8]| v1::Acknowledgement {
+        agent_id: None,
+        task_id: Some(v1::TaskId { value: task.into() }),
+        uuid: uuid.to_vec(),
+    };
+    let refused = h
+        .call(
+            &framework,
+            Call::Acknowledge(v1::AcknowledgeRequest {
+                agent_id: None,
+                task_id: Some(v1::TaskId { value: "t1".into() }),
+                uuid: b"u1".to_vec(),
+                header: None,
+                more: vec![ack("ghost", b"g1"), ack("t1", b"u2"), ack("t1", b"u3")],
+            }),
+        )
+        .expect_err("a ghost");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    assert!(refused.message().contains("ghost"), "{refused:?}");
+    assert_eq!(agent_kinds(&mut agent.rx), ["ack", "ack", "ack"]);
     // A finished task's resources are free again.
     assert!(h.core.used_on_agent(&agent.id).is_empty());
 }
