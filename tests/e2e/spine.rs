@@ -809,4 +809,17 @@ async fn emulated_agents_register_and_run_tasks_the_master_cannot_tell_apart() {
         .await;
     assert_eq!(finished.exit_code, Some(0));
     f.teardown().await;
+    // The load framework places its tasks on them — every one reported
+    // running, none failed — and tells how long that took.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["sim", "load", "--master", &url, "--tasks", "2000", "--json"])
+        .args(["--task-size", "cpus:0.01;mem:1"])
+        .output()
+        .expect("agora sim load");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["running"], 2000, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(report["tasks_per_second"].as_f64().is_some_and(|r| r > 0.0));
+    assert!(report["latency_p99_ms"].as_f64().is_some_and(|l| l > 0.0));
 }
