@@ -571,7 +571,22 @@ impl<C: Containerizer> Agent<C> {
     fn master_message(&mut self, msg: MasterMessage) -> Option<Duration> {
         self.master_contact = Instant::now();
         match msg.message? {
-            master_message::Message::HeartbeatAck(_) => {}
+            master_message::Message::HeartbeatAck(ack) => {
+                // The master slows heartbeats as the cluster grows, and
+                // waits longer before it gives an agent up.
+                let timeout = ack.agent_timeout_seconds;
+                if timeout.is_finite() && timeout > 0.0 {
+                    self.agent_timeout = Some(Duration::from_secs_f64(timeout.min(86_400.0)));
+                }
+                let interval = ack.heartbeat_interval_seconds;
+                if interval.is_finite()
+                    && interval > 0.0
+                    && Duration::from_secs_f64(interval) != self.heartbeat
+                {
+                    self.heartbeat = Duration::from_secs_f64(interval.min(3600.0));
+                    return Some(self.heartbeat);
+                }
+            }
             master_message::Message::MarkedUnreachable(_) => {
                 warn!("the master declared this agent unreachable");
                 self.stop_tasks_that_must_not_outlive_a_partition();

@@ -680,8 +680,21 @@ impl DrfAllocator {
         limits
     }
 
-    /// Offers the free resources of `agents` (slot numbers, in order).
-    fn pass(&mut self, now: Millis, agents: &[usize]) -> Vec<Allocation> {
+    /// Under the demand policy: whether every framework that may be offered
+    /// anything holds its fill — then a pass can stop, however many agents
+    /// are left (its cost follows the offers made, not the cluster's size).
+    fn everyone_has_enough(&self) -> bool {
+        self.policy() == OfferPolicy::Demand
+            && self.frameworks.iter().enumerate().all(|(fw, f)| {
+                f.as_ref()
+                    .is_none_or(|f| !bit(&self.eligible, fw) || !wants_more(f))
+            })
+    }
+
+    /// Offers the free resources of `agents` (slot numbers, in order); with
+    /// `Some(k)` when it stopped before `agents[k]` because every framework
+    /// had enough.
+    fn pass(&mut self, now: Millis, agents: &[usize]) -> (Vec<Allocation>, Option<usize>) {
         // Adding or removing agents rescales every share; do it once per pass
         // rather than once per agent (10,000 agents joining is one rescale).
         if std::mem::take(&mut self.shares_stale) {
@@ -689,10 +702,16 @@ impl DrfAllocator {
         }
         let mut out = Vec::new();
         if agents.is_empty() {
-            return out;
+            return (out, None);
         }
         let limits = self.pass_limits();
-        for &i in agents {
+        let mut enough = self.everyone_has_enough();
+        for (k, &i) in agents.iter().enumerate() {
+            if enough {
+                // What is left waits until someone wants more.
+                self.held_back = true;
+                return (out, Some(k));
+            }
             let Some(agent) = self.agents.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
@@ -727,8 +746,9 @@ impl DrfAllocator {
                     resources,
                 });
             }
+            enough = self.everyone_has_enough();
         }
-        out
+        (out, None)
     }
 
     /// The role of a framework, for tests and state views.
@@ -1047,9 +1067,16 @@ impl Allocator for DrfAllocator {
         }
         let n = self.agents.len();
         let start = if n == 0 { 0 } else { self.next_start % n };
-        self.next_start = self.next_start.wrapping_add(1);
         let order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
-        self.pass(now, &order)
+        let (out, stopped) = self.pass(now, &order);
+        // A pass that stopped early resumes there, so passes go round the
+        // cluster instead of rescanning its start; one that went all the
+        // way round starts one further next time.
+        self.next_start = match stopped {
+            Some(k) => order[k],
+            None => self.next_start.wrapping_add(1),
+        };
+        out
     }
 
     fn allocate_changed(&mut self, now: Millis) -> Vec<Allocation> {
@@ -1062,7 +1089,13 @@ impl Allocator for DrfAllocator {
                 *m = false;
             }
         }
-        self.pass(now, &changed)
+        let (out, stopped) = self.pass(now, &changed);
+        if let Some(k) = stopped {
+            for &i in &changed[k..] {
+                self.mark_changed(i);
+            }
+        }
+        out
     }
 }
 

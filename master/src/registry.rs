@@ -15,6 +15,9 @@ use prost::Message;
 const AGENTS: &str = "agents";
 const FRAMEWORKS: &str = "frameworks";
 const TASKS: &str = "tasks";
+/// A task's latest state, apart from its record: a task on its way to
+/// running rewrites a few bytes, not its whole `TaskInfo`.
+const TASK_STATES: &str = "task_states";
 const WEIGHTS: &str = "weights";
 
 /// What went wrong with the registry.
@@ -99,10 +102,31 @@ impl Registry {
                 })?;
             weights.insert(role, weight);
         }
+        let states: BTreeMap<String, Vec<u8>> = self.store.load(TASK_STATES)?.into_iter().collect();
+        let mut tasks = Vec::new();
+        for (key, bytes) in self.store.load(TASKS)? {
+            let mut task =
+                RegistryTask::decode(bytes.as_slice()).map_err(|e| RegistryError::Corrupt {
+                    table: TASKS,
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            if let Some(state) = states.get(&key) {
+                task.state = std::str::from_utf8(state)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| RegistryError::Corrupt {
+                        table: TASK_STATES,
+                        key: key.clone(),
+                        reason: "not a task state".into(),
+                    })?;
+            }
+            tasks.push(task);
+        }
         Ok(Recovered {
             agents: decode(AGENTS, self.store.load(AGENTS)?)?,
             frameworks: decode(FRAMEWORKS, self.store.load(FRAMEWORKS)?)?,
-            tasks: decode(TASKS, self.store.load(TASKS)?)?,
+            tasks,
             weights,
         })
     }
@@ -139,9 +163,19 @@ impl Registry {
         ));
     }
 
+    /// Records a task's new state without rewriting its record.
+    pub fn put_task_state(&mut self, framework: &str, task_id: &str, state: i32) {
+        self.pending.push(Write::put(
+            TASK_STATES,
+            task_key(framework, task_id),
+            state.to_string().into_bytes(),
+        ));
+    }
+
     pub fn delete_task(&mut self, framework: &str, task_id: &str) {
-        self.pending
-            .push(Write::delete(TASKS, task_key(framework, task_id)));
+        let key = task_key(framework, task_id);
+        self.pending.push(Write::delete(TASK_STATES, key.clone()));
+        self.pending.push(Write::delete(TASKS, key));
     }
 
     pub fn put_weight(&mut self, role: &str, weight: f64) {
@@ -218,8 +252,24 @@ mod tests {
         }
         let recovered = Registry::open(&path).expect("reopen").load().expect("load");
         assert_eq!(recovered.agents, vec![agent]);
-        assert_eq!(recovered.tasks, vec![task]);
+        assert_eq!(recovered.tasks, vec![task.clone()]);
         assert_eq!(recovered.weights.get("prod"), Some(&2.5));
         assert!(recovered.frameworks.is_empty());
+        // A state written on its own overrides the record's; a delete
+        // takes both.
+        {
+            let mut registry = Registry::open(&path).expect("open");
+            registry.put_task_state("f1", "t1", v1::TaskState::TaskUnreachable as i32);
+            registry.put_task("f1", "t3", &task);
+            registry.put_task_state("f1", "t3", v1::TaskState::TaskStarting as i32);
+            registry.delete_task("f1", "t3");
+            registry.commit().expect("commit");
+        }
+        let recovered = Registry::open(&path).expect("reopen").load().expect("load");
+        let unreachable = RegistryTask {
+            state: v1::TaskState::TaskUnreachable as i32,
+            ..task
+        };
+        assert_eq!(recovered.tasks, vec![unreachable]);
     }
 }

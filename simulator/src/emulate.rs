@@ -336,7 +336,16 @@ impl Agent {
                     );
                 }
             }
-            master_message::Message::HeartbeatAck(_) => {}
+            master_message::Message::HeartbeatAck(ack) => {
+                let every = ack.heartbeat_interval_seconds;
+                if every.is_finite()
+                    && every > 0.0
+                    && Duration::from_secs_f64(every) != self.heartbeat
+                {
+                    self.heartbeat = Duration::from_secs_f64(every.min(3600.0));
+                    return Some(self.heartbeat);
+                }
+            }
         }
         None
     }

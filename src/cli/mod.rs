@@ -84,6 +84,11 @@ pub struct MasterFlags {
     /// tasks become `TASK_LOST`).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub agent_removal_timeout: Duration,
+    /// Heartbeats per second all agents together may send: past
+    /// agents/this, agents heartbeat less often and the agent timeout grows
+    /// to five intervals.
+    #[arg(long, default_value_t = 5000.0)]
+    pub max_agent_heartbeats_per_second: f64,
     /// Most open connections to the master in all; more are closed at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,

@@ -52,6 +52,14 @@ fn master_config(flags: &MasterFlags) -> anyhow::Result<MasterConfig> {
         role_weights: agora_master::config::parse_weights(&flags.weights)?,
         offer_policy: flags.offer_policy,
         agent_removal_timeout: flags.agent_removal_timeout,
+        max_agent_heartbeats_per_second: {
+            let h = flags.max_agent_heartbeats_per_second;
+            anyhow::ensure!(
+                h.is_finite() && h >= 1.0,
+                "--max-agent-heartbeats-per-second: must be at least 1, got {h}"
+            );
+            h
+        },
         serve: agora_master::ServeLimits {
             max_connections: flags.max_connections.max(1),
             max_connections_per_ip: flags.max_connections_per_ip.max(1),

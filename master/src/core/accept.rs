@@ -77,7 +77,8 @@ impl Core {
         let mut launches: Vec<(v1::TaskInfo, Resources)> = Vec::new();
         if problem.is_none() {
             match self.validate_tasks(framework_id, &agent, &offered, &req.tasks) {
-                Ok(l) => launches = l,
+                // The tasks move into the launches: no copy of each.
+                Ok(resources) => launches = req.tasks.into_iter().zip(resources).collect(),
                 Err(e) => problem = Some(e),
             }
         }
@@ -161,7 +162,7 @@ impl Core {
         agent: &str,
         offered: &Resources,
         tasks: &[v1::TaskInfo],
-    ) -> Result<Vec<(v1::TaskInfo, Resources)>, (Refusal, String, String)> {
+    ) -> Result<Vec<Resources>, (Refusal, String, String)> {
         let bad = |id: &str, message: String| (Refusal::InvalidTask, message, id.to_string());
         let mut seen: HashSet<&str> = HashSet::new();
         let mut total = Resources::new();
@@ -291,7 +292,7 @@ impl Core {
                     id.to_string(),
                 ));
             }
-            out.push((task.clone(), resources));
+            out.push(resources);
         }
         Ok(out)
     }

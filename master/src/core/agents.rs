@@ -25,7 +25,10 @@ impl Core {
                 // must not outlive a partition depend on it).
                 let _ = tx.send(Ok(MasterMessage {
                     message: Some(master_message::Message::HeartbeatAck(
-                        master_message::HeartbeatAck {},
+                        master_message::HeartbeatAck {
+                            heartbeat_interval_seconds: self.heartbeat_interval().as_secs_f64(),
+                            agent_timeout_seconds: self.agent_timeout().as_secs_f64(),
+                        },
                     )),
                 }));
                 for u in heartbeat.usage {
@@ -40,6 +43,23 @@ impl Core {
             }
             None => warn!(conn, "empty agent message"),
         }
+    }
+
+    /// How often agents heartbeat: a fifth of the agent timeout, or slower
+    /// once the cluster is big enough that all of them would exceed
+    /// `max_agent_heartbeats_per_second`.
+    pub(super) fn heartbeat_interval(&self) -> Duration {
+        let per_second = self.config.max_agent_heartbeats_per_second.max(1.0);
+        let spread = Duration::from_secs_f64(self.agents.len() as f64 / per_second);
+        (self.config.agent_timeout / 5)
+            .max(spread)
+            .max(Duration::from_millis(50))
+    }
+
+    /// How long an agent may be silent: the configured timeout, or five
+    /// heartbeat intervals once those grew past it.
+    pub(super) fn agent_timeout(&self) -> Duration {
+        self.config.agent_timeout.max(self.heartbeat_interval() * 5)
     }
 
     /// The agent registered on `conn`, refreshing its liveness.
@@ -171,11 +191,9 @@ impl Core {
             message: Some(master_message::Message::Registered(
                 master_message::Registered {
                     agent_id: Some(v1::AgentId { value: id.clone() }),
-                    heartbeat_interval_seconds: (self.config.agent_timeout / 5)
-                        .as_secs_f64()
-                        .max(0.05),
+                    heartbeat_interval_seconds: self.heartbeat_interval().as_secs_f64(),
                     secret: issued.unwrap_or_default(),
-                    agent_timeout_seconds: self.config.agent_timeout.as_secs_f64(),
+                    agent_timeout_seconds: self.agent_timeout().as_secs_f64(),
                 },
             )),
         }));

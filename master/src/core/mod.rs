@@ -487,12 +487,12 @@ impl Core {
 
     fn tick(&mut self) {
         let now = Instant::now();
+        let timeout = self.agent_timeout();
         let silent: Vec<String> = self
             .agents
             .values()
             .filter(|a| {
-                a.status != AgentStatus::Unreachable
-                    && now.duration_since(a.last_seen) > self.config.agent_timeout
+                a.status != AgentStatus::Unreachable && now.duration_since(a.last_seen) > timeout
             })
             .map(|a| a.id.clone())
             .collect();

@@ -234,6 +234,20 @@ impl Core {
         self.registry.put_framework(&record);
     }
 
+    /// Queues the task's new state: a few bytes while it may run (its
+    /// record was written at launch), its record deleted once it ended.
+    pub(super) fn persist_task_state(&mut self, key: &TaskKey) {
+        let Some(task) = self.tasks.get(key) else {
+            return;
+        };
+        if is_terminal(task.state) {
+            self.registry.delete_task(&key.0, &key.1);
+        } else {
+            self.registry
+                .put_task_state(&key.0, &key.1, task.state as i32);
+        }
+    }
+
     /// Queues the task's record: kept while it may run, deleted once it ended.
     pub(super) fn persist_task(&mut self, key: &TaskKey) {
         let Some(task) = self.tasks.get(key) else {
@@ -254,6 +268,10 @@ impl Core {
             state: task.state as i32,
         };
         self.registry.put_task(&key.0, &key.1, &record);
+        // The state entry, if any, must not override the record with an
+        // older state.
+        self.registry
+            .put_task_state(&key.0, &key.1, task.state as i32);
     }
 }
 

@@ -74,7 +74,7 @@ impl Core {
             self.emit_task_event(key, status);
         }
         if state_changed {
-            self.persist_task(key);
+            self.persist_task_state(key);
         }
         let Some(task) = self.tasks.get_mut(key) else {
             return;

@@ -864,3 +864,54 @@ async fn offers_are_sized_to_the_demand_a_framework_declares() {
     h.advance(Duration::from_secs(1)).await;
     assert_eq!(offers(&mut framework.rx).len(), agents.len() - 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_big_cluster_heartbeats_less_often_and_waits_longer_for_silent_agents() {
+    let mut h = Harness::new();
+    // Ten agents at two heartbeats a second in all: one every 5 s each, and
+    // silence counts after five of them (25 s), not the configured 10 s.
+    h.core.config.max_agent_heartbeats_per_second = 2.0;
+    let agents: Vec<AgentSession> = (1..=9).map(|conn| h.admit(conn)).collect();
+    let (tx, mut rx) = h.register(10, None, "", Vec::new());
+    let r = registered(&mut rx).expect("registered");
+    assert_eq!(r.heartbeat_interval_seconds, 5.0);
+    assert_eq!(r.agent_timeout_seconds, 25.0);
+    // Agents that registered while the cluster was small are told on
+    // their next heartbeat.
+    let first = &agents[0];
+    h.send(CoreMsg::Agent {
+        conn: first.conn,
+        tx: first.tx.clone(),
+        msg: AgentMessage {
+            message: Some(agent_message::Message::Heartbeat(
+                agent_message::Heartbeat::default(),
+            )),
+        },
+    });
+    let mut first_rx = drain(&mut agents.into_iter().next().expect("first").rx);
+    let ack = first_rx
+        .drain(..)
+        .find_map(|m| match m.ok()?.message? {
+            master_message::Message::HeartbeatAck(a) => Some(a),
+            _ => None,
+        })
+        .expect("heartbeat ack");
+    assert_eq!(ack.heartbeat_interval_seconds, 5.0);
+    assert_eq!(ack.agent_timeout_seconds, 25.0);
+    // Silent for 20 s: still reachable; past 25 s: not.
+    h.advance(Duration::from_secs(20)).await;
+    assert!(
+        h.core
+            .agents
+            .values()
+            .all(|a| a.status != AgentStatus::Unreachable)
+    );
+    h.advance(Duration::from_secs(6)).await;
+    assert!(
+        h.core
+            .agents
+            .values()
+            .all(|a| a.status == AgentStatus::Unreachable)
+    );
+    drop(tx);
+}
