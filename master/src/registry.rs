@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use agora_proto::v1::{RegistryAgent, RegistryFramework, RegistryTask};
 use agora_store::{Store, StoreError, Write};
@@ -25,6 +28,8 @@ const WEIGHTS: &str = "weights";
 pub enum RegistryError {
     #[error("registry: {0}")]
     Store(#[from] StoreError),
+    #[error("registry: its writer has stopped")]
+    Closed,
     #[error("registry: record `{table}/{key}` is unreadable: {reason}")]
     Corrupt {
         table: &'static str,
@@ -42,10 +47,93 @@ pub struct Recovered {
     pub weights: BTreeMap<String, f64>,
 }
 
-/// The registry over a store; changes are queued and committed together.
+/// The registry over a store; changes are queued and committed together,
+/// by a writer thread of its own, so the master's core never waits on a
+/// disk (or etcd) for what it need not wait on.
 pub struct Registry {
-    store: Store,
+    store: Arc<Store>,
     pending: Vec<Write>,
+    writer: Option<Writer>,
+    /// The last background commit's failure, for the core to see.
+    failure: Arc<Mutex<Option<RegistryError>>>,
+}
+
+/// What the writer thread is given.
+enum Job {
+    /// Commit when convenient (with whatever else is queued).
+    Later(Vec<Write>),
+    /// Commit now, after everything before, and say how it went; on
+    /// failure these writes are dropped, earlier ones kept for a retry.
+    Now(Vec<Write>, mpsc::SyncSender<Result<(), RegistryError>>),
+}
+
+struct Writer {
+    tx: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// The writer thread: commits in order, coalescing queued background
+/// batches into one transaction (a group commit); a failed background
+/// commit is kept and retried with the next, or after a second.
+fn write_loop(
+    store: Arc<Store>,
+    rx: mpsc::Receiver<Job>,
+    failure: Arc<Mutex<Option<RegistryError>>>,
+) {
+    let mut carry: Vec<Write> = Vec::new();
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None if carry.is_empty() => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            None => match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => Job::Later(Vec::new()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // One last try at what failed before.
+                    let _ = store.commit(&carry);
+                    return;
+                }
+            },
+        };
+        match job {
+            Job::Later(writes) => {
+                carry.extend(writes);
+                loop {
+                    match rx.try_recv() {
+                        Ok(Job::Later(more)) => carry.extend(more),
+                        Ok(now) => {
+                            next = Some(now);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if carry.is_empty() {
+                    continue;
+                }
+                match store.commit(&carry) {
+                    Ok(()) => carry.clear(),
+                    Err(e) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+                    }
+                }
+            }
+            Job::Now(writes, done) => {
+                let mark = carry.len();
+                carry.extend(writes);
+                let result = store.commit(&carry);
+                match result {
+                    Ok(()) => carry.clear(),
+                    Err(_) => carry.truncate(mark),
+                }
+                let _ = done.send(result.map_err(RegistryError::from));
+            }
+        }
+    }
 }
 
 /// A task's key in the registry: task ids never hold `/`, so the last `/`
@@ -62,9 +150,21 @@ impl Registry {
 
     /// The registry in `store` (e.g. etcd, fenced on leading).
     pub fn on(store: Store) -> Registry {
+        let store = Arc::new(store);
+        let failure = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let (store, failure) = (store.clone(), failure.clone());
+            std::thread::Builder::new()
+                .name("registry-writer".into())
+                .spawn(move || write_loop(store, rx, failure))
+                .expect("spawning the registry writer")
+        };
         Registry {
             store,
             pending: Vec::new(),
+            writer: Some(Writer { tx, thread }),
+            failure,
         }
     }
 
@@ -193,27 +293,66 @@ impl Registry {
     }
 
     /// Queues what `build` writes and commits it with everything queued
-    /// before, at once; on failure what `build` wrote is dropped (the
-    /// caller refuses the change), and earlier changes stay queued.
+    /// before, at once, waiting for the commit; on failure what `build`
+    /// wrote is dropped (the caller refuses the change), and earlier
+    /// changes stay queued.
     pub fn transaction(&mut self, build: impl FnOnce(&mut Registry)) -> Result<(), RegistryError> {
         let mark = self.pending.len();
         build(self);
-        let result = self.commit();
-        if result.is_err() {
-            self.pending.truncate(mark);
-        }
-        result
+        let writes: Vec<Write> = self.pending.drain(mark..).collect();
+        self.commit_later();
+        self.commit_now(writes)
     }
 
-    /// Commits every queued change in one transaction. On failure the
-    /// changes stay queued for the next try.
+    /// Commits every queued change and waits for it.
     pub fn commit(&mut self) -> Result<(), RegistryError> {
+        let writes = std::mem::take(&mut self.pending);
+        self.commit_now(writes)
+    }
+
+    fn commit_now(&mut self, writes: Vec<Write>) -> Result<(), RegistryError> {
+        let Some(writer) = &self.writer else {
+            return Err(RegistryError::Closed);
+        };
+        let (done, answer) = mpsc::sync_channel(1);
+        writer
+            .tx
+            .send(Job::Now(writes, done))
+            .map_err(|_| RegistryError::Closed)?;
+        answer.recv().unwrap_or(Err(RegistryError::Closed))
+    }
+
+    /// Hands every queued change to the writer, which commits it soon —
+    /// in order with everything else, with whatever else is queued — and
+    /// returns at once. A failure shows in [`Registry::take_failure`].
+    pub fn commit_later(&mut self) {
         if self.pending.is_empty() {
-            return Ok(());
+            return;
         }
-        self.store.commit(&self.pending)?;
-        self.pending.clear();
-        Ok(())
+        let writes = std::mem::take(&mut self.pending);
+        if let Some(writer) = &self.writer {
+            let _ = writer.tx.send(Job::Later(writes));
+        }
+    }
+
+    /// The last background commit's failure, if one failed since asked.
+    pub fn take_failure(&self) -> Option<RegistryError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+impl Drop for Registry {
+    /// Everything queued is committed before the registry goes (a master
+    /// that stops loses nothing it had decided).
+    fn drop(&mut self) {
+        self.commit_later();
+        if let Some(writer) = self.writer.take() {
+            drop(writer.tx);
+            let _ = writer.thread.join();
+        }
     }
 }
 
@@ -221,6 +360,34 @@ impl Registry {
 mod tests {
     use super::*;
     use agora_proto::v1;
+
+    #[test]
+    fn background_commits_keep_their_order_and_land_before_the_registry_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.redb");
+        {
+            let mut registry = Registry::open(&path).expect("open");
+            registry.put_weight("a", 1.5);
+            registry.commit_later();
+            // A transaction after it commits after it: the later value wins.
+            registry
+                .transaction(|r| r.put_weight("a", 2.5))
+                .expect("transaction");
+            for i in 0..100 {
+                registry.put_weight(&format!("r{i}"), 1.0 + f64::from(i));
+                registry.commit_later();
+            }
+            registry.delete_weight("r0");
+            registry.commit_later();
+            assert!(registry.take_failure().is_none());
+            // Dropped with commits still on their way.
+        }
+        let recovered = Registry::open(&path).expect("reopen").load().expect("load");
+        assert_eq!(recovered.weights.get("a"), Some(&2.5));
+        assert_eq!(recovered.weights.get("r99"), Some(&100.0));
+        assert!(!recovered.weights.contains_key("r0"));
+        assert_eq!(recovered.weights.len(), 100);
+    }
 
     #[test]
     fn records_survive_a_reopen_and_deletes_delete() {

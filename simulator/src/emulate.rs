@@ -182,7 +182,6 @@ impl Agent {
             backoff = Duration::from_millis(100);
             self.register(&tx);
             let mut heartbeat = tokio::time::interval(self.heartbeat);
-            let mut resend = tokio::time::interval(RESEND_AFTER);
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -202,10 +201,10 @@ impl Agent {
                                 agent_message::Heartbeat::default(),
                             )),
                         });
-                    }
-                    _ = resend.tick() => {
-                        // Only what has waited a whole interval: an update
-                        // sent just before the tick is not lost yet.
+                        // Resends ride on the heartbeat (one timer per
+                        // agent, not two): only what has waited a whole
+                        // interval, as an update sent just before is not
+                        // lost yet.
                         let now = tokio::time::Instant::now();
                         for (sent, update) in self.unacked.values_mut() {
                             if now.duration_since(*sent) >= RESEND_AFTER {

@@ -83,6 +83,11 @@ impl Shared {
         let Some(rate) = self.config.rate else {
             return self.remaining();
         };
+        // The pace starts with the first offer to launch on, not before:
+        // no backlog of allowance turns into a burst.
+        if self.held.is_empty() && self.paced_from.is_none() {
+            return 0;
+        }
         let since = *self.paced_from.get_or_insert_with(Instant::now);
         let allowed = (since.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
         allowed.saturating_sub(self.next).min(self.remaining())
@@ -225,6 +230,7 @@ impl Scheduler for Load {
             let now = Instant::now();
             self.latencies_ms
                 .push(now.duration_since(sent).as_secs_f64() * 1000.0);
+
             self.last_running = Some(now);
             self.stats.running.fetch_add(1, Ordering::Relaxed);
         }

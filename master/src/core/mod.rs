@@ -422,11 +422,14 @@ impl Core {
         }
     }
 
-    /// Commits queued registry changes; a failure keeps them for the next
-    /// burst (the agents resend what matters: their tasks and updates). A
-    /// write refused because another master leads deposes this one.
+    /// Hands the burst's registry changes to the registry's writer thread
+    /// (it commits them, grouped with whatever else is queued, while the
+    /// core goes on); a failed commit is retried by the writer (the agents
+    /// resend what matters: their tasks and updates). A write refused
+    /// because another master leads deposes this one.
     fn commit_registry(&mut self) {
-        if let Err(e) = self.registry.commit() {
+        self.registry.commit_later();
+        if let Some(e) = self.registry.take_failure() {
             if Registry::is_deposed(&e) {
                 self.deposed = true;
             } else {
