@@ -306,7 +306,8 @@ impl<C: Containerizer> Agent<C> {
                 message = next_message(&mut inbound) => match message {
                     Some(msg) => {
                         if let Some(interval) = self.master_message(msg) {
-                            heartbeat = tokio::time::interval(interval);
+                            let key = self.agent_id.clone().unwrap_or_default();
+                            heartbeat = agora_proto::heartbeat::timer(&key, interval);
                         }
                     }
                     None => {

@@ -3,6 +3,7 @@
 //! arithmetic that master, agent and frameworks share.
 
 pub mod duration;
+pub mod heartbeat;
 pub mod limits;
 pub mod masters;
 #[cfg(test)]

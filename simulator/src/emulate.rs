@@ -187,7 +187,7 @@ impl Agent {
                     msg = inbound.message() => match msg {
                         Ok(Some(msg)) => {
                             if let Some(every) = self.master_message(msg, &tx, &ticks_tx) {
-                                heartbeat = tokio::time::interval(every);
+                                heartbeat = agora_proto::heartbeat::timer(&self.hostname(), every);
                             }
                         }
                         _ => break,

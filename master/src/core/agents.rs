@@ -50,7 +50,9 @@ impl Core {
     /// `max_agent_heartbeats_per_second`.
     pub(super) fn heartbeat_interval(&self) -> Duration {
         let per_second = self.config.max_agent_heartbeats_per_second.max(1.0);
-        let spread = Duration::from_secs_f64(self.agents.len() as f64 / per_second);
+        // In whole seconds, so it changes now and then as the cluster
+        // grows, not with every agent that joins.
+        let spread = Duration::from_secs_f64((self.agents.len() as f64 / per_second).ceil());
         (self.config.agent_timeout / 5)
             .max(spread)
             .max(Duration::from_millis(50))
