@@ -18,7 +18,8 @@ pub fn phase(key: &str, period: Duration) -> Duration {
 /// A heartbeat timer of `period` whose first tick comes at the key's phase.
 pub fn timer(key: &str, period: Duration) -> tokio::time::Interval {
     let period = period.max(Duration::from_millis(1));
-    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + phase(key, period), period);
+    let mut timer =
+        tokio::time::interval_at(tokio::time::Instant::now() + phase(key, period), period);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer
 }

@@ -559,6 +559,14 @@ impl Demand {
         self.tasks += count;
     }
 
+    /// Takes away `count` tasks of `each` (placed, or given up).
+    pub fn remove(&mut self, each: &Resources, count: u32) {
+        for _ in 0..count {
+            self.resources.subtract(&each.scalar_part());
+        }
+        self.tasks = self.tasks.saturating_sub(count);
+    }
+
     pub fn to_proto(&self) -> crate::v1::Demand {
         crate::v1::Demand {
             resources: self.resources.to_proto(),

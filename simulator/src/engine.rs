@@ -39,6 +39,13 @@ enum Ev {
     Sample,
 }
 
+/// One task of `job`.
+fn job_need(job: &TraceJob) -> Resources {
+    Resources::new()
+        .with_scalar("cpus", job.cpus)
+        .with_scalar("mem", job.mem)
+}
+
 /// What the simulator remembers of an offer: its framework and agent by
 /// number.
 #[derive(Clone, Copy)]
@@ -83,6 +90,9 @@ struct SimFramework {
     inbox: Vec<u64>,
     deciding: Option<Decision>,
     suppressed: bool,
+    /// What its arrived jobs still want placed, kept as they change (a
+    /// slow scheduler's backlog can be tens of thousands of jobs).
+    pending: Demand,
     /// What it last told the allocator it wants placed.
     demand: Demand,
     // Outcomes.
@@ -185,6 +195,7 @@ impl Sim {
                 inbox: Vec::new(),
                 deciding: None,
                 suppressed: true,
+                pending: Demand::default(),
                 demand: Demand::default(),
                 submitted: 0,
                 scheduled: 0,
@@ -346,10 +357,17 @@ impl Sim {
     fn arrival(&mut self, fw: usize) {
         let now = self.now;
         let f = &mut self.frameworks[fw];
-        // The job that arrives is the last one parked with no arrival time.
-        if let Some((_, job)) = f.queue.iter_mut().find(|(_, j)| j.arrived == u64::MAX) {
+        // The job that arrives is the one parked (at the back) with no
+        // arrival time.
+        if let Some((_, job)) = f
+            .queue
+            .iter_mut()
+            .rev()
+            .find(|(_, j)| j.arrived == u64::MAX)
+        {
             job.arrived = now;
             f.submitted += 1;
+            f.pending.add(&job_need(&job.job), job.remaining);
         }
         if f.suppressed {
             f.suppressed = false;
@@ -367,15 +385,7 @@ impl Sim {
     /// ignore it).
     fn declare_demand(&mut self, fw: usize) {
         let f = &mut self.frameworks[fw];
-        let mut demand = Demand::default();
-        for (_, job) in f.queue.iter().filter(|(_, j)| j.arrived != u64::MAX) {
-            let n = f64::from(job.remaining);
-            demand.resources = demand
-                .resources
-                .with_scalar("cpus", job.job.cpus * n)
-                .with_scalar("mem", job.job.mem * n);
-            demand.tasks += job.remaining;
-        }
+        let demand = f.pending.clone();
         if demand != f.demand {
             f.demand = demand.clone();
             let name = f.name.clone();
@@ -577,7 +587,9 @@ impl Sim {
         let f = &mut self.frameworks[fw];
         for (job_id, n) in launched_per_job {
             if let Some((_, job)) = f.queue.iter_mut().find(|(id, _)| *id == job_id) {
-                job.remaining = job.remaining.saturating_sub(n);
+                let placed = n.min(job.remaining);
+                job.remaining -= placed;
+                f.pending.remove(&job_need(&job.job), placed);
             }
         }
         let max_attempts = f.max_attempts;
@@ -588,6 +600,7 @@ impl Sim {
                 f.waits_ms.push(now.saturating_sub(job.arrived) as f64);
             } else if job.arrived != u64::MAX && job.attempts >= max_attempts {
                 f.abandoned += 1;
+                f.pending.remove(&job_need(&job.job), job.remaining);
             } else {
                 kept.push_back((id, job));
             }
@@ -694,6 +707,8 @@ impl Sim {
             let id = f.next_job_id;
             f.next_job_id += 1;
             f.submitted += 1;
+            // A lost task's resources are one task of its job's.
+            f.pending.add(&t.resources, count);
             f.queue.push_back((
                 id,
                 QueuedJob {
