@@ -22,13 +22,15 @@
 //! Writes `target/scale/scale.json` and plots (`scale-throughput.svg`,
 //! `scale-latency.svg`) there.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use agora_sim::report::{COLOURS, Scale, Series, line_chart};
+
+#[path = "support/dev.rs"]
+mod dev;
 
 /// A master process, killed when dropped.
 struct Master {
@@ -57,15 +59,7 @@ impl Master {
             .stdout(Stdio::piped())
             .spawn()
             .expect("agora master");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listen line");
-        let url = line
-            .trim()
-            .split_once("listening on ")
-            .map(|(_, u)| u.to_string())
-            .expect("listen line");
+        let url = dev::listen_url(&mut child);
         Master {
             child,
             url,

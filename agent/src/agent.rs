@@ -579,13 +579,12 @@ impl<C: Containerizer> Agent<C> {
                 if timeout.is_finite() && timeout > 0.0 {
                     self.agent_timeout = Some(Duration::from_secs_f64(timeout.min(86_400.0)));
                 }
-                let interval = ack.heartbeat_interval_seconds;
-                if interval.is_finite()
-                    && interval > 0.0
-                    && Duration::from_secs_f64(interval) != self.heartbeat
-                {
-                    self.heartbeat = Duration::from_secs_f64(interval.min(3600.0));
-                    return Some(self.heartbeat);
+                if let Some(interval) = agora_proto::heartbeat::new_interval(
+                    ack.heartbeat_interval_seconds,
+                    self.heartbeat,
+                ) {
+                    self.heartbeat = interval;
+                    return Some(interval);
                 }
             }
             master_message::Message::MarkedUnreachable(_) => {

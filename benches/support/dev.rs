@@ -35,20 +35,24 @@ pub fn start_dev(extra: &[String]) -> Dev {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("agora dev");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listen line");
-    let url = line
-        .trim()
-        .split_once("listening on ")
-        .map(|(_, u)| u.to_string())
-        .expect("listen line");
+    let url = listen_url(&mut child);
     Dev {
         child,
         url,
         _data: data,
     }
+}
+
+/// The URL in the `… listening on URL` line an `agora` process prints first.
+pub fn listen_url(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listen line");
+    line.trim()
+        .split_once("listening on ")
+        .map(|(_, u)| u.to_string())
+        .expect("listen line")
 }
 
 /// Extra `agora dev` flags from `AGORA_BENCH_DEV_ARGS` (e.g.

@@ -15,6 +15,14 @@ pub fn phase(key: &str, period: Duration) -> Duration {
     period.mul_f64((hash % 10_000) as f64 / 10_000.0)
 }
 
+/// The interval a master's answer asks for (`seconds`), if it is a new
+/// one (`0` or nonsense: keep `current`).
+pub fn new_interval(seconds: f64, current: Duration) -> Option<Duration> {
+    (seconds.is_finite() && seconds > 0.0)
+        .then(|| Duration::from_secs_f64(seconds.min(3600.0)))
+        .filter(|d| *d != current)
+}
+
 /// A heartbeat timer of `period` whose first tick comes at the key's phase.
 pub fn timer(key: &str, period: Duration) -> tokio::time::Interval {
     let period = period.max(Duration::from_millis(1));

@@ -536,6 +536,15 @@ impl Serialize for Resources {
     }
 }
 
+/// `count` times the scalars of `each`, exactly (in thousandths).
+fn times(each: &Resources, count: u32) -> Resources {
+    let mut out = Resources::new();
+    for (name, milli) in each.scalars.iter() {
+        out.scalars.add(name, milli * i64::from(count), false);
+    }
+    out
+}
+
 /// What a framework still wants placed: the sum of its pending tasks'
 /// resources, and how many tasks that is. The allocator's demand policy
 /// sizes the framework's offers to it.
@@ -553,17 +562,13 @@ impl Demand {
 
     /// Adds `count` tasks of `each`.
     pub fn add(&mut self, each: &Resources, count: u32) {
-        for _ in 0..count {
-            self.resources.add(&each.scalar_part());
-        }
+        self.resources.add(&times(each, count));
         self.tasks += count;
     }
 
     /// Takes away `count` tasks of `each` (placed, or given up).
     pub fn remove(&mut self, each: &Resources, count: u32) {
-        for _ in 0..count {
-            self.resources.subtract(&each.scalar_part());
-        }
+        self.resources.subtract(&times(each, count));
         self.tasks = self.tasks.saturating_sub(count);
     }
 
@@ -586,6 +591,25 @@ impl Demand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demand_adds_and_removes_tasks_exactly() {
+        let task = Resources::parse("cpus:0.1;mem:32;ports:[31000-31001]").expect("valid");
+        let mut d = Demand::default();
+        d.add(&task, 3);
+        assert_eq!(d.tasks, 3);
+        assert_eq!(d.resources.scalar("cpus"), 0.3);
+        assert_eq!(d.resources.scalar("mem"), 96.0);
+        assert!(
+            d.resources.ranges("ports").is_empty(),
+            "only scalars add up"
+        );
+        d.remove(&task, 2);
+        assert_eq!((d.tasks, d.resources.scalar("cpus")), (1, 0.1));
+        d.remove(&task, 5);
+        assert!(d.is_empty());
+        assert!(d.resources.is_empty());
+    }
 
     #[test]
     fn well_known_and_other_scalars_mix_in_name_order() {

@@ -336,13 +336,12 @@ impl Agent {
                 }
             }
             master_message::Message::HeartbeatAck(ack) => {
-                let every = ack.heartbeat_interval_seconds;
-                if every.is_finite()
-                    && every > 0.0
-                    && Duration::from_secs_f64(every) != self.heartbeat
-                {
-                    self.heartbeat = Duration::from_secs_f64(every.min(3600.0));
-                    return Some(self.heartbeat);
+                if let Some(every) = agora_proto::heartbeat::new_interval(
+                    ack.heartbeat_interval_seconds,
+                    self.heartbeat,
+                ) {
+                    self.heartbeat = every;
+                    return Some(every);
                 }
             }
         }

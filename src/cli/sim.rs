@@ -297,20 +297,16 @@ async fn emulate(
         agents_per_connection,
     };
     let progress = stats.clone();
-    let report = tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
-        loop {
-            every.tick().await;
-            use std::sync::atomic::Ordering::Relaxed;
-            eprintln!(
-                "emulated agents: {} of {agents} registered; tasks {} launched, {} finished, {} killed; {} status updates sent",
-                progress.registered.load(Relaxed),
-                progress.launched.load(Relaxed),
-                progress.finished.load(Relaxed),
-                progress.killed.load(Relaxed),
-                progress.updates_sent.load(Relaxed),
-            );
-        }
+    let report = every_two_seconds(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        format!(
+            "emulated agents: {} of {agents} registered; tasks {} launched, {} finished, {} killed; {} status updates sent",
+            progress.registered.load(Relaxed),
+            progress.launched.load(Relaxed),
+            progress.finished.load(Relaxed),
+            progress.killed.load(Relaxed),
+            progress.updates_sent.load(Relaxed),
+        )
     });
     let result = agora_sim::emulate::emulate(config, stats, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -347,19 +343,15 @@ async fn load(
         name: "load".into(),
     };
     let progress = stats.clone();
-    let report = tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
-        loop {
-            every.tick().await;
-            use std::sync::atomic::Ordering::Relaxed;
-            eprintln!(
-                "load: {} of {tasks} launched, {} running, {} ended ({} failed)",
-                progress.launched.load(Relaxed),
-                progress.running.load(Relaxed),
-                progress.ended.load(Relaxed),
-                progress.failed.load(Relaxed),
-            );
-        }
+    let report = every_two_seconds(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        format!(
+            "load: {} of {tasks} launched, {} running, {} ended ({} failed)",
+            progress.launched.load(Relaxed),
+            progress.running.load(Relaxed),
+            progress.ended.load(Relaxed),
+            progress.failed.load(Relaxed),
+        )
     });
     let result = agora_sim::load::run(config, stats).await;
     report.abort();
@@ -383,5 +375,17 @@ async fn load(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Prints `line()` on stderr every two seconds until the task is aborted:
+/// the progress of a long-running command.
+fn every_two_seconds(line: impl Fn() -> String + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            eprintln!("{}", line());
+        }
     })
 }

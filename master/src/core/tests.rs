@@ -86,21 +86,25 @@ impl Harness {
         self.core.end_of_burst();
     }
 
+    fn heartbeat(&mut self, agent: &AgentSession) {
+        self.send(CoreMsg::Agent {
+            conn: agent.conn,
+            tx: agent.tx.clone(),
+            msg: AgentMessage {
+                message: Some(agent_message::Message::Heartbeat(
+                    agent_message::Heartbeat::default(),
+                )),
+            },
+        });
+    }
+
     /// Advances time in steps, with `agent` heartbeating all along.
     async fn advance_alive(&mut self, agent: &AgentSession, by: Duration) {
         let step = Duration::from_secs(1);
         let mut left = by;
         while !left.is_zero() {
             let d = left.min(step);
-            self.send(CoreMsg::Agent {
-                conn: agent.conn,
-                tx: agent.tx.clone(),
-                msg: AgentMessage {
-                    message: Some(agent_message::Message::Heartbeat(
-                        agent_message::Heartbeat::default(),
-                    )),
-                },
-            });
+            self.heartbeat(agent);
             self.advance(d).await;
             left -= d;
         }
@@ -399,6 +403,17 @@ fn reported(framework: &str, id: &str, state: TaskState) -> v1::AgentTask {
     }
 }
 
+/// Acknowledges `task`'s update `uuid` (and `more`) in one call.
+fn acknowledge(task: &str, uuid: &[u8], more: Vec<v1::Acknowledgement>) -> Call {
+    Call::Acknowledge(v1::AcknowledgeRequest {
+        header: None,
+        agent_id: None,
+        task_id: Some(v1::TaskId { value: task.into() }),
+        uuid: uuid.to_vec(),
+        more,
+    })
+}
+
 fn accept(offer: &v1::Offer, tasks: Vec<v1::TaskInfo>) -> Call {
     Call::Accept(v1::AcceptRequest {
         offer_ids: vec![offer.id.clone().expect("offer id")],
@@ -421,17 +436,8 @@ fn running_task(h: &mut Harness, failover: f64) -> (AgentSession, FrameworkSessi
     assert_eq!(agent_kinds(&mut agent.rx), ["launch:t1"]);
     h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u1");
     let fid = framework.id.clone();
-    h.call(
-        &framework,
-        Call::Acknowledge(v1::AcknowledgeRequest {
-            agent_id: None,
-            task_id: Some(v1::TaskId { value: "t1".into() }),
-            uuid: b"u1".to_vec(),
-            header: None,
-            more: Vec::new(),
-        }),
-    )
-    .expect("ack");
+    h.call(&framework, acknowledge("t1", b"u1", Vec::new()))
+        .expect("ack");
     assert_eq!(h.task_state(&fid, "t1"), Some(TaskState::TaskRunning));
     drain(&mut agent.rx);
     drain(&mut framework.rx);
@@ -548,17 +554,9 @@ async fn updates_are_relayed_in_order_and_acknowledgements_reach_the_agent() {
         task_id: Some(v1::TaskId { value: task.into() }),
         uuid: uuid.to_vec(),
     };
+    let more = vec![ack("ghost", b"g1"), ack("t1", b"u2"), ack("t1", b"u3")];
     let refused = h
-        .call(
-            &framework,
-            Call::Acknowledge(v1::AcknowledgeRequest {
-                agent_id: None,
-                task_id: Some(v1::TaskId { value: "t1".into() }),
-                uuid: b"u1".to_vec(),
-                header: None,
-                more: vec![ack("ghost", b"g1"), ack("t1", b"u2"), ack("t1", b"u3")],
-            }),
-        )
+        .call(&framework, acknowledge("t1", b"u1", more))
         .expect_err("a ghost");
     assert_eq!(refused.code(), tonic::Code::NotFound);
     assert!(refused.message().contains("ghost"), "{refused:?}");
@@ -878,16 +876,7 @@ async fn a_big_cluster_heartbeats_less_often_and_waits_longer_for_silent_agents(
     assert_eq!(r.agent_timeout_seconds, 25.0);
     // Agents that registered while the cluster was small are told on
     // their next heartbeat.
-    let first = &agents[0];
-    h.send(CoreMsg::Agent {
-        conn: first.conn,
-        tx: first.tx.clone(),
-        msg: AgentMessage {
-            message: Some(agent_message::Message::Heartbeat(
-                agent_message::Heartbeat::default(),
-            )),
-        },
-    });
+    h.heartbeat(&agents[0]);
     let mut first_rx = drain(&mut agents.into_iter().next().expect("first").rx);
     let ack = first_rx
         .drain(..)
