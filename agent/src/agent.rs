@@ -618,10 +618,11 @@ impl<C: Containerizer> Agent<C> {
                     ));
                 }
                 self.retry_updates(true);
-                let interval = r.heartbeat_interval_seconds;
-                if interval.is_finite() && interval > 0.0 {
-                    self.heartbeat = Duration::from_secs_f64(interval);
-                    return Some(self.heartbeat);
+                if let Some(interval) =
+                    agora_proto::heartbeat::interval(r.heartbeat_interval_seconds)
+                {
+                    self.heartbeat = interval;
+                    return Some(interval);
                 }
             }
             master_message::Message::Launch(launch) => {

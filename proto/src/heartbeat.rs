@@ -15,12 +15,15 @@ pub fn phase(key: &str, period: Duration) -> Duration {
     period.mul_f64((hash % 10_000) as f64 / 10_000.0)
 }
 
-/// The interval a master's answer asks for (`seconds`), if it is a new
-/// one (`0` or nonsense: keep `current`).
+/// The interval a master's message asks for (`seconds`; `0` or nonsense:
+/// none), at most an hour.
+pub fn interval(seconds: f64) -> Option<Duration> {
+    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)))
+}
+
+/// [`interval`], if it differs from `current`.
 pub fn new_interval(seconds: f64, current: Duration) -> Option<Duration> {
-    (seconds.is_finite() && seconds > 0.0)
-        .then(|| Duration::from_secs_f64(seconds.min(3600.0)))
-        .filter(|d| *d != current)
+    interval(seconds).filter(|d| *d != current)
 }
 
 /// A heartbeat timer of `period` whose first tick comes at the key's phase.

@@ -279,10 +279,10 @@ impl Agent {
                     self.secret = r.secret;
                 }
                 self.stats.registered.fetch_add(1, Ordering::Relaxed);
-                let every = r.heartbeat_interval_seconds;
-                if every.is_finite() && every > 0.0 {
-                    self.heartbeat = Duration::from_secs_f64(every);
-                    return Some(self.heartbeat);
+                if let Some(every) = agora_proto::heartbeat::interval(r.heartbeat_interval_seconds)
+                {
+                    self.heartbeat = every;
+                    return Some(every);
                 }
             }
             master_message::Message::Launch(launch) => {
