@@ -15,7 +15,7 @@ use agora_proto::v1::{
 use agora_proto::{Resources, is_terminal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -104,8 +104,17 @@ impl TaskRecord {
     }
 }
 
+/// Messages queued for the master before the agent drops what it would
+/// send (see `Agent::send`).
+const SESSION_CAPACITY: usize = 1024;
+/// Task events (launched, exited, health) queued for the agent's loop;
+/// past it, the tasks reporting them wait.
+const TASK_EVENTS_CAPACITY: usize = 1024;
+/// Requests from the agent's HTTP API queued for its loop.
+pub(crate) const REQUESTS_CAPACITY: usize = 256;
+
 struct Session {
-    tx: mpsc::UnboundedSender<AgentMessage>,
+    tx: mpsc::Sender<AgentMessage>,
     registered: bool,
 }
 
@@ -123,7 +132,7 @@ pub(crate) struct Agent<C: Containerizer> {
     /// it declares this agent unreachable (known once registered).
     master_contact: Instant,
     agent_timeout: Option<Duration>,
-    events_tx: mpsc::UnboundedSender<TaskEvent>,
+    events_tx: mpsc::Sender<TaskEvent>,
     checkpoints: Checkpoints,
 }
 
@@ -160,13 +169,7 @@ struct SessionRefused {
 /// Opens the session stream to the master.
 async fn open_session(
     master: String,
-) -> Result<
-    (
-        mpsc::UnboundedSender<AgentMessage>,
-        Streaming<MasterMessage>,
-    ),
-    SessionRefused,
-> {
+) -> Result<(mpsc::Sender<AgentMessage>, Streaming<MasterMessage>), SessionRefused> {
     let refused = |message: String| SessionRefused {
         message,
         leader: None,
@@ -181,11 +184,11 @@ async fn open_session(
         .connect()
         .await
         .map_err(|e| refused(format!("connecting to {master}: {e}")))?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(SESSION_CAPACITY);
     let inbound = AgentServiceClient::new(channel)
         .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
-        .session(UnboundedReceiverStream::new(rx))
+        .session(ReceiverStream::new(rx))
         .await
         .map_err(|status| SessionRefused {
             message: format!("opening a session with {master}: {}", status.message()),
@@ -200,8 +203,8 @@ impl<C: Containerizer> Agent<C> {
         config: AgentConfig,
         resources: Resources,
         containerizer: C,
-    ) -> (Self, mpsc::UnboundedReceiver<TaskEvent>) {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+    ) -> (Self, mpsc::Receiver<TaskEvent>) {
+        let (events_tx, events_rx) = mpsc::channel(TASK_EVENTS_CAPACITY);
         let agent_id = std::fs::read_to_string(config.data_dir.join("agent_id"))
             .ok()
             .map(|s| s.trim().to_string())
@@ -231,8 +234,8 @@ impl<C: Containerizer> Agent<C> {
 
     pub(crate) async fn run(
         mut self,
-        mut events: mpsc::UnboundedReceiver<TaskEvent>,
-        mut requests: mpsc::UnboundedReceiver<AgentRequest>,
+        mut events: mpsc::Receiver<TaskEvent>,
+        mut requests: mpsc::Receiver<AgentRequest>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -523,9 +526,11 @@ impl<C: Containerizer> Agent<C> {
         out
     }
 
+    /// Queues a message for the master. A full session drops it: updates
+    /// are retried until acknowledged, heartbeats recur.
     fn send(&self, message: agent_message::Message) -> bool {
         self.session.as_ref().is_some_and(|s| {
-            s.tx.send(AgentMessage {
+            s.tx.try_send(AgentMessage {
                 message: Some(message),
             })
             .is_ok()
@@ -800,7 +805,7 @@ impl<C: Containerizer> Agent<C> {
             let started = std::time::Instant::now();
             let result = containerizer.launch(&spec).map_err(|e| e.to_string());
             debug!(elapsed = ?started.elapsed(), "containerizer launch");
-            let _ = events.send(TaskEvent::Launched { key, result });
+            let _ = events.blocking_send(TaskEvent::Launched { key, result });
         });
     }
 
@@ -871,12 +876,20 @@ impl<C: Containerizer> Agent<C> {
         let span = info_span!("health", framework = %key.0, task = %key.1);
         let handle = tokio::spawn(
             run_checks(check, target, move |event| {
-                events
-                    .send(TaskEvent::Health {
-                        key: event_key.clone(),
-                        event,
-                    })
-                    .is_ok()
+                let event = TaskEvent::Health {
+                    key: event_key.clone(),
+                    event,
+                };
+                match events.try_send(event) {
+                    Ok(()) => true,
+                    // Not dropped: health changes are reported once.
+                    Err(mpsc::error::TrySendError::Full(event)) => {
+                        let events = events.clone();
+                        tokio::spawn(async move { events.send(event).await });
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
             })
             .instrument(span),
         );
@@ -1116,7 +1129,7 @@ impl<C: Containerizer> Agent<C> {
 
     /// Kills every running task and waits (bounded) for them to end: with
     /// no recovery yet, a stopping agent must not leave untracked processes.
-    async fn stop_tasks(&mut self, events: &mut mpsc::UnboundedReceiver<TaskEvent>) {
+    async fn stop_tasks(&mut self, events: &mut mpsc::Receiver<TaskEvent>) {
         let mut running = 0;
         for t in self.tasks.values_mut() {
             if let Some(kill) = t.kill.take() {
@@ -1192,7 +1205,7 @@ async fn supervise(
     key: TaskKey,
     mut container: Box<dyn Container>,
     kill: oneshot::Receiver<Duration>,
-    events: mpsc::UnboundedSender<TaskEvent>,
+    events: mpsc::Sender<TaskEvent>,
 ) {
     let mut killed = false;
     // A dropped sender is the agent shutting down, not a kill: the task
@@ -1279,13 +1292,15 @@ async fn supervise(
             None,
         ),
     };
-    let _ = events.send(TaskEvent::Exited {
-        key,
-        state,
-        message,
-        reason,
-        exit_code,
-    });
+    let _ = events
+        .send(TaskEvent::Exited {
+            key,
+            state,
+            message,
+            reason,
+            exit_code,
+        })
+        .await;
 }
 
 fn task_done(task: Option<&TaskRecord>) -> bool {

@@ -22,12 +22,12 @@ const MAX_READ: u64 = 1 << 20;
 
 #[derive(Clone)]
 struct AgentApi {
-    requests: mpsc::UnboundedSender<AgentRequest>,
+    requests: mpsc::Sender<AgentRequest>,
     sandboxes: PathBuf,
 }
 
 /// The agent's routes.
-pub(crate) fn router(requests: mpsc::UnboundedSender<AgentRequest>, sandboxes: PathBuf) -> Router {
+pub(crate) fn router(requests: mpsc::Sender<AgentRequest>, sandboxes: PathBuf) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/api/v1/containers", get(containers))
@@ -51,7 +51,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn containers(State(api): State<AgentApi>) -> Response {
     let (reply, answer) = oneshot::channel();
-    if api.requests.send(AgentRequest::Containers(reply)).is_err() {
+    if api
+        .requests
+        .send(AgentRequest::Containers(reply))
+        .await
+        .is_err()
+    {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent is shutting down",

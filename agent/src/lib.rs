@@ -123,7 +123,7 @@ pub async fn run<C: Containerizer>(
         .resources
         .clone()
         .unwrap_or_else(|| detect::detect(&config.data_dir));
-    let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(agent::REQUESTS_CAPACITY);
     let mut endpoint = String::new();
     if let Some(listener) = http {
         if let Ok(addr) = listener.local_addr() {

@@ -15,30 +15,49 @@ use agora_proto::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::{Call, CoreMsg};
+use crate::outbound::{AGENT_STREAM_CAPACITY, FRAMEWORK_STREAM_CAPACITY, Outbound};
 
-/// A handle for sending messages to the core.
+/// A handle for sending messages to the core. Its queue is bounded: a
+/// sender waits while the core is behind.
 #[derive(Clone)]
 pub struct CoreHandle {
-    tx: mpsc::UnboundedSender<CoreMsg>,
+    tx: mpsc::Sender<CoreMsg>,
     next_conn: Arc<AtomicU64>,
 }
 
 impl CoreHandle {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<CoreMsg>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<CoreMsg>) -> Self {
         CoreHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
         }
     }
 
-    pub(crate) fn send(&self, msg: CoreMsg) -> Result<(), Status> {
+    pub(crate) async fn send(&self, msg: CoreMsg) -> Result<(), Status> {
         self.tx
             .send(msg)
+            .await
             .map_err(|_| Status::unavailable("the master is shutting down"))
+    }
+
+    /// For drop guards, which cannot wait: straight in if there is room,
+    /// else from a task of its own.
+    fn send_from_drop(&self, msg: CoreMsg) {
+        match self.tx.try_send(msg) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let core = self.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = core.send(msg).await;
+                    });
+                }
+            }
+        }
     }
 
     async fn call(
@@ -51,7 +70,8 @@ impl CoreHandle {
             header,
             call,
             reply,
-        })?;
+        })
+        .await?;
         answer
             .await
             .map_err(|_| Status::unavailable("the master is shutting down"))??;
@@ -61,7 +81,7 @@ impl CoreHandle {
 
 /// A stream that tells the core when the peer drops it.
 struct Guarded<T> {
-    inner: UnboundedReceiverStream<Result<T, Status>>,
+    inner: ReceiverStream<Result<T, Status>>,
     on_drop: Option<(CoreHandle, CoreMsg)>,
 }
 
@@ -75,7 +95,7 @@ impl<T> Stream for Guarded<T> {
 impl<T> Drop for Guarded<T> {
     fn drop(&mut self) {
         if let Some((core, msg)) = self.on_drop.take() {
-            let _ = core.send(msg);
+            core.send_from_drop(msg);
         }
     }
 }
@@ -101,19 +121,20 @@ impl Scheduler for CoreHandle {
             .framework_info
             .ok_or_else(|| Status::invalid_argument("subscribe: framework_info is required"))?;
         check_webui_url(&info.webui_url, peer).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = Outbound::channel(FRAMEWORK_STREAM_CAPACITY);
         let (reply, answer) = oneshot::channel();
         self.send(CoreMsg::Subscribe {
             info,
             secret,
             tx,
             reply,
-        })?;
+        })
+        .await?;
         let (framework_id, stream_id) = answer
             .await
             .map_err(|_| Status::unavailable("the master is shutting down"))??;
         let stream = Guarded {
-            inner: UnboundedReceiverStream::new(rx),
+            inner: ReceiverStream::new(rx),
             on_drop: Some((
                 self.clone(),
                 CoreMsg::FrameworkClosed {
@@ -222,7 +243,7 @@ impl AgentService for CoreHandle {
     ) -> Result<Response<MasterStream>, Status> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = Outbound::channel(AGENT_STREAM_CAPACITY);
         let core = self.clone();
         let out_tx = tx.clone();
         tokio::spawn(async move {
@@ -235,6 +256,7 @@ impl AgentService for CoreHandle {
                                 tx: out_tx.clone(),
                                 msg,
                             })
+                            .await
                             .is_err()
                         {
                             break;
@@ -246,10 +268,10 @@ impl AgentService for CoreHandle {
                     }
                 }
             }
-            let _ = core.send(CoreMsg::AgentClosed { conn });
+            let _ = core.send(CoreMsg::AgentClosed { conn }).await;
         });
         let stream = Guarded {
-            inner: UnboundedReceiverStream::new(rx),
+            inner: ReceiverStream::new(rx),
             on_drop: Some((self.clone(), CoreMsg::AgentClosed { conn })),
         };
         Ok(Response::new(Box::pin(stream)))

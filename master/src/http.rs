@@ -16,15 +16,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use std::sync::Arc;
+
 use tokio::sync::{broadcast, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::allocator::RoleShare;
 use crate::core::{CoreMsg, Operator, OperatorError};
 use crate::events::ClusterEvent;
 use crate::grpc::CoreHandle;
-use crate::state::{StateView, TaskView};
+use crate::snapshot::{Reader, Snapshot};
+use crate::state::{AgentView, TaskView};
 use crate::ui;
 
 /// Most tasks one page may hold.
@@ -33,12 +35,18 @@ const MAX_PAGE: usize = 1000;
 #[derive(Clone)]
 struct Api {
     core: CoreHandle,
+    /// Snapshots of the state, fresh for each request.
+    snapshots: Reader,
     events: broadcast::Sender<ClusterEvent>,
     client: reqwest::Client,
 }
 
 /// The operator routes.
-pub fn router(core: CoreHandle, events: broadcast::Sender<ClusterEvent>) -> Router {
+pub fn router(
+    core: CoreHandle,
+    snapshots: Reader,
+    events: broadcast::Sender<ClusterEvent>,
+) -> Router {
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/{file}", get(ui::asset))
@@ -64,6 +72,7 @@ pub fn router(core: CoreHandle, events: broadcast::Sender<ClusterEvent>) -> Rout
         .fallback(framework_proxy)
         .with_state(Api {
             core,
+            snapshots,
             events,
             // The relay hands back redirects rather than following them.
             client: reqwest::Client::builder()
@@ -89,40 +98,50 @@ async fn ask<T>(
     msg: impl FnOnce(oneshot::Sender<T>) -> CoreMsg,
 ) -> Result<T, Response> {
     let (reply, answer) = oneshot::channel();
-    core.send(msg(reply)).map_err(|_| unavailable())?;
+    core.send(msg(reply)).await.map_err(|_| unavailable())?;
     answer.await.map_err(|_| unavailable())
 }
 
-async fn snapshot(api: &Api) -> Result<StateView, Response> {
-    ask(&api.core, |reply| CoreMsg::Snapshot { reply }).await
+/// A snapshot no older than the request.
+async fn snapshot(api: &Api) -> Arc<Snapshot> {
+    api.snapshots.fresh().await
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn health() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-async fn state(State(api): State<Api>) -> Response {
-    match snapshot(&api).await {
-        Ok(view) => Json(view).into_response(),
-        Err(r) => r,
+/// JSON built on a blocking thread: a big cluster's state takes a while to
+/// serialize, and the runtime's workers also run the core.
+async fn json_off_runtime<F>(build: F) -> Response
+where
+    F: FnOnce() -> serde_json::Result<Vec<u8>> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(build).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+async fn state(State(api): State<Api>) -> Response {
+    let snap = snapshot(&api).await;
+    json_off_runtime(move || serde_json::to_vec(&snap.state(unix_ms()))).await
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    match ask(&api.core, |reply| CoreMsg::Metrics { reply }).await {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(r) => r,
-    }
+    let text = snapshot(&api).await.render_metrics();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// An agent with the tasks on it.
-fn agent_json(view: &StateView, index: usize) -> Value {
-    let a = &view.agents[index];
-    let tasks: Vec<&TaskView> = view
-        .tasks
-        .iter()
-        .filter(|t| t.agent_id == a.id && !is_ended(&t.state))
-        .collect();
+fn agent_json(a: &AgentView, tasks: &[&TaskView]) -> Value {
     // What the agent's running tasks use now, summed from their reports.
     let usage = tasks.iter().filter_map(|t| t.usage.as_ref()).fold(
         json!({ "cpu_seconds": 0.0, "memory_bytes": 0, "pids": 0 }),
@@ -143,48 +162,58 @@ fn is_ended(state: &str) -> bool {
     agora_proto::v1::TaskState::from_str_name(state).is_some_and(agora_proto::is_terminal)
 }
 
-async fn agents(State(api): State<Api>) -> Response {
-    match snapshot(&api).await {
-        Ok(view) => {
-            let list: Vec<Value> = (0..view.agents.len())
-                .map(|i| agent_json(&view, i))
-                .collect();
-            Json(json!({ "agents": list })).into_response()
-        }
-        Err(r) => r,
+/// Live tasks grouped by agent, in one pass.
+fn live_tasks_by_agent(snap: &Snapshot) -> HashMap<&str, Vec<&TaskView>> {
+    let mut by_agent: HashMap<&str, Vec<&TaskView>> = HashMap::new();
+    for t in snap.tasks_sorted().filter(|t| !is_ended(&t.state)) {
+        by_agent.entry(t.agent_id.as_str()).or_default().push(t);
     }
+    by_agent
+}
+
+async fn agents(State(api): State<Api>) -> Response {
+    let snap = snapshot(&api).await;
+    json_off_runtime(move || {
+        let by_agent = live_tasks_by_agent(&snap);
+        let list: Vec<Value> = snap
+            .agents_sorted()
+            .into_iter()
+            .map(|a| agent_json(a, by_agent.get(a.id.as_str()).map_or(&[], Vec::as_slice)))
+            .collect();
+        serde_json::to_vec(&json!({ "agents": list }))
+    })
+    .await
 }
 
 async fn agent(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match snapshot(&api).await {
-        Ok(view) => match view.agents.iter().position(|a| a.id == id) {
-            Some(i) => Json(agent_json(&view, i)).into_response(),
-            None => error(StatusCode::NOT_FOUND, format!("unknown agent `{id}`")),
-        },
-        Err(r) => r,
+    let snap = snapshot(&api).await;
+    match snap.agents.get(id.as_str()) {
+        Some(a) => {
+            let tasks: Vec<&TaskView> = snap
+                .tasks_sorted()
+                .filter(|t| t.agent_id == id && !is_ended(&t.state))
+                .collect();
+            Json(agent_json(a, &tasks)).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("unknown agent `{id}`")),
     }
 }
 
 async fn frameworks(State(api): State<Api>) -> Response {
-    match snapshot(&api).await {
-        Ok(view) => Json(json!({ "frameworks": view.frameworks })).into_response(),
-        Err(r) => r,
-    }
+    let snap = snapshot(&api).await;
+    Json(json!({ "frameworks": snap.frameworks_sorted() })).into_response()
 }
 
 async fn framework(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match snapshot(&api).await {
-        Ok(view) => match view.frameworks.iter().find(|f| f.id == id) {
-            Some(f) => {
-                let tasks: Vec<&TaskView> =
-                    view.tasks.iter().filter(|t| t.framework_id == id).collect();
-                let mut value = json!(f);
-                value["tasks"] = json!(tasks);
-                Json(value).into_response()
-            }
-            None => error(StatusCode::NOT_FOUND, format!("unknown framework `{id}`")),
-        },
-        Err(r) => r,
+    let snap = snapshot(&api).await;
+    match snap.frameworks.get(id.as_str()) {
+        Some(f) => {
+            let tasks: Vec<&TaskView> = snap.tasks_of(&id).collect();
+            let mut value = json!(f.as_ref());
+            value["tasks"] = json!(tasks);
+            Json(value).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("unknown framework `{id}`")),
     }
 }
 
@@ -235,54 +264,64 @@ async fn tasks(State(api): State<Api>, Query(params): Query<HashMap<String, Stri
         }
         Err(r) => return r,
     };
-    let view = match snapshot(&api).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let matching: Vec<&TaskView> = view
-        .tasks
-        .iter()
-        .filter(|t| params.get("framework").is_none_or(|f| *f == t.framework_id))
-        .filter(|t| params.get("agent").is_none_or(|a| *a == t.agent_id))
-        .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
-        .collect();
-    let page: Vec<&&TaskView> = matching.iter().skip(offset).take(limit).collect();
-    Json(json!({ "tasks": page, "total": matching.len(), "offset": offset, "limit": limit }))
-        .into_response()
+    let snap = snapshot(&api).await;
+    let (page, total): (Vec<&TaskView>, usize) =
+        if !params.contains_key("agent") && !params.contains_key("state") {
+            match params.get("framework") {
+                // Unfiltered: the page alone is read.
+                None => (
+                    snap.tasks_sorted().skip(offset).take(limit).collect(),
+                    snap.tasks.len(),
+                ),
+                Some(f) => {
+                    let page = snap.tasks_of(f).skip(offset).take(limit).collect();
+                    (page, snap.tasks_of(f).count())
+                }
+            }
+        } else {
+            let framework = params.get("framework");
+            let matching: Vec<&TaskView> = match framework {
+                Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
+                None => Box::new(snap.tasks_sorted()),
+            }
+            .filter(|t| params.get("agent").is_none_or(|a| *a == t.agent_id))
+            .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
+            .collect();
+            let total = matching.len();
+            (
+                matching.into_iter().skip(offset).take(limit).collect(),
+                total,
+            )
+        };
+    Json(json!({ "tasks": page, "total": total, "offset": offset, "limit": limit })).into_response()
 }
 
 /// The task called `id` (live ones first, for ids reused after an end).
-fn find_task(view: &StateView, id: &str) -> Option<TaskView> {
-    let mut candidates: Vec<&TaskView> = view.tasks.iter().filter(|t| t.id == id).collect();
+fn find_task<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a TaskView> {
+    let mut candidates: Vec<&TaskView> = snap.tasks_sorted().filter(|t| t.id == id).collect();
     candidates.sort_by_key(|t| is_ended(&t.state));
-    candidates.first().map(|t| (*t).clone())
+    candidates.first().copied()
 }
 
 async fn task(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match snapshot(&api).await {
-        Ok(view) => match find_task(&view, &id) {
-            Some(t) => Json(t).into_response(),
-            None => error(StatusCode::NOT_FOUND, format!("unknown task `{id}`")),
-        },
-        Err(r) => r,
+    let snap = snapshot(&api).await;
+    match find_task(&snap, &id) {
+        Some(t) => Json(t).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("unknown task `{id}`")),
     }
 }
 
 /// The agent endpoint and sandbox path of a task, or an error response.
 async fn sandbox_of(api: &Api, id: &str) -> Result<(String, String), Response> {
-    let view = snapshot(api).await?;
-    let task = find_task(&view, id)
+    let snap = snapshot(api).await;
+    let task = find_task(&snap, id)
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("unknown task `{id}`")))?;
-    let agent = view
-        .agents
-        .iter()
-        .find(|a| a.id == task.agent_id)
-        .ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("task `{id}`'s agent is gone"),
-            )
-        })?;
+    let agent = snap.agents.get(task.agent_id.as_str()).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("task `{id}`'s agent is gone"),
+        )
+    })?;
     if agent.endpoint.is_empty() {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -384,17 +423,13 @@ async fn task_file_read(
 }
 
 async fn offers(State(api): State<Api>) -> Response {
-    match snapshot(&api).await {
-        Ok(view) => Json(json!({ "offers": view.offers })).into_response(),
-        Err(r) => r,
-    }
+    let snap = snapshot(&api).await;
+    Json(json!({ "offers": snap.offers_aged(unix_ms()) })).into_response()
 }
 
 async fn roles(State(api): State<Api>) -> Response {
-    match ask::<Vec<RoleShare>>(&api.core, |reply| CoreMsg::Roles { reply }).await {
-        Ok(roles) => Json(json!({ "roles": roles })).into_response(),
-        Err(r) => r,
-    }
+    let snap = snapshot(&api).await;
+    Json(json!({ "roles": snap.roles.as_ref() })).into_response()
 }
 
 async fn act(api: &Api, op: Operator) -> Response {
@@ -543,15 +578,16 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
         return not_found();
     };
     let name = name.to_string();
-    let base = match ask(&api.core, |reply| CoreMsg::FrameworkUrl {
-        name: name.clone(),
-        reply,
-    })
-    .await
-    {
-        Ok(Some(url)) => url,
-        Ok(None) => return not_found(),
-        Err(r) => return r,
+    let announced = snapshot(&api)
+        .await
+        .frameworks
+        .values()
+        .filter(|f| f.name == name && !f.webui_url.is_empty())
+        // A connected one before one that is away.
+        .max_by_key(|f| f.active)
+        .map(|f| f.webui_url.clone());
+    let Some(base) = announced else {
+        return not_found();
     };
     let target = format!(
         "{}{}",

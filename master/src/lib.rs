@@ -12,8 +12,10 @@ mod http;
 pub mod leadership;
 pub mod metrics;
 pub mod offer_book;
+pub mod outbound;
 pub mod registry;
 mod serve;
+pub mod snapshot;
 pub mod state;
 mod ui;
 
@@ -80,7 +82,7 @@ pub async fn run(
         Backing::Etcd(ha) => ha.advertise.clone(),
         Backing::Embedded(_) => format!("http://{addr}"),
     };
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(outbound::CORE_INBOX_CAPACITY);
     let handle = grpc::CoreHandle::new(tx);
     // Slow event readers lag and are told so; the core never waits on them.
     let (events, _) = tokio::sync::broadcast::channel(4096);
@@ -104,7 +106,8 @@ pub async fn run(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
     .into_axum_router();
-    let operator = http::router(handle, events.clone());
+    let (publisher, reader) = snapshot::channel();
+    let operator = http::router(handle, reader, events.clone());
     // gRPC and HTTP share the port; both routers have their own fallback, so
     // requests are steered by content type rather than merged by path.
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -187,7 +190,8 @@ pub async fn run(
             (Registry::on(store), Some(leadership))
         }
     };
-    let core = core::Core::recover(config, events, registry)?;
+    let mut core = core::Core::recover(config, events, registry)?;
+    core.publish_to(publisher);
     role_tx.send_replace(Role::Leading);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
     let mut core = tokio::spawn(core.run(

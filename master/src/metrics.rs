@@ -58,6 +58,11 @@ pub struct Metrics {
     /// Registrations refused: a wrong secret, or an agent marked gone.
     pub registrations_refused: u64,
     pub status_updates: u64,
+    /// Agent-reported updates not forwarded because the framework's stream
+    /// was full (the agent retries them).
+    pub updates_deferred: u64,
+    /// Peer streams ended because the peer fell too far behind.
+    pub peer_streams_cut: u64,
     pub allocation_pass_seconds: Histogram,
     /// From the master relaying an agent's update to the framework's
     /// acknowledgement of it.
@@ -74,6 +79,8 @@ impl Default for Metrics {
             invalid_accepts: 0,
             registrations_refused: 0,
             status_updates: 0,
+            updates_deferred: 0,
+            peer_streams_cut: 0,
             allocation_pass_seconds: Histogram::new(PASS_BOUNDS),
             status_update_ack_seconds: Histogram::new(UPDATE_BOUNDS),
         }
@@ -207,6 +214,18 @@ impl Metrics {
             "agora_status_updates_total",
             "Status updates received from agents.",
             self.status_updates,
+        );
+        counter(
+            &mut out,
+            "agora_status_updates_deferred_total",
+            "Agent-reported updates not forwarded because the framework's stream was full (the agent retries them).",
+            self.updates_deferred,
+        );
+        counter(
+            &mut out,
+            "agora_peer_streams_cut_total",
+            "Agent sessions ended because the agent fell too far behind.",
+            self.peer_streams_cut,
         );
         self.allocation_pass_seconds.render(
             &mut out,

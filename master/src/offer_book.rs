@@ -4,7 +4,7 @@
 //! offers here, so an offer made, accepted, declined, rescinded or timed out
 //! charges the allocator the same way in both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agora_proto::Resources;
 
@@ -26,12 +26,15 @@ pub struct OpenOffer<T = ()> {
 #[derive(Debug)]
 pub struct OfferBook<K: Ord + Clone, T = ()> {
     offers: BTreeMap<K, OpenOffer<T>>,
+    /// Ids opened or ended since last asked, when the keeper follows them.
+    changed: Option<BTreeSet<K>>,
 }
 
 impl<K: Ord + Clone, T> Default for OfferBook<K, T> {
     fn default() -> Self {
         OfferBook {
             offers: BTreeMap::new(),
+            changed: None,
         }
     }
 }
@@ -41,8 +44,37 @@ impl<K: Ord + Clone, T> OfferBook<K, T> {
         Self::default()
     }
 
+    /// A book that records which offers opened or ended, for
+    /// [`OfferBook::take_changed`].
+    pub fn tracking_changes() -> Self {
+        OfferBook {
+            offers: BTreeMap::new(),
+            changed: Some(BTreeSet::new()),
+        }
+    }
+
+    /// Whether offers opened or ended since the last `take_changed`.
+    pub fn has_changes(&self) -> bool {
+        self.changed.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
+    /// Offers opened or ended since the last call (none unless tracking).
+    pub fn take_changed(&mut self) -> BTreeSet<K> {
+        self.changed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, id: &K) {
+        if let Some(changed) = &mut self.changed {
+            changed.insert(id.clone());
+        }
+    }
+
     /// Records what a pass allocated as an outstanding offer `id`.
     pub fn open(&mut self, id: K, allocation: Allocation, now: Millis, tag: T) {
+        self.record(&id);
         self.offers.insert(
             id,
             OpenOffer {
@@ -80,6 +112,7 @@ impl<K: Ord + Clone, T> OfferBook<K, T> {
     /// (with [`Allocator::recover`]).
     pub fn take(&mut self, id: &K, allocator: &mut dyn Allocator) -> Option<OpenOffer<T>> {
         let offer = self.offers.remove(id)?;
+        self.record(id);
         allocator.offer_ended(&offer.framework, &offer.agent, &offer.resources);
         Some(offer)
     }
@@ -106,7 +139,14 @@ impl<K: Ord + Clone, T> OfferBook<K, T> {
     /// Drops a framework's offers without telling the allocator (which is
     /// removing the framework with everything it held).
     pub fn forget_framework(&mut self, framework: &str) {
-        self.offers.retain(|_, o| o.framework != framework);
+        let changed = &mut self.changed;
+        self.offers.retain(|id, o| {
+            let keep = o.framework != framework;
+            if !keep && let Some(changed) = changed.as_mut() {
+                changed.insert(id.clone());
+            }
+            keep
+        });
     }
 
     /// The ids of the offers that match `pred`.

@@ -23,7 +23,13 @@ pub struct OfferView {
     pub agent_id: String,
     pub resources: Resources,
     pub age_seconds: f64,
+    /// When it was made (Unix ms): its age is counted from this.
+    #[serde(skip)]
+    pub made_at_ms: u64,
 }
+
+/// The statuses an agent can be in (see [`AgentView::status`]).
+pub const AGENT_STATUSES: [&str; 3] = ["active", "disconnected", "unreachable"];
 
 /// One agent.
 #[derive(Clone, Debug, Serialize)]

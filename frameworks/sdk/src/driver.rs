@@ -154,6 +154,8 @@ fn lazy_client(url: &str) -> Result<SchedulerClient<Channel>, String> {
 
 /// Most acknowledgements in one call.
 const MAX_ACKS_PER_CALL: usize = 1000;
+/// Calls' worth of acknowledgements queued before the event loop waits.
+const ACKS_QUEUED: usize = 4;
 
 /// Acknowledges status updates in the background, off the event loop: one
 /// call at a time, carrying everything that piled up while the previous
@@ -161,13 +163,16 @@ const MAX_ACKS_PER_CALL: usize = 1000;
 /// round trip each. A task has at most one update unacknowledged, so order
 /// is kept per task.
 struct Acker {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<v1::TaskStatus>>,
+    tx: Option<tokio::sync::mpsc::Sender<v1::TaskStatus>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Acker {
     fn start(driver: Driver) -> Acker {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<v1::TaskStatus>();
+        // Bounded: while acknowledgements lag, the event loop waits for
+        // room, stops reading its stream, and the master slows down.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<v1::TaskStatus>(ACKS_QUEUED * MAX_ACKS_PER_CALL);
         let task = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -188,9 +193,9 @@ impl Acker {
         }
     }
 
-    fn send(&self, status: v1::TaskStatus) {
+    async fn send(&self, status: v1::TaskStatus) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(status);
+            let _ = tx.send(status).await;
         }
     }
 
@@ -613,7 +618,7 @@ impl Driver {
                         if let Some(status) = u.status {
                             scheduler.status_update(self, status.clone()).await;
                             if self.config.auto_acknowledge {
-                                acker.send(status);
+                                acker.send(status).await;
                             }
                         }
                     }

@@ -23,14 +23,14 @@ impl Core {
                 };
                 // The agent learns the master still hears it (tasks that
                 // must not outlive a partition depend on it).
-                let _ = tx.send(Ok(MasterMessage {
+                let _ = tx.send(MasterMessage {
                     message: Some(master_message::Message::HeartbeatAck(
                         master_message::HeartbeatAck {
                             heartbeat_interval_seconds: self.heartbeat_interval().as_secs_f64(),
                             agent_timeout_seconds: self.agent_timeout().as_secs_f64(),
                         },
                     )),
-                }));
+                });
                 for u in heartbeat.usage {
                     let key = (
                         u.framework_id.map(|f| f.value).unwrap_or_default(),
@@ -79,17 +79,15 @@ impl Core {
         register: agent_message::Register,
     ) {
         let Some(info) = register.agent_info else {
-            let _ = tx.send(Err(Status::invalid_argument(
-                "register: agent_info is required",
-            )));
+            tx.close(Status::invalid_argument("register: agent_info is required"));
             return;
         };
         let total = match Resources::from_proto(&info.resources) {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.send(Err(Status::invalid_argument(format!(
+                tx.close(Status::invalid_argument(format!(
                     "register: agent_info.resources: {e}"
-                ))));
+                )));
                 return;
             }
         };
@@ -99,16 +97,16 @@ impl Core {
         if self.gone_agents.contains(&id) {
             warn!("an agent marked gone tried to register; telling it to kill its tasks");
             self.metrics.registrations_refused += 1;
-            let _ = tx.send(Ok(MasterMessage {
+            let _ = tx.send(MasterMessage {
                 message: Some(master_message::Message::Shutdown(
                     master_message::Shutdown {
                         message: "an operator marked this agent gone".into(),
                     },
                 )),
-            }));
-            let _ = tx.send(Err(Status::permission_denied(format!(
+            });
+            tx.close(Status::permission_denied(format!(
                 "agent `{id}` was marked gone by an operator; wipe its data directory to join as a new agent"
-            ))));
+            )));
             return;
         }
         // A new agent, or one whose record is gone, is issued a secret; a
@@ -117,9 +115,9 @@ impl Core {
         let Some((issued, secret_sha256)) = check_or_issue_secret(known, &register.secret) else {
             warn!("registration refused: wrong secret for this agent id");
             self.metrics.registrations_refused += 1;
-            let _ = tx.send(Err(Status::permission_denied(format!(
+            tx.close(Status::permission_denied(format!(
                 "agent `{id}`: the secret does not match the one issued with this id"
-            ))));
+            )));
             return;
         };
         let returning = self.agents.contains_key(&id);
@@ -152,9 +150,9 @@ impl Core {
         let record = self.agent_record(&entry);
         if let Err(e) = self.registry.transaction(|r| r.put_agent(&record)) {
             warn!("registration refused: {e}");
-            let _ = tx.send(Err(Status::unavailable(format!(
+            tx.close(Status::unavailable(format!(
                 "the master could not record the registration: {e}"
-            ))));
+            )));
             return;
         }
         self.emit(if returning {
@@ -189,7 +187,7 @@ impl Core {
             self.allocator.set_agent_active(&id, false);
         }
 
-        let _ = tx.send(Ok(MasterMessage {
+        let _ = tx.send(MasterMessage {
             message: Some(master_message::Message::Registered(
                 master_message::Registered {
                     agent_id: Some(v1::AgentId { value: id.clone() }),
@@ -198,7 +196,7 @@ impl Core {
                     agent_timeout_seconds: self.agent_timeout().as_secs_f64(),
                 },
             )),
-        }));
+        });
 
         // Kills asked for while the agent was away, and of tasks the master
         // had declared ended (their frameworks may have replaced them).
@@ -292,7 +290,7 @@ impl Core {
                             task_status::Reason::AgentReregistered,
                         );
                         self.emit_task_event(&key, &status);
-                        self.send_update(&framework, status);
+                        self.send_master_update(&framework, status);
                     }
                 }
             }
@@ -302,7 +300,7 @@ impl Core {
 
     pub(super) fn used_on_agent(&self, agent: &str) -> Vec<(String, Resources)> {
         let mut used: BTreeMap<String, Resources> = BTreeMap::new();
-        for ((framework, _), t) in &self.tasks {
+        for ((framework, _), t) in self.tasks.iter() {
             if t.agent == agent && !is_terminal(t.state) {
                 used.entry(framework.clone()).or_default().add(&t.resources);
             }
@@ -341,14 +339,14 @@ impl Core {
         // re-registers rather than talking into a dead session.
         if let Some((conn, tx)) = agent.conn.take() {
             self.agent_of_conn.remove(&conn);
-            let _ = tx.send(Ok(MasterMessage {
+            let _ = tx.send(MasterMessage {
                 message: Some(master_message::Message::MarkedUnreachable(
                     master_message::MarkedUnreachable {},
                 )),
-            }));
-            let _ = tx.send(Err(Status::unavailable(
+            });
+            tx.close(Status::unavailable(
                 "agent marked unreachable; register again",
-            )));
+            ));
         }
         self.rescind_where(|o| o.agent == agent_id);
         self.allocator.remove_agent(agent_id);
@@ -357,17 +355,24 @@ impl Core {
         });
         // Every framework hears of it (Mesos's `FAILURE` event), before the
         // task updates that follow.
-        for f in self.frameworks.values() {
-            if let Some((_, tx)) = &f.stream {
-                let _ = tx.send(Ok(Event {
+        let connected: Vec<String> = self
+            .frameworks
+            .values()
+            .filter(|f| f.stream.is_some())
+            .map(|f| f.id.clone())
+            .collect();
+        for framework in connected {
+            self.send_master_event(
+                &framework,
+                Event {
                     event: Some(event::Event::Failure(event::Failure {
                         agent_id: Some(v1::AgentId {
                             value: agent_id.to_string(),
                         }),
                         message: "the agent is unreachable: it missed its heartbeats".into(),
                     })),
-                }));
-            }
+                },
+            );
         }
         let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
         self.master_transition(
@@ -417,16 +422,16 @@ impl Core {
         warn!(agent = %agent_id, "operator marked the agent gone");
         if let Some((conn, tx)) = self.agents.get_mut(agent_id).and_then(|a| a.conn.take()) {
             self.agent_of_conn.remove(&conn);
-            let _ = tx.send(Ok(MasterMessage {
+            let _ = tx.send(MasterMessage {
                 message: Some(master_message::Message::Shutdown(
                     master_message::Shutdown {
                         message: "an operator marked this agent gone".into(),
                     },
                 )),
-            }));
-            let _ = tx.send(Err(Status::permission_denied(format!(
+            });
+            tx.close(Status::permission_denied(format!(
                 "agent `{agent_id}` was marked gone by an operator"
-            ))));
+            )));
         }
         let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
         self.master_transition(
@@ -460,7 +465,7 @@ impl Core {
 /// Ends a session that talks before registering: the agent reconnects and
 /// registers first.
 fn refuse_unregistered(tx: &AgentTx) {
-    let _ = tx.send(Err(Status::failed_precondition(
+    tx.close(Status::failed_precondition(
         "this session is not registered; register first",
-    )));
+    ));
 }

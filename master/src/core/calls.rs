@@ -150,7 +150,7 @@ impl Core {
                     task_status::Reason::Reconciliation,
                 ),
             };
-            self.send_update(framework_id, status);
+            self.send_master_update(framework_id, status);
         }
     }
 }

@@ -52,11 +52,11 @@ impl Core {
             })?;
         let stream_id = new_id();
         if let Some((_, old)) = self.frameworks.get_mut(&id).and_then(|f| f.stream.take()) {
-            let _ = old.send(Ok(Event {
+            let _ = old.send(Event {
                 event: Some(event::Event::Error(event::Error {
                     message: "framework failed over to a new subscription".into(),
                 })),
-            }));
+            });
         }
         // A new subscription starts from a clean slate of offers.
         self.rescind_where(|o| o.framework == id);
@@ -69,6 +69,8 @@ impl Core {
         self.frameworks.insert(
             id.clone(),
             FrameworkEntry {
+                backlog: VecDeque::new(),
+                offers_paused: false,
                 id: id.clone(),
                 failover_timeout: failover_timeout_of(&info),
                 info,
@@ -79,14 +81,14 @@ impl Core {
             },
         );
         self.allocator.add_framework(&id, &role, true);
-        let _ = tx.send(Ok(Event {
+        let _ = tx.send(Event {
             event: Some(event::Event::Subscribed(event::Subscribed {
                 framework_id: Some(v1::FrameworkId { value: id.clone() }),
                 stream_id: stream_id.clone(),
                 heartbeat_interval_seconds: self.config.framework_heartbeat.as_secs_f64(),
                 secret: issued.unwrap_or_default(),
             })),
-        }));
+        });
         self.allocation_needed = true;
         Ok((id, stream_id))
     }
@@ -103,6 +105,8 @@ impl Core {
             framework_id: framework_id.to_string(),
         });
         f.stream = None;
+        f.backlog.clear();
+        f.offers_paused = false;
         f.disconnected_at = Some(Instant::now());
         self.persist_framework(framework_id);
         self.allocator.set_framework_active(framework_id, false);
@@ -120,7 +124,7 @@ impl Core {
             framework_id: framework_id.to_string(),
         });
         if let Some((_, tx)) = f.stream.take() {
-            let _ = tx.send(Err(Status::aborted("framework torn down")));
+            tx.close(Status::aborted("framework torn down"));
         }
         // The allocator drops everything the framework held just below.
         self.offers.forget_framework(framework_id);

@@ -20,31 +20,34 @@ use tracing::{debug, info, info_span, warn};
 mod accept;
 mod agents;
 mod calls;
+mod delivery;
 mod frameworks;
-mod metrics;
 mod offers;
 mod operator;
+mod publish;
 mod recovery;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod tracked;
 mod view;
 
-use crate::allocator::{Allocator, DrfAllocator, Millis, RoleShare};
+use crate::allocator::{Allocator, DrfAllocator, Millis};
 use crate::config::MasterConfig;
 use crate::events::ClusterEvent;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::Metrics;
 use crate::offer_book::{OfferBook, OpenOffer};
+use crate::outbound::{Outbound, Unsent};
 use crate::registry::{Registry, RegistryError};
 use crate::state::{
-    AgentResources, AgentView, FrameworkView, OfferView, SandboxView, StateView, TaskView,
-    UsageView,
+    AgentResources, AgentView, FrameworkView, OfferView, SandboxView, TaskView, UsageView,
 };
+use tracked::Tracked;
 
 /// Outbound half of an agent's session stream.
-pub type AgentTx = mpsc::UnboundedSender<Result<MasterMessage, Status>>;
+pub type AgentTx = Outbound<MasterMessage>;
 /// Outbound half of a framework's event stream.
-pub type FrameworkTx = mpsc::UnboundedSender<Result<Event, Status>>;
+pub type FrameworkTx = Outbound<Event>;
 /// The reply to a framework call.
 pub type CallReply = oneshot::Sender<Result<(), Status>>;
 
@@ -90,21 +93,6 @@ pub enum CoreMsg {
         header: Option<v1::CallHeader>,
         call: Call,
         reply: CallReply,
-    },
-    Snapshot {
-        reply: oneshot::Sender<StateView>,
-    },
-    Roles {
-        reply: oneshot::Sender<Vec<RoleShare>>,
-    },
-    /// The announced web UI / API address of the connected framework named
-    /// `name`, if there is one.
-    FrameworkUrl {
-        name: String,
-        reply: oneshot::Sender<Option<String>>,
-    },
-    Metrics {
-        reply: oneshot::Sender<String>,
     },
     Operator {
         op: Operator,
@@ -195,6 +183,13 @@ struct FrameworkEntry {
     info: v1::FrameworkInfo,
     role: String,
     stream: Option<(String, FrameworkTx)>,
+    /// Events only the master can tell (its own task updates, reconciliation
+    /// answers, rescinds) that found the stream full: sent as it drains, in
+    /// order; dropped with the stream (the framework reconciles).
+    backlog: VecDeque<Event>,
+    /// No offers while its stream is nearly full (the allocator sees it as
+    /// inactive); resumed once the stream drains.
+    offers_paused: bool,
     disconnected_at: Option<Instant>,
     failover_timeout: Duration,
     /// SHA-256 of the secret issued with the id (empty for frameworks
@@ -223,10 +218,12 @@ pub struct Core {
     config: MasterConfig,
     started: Instant,
     allocator: Box<dyn Allocator>,
-    agents: HashMap<String, AgentEntry>,
-    frameworks: HashMap<String, FrameworkEntry>,
+    agents: Tracked<String, AgentEntry>,
+    frameworks: Tracked<String, FrameworkEntry>,
     offers: OfferBook<String>,
-    tasks: HashMap<TaskKey, TaskEntry>,
+    tasks: Tracked<TaskKey, TaskEntry>,
+    /// What readers see, brought up to date from the changes above.
+    read: publish::ReadModel,
     completed: VecDeque<TaskKey>,
     allocation_needed: bool,
     /// The periodic pass over every agent is due (refusal filters that
@@ -312,6 +309,17 @@ fn id_or_new(requested: Option<&str>) -> String {
         .map_or_else(new_id, str::to_string)
 }
 
+/// Resolves at `at`, or never.
+async fn wait_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Most messages handled between two allocation passes.
+const MAX_BURST: usize = 4096;
+
 /// The default refusal of a decline without filters (Mesos: 5 s).
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
@@ -332,10 +340,11 @@ impl Core {
             config,
             started: now,
             allocator: Box::new(allocator),
-            agents: HashMap::new(),
-            frameworks: HashMap::new(),
-            offers: OfferBook::new(),
-            tasks: HashMap::new(),
+            agents: Tracked::new(),
+            frameworks: Tracked::new(),
+            offers: OfferBook::tracking_changes(),
+            tasks: Tracked::new(),
+            read: publish::ReadModel::new(),
             completed: VecDeque::new(),
             allocation_needed: false,
             full_pass_due: true,
@@ -352,6 +361,13 @@ impl Core {
         }
     }
 
+    /// Publishes snapshots through `publisher` (whose readers the HTTP
+    /// handlers hold).
+    pub fn publish_to(&mut self, publisher: crate::snapshot::Publisher) {
+        self.read.publish_to(publisher);
+        self.publish();
+    }
+
     fn now_ms(&self) -> Millis {
         self.started.elapsed().as_millis() as Millis
     }
@@ -362,7 +378,7 @@ impl Core {
     /// and says so.
     pub async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<CoreMsg>,
+        mut rx: mpsc::Receiver<CoreMsg>,
         shutdown: impl std::future::Future<Output = ()>,
         fence: Option<agora_store::election::Leadership>,
     ) -> CoreExit {
@@ -375,7 +391,9 @@ impl Core {
         let leading = |fence: &Option<agora_store::election::Leadership>| {
             fence.as_ref().is_none_or(|f| f.is_valid())
         };
+        let read_requests = self.read.requests();
         loop {
+            let publish_at = self.unpublished().then(|| self.read.next_due()).flatten();
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -385,8 +403,11 @@ impl Core {
                         return self.step_down();
                     }
                     self.handle(msg);
-                    // Take what else is queued before allocating: one pass per burst.
-                    while let Ok(msg) = rx.try_recv() {
+                    // Take what else is queued before allocating: one pass
+                    // per burst, and a burst no longer than MAX_BURST, so
+                    // offers, commits and backlogs keep moving under load.
+                    for _ in 1..MAX_BURST {
+                        let Ok(msg) = rx.try_recv() else { break };
                         self.handle(msg);
                     }
                 }
@@ -396,9 +417,12 @@ impl Core {
                     }
                     self.tick()
                 }
+                () = wait_until(publish_at) => {}
+                () = read_requests.wait() => {}
                 () = &mut shutdown => break,
             }
             self.end_of_burst();
+            self.publish_if_wanted();
             if self.deposed {
                 return self.step_down();
             }
@@ -417,6 +441,8 @@ impl Core {
     /// then one allocation pass.
     fn end_of_burst(&mut self) {
         self.commit_registry();
+        self.flush_backlogs();
+        self.pause_offers_to_slow_frameworks();
         if self.allocation_needed {
             self.allocate();
         }
@@ -460,25 +486,6 @@ impl Core {
                 reply,
             } => {
                 let _ = reply.send(self.call(header, call));
-            }
-            CoreMsg::Snapshot { reply } => {
-                let _ = reply.send(self.snapshot());
-            }
-            CoreMsg::Roles { reply } => {
-                let _ = reply.send(self.allocator.roles());
-            }
-            CoreMsg::FrameworkUrl { name, reply } => {
-                let url = self
-                    .frameworks
-                    .values()
-                    .filter(|f| f.info.name == name && !f.info.webui_url.is_empty())
-                    // A connected one before one that is away.
-                    .max_by_key(|f| f.stream.is_some())
-                    .map(|f| f.info.webui_url.clone());
-                let _ = reply.send(url);
-            }
-            CoreMsg::Metrics { reply } => {
-                let _ = reply.send(self.render_metrics());
             }
             CoreMsg::Operator { op, reply } => {
                 let _ = reply.send(self.operator(op));
@@ -540,9 +547,9 @@ impl Core {
             self.last_heartbeat = now;
             for f in self.frameworks.values() {
                 if let Some((_, tx)) = &f.stream {
-                    let _ = tx.send(Ok(Event {
+                    let _ = tx.send(Event {
                         event: Some(event::Event::Heartbeat(event::Heartbeat {})),
-                    }));
+                    });
                 }
             }
         }

@@ -56,23 +56,21 @@ impl Core {
         }
         for (framework, offers) in by_framework {
             debug!(framework = %framework, count = offers.len(), "sending offers");
+            let ids: Vec<String> = offers
+                .iter()
+                .filter_map(|o| o.id.as_ref().map(|id| id.value.clone()))
+                .collect();
+            let event = Event {
+                event: Some(event::Event::Offers(event::Offers { offers })),
+            };
             let sent = self
                 .frameworks
                 .get(&framework)
                 .and_then(|f| f.stream.as_ref())
-                .is_some_and(|(_, tx)| {
-                    tx.send(Ok(Event {
-                        event: Some(event::Event::Offers(event::Offers {
-                            offers: offers.clone(),
-                        })),
-                    }))
-                    .is_ok()
-                });
+                .is_some_and(|(_, tx)| tx.send(event).is_ok());
             if !sent {
-                for offer in offers {
-                    if let Some(id) = offer.id {
-                        self.take_offer(&id.value, None);
-                    }
+                for id in ids {
+                    self.take_offer(&id, None);
                 }
             }
         }
@@ -97,19 +95,16 @@ impl Core {
             return;
         };
         self.metrics.offers_rescinded += 1;
-        if let Some((_, tx)) = self
-            .frameworks
-            .get(&offer.framework)
-            .and_then(|f| f.stream.as_ref())
-        {
-            let _ = tx.send(Ok(Event {
+        self.send_master_event(
+            &offer.framework,
+            Event {
                 event: Some(event::Event::Rescind(event::Rescind {
                     offer_id: Some(v1::OfferId {
                         value: offer_id.to_string(),
                     }),
                 })),
-            }));
-        }
+            },
+        );
     }
 
     pub(super) fn rescind_where(&mut self, pred: impl Fn(&OpenOffer) -> bool) {

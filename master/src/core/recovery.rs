@@ -116,6 +116,8 @@ impl Core {
             core.frameworks.insert(
                 id.clone(),
                 FrameworkEntry {
+                    backlog: VecDeque::new(),
+                    offers_paused: false,
                     id,
                     failover_timeout: failover_timeout_of(&info),
                     info,
@@ -185,6 +187,8 @@ impl Core {
         self.frameworks.insert(
             framework.to_string(),
             FrameworkEntry {
+                backlog: VecDeque::new(),
+                offers_paused: false,
                 id: framework.to_string(),
                 info: v1::FrameworkInfo::default(),
                 role: "*".into(),

@@ -25,7 +25,7 @@ impl Core {
         for key in keys {
             let status = self.master_status(&key, state, message, reason);
             self.set_task_state(&key, &status);
-            self.send_update(&key.0, status);
+            self.send_master_update(&key.0, status);
         }
     }
 
@@ -112,20 +112,6 @@ impl Core {
         });
     }
 
-    pub(super) fn send_update(&self, framework: &str, status: TaskStatus) -> bool {
-        self.frameworks
-            .get(framework)
-            .and_then(|f| f.stream.as_ref())
-            .is_some_and(|(_, tx)| {
-                tx.send(Ok(Event {
-                    event: Some(event::Event::Update(event::Update {
-                        status: Some(status),
-                    })),
-                }))
-                .is_ok()
-            })
-    }
-
     pub(super) fn status_update(&mut self, agent: &str, update: v1::StatusUpdate) {
         let framework = update.framework_id.map(|f| f.value).unwrap_or_default();
         let Some(mut status) = update.status else {
@@ -164,18 +150,6 @@ impl Core {
         {
             self.awaiting_ack.entry(uuid).or_insert_with(Instant::now);
         }
-    }
-
-    pub(super) fn send_to_agent(&self, agent: &str, message: master_message::Message) -> bool {
-        self.agents
-            .get(agent)
-            .and_then(|a| a.conn.as_ref())
-            .is_some_and(|(_, tx)| {
-                tx.send(Ok(MasterMessage {
-                    message: Some(message),
-                }))
-                .is_ok()
-            })
     }
 
     pub(super) fn send_kill(&mut self, key: &TaskKey) {

@@ -2,12 +2,12 @@
 //! time, with a real registry file — no sockets.
 
 use agora_proto::{Demand, refusal_of};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 use super::*;
 
-type AgentRx = UnboundedReceiver<Result<MasterMessage, Status>>;
-type FrameworkRx = UnboundedReceiver<Result<Event, Status>>;
+type AgentRx = Receiver<Result<MasterMessage, Status>>;
+type FrameworkRx = Receiver<Result<Event, Status>>;
 
 fn config() -> MasterConfig {
     MasterConfig {
@@ -26,6 +26,8 @@ struct Harness {
     dir: tempfile::TempDir,
     /// One wall clock across restarts, moving with paused time.
     clock: recovery::WallClock,
+    /// Capacity of the peer streams sessions open from here on.
+    stream_capacity: usize,
 }
 
 struct AgentSession {
@@ -62,6 +64,7 @@ impl Harness {
             events: rx,
             dir,
             clock,
+            stream_capacity: 1 << 16,
         }
     }
 
@@ -117,7 +120,7 @@ impl Harness {
         secret: &str,
         tasks: Vec<v1::AgentTask>,
     ) -> (AgentTx, AgentRx) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = Outbound::channel(self.stream_capacity);
         let info = v1::AgentInfo {
             hostname: format!("host{conn}"),
             resources: Resources::parse("cpus:4;mem:4096;ports:[31000-31010]")
@@ -186,7 +189,7 @@ impl Harness {
         failover: f64,
         resume: Option<(&str, &str)>,
     ) -> Result<FrameworkSession, Status> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = Outbound::channel(self.stream_capacity);
         let (reply, mut answer) = oneshot::channel();
         self.send(CoreMsg::Subscribe {
             info: v1::FrameworkInfo {
@@ -299,7 +302,7 @@ impl Harness {
     }
 }
 
-fn drain<T>(rx: &mut UnboundedReceiver<Result<T, Status>>) -> Vec<Result<T, Status>> {
+fn drain<T>(rx: &mut Receiver<Result<T, Status>>) -> Vec<Result<T, Status>> {
     std::iter::from_fn(|| rx.try_recv().ok()).collect()
 }
 
@@ -904,3 +907,5 @@ async fn a_big_cluster_heartbeats_less_often_and_waits_longer_for_silent_agents(
     );
     drop(tx);
 }
+mod read_model;
+mod streams;

@@ -1,0 +1,250 @@
+//! Keeps the read model ([`crate::snapshot`]) up to date with what changed
+//! and publishes it: when a reader asks (at the end of the burst the core
+//! is in), and at least every [`PUBLISH_EVERY`] so changes do not pile up
+//! while nobody reads.
+//!
+//! What changed is known from the tracked maps (agents, frameworks, tasks)
+//! and the offer book's change record; what each agent and framework holds
+//! is kept as running sums, so nothing here walks the whole state.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::snapshot::{Publisher, Snapshot, TaskKey as ReadKey};
+
+/// Publication without readers: it keeps the record of what changed small.
+pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// What a task or offer holds, summed per agent and per framework.
+#[derive(Default)]
+pub(super) struct Holdings {
+    pub(super) used: Resources,
+    pub(super) offered: Resources,
+    pub(super) live_tasks: usize,
+    offers: usize,
+}
+
+impl Holdings {
+    fn task(&mut self, resources: &Resources, add: bool) {
+        if add {
+            self.used.add(resources);
+            self.live_tasks += 1;
+        } else {
+            self.used.subtract(resources);
+            self.live_tasks = self.live_tasks.saturating_sub(1);
+            if self.live_tasks == 0 {
+                // No rounding dust left behind by many adds and subtracts.
+                self.used = Resources::default();
+            }
+        }
+    }
+
+    fn offer(&mut self, resources: &Resources, add: bool) {
+        if add {
+            self.offered.add(resources);
+            self.offers += 1;
+        } else {
+            self.offered.subtract(resources);
+            self.offers = self.offers.saturating_sub(1);
+            if self.offers == 0 {
+                self.offered = Resources::default();
+            }
+        }
+    }
+}
+
+/// The core's working copy of the read model and where it is published.
+pub(super) struct ReadModel {
+    working: Snapshot,
+    by_agent: HashMap<String, Holdings>,
+    by_framework: HashMap<String, Holdings>,
+    publisher: Publisher,
+    last_published: Option<Instant>,
+}
+
+impl ReadModel {
+    pub(super) fn new() -> Self {
+        ReadModel {
+            working: Snapshot::default(),
+            by_agent: HashMap::new(),
+            by_framework: HashMap::new(),
+            publisher: crate::snapshot::channel().0,
+            last_published: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn latest(&self) -> Arc<Snapshot> {
+        self.publisher.latest()
+    }
+
+    /// Publishes through `publisher` from now on (the server's readers
+    /// hold its readers).
+    pub(super) fn publish_to(&mut self, publisher: Publisher) {
+        self.publisher = publisher;
+    }
+
+    /// What wakes the core when a reader asks for a publication.
+    pub(super) fn requests(&self) -> crate::snapshot::Requests {
+        self.publisher.requests()
+    }
+
+    /// When the next publication is due without readers asking.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.last_published.map(|t| t + PUBLISH_EVERY)
+    }
+}
+
+impl Core {
+    /// Publishes if a reader asked, or changes have waited long enough.
+    pub(super) fn publish_if_wanted(&mut self) {
+        let asked = self.read.publisher.take_request();
+        let due =
+            self.read.next_due().is_none_or(|due| Instant::now() >= due) && self.unpublished();
+        if asked || due {
+            self.publish();
+        }
+    }
+
+    /// Whether anything changed since the last publication.
+    pub(super) fn unpublished(&self) -> bool {
+        self.agents.has_changes()
+            || self.frameworks.has_changes()
+            || self.tasks.has_changes()
+            || self.offers.has_changes()
+    }
+
+    /// Brings the read model up to date and publishes it.
+    pub(super) fn publish(&mut self) {
+        let mut agents: HashSet<String> = self.agents.take_changed();
+        let mut frameworks: HashSet<String> = self.frameworks.take_changed();
+        let mut tasks = self.tasks.take_changed();
+        // An agent that moved (a new endpoint) moves its tasks' sandboxes.
+        for id in &agents {
+            let moved = match (
+                self.read.working.agents.get(id.as_str()),
+                self.agents.get(id),
+            ) {
+                (Some(old), Some(new)) => old.endpoint != new.endpoint,
+                _ => false,
+            };
+            if moved {
+                tasks.extend(self.task_keys(|_, t| &t.agent == id));
+            }
+        }
+        for key in tasks {
+            self.publish_task(&key, &mut agents, &mut frameworks);
+        }
+        for id in self.offers.take_changed() {
+            self.publish_offer(&id, &mut agents, &mut frameworks);
+        }
+        for id in agents {
+            let key: Arc<str> = Arc::from(id.as_str());
+            match self.agents.get(&id) {
+                Some(a) => {
+                    let view = self.agent_view(a, self.read.by_agent.get(&id));
+                    self.read.working.agents.insert(key, Arc::new(view));
+                }
+                None => {
+                    self.read.working.agents.remove(&key);
+                    self.read.by_agent.remove(&id);
+                }
+            }
+        }
+        for id in frameworks {
+            let key: Arc<str> = Arc::from(id.as_str());
+            match self.frameworks.get(&id) {
+                Some(f) => {
+                    let view = view::framework_view(f, self.read.by_framework.get(&id));
+                    self.read.working.frameworks.insert(key, Arc::new(view));
+                }
+                None => {
+                    self.read.working.frameworks.remove(&key);
+                    self.read.by_framework.remove(&id);
+                }
+            }
+        }
+        self.read.working.roles = Arc::new(self.allocator.roles());
+        self.read.working.metrics = Arc::new(self.metrics.clone());
+        self.read.working.seq += 1;
+        self.read.publisher.publish(self.read.working.clone());
+        self.read.last_published = Some(Instant::now());
+    }
+
+    fn publish_task(
+        &mut self,
+        key: &TaskKey,
+        agents: &mut HashSet<String>,
+        frameworks: &mut HashSet<String>,
+    ) {
+        let read_key: ReadKey = (Arc::from(key.0.as_str()), Arc::from(key.1.as_str()));
+        let new = self.tasks.get(key).map(|t| self.task_view(key, t));
+        let read = &mut self.read;
+        let old = match &new {
+            Some(view) => read.working.tasks.insert(read_key, Arc::new(view.clone())),
+            None => read.working.tasks.remove(&read_key),
+        };
+        for (view, add) in [(old.as_deref(), false), (new.as_ref(), true)] {
+            let Some(view) = view else { continue };
+            let state = TaskState::from_str_name(&view.state).unwrap_or(TaskState::TaskUnknown);
+            let count = read
+                .working
+                .tasks_by_state
+                .entry(state.as_str_name())
+                .or_default();
+            *count = if add {
+                *count + 1
+            } else {
+                count.saturating_sub(1)
+            };
+            if is_terminal(state) {
+                continue;
+            }
+            read.by_agent
+                .entry(view.agent_id.clone())
+                .or_default()
+                .task(&view.resources, add);
+            read.by_framework
+                .entry(view.framework_id.clone())
+                .or_default()
+                .task(&view.resources, add);
+            agents.insert(view.agent_id.clone());
+            frameworks.insert(view.framework_id.clone());
+        }
+    }
+
+    fn publish_offer(
+        &mut self,
+        id: &String,
+        agents: &mut HashSet<String>,
+        frameworks: &mut HashSet<String>,
+    ) {
+        let key: Arc<str> = Arc::from(id.as_str());
+        let new = self.offers.get(id).map(|o| OfferView {
+            id: id.clone(),
+            framework_id: o.framework.clone(),
+            agent_id: o.agent.clone(),
+            resources: o.resources.clone(),
+            age_seconds: 0.0,
+            made_at_ms: self.wall_ms(o.made_at),
+        });
+        let read = &mut self.read;
+        let old = match &new {
+            Some(view) => read.working.offers.insert(key, Arc::new(view.clone())),
+            None => read.working.offers.remove(&key),
+        };
+        for (view, add) in [(old.as_deref(), false), (new.as_ref(), true)] {
+            let Some(view) = view else { continue };
+            read.by_agent
+                .entry(view.agent_id.clone())
+                .or_default()
+                .offer(&view.resources, add);
+            read.by_framework
+                .entry(view.framework_id.clone())
+                .or_default()
+                .offer(&view.resources, add);
+            agents.insert(view.agent_id.clone());
+            frameworks.insert(view.framework_id.clone());
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The published read model, kept up to date from changes, matches the
+//! state counted from scratch after every kind of change.
+
+use super::*;
+use std::sync::Arc;
+
+use crate::snapshot::Snapshot;
+
+/// Publishes, then checks the snapshot against the core's own state.
+fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
+    h.core.publish();
+    let snap = h.core.read.latest();
+    let core = &h.core;
+    assert_eq!(snap.tasks.len(), core.tasks.len(), "tasks");
+    assert_eq!(snap.offers.len(), core.offers.len(), "offers");
+    assert_eq!(snap.agents.len(), core.agents.len(), "agents");
+    assert_eq!(snap.frameworks.len(), core.frameworks.len(), "frameworks");
+    for (id, a) in core.agents.iter() {
+        let mut used = Resources::default();
+        let mut offered = Resources::default();
+        for t in core.tasks.values() {
+            if &t.agent == id && !is_terminal(t.state) {
+                used.add(&t.resources);
+            }
+        }
+        for o in core.offers.values().filter(|o| &o.agent == id) {
+            offered.add(&o.resources);
+        }
+        let view = &snap.agents[id.as_str()];
+        assert_eq!(view.status, a.status.name(), "agent {id} status");
+        assert_eq!(view.draining, a.draining, "agent {id} draining");
+        for kind in ["cpus", "mem"] {
+            assert!(
+                (view.resources.used.scalar(kind) - used.scalar(kind)).abs() < 1e-9,
+                "agent {id} used {kind}: {} vs {}",
+                view.resources.used.scalar(kind),
+                used.scalar(kind)
+            );
+            assert!(
+                (view.resources.offered.scalar(kind) - offered.scalar(kind)).abs() < 1e-9,
+                "agent {id} offered {kind}"
+            );
+        }
+    }
+    for (id, f) in core.frameworks.iter() {
+        let live = core
+            .tasks
+            .iter()
+            .filter(|((fw, _), t)| fw == id && !is_terminal(t.state))
+            .count();
+        let view = &snap.frameworks[id.as_str()];
+        assert_eq!(view.task_count, live, "framework {id} live tasks");
+        assert_eq!(view.active, f.stream.is_some(), "framework {id} active");
+    }
+    for ((fw, id), t) in core.tasks.iter() {
+        let view = &snap.tasks[&(Arc::from(fw.as_str()), Arc::from(id.as_str()))];
+        assert_eq!(view.state, t.state.as_str_name(), "task {id}");
+    }
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in core.tasks.values() {
+        *by_state.entry(t.state.as_str_name()).or_default() += 1;
+    }
+    let published: BTreeMap<&str, usize> = snap
+        .tasks_by_state
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| (*s, *n))
+        .collect();
+    assert_eq!(published, by_state, "tasks by state");
+    snap
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_read_model_follows_launches_ends_offers_and_agents() {
+    let mut h = Harness::new();
+    let mut agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    published_matches_the_core(&mut h);
+
+    let offer = offers(&mut framework.rx).pop().expect("offer");
+    let tasks = (0..5)
+        .map(|i| task_info(&format!("t{i}"), "cpus:0.3;mem:100"))
+        .collect();
+    h.call(&framework, accept(&offer, tasks)).expect("accept");
+    agent_kinds(&mut agent.rx);
+    let snap = published_matches_the_core(&mut h);
+    assert_eq!(snap.frameworks[framework.id.as_str()].task_count, 5);
+
+    for i in 0..5 {
+        let uuid = format!("r{i}");
+        let task = format!("t{i}");
+        h.update(
+            &agent,
+            &framework.id,
+            &task,
+            TaskState::TaskRunning,
+            uuid.as_bytes(),
+        );
+    }
+    h.update(&agent, &framework.id, "t0", TaskState::TaskFinished, b"f0");
+    h.update(&agent, &framework.id, "t1", TaskState::TaskFailed, b"f1");
+    let snap = published_matches_the_core(&mut h);
+    assert_eq!(snap.tasks_by_state.get("TASK_RUNNING"), Some(&3));
+    let used = snap.agents[agent.id.as_str()].resources.used.scalar("cpus");
+    assert!(
+        (used - 0.9).abs() < 1e-9,
+        "three running tasks of 0.3: {used}"
+    );
+
+    // A second agent, drained; then the first goes silent.
+    let second = h.admit(2);
+    h.operator(Operator::Drain {
+        agent_id: second.id.clone(),
+        kill_tasks: false,
+    })
+    .expect("drain");
+    published_matches_the_core(&mut h);
+    h.advance(Duration::from_secs(11)).await;
+    let snap = published_matches_the_core(&mut h);
+    assert_eq!(snap.agents[agent.id.as_str()].status, "unreachable");
+
+    // The framework leaves for good: its tasks and offers go.
+    h.operator(Operator::Teardown {
+        framework_id: framework.id.clone(),
+    })
+    .expect("teardown");
+    let snap = published_matches_the_core(&mut h);
+    assert!(!snap.frameworks.contains_key(framework.id.as_str()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_gets_a_snapshot_taken_after_it_asked() {
+    let mut h = Harness::new();
+    let (publisher, reader) = crate::snapshot::channel();
+    h.core.publish_to(publisher);
+    let agent = h.admit(1);
+    // The core publishes when it has finished the burst it is in.
+    let read = tokio::spawn(async move { reader.fresh().await });
+    tokio::task::yield_now().await;
+    assert!(!read.is_finished(), "nothing published since it asked");
+    h.core.end_of_burst();
+    h.core.publish_if_wanted();
+    let snap = read.await.expect("reader");
+    assert!(snap.agents.contains_key(agent.id.as_str()));
+}

@@ -1,0 +1,95 @@
+//! A map that remembers which keys changed since it was last asked: the
+//! core's agents, frameworks and tasks live in these, so the read model is
+//! brought up to date with what changed, not rebuilt.
+
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::ops::Deref;
+
+/// A `HashMap` whose every mutation is recorded. Reads go through `Deref`;
+/// there is no `DerefMut`, so a mutation cannot bypass the record.
+pub(super) struct Tracked<K, V> {
+    map: HashMap<K, V>,
+    changed: HashSet<K>,
+}
+
+impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
+    pub(super) fn new() -> Self {
+        Tracked {
+            map: HashMap::new(),
+            changed: HashSet::new(),
+        }
+    }
+
+    pub(super) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (stored, _) = self.map.get_key_value(key)?;
+        if !self.changed.contains(key) {
+            self.changed.insert(stored.clone());
+        }
+        self.map.get_mut(key)
+    }
+
+    pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.changed.insert(key.clone());
+        self.map.insert(key, value)
+    }
+
+    pub(super) fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (key, value) = self.map.remove_entry(key)?;
+        self.changed.insert(key);
+        Some(value)
+    }
+
+    /// Every value, each recorded as changed.
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.changed.extend(self.map.keys().cloned());
+        self.map.values_mut()
+    }
+
+    pub(super) fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// The keys changed since the last call (inserted, modified or removed).
+    pub(super) fn take_changed(&mut self) -> HashSet<K> {
+        std::mem::take(&mut self.changed)
+    }
+}
+
+impl<K, V> Deref for Tracked<K, V> {
+    type Target = HashMap<K, V>;
+    fn deref(&self) -> &HashMap<K, V> {
+        &self.map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_change_is_recorded_once_and_reads_are_not() {
+        let mut map: Tracked<String, u32> = Tracked::new();
+        map.insert("a".into(), 1);
+        map.insert("b".into(), 2);
+        assert_eq!(map.take_changed().len(), 2);
+        assert_eq!(map.get("a"), Some(&1));
+        assert!(map.take_changed().is_empty(), "reads change nothing");
+        *map.get_mut("a").expect("a") += 1;
+        *map.get_mut("a").expect("a") += 1;
+        map.remove("b");
+        assert!(map.get_mut("nobody").is_none());
+        let changed = map.take_changed();
+        assert_eq!(changed, HashSet::from(["a".to_string(), "b".to_string()]));
+        assert_eq!(map["a"], 3);
+    }
+}

@@ -1,0 +1,270 @@
+//! What readers of the master's state see: an immutable snapshot the core
+//! publishes, taken by HTTP handlers, the metrics page and the web UI.
+//!
+//! A reader asks for a snapshot no older than its request ([`Reader::fresh`]):
+//! the core publishes at the end of the burst of messages it is in, once for
+//! every reader that asked meanwhile, so a reader sees everything that
+//! happened before it asked (a framework that got `TASK_RUNNING` finds the
+//! task running) and reads cost the core one publication per burst at most,
+//! never a copy of the state per request.
+//!
+//! The maps are persistent (`imbl`): the core brings its working copy up to
+//! date with what changed, and publishing shares every unchanged node with
+//! the previous snapshot, so neither publishing nor a reader holding an old
+//! snapshot costs a copy of the state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use imbl::OrdMap;
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::allocator::RoleShare;
+use crate::metrics::{Gauges, Metrics};
+use crate::state::{AgentView, FrameworkView, OfferView, StateView, TaskView};
+
+/// A task's key: its framework's id, then its own.
+pub type TaskKey = (Arc<str>, Arc<str>);
+
+/// The cluster at one instant, as readers see it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub agents: OrdMap<Arc<str>, Arc<AgentView>>,
+    pub frameworks: OrdMap<Arc<str>, Arc<FrameworkView>>,
+    pub tasks: OrdMap<TaskKey, Arc<TaskView>>,
+    pub offers: OrdMap<Arc<str>, Arc<OfferView>>,
+    /// Known tasks by state name.
+    pub tasks_by_state: BTreeMap<&'static str, usize>,
+    /// Roles with their weights and shares.
+    pub roles: Arc<Vec<RoleShare>>,
+    /// The core's counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// Publications before this one.
+    pub seq: u64,
+}
+
+/// The core's end: where snapshots go and readers' requests come from.
+pub struct Publisher {
+    tx: watch::Sender<Arc<Snapshot>>,
+    requested: Requests,
+}
+
+/// A reader's end, cloned into every handler.
+#[derive(Clone)]
+pub struct Reader {
+    rx: watch::Receiver<Arc<Snapshot>>,
+    requested: Requests,
+}
+
+/// Readers waiting for a publication: a flag the core checks after every
+/// burst, and a wake-up for a core that is idle.
+#[derive(Clone, Default)]
+pub struct Requests(Arc<RequestState>);
+
+#[derive(Default)]
+struct RequestState {
+    wanted: AtomicBool,
+    wake: Notify,
+}
+
+impl Requests {
+    /// Resolves when a reader asks (the core idles on this).
+    pub async fn wait(&self) {
+        self.0.wake.notified().await;
+    }
+
+    /// Whether a reader waits for a publication (and forgets it).
+    fn take(&self) -> bool {
+        self.0.wanted.swap(false, Ordering::AcqRel)
+    }
+
+    fn ask(&self) {
+        self.0.wanted.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+}
+
+/// How long a reader waits for a fresh snapshot before it settles for the
+/// latest one (a core that is stuck should not take the API with it).
+const FRESH_WAIT: Duration = Duration::from_secs(2);
+
+/// A publisher and its first reader.
+pub fn channel() -> (Publisher, Reader) {
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+    let requested = Requests::default();
+    (
+        Publisher {
+            tx,
+            requested: requested.clone(),
+        },
+        Reader { rx, requested },
+    )
+}
+
+impl Publisher {
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.tx.send_replace(Arc::new(snapshot));
+    }
+
+    /// Readers' requests for a publication.
+    pub fn requests(&self) -> Requests {
+        self.requested.clone()
+    }
+
+    /// Whether a reader waits for a publication (and forgets it).
+    pub fn take_request(&self) -> bool {
+        self.requested.take()
+    }
+
+    /// A reader of what this publisher publishes.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            rx: self.tx.subscribe(),
+            requested: self.requested.clone(),
+        }
+    }
+
+    /// The last published snapshot.
+    pub fn latest(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+}
+
+impl Reader {
+    /// A snapshot published after this call began.
+    pub async fn fresh(&self) -> Arc<Snapshot> {
+        let mut rx = self.rx.clone();
+        let seen = rx.borrow_and_update().seq;
+        self.requested.ask();
+        let newer = tokio::time::timeout(FRESH_WAIT, rx.wait_for(|s| s.seq > seen)).await;
+        match newer {
+            Ok(Ok(snapshot)) => snapshot.clone(),
+            _ => {
+                tracing::warn!(
+                    "the master's core did not publish in time; serving the last snapshot"
+                );
+                self.rx.borrow().clone()
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/state`, serialized straight from a snapshot.
+#[derive(Serialize)]
+pub struct StateRef<'a> {
+    pub agents: Vec<&'a AgentView>,
+    pub frameworks: Vec<&'a FrameworkView>,
+    pub tasks: Vec<&'a TaskView>,
+    pub offers: Vec<OfferView>,
+}
+
+impl Snapshot {
+    /// Agents by hostname, then id.
+    pub fn agents_sorted(&self) -> Vec<&AgentView> {
+        let mut agents: Vec<&AgentView> = self.agents.values().map(Arc::as_ref).collect();
+        agents.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+        agents
+    }
+
+    /// Frameworks by name, then id.
+    pub fn frameworks_sorted(&self) -> Vec<&FrameworkView> {
+        let mut frameworks: Vec<&FrameworkView> =
+            self.frameworks.values().map(Arc::as_ref).collect();
+        frameworks.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        frameworks
+    }
+
+    /// Tasks by framework id, then task id.
+    pub fn tasks_sorted(&self) -> impl Iterator<Item = &TaskView> {
+        self.tasks.values().map(Arc::as_ref)
+    }
+
+    /// A framework's tasks, in id order.
+    pub fn tasks_of(&self, framework: &str) -> impl Iterator<Item = &TaskView> {
+        let from: TaskKey = (Arc::from(framework), Arc::from(""));
+        self.tasks
+            .range(from..)
+            .take_while(move |((fw, _), _)| fw.as_ref() == framework)
+            .map(|(_, t)| t.as_ref())
+    }
+
+    /// Outstanding offers by id, aged as of `now_ms`.
+    pub fn offers_aged(&self, now_ms: u64) -> Vec<OfferView> {
+        // Ages count to the caller's clock, not the publication: a
+        // snapshot may be older than the reader.
+        self.offers
+            .values()
+            .map(|o| OfferView {
+                age_seconds: now_ms.saturating_sub(o.made_at_ms) as f64 / 1000.0,
+                ..OfferView::clone(o)
+            })
+            .collect()
+    }
+
+    /// The whole state, borrowing from the snapshot.
+    pub fn state(&self, now_ms: u64) -> StateRef<'_> {
+        StateRef {
+            agents: self.agents_sorted(),
+            frameworks: self.frameworks_sorted(),
+            tasks: self.tasks_sorted().collect(),
+            offers: self.offers_aged(now_ms),
+        }
+    }
+
+    /// An owned copy of the whole state (tests and tools; handlers serialize
+    /// [`Snapshot::state`] instead).
+    pub fn to_view(&self, now_ms: u64) -> StateView {
+        let state = self.state(now_ms);
+        StateView {
+            agents: state.agents.into_iter().cloned().collect(),
+            frameworks: state.frameworks.into_iter().cloned().collect(),
+            tasks: state.tasks.into_iter().cloned().collect(),
+            offers: state.offers,
+        }
+    }
+
+    /// The Prometheus page: the core's counters, and gauges from the
+    /// snapshot.
+    pub fn render_metrics(&self) -> String {
+        let mut kinds: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
+        let mut agents_by_status: BTreeMap<&str, usize> = crate::state::AGENT_STATUSES
+            .iter()
+            .map(|s| (*s, 0))
+            .collect();
+        for a in self.agents.values() {
+            *agents_by_status.entry(a.status).or_default() += 1;
+            if a.status == "unreachable" {
+                continue;
+            }
+            for (kind, v) in a.resources.total.scalars() {
+                kinds.entry(kind).or_default().0 += v;
+            }
+            for (kind, v) in a.resources.used.scalars() {
+                kinds.entry(kind).or_default().1 += v;
+            }
+            for (kind, v) in a.resources.offered.scalars() {
+                kinds.entry(kind).or_default().2 += v;
+            }
+        }
+        let active = self.frameworks.values().filter(|f| f.active).count();
+        self.metrics.render(&Gauges {
+            resources: kinds
+                .into_iter()
+                .map(|(k, (t, u, o))| (k, t, u, o))
+                .collect(),
+            agents_by_status: agents_by_status.into_iter().collect(),
+            frameworks_active: active,
+            frameworks_inactive: self.frameworks.len() - active,
+            tasks_by_state: self
+                .tasks_by_state
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
+            offers_outstanding: self.offers.len(),
+        })
+    }
+}
