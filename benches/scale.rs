@@ -22,63 +22,15 @@
 //! Writes `target/scale/scale.json` and plots (`scale-throughput.svg`,
 //! `scale-latency.svg`) there.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use agora_sim::report::{COLOURS, Scale, Series, line_chart};
 
-#[path = "support/dev.rs"]
-mod dev;
-
-/// A master process, killed when dropped.
-struct Master {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Master {
-    fn start() -> Master {
-        let data = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
-            .args(["master", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            // Emulated agents are many connections from one address.
-            .args(["--max-connections-per-ip", "100000"])
-            .args(["--max-connections", "100000"])
-            .env("AGORA_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("agora master");
-        let url = dev::listen_url(&mut child);
-        Master {
-            child,
-            url,
-            _data: data,
-        }
-    }
-
-    fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
-            / 1024.0
-    }
-}
+#[path = "support/master.rs"]
+mod master;
+use master::Master;
 
 #[derive(serde::Serialize)]
 struct Point {
@@ -137,6 +89,7 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
         task: agora_proto::Resources::parse("cpus:0.01;mem:1").expect("valid"),
         command: "true".into(),
         name: name.into(),
+        hold: None,
     };
     let load = agora_sim::load::run(config("load-max", None), load_stats)
         .await

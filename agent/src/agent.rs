@@ -3,8 +3,8 @@
 //! to task supervisors, and to its timers. The master connection comes and
 //! goes; tasks and pending updates do not depend on it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::AgentConfig;
 use crate::cgroups::Usage;
-use crate::checkpoint::Checkpoints;
+use crate::checkpoint::{CheckpointWriter, Checkpoints};
 use crate::containerizer::{Container, Containerizer, Exit, LaunchSpec, TaskUser};
 use crate::health::{CheckTarget, HealthEvent, run_checks};
 
@@ -43,6 +43,9 @@ pub(crate) enum TaskEvent {
     },
     /// The task's health checker has news.
     Health { key: TaskKey, event: HealthEvent },
+    /// A checkpoint holding the task's outcome reached the disk: its
+    /// pending update may go out.
+    Checkpointed { key: TaskKey },
 }
 
 /// One running container, as the agent's HTTP API shows it.
@@ -133,7 +136,11 @@ pub(crate) struct Agent<C: Containerizer> {
     master_contact: Instant,
     agent_timeout: Option<Duration>,
     events_tx: mpsc::Sender<TaskEvent>,
+    /// The sandbox sweep in progress, if any.
+    sweeping: Option<tokio::task::JoinHandle<()>>,
     checkpoints: Checkpoints,
+    /// Writes checkpoints off the event loop; reports outcomes on disk.
+    writer: CheckpointWriter<TaskKey>,
 }
 
 /// Writes a file only its owner can read, atomically (write, sync, rename).
@@ -213,6 +220,10 @@ impl<C: Containerizer> Agent<C> {
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         let checkpoints = Checkpoints::new(&config.data_dir);
+        let done = events_tx.clone();
+        let writer = CheckpointWriter::start(checkpoints.clone(), move |key| {
+            let _ = done.blocking_send(TaskEvent::Checkpointed { key });
+        });
         (
             Agent {
                 config,
@@ -227,6 +238,8 @@ impl<C: Containerizer> Agent<C> {
                 agent_timeout: None,
                 events_tx,
                 checkpoints,
+                writer,
+                sweeping: None,
             },
             events_rx,
         )
@@ -410,56 +423,40 @@ impl<C: Containerizer> Agent<C> {
         }
     }
 
-    /// Removes the sandboxes of ended tasks untouched for `--sandbox-gc`.
-    fn collect_sandboxes(&self) {
-        let root = self.config.data_dir.join("sandboxes");
-        let Ok(frameworks) = std::fs::read_dir(&root) else {
+    /// Removes the sandboxes of ended tasks untouched for `--sandbox-gc`,
+    /// on a blocking thread (walking and deleting directories takes as long
+    /// as the disk likes); one sweep at a time.
+    fn collect_sandboxes(&mut self) {
+        if self.sweeping.as_ref().is_some_and(|s| !s.is_finished()) {
             return;
-        };
-        for framework in frameworks.filter_map(Result::ok) {
-            let framework_id = framework.file_name().to_string_lossy().into_owned();
-            let Ok(tasks) = std::fs::read_dir(framework.path()) else {
-                continue;
-            };
-            for task in tasks.filter_map(Result::ok) {
-                let key = (
-                    framework_id.clone(),
-                    task.file_name().to_string_lossy().into_owned(),
-                );
-                if self.tasks.get(&key).is_some_and(|t| !is_terminal(t.state)) {
-                    continue;
-                }
-                let path = task.path();
-                let newest = ["", "stdout", "stderr"]
-                    .iter()
-                    .filter_map(|f| {
-                        std::fs::metadata(path.join(f))
-                            .and_then(|m| m.modified())
-                            .ok()
-                    })
-                    .max();
-                let idle = newest.and_then(|t| t.elapsed().ok()).unwrap_or_default();
-                if idle >= self.config.sandbox_gc {
-                    debug!(sandbox = %path.display(), "removing an old sandbox");
-                    if let Err(e) = std::fs::remove_dir_all(&path) {
-                        warn!("removing sandbox {}: {e}", path.display());
-                    }
-                }
-            }
-            // An emptied framework directory goes too (fails harmlessly if not empty).
-            let _ = std::fs::remove_dir(framework.path());
         }
+        let live: HashSet<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !is_terminal(t.state))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let root = self.config.data_dir.join("sandboxes");
+        let idle_for = self.config.sandbox_gc;
+        self.sweeping = Some(tokio::task::spawn_blocking(move || {
+            sweep_sandboxes(&root, &live, idle_for);
+        }));
     }
 
-    fn checkpoint(&self, key: &TaskKey) {
-        let Some(t) = self.tasks.get(key) else { return };
+    /// Queues the task's checkpoint. With `report`, true if it holds an
+    /// outcome, which is reported (`TaskEvent::Checkpointed`) once on disk:
+    /// its update must not go out before.
+    fn checkpoint(&self, key: &TaskKey, report: bool) -> bool {
+        let Some(t) = self.tasks.get(key) else {
+            return false;
+        };
         // Without re-attachment there is nothing for a restart to resume.
         if t.container_id.is_empty() || !self.containerizer.can_recover() {
-            return;
+            return false;
         }
         if is_terminal(t.state) && t.pending.is_empty() {
-            self.checkpoints.remove(&t.container_id);
-            return;
+            self.writer.remove(&t.container_id);
+            return false;
         }
         let cp = v1::TaskCheckpoint {
             framework_id: Some(v1::FrameworkId {
@@ -478,9 +475,10 @@ impl<C: Containerizer> Agent<C> {
                 is_terminal(TaskState::try_from(s.state).unwrap_or(TaskState::TaskUnknown))
             })
         });
-        if let Err(e) = self.checkpoints.save(&cp, pending_outcome) {
-            warn!(task = %key.1, "{e}");
-        }
+        let then = (report && pending_outcome).then(|| key.clone());
+        let reported = then.is_some();
+        self.writer.save(cp, pending_outcome, then);
+        reported
     }
 
     fn usage(&self) -> Vec<v1::TaskUsage> {
@@ -1023,6 +1021,7 @@ impl<C: Containerizer> Agent<C> {
                 self.update(&key, state, &message, reason, exit_code);
             }
             TaskEvent::Health { key, event } => self.health_event(key, event),
+            TaskEvent::Checkpointed { key } => self.send_pending(&key, true),
         }
     }
 
@@ -1059,10 +1058,12 @@ impl<C: Containerizer> Agent<C> {
                 healthy: task.healthy,
             }),
         });
-        // On disk before it is sent: an update the master may have seen is
-        // never forgotten by a restart.
-        self.checkpoint(key);
-        self.send_pending(key, true);
+        // An outcome is on disk before it is sent: an update the master may
+        // have seen is never forgotten by a restart. (Intermediate states
+        // are re-derived on recovery; they go at once.)
+        if !self.checkpoint(key, true) {
+            self.send_pending(key, true);
+        }
     }
 
     /// Sends a task's pending updates: all of them, or just the newest.
@@ -1120,7 +1121,7 @@ impl<C: Containerizer> Agent<C> {
         task.pending.remove(position);
         // Progress: the rest are in flight, not lost.
         task.sent_at = Some(Instant::now());
-        self.checkpoint(key);
+        self.checkpoint(key, false);
         if task_done(self.tasks.get(key)) {
             // Everything about this task has been said; the sandbox stays.
             self.tasks.remove(key);
@@ -1153,7 +1154,8 @@ impl<C: Containerizer> Agent<C> {
                     let _ = container.destroy();
                 }
                 Ok(Some(TaskEvent::Launched { result: Err(_), .. }))
-                | Ok(Some(TaskEvent::Health { .. })) => {}
+                | Ok(Some(TaskEvent::Health { .. }))
+                | Ok(Some(TaskEvent::Checkpointed { .. })) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -1311,5 +1313,47 @@ fn code_of(exit: Exit) -> Option<i32> {
     match exit {
         Exit::Code(c) => Some(c),
         Exit::Signal(_) => None,
+    }
+}
+
+/// Removes the sandboxes under `root` of tasks not in `live` whose files
+/// were untouched for `idle_for`. A task launched meanwhile has a fresh
+/// sandbox, so it is never taken for idle.
+fn sweep_sandboxes(root: &Path, live: &HashSet<TaskKey>, idle_for: Duration) {
+    let Ok(frameworks) = std::fs::read_dir(root) else {
+        return;
+    };
+    for framework in frameworks.filter_map(Result::ok) {
+        let framework_id = framework.file_name().to_string_lossy().into_owned();
+        let Ok(tasks) = std::fs::read_dir(framework.path()) else {
+            continue;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            let key = (
+                framework_id.clone(),
+                task.file_name().to_string_lossy().into_owned(),
+            );
+            if live.contains(&key) {
+                continue;
+            }
+            let path = task.path();
+            let newest = ["", "stdout", "stderr"]
+                .iter()
+                .filter_map(|f| {
+                    std::fs::metadata(path.join(f))
+                        .and_then(|m| m.modified())
+                        .ok()
+                })
+                .max();
+            let idle = newest.and_then(|t| t.elapsed().ok()).unwrap_or_default();
+            if idle >= idle_for {
+                debug!(sandbox = %path.display(), "removing an old sandbox");
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    warn!("removing sandbox {}: {e}", path.display());
+                }
+            }
+        }
+        // An emptied framework directory goes too (fails harmlessly if not empty).
+        let _ = std::fs::remove_dir(framework.path());
     }
 }

@@ -2,7 +2,9 @@
 //! (`<data>/checkpoints/<container-id>.pb`): the task, its container, and
 //! its unacknowledged status updates, so that a restarted agent re-attaches
 //! and keeps its at-least-once promise. Written atomically (temp file,
-//! rename) on every change, and fsynced when asked (a task's outcome).
+//! rename) on every change, and fsynced when asked (a task's outcome) —
+//! by a writer thread of its own ([`CheckpointWriter`]), in order, so the
+//! agent's event loop never waits on the disk.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,5 +121,98 @@ mod tests {
         assert!(errors[0].to_string().contains("bad.pb"));
         store.remove("c1");
         assert!(store.load_all().0.is_empty());
+    }
+}
+
+/// What the writer thread is asked to do, in order.
+enum Job<T> {
+    Save {
+        checkpoint: Box<TaskCheckpoint>,
+        durable: bool,
+        /// Handed back once the checkpoint is on disk.
+        then: Option<T>,
+    },
+    Remove(String),
+}
+
+/// Checkpoints written by a thread of its own. A write asked to be
+/// reported (`then`) is handed to `done` once it is on disk, so its
+/// caller can send what must not go out before.
+pub struct CheckpointWriter<T: Send + 'static> {
+    jobs: std::sync::mpsc::Sender<Job<T>>,
+}
+
+impl<T: Send + 'static> CheckpointWriter<T> {
+    pub fn start(checkpoints: Checkpoints, done: impl Fn(T) + Send + 'static) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job<T>>();
+        std::thread::Builder::new()
+            .name("checkpoints".into())
+            .spawn(move || {
+                for job in queue {
+                    match job {
+                        Job::Save {
+                            checkpoint,
+                            durable,
+                            then,
+                        } => {
+                            if let Err(e) = checkpoints.save(&checkpoint, durable) {
+                                tracing::warn!(container = %checkpoint.container_id, "{e}");
+                            }
+                            if let Some(then) = then {
+                                done(then);
+                            }
+                        }
+                        Job::Remove(container_id) => checkpoints.remove(&container_id),
+                    }
+                }
+            })
+            .expect("spawning the checkpoint writer");
+        CheckpointWriter { jobs }
+    }
+
+    /// Queues a write; `then` comes back through `done` once it is on disk.
+    pub fn save(&self, checkpoint: TaskCheckpoint, durable: bool, then: Option<T>) {
+        let _ = self.jobs.send(Job::Save {
+            checkpoint: Box::new(checkpoint),
+            durable,
+            then,
+        });
+    }
+
+    /// Queues a removal (after every write queued before it).
+    pub fn remove(&self, container_id: &str) {
+        let _ = self.jobs.send(Job::Remove(container_id.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    #[test]
+    fn writes_land_in_order_and_a_reported_one_is_on_disk_when_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoints = Checkpoints::new(dir.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = checkpoints.clone();
+        let writer = CheckpointWriter::start(checkpoints, move |n: u32| {
+            // Read back at the moment of the report.
+            let found = reader.load_all().0.len();
+            let _ = tx.send((n, found));
+        });
+        let cp = |id: &str| TaskCheckpoint {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        writer.save(cp("a"), false, None);
+        writer.save(cp("b"), true, Some(1));
+        writer.remove("a");
+        writer.save(cp("c"), true, Some(2));
+        let reports: Vec<(u32, usize)> = rx.iter().take(2).collect();
+        assert_eq!(
+            reports,
+            [(1, 2), (2, 2)],
+            "b on disk with a; then a gone, c there"
+        );
     }
 }

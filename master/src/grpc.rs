@@ -18,19 +18,19 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::core::{Call, CoreMsg};
+use crate::core::{Call, CoreMsg, InboxSender};
 use crate::outbound::{AGENT_STREAM_CAPACITY, FRAMEWORK_STREAM_CAPACITY, Outbound};
 
 /// A handle for sending messages to the core. Its queue is bounded: a
 /// sender waits while the core is behind.
 #[derive(Clone)]
 pub struct CoreHandle {
-    tx: mpsc::Sender<CoreMsg>,
+    tx: InboxSender,
     next_conn: Arc<AtomicU64>,
 }
 
 impl CoreHandle {
-    pub(crate) fn new(tx: mpsc::Sender<CoreMsg>) -> Self {
+    pub(crate) fn new(tx: InboxSender) -> Self {
         CoreHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
@@ -47,7 +47,7 @@ impl CoreHandle {
     /// For drop guards, which cannot wait: straight in if there is room,
     /// else from a task of its own.
     fn send_from_drop(&self, msg: CoreMsg) {
-        match self.tx.try_send(msg) {
+        match self.tx.try_send(msg).map_err(|e| *e) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 let core = self.clone();

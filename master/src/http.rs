@@ -165,7 +165,7 @@ fn is_ended(state: &str) -> bool {
 /// Live tasks grouped by agent, in one pass.
 fn live_tasks_by_agent(snap: &Snapshot) -> HashMap<&str, Vec<&TaskView>> {
     let mut by_agent: HashMap<&str, Vec<&TaskView>> = HashMap::new();
-    for t in snap.tasks_sorted().filter(|t| !is_ended(&t.state)) {
+    for t in snap.tasks_sorted().filter(|t| !is_ended(t.state)) {
         by_agent.entry(t.agent_id.as_str()).or_default().push(t);
     }
     by_agent
@@ -191,7 +191,7 @@ async fn agent(State(api): State<Api>, Path(id): Path<String>) -> Response {
         Some(a) => {
             let tasks: Vec<&TaskView> = snap
                 .tasks_sorted()
-                .filter(|t| t.agent_id == id && !is_ended(&t.state))
+                .filter(|t| t.agent_id == id && !is_ended(t.state))
                 .collect();
             Json(agent_json(a, &tasks)).into_response()
         }
@@ -299,7 +299,7 @@ async fn tasks(State(api): State<Api>, Query(params): Query<HashMap<String, Stri
 /// The task called `id` (live ones first, for ids reused after an end).
 fn find_task<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a TaskView> {
     let mut candidates: Vec<&TaskView> = snap.tasks_sorted().filter(|t| t.id == id).collect();
-    candidates.sort_by_key(|t| is_ended(&t.state));
+    candidates.sort_by_key(|t| is_ended(t.state));
     candidates.first().copied()
 }
 

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use agora_store::election::Election;
 use agora_store::etcd::Etcd;
 use agora_store::{Store, StoreError};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 pub use config::MasterConfig;
@@ -82,7 +82,7 @@ pub async fn run(
         Backing::Etcd(ha) => ha.advertise.clone(),
         Backing::Embedded(_) => format!("http://{addr}"),
     };
-    let (tx, rx) = mpsc::channel(outbound::CORE_INBOX_CAPACITY);
+    let (tx, rx) = core::inbox(outbound::CORE_INBOX_CAPACITY);
     let handle = grpc::CoreHandle::new(tx);
     // Slow event readers lag and are told so; the core never waits on them.
     let (events, _) = tokio::sync::broadcast::channel(4096);

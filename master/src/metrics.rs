@@ -58,11 +58,12 @@ pub struct Metrics {
     /// Registrations refused: a wrong secret, or an agent marked gone.
     pub registrations_refused: u64,
     pub status_updates: u64,
-    /// Agent-reported updates not forwarded because the framework's stream
-    /// was full (the agent retries them).
-    pub updates_deferred: u64,
+    /// Events that waited in a framework's backlog (its stream was full).
+    pub events_backlogged: u64,
     /// Peer streams ended because the peer fell too far behind.
     pub peer_streams_cut: u64,
+    /// Snapshots of the state published for readers.
+    pub snapshots_published: u64,
     pub allocation_pass_seconds: Histogram,
     /// From the master relaying an agent's update to the framework's
     /// acknowledgement of it.
@@ -79,8 +80,9 @@ impl Default for Metrics {
             invalid_accepts: 0,
             registrations_refused: 0,
             status_updates: 0,
-            updates_deferred: 0,
+            events_backlogged: 0,
             peer_streams_cut: 0,
+            snapshots_published: 0,
             allocation_pass_seconds: Histogram::new(PASS_BOUNDS),
             status_update_ack_seconds: Histogram::new(UPDATE_BOUNDS),
         }
@@ -217,15 +219,21 @@ impl Metrics {
         );
         counter(
             &mut out,
-            "agora_status_updates_deferred_total",
-            "Agent-reported updates not forwarded because the framework's stream was full (the agent retries them).",
-            self.updates_deferred,
+            "agora_framework_events_backlogged_total",
+            "Events that waited in a framework's backlog because its stream was full.",
+            self.events_backlogged,
         );
         counter(
             &mut out,
             "agora_peer_streams_cut_total",
-            "Agent sessions ended because the agent fell too far behind.",
+            "Agent sessions and framework streams ended because the peer fell too far behind.",
             self.peer_streams_cut,
+        );
+        counter(
+            &mut out,
+            "agora_snapshots_published_total",
+            "Snapshots of the state published for readers (HTTP API, metrics, web UI).",
+            self.snapshots_published,
         );
         self.allocation_pass_seconds.render(
             &mut out,

@@ -16,7 +16,7 @@ pub const AGENT_STREAM_CAPACITY: usize = 4096;
 /// not forwarded (the agent sends them again), offers are not made, and
 /// what only the master knows waits in the framework's backlog.
 pub const FRAMEWORK_STREAM_CAPACITY: usize = 16_384;
-/// Messages queued for the core: past it, connection tasks wait (and
+/// Messages each lane of the core's inbox holds: past it, connection tasks wait (and
 /// HTTP/2 flow control slows their peers) instead of the queue growing.
 pub const CORE_INBOX_CAPACITY: usize = 16_384;
 

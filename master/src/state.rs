@@ -76,10 +76,10 @@ pub struct TaskView {
     pub name: String,
     pub framework_id: String,
     pub agent_id: String,
-    pub state: String,
+    pub state: &'static str,
     pub resources: Resources,
     pub message: String,
-    pub reason: String,
+    pub reason: &'static str,
     /// Where the task's files are, on its agent's HTTP API.
     pub sandbox: Option<SandboxView>,
     /// The latest health-check result, for tasks with a health check.

@@ -32,6 +32,19 @@ pub struct LoadConfig {
     /// Each task's command (emulated agents run nothing).
     pub command: String,
     pub name: String,
+    /// Once every task runs, keep them running until told to leave (and
+    /// reconcile them when told); `None`: tear down at once.
+    pub hold: Option<Arc<Hold>>,
+}
+
+/// What a load that keeps its tasks is told.
+#[derive(Debug, Default)]
+pub struct Hold {
+    /// Tear down (the master kills the tasks).
+    pub leave: tokio::sync::Notify,
+    /// Ask the master for the state of every task (answers are counted
+    /// in [`LoadStats::reconciled`]).
+    pub reconcile: tokio::sync::Notify,
 }
 
 /// Counts kept as the load runs, for progress lines.
@@ -41,6 +54,8 @@ pub struct LoadStats {
     pub running: AtomicU64,
     pub ended: AtomicU64,
     pub failed: AtomicU64,
+    /// Reconciliation answers received.
+    pub reconciled: AtomicU64,
 }
 
 /// What a load run measured.
@@ -138,6 +153,8 @@ struct Load {
     shared: Arc<Mutex<Shared>>,
     latencies_ms: Vec<f64>,
     last_running: Option<Instant>,
+    /// Every task ran: teardown is underway (or waits for `hold`).
+    leaving: bool,
     told_demand: Option<u64>,
     tasks: u64,
     stats: Arc<LoadStats>,
@@ -214,6 +231,10 @@ impl Scheduler for Load {
     }
 
     async fn status_update(&mut self, driver: &Driver, status: TaskStatus) {
+        if status.reason == agora_proto::v1::task_status::Reason::Reconciliation as i32 {
+            self.stats.reconciled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let state = status_state(&status);
         let id = status_task_id(&status);
         let sent = {
@@ -243,8 +264,28 @@ impl Scheduler for Load {
         let stats = &self.stats;
         if stats.running.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed)
             >= self.tasks
+            && !self.leaving
         {
-            driver.teardown();
+            self.leaving = true;
+            match self.shared().config.hold.clone() {
+                None => driver.teardown(),
+                Some(hold) => {
+                    let driver = driver.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::select! {
+                                () = hold.leave.notified() => break,
+                                () = hold.reconcile.notified() => {
+                                    if let Err(e) = driver.reconcile(&[]).await {
+                                        tracing::warn!("reconcile: {e}");
+                                    }
+                                }
+                            }
+                        }
+                        driver.teardown();
+                    });
+                }
+            }
         }
     }
 }
@@ -294,6 +335,7 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
         shared: shared.clone(),
         latencies_ms: Vec::new(),
         last_running: None,
+        leaving: false,
         told_demand: None,
         tasks,
         stats: stats.clone(),

@@ -341,6 +341,7 @@ async fn load(
         task,
         command: cmd,
         name: "load".into(),
+        hold: None,
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {

@@ -154,14 +154,16 @@ fn lazy_client(url: &str) -> Result<SchedulerClient<Channel>, String> {
 
 /// Most acknowledgements in one call.
 const MAX_ACKS_PER_CALL: usize = 1000;
+/// Acknowledgement calls on their way at once.
+const ACK_CALLS_IN_FLIGHT: usize = 4;
 /// Calls' worth of acknowledgements queued before the event loop waits.
-const ACKS_QUEUED: usize = 4;
+const ACKS_QUEUED: usize = 16;
 
-/// Acknowledges status updates in the background, off the event loop: one
-/// call at a time, carrying everything that piled up while the previous
-/// one was on its way — so a burst of updates costs a few calls, not one
-/// round trip each. A task has at most one update unacknowledged, so order
-/// is kept per task.
+/// Acknowledges status updates in the background, off the event loop: up
+/// to [`ACK_CALLS_IN_FLIGHT`] calls at a time, each carrying what piled up
+/// meanwhile — so a burst of updates costs a few calls, not one round trip
+/// each. Acknowledgements name their update's uuid, so their order does
+/// not matter.
 struct Acker {
     tx: Option<tokio::sync::mpsc::Sender<v1::TaskStatus>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -170,10 +172,11 @@ struct Acker {
 impl Acker {
     fn start(driver: Driver) -> Acker {
         // Bounded: while acknowledgements lag, the event loop waits for
-        // room, stops reading its stream, and the master slows down.
+        // room, stops reading its stream, and the master stops offering.
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<v1::TaskStatus>(ACKS_QUEUED * MAX_ACKS_PER_CALL);
         let task = tokio::spawn(async move {
+            let mut calls = tokio::task::JoinSet::new();
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < MAX_ACKS_PER_CALL {
@@ -182,10 +185,17 @@ impl Acker {
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = driver.acknowledge_all(&batch).await {
-                    warn!("{e}");
+                while calls.len() >= ACK_CALLS_IN_FLIGHT {
+                    calls.join_next().await;
                 }
+                let driver = driver.clone();
+                calls.spawn(async move {
+                    if let Err(e) = driver.acknowledge_all(&batch).await {
+                        warn!("{e}");
+                    }
+                });
             }
+            while calls.join_next().await.is_some() {}
         });
         Acker {
             tx: Some(tx),

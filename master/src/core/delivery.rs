@@ -3,18 +3,27 @@
 //!
 //! - an agent that stops reading is cut off: it reconnects, re-registers,
 //!   and what it runs is reconciled then;
-//! - an update an agent reported is not forwarded to a framework whose
-//!   stream is full: the agent retries it until it is acknowledged;
-//! - what only the master can tell a framework (its own task updates,
-//!   reconciliation answers, rescinds, agent failures) waits in the
-//!   framework's backlog and goes out, in order, as the stream drains;
-//! - offers are made only to frameworks with room for them.
+//! - what a framework's full stream cannot take (task updates, the
+//!   master's own, reconciliation answers, rescinds, agent failures) waits
+//!   in the framework's backlog and goes out, in order, as the stream
+//!   drains. An update an agent retries is queued once: the backlog holds
+//!   at most what is unacknowledged, which the state bounds, not the rate
+//!   of messages. Dropping them instead (the agent retries) turned a
+//!   framework that was briefly slow into seconds of retries;
+//! - offers are made only to frameworks whose stream has room and whose
+//!   backlog is empty: a framework that cannot keep up is not given more
+//!   to launch;
+//! - a backlog past [`MAX_BACKLOG`] ends the stream: the framework
+//!   resubscribes and reconciles.
 
 use super::*;
 
 /// Offers go only to a framework whose stream has this part of its
 /// capacity free: the rest is kept for updates.
 const OFFER_HEADROOM_FRACTION: usize = 16;
+
+/// Events a framework's backlog may hold before its stream is ended.
+pub(super) const MAX_BACKLOG: usize = 1_000_000;
 
 impl Core {
     /// Sends to the agent's current session; a session too far behind is
@@ -45,24 +54,21 @@ impl Core {
         }
     }
 
-    /// Forwards an update an agent reported (and will retry until it is
-    /// acknowledged). False if it did not go out.
+    /// Forwards an update an agent reported (and retries until it is
+    /// acknowledged). False if the framework is not connected.
     pub(super) fn send_update(&mut self, framework: &str, status: TaskStatus) -> bool {
-        let Some((_, tx)) = self
-            .frameworks
-            .get(framework)
-            .and_then(|f| f.stream.as_ref())
-        else {
+        let uuid = status.uuid.clone();
+        let Some(f) = self.frameworks.get_mut(framework) else {
             return false;
         };
-        match tx.send(update_event(status)) {
-            Ok(()) => true,
-            Err(Unsent::Closed) => false,
-            Err(Unsent::Full(_)) => {
-                self.metrics.updates_deferred += 1;
-                false
-            }
+        if f.stream.is_none() {
+            return false;
         }
+        if !uuid.is_empty() && f.backlog_uuids.contains(&uuid) {
+            // A retry of an update still waiting its turn.
+            return true;
+        }
+        self.send_event(framework, update_event(status), uuid)
     }
 
     /// A task update the master decided: nobody would retry it.
@@ -70,41 +76,75 @@ impl Core {
         self.send_master_event(framework, update_event(status));
     }
 
-    /// Sends an event nobody would retry: straight out while the stream has
-    /// room and nothing waits before it, else into the backlog.
+    /// Sends an event nobody would retry.
     pub(super) fn send_master_event(&mut self, framework: &str, event: Event) {
+        self.send_event(framework, event, Vec::new());
+    }
+
+    /// Straight out while the stream has room and nothing waits before it,
+    /// else into the backlog (`uuid`: the update's, to queue it once).
+    fn send_event(&mut self, framework: &str, event: Event, uuid: Vec<u8>) -> bool {
         let Some(f) = self.frameworks.get_mut(framework) else {
-            return;
+            return false;
         };
         let Some((_, tx)) = &f.stream else {
-            return;
+            return false;
         };
-        if f.backlog.is_empty() {
+        let event = if f.backlog.is_empty() {
             match tx.send(event) {
-                Ok(()) | Err(Unsent::Closed) => {}
-                Err(Unsent::Full(event)) => f.backlog.push_back(event),
+                Ok(()) => return true,
+                Err(Unsent::Closed) => return false,
+                Err(Unsent::Full(event)) => event,
             }
         } else {
-            f.backlog.push_back(event);
+            event
+        };
+        if f.backlog.len() >= MAX_BACKLOG {
+            warn!(
+                framework,
+                "the framework's backlog is full; ending its stream"
+            );
+            tx.close(Status::resource_exhausted(format!(
+                "framework {framework} fell {MAX_BACKLOG} events behind; subscribe again and reconcile"
+            )));
+            f.backlog.clear();
+            f.backlog_uuids.clear();
+            self.metrics.peer_streams_cut += 1;
+            return false;
         }
+        self.metrics.events_backlogged += 1;
+        if !uuid.is_empty() {
+            f.backlog_uuids.insert(uuid.clone());
+        }
+        f.backlog.push_back((event, uuid));
+        true
     }
 
     /// Moves what waits in backlogs into streams that drained.
     pub(super) fn flush_backlogs(&mut self) {
         for f in self.frameworks.values_mut() {
+            if f.backlog.is_empty() {
+                continue;
+            }
             let Some((_, tx)) = &f.stream else {
                 f.backlog.clear();
+                f.backlog_uuids.clear();
                 continue;
             };
-            while let Some(event) = f.backlog.pop_front() {
+            while let Some((event, uuid)) = f.backlog.pop_front() {
                 match tx.send(event) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if !uuid.is_empty() {
+                            f.backlog_uuids.remove(&uuid);
+                        }
+                    }
                     Err(Unsent::Full(event)) => {
-                        f.backlog.push_front(event);
+                        f.backlog.push_front((event, uuid));
                         break;
                     }
                     Err(Unsent::Closed) => {
                         f.backlog.clear();
+                        f.backlog_uuids.clear();
                         break;
                     }
                 }

@@ -70,6 +70,7 @@ impl Core {
             id.clone(),
             FrameworkEntry {
                 backlog: VecDeque::new(),
+                backlog_uuids: HashSet::new(),
                 offers_paused: false,
                 id: id.clone(),
                 failover_timeout: failover_timeout_of(&info),
@@ -106,6 +107,7 @@ impl Core {
         });
         f.stream = None;
         f.backlog.clear();
+        f.backlog_uuids.clear();
         f.offers_paused = false;
         f.disconnected_at = Some(Instant::now());
         self.persist_framework(framework_id);

@@ -183,10 +183,12 @@ struct FrameworkEntry {
     info: v1::FrameworkInfo,
     role: String,
     stream: Option<(String, FrameworkTx)>,
-    /// Events only the master can tell (its own task updates, reconciliation
-    /// answers, rescinds) that found the stream full: sent as it drains, in
-    /// order; dropped with the stream (the framework reconciles).
-    backlog: VecDeque<Event>,
+    /// Events that found the stream full, each with its update's uuid
+    /// (empty for the master's own): sent as it drains, in order; dropped
+    /// with the stream (agents retry, the framework reconciles).
+    backlog: VecDeque<(Event, Vec<u8>)>,
+    /// Uuids of the updates in `backlog`: a retry is not queued twice.
+    backlog_uuids: HashSet<Vec<u8>>,
     /// No offers while its stream is nearly full (the allocator sees it as
     /// inactive); resumed once the stream drains.
     offers_paused: bool,
@@ -309,6 +311,73 @@ fn id_or_new(requested: Option<&str>) -> String {
         .map_or_else(new_id, str::to_string)
 }
 
+/// The core's queues, both bounded: frameworks' calls and operators'
+/// actions apart from agents' messages, and taken first, so an
+/// acknowledgement (which lets an agent and a framework move on) never
+/// waits behind a flood of agent updates.
+pub struct Inbox {
+    calls: mpsc::Receiver<CoreMsg>,
+    agents: mpsc::Receiver<CoreMsg>,
+}
+
+/// The sending side of an [`Inbox`].
+#[derive(Clone)]
+pub struct InboxSender {
+    calls: mpsc::Sender<CoreMsg>,
+    agents: mpsc::Sender<CoreMsg>,
+}
+
+/// An inbox whose lanes hold `capacity` messages each.
+pub fn inbox(capacity: usize) -> (InboxSender, Inbox) {
+    let (calls_tx, calls) = mpsc::channel(capacity);
+    let (agents_tx, agents) = mpsc::channel(capacity);
+    (
+        InboxSender {
+            calls: calls_tx,
+            agents: agents_tx,
+        },
+        Inbox { calls, agents },
+    )
+}
+
+impl InboxSender {
+    fn lane(&self, msg: &CoreMsg) -> &mpsc::Sender<CoreMsg> {
+        match msg {
+            CoreMsg::Agent { .. } | CoreMsg::AgentClosed { .. } => &self.agents,
+            _ => &self.calls,
+        }
+    }
+
+    /// Waits for room; fails once the core has gone.
+    pub async fn send(&self, msg: CoreMsg) -> Result<(), mpsc::error::SendError<CoreMsg>> {
+        self.lane(&msg).send(msg).await
+    }
+
+    /// Queues without waiting; a full lane hands the message back.
+    pub fn try_send(&self, msg: CoreMsg) -> Result<(), Box<mpsc::error::TrySendError<CoreMsg>>> {
+        self.lane(&msg).try_send(msg).map_err(Box::new)
+    }
+}
+
+impl Inbox {
+    /// The next message, calls first; `None` once every sender is gone.
+    async fn next(&mut self) -> Option<CoreMsg> {
+        tokio::select! {
+            biased;
+            Some(msg) = self.calls.recv() => Some(msg),
+            Some(msg) = self.agents.recv() => Some(msg),
+            else => None,
+        }
+    }
+
+    fn try_next(&mut self) -> Option<CoreMsg> {
+        self.calls
+            .try_recv()
+            .or_else(|_| self.agents.try_recv())
+            .ok()
+    }
+}
+
 /// Resolves at `at`, or never.
 async fn wait_until(at: Option<Instant>) {
     match at {
@@ -378,7 +447,7 @@ impl Core {
     /// and says so.
     pub async fn run(
         mut self,
-        mut rx: mpsc::Receiver<CoreMsg>,
+        mut inbox: Inbox,
         shutdown: impl std::future::Future<Output = ()>,
         fence: Option<agora_store::election::Leadership>,
     ) -> CoreExit {
@@ -395,7 +464,7 @@ impl Core {
         loop {
             let publish_at = self.unpublished().then(|| self.read.next_due()).flatten();
             tokio::select! {
-                msg = rx.recv() => {
+                msg = inbox.next() => {
                     let Some(msg) = msg else { break };
                     // Checked before acting on anything: a leader that was
                     // frozen past its lease wakes up deposed.
@@ -407,7 +476,7 @@ impl Core {
                     // per burst, and a burst no longer than MAX_BURST, so
                     // offers, commits and backlogs keep moving under load.
                     for _ in 1..MAX_BURST {
-                        let Ok(msg) = rx.try_recv() else { break };
+                        let Some(msg) = inbox.try_next() else { break };
                         self.handle(msg);
                     }
                 }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use super::*;
 use crate::snapshot::{Publisher, Snapshot, TaskKey as ReadKey};
 
-/// Publication without readers: it keeps the record of what changed small.
-pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// Publication without readers: it keeps the record of what changed from
+/// growing without bound. (Readers ask for fresh snapshots themselves.)
+pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
 /// What a task or offer holds, summed per agent and per framework.
 #[derive(Default)]
@@ -132,6 +133,10 @@ impl Core {
                 tasks.extend(self.task_keys(|_, t| &t.agent == id));
             }
         }
+        // In key order: consecutive inserts land in the same nodes, which
+        // are copied from the last snapshot once, not once per task.
+        let mut tasks: Vec<TaskKey> = tasks.into_iter().collect();
+        tasks.sort_unstable();
         for key in tasks {
             self.publish_task(&key, &mut agents, &mut frameworks);
         }
@@ -164,6 +169,7 @@ impl Core {
                 }
             }
         }
+        self.metrics.snapshots_published += 1;
         self.read.working.roles = Arc::new(self.allocator.roles());
         self.read.working.metrics = Arc::new(self.metrics.clone());
         self.read.working.seq += 1;
@@ -186,7 +192,7 @@ impl Core {
         };
         for (view, add) in [(old.as_deref(), false), (new.as_ref(), true)] {
             let Some(view) = view else { continue };
-            let state = TaskState::from_str_name(&view.state).unwrap_or(TaskState::TaskUnknown);
+            let state = TaskState::from_str_name(view.state).unwrap_or(TaskState::TaskUnknown);
             let count = read
                 .working
                 .tasks_by_state

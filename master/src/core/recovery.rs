@@ -117,6 +117,7 @@ impl Core {
                 id.clone(),
                 FrameworkEntry {
                     backlog: VecDeque::new(),
+                    backlog_uuids: HashSet::new(),
                     offers_paused: false,
                     id,
                     failover_timeout: failover_timeout_of(&info),
@@ -188,6 +189,7 @@ impl Core {
             framework.to_string(),
             FrameworkEntry {
                 backlog: VecDeque::new(),
+                backlog_uuids: HashSet::new(),
                 offers_paused: false,
                 id: framework.to_string(),
                 info: v1::FrameworkInfo::default(),

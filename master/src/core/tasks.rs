@@ -127,6 +127,20 @@ impl Core {
             value: agent.to_string(),
         });
         debug!(framework = %framework, task = %task_id, state = status.state, "status update");
+        if self.is_superseded(&key, &status) {
+            // A retry of an update that a later one overtook (the first was
+            // not forwarded while the framework's stream was full): taken
+            // as delivered, so the task does not go back to starting.
+            self.send_to_agent(
+                agent,
+                master_message::Message::Acknowledge(master_message::Acknowledge {
+                    framework_id: Some(v1::FrameworkId { value: framework }),
+                    task_id: status.task_id,
+                    uuid: status.uuid,
+                }),
+            );
+            return;
+        }
         self.set_task_state(&key, &status);
         self.metrics.status_updates += 1;
         if !self.frameworks.contains_key(&framework) {
@@ -150,6 +164,16 @@ impl Core {
         {
             self.awaiting_ack.entry(uuid).or_insert_with(Instant::now);
         }
+    }
+
+    /// Whether an agent's update would move a task back to staging or
+    /// starting once it got further.
+    fn is_superseded(&self, key: &TaskKey, status: &TaskStatus) -> bool {
+        let early = |s: TaskState| matches!(s, TaskState::TaskStaging | TaskState::TaskStarting);
+        let reported = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
+        self.tasks
+            .get(key)
+            .is_some_and(|t| early(reported) && !early(t.state))
     }
 
     pub(super) fn send_kill(&mut self, key: &TaskKey) {

@@ -61,7 +61,9 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
 
     /// The keys changed since the last call (inserted, modified or removed).
     pub(super) fn take_changed(&mut self) -> HashSet<K> {
-        std::mem::take(&mut self.changed)
+        // The next round likely changes as many: no regrowing from empty.
+        let room = HashSet::with_capacity(self.changed.len());
+        std::mem::replace(&mut self.changed, room)
     }
 }
 

@@ -31,10 +31,10 @@ impl Core {
             name: t.info.name.clone(),
             framework_id: fw.clone(),
             agent_id: t.agent.clone(),
-            state: t.state.as_str_name().to_string(),
+            state: t.state.as_str_name(),
             resources: t.resources.clone(),
             message: t.message.clone(),
-            reason: t.reason.as_str_name().to_string(),
+            reason: t.reason.as_str_name(),
             sandbox: self
                 .agents
                 .get(&t.agent)

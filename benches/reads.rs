@@ -1,0 +1,248 @@
+//! Reads under load: what a dashboard costs a busy master, and what it
+//! waits for.
+//!
+//! One real master process, `AGORA_READS_AGENTS` emulated agents (default
+//! 10,000; tasks run until killed) and a resident framework holding
+//! `AGORA_READS_TASKS` running tasks (default 100,000). Then a load
+//! framework launches `AGORA_READS_LOAD` more (default 100,000) as fast as
+//! offers allow, twice: alone, and while a dashboard polls — a page of 100
+//! tasks every 250 ms, `/metrics` every second, the whole `/api/v1/state`
+//! every two seconds, and one client on the event stream throughout.
+//!
+//! Inside the clocks: a read's clock runs from its request sent to its
+//! body received in full (HTTP/1.1 on loopback, one connection per
+//! endpoint); the load's from its first accept to its last `TASK_RUNNING`
+//! (the scale benchmark's measure). Idle reads are the same requests with
+//! nothing scheduling.
+//!
+//! `cargo bench --bench reads`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::Cluster;
+use cluster::master::dev::percentile;
+
+/// Latencies of one endpoint, in milliseconds, and the last body's size.
+#[derive(Default)]
+struct Timings {
+    ms: Vec<f64>,
+    bytes: usize,
+}
+
+impl Timings {
+    fn line(&mut self, what: &str) -> String {
+        self.ms.sort_by(f64::total_cmp);
+        format!(
+            "| {what} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            self.ms.len(),
+            percentile(&self.ms, 0.5),
+            percentile(&self.ms, 0.99),
+            self.ms.last().copied().unwrap_or(0.0),
+            human_bytes(self.bytes)
+        )
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MB", n as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KB", n as f64 / 1024.0)
+    }
+}
+
+async fn timed_get(client: &reqwest::Client, url: &str, into: &mut Timings) {
+    let started = Instant::now();
+    let response = client.get(url).send().await.expect("request");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    let body = response.bytes().await.expect("body");
+    into.ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    into.bytes = body.len();
+}
+
+/// A dashboard polling until `stop`; returns (page, metrics, state)
+/// timings.
+async fn dashboard(url: String, stop: Arc<AtomicBool>) -> [Timings; 3] {
+    let client = reqwest::Client::new();
+    let mut timings: [Timings; 3] = Default::default();
+    let started = Instant::now();
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        timed_get(
+            &client,
+            &format!("{url}/api/v1/tasks?limit=100"),
+            &mut timings[0],
+        )
+        .await;
+        if n.is_multiple_of(4) {
+            timed_get(&client, &format!("{url}/metrics"), &mut timings[1]).await;
+        }
+        if n.is_multiple_of(8) {
+            timed_get(&client, &format!("{url}/api/v1/state"), &mut timings[2]).await;
+        }
+        n += 1;
+        let next = started + Duration::from_millis(250 * n);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    timings
+}
+
+/// Counts server-sent events until `stop`.
+async fn event_listener(url: String, stop: Arc<AtomicBool>, seen: Arc<AtomicU64>) {
+    let client = reqwest::Client::new();
+    let mut response = client
+        .get(format!("{url}/api/v1/events"))
+        .send()
+        .await
+        .expect("event stream");
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(200), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                let events = chunk.windows(5).filter(|w| w == b"data:").count();
+                seen.fetch_add(events as u64, Ordering::Relaxed);
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+}
+
+async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
+    // The last load's tasks are killed at its teardown: wait until only
+    // the resident ones run.
+    let started = Instant::now();
+    loop {
+        let running = cluster.tasks_in(client, "TASK_RUNNING").await;
+        if running == Some(resident) {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let page = client
+                .get(format!("{}/metrics", cluster.master.url))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics");
+            let lines: Vec<&str> = page
+                .lines()
+                .filter(|l| {
+                    l.starts_with("agora_tasks")
+                        || l.starts_with("agora_agents")
+                        || l.starts_with("agora_peer")
+                        || l.starts_with("agora_status")
+                })
+                .collect();
+            panic!(
+                "did not settle: {running:?} tasks running, {resident} expected\n{}",
+                lines.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run(agents: usize, resident: u64, load: u64) {
+    eprintln!("reads: starting {agents} agents");
+    let cluster = Cluster::start(agents).await;
+    eprintln!("reads: {resident} resident tasks");
+    cluster.resident(resident).await;
+    let client = reqwest::Client::new();
+    settle(&cluster, &client, resident).await;
+    let url = cluster.master.url.clone();
+
+    let mut idle: [Timings; 3] = Default::default();
+    for i in 0..20 {
+        timed_get(
+            &client,
+            &format!("{url}/api/v1/tasks?limit=100"),
+            &mut idle[0],
+        )
+        .await;
+        timed_get(&client, &format!("{url}/metrics"), &mut idle[1]).await;
+        if i % 4 == 0 {
+            timed_get(&client, &format!("{url}/api/v1/state"), &mut idle[2]).await;
+        }
+    }
+
+    eprintln!("reads: load alone");
+    let alone = agora_sim::load::run(
+        cluster.load("load-alone", load, None),
+        Arc::new(agora_sim::load::LoadStats::default()),
+    )
+    .await
+    .expect("load ran");
+    settle(&cluster, &client, resident).await;
+
+    eprintln!("reads: load while a dashboard polls");
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(AtomicU64::new(0));
+    let polling = tokio::spawn(dashboard(url.clone(), stop.clone()));
+    let listening = tokio::spawn(event_listener(url.clone(), stop.clone(), events.clone()));
+    // The dashboard's first round lands before the load starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watched = agora_sim::load::run(
+        cluster.load("load-watched", load, None),
+        Arc::new(agora_sim::load::LoadStats::default()),
+    )
+    .await
+    .expect("load ran");
+    stop.store(true, Ordering::Relaxed);
+    let mut busy = polling.await.expect("dashboard");
+    let _ = listening.await;
+    let rss = cluster.master.rss_mib();
+
+    println!(
+        "{agents} agents, {resident} resident tasks; loads of {load} tasks; master RSS at the end {rss:.0} MiB\n"
+    );
+    println!("| load | tasks/s | latency p50 / p99 |");
+    println!("|---|---:|---:|");
+    for (what, r) in [("alone", &alone), ("while the dashboard polls", &watched)] {
+        println!(
+            "| {what} | {:.0} | {:.0} / {:.0} ms |",
+            r.tasks_per_second, r.latency_p50_ms, r.latency_p99_ms
+        );
+    }
+    println!("\n| read | requests | p50 ms | p99 ms | max ms | body |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (i, what) in ["page of 100 tasks", "/metrics", "/api/v1/state"]
+        .iter()
+        .enumerate()
+    {
+        println!("{}", idle[i].line(&format!("{what}, idle")));
+        println!("{}", busy[i].line(&format!("{what}, under load")));
+    }
+    println!(
+        "\nevent stream: {} events received while the load ran",
+        events.load(Ordering::Relaxed)
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let agents = env("AGORA_READS_AGENTS", 10_000) as usize;
+    let resident = env("AGORA_READS_TASKS", 100_000);
+    let load = env("AGORA_READS_LOAD", 100_000);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(agents, resident, load));
+}

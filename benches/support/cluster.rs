@@ -1,0 +1,142 @@
+//! An emulated cluster for the whole-system benchmarks: a real master
+//! process, N emulated agents in this process (tasks run until killed), and
+//! a resident framework holding a number of running tasks.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[path = "master.rs"]
+pub mod master;
+pub use master::Master;
+
+pub struct Cluster {
+    pub master: Master,
+    pub agents: usize,
+    pub emulator: Arc<agora_sim::emulate::EmulatorStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    emulating: Option<tokio::task::JoinHandle<Result<(), agora_sim::emulate::EmulateError>>>,
+    /// The resident framework's controls; it leaves when the cluster is
+    /// dropped.
+    pub hold: Arc<agora_sim::load::Hold>,
+    /// The resident framework's counts.
+    pub resident: Arc<agora_sim::load::LoadStats>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.hold.leave.notify_one();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(e) = self.emulating.take() {
+            e.abort();
+        }
+    }
+}
+
+/// Polls `done` every 20 ms until it holds, for at most `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Cluster {
+    /// A master and `agents` emulated agents, all registered.
+    pub async fn start(agents: usize) -> Cluster {
+        let master = Master::start();
+        let emulator = Arc::new(agora_sim::emulate::EmulatorStats::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = agora_sim::emulate::EmulateConfig {
+            masters: master.url.clone(),
+            agents,
+            resources: agora_proto::Resources::parse("cpus:8;mem:16384;disk:100000")
+                .expect("valid"),
+            attributes: Vec::new(),
+            task_duration: None,
+            agents_per_connection: 100,
+        };
+        let emulating = tokio::spawn(agora_sim::emulate::emulate(
+            config,
+            emulator.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let stats = emulator.clone();
+        wait_for("registration", Duration::from_secs(600), || {
+            stats.registered.load(Ordering::Relaxed) >= agents
+        })
+        .await;
+        Cluster {
+            master,
+            agents,
+            emulator,
+            stop: Some(stop),
+            emulating: Some(emulating),
+            hold: Arc::new(agora_sim::load::Hold::default()),
+            resident: Arc::new(agora_sim::load::LoadStats::default()),
+        }
+    }
+
+    /// A load framework's configuration against this master.
+    pub fn load(&self, name: &str, tasks: u64, rate: Option<f64>) -> agora_sim::load::LoadConfig {
+        agora_sim::load::LoadConfig {
+            masters: self.master.url.clone(),
+            tasks,
+            rate,
+            task: agora_proto::Resources::parse("cpus:0.01;mem:1").expect("valid"),
+            command: "true".into(),
+            name: name.into(),
+            hold: None,
+        }
+    }
+
+    /// Launches `tasks` that keep running (their framework stays) until
+    /// the cluster is dropped; returns once all run.
+    pub async fn resident(&self, tasks: u64) {
+        let stats = self.resident.clone();
+        let mut config = self.load("resident", tasks, None);
+        config.hold = Some(self.hold.clone());
+        tokio::spawn(agora_sim::load::run(config, stats.clone()));
+        wait_for("the resident tasks", Duration::from_secs(600), || {
+            stats.running.load(Ordering::Relaxed) >= tasks
+        })
+        .await;
+    }
+
+    /// The master's gauge `agora_tasks{state="…"}`.
+    pub async fn tasks_in(&self, client: &reqwest::Client, state: &str) -> Option<u64> {
+        gauge(
+            client,
+            &self.master.url,
+            &format!("agora_tasks{{state=\"{state}\"}}"),
+        )
+        .await
+    }
+}
+
+/// A gauge's value on the master's `/metrics` page.
+pub async fn gauge(client: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
+    let page = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64,
+    )
+}

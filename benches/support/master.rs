@@ -1,0 +1,69 @@
+//! A real master process for the whole-system benchmarks (release build,
+//! embedded registry in a temporary directory), killed when dropped; it
+//! can be killed and started again on the same port and registry.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+
+#[path = "dev.rs"]
+pub mod dev;
+
+pub struct Master {
+    child: Child,
+    pub url: String,
+    data: tempfile::TempDir,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(listen: &str, data: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["master", "--listen", listen, "--data-dir"])
+        .arg(data)
+        // Emulated agents are many connections from one address.
+        .args(["--max-connections-per-ip", "100000"])
+        .args(["--max-connections", "100000"])
+        .env("AGORA_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("agora master");
+    let url = dev::listen_url(&mut child);
+    (child, url)
+}
+
+impl Master {
+    pub fn start() -> Master {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (child, url) = spawn("127.0.0.1:0", data.path());
+        Master { child, url, data }
+    }
+
+    /// `kill -9`, then a new master on the same address and registry.
+    /// Returns when the new one listens.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (child, url) = spawn(&listen, self.data.path());
+        self.child = child;
+        self.url = url;
+    }
+
+    pub fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
