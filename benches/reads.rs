@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::Cluster;
 use cluster::master::dev::percentile;
+use cluster::{Cluster, block_on, env_u64};
 
 /// Latencies of one endpoint, in milliseconds, and the last body's size.
 #[derive(Default)]
@@ -231,18 +231,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let agents = env("AGORA_READS_AGENTS", 10_000) as usize;
-    let resident = env("AGORA_READS_TASKS", 100_000);
-    let load = env("AGORA_READS_LOAD", 100_000);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(run(agents, resident, load));
+    let agents = env_u64("AGORA_READS_AGENTS", 10_000) as usize;
+    let resident = env_u64("AGORA_READS_TASKS", 100_000);
+    let load = env_u64("AGORA_READS_LOAD", 100_000);
+    block_on(run(agents, resident, load));
 }

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use agora_sim::report::{COLOURS, Scale, Series, line_chart};
 
-#[path = "support/master.rs"]
-mod master;
-use master::Master;
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::Master;
 
 #[derive(serde::Serialize)]
 struct Point {
@@ -48,14 +48,7 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     let master = Master::start();
     let stats = Arc::new(agora_sim::emulate::EmulatorStats::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = agora_sim::emulate::EmulateConfig {
-        masters: master.url.clone(),
-        agents,
-        resources: agora_proto::Resources::parse("cpus:8;mem:16384;disk:100000").expect("valid"),
-        attributes: Vec::new(),
-        task_duration: Some(Duration::from_millis(task_ms)),
-        agents_per_connection: 100,
-    };
+    let config = cluster::emulation(&master.url, agents, Some(Duration::from_millis(task_ms)));
     let started = Instant::now();
     let emulator = tokio::spawn(agora_sim::emulate::emulate(config, stats.clone(), async {
         let _ = stop_rx.await;

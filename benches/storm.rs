@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::{Cluster, gauge, wait_for};
+use cluster::{Cluster, block_on, env_u64, gauge, wait_for};
 
 async fn run(agents: usize, tasks: u64) {
     eprintln!("storm: starting {agents} agents");
@@ -104,17 +104,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let agents = env("AGORA_STORM_AGENTS", 10_000) as usize;
-    let tasks = env("AGORA_STORM_TASKS", 100_000);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(run(agents, tasks));
+    let agents = env_u64("AGORA_STORM_AGENTS", 10_000) as usize;
+    let tasks = env_u64("AGORA_STORM_TASKS", 100_000);
+    block_on(run(agents, tasks));
 }

@@ -37,6 +37,39 @@ impl Drop for Cluster {
     }
 }
 
+/// A number from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs a benchmark's body on a multi-threaded runtime.
+pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(body)
+}
+
+/// Emulated agents of the benchmarks' size against `master`.
+pub fn emulation(
+    master: &str,
+    agents: usize,
+    task_duration: Option<Duration>,
+) -> agora_sim::emulate::EmulateConfig {
+    agora_sim::emulate::EmulateConfig {
+        masters: master.to_string(),
+        agents,
+        resources: agora_proto::Resources::parse("cpus:8;mem:16384;disk:100000").expect("valid"),
+        attributes: Vec::new(),
+        task_duration,
+        agents_per_connection: 100,
+    }
+}
+
 /// Polls `done` every 20 ms until it holds, for at most `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -55,15 +88,7 @@ impl Cluster {
         let master = Master::start();
         let emulator = Arc::new(agora_sim::emulate::EmulatorStats::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = agora_sim::emulate::EmulateConfig {
-            masters: master.url.clone(),
-            agents,
-            resources: agora_proto::Resources::parse("cpus:8;mem:16384;disk:100000")
-                .expect("valid"),
-            attributes: Vec::new(),
-            task_duration: None,
-            agents_per_connection: 100,
-        };
+        let config = emulation(&master.url, agents, None);
         let emulating = tokio::spawn(agora_sim::emulate::emulate(
             config,
             emulator.clone(),

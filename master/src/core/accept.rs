@@ -124,7 +124,7 @@ impl Core {
                 message: String::new(),
             });
             let key = (framework_id.to_string(), task_id);
-            self.tasks.insert(
+            self.insert_task(
                 key.clone(),
                 TaskEntry {
                     info: task.clone(),

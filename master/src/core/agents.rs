@@ -145,10 +145,14 @@ impl Core {
             secret_sha256,
             unreachable_since: None,
         };
-        // The admission is durable before the agent hears of it: a secret
-        // the registry lost would lock the agent out.
+        // A new secret is durable before the agent hears of it: a secret
+        // the registry lost would lock the agent out. A returning agent is
+        // told nothing new, so its record goes with the burst's commit (a
+        // restart's reconnection storm is not one commit per agent).
         let record = self.agent_record(&entry);
-        if let Err(e) = self.registry.transaction(|r| r.put_agent(&record)) {
+        if issued.is_none() {
+            self.registry.put_agent(&record);
+        } else if let Err(e) = self.registry.transaction(|r| r.put_agent(&record)) {
             warn!("registration refused: {e}");
             tx.close(Status::unavailable(format!(
                 "the master could not record the registration: {e}"
@@ -172,8 +176,7 @@ impl Core {
         let (reported, declared_ended) = self.reconcile_reported_tasks(&id, register.tasks);
 
         // Tasks the master placed on this agent that it no longer runs are gone.
-        let lost =
-            self.task_keys(|k, t| t.agent == id && !is_terminal(t.state) && !reported.contains(k));
+        let lost = self.task_keys_on(&id, |k, t| !is_terminal(t.state) && !reported.contains(k));
         self.master_transition(
             lost,
             TaskState::TaskGone,
@@ -200,8 +203,7 @@ impl Core {
 
         // Kills asked for while the agent was away, and of tasks the master
         // had declared ended (their frameworks may have replaced them).
-        let pending =
-            self.task_keys(|_, t| t.agent == id && t.kill_requested && !is_terminal(t.state));
+        let pending = self.task_keys_on(&id, |_, t| t.kill_requested && !is_terminal(t.state));
         for key in pending.iter().chain(&declared_ended) {
             self.send_kill(key);
         }
@@ -264,7 +266,7 @@ impl Core {
                     // A terminal state: the agent's own update follows.
                 }
                 None => {
-                    self.tasks.insert(
+                    self.insert_task(
                         key.clone(),
                         TaskEntry {
                             info: task,
@@ -300,9 +302,9 @@ impl Core {
 
     pub(super) fn used_on_agent(&self, agent: &str) -> Vec<(String, Resources)> {
         let mut used: BTreeMap<String, Resources> = BTreeMap::new();
-        for ((framework, _), t) in self.tasks.iter() {
-            if t.agent == agent && !is_terminal(t.state) {
-                used.entry(framework.clone()).or_default().add(&t.resources);
+        for key in self.task_keys_on(agent, |_, t| !is_terminal(t.state)) {
+            if let Some(t) = self.tasks.get(&key) {
+                used.entry(key.0).or_default().add(&t.resources);
             }
         }
         used.into_iter().collect()
@@ -374,7 +376,7 @@ impl Core {
                 },
             );
         }
-        let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
+        let keys = self.task_keys_on(agent_id, |_, t| !is_terminal(t.state));
         self.master_transition(
             keys,
             TaskState::TaskUnreachable,
@@ -389,7 +391,7 @@ impl Core {
     /// it still runs is reported to the frameworks.
     pub(super) fn remove_agent(&mut self, agent_id: &str) {
         warn!(agent = %agent_id, timeout = ?self.config.agent_removal_timeout, "agent unreachable past the removal timeout; removing it");
-        let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
+        let keys = self.task_keys_on(agent_id, |_, t| !is_terminal(t.state));
         self.master_transition(
             keys,
             TaskState::TaskLost,
@@ -433,7 +435,7 @@ impl Core {
                 "agent `{agent_id}` was marked gone by an operator"
             )));
         }
-        let keys = self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state));
+        let keys = self.task_keys_on(agent_id, |_, t| !is_terminal(t.state));
         self.master_transition(
             keys,
             TaskState::TaskGoneByOperator,

@@ -224,6 +224,8 @@ pub struct Core {
     frameworks: Tracked<String, FrameworkEntry>,
     offers: OfferBook<String>,
     tasks: Tracked<TaskKey, TaskEntry>,
+    /// The keys of the tasks on each agent.
+    tasks_by_agent: HashMap<String, HashSet<TaskKey>>,
     /// What readers see, brought up to date from the changes above.
     read: publish::ReadModel,
     completed: VecDeque<TaskKey>,
@@ -413,6 +415,7 @@ impl Core {
             frameworks: Tracked::new(),
             offers: OfferBook::tracking_changes(),
             tasks: Tracked::new(),
+            tasks_by_agent: HashMap::new(),
             read: publish::ReadModel::new(),
             completed: VecDeque::new(),
             allocation_needed: false,

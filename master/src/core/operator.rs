@@ -82,7 +82,7 @@ impl Core {
                 self.allocator.set_agent_active(&agent_id, false);
                 self.rescind_where(|o| o.agent == agent_id);
                 if kill_tasks {
-                    for key in self.task_keys(|_, t| t.agent == agent_id && !is_terminal(t.state)) {
+                    for key in self.task_keys_on(&agent_id, |_, t| !is_terminal(t.state)) {
                         self.send_kill(&key);
                     }
                 }

@@ -130,7 +130,7 @@ impl Core {
                 _ => false,
             };
             if moved {
-                tasks.extend(self.task_keys(|_, t| &t.agent == id));
+                tasks.extend(self.task_keys_on(id, |_, _| true));
             }
         }
         // In key order: consecutive inserts land in the same nodes, which

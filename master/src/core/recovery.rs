@@ -150,7 +150,7 @@ impl Core {
                 lost.push(key.clone());
             }
             let state = TaskState::try_from(record.state).unwrap_or(TaskState::TaskStaging);
-            core.tasks.insert(
+            core.insert_task(
                 key,
                 TaskEntry {
                     resources: Resources::from_proto(&task.resources).unwrap_or_default(),

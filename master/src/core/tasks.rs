@@ -13,6 +13,56 @@ impl Core {
             .collect()
     }
 
+    /// Keys of the tasks on `agent` matching `pred`, from the index by
+    /// agent (a scan of every task per agent made a reconnection storm
+    /// quadratic).
+    pub(super) fn task_keys_on(
+        &self,
+        agent: &str,
+        pred: impl Fn(&TaskKey, &TaskEntry) -> bool,
+    ) -> Vec<TaskKey> {
+        self.tasks_by_agent
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .filter(|k| {
+                self.tasks
+                    .get(*k)
+                    .is_some_and(|t| t.agent == agent && pred(k, t))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Adds (or replaces) a task, indexed by its agent.
+    pub(super) fn insert_task(&mut self, key: TaskKey, entry: TaskEntry) {
+        self.tasks_by_agent
+            .entry(entry.agent.clone())
+            .or_default()
+            .insert(key.clone());
+        if let Some(old) = self.tasks.insert(key.clone(), entry)
+            && self.tasks.get(&key).is_some_and(|t| t.agent != old.agent)
+        {
+            self.unindex(&old.agent, &key);
+        }
+    }
+
+    /// Forgets a task and its index entry.
+    pub(super) fn remove_task(&mut self, key: &TaskKey) -> Option<TaskEntry> {
+        let entry = self.tasks.remove(key)?;
+        self.unindex(&entry.agent, key);
+        Some(entry)
+    }
+
+    fn unindex(&mut self, agent: &str, key: &TaskKey) {
+        if let Some(keys) = self.tasks_by_agent.get_mut(agent) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.tasks_by_agent.remove(agent);
+            }
+        }
+    }
+
     /// Moves tasks to a state the master decides (not the agent), and tells
     /// their frameworks.
     pub(super) fn master_transition(
@@ -89,7 +139,7 @@ impl Core {
                 if let Some(old) = self.completed.pop_front()
                     && self.tasks.get(&old).is_some_and(|t| is_terminal(t.state))
                 {
-                    self.tasks.remove(&old);
+                    self.remove_task(&old);
                 }
             }
         }
@@ -131,14 +181,7 @@ impl Core {
             // A retry of an update that a later one overtook (the first was
             // not forwarded while the framework's stream was full): taken
             // as delivered, so the task does not go back to starting.
-            self.send_to_agent(
-                agent,
-                master_message::Message::Acknowledge(master_message::Acknowledge {
-                    framework_id: Some(v1::FrameworkId { value: framework }),
-                    task_id: status.task_id,
-                    uuid: status.uuid,
-                }),
-            );
+            self.acknowledge_for_framework(agent, framework, status);
             return;
         }
         self.set_task_state(&key, &status);
@@ -146,14 +189,7 @@ impl Core {
         if !self.frameworks.contains_key(&framework) {
             // Nobody to deliver to: acknowledge on the framework's behalf so the
             // agent stops retrying.
-            self.send_to_agent(
-                agent,
-                master_message::Message::Acknowledge(master_message::Acknowledge {
-                    framework_id: Some(v1::FrameworkId { value: framework }),
-                    task_id: status.task_id,
-                    uuid: status.uuid,
-                }),
-            );
+            self.acknowledge_for_framework(agent, framework, status);
             return;
         }
         // If the framework is disconnected the agent retries later.
@@ -164,6 +200,19 @@ impl Core {
         {
             self.awaiting_ack.entry(uuid).or_insert_with(Instant::now);
         }
+    }
+
+    /// Tells the agent an update was delivered, which its framework will
+    /// not acknowledge itself.
+    fn acknowledge_for_framework(&mut self, agent: &str, framework: String, status: TaskStatus) {
+        self.send_to_agent(
+            agent,
+            master_message::Message::Acknowledge(master_message::Acknowledge {
+                framework_id: Some(v1::FrameworkId { value: framework }),
+                task_id: status.task_id,
+                uuid: status.uuid,
+            }),
+        );
     }
 
     /// Whether an agent's update would move a task back to staging or
