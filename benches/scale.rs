@@ -75,15 +75,8 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
             );
         }
     });
-    let config = |name: &str, rate: Option<f64>| agora_sim::load::LoadConfig {
-        masters: master.url.clone(),
-        tasks,
-        rate,
-        task: agora_proto::Resources::parse("cpus:0.01;mem:1").expect("valid"),
-        command: "true".into(),
-        name: name.into(),
-        hold: None,
-    };
+    let config =
+        |name: &str, rate: Option<f64>| cluster::load_config(&master.url, name, tasks, rate);
     let load = agora_sim::load::run(config("load-max", None), load_stats)
         .await
         .expect("the load ran");

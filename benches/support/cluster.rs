@@ -70,6 +70,24 @@ pub fn emulation(
     }
 }
 
+/// A load framework of small tasks (`cpus:0.01;mem:1`) against `master`.
+pub fn load_config(
+    master: &str,
+    name: &str,
+    tasks: u64,
+    rate: Option<f64>,
+) -> agora_sim::load::LoadConfig {
+    agora_sim::load::LoadConfig {
+        masters: master.to_string(),
+        tasks,
+        rate,
+        task: agora_proto::Resources::parse("cpus:0.01;mem:1").expect("valid"),
+        command: "true".into(),
+        name: name.into(),
+        hold: None,
+    }
+}
+
 /// Polls `done` every 20 ms until it holds, for at most `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -114,15 +132,7 @@ impl Cluster {
 
     /// A load framework's configuration against this master.
     pub fn load(&self, name: &str, tasks: u64, rate: Option<f64>) -> agora_sim::load::LoadConfig {
-        agora_sim::load::LoadConfig {
-            masters: self.master.url.clone(),
-            tasks,
-            rate,
-            task: agora_proto::Resources::parse("cpus:0.01;mem:1").expect("valid"),
-            command: "true".into(),
-            name: name.into(),
-            hold: None,
-        }
+        load_config(&self.master.url, name, tasks, rate)
     }
 
     /// Launches `tasks` that keep running (their framework stays) until
