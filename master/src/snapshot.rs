@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
 use crate::metrics::{Gauges, Metrics};
-use crate::state::{AgentView, FrameworkView, OfferView, StateView, TaskView};
+use crate::state::{AgentView, FrameworkView, OfferView, TaskView};
 
 /// A task's key: its framework's id, then its own.
 pub type TaskKey = (Arc<str>, Arc<str>);
@@ -211,18 +211,6 @@ impl Snapshot {
             frameworks: self.frameworks_sorted(),
             tasks: self.tasks_sorted().collect(),
             offers: self.offers_aged(now_ms),
-        }
-    }
-
-    /// An owned copy of the whole state (tests and tools; handlers serialize
-    /// [`Snapshot::state`] instead).
-    pub fn to_view(&self, now_ms: u64) -> StateView {
-        let state = self.state(now_ms);
-        StateView {
-            agents: state.agents.into_iter().cloned().collect(),
-            frameworks: state.frameworks.into_iter().cloned().collect(),
-            tasks: state.tasks.into_iter().cloned().collect(),
-            offers: state.offers,
         }
     }
 

@@ -1,19 +1,10 @@
-//! The operator's view of the cluster: what `GET /api/v1/state` returns.
-//! Built by the core as one consistent snapshot.
+//! The operator's view of the cluster: the parts `GET /api/v1/state`
+//! returns (see `snapshot.rs`, which holds and serializes them).
 
 use std::collections::BTreeMap;
 
 use agora_proto::Resources;
 use serde::Serialize;
-
-/// The whole cluster at one instant.
-#[derive(Clone, Debug, Serialize)]
-pub struct StateView {
-    pub agents: Vec<AgentView>,
-    pub frameworks: Vec<FrameworkView>,
-    pub tasks: Vec<TaskView>,
-    pub offers: Vec<OfferView>,
-}
 
 /// An outstanding offer.
 #[derive(Clone, Debug, Serialize)]

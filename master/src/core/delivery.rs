@@ -122,7 +122,7 @@ impl Core {
 
     /// Moves what waits in backlogs into streams that drained.
     pub(super) fn flush_backlogs(&mut self) {
-        for f in self.frameworks.values_mut() {
+        for f in self.frameworks.values_mut_unseen() {
             if f.backlog.is_empty() {
                 continue;
             }
@@ -156,7 +156,7 @@ impl Core {
     /// (it reads slower than it is sent to) and resume, with a pass, once
     /// it drained.
     pub(super) fn pause_offers_to_slow_frameworks(&mut self) {
-        for f in self.frameworks.values_mut() {
+        for f in self.frameworks.values_mut_unseen() {
             let Some((_, tx)) = &f.stream else {
                 continue;
             };

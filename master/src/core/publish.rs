@@ -16,42 +16,34 @@ use crate::snapshot::{Publisher, Snapshot, TaskKey as ReadKey};
 /// growing without bound. (Readers ask for fresh snapshots themselves.)
 pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
-/// What a task or offer holds, summed per agent and per framework.
+/// A running sum of resources and how many things hold them.
 #[derive(Default)]
-pub(super) struct Holdings {
-    pub(super) used: Resources,
-    pub(super) offered: Resources,
-    pub(super) live_tasks: usize,
-    offers: usize,
+pub(super) struct Sum {
+    pub(super) resources: Resources,
+    pub(super) count: usize,
 }
 
-impl Holdings {
-    fn task(&mut self, resources: &Resources, add: bool) {
+impl Sum {
+    fn change(&mut self, resources: &Resources, add: bool) {
         if add {
-            self.used.add(resources);
-            self.live_tasks += 1;
+            self.resources.add(resources);
+            self.count += 1;
         } else {
-            self.used.subtract(resources);
-            self.live_tasks = self.live_tasks.saturating_sub(1);
-            if self.live_tasks == 0 {
+            self.resources.subtract(resources);
+            self.count = self.count.saturating_sub(1);
+            if self.count == 0 {
                 // No rounding dust left behind by many adds and subtracts.
-                self.used = Resources::default();
+                self.resources = Resources::default();
             }
         }
     }
+}
 
-    fn offer(&mut self, resources: &Resources, add: bool) {
-        if add {
-            self.offered.add(resources);
-            self.offers += 1;
-        } else {
-            self.offered.subtract(resources);
-            self.offers = self.offers.saturating_sub(1);
-            if self.offers == 0 {
-                self.offered = Resources::default();
-            }
-        }
-    }
+/// What live tasks and open offers hold, per agent or per framework.
+#[derive(Default)]
+pub(super) struct Holdings {
+    pub(super) used: Sum,
+    pub(super) offered: Sum,
 }
 
 /// The core's working copy of the read model and where it is published.
@@ -184,13 +176,16 @@ impl Core {
         frameworks: &mut HashSet<String>,
     ) {
         let read_key: ReadKey = (Arc::from(key.0.as_str()), Arc::from(key.1.as_str()));
-        let new = self.tasks.get(key).map(|t| self.task_view(key, t));
+        let new = self
+            .tasks
+            .get(key)
+            .map(|t| Arc::new(self.task_view(key, t)));
         let read = &mut self.read;
         let old = match &new {
-            Some(view) => read.working.tasks.insert(read_key, Arc::new(view.clone())),
+            Some(view) => read.working.tasks.insert(read_key, view.clone()),
             None => read.working.tasks.remove(&read_key),
         };
-        for (view, add) in [(old.as_deref(), false), (new.as_ref(), true)] {
+        for (view, add) in [(old.as_deref(), false), (new.as_deref(), true)] {
             let Some(view) = view else { continue };
             let state = TaskState::from_str_name(view.state).unwrap_or(TaskState::TaskUnknown);
             let count = read
@@ -209,11 +204,13 @@ impl Core {
             read.by_agent
                 .entry(view.agent_id.clone())
                 .or_default()
-                .task(&view.resources, add);
+                .used
+                .change(&view.resources, add);
             read.by_framework
                 .entry(view.framework_id.clone())
                 .or_default()
-                .task(&view.resources, add);
+                .used
+                .change(&view.resources, add);
             agents.insert(view.agent_id.clone());
             frameworks.insert(view.framework_id.clone());
         }
@@ -226,29 +223,33 @@ impl Core {
         frameworks: &mut HashSet<String>,
     ) {
         let key: Arc<str> = Arc::from(id.as_str());
-        let new = self.offers.get(id).map(|o| OfferView {
-            id: id.clone(),
-            framework_id: o.framework.clone(),
-            agent_id: o.agent.clone(),
-            resources: o.resources.clone(),
-            age_seconds: 0.0,
-            made_at_ms: self.wall_ms(o.made_at),
+        let new = self.offers.get(id).map(|o| {
+            Arc::new(OfferView {
+                id: id.clone(),
+                framework_id: o.framework.clone(),
+                agent_id: o.agent.clone(),
+                resources: o.resources.clone(),
+                age_seconds: 0.0,
+                made_at_ms: self.wall_ms(o.made_at),
+            })
         });
         let read = &mut self.read;
         let old = match &new {
-            Some(view) => read.working.offers.insert(key, Arc::new(view.clone())),
+            Some(view) => read.working.offers.insert(key, view.clone()),
             None => read.working.offers.remove(&key),
         };
-        for (view, add) in [(old.as_deref(), false), (new.as_ref(), true)] {
+        for (view, add) in [(old.as_deref(), false), (new.as_deref(), true)] {
             let Some(view) = view else { continue };
             read.by_agent
                 .entry(view.agent_id.clone())
                 .or_default()
-                .offer(&view.resources, add);
+                .offered
+                .change(&view.resources, add);
             read.by_framework
                 .entry(view.framework_id.clone())
                 .or_default()
-                .offer(&view.resources, add);
+                .offered
+                .change(&view.resources, add);
             agents.insert(view.agent_id.clone());
             frameworks.insert(view.framework_id.clone());
         }

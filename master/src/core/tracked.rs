@@ -49,9 +49,10 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         Some(value)
     }
 
-    /// Every value, each recorded as changed.
-    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.changed.extend(self.map.keys().cloned());
+    /// Every value, for changes to what no reader sees (a framework's
+    /// backlog, its offer pause): not recorded. Marking every framework
+    /// changed after every burst made the read model republish them all.
+    pub(super) fn values_mut_unseen(&mut self) -> impl Iterator<Item = &mut V> {
         self.map.values_mut()
     }
 

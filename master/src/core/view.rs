@@ -19,8 +19,10 @@ impl Core {
             draining: a.draining,
             resources: AgentResources {
                 total: a.total.clone(),
-                used: holds.map(|h| h.used.clone()).unwrap_or_default(),
-                offered: holds.map(|h| h.offered.clone()).unwrap_or_default(),
+                used: holds.map(|h| h.used.resources.clone()).unwrap_or_default(),
+                offered: holds
+                    .map(|h| h.offered.resources.clone())
+                    .unwrap_or_default(),
             },
         }
     }
@@ -71,8 +73,12 @@ pub(super) fn framework_view(f: &FrameworkEntry, holds: Option<&Holdings>) -> Fr
         role: f.role.clone(),
         active: f.stream.is_some(),
         webui_url: f.info.webui_url.clone(),
-        used: holds.map(|h| h.used.scalar_part()).unwrap_or_default(),
-        offered: holds.map(|h| h.offered.scalar_part()).unwrap_or_default(),
-        task_count: holds.map_or(0, |h| h.live_tasks),
+        used: holds
+            .map(|h| h.used.resources.scalar_part())
+            .unwrap_or_default(),
+        offered: holds
+            .map(|h| h.offered.resources.scalar_part())
+            .unwrap_or_default(),
+        task_count: holds.map_or(0, |h| h.used.count),
     }
 }
