@@ -9,6 +9,10 @@
 //! tasks every 250 ms, `/metrics` every second, the whole `/api/v1/state`
 //! every two seconds, and one client on the event stream throughout.
 //!
+//! The master's CPU time is read from `/proc` around each load: what the
+//! dashboard costs the master, apart from what the dashboard's own client
+//! (in this process, on the same cores) costs the machine.
+//!
 //! Inside the clocks: a read's clock runs from its request sent to its
 //! body received in full (HTTP/1.1 on loopback, one connection per
 //! endpoint); the load's from its first accept to its last `TASK_RUNNING`
@@ -175,12 +179,14 @@ async fn run(agents: usize, resident: u64, load: u64) {
     }
 
     eprintln!("reads: load alone");
+    let cpu_before = cluster.master.cpu_seconds();
     let alone = agora_sim::load::run(
         cluster.load("load-alone", load, None),
         Arc::new(agora_sim::load::LoadStats::default()),
     )
     .await
     .expect("load ran");
+    let cpu_alone = cluster.master.cpu_seconds() - cpu_before;
     settle(&cluster, &client, resident).await;
 
     eprintln!("reads: load while a dashboard polls");
@@ -190,12 +196,14 @@ async fn run(agents: usize, resident: u64, load: u64) {
     let listening = tokio::spawn(event_listener(url.clone(), stop.clone(), events.clone()));
     // The dashboard's first round lands before the load starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_before = cluster.master.cpu_seconds();
     let watched = agora_sim::load::run(
         cluster.load("load-watched", load, None),
         Arc::new(agora_sim::load::LoadStats::default()),
     )
     .await
     .expect("load ran");
+    let cpu_watched = cluster.master.cpu_seconds() - cpu_before;
     stop.store(true, Ordering::Relaxed);
     let mut busy = polling.await.expect("dashboard");
     let _ = listening.await;
@@ -204,12 +212,18 @@ async fn run(agents: usize, resident: u64, load: u64) {
     println!(
         "{agents} agents, {resident} resident tasks; loads of {load} tasks; master RSS at the end {rss:.0} MiB\n"
     );
-    println!("| load | tasks/s | latency p50 / p99 |");
-    println!("|---|---:|---:|");
-    for (what, r) in [("alone", &alone), ("while the dashboard polls", &watched)] {
+    println!("| load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks |");
+    println!("|---|---:|---:|---:|");
+    for (what, r, cpu) in [
+        ("alone", &alone, cpu_alone),
+        ("while the dashboard polls", &watched, cpu_watched),
+    ] {
         println!(
-            "| {what} | {:.0} | {:.0} / {:.0} ms |",
-            r.tasks_per_second, r.latency_p50_ms, r.latency_p99_ms
+            "| {what} | {:.0} | {:.0} / {:.0} ms | {:.0} ms |",
+            r.tasks_per_second,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            cpu * 1e6 / load as f64
         );
     }
     println!("\n| read | requests | p50 ms | p99 ms | max ms | body |");

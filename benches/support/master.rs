@@ -55,6 +55,22 @@ impl Master {
         self.url = url;
     }
 
+    /// CPU seconds (user and system) the master process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        // utime and stime are fields 14 and 15, 12 and 13 after the name.
+        let ticks_per_second = 100.0;
+        (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / ticks_per_second
+    }
+
     pub fn rss_mib(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()

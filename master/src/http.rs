@@ -102,7 +102,7 @@ async fn ask<T>(
     answer.await.map_err(|_| unavailable())
 }
 
-/// A snapshot no older than the request.
+/// A snapshot no older than the request (see [`crate::snapshot`]).
 async fn snapshot(api: &Api) -> Arc<Snapshot> {
     api.snapshots.fresh().await
 }
@@ -132,7 +132,7 @@ where
 
 async fn state(State(api): State<Api>) -> Response {
     let snap = snapshot(&api).await;
-    json_off_runtime(move || serde_json::to_vec(&snap.state(unix_ms()))).await
+    json_off_runtime(move || snap.state_json(unix_ms())).await
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

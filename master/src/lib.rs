@@ -52,6 +52,8 @@ pub enum MasterError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("starting the core's thread: {0}")]
+    CoreThread(std::io::Error),
 }
 
 /// Stops the accept loop when `run` returns, however it returns.
@@ -194,13 +196,7 @@ pub async fn run(
     core.publish_to(publisher);
     role_tx.send_replace(Role::Leading);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut core = tokio::spawn(core.run(
-        rx,
-        async move {
-            let _ = stop_core_rx.await;
-        },
-        fence.clone(),
-    ));
+    let mut core = run_core_on_its_own_thread(core, rx, stop_core_rx, fence.clone())?;
     let lost = async {
         match &fence {
             Some(f) => f.lost().await,
@@ -229,4 +225,32 @@ pub async fn run(
         f.resign().await;
     }
     outcome
+}
+
+/// Runs the core on a thread of its own (a single-threaded runtime): a
+/// burst of thousands of messages keeps it busy for a while, and connection
+/// tasks (reads, agent sessions) must not wait behind it on a shared worker.
+/// Resolves with how the core ended.
+fn run_core_on_its_own_thread(
+    core: core::Core,
+    inbox: core::Inbox,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    fence: Option<agora_store::election::Leadership>,
+) -> Result<tokio::sync::oneshot::Receiver<core::CoreExit>, MasterError> {
+    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(MasterError::CoreThread)?;
+    std::thread::Builder::new()
+        .name("master-core".into())
+        .spawn(move || {
+            let stopped = async move {
+                let _ = stop.await;
+            };
+            let exit = runtime.block_on(core.run(inbox, stopped, fence));
+            let _ = exit_tx.send(exit);
+        })
+        .map_err(MasterError::CoreThread)?;
+    Ok(exit_rx)
 }

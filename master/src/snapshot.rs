@@ -1,12 +1,13 @@
 //! What readers of the master's state see: an immutable snapshot the core
 //! publishes, taken by HTTP handlers, the metrics page and the web UI.
 //!
-//! A reader asks for a snapshot no older than its request ([`Reader::fresh`]):
-//! the core publishes at the end of the burst of messages it is in, once for
-//! every reader that asked meanwhile, so a reader sees everything that
-//! happened before it asked (a framework that got `TASK_RUNNING` finds the
-//! task running) and reads cost the core one publication per burst at most,
-//! never a copy of the state per request.
+//! A reader asks for a snapshot no older than its request ([`Reader::fresh`]),
+//! so it sees everything the core did before it asked (a framework that got
+//! `TASK_RUNNING` finds the task running). The core answers between
+//! messages: at the end of the burst it is in, or after at most
+//! `READ_CHECK_EVERY` more messages of a long one, once for every reader
+//! that asked meanwhile. Reads cost the core one publication per such
+//! point at most, never a copy of the state per request.
 //!
 //! The maps are persistent (`imbl`): the core brings its working copy up to
 //! date with what changed, and publishing shares every unchanged node with
@@ -19,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use imbl::OrdMap;
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
@@ -106,7 +106,14 @@ pub fn channel() -> (Publisher, Reader) {
 
 impl Publisher {
     pub fn publish(&self, snapshot: Snapshot) {
-        self.tx.send_replace(Arc::new(snapshot));
+        let replaced = self.tx.send_replace(Arc::new(snapshot));
+        // The last reference to a replaced snapshot frees every node that
+        // changed since: work for a blocking thread, not the core.
+        if Arc::strong_count(&replaced) == 1
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || drop(replaced));
+        }
     }
 
     /// Readers' requests for a publication.
@@ -152,15 +159,6 @@ impl Reader {
     }
 }
 
-/// `GET /api/v1/state`, serialized straight from a snapshot.
-#[derive(Serialize)]
-pub struct StateRef<'a> {
-    pub agents: Vec<&'a AgentView>,
-    pub frameworks: Vec<&'a FrameworkView>,
-    pub tasks: Vec<&'a TaskView>,
-    pub offers: Vec<OfferView>,
-}
-
 impl Snapshot {
     /// Agents by hostname, then id.
     pub fn agents_sorted(&self) -> Vec<&AgentView> {
@@ -204,14 +202,32 @@ impl Snapshot {
             .collect()
     }
 
-    /// The whole state, borrowing from the snapshot.
-    pub fn state(&self, now_ms: u64) -> StateRef<'_> {
-        StateRef {
-            agents: self.agents_sorted(),
-            frameworks: self.frameworks_sorted(),
-            tasks: self.tasks_sorted().collect(),
-            offers: self.offers_aged(now_ms),
+    /// `GET /api/v1/state`: `{"agents", "frameworks", "tasks", "offers"}`.
+    /// Agents and tasks are copied from their views' kept JSON
+    /// ([`crate::state::JsonOnce`]); only views new since the last call
+    /// are serialized.
+    pub fn state_json(&self, now_ms: u64) -> serde_json::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.tasks.len() * 320 + self.agents.len() * 400);
+        out.extend_from_slice(b"{\"agents\":[");
+        for (i, a) in self.agents_sorted().into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(a.json.get_or_make(a));
         }
+        out.extend_from_slice(b"],\"frameworks\":");
+        serde_json::to_writer(&mut out, &self.frameworks_sorted())?;
+        out.extend_from_slice(b",\"tasks\":[");
+        for (i, t) in self.tasks_sorted().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(t.json.get_or_make(t));
+        }
+        out.extend_from_slice(b"],\"offers\":");
+        serde_json::to_writer(&mut out, &self.offers_aged(now_ms))?;
+        out.push(b'}');
+        Ok(out)
     }
 
     /// The Prometheus page: the core's counters, and gauges from the

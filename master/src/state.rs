@@ -2,6 +2,7 @@
 //! returns (see `snapshot.rs`, which holds and serializes them).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use agora_proto::Resources;
 use serde::Serialize;
@@ -17,6 +18,25 @@ pub struct OfferView {
     /// When it was made (Unix ms): its age is counted from this.
     #[serde(skip)]
     pub made_at_ms: u64,
+}
+
+/// A view's JSON, made the first time it is asked for and kept with the
+/// view: views are immutable once published and shared by every snapshot
+/// until they change, so a big `/state` serializes only what changed since
+/// the last one and copies the rest.
+#[derive(Clone, Debug, Default)]
+pub struct JsonOnce(OnceLock<Box<[u8]>>);
+
+impl JsonOnce {
+    pub fn get_or_make<T: Serialize>(&self, view: &T) -> &[u8] {
+        self.0.get_or_init(|| {
+            // A view holds only strings, numbers and maps with string
+            // keys, which always serialize.
+            serde_json::to_vec(view)
+                .expect("views serialize")
+                .into_boxed_slice()
+        })
+    }
 }
 
 /// The statuses an agent can be in (see [`AgentView::status`]).
@@ -36,6 +56,8 @@ pub struct AgentView {
     /// Drained by an operator: no new offers.
     pub draining: bool,
     pub resources: AgentResources,
+    #[serde(skip)]
+    pub json: JsonOnce,
 }
 
 /// An agent's resources, split by what holds them.
@@ -78,6 +100,8 @@ pub struct TaskView {
     pub healthy: Option<bool>,
     /// Latest usage reported by the agent, while the task runs.
     pub usage: Option<UsageView>,
+    #[serde(skip)]
+    pub json: JsonOnce,
 }
 
 /// A task's sandbox on its agent.

@@ -391,6 +391,10 @@ async fn wait_until(at: Option<Instant>) {
 /// Most messages handled between two allocation passes.
 const MAX_BURST: usize = 4096;
 
+/// Messages between two looks for readers waiting within a burst: a burst
+/// under load takes a few hundred milliseconds, a reader should not.
+const READ_CHECK_EVERY: usize = 64;
+
 /// The default refusal of a decline without filters (Mesos: 5 s).
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
@@ -474,14 +478,7 @@ impl Core {
                     if !leading(&fence) {
                         return self.step_down();
                     }
-                    self.handle(msg);
-                    // Take what else is queued before allocating: one pass
-                    // per burst, and a burst no longer than MAX_BURST, so
-                    // offers, commits and backlogs keep moving under load.
-                    for _ in 1..MAX_BURST {
-                        let Some(msg) = inbox.try_next() else { break };
-                        self.handle(msg);
-                    }
+                    self.handle_burst(msg, &mut inbox);
                 }
                 _ = timer.tick() => {
                     if !leading(&fence) {
@@ -502,6 +499,21 @@ impl Core {
         self.commit_registry();
         info!("master core stopped");
         CoreExit::Stopped
+    }
+
+    /// `first` and what else is queued, before allocating: one pass per
+    /// burst, and a burst no longer than MAX_BURST, so offers, commits and
+    /// backlogs keep moving under load. Readers that ask meanwhile are
+    /// answered every READ_CHECK_EVERY messages, not at the burst's end.
+    fn handle_burst(&mut self, first: CoreMsg, inbox: &mut Inbox) {
+        self.handle(first);
+        for handled in 1..MAX_BURST {
+            let Some(msg) = inbox.try_next() else { break };
+            self.handle(msg);
+            if handled % READ_CHECK_EVERY == 0 {
+                self.publish_if_asked();
+            }
+        }
     }
 
     fn step_down(&mut self) -> CoreExit {

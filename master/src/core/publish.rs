@@ -99,6 +99,13 @@ impl Core {
         }
     }
 
+    /// Publishes if a reader asked.
+    pub(super) fn publish_if_asked(&mut self) {
+        if self.read.publisher.take_request() {
+            self.publish();
+        }
+    }
+
     /// Whether anything changed since the last publication.
     pub(super) fn unpublished(&self) -> bool {
         self.agents.has_changes()

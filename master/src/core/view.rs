@@ -24,6 +24,7 @@ impl Core {
                     .map(|h| h.offered.resources.clone())
                     .unwrap_or_default(),
             },
+            json: Default::default(),
         }
     }
 
@@ -56,6 +57,7 @@ impl Core {
                 memory_peak_bytes: u.memory_peak_bytes,
                 pids: u.pids,
             }),
+            json: Default::default(),
         }
     }
 

@@ -270,7 +270,19 @@ impl Harness {
         state: TaskState,
         uuid: &[u8],
     ) {
-        self.send(CoreMsg::Agent {
+        let msg = self.update_msg(agent, framework, task, state, uuid);
+        self.send(msg);
+    }
+
+    fn update_msg(
+        &self,
+        agent: &AgentSession,
+        framework: &str,
+        task: &str,
+        state: TaskState,
+        uuid: &[u8],
+    ) -> CoreMsg {
+        CoreMsg::Agent {
             conn: agent.conn,
             tx: agent.tx.clone(),
             msg: AgentMessage {
@@ -287,7 +299,7 @@ impl Harness {
                     }),
                 })),
             },
-        });
+        }
     }
 
     fn events(&mut self) -> Vec<ClusterEvent> {

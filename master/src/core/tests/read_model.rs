@@ -67,7 +67,57 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
         .map(|(s, n)| (*s, *n))
         .collect();
     assert_eq!(published, by_state, "tasks by state");
+    state_json_matches(&snap);
     snap
+}
+
+/// `/state`'s body (copied from views' kept JSON) says what the snapshot
+/// says: a view that changed is never served from an old one's JSON.
+fn state_json_matches(snap: &Snapshot) {
+    let body: serde_json::Value =
+        serde_json::from_slice(&snap.state_json(0).expect("state")).expect("state is JSON");
+    let tasks: BTreeMap<(String, String), String> = body["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| {
+            let text = |k: &str| t[k].as_str().expect(k).to_string();
+            ((text("framework_id"), text("id")), text("state"))
+        })
+        .collect();
+    let expected: BTreeMap<(String, String), String> = snap
+        .tasks
+        .iter()
+        .map(|((fw, id), t)| ((fw.to_string(), id.to_string()), t.state.to_string()))
+        .collect();
+    assert_eq!(tasks, expected, "/state's tasks");
+    let agents: BTreeMap<String, (String, f64)> = body["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| {
+            let used = a["resources"]["used"]["cpus"].as_f64().unwrap_or(0.0);
+            let status = a["status"].as_str().expect("status").to_string();
+            (a["id"].as_str().expect("id").to_string(), (status, used))
+        })
+        .collect();
+    let expected: BTreeMap<String, (String, f64)> = snap
+        .agents
+        .iter()
+        .map(|(id, a)| {
+            let used = a.resources.used.scalar("cpus");
+            (id.to_string(), (a.status.to_string(), used))
+        })
+        .collect();
+    assert_eq!(agents, expected, "/state's agents");
+    assert_eq!(
+        body["frameworks"].as_array().expect("frameworks").len(),
+        snap.frameworks.len()
+    );
+    assert_eq!(
+        body["offers"].as_array().expect("offers").len(),
+        snap.offers.len()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -142,4 +192,45 @@ async fn a_reader_gets_a_snapshot_taken_after_it_asked() {
     h.core.publish_if_wanted();
     let snap = read.await.expect("reader");
     assert!(snap.agents.contains_key(agent.id.as_str()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_is_answered_within_a_long_burst() {
+    let mut h = Harness::new();
+    let (publisher, reader) = crate::snapshot::channel();
+    h.core.publish_to(publisher);
+    let agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    let offer = offers(&mut framework.rx).pop().expect("offer");
+    h.call(
+        &framework,
+        accept(&offer, vec![task_info("t", "cpus:0.1;mem:10")]),
+    )
+    .expect("accept");
+    h.core.publish();
+    let before = h.core.read.latest().metrics.status_updates;
+
+    // A burst of updates queued, and a reader asking before it is handled.
+    let (tx, mut inbox) = super::super::inbox(MAX_BURST);
+    let burst = MAX_BURST - 1;
+    for i in 0..burst {
+        tx.try_send(h.update_msg(
+            &agent,
+            &framework.id,
+            "t",
+            TaskState::TaskRunning,
+            &[i as u8, (i >> 8) as u8],
+        ))
+        .expect("room");
+    }
+    let read = tokio::spawn(async move { reader.fresh().await });
+    tokio::task::yield_now().await;
+    let first = inbox.try_next().expect("queued");
+    h.core.handle_burst(first, &mut inbox);
+    let snap = read.await.expect("reader");
+    let seen = snap.metrics.status_updates - before;
+    assert!(
+        seen > 0 && seen <= READ_CHECK_EVERY as u64 + 1,
+        "answered after {seen} of {burst} updates, not at the burst's end"
+    );
 }
