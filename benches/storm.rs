@@ -5,6 +5,11 @@
 //! 10,000) and a resident framework holding `AGORA_STORM_TASKS` running
 //! tasks (default 100,000). Then:
 //!
+//! - **Network blip**: every agent's session is dropped at once (the
+//!   emulator closes them) while the master keeps running; each agent
+//!   reconnects after 100 ms and re-registers with its tasks. Inside the
+//!   clock: the cut → every agent registered again (its `Registered`
+//!   received) and active on the master's `/metrics`.
 //! - **Master restart**: the master is killed (`SIGKILL`) and started again
 //!   on the same address and registry. Every agent's session drops at once
 //!   and each reconnects (backing off from 100 ms to 2 s) and re-registers
@@ -30,6 +35,30 @@ async fn run(agents: usize, tasks: u64) {
     eprintln!("storm: {tasks} resident tasks");
     cluster.resident(tasks).await;
     let client = reqwest::Client::new();
+    let active = r#"agora_agents{status="active"}"#;
+
+    eprintln!("storm: cutting every agent's session");
+    let cut = Instant::now();
+    cluster.cut_sessions.notify_waiters();
+    let registered = || cluster.emulator.registered.load(Ordering::Relaxed);
+    wait_for("the agents to notice", Duration::from_secs(10), || {
+        registered() < agents
+    })
+    .await;
+    wait_for("every agent registered again", Duration::from_secs(300), || {
+        registered() >= agents
+    })
+    .await;
+    while gauge(&client, &cluster.master.url, active).await != Some(agents as u64) {
+        assert!(
+            cut.elapsed() < Duration::from_secs(300),
+            "agents not active again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let blip_whole = cut.elapsed();
+    let sessions_cut = cluster.emulator.sessions_cut.load(Ordering::Relaxed);
+    let blip_running = cluster.tasks_in(&client, "TASK_RUNNING").await.unwrap_or(0);
 
     eprintln!("storm: killing and restarting the master");
     let rss_before = cluster.master.rss_mib();
@@ -37,7 +66,6 @@ async fn run(agents: usize, tasks: u64) {
     cluster.master.kill_and_restart();
     let listening = restarted.elapsed();
     let url = cluster.master.url.clone();
-    let active = r#"agora_agents{status="active"}"#;
     let mut whole = None;
     while restarted.elapsed() < Duration::from_secs(300) {
         if gauge(&client, &url, active).await == Some(agents as u64) {
@@ -83,6 +111,11 @@ async fn run(agents: usize, tasks: u64) {
     println!("{agents} agents, {tasks} running tasks\n");
     println!("| storm | measured |");
     println!("|---|---:|");
+    println!(
+        "| network blip: {sessions_cut} sessions cut → every agent registered and active again | **{:.2} s** |",
+        blip_whole.as_secs_f64()
+    );
+    println!("| tasks running after the blip | {blip_running} of {tasks} |");
     println!(
         "| master restart: new process listening | {:.2} s |",
         listening.as_secs_f64()

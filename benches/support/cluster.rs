@@ -16,6 +16,8 @@ pub struct Cluster {
     pub master: Master,
     pub agents: usize,
     pub emulator: Arc<agora_sim::emulate::EmulatorStats>,
+    /// Notify to make every emulated agent drop its session at once.
+    pub cut_sessions: Arc<tokio::sync::Notify>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     emulating: Option<tokio::task::JoinHandle<Result<(), agora_sim::emulate::EmulateError>>>,
     /// The resident framework's controls; it leaves when the cluster is
@@ -67,6 +69,7 @@ pub fn emulation(
         attributes: Vec::new(),
         task_duration,
         agents_per_connection: 100,
+        cut_sessions: Default::default(),
     }
 }
 
@@ -107,6 +110,7 @@ impl Cluster {
         let emulator = Arc::new(agora_sim::emulate::EmulatorStats::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = emulation(&master.url, agents, None);
+        let cut_sessions = config.cut_sessions.clone();
         let emulating = tokio::spawn(agora_sim::emulate::emulate(
             config,
             emulator.clone(),
@@ -123,6 +127,7 @@ impl Cluster {
             master,
             agents,
             emulator,
+            cut_sessions,
             stop: Some(stop),
             emulating: Some(emulating),
             hold: Arc::new(agora_sim::load::Hold::default()),

@@ -34,6 +34,9 @@ pub struct EmulateConfig {
     pub task_duration: Option<Duration>,
     /// Agents sharing one HTTP/2 connection (their sessions are streams).
     pub agents_per_connection: usize,
+    /// When notified, every agent drops its session at once and
+    /// reconnects, as after a network blip (benchmarks use it).
+    pub cut_sessions: Arc<tokio::sync::Notify>,
 }
 
 /// Counts the emulator keeps, for progress and for benchmarks.
@@ -44,6 +47,8 @@ pub struct EmulatorStats {
     pub finished: AtomicU64,
     pub killed: AtomicU64,
     pub updates_sent: AtomicU64,
+    /// Sessions dropped on [`EmulateConfig::cut_sessions`].
+    pub sessions_cut: AtomicU64,
 }
 
 /// Why the emulator could not start.
@@ -182,8 +187,13 @@ impl Agent {
             backoff = Duration::from_millis(100);
             self.register(&tx);
             let mut heartbeat = tokio::time::interval(self.heartbeat);
+            let cut = self.config.cut_sessions.clone();
             loop {
                 tokio::select! {
+                    () = cut.notified() => {
+                        self.stats.sessions_cut.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                     msg = inbound.message() => match msg {
                         Ok(Some(msg)) => {
                             if let Some(every) = self.master_message(msg, &tx, &ticks_tx) {

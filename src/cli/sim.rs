@@ -295,6 +295,7 @@ async fn emulate(
         attributes,
         task_duration,
         agents_per_connection,
+        cut_sessions: Default::default(),
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {
