@@ -45,9 +45,11 @@ async fn run(agents: usize, tasks: u64) {
         registered() < agents
     })
     .await;
-    wait_for("every agent registered again", Duration::from_secs(300), || {
-        registered() >= agents
-    })
+    wait_for(
+        "every agent registered again",
+        Duration::from_secs(300),
+        || registered() >= agents,
+    )
     .await;
     while gauge(&client, &cluster.master.url, active).await != Some(agents as u64) {
         assert!(

@@ -10,6 +10,7 @@ pub mod events;
 mod grpc;
 mod http;
 pub mod leadership;
+mod memory;
 pub mod metrics;
 pub mod offer_book;
 pub mod outbound;
@@ -52,8 +53,8 @@ pub enum MasterError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("starting the core's thread: {0}")]
-    CoreThread(std::io::Error),
+    #[error("starting a thread of the master: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Stops the accept loop when `run` returns, however it returns.
@@ -197,6 +198,7 @@ pub async fn run(
     role_tx.send_replace(Role::Leading);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
     let mut core = run_core_on_its_own_thread(core, rx, stop_core_rx, fence.clone())?;
+    let _trimming = memory::trim_periodically().map_err(MasterError::Thread)?;
     let lost = async {
         match &fence {
             Some(f) => f.lost().await,
@@ -241,7 +243,7 @@ fn run_core_on_its_own_thread(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(MasterError::CoreThread)?;
+        .map_err(MasterError::Thread)?;
     std::thread::Builder::new()
         .name("master-core".into())
         .spawn(move || {
@@ -251,6 +253,6 @@ fn run_core_on_its_own_thread(
             let exit = runtime.block_on(core.run(inbox, stopped, fence));
             let _ = exit_tx.send(exit);
         })
-        .map_err(MasterError::CoreThread)?;
+        .map_err(MasterError::Thread)?;
     Ok(exit_rx)
 }

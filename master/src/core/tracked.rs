@@ -7,6 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::ops::Deref;
 
+/// Tables this small are never shrunk.
+const MIN_SHRINK: usize = 1024;
+
 /// A `HashMap` whose every mutation is recorded. Reads go through `Deref`;
 /// there is no `DerefMut`, so a mutation cannot bypass the record.
 pub(super) struct Tracked<K, V> {
@@ -46,6 +49,12 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
     {
         let (key, value) = self.map.remove_entry(key)?;
         self.changed.insert(key);
+        // A table keeps its peak size: after a burst of short tasks that
+        // was most of the master's memory. Shrinking to twice what is
+        // left costs a rehash, paid for by the removals that led here.
+        if self.map.capacity() > MIN_SHRINK && self.map.len() * 4 < self.map.capacity() {
+            self.map.shrink_to(self.map.len() * 2);
+        }
         Some(value)
     }
 
@@ -94,5 +103,24 @@ mod tests {
         let changed = map.take_changed();
         assert_eq!(changed, HashSet::from(["a".to_string(), "b".to_string()]));
         assert_eq!(map["a"], 3);
+    }
+
+    #[test]
+    fn a_table_emptied_after_a_peak_gives_its_room_back() {
+        let mut map: Tracked<u32, [u8; 64]> = Tracked::new();
+        for i in 0..100_000 {
+            map.insert(i, [0; 64]);
+        }
+        let peak = map.capacity();
+        for i in 0..99_900 {
+            map.remove(&i);
+        }
+        assert_eq!(map.len(), 100);
+        assert!(
+            map.capacity() <= MIN_SHRINK.max(peak / 16),
+            "{} slots kept for 100 entries (peak {peak})",
+            map.capacity()
+        );
+        assert!((99_900..100_000).all(|i| map.contains_key(&i)));
     }
 }
