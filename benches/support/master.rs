@@ -23,7 +23,11 @@ impl Drop for Master {
 }
 
 fn spawn(listen: &str, data: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
+    // Another build's master, to tell the master's share of a change from
+    // the rest (the emulator and frameworks run in the benchmark).
+    let binary =
+        std::env::var("AGORA_BENCH_MASTER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_agora").into());
+    let mut child = Command::new(binary)
         .args(["master", "--listen", listen, "--data-dir"])
         .arg(data)
         // Emulated agents are many connections from one address.

@@ -68,6 +68,10 @@ pub struct Metrics {
     /// From the master relaying an agent's update to the framework's
     /// acknowledgement of it.
     pub status_update_ack_seconds: Histogram,
+    /// One turn of the core: a burst of messages (or a tick) and what
+    /// follows it (commit hand-off, allocation, publication). Nothing else
+    /// moves meanwhile, so its tail is every message's added latency.
+    pub core_turn_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -85,6 +89,7 @@ impl Default for Metrics {
             snapshots_published: 0,
             allocation_pass_seconds: Histogram::new(PASS_BOUNDS),
             status_update_ack_seconds: Histogram::new(UPDATE_BOUNDS),
+            core_turn_seconds: Histogram::new(PASS_BOUNDS),
         }
     }
 }
@@ -244,6 +249,11 @@ impl Metrics {
             &mut out,
             "agora_status_update_ack_seconds",
             "From relaying a status update to the framework's acknowledgement.",
+        );
+        self.core_turn_seconds.render(
+            &mut out,
+            "agora_core_turn_seconds",
+            "One turn of the master's core: a burst of messages or a tick, then allocation and publication.",
         );
         out
     }

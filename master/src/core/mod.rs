@@ -380,6 +380,14 @@ impl Inbox {
     }
 }
 
+/// What began a turn of the core.
+enum Wake {
+    Message(CoreMsg),
+    Tick,
+    /// A reader asked, or a publication is due.
+    Publication,
+}
+
 /// Resolves at `at`, or never.
 async fn wait_until(at: Option<Instant>) {
     match at {
@@ -469,29 +477,38 @@ impl Core {
         };
         let read_requests = self.read.requests();
         loop {
-            let publish_at = self.unpublished().then(|| self.read.next_due()).flatten();
-            tokio::select! {
-                msg = inbox.next() => {
-                    let Some(msg) = msg else { break };
-                    // Checked before acting on anything: a leader that was
-                    // frozen past its lease wakes up deposed.
-                    if !leading(&fence) {
-                        return self.step_down();
-                    }
-                    self.handle_burst(msg, &mut inbox);
-                }
-                _ = timer.tick() => {
-                    if !leading(&fence) {
-                        return self.step_down();
-                    }
-                    self.tick()
-                }
-                () = wait_until(publish_at) => {}
-                () = read_requests.wait() => {}
+            // A publication under way goes on at once, a slice a turn.
+            let publish_at = if self.read.publishing() {
+                Some(Instant::now())
+            } else {
+                self.unpublished().then(|| self.read.next_due()).flatten()
+            };
+            let woken_by = tokio::select! {
+                msg = inbox.next() => match msg {
+                    Some(msg) => Wake::Message(msg),
+                    None => break,
+                },
+                _ = timer.tick() => Wake::Tick,
+                () = wait_until(publish_at) => Wake::Publication,
+                () = read_requests.wait() => Wake::Publication,
                 () = &mut shutdown => break,
+            };
+            let turn = std::time::Instant::now();
+            // Checked before acting on anything: a leader that was frozen
+            // past its lease wakes up deposed.
+            if !leading(&fence) {
+                return self.step_down();
+            }
+            match woken_by {
+                Wake::Message(msg) => self.handle_burst(msg, &mut inbox),
+                Wake::Tick => self.tick(),
+                Wake::Publication => {}
             }
             self.end_of_burst();
             self.publish_if_wanted();
+            self.metrics
+                .core_turn_seconds
+                .observe(turn.elapsed().as_secs_f64());
             if self.deposed {
                 return self.step_down();
             }

@@ -8,6 +8,12 @@ use super::*;
 const MAX_WEIGHTED_ROLES: usize = 1000;
 
 impl Core {
+    /// Whether anyone listens to `/api/v1/events`: events on the hot
+    /// path are built only then.
+    pub(super) fn listened(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     pub(super) fn emit(&self, event: ClusterEvent) {
         // No subscribers is fine: events are for whoever listens now.
         let _ = self.events.send(event);

@@ -16,6 +16,13 @@ use crate::snapshot::{Publisher, Snapshot, TaskKey as ReadKey};
 /// growing without bound. (Readers ask for fresh snapshots themselves.)
 pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
+/// Changed tasks a publication without readers applies after each burst:
+/// five seconds of a busy cluster's changes applied at once stalled the
+/// core for hundreds of milliseconds (the whole latency tail of a paced
+/// load); in slices it keeps the same coalescing and no stall. A reader's
+/// publication applies everything at once.
+const PUBLISH_SLICE: usize = 1024;
+
 /// A running sum of resources and how many things hold them.
 #[derive(Default)]
 pub(super) struct Sum {
@@ -53,6 +60,14 @@ pub(super) struct ReadModel {
     by_framework: HashMap<String, Holdings>,
     publisher: Publisher,
     last_published: Option<Instant>,
+    /// Changes taken from the core, not yet in the working copy: tasks
+    /// (applied in key order, a slice at a time), and the agents,
+    /// frameworks and offers they touched (applied when the tasks are).
+    pending_tasks: VecDeque<TaskKey>,
+    pending_agents: HashSet<String>,
+    pending_frameworks: HashSet<String>,
+    pending_offers: Vec<String>,
+    slice: usize,
 }
 
 impl ReadModel {
@@ -63,7 +78,23 @@ impl ReadModel {
             by_framework: HashMap::new(),
             publisher: crate::snapshot::channel().0,
             last_published: None,
+            pending_tasks: VecDeque::new(),
+            pending_agents: HashSet::new(),
+            pending_frameworks: HashSet::new(),
+            pending_offers: Vec::new(),
+            slice: PUBLISH_SLICE,
         }
+    }
+
+    /// Applies `tasks` changed tasks per slice (tests use small ones).
+    #[cfg(test)]
+    pub(super) fn set_slice(&mut self, tasks: usize) {
+        self.slice = tasks;
+    }
+
+    /// Whether a publication is under way, a slice at a time.
+    pub(super) fn publishing(&self) -> bool {
+        !self.pending_tasks.is_empty()
     }
 
     #[cfg(test)]
@@ -89,13 +120,24 @@ impl ReadModel {
 }
 
 impl Core {
-    /// Publishes if a reader asked, or changes have waited long enough.
+    /// Publishes at once if a reader asked; otherwise goes on with (or
+    /// starts, once changes have waited long enough) a publication a
+    /// slice at a time.
     pub(super) fn publish_if_wanted(&mut self) {
-        let asked = self.read.publisher.take_request();
-        let due =
-            self.read.next_due().is_none_or(|due| Instant::now() >= due) && self.unpublished();
-        if asked || due {
+        if self.read.publisher.take_request() {
             self.publish();
+            return;
+        }
+        if !self.read.publishing() {
+            let due = self.read.next_due().is_none_or(|due| Instant::now() >= due);
+            if !(due && self.unpublished()) {
+                return;
+            }
+            self.take_changes();
+        }
+        self.apply_pending_tasks(self.read.slice);
+        if !self.read.publishing() {
+            self.finish_publication();
         }
     }
 
@@ -116,8 +158,14 @@ impl Core {
 
     /// Brings the read model up to date and publishes it.
     pub(super) fn publish(&mut self) {
-        let mut agents: HashSet<String> = self.agents.take_changed();
-        let mut frameworks: HashSet<String> = self.frameworks.take_changed();
+        self.take_changes();
+        self.apply_pending_tasks(usize::MAX);
+        self.finish_publication();
+    }
+
+    /// Moves what changed from the core's records to the pending lists.
+    fn take_changes(&mut self) {
+        let agents: HashSet<String> = self.agents.take_changed();
         let mut tasks = self.tasks.take_changed();
         // An agent that moved (a new endpoint) moves its tasks' sandboxes.
         for id in &agents {
@@ -136,10 +184,32 @@ impl Core {
         // are copied from the last snapshot once, not once per task.
         let mut tasks: Vec<TaskKey> = tasks.into_iter().collect();
         tasks.sort_unstable();
-        for key in tasks {
+        let read = &mut self.read;
+        read.pending_tasks.extend(tasks);
+        read.pending_agents.extend(agents);
+        read.pending_frameworks
+            .extend(self.frameworks.take_changed());
+        read.pending_offers.extend(self.offers.take_changed());
+    }
+
+    fn apply_pending_tasks(&mut self, at_most: usize) {
+        let mut agents = std::mem::take(&mut self.read.pending_agents);
+        let mut frameworks = std::mem::take(&mut self.read.pending_frameworks);
+        for _ in 0..at_most {
+            let Some(key) = self.read.pending_tasks.pop_front() else {
+                break;
+            };
             self.publish_task(&key, &mut agents, &mut frameworks);
         }
-        for id in self.offers.take_changed() {
+        self.read.pending_agents = agents;
+        self.read.pending_frameworks = frameworks;
+    }
+
+    /// Applies the pending offers, agents and frameworks, and publishes.
+    fn finish_publication(&mut self) {
+        let mut agents = std::mem::take(&mut self.read.pending_agents);
+        let mut frameworks = std::mem::take(&mut self.read.pending_frameworks);
+        for id in std::mem::take(&mut self.read.pending_offers) {
             self.publish_offer(&id, &mut agents, &mut frameworks);
         }
         for id in agents {

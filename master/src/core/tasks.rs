@@ -147,8 +147,7 @@ impl Core {
 
     /// Tells `/api/v1/events` listeners of the task's new state.
     pub(super) fn emit_task_event(&self, key: &TaskKey, status: &TaskStatus) {
-        // Built only for listeners: this runs for every update.
-        if self.events.receiver_count() == 0 {
+        if !self.listened() {
             return;
         }
         let Some(task) = self.tasks.get(key) else {

@@ -234,3 +234,56 @@ async fn a_reader_is_answered_within_a_long_burst() {
         "answered after {seen} of {burst} updates, not at the burst's end"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_readers_a_publication_goes_a_slice_at_a_time_and_a_reader_gets_it_all() {
+    let mut h = Harness::new();
+    h.core.read.set_slice(2);
+    let (publisher, reader) = crate::snapshot::channel();
+    h.core.publish_to(publisher);
+    let _agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    h.core.publish();
+    let launch = |h: &mut Harness, framework: &mut FrameworkSession, names: &[&str]| {
+        let offer = offers(&mut framework.rx).pop().expect("offer");
+        let tasks = names
+            .iter()
+            .map(|n| task_info(n, "cpus:0.1;mem:10"))
+            .collect();
+        h.call(framework, accept(&offer, tasks)).expect("accept");
+    };
+    launch(&mut h, &mut framework, &["a", "b", "c", "d", "e"]);
+    let before = h.core.read.latest().seq;
+
+    // Five changed tasks in slices of two: the third turn publishes.
+    h.advance(super::super::publish::PUBLISH_EVERY).await;
+    for turn in 1..=2 {
+        h.core.publish_if_wanted();
+        assert!(h.core.read.publishing(), "turn {turn}: still applying");
+        assert_eq!(
+            h.core.read.latest().seq,
+            before,
+            "turn {turn}: nothing published"
+        );
+    }
+    h.core.publish_if_wanted();
+    assert!(!h.core.read.publishing());
+    let snap = h.core.read.latest();
+    assert_eq!(snap.seq, before + 1);
+    assert_eq!(snap.tasks.len(), 5);
+    published_matches_the_core(&mut h);
+
+    // A reader arriving halfway through gets everything at once.
+    h.core.end_of_burst();
+    launch(&mut h, &mut framework, &["f", "g", "h", "i", "j"]);
+    h.advance(super::super::publish::PUBLISH_EVERY).await;
+    h.core.publish_if_wanted();
+    assert!(h.core.read.publishing());
+    let read = tokio::spawn(async move { reader.fresh().await });
+    tokio::task::yield_now().await;
+    h.core.publish_if_wanted();
+    let snap = read.await.expect("reader");
+    assert_eq!(snap.tasks.len(), 10);
+    assert!(!h.core.read.publishing());
+    published_matches_the_core(&mut h);
+}
