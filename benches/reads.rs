@@ -155,6 +155,23 @@ async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
     }
 }
 
+/// A load of `tasks` as fast as offers allow, and the master's CPU
+/// seconds while it ran.
+async fn measured_load(
+    cluster: &Cluster,
+    name: &str,
+    tasks: u64,
+) -> (agora_sim::load::LoadReport, f64) {
+    let cpu_before = cluster.master.cpu_seconds();
+    let report = agora_sim::load::run(
+        cluster.load(name, tasks, None),
+        Arc::new(agora_sim::load::LoadStats::default()),
+    )
+    .await
+    .expect("load ran");
+    (report, cluster.master.cpu_seconds() - cpu_before)
+}
+
 async fn run(agents: usize, resident: u64, load: u64) {
     eprintln!("reads: starting {agents} agents");
     let cluster = Cluster::start(agents).await;
@@ -179,14 +196,7 @@ async fn run(agents: usize, resident: u64, load: u64) {
     }
 
     eprintln!("reads: load alone");
-    let cpu_before = cluster.master.cpu_seconds();
-    let alone = agora_sim::load::run(
-        cluster.load("load-alone", load, None),
-        Arc::new(agora_sim::load::LoadStats::default()),
-    )
-    .await
-    .expect("load ran");
-    let cpu_alone = cluster.master.cpu_seconds() - cpu_before;
+    let (alone, cpu_alone) = measured_load(&cluster, "load-alone", load).await;
     settle(&cluster, &client, resident).await;
 
     eprintln!("reads: load while a dashboard polls");
@@ -196,14 +206,7 @@ async fn run(agents: usize, resident: u64, load: u64) {
     let listening = tokio::spawn(event_listener(url.clone(), stop.clone(), events.clone()));
     // The dashboard's first round lands before the load starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_before = cluster.master.cpu_seconds();
-    let watched = agora_sim::load::run(
-        cluster.load("load-watched", load, None),
-        Arc::new(agora_sim::load::LoadStats::default()),
-    )
-    .await
-    .expect("load ran");
-    let cpu_watched = cluster.master.cpu_seconds() - cpu_before;
+    let (watched, cpu_watched) = measured_load(&cluster, "load-watched", load).await;
     stop.store(true, Ordering::Relaxed);
     let mut busy = polling.await.expect("dashboard");
     let _ = listening.await;

@@ -136,11 +136,15 @@ fn write_loop(
     }
 }
 
-/// Empties the writer's batch, keeping room for an ordinary one: a burst's
-/// batch held on to its peak (13 MB after a run of short tasks).
+/// Empties the writer's batch. Room for a batch like this one is kept (a
+/// steady load reuses it), but not a burst's peak far beyond it, which had
+/// held 13 MB after a run of short tasks.
 fn empty(carry: &mut Vec<Write>) {
+    let keep = carry.len().max(4096);
     carry.clear();
-    carry.shrink_to(4096);
+    if carry.capacity() > 4 * keep {
+        carry.shrink_to(keep);
+    }
 }
 
 /// A task's key in the registry: task ids never hold `/`, so the last `/`

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
 use crate::metrics::{Gauges, Metrics};
-use crate::state::{AgentView, FrameworkView, OfferView, TaskView};
+use crate::state::{AgentView, FrameworkView, JsonOnce, OfferView, TaskView};
 
 /// A task's key: its framework's id, then its own.
 pub type TaskKey = (Arc<str>, Arc<str>);
@@ -159,6 +159,21 @@ impl Reader {
     }
 }
 
+/// A JSON array of views, each copied from its kept JSON.
+fn push_kept_json<'a, T: serde::Serialize + 'a>(
+    out: &mut Vec<u8>,
+    views: impl Iterator<Item = (&'a T, &'a JsonOnce)>,
+) {
+    out.push(b'[');
+    for (i, (view, json)) in views.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(json.get_or_make(view));
+    }
+    out.push(b']');
+}
+
 impl Snapshot {
     /// Agents by hostname, then id.
     pub fn agents_sorted(&self) -> Vec<&AgentView> {
@@ -208,23 +223,16 @@ impl Snapshot {
     /// are serialized.
     pub fn state_json(&self, now_ms: u64) -> serde_json::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.tasks.len() * 320 + self.agents.len() * 400);
-        out.extend_from_slice(b"{\"agents\":[");
-        for (i, a) in self.agents_sorted().into_iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(a.json.get_or_make(a));
-        }
-        out.extend_from_slice(b"],\"frameworks\":");
+        out.extend_from_slice(b"{\"agents\":");
+        push_kept_json(
+            &mut out,
+            self.agents_sorted().into_iter().map(|a| (a, &a.json)),
+        );
+        out.extend_from_slice(b",\"frameworks\":");
         serde_json::to_writer(&mut out, &self.frameworks_sorted())?;
-        out.extend_from_slice(b",\"tasks\":[");
-        for (i, t) in self.tasks_sorted().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(t.json.get_or_make(t));
-        }
-        out.extend_from_slice(b"],\"offers\":");
+        out.extend_from_slice(b",\"tasks\":");
+        push_kept_json(&mut out, self.tasks_sorted().map(|t| (t, &t.json)));
+        out.extend_from_slice(b",\"offers\":");
         serde_json::to_writer(&mut out, &self.offers_aged(now_ms))?;
         out.push(b'}');
         Ok(out)
