@@ -92,6 +92,7 @@ fn start_master(listen: &str, etcd: Option<&str>, data: &Path) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
     cmd.args([
         "master",
+        "--no-auth",
         "--listen",
         listen,
         "--allocation-interval",

@@ -59,6 +59,7 @@ fn start(containerizer: &str) -> Cluster {
     let mut master = Command::new(bin)
         .args([
             "master",
+            "--no-auth",
             "--listen",
             "127.0.0.1:0",
             "--allocation-interval",

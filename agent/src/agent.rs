@@ -138,6 +138,10 @@ pub(crate) struct Agent<C: Containerizer> {
     events_tx: mpsc::Sender<TaskEvent>,
     /// The sandbox sweep in progress, if any.
     sweeping: Option<tokio::task::JoinHandle<()>>,
+    /// The token the master gave for its calls to the HTTP API.
+    http_token: tokio::sync::watch::Sender<Option<String>>,
+    /// The join credential presented when opening a session.
+    token: agora_proto::auth::BearerToken,
     checkpoints: Checkpoints,
     /// Writes checkpoints off the event loop; reports outcomes on disk.
     writer: CheckpointWriter<TaskKey>,
@@ -176,6 +180,7 @@ struct SessionRefused {
 /// Opens the session stream to the master.
 async fn open_session(
     master: String,
+    token: agora_proto::auth::BearerToken,
 ) -> Result<(mpsc::Sender<AgentMessage>, Streaming<MasterMessage>), SessionRefused> {
     let refused = |message: String| SessionRefused {
         message,
@@ -192,7 +197,7 @@ async fn open_session(
         .await
         .map_err(|e| refused(format!("connecting to {master}: {e}")))?;
     let (tx, rx) = mpsc::channel(SESSION_CAPACITY);
-    let inbound = AgentServiceClient::new(channel)
+    let inbound = AgentServiceClient::with_interceptor(channel, token)
         .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
         .session(ReceiverStream::new(rx))
@@ -210,6 +215,7 @@ impl<C: Containerizer> Agent<C> {
         config: AgentConfig,
         resources: Resources,
         containerizer: C,
+        http_token: tokio::sync::watch::Sender<Option<String>>,
     ) -> (Self, mpsc::Receiver<TaskEvent>) {
         let (events_tx, events_rx) = mpsc::channel(TASK_EVENTS_CAPACITY);
         let agent_id = std::fs::read_to_string(config.data_dir.join("agent_id"))
@@ -224,6 +230,9 @@ impl<C: Containerizer> Agent<C> {
         let writer = CheckpointWriter::start(checkpoints.clone(), move |key| {
             let _ = done.blocking_send(TaskEvent::Checkpointed { key });
         });
+        // Checked by `run` before the agent is built.
+        let token =
+            agora_proto::auth::BearerToken::new(config.token.as_deref()).unwrap_or_default();
         (
             Agent {
                 config,
@@ -240,6 +249,8 @@ impl<C: Containerizer> Agent<C> {
                 checkpoints,
                 writer,
                 sweeping: None,
+                http_token,
+                token,
             },
             events_rx,
         )
@@ -279,6 +290,7 @@ impl<C: Containerizer> Agent<C> {
             if inbound.is_none() && !connecting {
                 connecting = true;
                 let master = masters.current().to_string();
+                let token = self.token.clone();
                 let done = connected_tx.clone();
                 // The next master at once, until a whole round failed.
                 let delay = if failed_in_round + 1 < masters.all().len() {
@@ -287,7 +299,7 @@ impl<C: Containerizer> Agent<C> {
                     backoff
                 };
                 tokio::spawn(async move {
-                    let result = open_session(master).await;
+                    let result = open_session(master, token).await;
                     if let Err(refused) = &result
                         && refused.leader.is_none()
                     {
@@ -597,6 +609,7 @@ impl<C: Containerizer> Agent<C> {
             master_message::Message::Registered(r) => {
                 let id = r.agent_id.map(|a| a.value).unwrap_or_default();
                 info!(agent = %id, "registered");
+                self.http_token.send_replace(Some(r.http_token));
                 if !r.secret.is_empty() {
                     // Newly admitted: the id is only ours with this secret.
                     let path = self.config.data_dir.join("agent_secret");

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent::AgentRequest;
 
@@ -26,10 +26,15 @@ struct AgentApi {
     sandboxes: PathBuf,
 }
 
-/// The agent's routes.
-pub(crate) fn router(requests: mpsc::Sender<AgentRequest>, sandboxes: PathBuf) -> Router {
-    Router::new()
-        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+/// The agent's routes. Everything but `/health` answers only the master
+/// that registered the agent (with the token it gave then), or anyone when
+/// that master runs without authentication.
+pub(crate) fn router(
+    requests: mpsc::Sender<AgentRequest>,
+    sandboxes: PathBuf,
+    http_token: watch::Receiver<Option<String>>,
+) -> Router {
+    let guarded = Router::new()
         .route("/api/v1/containers", get(containers))
         .route("/files/read", get(read_file))
         .route("/files/browse", get(browse))
@@ -43,6 +48,50 @@ pub(crate) fn router(requests: mpsc::Sender<AgentRequest>, sandboxes: PathBuf) -
             requests,
             sandboxes,
         })
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let expected = http_token.borrow().clone();
+                async move {
+                    match admitted(expected.as_deref(), request.headers()) {
+                        Ok(()) => next.run(request).await,
+                        Err(refusal) => refusal,
+                    }
+                }
+            },
+        ));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .merge(guarded)
+}
+
+/// Whether a request carries the master's token (`expected`: `None`
+/// before the agent first registered, empty without authentication).
+// The refusal is a ready response for the middleware to return.
+#[allow(clippy::result_large_err)]
+fn admitted(expected: Option<&str>, headers: &axum::http::HeaderMap) -> Result<(), Response> {
+    let Some(expected) = expected else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent has not registered with a master yet",
+        ));
+    };
+    if expected.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if agora_proto::auth::tokens_match(presented, expected) {
+        Ok(())
+    } else {
+        tracing::warn!("HTTP API: refused a request without the master's token");
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this agent's API answers its master only; read sandboxes through the master's /api/v1/tasks/ID/files",
+        ))
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -273,5 +322,43 @@ mod tests {
             Err(PathError::NotFound(_))
         ));
         assert!(confine(&root, "f/t").expect("a directory").is_dir());
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    fn bearer(token: &str) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn only_the_master_s_token_opens_the_api() {
+        let none = axum::http::HeaderMap::new();
+        let status = |r: Result<(), Response>| r.err().map(|r| r.status());
+        assert_eq!(
+            status(admitted(None, &bearer("x"))),
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "closed until the first registration"
+        );
+        assert_eq!(status(admitted(Some(""), &none)), None, "open without auth");
+        assert_eq!(
+            status(admitted(Some("secret-1"), &bearer("secret-1"))),
+            None
+        );
+        assert_eq!(
+            status(admitted(Some("secret-1"), &bearer("secret-2"))),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(admitted(Some("secret-1"), &none)),
+            Some(StatusCode::UNAUTHORIZED)
+        );
     }
 }

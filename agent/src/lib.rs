@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub default_task_user: String,
     /// Whether tasks may run as root (uid 0) at all.
     pub allow_root_tasks: bool,
+    /// The join token presented to the master (needed to be admitted as a
+    /// new agent; a known one re-registers with its own secret).
+    pub token: Option<String>,
 }
 
 impl AgentConfig {
@@ -68,6 +71,7 @@ impl AgentConfig {
             endpoint: String::new(),
             default_task_user: "nobody".into(),
             allow_root_tasks: false,
+            token: None,
         }
     }
 }
@@ -82,6 +86,8 @@ pub enum AgentError {
     },
     #[error("--attributes: `{0}` is not `name:value`")]
     BadAttribute(String),
+    #[error("the join token: {0}")]
+    BadToken(#[from] agora_proto::auth::InvalidToken),
 }
 
 /// Parses `--attributes 'rack:r1;zone:a'`.
@@ -115,6 +121,7 @@ pub async fn run<C: Containerizer>(
         path: config.data_dir.clone(),
         source,
     };
+    agora_proto::auth::BearerToken::new(config.token.as_deref())?;
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
     // Containers start in their sandboxes: every path handed on is absolute.
     let data_dir = config.data_dir.canonicalize().map_err(data_dir_error)?;
@@ -124,6 +131,9 @@ pub async fn run<C: Containerizer>(
         .clone()
         .unwrap_or_else(|| detect::detect(&config.data_dir));
     let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(agent::REQUESTS_CAPACITY);
+    // Who may call the HTTP API: the master, with the token it gave at
+    // registration; no one before the first registration.
+    let (http_token_tx, http_token) = tokio::sync::watch::channel(None);
     let mut endpoint = String::new();
     if let Some(listener) = http {
         if let Ok(addr) = listener.local_addr() {
@@ -134,7 +144,11 @@ pub async fn run<C: Containerizer>(
             };
             endpoint = format!("http://{host}:{}", addr.port());
         }
-        let app = http::router(requests_tx.clone(), config.data_dir.join("sandboxes"));
+        let app = http::router(
+            requests_tx.clone(),
+            config.data_dir.join("sandboxes"),
+            http_token,
+        );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!("agent HTTP API stopped: {e}");
@@ -143,7 +157,7 @@ pub async fn run<C: Containerizer>(
     }
     config.endpoint = endpoint;
     tracing::info!(master = %config.master, resources = %resources, endpoint = %config.endpoint, "agent starting");
-    let (agent, events) = agent::Agent::new(config, resources, containerizer);
+    let (agent, events) = agent::Agent::new(config, resources, containerizer, http_token_tx);
     agent.run(events, requests_rx, shutdown).await;
     Ok(())
 }

@@ -70,6 +70,7 @@ pub fn emulation(
         task_duration,
         agents_per_connection: 100,
         cut_sessions: Default::default(),
+        token: None,
     }
 }
 
@@ -88,6 +89,7 @@ pub fn load_config(
         command: "true".into(),
         name: name.into(),
         hold: None,
+        token: None,
     }
 }
 

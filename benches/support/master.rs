@@ -25,10 +25,14 @@ impl Drop for Master {
 fn spawn(listen: &str, data: &std::path::Path) -> (Child, String) {
     // Another build's master, to tell the master's share of a change from
     // the rest (the emulator and frameworks run in the benchmark).
-    let binary =
-        std::env::var("AGORA_BENCH_MASTER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_agora").into());
+    let other = std::env::var("AGORA_BENCH_MASTER").ok();
+    // Builds from before authentication have no `--no-auth`.
+    let no_auth: &[&str] = if other.is_some() { &[] } else { &["--no-auth"] };
+    let binary = other.unwrap_or_else(|| env!("CARGO_BIN_EXE_agora").into());
     let mut child = Command::new(binary)
-        .args(["master", "--listen", listen, "--data-dir"])
+        .arg("master")
+        .args(no_auth)
+        .args(["--listen", listen, "--data-dir"])
         .arg(data)
         // Emulated agents are many connections from one address.
         .args(["--max-connections-per-ip", "100000"])

@@ -30,6 +30,10 @@ pub struct MasterConfig {
     /// agents heartbeat less often (and are given longer before they count
     /// as unreachable) rather than swamp the master, as Nomad does.
     pub max_agent_heartbeats_per_second: f64,
+    /// Who may call, and what each principal may do.
+    pub auth: std::sync::Arc<crate::auth::Authority>,
+    /// Where mutating operator calls are recorded (JSON lines), if anywhere.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 impl Default for MasterConfig {
@@ -47,6 +51,8 @@ impl Default for MasterConfig {
             offer_policy: crate::allocator::OfferPolicy::Demand,
             serve: crate::serve::ServeLimits::default(),
             max_agent_heartbeats_per_second: 5000.0,
+            auth: crate::auth::Authority::disabled(),
+            audit_log: None,
         }
     }
 }

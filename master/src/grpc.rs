@@ -18,6 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Action, Authority, Caller};
 use crate::core::{Call, CoreMsg, InboxSender};
 use crate::outbound::{AGENT_STREAM_CAPACITY, FRAMEWORK_STREAM_CAPACITY, Outbound};
 
@@ -27,14 +28,30 @@ use crate::outbound::{AGENT_STREAM_CAPACITY, FRAMEWORK_STREAM_CAPACITY, Outbound
 pub struct CoreHandle {
     tx: InboxSender,
     next_conn: Arc<AtomicU64>,
+    auth: Arc<Authority>,
+}
+
+/// Who made a gRPC request, as the port's authentication found it.
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous)
 }
 
 impl CoreHandle {
-    pub(crate) fn new(tx: InboxSender) -> Self {
+    pub(crate) fn new(tx: InboxSender, auth: Arc<Authority>) -> Self {
         CoreHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
+            auth,
         }
+    }
+
+    /// The policy in force now.
+    pub(crate) fn policy(&self) -> Arc<crate::auth::Policy> {
+        self.auth.policy()
     }
 
     pub(crate) async fn send(&self, msg: CoreMsg) -> Result<(), Status> {
@@ -63,11 +80,13 @@ impl CoreHandle {
     async fn call(
         &self,
         header: Option<v1::CallHeader>,
+        caller: Caller,
         call: Call,
     ) -> Result<Response<v1::CallResponse>, Status> {
         let (reply, answer) = oneshot::channel();
         self.send(CoreMsg::Call {
             header,
+            caller,
             call,
             reply,
         })
@@ -115,6 +134,7 @@ impl Scheduler for CoreHandle {
             .extensions()
             .get::<crate::PeerAddr>()
             .map(|p| p.0.ip());
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let secret = request.secret;
         let info = request
@@ -124,8 +144,9 @@ impl Scheduler for CoreHandle {
         let (tx, rx) = Outbound::channel(FRAMEWORK_STREAM_CAPACITY);
         let (reply, answer) = oneshot::channel();
         self.send(CoreMsg::Subscribe {
-            info,
+            info: Box::new(info),
             secret,
+            caller,
             tx,
             reply,
         })
@@ -150,36 +171,43 @@ impl Scheduler for CoreHandle {
         &self,
         r: Request<v1::AcceptRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = caller_of(&r);
         let r = r.into_inner();
-        self.call(r.header.clone(), Call::Accept(r)).await
+        self.call(r.header.clone(), caller, Call::Accept(Box::new(r)))
+            .await
     }
 
     async fn decline(
         &self,
         r: Request<v1::DeclineRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = caller_of(&r);
         let r = r.into_inner();
-        self.call(r.header.clone(), Call::Decline(r)).await
+        self.call(r.header.clone(), caller, Call::Decline(r)).await
     }
 
     async fn revive(
         &self,
         r: Request<v1::ReviveRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
-        self.call(r.into_inner().header, Call::Revive).await
+        let caller = caller_of(&r);
+        self.call(r.into_inner().header, caller, Call::Revive).await
     }
 
     async fn suppress(
         &self,
         r: Request<v1::SuppressRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
-        self.call(r.into_inner().header, Call::Suppress).await
+        let caller = caller_of(&r);
+        self.call(r.into_inner().header, caller, Call::Suppress)
+            .await
     }
 
     async fn set_demand(
         &self,
         r: Request<v1::DemandRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = caller_of(&r);
         let r = r.into_inner();
         let demand = match &r.demand {
             None => None,
@@ -187,13 +215,14 @@ impl Scheduler for CoreHandle {
                 Status::invalid_argument(format!("set_demand: demand.resources: {e}"))
             })?),
         };
-        self.call(r.header, Call::SetDemand(demand)).await
+        self.call(r.header, caller, Call::SetDemand(demand)).await
     }
 
     async fn kill(
         &self,
         r: Request<v1::KillRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = caller_of(&r);
         let r = r.into_inner();
         let task = r
             .task_id
@@ -201,6 +230,7 @@ impl Scheduler for CoreHandle {
             .ok_or_else(|| Status::invalid_argument("kill: task_id is required"))?;
         self.call(
             r.header,
+            caller,
             Call::Kill {
                 task_id: task,
                 grace: r.kill_grace_period,
@@ -213,23 +243,29 @@ impl Scheduler for CoreHandle {
         &self,
         r: Request<v1::AcknowledgeRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = caller_of(&r);
         let r = r.into_inner();
-        self.call(r.header.clone(), Call::Acknowledge(r)).await
+        self.call(r.header.clone(), caller, Call::Acknowledge(Box::new(r)))
+            .await
     }
 
     async fn reconcile(
         &self,
         r: Request<v1::ReconcileRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
+        let caller = caller_of(&r);
         let r = r.into_inner();
-        self.call(r.header, Call::Reconcile(r.task_ids)).await
+        self.call(r.header, caller, Call::Reconcile(r.task_ids))
+            .await
     }
 
     async fn teardown(
         &self,
         r: Request<v1::TeardownRequest>,
     ) -> Result<Response<v1::CallResponse>, Status> {
-        self.call(r.into_inner().header, Call::Teardown).await
+        let caller = caller_of(&r);
+        self.call(r.into_inner().header, caller, Call::Teardown)
+            .await
     }
 }
 
@@ -242,6 +278,11 @@ impl AgentService for CoreHandle {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<MasterStream>, Status> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        // A known agent re-registers with its own secret; only a new one
+        // needs a join credential.
+        let may_join = self
+            .policy()
+            .allows(&caller_of(&request), Action::RegisterAgent);
         let mut inbound = request.into_inner();
         let (tx, rx) = Outbound::channel(AGENT_STREAM_CAPACITY);
         let core = self.clone();
@@ -255,6 +296,7 @@ impl AgentService for CoreHandle {
                                 conn,
                                 tx: out_tx.clone(),
                                 msg,
+                                may_join,
                             })
                             .await
                             .is_err()

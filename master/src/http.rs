@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -22,6 +23,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::auth::{Action, Caller, Policy};
 use crate::core::{CoreMsg, Operator, OperatorError};
 use crate::events::ClusterEvent;
 use crate::grpc::CoreHandle;
@@ -39,6 +41,8 @@ struct Api {
     snapshots: Reader,
     events: broadcast::Sender<ClusterEvent>,
     client: reqwest::Client,
+    /// Presented to agents' HTTP APIs (empty without authentication).
+    agent_http_token: Arc<str>,
 }
 
 /// The operator routes.
@@ -46,6 +50,7 @@ pub fn router(
     core: CoreHandle,
     snapshots: Reader,
     events: broadcast::Sender<ClusterEvent>,
+    agent_http_token: String,
 ) -> Router {
     Router::new()
         .route("/", get(ui::index))
@@ -74,6 +79,7 @@ pub fn router(
             core,
             snapshots,
             events,
+            agent_http_token: Arc::from(agent_http_token),
             // The relay hands back redirects rather than following them.
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -107,6 +113,80 @@ async fn snapshot(api: &Api) -> Arc<Snapshot> {
     api.snapshots.fresh().await
 }
 
+/// What one caller may see of the cluster: everything (the fast path,
+/// for operators and without ACLs), or the frameworks and tasks of the
+/// principals the ACLs let it view.
+struct Sight {
+    policy: Arc<Policy>,
+    caller: Caller,
+    everything: bool,
+}
+
+impl Sight {
+    fn of(api: &Api, caller: Caller) -> Sight {
+        let policy = api.core.policy();
+        let everything = policy.views_everything(&caller);
+        Sight {
+            policy,
+            caller,
+            everything,
+        }
+    }
+
+    fn principal_of<'a>(snap: &'a Snapshot, framework_id: &str) -> &'a str {
+        snap.frameworks
+            .get(framework_id)
+            .map_or("", |f| f.principal.as_str())
+    }
+
+    fn framework(&self, snap: &Snapshot, framework_id: &str) -> bool {
+        self.everything
+            || self.policy.allows(
+                &self.caller,
+                Action::ViewFramework {
+                    framework_principal: Self::principal_of(snap, framework_id),
+                },
+            )
+    }
+
+    fn task(&self, snap: &Snapshot, task: &TaskView) -> bool {
+        self.everything
+            || self.policy.allows(
+                &self.caller,
+                Action::ViewTask {
+                    framework_principal: Self::principal_of(snap, &task.framework_id),
+                },
+            )
+    }
+}
+
+/// The refusal of an action the ACLs do not allow.
+fn forbidden(caller: &Caller, action: Action<'_>) -> Response {
+    tracing::warn!(
+        principal = caller.name(),
+        action = action.name(),
+        "refused by the ACLs"
+    );
+    error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "principal `{}` is not allowed to {} here (ACL `{}`)",
+            caller.name(),
+            action.describe(),
+            action.name()
+        ),
+    )
+}
+
+/// `Ok` when `caller` may do `action`, else the 403 to answer.
+fn check(api: &Api, caller: &Caller, action: Action<'_>) -> Result<(), Response> {
+    if api.core.policy().allows(caller, action) {
+        Ok(())
+    } else {
+        Err(forbidden(caller, action))
+    }
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -130,9 +210,36 @@ where
     }
 }
 
-async fn state(State(api): State<Api>) -> Response {
+async fn state(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
     let snap = snapshot(&api).await;
-    json_off_runtime(move || snap.state_json(unix_ms())).await
+    let sight = Sight::of(&api, caller);
+    if sight.everything {
+        return json_off_runtime(move || snap.state_json(unix_ms())).await;
+    }
+    json_off_runtime(move || {
+        let tasks: Vec<&TaskView> = snap
+            .tasks_sorted()
+            .filter(|t| sight.task(&snap, t))
+            .collect();
+        let frameworks: Vec<_> = snap
+            .frameworks_sorted()
+            .into_iter()
+            .filter(|f| sight.framework(&snap, &f.id))
+            .collect();
+        let offers: Vec<Value> = snap
+            .offers_aged(unix_ms())
+            .into_iter()
+            .map(|o| json!(o))
+            .filter(|o| sight.framework(&snap, o["framework_id"].as_str().unwrap_or("")))
+            .collect();
+        serde_json::to_vec(&json!({
+            "agents": snap.agents_sorted(),
+            "frameworks": frameworks,
+            "tasks": tasks,
+            "offers": offers,
+        }))
+    })
+    .await
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
@@ -163,18 +270,25 @@ fn is_ended(state: &str) -> bool {
 }
 
 /// Live tasks grouped by agent, in one pass.
-fn live_tasks_by_agent(snap: &Snapshot) -> HashMap<&str, Vec<&TaskView>> {
+fn live_tasks_by_agent<'a>(
+    snap: &'a Snapshot,
+    sight: &Sight,
+) -> HashMap<&'a str, Vec<&'a TaskView>> {
     let mut by_agent: HashMap<&str, Vec<&TaskView>> = HashMap::new();
-    for t in snap.tasks_sorted().filter(|t| !is_ended(t.state)) {
+    for t in snap
+        .tasks_sorted()
+        .filter(|t| !is_ended(t.state) && sight.task(snap, t))
+    {
         by_agent.entry(t.agent_id.as_str()).or_default().push(t);
     }
     by_agent
 }
 
-async fn agents(State(api): State<Api>) -> Response {
+async fn agents(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
     let snap = snapshot(&api).await;
+    let sight = Sight::of(&api, caller);
     json_off_runtime(move || {
-        let by_agent = live_tasks_by_agent(&snap);
+        let by_agent = live_tasks_by_agent(&snap, &sight);
         let list: Vec<Value> = snap
             .agents_sorted()
             .into_iter()
@@ -185,13 +299,18 @@ async fn agents(State(api): State<Api>) -> Response {
     .await
 }
 
-async fn agent(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn agent(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let snap = snapshot(&api).await;
+    let sight = Sight::of(&api, caller);
     match snap.agents.get(id.as_str()) {
         Some(a) => {
             let tasks: Vec<&TaskView> = snap
                 .tasks_sorted()
-                .filter(|t| t.agent_id == id && !is_ended(t.state))
+                .filter(|t| t.agent_id == id && !is_ended(t.state) && sight.task(&snap, t))
                 .collect();
             Json(agent_json(a, &tasks)).into_response()
         }
@@ -199,16 +318,36 @@ async fn agent(State(api): State<Api>, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn frameworks(State(api): State<Api>) -> Response {
+async fn frameworks(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
     let snap = snapshot(&api).await;
-    Json(json!({ "frameworks": snap.frameworks_sorted() })).into_response()
+    let sight = Sight::of(&api, caller);
+    let visible: Vec<_> = snap
+        .frameworks_sorted()
+        .into_iter()
+        .filter(|f| sight.framework(&snap, &f.id))
+        .collect();
+    Json(json!({ "frameworks": visible })).into_response()
 }
 
-async fn framework(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn framework(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let snap = snapshot(&api).await;
+    let sight = Sight::of(&api, caller);
     match snap.frameworks.get(id.as_str()) {
+        Some(_) if !sight.framework(&snap, &id) => forbidden(
+            &sight.caller,
+            Action::ViewFramework {
+                framework_principal: Sight::principal_of(&snap, &id),
+            },
+        ),
         Some(f) => {
-            let tasks: Vec<&TaskView> = snap.tasks_of(&id).collect();
+            let tasks: Vec<&TaskView> = snap
+                .tasks_of(&id)
+                .filter(|t| sight.task(&snap, t))
+                .collect();
             let mut value = json!(f.as_ref());
             value["tasks"] = json!(tasks);
             Json(value).into_response()
@@ -233,7 +372,11 @@ fn parse_usize(
     }
 }
 
-async fn tasks(State(api): State<Api>, Query(params): Query<HashMap<String, String>>) -> Response {
+async fn tasks(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     for key in params.keys() {
         if !["framework", "agent", "state", "offset", "limit"].contains(&key.as_str()) {
             return error(
@@ -265,34 +408,47 @@ async fn tasks(State(api): State<Api>, Query(params): Query<HashMap<String, Stri
         Err(r) => return r,
     };
     let snap = snapshot(&api).await;
-    let (page, total): (Vec<&TaskView>, usize) =
-        if !params.contains_key("agent") && !params.contains_key("state") {
-            match params.get("framework") {
-                // Unfiltered: the page alone is read.
-                None => (
-                    snap.tasks_sorted().skip(offset).take(limit).collect(),
-                    snap.tasks.len(),
-                ),
-                Some(f) => {
-                    let page = snap.tasks_of(f).skip(offset).take(limit).collect();
-                    (page, snap.tasks_of(f).count())
-                }
-            }
-        } else {
-            let framework = params.get("framework");
-            let matching: Vec<&TaskView> = match framework {
-                Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
-                None => Box::new(snap.tasks_sorted()),
-            }
+    let sight = Sight::of(&api, caller);
+    let (page, total): (Vec<&TaskView>, usize) = if !sight.everything {
+        let matching: Vec<&TaskView> = snap
+            .tasks_sorted()
+            .filter(|t| sight.task(&snap, t))
+            .filter(|t| params.get("framework").is_none_or(|f| *f == t.framework_id))
             .filter(|t| params.get("agent").is_none_or(|a| *a == t.agent_id))
             .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
             .collect();
-            let total = matching.len();
-            (
-                matching.into_iter().skip(offset).take(limit).collect(),
-                total,
-            )
-        };
+        let total = matching.len();
+        (
+            matching.into_iter().skip(offset).take(limit).collect(),
+            total,
+        )
+    } else if !params.contains_key("agent") && !params.contains_key("state") {
+        match params.get("framework") {
+            // Unfiltered: the page alone is read.
+            None => (
+                snap.tasks_sorted().skip(offset).take(limit).collect(),
+                snap.tasks.len(),
+            ),
+            Some(f) => {
+                let page = snap.tasks_of(f).skip(offset).take(limit).collect();
+                (page, snap.tasks_of(f).count())
+            }
+        }
+    } else {
+        let framework = params.get("framework");
+        let matching: Vec<&TaskView> = match framework {
+            Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
+            None => Box::new(snap.tasks_sorted()),
+        }
+        .filter(|t| params.get("agent").is_none_or(|a| *a == t.agent_id))
+        .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
+        .collect();
+        let total = matching.len();
+        (
+            matching.into_iter().skip(offset).take(limit).collect(),
+            total,
+        )
+    };
     Json(json!({ "tasks": page, "total": total, "offset": offset, "limit": limit })).into_response()
 }
 
@@ -303,19 +459,38 @@ fn find_task<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a TaskView> {
     candidates.first().copied()
 }
 
-async fn task(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn task(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let snap = snapshot(&api).await;
+    let sight = Sight::of(&api, caller);
     match find_task(&snap, &id) {
+        Some(t) if !sight.task(&snap, t) => forbidden(
+            &sight.caller,
+            Action::ViewTask {
+                framework_principal: Sight::principal_of(&snap, &t.framework_id),
+            },
+        ),
         Some(t) => Json(t).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown task `{id}`")),
     }
 }
 
-/// The agent endpoint and sandbox path of a task, or an error response.
-async fn sandbox_of(api: &Api, id: &str) -> Result<(String, String), Response> {
+/// The agent endpoint and sandbox path of a task, or an error response
+/// (also when `caller` may not read the task's sandbox).
+async fn sandbox_of(api: &Api, caller: &Caller, id: &str) -> Result<(String, String), Response> {
     let snap = snapshot(api).await;
     let task = find_task(&snap, id)
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("unknown task `{id}`")))?;
+    check(
+        api,
+        caller,
+        Action::AccessSandbox {
+            framework_principal: Sight::principal_of(&snap, &task.framework_id),
+        },
+    )?;
     let agent = snap.agents.get(task.agent_id.as_str()).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,
@@ -336,7 +511,11 @@ async fn sandbox_of(api: &Api, id: &str) -> Result<(String, String), Response> {
 
 /// Relays an agent's answer (status and JSON body) to the caller.
 async fn relay(api: &Api, url: String) -> Response {
-    match api.client.get(&url).send().await {
+    let mut request = api.client.get(&url);
+    if !api.agent_http_token.is_empty() {
+        request = request.bearer_auth(&*api.agent_http_token);
+    }
+    match request.send().await {
         Ok(r) => {
             let status =
                 StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -366,8 +545,12 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
-async fn task_files(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match sandbox_of(&api, &id).await {
+async fn task_files(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match sandbox_of(&api, &caller, &id).await {
         Ok((endpoint, sandbox)) => {
             relay(
                 &api,
@@ -381,6 +564,7 @@ async fn task_files(State(api): State<Api>, Path(id): Path<String>) -> Response 
 
 async fn task_file_read(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -390,7 +574,7 @@ async fn task_file_read(
             "parameter `path` is required (e.g. stdout)",
         );
     };
-    let (endpoint, sandbox) = match sandbox_of(&api, &id).await {
+    let (endpoint, sandbox) = match sandbox_of(&api, &caller, &id).await {
         Ok(found) => found,
         Err(r) => return r,
     };
@@ -422,9 +606,16 @@ async fn task_file_read(
     relay(&api, url).await
 }
 
-async fn offers(State(api): State<Api>) -> Response {
+async fn offers(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
     let snap = snapshot(&api).await;
-    Json(json!({ "offers": snap.offers_aged(unix_ms()) })).into_response()
+    let sight = Sight::of(&api, caller);
+    let offers: Vec<Value> = snap
+        .offers_aged(unix_ms())
+        .into_iter()
+        .map(|o| json!(o))
+        .filter(|o| sight.framework(&snap, o["framework_id"].as_str().unwrap_or("")))
+        .collect();
+    Json(json!({ "offers": offers })).into_response()
 }
 
 async fn roles(State(api): State<Api>) -> Response {
@@ -467,7 +658,15 @@ fn body_json(body: &str, known: &[&str]) -> Result<Value, Response> {
     Ok(value)
 }
 
-async fn set_weight(State(api): State<Api>, Path(role): Path<String>, body: String) -> Response {
+async fn set_weight(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(role): Path<String>,
+    body: String,
+) -> Response {
+    if let Err(r) = check(&api, &caller, Action::UpdateWeight { role: &role }) {
+        return r;
+    }
     let body = match body_json(&body, &["weight"]) {
         Ok(b) => b,
         Err(r) => return r,
@@ -481,18 +680,50 @@ async fn set_weight(State(api): State<Api>, Path(role): Path<String>, body: Stri
     act(&api, Operator::SetWeight { role, weight }).await
 }
 
-async fn teardown(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+async fn teardown(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: String,
+) -> Response {
     if let Err(r) = body_json(&body, &[]) {
+        return r;
+    }
+    let snap = snapshot(&api).await;
+    if snap.frameworks.contains_key(id.as_str())
+        && let Err(r) = check(
+            &api,
+            &caller,
+            Action::TeardownFramework {
+                framework_principal: Sight::principal_of(&snap, &id),
+            },
+        )
+    {
         return r;
     }
     act(&api, Operator::Teardown { framework_id: id }).await
 }
 
-async fn reset_weight(State(api): State<Api>, Path(role): Path<String>) -> Response {
+async fn reset_weight(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(role): Path<String>,
+) -> Response {
+    if let Err(r) = check(&api, &caller, Action::UpdateWeight { role: &role }) {
+        return r;
+    }
     act(&api, Operator::ResetWeight { role }).await
 }
 
-async fn drain(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+async fn drain(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: String,
+) -> Response {
+    if let Err(r) = check(&api, &caller, Action::DrainAgent) {
+        return r;
+    }
     let body = match body_json(&body, &["kill_tasks"]) {
         Ok(b) => b,
         Err(r) => return r,
@@ -517,14 +748,30 @@ async fn drain(State(api): State<Api>, Path(id): Path<String>, body: String) -> 
     .await
 }
 
-async fn undrain(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+async fn undrain(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: String,
+) -> Response {
+    if let Err(r) = check(&api, &caller, Action::DrainAgent) {
+        return r;
+    }
     if let Err(r) = body_json(&body, &[]) {
         return r;
     }
     act(&api, Operator::Undrain { agent_id: id }).await
 }
 
-async fn mark_gone(State(api): State<Api>, Path(id): Path<String>, body: String) -> Response {
+async fn mark_gone(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: String,
+) -> Response {
+    if let Err(r) = check(&api, &caller, Action::MarkAgentGone) {
+        return r;
+    }
     if let Err(r) = body_json(&body, &[]) {
         return r;
     }
@@ -535,7 +782,18 @@ async fn mark_gone(State(api): State<Api>, Path(id): Path<String>, body: String)
 /// every event.
 const MAX_EVENT_STREAMS: usize = 1024;
 
-async fn event_stream(State(api): State<Api>) -> Response {
+async fn event_stream(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
+    if !Sight::of(&api, caller.clone()).everything {
+        // Events are not filtered per reader: they are for those who may
+        // see every framework and task.
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "principal `{}` may not follow the event stream: it needs view_frameworks and view_tasks on every framework principal",
+                caller.name()
+            ),
+        );
+    }
     if api.events.receiver_count() >= MAX_EVENT_STREAMS {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -585,8 +843,8 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
         .filter(|f| f.name == name && !f.webui_url.is_empty())
         // A connected one before one that is away.
         .max_by_key(|f| f.active)
-        .map(|f| f.webui_url.clone());
-    let Some(base) = announced else {
+        .map(|f| (f.webui_url.clone(), f.relay_token.clone()));
+    let Some((base, relay_token)) = announced else {
         return not_found();
     };
     let target = format!(
@@ -599,6 +857,11 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
     );
     let method = request.method().clone();
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous);
     let body = match axum::body::to_bytes(request.into_body(), MAX_PROXY_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -611,6 +874,13 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
     let mut forward = api.client.request(method, &target).body(body);
     if let Some(ct) = content_type {
         forward = forward.header(header::CONTENT_TYPE, ct);
+    }
+    // The caller's own credential stays here; the framework learns who
+    // called from the master, which proves itself with the relay token.
+    if !relay_token.is_empty() {
+        forward = forward
+            .bearer_auth(relay_token)
+            .header(agora_proto::PRINCIPAL_HEADER, caller.name());
     }
     match forward.send().await {
         Ok(mut answer) => {

@@ -4,9 +4,12 @@
 //! the operator HTTP API on one port.
 
 pub mod allocator;
+pub mod audit;
+pub mod auth;
 pub mod config;
 mod core;
 pub mod events;
+mod gate;
 mod grpc;
 mod http;
 pub mod leadership;
@@ -34,6 +37,7 @@ use agora_store::{Store, StoreError};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use auth::Caller;
 pub use config::MasterConfig;
 pub use leadership::{Backing, HaConfig, Role};
 pub use registry::{Registry, RegistryError};
@@ -55,6 +59,11 @@ pub enum MasterError {
     },
     #[error("starting a thread of the master: {0}")]
     Thread(std::io::Error),
+    #[error("opening the audit log {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Stops the accept loop when `run` returns, however it returns.
@@ -86,7 +95,33 @@ pub async fn run(
         Backing::Embedded(_) => format!("http://{addr}"),
     };
     let (tx, rx) = core::inbox(outbound::CORE_INBOX_CAPACITY);
-    let handle = grpc::CoreHandle::new(tx);
+    let auth = config.auth.clone();
+    auth.reload_on_sighup()
+        .map_err(|source| MasterError::Serve {
+            addr: addr.clone(),
+            source,
+        })?;
+    let audit = match &config.audit_log {
+        Some(path) => Some(Arc::new(audit::AuditLog::open(path).map_err(|source| {
+            MasterError::Audit {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        None => None,
+    };
+    // The master's key to its agents' HTTP APIs (sandboxes): given to each
+    // agent as it registers, presented on every read through the master.
+    let agent_http_token = if auth.policy().enabled() {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    } else {
+        String::new()
+    };
+    let handle = grpc::CoreHandle::new(tx, auth.clone());
     // Slow event readers lag and are told so; the core never waits on them.
     let (events, _) = tokio::sync::broadcast::channel(4096);
     let (role_tx, role) = watch::channel(match backing {
@@ -110,7 +145,7 @@ pub async fn run(
     )
     .into_axum_router();
     let (publisher, reader) = snapshot::channel();
-    let operator = http::router(handle, reader, events.clone());
+    let operator = http::router(handle, reader, events.clone(), agent_http_token.clone());
     // gRPC and HTTP share the port; both routers have their own fallback, so
     // requests are steered by content type rather than merged by path.
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -131,6 +166,8 @@ pub async fn run(
         };
         let me = me.clone();
         let masters = members.borrow().clone();
+        let policy = auth.policy();
+        let audit = audit.clone();
         async move {
             if !is_grpc && path == "/api/v1/leader" {
                 return leadership::leader_answer(&now, &me);
@@ -141,10 +178,41 @@ pub async fn run(
             if let Role::Standby { leader } = &now {
                 return leadership::standby_answer(leader.as_deref(), is_grpc, &path);
             }
-            match router.oneshot(request).await {
+            let mut request = request;
+            let peer = request
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or_else(|| "?".to_string(), |p| p.0.to_string());
+            let caller = match gate::authenticate(&policy, &request, is_grpc, &peer) {
+                Ok(caller) => caller,
+                Err(refusal) => {
+                    if !is_grpc && let Some(audit) = &audit {
+                        gate::record(audit, &Caller::Anonymous, &peer, &request, refusal.status());
+                    }
+                    return refusal;
+                }
+            };
+            let method = request.method().clone();
+            let uri_path = request.uri().path().to_string();
+            request.extensions_mut().insert(caller.clone());
+            let response = match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
+            };
+            if !is_grpc
+                && audit::is_mutating(&method)
+                && let Some(audit) = &audit
+            {
+                audit.record(&audit::AuditEntry {
+                    time: chrono::Utc::now().to_rfc3339(),
+                    principal: caller.name(),
+                    peer,
+                    method: method.as_str(),
+                    path: &uri_path,
+                    status: response.status().as_u16(),
+                });
             }
+            response
         }
     });
     tracing::info!(%addr, "master listening (gRPC and HTTP)");
@@ -194,6 +262,7 @@ pub async fn run(
         }
     };
     let mut core = core::Core::recover(config, events, registry)?;
+    core.set_agent_http_token(agent_http_token);
     core.publish_to(publisher);
     role_tx.send_replace(Role::Leading);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();

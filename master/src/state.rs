@@ -77,6 +77,14 @@ pub struct FrameworkView {
     pub active: bool,
     /// The framework's own HTTP API or UI, if it announced one.
     pub webui_url: String,
+    /// The principal it authenticated as (empty without authentication).
+    pub principal: String,
+    /// The user its tasks run as unless they name one (empty: the agent's
+    /// default).
+    pub user: String,
+    /// What the master presents on requests it relays to `webui_url`.
+    #[serde(skip)]
+    pub relay_token: String,
     pub used: Resources,
     pub offered: Resources,
     pub task_count: usize,

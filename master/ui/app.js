@@ -11,12 +11,34 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const fmt = (n) => (Math.round(n * 100) / 100).toString();
 const res = (r) => Object.entries(r || {}).map(([k, v]) => `${k}:${typeof v === "number" ? fmt(v) : v}`).join(" ") || "–";
 
+// A token in the address (`agora dev` prints such a link) becomes the
+// session's cookie and leaves the address bar. The cookie is SameSite=Strict:
+// other sites' pages cannot make the browser use it.
+function keepToken(token) {
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = `agora_token=${encodeURIComponent(token)}; path=/; SameSite=Strict${secure}`;
+}
+{
+  const m = location.hash.match(/^#token=([^&]+)/);
+  if (m) {
+    keepToken(decodeURIComponent(m[1]));
+    window.history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+function showLogin() {
+  $("login").hidden = false;
+  $("live").textContent = "signed out";
+  $("live").classList.remove("on");
+}
+
 let state = null;
 const history = []; // {t, used, offered} as fractions of cpus
 let log = { task: null, file: "stdout", offset: 0, timer: null };
 
 async function getJSON(url) {
   const r = await fetch(url);
+  if (r.status === 401) showLogin();
   if (!r.ok) throw new Error(`${url}: ${r.status}`);
   return r.json();
 }
@@ -208,7 +230,7 @@ document.addEventListener("click", async (e) => {
   if (row) { location.hash = `task=${encodeURIComponent(row.dataset.task)}`; return; }
   const tab = e.target.closest("[data-file]");
   if (tab && log.task) { openLog(log.task, tab.dataset.file); return; }
-  if (e.target.id === "log-close") { clearTimeout(log.timer); log.task = null; $("log").hidden = true; history.replaceState(null, "", "#tasks"); return; }
+  if (e.target.id === "log-close") { clearTimeout(log.timer); log.task = null; $("log").hidden = true; window.history.replaceState(null, "", "#tasks"); return; }
   const drain = e.target.closest("[data-drain]");
   if (drain) {
     const action = drain.dataset.on === "true" ? "undrain" : "drain";
@@ -217,6 +239,11 @@ document.addEventListener("click", async (e) => {
   }
 });
 $("task-filter").addEventListener("input", () => state && renderTasks());
+$("login-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  keepToken($("login-token").value.trim());
+  location.reload();
+});
 window.addEventListener("hashchange", fromHash);
 
 const events = new EventSource("/api/v1/events");

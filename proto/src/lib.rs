@@ -2,6 +2,7 @@
 //! `proto/agora.proto` (Mesos v1 vocabulary), and the conversions and resource
 //! arithmetic that master, agent and frameworks share.
 
+pub mod auth;
 pub mod duration;
 pub mod heartbeat;
 pub mod limits;
@@ -23,3 +24,7 @@ pub use masters::{MasterList, leader_hint, not_leader};
 pub use refusal::{refusal_of, refusal_status};
 pub use resources::{Demand, RangeSet, ResourceError, Resources};
 pub use task_state::is_terminal;
+
+/// The header in which the master names the caller on requests it relays
+/// to a framework's `webui_url` (trusted only with the relay token).
+pub const PRINCIPAL_HEADER: &str = "x-agora-principal";

@@ -6,15 +6,20 @@ use prost::Message;
 
 use crate::v1::{AcceptRefusal, accept_refusal::Reason};
 
-/// The `InvalidArgument` status that carries `refusal`.
+/// The status that carries `refusal`: `PermissionDenied` for what the
+/// framework may not do, else `InvalidArgument`.
 pub fn refusal_status(reason: Reason, message: impl Into<String>, task_id: &str) -> tonic::Status {
+    let code = match reason {
+        Reason::NotAuthorized => tonic::Code::PermissionDenied,
+        _ => tonic::Code::InvalidArgument,
+    };
     let refusal = AcceptRefusal {
         reason: reason as i32,
         message: message.into(),
         task_id: task_id.to_string(),
     };
     tonic::Status::with_details(
-        tonic::Code::InvalidArgument,
+        code,
         refusal.message.clone(),
         tonic::codegen::Bytes::from(refusal.encode_to_vec()),
     )

@@ -37,6 +37,9 @@ pub struct EmulateConfig {
     /// When notified, every agent drops its session at once and
     /// reconnects, as after a network blip (benchmarks use it).
     pub cut_sessions: Arc<tokio::sync::Notify>,
+    /// The join token the agents present (none for a master without
+    /// authentication).
+    pub token: Option<String>,
 }
 
 /// Counts the emulator keeps, for progress and for benchmarks.
@@ -58,6 +61,8 @@ pub enum EmulateError {
     NoMaster(String),
     #[error("master URL `{url}`: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("the join token: {0}")]
+    BadToken(String),
 }
 
 type TaskKey = (String, String);
@@ -117,6 +122,8 @@ pub async fn emulate(
         channels.insert(url.clone(), list);
     }
     let channels = Arc::new(channels);
+    let token = agora_proto::auth::BearerToken::new(config.token.as_deref())
+        .map_err(|e| EmulateError::BadToken(e.to_string()))?;
     let config = Arc::new(config);
     let mut running = Vec::with_capacity(config.agents);
     for index in 0..config.agents {
@@ -135,6 +142,7 @@ pub async fn emulate(
             masters.clone(),
             channels.clone(),
             index / per,
+            token.clone(),
         )));
     }
     shutdown.await;
@@ -154,6 +162,7 @@ impl Agent {
         mut masters: MasterList,
         channels: Arc<HashMap<String, Vec<Channel>>>,
         connection: usize,
+        token: agora_proto::auth::BearerToken,
     ) {
         let (ticks_tx, mut ticks) = mpsc::unbounded_channel::<Tick>();
         let mut backoff = Duration::from_millis(100);
@@ -164,7 +173,7 @@ impl Agent {
                 continue;
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            let opened = AgentServiceClient::new(channel)
+            let opened = AgentServiceClient::with_interceptor(channel, token.clone())
                 .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
                 .session(UnboundedReceiverStream::new(rx))

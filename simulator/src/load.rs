@@ -35,6 +35,9 @@ pub struct LoadConfig {
     /// Once every task runs, keep them running until told to leave (and
     /// reconcile them when told); `None`: tear down at once.
     pub hold: Option<Arc<Hold>>,
+    /// The framework's bearer token (none for a master without
+    /// authentication).
+    pub token: Option<String>,
 }
 
 /// What a load that keeps its tasks is told.
@@ -301,6 +304,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// framework down; `stats` shows progress meanwhile.
 pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport, SdkError> {
     let mut framework = FrameworkConfig::new(&config.masters, &config.name);
+    framework.token = config.token.clone();
     framework.failover_timeout = Duration::from_secs(0);
     let driver = Driver::new(framework)?;
     let tasks = config.tasks;

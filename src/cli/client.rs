@@ -59,6 +59,13 @@ pub async fn leading_master(masters: &str) -> anyhow::Result<String> {
     Err(Refused(format!("no master leads: {}", problems.join("; "))).into())
 }
 
+/// An HTTP client for the master presenting the user's token (see
+/// `credentials`), if there is one.
+pub fn authenticated_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let token = super::credentials::client_token(None)?;
+    Ok(agora_sdk::operator::http_client(token.as_deref(), timeout))
+}
+
 impl FrameworkApi {
     pub async fn new(
         masters: &str,
@@ -68,10 +75,7 @@ impl FrameworkApi {
         let master = leading_master(masters).await?;
         Ok(FrameworkApi {
             base: format!("{}/{name}/v1", master.trim_end_matches('/')),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .context("building the HTTP client")?,
+            client: authenticated_client(Duration::from_secs(30))?,
             name,
             start,
         })

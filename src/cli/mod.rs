@@ -2,6 +2,7 @@
 
 mod app;
 mod client;
+mod credentials;
 mod job;
 mod run;
 mod sim;
@@ -171,10 +172,38 @@ struct DevArgs {
     agent: AgentFlags,
 }
 
+/// Where a process finds the token it presents to the master
+/// (`AGORA_TOKEN` overrides).
+#[derive(Args, Clone)]
+pub struct TokenFlags {
+    /// A file whose first line is the bearer token to present to the master.
+    #[arg(long, env = "AGORA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenFlags {
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        credentials::daemon_token(self.token_file.as_deref())
+    }
+}
+
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("authentication").required(true).args(["auth", "no_auth"])))]
 struct MasterArgs {
     #[arg(long, default_value = "127.0.0.1:5050")]
     listen: String,
+    /// The principals, their tokens and the ACLs (TOML; see ARCHITECTURE.md).
+    /// Reloaded on SIGHUP.
+    #[arg(long)]
+    auth: Option<PathBuf>,
+    /// Let anyone who reaches the master's port do anything, including run
+    /// commands on every agent. For tests and trusted single-user machines.
+    #[arg(long)]
+    no_auth: bool,
+    /// Where mutating operator calls are recorded (default:
+    /// DATA_DIR/audit.log).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Where the registry (agents, frameworks, weights, drains, tasks) lives
     /// (without `--etcd`).
     #[arg(long, default_value = "./agora-master-data")]
@@ -201,6 +230,10 @@ struct AgentArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     agent: AgentFlags,
+    /// The join token (needed the first time; the agent then keeps the
+    /// secret the master issues it).
+    #[command(flatten)]
+    token: TokenFlags,
 }
 
 #[derive(Args, Clone)]
@@ -229,6 +262,8 @@ struct BatchArgs {
     ha: HaFlags,
     #[command(flatten)]
     batch: BatchFlags,
+    #[command(flatten)]
+    token: TokenFlags,
 }
 
 #[derive(Args, Clone)]
@@ -263,6 +298,8 @@ struct ServicesArgs {
     reconcile_grace: Duration,
     #[command(flatten)]
     services: ServicesFlags,
+    #[command(flatten)]
+    token: TokenFlags,
 }
 
 #[derive(Args)]
@@ -580,7 +617,13 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         Command::Batch(a) => runtime.block_on(run::batch(a)),
         Command::Job(a) => runtime.block_on(job::run(&a.master, a.command)),
         Command::Master(a) => runtime.block_on(run::master(a)),
-        Command::Agent(a) => runtime.block_on(run::agent(a.master, a.listen, a.data_dir, a.agent)),
+        Command::Agent(a) => runtime.block_on(run::agent(
+            a.master,
+            a.listen,
+            a.data_dir,
+            a.agent,
+            a.token.token()?,
+        )),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
         Command::Sim(c) => sim::run(c, &runtime),
         Command::ContainerInit { .. } => Ok(ExitCode::SUCCESS),

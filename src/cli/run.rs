@@ -139,21 +139,28 @@ pub async fn dev(
     batch: BatchFlags,
     services: ServicesFlags,
 ) -> anyhow::Result<ExitCode> {
-    let config = master_config(&master)?;
+    let mut config = master_config(&master)?;
     let registry = open_registry(&data_dir.join("master"))?;
+    let credentials =
+        super::credentials::dev_credentials(&data_dir, super::credentials::user_token_path())?;
+    config.auth = agora_master::auth::Authority::load(&credentials.auth_file)?;
+    config.audit_log = Some(data_dir.join("master").join("audit.log"));
     let (listener, url) = bind(&listen).await?;
     let mut services_config =
         agora_services::ServicesConfig::new(url.clone(), data_dir.join("services"));
     services_config.lb_address = (!services.no_lb).then_some(services.lb_address);
+    services_config.token = Some(credentials.services_token.clone());
     let services_http = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the services framework's HTTP API")?;
     let mut batch_config = agora_batch::BatchConfig::new(url.clone(), data_dir.join("batch"));
     batch_config.reconcile_grace = batch.reconcile_grace;
+    batch_config.token = Some(credentials.batch_token.clone());
     let batch_http = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the batch framework's HTTP API")?;
-    let agent_config = agent_config(url.clone(), data_dir, &agent)?;
+    let mut agent_config = agent_config(url.clone(), data_dir, &agent)?;
+    agent_config.token = Some(credentials.agent_token.clone());
     let agent_http = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the agent's HTTP API")?;
@@ -184,7 +191,8 @@ pub async fn dev(
         run_agent(agent_config, &agent, agent_http, stopped(agent_stop)).await
     });
     eprintln!(
-        "agora dev: master, agent, batch and services up; web UI at {url}/; jobs with `agora job submit FILE`, apps with `agora app deploy FILE`; Ctrl-C stops all"
+        "agora dev: master, agent, batch and services up; web UI at {url}/#token={}; jobs with `agora job submit FILE`, apps with `agora app deploy FILE`; Ctrl-C stops all",
+        credentials.user_token
     );
     // Whatever stops first (Ctrl-C, or a part that could not start) takes
     // the rest down: batch first, so it saves its state while the master is
@@ -243,7 +251,26 @@ fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<agora_master::Reg
 }
 
 pub async fn master(args: super::MasterArgs) -> anyhow::Result<ExitCode> {
-    let config = master_config(&args.master)?;
+    let mut config = master_config(&args.master)?;
+    config.auth = match &args.auth {
+        Some(path) => agora_master::auth::Authority::load(path)?,
+        None => {
+            tracing::warn!(
+                "--no-auth: anyone who reaches this master may run commands on every agent"
+            );
+            agora_master::auth::Authority::disabled()
+        }
+    };
+    config.audit_log = Some(
+        args.audit_log
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("audit.log")),
+    );
+    if let Some(path) = &config.audit_log
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let (listener, url) = bind(&args.listen).await?;
     let backing = match args.ha.etcd {
         Some(etcd) => agora_master::Backing::Etcd(agora_master::HaConfig {
@@ -262,8 +289,10 @@ pub async fn agent(
     listen: String,
     data_dir: PathBuf,
     flags: AgentFlags,
+    token: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let config = agent_config(master, data_dir, &flags)?;
+    let mut config = agent_config(master, data_dir, &flags)?;
+    config.token = token;
     let http = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen} for the agent's HTTP API"))?;
@@ -284,6 +313,7 @@ pub async fn batch(args: super::BatchArgs) -> anyhow::Result<ExitCode> {
     config.reconcile_grace = args.batch.reconcile_grace;
     config.etcd = args.ha.etcd;
     config.lease_ttl = args.ha.leader_lease;
+    config.token = args.token.token()?;
     agora_batch::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -302,6 +332,7 @@ pub async fn services(args: super::ServicesArgs) -> anyhow::Result<ExitCode> {
     config.lb_address = (!args.services.no_lb).then_some(args.services.lb_address);
     config.etcd = args.ha.etcd;
     config.lease_ttl = args.ha.leader_lease;
+    config.token = args.token.token()?;
     agora_services::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -312,6 +343,7 @@ pub async fn lb(master: String, address: std::net::IpAddr) -> anyhow::Result<Exi
     println!("agora lb following {master}, binding service ports on {address}");
     let _ = std::io::stdout().flush();
     let balancer = agora_services::lb::LoadBalancer::new(address);
-    agora_services::lb::follow(&master, balancer, terminated()).await;
+    let token = super::credentials::client_token(None)?;
+    agora_services::lb::follow(&master, token.as_deref(), balancer, terminated()).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -296,6 +296,7 @@ async fn emulate(
         task_duration,
         agents_per_connection,
         cut_sessions: Default::default(),
+        token: super::credentials::client_token(None)?,
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {
@@ -343,6 +344,7 @@ async fn load(
         command: cmd,
         name: "load".into(),
         hold: None,
+        token: super::credentials::client_token(None)?,
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {

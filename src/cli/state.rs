@@ -34,7 +34,9 @@ fn table(title: &str, header: &[&str], rows: Vec<Vec<String>>) {
 pub async fn show(master: &str, json: bool) -> anyhow::Result<ExitCode> {
     let master = super::client::leading_master(master).await?;
     let url = format!("{}/api/v1/state", master.trim_end_matches('/'));
-    let response = reqwest::get(&url)
+    let response = super::client::authenticated_client(std::time::Duration::from_secs(60))?
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("asking {url}"))?;
     let status = response.status();

@@ -3,6 +3,8 @@
 // batch job is listed as succeeded and its log opens, checks the apps view
 // (a healthy app, and a waiting one with its reason), and writes a
 // screenshot. Usage:
+// With AGORA_UI_TOKEN set, it first checks the sign-in form, then signs in
+// through a `#token=` link.
 // node ui-check.mjs URL HOSTNAME TASK_ID EXPECTED_LOG SCREENSHOT JOB_ID JOB_LOG APP_ID WAITING_APP_ID WAITING_REASON
 import { chromium } from "playwright-core";
 
@@ -14,7 +16,17 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  await page.goto(url);
+  const token = process.env.AGORA_UI_TOKEN;
+  if (token) {
+    // Without the token the master refuses the API and the page asks for one.
+    await page.goto(url);
+    await page.locator("#login:not([hidden])").waitFor({ timeout: 15000 });
+    await page.goto(`${url}/#token=${encodeURIComponent(token)}`);
+    await page.reload();
+    if (page.url().includes("token=")) throw new Error("the token stayed in the address bar");
+  } else {
+    await page.goto(url);
+  }
   await page.locator("#agent-rows", { hasText: hostname }).waitFor({ timeout: 15000 });
   const row = page.locator(`#task-rows tr[data-task="${taskId}"]`);
   await row.waitFor({ timeout: 15000 });

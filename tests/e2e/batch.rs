@@ -52,7 +52,7 @@ impl Cluster {
 }
 
 async fn submit(master: &str, spec: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = client()
         .post(format!("{master}/batch/v1/jobs"))
         .body(spec.to_string())
         .send()
@@ -68,7 +68,7 @@ async fn submit_ok(master: &str, spec: &str) {
 }
 
 async fn job(master: &str, id: &str) -> Value {
-    reqwest::get(format!("{master}/batch/v1/jobs/{id}"))
+    fetch(format!("{master}/batch/v1/jobs/{id}"))
         .await
         .expect("GET job")
         .json()
@@ -103,7 +103,7 @@ async fn agora_job(master: &str, args: &[&str]) -> (i32, String, String) {
 
 /// The ids of the frameworks called `batch` the master knows.
 async fn batch_framework_ids(master: &str) -> Vec<String> {
-    let frameworks: Value = reqwest::get(format!("{master}/api/v1/frameworks"))
+    let frameworks: Value = fetch(format!("{master}/api/v1/frameworks"))
         .await
         .expect("frameworks")
         .json()
@@ -245,7 +245,7 @@ async fn submitted_job_succeeds_and_its_output_is_readable() {
     assert_eq!(code, 0);
     assert!(out.contains("hello") && out.contains("SUCCEEDED"), "{out}");
 
-    let metrics = reqwest::get(format!("{}/batch/v1/metrics", cluster.url))
+    let metrics = fetch(format!("{}/batch/v1/metrics", cluster.url))
         .await
         .expect("metrics")
         .text()
@@ -575,7 +575,7 @@ async fn user_kill_is_not_retried_and_forced_remove_kills() {
         "the removed job's task killed",
         Duration::from_secs(20),
         || async {
-            let t: Value = reqwest::get(format!("{}/api/v1/tasks/{task}", cluster.url))
+            let t: Value = fetch(format!("{}/api/v1/tasks/{task}", cluster.url))
                 .await
                 .ok()?
                 .json()
@@ -596,7 +596,7 @@ async fn restarting_batch_runs_each_job_exactly_once() {
     pair.open_gate();
     cluster.restart_batch().await;
     pair.check_each_ran_once(&cluster.url).await;
-    let jobs: Value = reqwest::get(format!("{}/batch/v1/jobs", cluster.url))
+    let jobs: Value = fetch(format!("{}/batch/v1/jobs", cluster.url))
         .await
         .expect("list")
         .json()
@@ -655,7 +655,7 @@ async fn lost_agent_task_is_retried_elsewhere() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_tiny_jobs_drain_each_run_exactly_once() {
     let cluster = Cluster::start(&[("t1", "cpus:2;mem:4096")]).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let out = tempdir();
     for batch in 0..10 {
         let spec = counting_jobs(&format!("tiny-{batch}"), 100, out.path(), 0.0);
@@ -770,7 +770,7 @@ async fn invalid_specs_are_refused_naming_the_field_and_nothing_is_stored() {
         "{body}"
     );
 
-    let jobs: Value = reqwest::get(format!("{}/batch/v1/jobs", cluster.url))
+    let jobs: Value = fetch(format!("{}/batch/v1/jobs", cluster.url))
         .await
         .expect("list")
         .json()
@@ -831,7 +831,7 @@ async fn torn_down_batch_registers_anew_and_retries_its_jobs() {
     let old_ids = batch_framework_ids(&cluster.url).await;
     assert_eq!(old_ids.len(), 1);
     let old_id = &old_ids[0];
-    let r = reqwest::Client::new()
+    let r = client()
         .post(format!(
             "{}/api/v1/frameworks/{old_id}/teardown",
             cluster.url

@@ -425,7 +425,7 @@ async fn sandbox_files_are_served_and_paths_out_of_them_refused() {
         .as_str()
         .expect("stdout url")
         .to_string();
-    let body: serde_json::Value = reqwest::get(&stdout_url)
+    let body: serde_json::Value = fetch(&stdout_url)
         .await
         .expect("GET")
         .json()
@@ -433,7 +433,7 @@ async fn sandbox_files_are_served_and_paths_out_of_them_refused() {
         .expect("json");
     assert_eq!(body["data"], "hello sandbox\n");
     assert_eq!(body["offset"], 0);
-    let partial: serde_json::Value = reqwest::get(format!("{stdout_url}&offset=6&length=7"))
+    let partial: serde_json::Value = fetch(format!("{stdout_url}&offset=6&length=7"))
         .await
         .expect("GET")
         .json()
@@ -447,7 +447,7 @@ async fn sandbox_files_are_served_and_paths_out_of_them_refused() {
         format!("{sandbox}/escape"),
         "/etc/passwd".to_string(),
     ] {
-        let r = reqwest::get(format!("{}/files/read?path={bad}", rig.endpoint))
+        let r = fetch(format!("{}/files/read?path={bad}", rig.endpoint))
             .await
             .expect("GET");
         assert_eq!(r.status(), 400, "{bad} must be refused");

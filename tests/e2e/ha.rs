@@ -31,7 +31,7 @@ fn urls(masters: &[Proc]) -> Vec<String> {
 }
 
 async fn submit(master: &str, spec: String) {
-    let r = reqwest::Client::new()
+    let r = client()
         .post(format!("{master}/batch/v1/jobs"))
         .body(spec)
         .send()
@@ -106,7 +106,7 @@ async fn a_leader_frozen_past_its_lease_steps_down_and_writes_nothing() {
     // A change asked of the frozen leader waits in its socket.
     let frozen = leader.clone();
     let queued = tokio::spawn(async move {
-        reqwest::Client::new()
+        client()
             .put(format!("{frozen}/api/v1/roles/stale"))
             .body(r#"{"weight": 9}"#)
             .timeout(Duration::from_secs(30))

@@ -396,7 +396,7 @@ async fn read_events(
     url: String,
     mut done: impl FnMut(&[(String, Value)]) -> bool,
 ) -> Vec<(String, Value)> {
-    let mut response = reqwest::get(&url).await.expect("GET events");
+    let mut response = fetch(&url).await.expect("GET events");
     assert_eq!(
         response
             .headers()
@@ -477,7 +477,7 @@ async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
     );
 
     // Metrics: Prometheus text, every sample line well-formed, the launch counted.
-    let text = reqwest::get(format!("{url}/metrics"))
+    let text = fetch(format!("{url}/metrics"))
         .await
         .expect("GET")
         .text()
@@ -551,7 +551,7 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
         .await;
 
     // A batch job, through the master's relay to the batch framework.
-    let submitted = reqwest::Client::new()
+    let submitted = client()
         .post(format!("{url}/batch/v1/jobs"))
         .body("id = \"ui-job\"\ncmd = \"echo out-of-a-batch-job\"\n")
         .send()
@@ -564,7 +564,7 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
         "id = \"ui-app\"\ncmd = \"exec sleep 600\"\n",
         "id = \"ui-waiting\"\ncmd = \"exec sleep 600\"\nports = [\"http\"]\n",
     ] {
-        let deployed = reqwest::Client::new()
+        let deployed = client()
             .post(format!("{url}/services/v1/apps"))
             .body(spec)
             .send()
@@ -593,6 +593,12 @@ async fn the_web_ui_shows_the_agent_the_task_and_its_log_in_a_real_browser() {
         .args(["ui-job", "out-of-a-batch-job"])
         .args(["ui-app", "ui-waiting", "insufficient ports"])
         .env("CHROMIUM", chromium)
+        // The dev master asks for the user's token: the page first shows the
+        // sign-in form, then takes the token from a `#token=` link.
+        .env(
+            "AGORA_UI_TOKEN",
+            user_token().expect("agora dev wrote the user's token"),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

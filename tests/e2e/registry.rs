@@ -48,7 +48,7 @@ async fn launch_sleeper(f: &mut TestFramework, endpoint: &str, id: &str) -> i32 
 
 /// The master's count of refused agent registrations.
 async fn registrations_refused(url: &str) -> Option<f64> {
-    let metrics = reqwest::get(format!("{url}/metrics"))
+    let metrics = fetch(format!("{url}/metrics"))
         .await
         .ok()?
         .text()

@@ -78,7 +78,7 @@ const SERVICES_FLAGS: [&str; 4] = ["--reconcile-grace", "5s", "--lb-address", "1
 
 /// Waits until the master relays `/services/` to a subscribed framework.
 async fn wait_for_services(master: &str) {
-    let client = reqwest::Client::new();
+    let client = client();
     wait_until(
         "the services API through the master",
         Duration::from_secs(20),
@@ -129,7 +129,7 @@ initial = "200ms"
 }
 
 async fn post(master: &str, path: &str, body: String) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = client()
         .post(format!("{master}/services/v1{path}"))
         .body(body)
         .send()
@@ -146,7 +146,7 @@ async fn deploy(master: &str, spec: &str) -> Value {
 }
 
 async fn app(master: &str, id: &str) -> Value {
-    reqwest::get(format!("{master}/services/v1/apps/{id}"))
+    fetch(format!("{master}/services/v1/apps/{id}"))
         .await
         .expect("GET app")
         .json()
@@ -179,7 +179,7 @@ async fn wait_deployment(
 }
 
 async fn endpoints(master: &str, id: &str) -> Vec<Value> {
-    reqwest::get(format!("{master}/services/v1/apps/{id}/endpoints"))
+    fetch(format!("{master}/services/v1/apps/{id}/endpoints"))
         .await
         .expect("GET endpoints")
         .json::<Value>()
@@ -708,7 +708,7 @@ async fn invalid_specs_are_refused_with_their_field_and_change_nothing() {
             "{body}"
         );
     }
-    let list: Value = reqwest::get(format!("{}/services/v1/apps", cluster.url))
+    let list: Value = fetch(format!("{}/services/v1/apps", cluster.url))
         .await
         .expect("list")
         .json()
@@ -720,7 +720,7 @@ async fn invalid_specs_are_refused_with_their_field_and_change_nothing() {
         "nothing stored"
     );
     // Unknown apps are 404, and the CLI says so.
-    let r = reqwest::get(format!("{}/services/v1/apps/nope", cluster.url))
+    let r = fetch(format!("{}/services/v1/apps/nope", cluster.url))
         .await
         .expect("get");
     assert_eq!(r.status().as_u16(), 404);
@@ -738,7 +738,7 @@ async fn endpoints_stream_as_events_and_a_standalone_lb_follows_them() {
     let cluster = Cluster::start(9, 1).await;
     let (_, service) = ports(9);
     let spec = web_spec("edge", "v1", 2, Some(service));
-    let mut events = reqwest::get(format!("{}/services/v1/events", cluster.url))
+    let mut events = fetch(format!("{}/services/v1/events", cluster.url))
         .await
         .expect("event stream");
     deploy(&cluster.url, &spec).await;
@@ -764,7 +764,7 @@ async fn endpoints_stream_as_events_and_a_standalone_lb_follows_them() {
         "the standalone lb serving",
         Duration::from_secs(30),
         || async {
-            let r = reqwest::get(format!("http://127.0.0.2:{service}/index.html"))
+            let r = fetch(format!("http://127.0.0.2:{service}/index.html"))
                 .await
                 .ok()?;
             (r.text().await.ok()?.trim() == "v1").then_some(())

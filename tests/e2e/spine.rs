@@ -717,16 +717,14 @@ async fn agora_dev_runs_a_master_and_an_agent_that_agora_state_shows() {
     );
     let url = dev.url.clone().expect("url");
     wait_for_agents(&url, 1).await;
-    let health: serde_json::Value = reqwest::get(format!("{url}/health"))
+    let health: serde_json::Value = fetch(format!("{url}/health"))
         .await
         .expect("GET /health")
         .json()
         .await
         .expect("json");
     assert_eq!(health["status"], "ok");
-    let missing = reqwest::get(format!("{url}/api/v1/nope"))
-        .await
-        .expect("GET");
+    let missing = fetch(format!("{url}/api/v1/nope")).await.expect("GET");
     assert_eq!(missing.status(), 404);
     let body: serde_json::Value = missing.json().await.expect("json error");
     assert!(

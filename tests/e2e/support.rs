@@ -170,6 +170,38 @@ pub fn remove_containers(data: &Path) {
     }
 }
 
+/// The token `agora dev` keeps for its user (`~/.config/agora/token`).
+/// Tests present it everywhere: a master without authentication ignores
+/// it, and every `agora dev` of this user takes it.
+pub fn user_token() -> Option<String> {
+    let home = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    agora_proto::auth::read_token_file(&home.join("agora/token"))
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// An HTTP client presenting [`user_token`].
+pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = user_token() {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `GET url` with [`client`].
+pub async fn fetch(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    client().get(url).send().await
+}
+
 /// Master flags that make failures show up within a test's patience.
 pub const FAST_MASTER: &[&str] = &["--agent-timeout", "2s", "--allocation-interval", "100ms"];
 
@@ -177,6 +209,11 @@ pub const FAST_MASTER: &[&str] = &["--agent-timeout", "2s", "--allocation-interv
 /// registry in a fresh directory unless `extra` names one.
 pub fn start_master(listen: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["master", "--listen", listen];
+    // Tests of other things run the master open; the security tests give
+    // it an auth file.
+    if !extra.contains(&"--auth") {
+        args.push("--no-auth");
+    }
     args.extend_from_slice(FAST_MASTER);
     args.extend_from_slice(extra);
     let data = (!extra.contains(&"--data-dir")).then(|| tempfile::tempdir().expect("tempdir"));
@@ -251,7 +288,7 @@ pub async fn agent_endpoint(master: &str, hostname: &str) -> String {
 
 /// The agent's `/api/v1/containers`.
 pub async fn containers(endpoint: &str) -> Vec<Value> {
-    reqwest::get(format!("{endpoint}/api/v1/containers"))
+    fetch(format!("{endpoint}/api/v1/containers"))
         .await
         .expect("GET /api/v1/containers")
         .json::<Value>()
@@ -365,7 +402,7 @@ pub fn start_dev(data: &Path, extra: &[&str]) -> Proc {
 
 /// The master's `/api/v1/state`.
 pub async fn state(master: &str) -> Value {
-    reqwest::get(format!("{master}/api/v1/state"))
+    fetch(format!("{master}/api/v1/state"))
         .await
         .expect("GET /api/v1/state")
         .json()
@@ -375,14 +412,14 @@ pub async fn state(master: &str) -> Value {
 
 /// `GET url`: the status and the JSON body (null if none).
 pub async fn get(url: &str) -> (u16, Value) {
-    let r = reqwest::get(url).await.expect("GET");
+    let r = fetch(url).await.expect("GET");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// A request with a body: the status and the JSON body (null if none).
 pub async fn send(method: reqwest::Method, url: &str, body: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = client()
         .request(method, url)
         .body(body.to_string())
         .send()
@@ -467,6 +504,7 @@ pub struct TestFramework {
 impl TestFramework {
     pub async fn start(master: &str, name: &str, role: &str) -> TestFramework {
         let mut config = FrameworkConfig::new(master, name);
+        config.token = user_token();
         config.role = role.to_string();
         TestFramework::start_with(config).await
     }
@@ -705,6 +743,7 @@ pub fn all_ended(outcomes: &Outcomes, n: usize) -> bool {
 /// Runs a [`Launcher`] in the background; returns its driver.
 pub fn spawn_launcher(master: &str, name: &str, role: &str, launcher: Launcher) -> Driver {
     let mut config = FrameworkConfig::new(master, name);
+    config.token = user_token();
     config.role = role.to_string();
     let driver = Driver::new(config).expect("driver");
     let runner = driver.clone();
@@ -766,7 +805,7 @@ pub async fn wait_leader(masters: &[String], not: Option<&str>) -> String {
         || async {
             let mut named = Vec::new();
             for m in masters {
-                let (code, body) = match reqwest::get(format!("{m}/api/v1/leader")).await {
+                let (code, body) = match fetch(format!("{m}/api/v1/leader")).await {
                     Ok(r) => (
                         r.status().as_u16(),
                         r.json::<Value>().await.unwrap_or(Value::Null),
@@ -787,7 +826,7 @@ pub async fn wait_leader(masters: &[String], not: Option<&str>) -> String {
 
 /// Waits until `master` relays `/batch/` to a subscribed batch framework.
 pub async fn wait_for_batch(master: &str) {
-    let client = reqwest::Client::new();
+    let client = client();
     wait_until(
         "the batch API through the master",
         Duration::from_secs(30),
@@ -808,7 +847,7 @@ pub async fn wait_for_batch(master: &str) {
 
 /// How many batch jobs are in `states` (e.g. `SUCCEEDED`, `FAILED,KILLED`).
 pub async fn batch_count(master: &str, states: &str) -> Option<u64> {
-    let page: Value = reqwest::get(format!("{master}/batch/v1/jobs?state={states}&limit=0"))
+    let page: Value = fetch(format!("{master}/batch/v1/jobs?state={states}&limit=0"))
         .await
         .ok()?
         .json()

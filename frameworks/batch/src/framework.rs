@@ -42,6 +42,9 @@ pub struct BatchConfig {
     pub etcd: Option<String>,
     /// A dead active replica is replaced within about this.
     pub lease_ttl: Duration,
+    /// The bearer token of the framework's principal (none for a master
+    /// without authentication).
+    pub token: Option<String>,
 }
 
 impl BatchConfig {
@@ -56,6 +59,7 @@ impl BatchConfig {
             failover_timeout: Duration::from_secs(7 * 24 * 3600),
             etcd: None,
             lease_ttl: Duration::from_secs(2),
+            token: None,
         }
     }
 }
@@ -90,7 +94,9 @@ pub(crate) struct Shared {
     /// Replaced when the framework must register anew (it was torn down).
     driver: Mutex<Driver>,
     pub(crate) master: String,
+    /// Presents the framework's token to the master.
     pub(crate) client: reqwest::Client,
+    pub(crate) token: Option<String>,
     /// The engine version the store holds.
     committed: watch::Sender<u64>,
     wake_writer: Notify,
@@ -350,6 +356,7 @@ pub async fn run(
     fw.framework_secret = loaded.framework_secret;
     fw.auto_acknowledge = false;
     fw.webui_url = Some(webui.clone());
+    fw.token = config.token.clone();
     let driver = Driver::new(fw.clone())?;
     let version = engine.version();
     let (committed, _) = watch::channel(version);
@@ -358,10 +365,8 @@ pub async fn run(
         store: store.clone(),
         driver: Mutex::new(driver),
         master: config.master.trim_end_matches('/').to_string(),
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default(),
+        client: agora_sdk::operator::http_client(config.token.as_deref(), Duration::from_secs(10)),
+        token: config.token.clone(),
         committed,
         wake_writer: Notify::new(),
         interest: agora_sdk::OfferInterest::new(),

@@ -57,7 +57,24 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(too_large_as_json))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            relayed_only,
+        ))
         .with_state(shared)
+}
+
+/// Only what the master relays is served (it authenticated the caller);
+/// health checks excepted.
+async fn relayed_only(
+    State(shared): Api,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/batch/v1/health" {
+        return next.run(request).await;
+    }
+    agora_sdk::relay::admit(&shared.driver(), request, next).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -550,7 +567,7 @@ async fn logs(
 /// exist. With no agents registered yet (or no master to ask) it cannot
 /// know, and lets the job queue.
 async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
-    let agents = match agora_sdk::operator::MasterApi::new(&api.master)
+    let agents = match agora_sdk::operator::MasterApi::new(&api.master, api.token.as_deref())
         .agents()
         .await
     {

@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_proto::Demand;
+use agora_proto::auth::BearerToken;
 use agora_proto::v1::{self, event, scheduler_client::SchedulerClient};
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
@@ -52,6 +54,10 @@ impl SdkError {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             SdkError::Call { code, .. } => Some(*code),
+            SdkError::AcceptRefused {
+                reason: crate::RefusalReason::NotAuthorized,
+                ..
+            } => Some(tonic::Code::PermissionDenied),
             SdkError::AcceptRefused { .. } => Some(tonic::Code::InvalidArgument),
             _ => None,
         }
@@ -96,6 +102,9 @@ pub struct FrameworkConfig {
     pub auto_acknowledge: bool,
     /// The framework's own HTTP API or UI, announced to the master.
     pub webui_url: Option<String>,
+    /// The bearer token that authenticates the framework's principal to
+    /// the master (none for a master without authentication).
+    pub token: Option<String>,
 }
 
 impl FrameworkConfig {
@@ -110,6 +119,7 @@ impl FrameworkConfig {
             framework_secret: None,
             auto_acknowledge: true,
             webui_url: None,
+            token: None,
         }
     }
 }
@@ -120,6 +130,38 @@ struct Subscription {
     /// Issued by the master with the id; needed to resubscribe under it.
     secret: Option<String>,
     stream_id: Option<String>,
+    /// What the master presents on requests it relays to `webui_url`.
+    relay_token: Option<String>,
+}
+
+/// Who called a framework's HTTP API through the master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayedCaller {
+    /// The master runs without authentication.
+    Anyone,
+    /// The principal the master authenticated.
+    Principal(String),
+}
+
+impl RelayedCaller {
+    /// The principal, if there is one.
+    pub fn principal(&self) -> Option<&str> {
+        match self {
+            RelayedCaller::Anyone => None,
+            RelayedCaller::Principal(p) => Some(p),
+        }
+    }
+}
+
+/// Why a request to a framework's HTTP API is not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RelayRefusal {
+    #[error("the framework has not subscribed to a master yet")]
+    NotSubscribed,
+    #[error(
+        "this API answers requests relayed by the master only (use the master's /{{name}}/… path)"
+    )]
+    NotFromTheMaster,
 }
 
 /// A cheap, cloneable handle for calls to the master.
@@ -137,19 +179,25 @@ pub struct Driver {
 /// there are several) and a lazily connected channel per master.
 struct Masters {
     list: agora_proto::MasterList,
-    clients: std::collections::HashMap<String, SchedulerClient<Channel>>,
+    clients: std::collections::HashMap<String, Client>,
+    token: BearerToken,
 }
 
-fn lazy_client(url: &str) -> Result<SchedulerClient<Channel>, String> {
+/// A connection to one master, every call carrying the framework's token.
+type Client = SchedulerClient<InterceptedService<Channel, BearerToken>>;
+
+fn lazy_client(url: &str, token: &BearerToken) -> Result<Client, String> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    Ok(SchedulerClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES))
+    Ok(
+        SchedulerClient::with_interceptor(endpoint.connect_lazy(), token.clone())
+            .max_decoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(agora_proto::limits::MAX_MESSAGE_BYTES),
+    )
 }
 
 /// Most acknowledgements in one call.
@@ -258,9 +306,11 @@ impl Driver {
         };
         let list = agora_proto::MasterList::new(&config.master)
             .ok_or_else(|| bad("names no master".into()))?;
+        let token = BearerToken::new(config.token.as_deref())
+            .map_err(|e| SdkError::SubscribeRefused(format!("the framework's token: {e}")))?;
         let mut clients = std::collections::HashMap::new();
         for url in list.all() {
-            let client = lazy_client(url).map_err(|e| bad(format!("`{url}`: {e}")))?;
+            let client = lazy_client(url, &token).map_err(|e| bad(format!("`{url}`: {e}")))?;
             clients.insert(url.clone(), client);
         }
         let (stop, _) = watch::channel(Stop::Running);
@@ -268,9 +318,14 @@ impl Driver {
             framework_id: config.framework_id.clone(),
             secret: config.framework_secret.clone(),
             stream_id: None,
+            relay_token: None,
         };
         Ok(Driver {
-            masters: Arc::new(Mutex::new(Masters { list, clients })),
+            masters: Arc::new(Mutex::new(Masters {
+                list,
+                clients,
+                token,
+            })),
             config: Arc::new(config),
             subscription: Arc::new(Mutex::new(subscription)),
             stop: Arc::new(stop),
@@ -294,14 +349,14 @@ impl Driver {
     }
 
     /// The master the framework follows now.
-    fn client(&self) -> SchedulerClient<Channel> {
+    fn client(&self) -> Client {
         let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
         let url = masters.list.current().to_string();
         if let Some(client) = masters.clients.get(&url) {
             return client.clone();
         }
         // A leader named by a standby, not in the list we were given.
-        let client = lazy_client(&url).unwrap_or_else(|_| {
+        let client = lazy_client(&url, &masters.token).unwrap_or_else(|_| {
             let first = masters.list.all()[0].clone();
             masters.clients[&first].clone()
         });
@@ -321,6 +376,39 @@ impl Driver {
     /// resume the framework after a restart.
     pub fn framework_secret(&self) -> Option<String> {
         self.subscription.lock().ok().and_then(|s| s.secret.clone())
+    }
+
+    /// Who sent a request the master relayed to this framework's
+    /// `webui_url`: the principal the master names, trusted only when the
+    /// request carries the relay token of the current subscription. Without
+    /// authentication at the master, the caller is [`RelayedCaller::Anyone`].
+    pub fn relayed_caller(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+    ) -> Result<RelayedCaller, RelayRefusal> {
+        let expected = self
+            .subscription
+            .lock()
+            .ok()
+            .and_then(|s| s.relay_token.clone())
+            .ok_or(RelayRefusal::NotSubscribed)?;
+        if expected.is_empty() {
+            return Ok(RelayedCaller::Anyone);
+        }
+        let presented = headers
+            .get(reqwest::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !agora_proto::auth::tokens_match(presented, &expected) {
+            return Err(RelayRefusal::NotFromTheMaster);
+        }
+        headers
+            .get(agora_proto::PRINCIPAL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| !p.is_empty())
+            .map(|p| RelayedCaller::Principal(p.to_string()))
+            .ok_or(RelayRefusal::NotFromTheMaster)
     }
 
     /// The framework id, once subscribed.
@@ -606,6 +694,7 @@ impl Driver {
                         if let Ok(mut sub) = self.subscription.lock() {
                             sub.framework_id = Some(id.clone());
                             sub.stream_id = Some(s.stream_id);
+                            sub.relay_token = Some(s.relay_token);
                             if !s.secret.is_empty() {
                                 sub.secret = Some(s.secret);
                             }

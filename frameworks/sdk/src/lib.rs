@@ -11,6 +11,7 @@ mod driver;
 mod interest;
 pub mod operator;
 pub mod placement;
+pub mod relay;
 pub mod spec;
 
 use std::future::Future;
@@ -18,7 +19,7 @@ use std::future::Future;
 pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
 pub use agora_proto::{Demand, RangeSet, Resources, is_terminal, limits, v1};
-pub use driver::{Driver, FrameworkConfig, SdkError, run_until};
+pub use driver::{Driver, FrameworkConfig, RelayRefusal, RelayedCaller, SdkError, run_until};
 pub use interest::OfferInterest;
 /// gRPC status codes, as [`SdkError::code`] reports them.
 pub use tonic::Code;

@@ -36,19 +36,46 @@ pub struct MasterApi {
     client: reqwest::Client,
 }
 
+/// An HTTP client for the master that presents `token` (if any) on every
+/// request.
+pub fn http_client(token: Option<&str>, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(bearer_headers(token))
+        .build()
+        .unwrap_or_default()
+}
+
+/// [`http_client`] without an overall timeout, for event streams.
+pub fn streaming_client(token: Option<&str>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(bearer_headers(token))
+        .build()
+        .unwrap_or_default()
+}
+
+fn bearer_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(mut value) = token
+        .filter(|t| !t.is_empty())
+        .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+    {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    headers
+}
+
 /// Tasks per page when listing.
 const PAGE: usize = 1000;
 
 impl MasterApi {
     /// A client for the masters at `masters` (`http://host:port`, or a
-    /// comma-separated list).
-    pub fn new(masters: &str) -> MasterApi {
+    /// comma-separated list), presenting `token` if given.
+    pub fn new(masters: &str, token: Option<&str>) -> MasterApi {
         MasterApi {
             masters: agora_proto::masters::parse_masters(masters),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            client: http_client(token, Duration::from_secs(10)),
         }
     }
 

@@ -49,6 +49,9 @@ pub struct ServicesConfig {
     pub etcd: Option<String>,
     /// A dead active replica is replaced within about this.
     pub lease_ttl: Duration,
+    /// The bearer token of the framework's principal (none for a master
+    /// without authentication).
+    pub token: Option<String>,
 }
 
 impl ServicesConfig {
@@ -65,6 +68,7 @@ impl ServicesConfig {
             usage_interval: Duration::from_secs(2),
             etcd: None,
             lease_ttl: Duration::from_secs(2),
+            token: None,
         }
     }
 }
@@ -362,6 +366,7 @@ pub async fn run(
     fw.framework_secret = loaded.framework_secret;
     fw.auto_acknowledge = false;
     fw.webui_url = Some(webui.clone());
+    fw.token = config.token.clone();
     let driver = Driver::new(fw.clone())?;
     let (committed, _) = watch::channel(engine.version());
     let (events, _) = broadcast::channel(4096);
@@ -369,7 +374,7 @@ pub async fn run(
         engine: Mutex::new(engine),
         store: store.clone(),
         driver: Mutex::new(driver),
-        master: MasterApi::new(&config.master),
+        master: MasterApi::new(&config.master, config.token.as_deref()),
         committed,
         wake_writer: Notify::new(),
         interest: agora_sdk::OfferInterest::new(),

@@ -342,11 +342,13 @@ async fn proxy(mut client: TcpStream, mut server: TcpStream, backend: &Backend) 
 /// balances what it announces: `agora lb`. Returns when `shutdown` resolves.
 pub async fn follow(
     master: &str,
+    token: Option<&str>,
     lb: Arc<LoadBalancer>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let url = format!("{}/services/v1/events", master.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+    // No overall timeout: the event stream stays open.
+    let client = agora_sdk::operator::streaming_client(token);
     let mut backoff = Duration::from_millis(200);
     tokio::pin!(shutdown);
     loop {

@@ -12,6 +12,7 @@ impl Core {
     pub(super) fn accept(
         &mut self,
         framework_id: &str,
+        caller: &Caller,
         req: v1::AcceptRequest,
     ) -> Result<(), Status> {
         let refuse = refuse_duration(req.filters.as_ref())
@@ -76,7 +77,12 @@ impl Core {
 
         let mut launches: Vec<(v1::TaskInfo, Resources)> = Vec::new();
         if problem.is_none() {
-            match self.validate_tasks(framework_id, &agent, &offered, &req.tasks) {
+            match self
+                .validate_tasks(framework_id, &agent, &offered, &req.tasks)
+                .and_then(|resources| {
+                    self.authorize_users(framework_id, caller, &req.tasks)?;
+                    Ok(resources)
+                }) {
                 // The tasks move into the launches: no copy of each.
                 Ok(resources) => launches = req.tasks.into_iter().zip(resources).collect(),
                 Err(e) => problem = Some(e),
@@ -157,6 +163,41 @@ impl Core {
         let until = refuse.map(|d| self.now_ms().saturating_add(d.as_millis() as Millis));
         self.allocator.recover(framework_id, &agent, &unused, until);
         self.allocation_needed = true;
+        Ok(())
+    }
+
+    /// Whether the framework's principal may run each task as its user
+    /// (the task's, else the framework's; none: the agent's unprivileged
+    /// default, which needs no rule).
+    fn authorize_users(
+        &self,
+        framework_id: &str,
+        caller: &Caller,
+        tasks: &[v1::TaskInfo],
+    ) -> Result<(), (Refusal, String, String)> {
+        let framework_user = self
+            .frameworks
+            .get(framework_id)
+            .map_or("", |f| f.info.user.as_str());
+        for task in tasks {
+            let user = if task.user.is_empty() {
+                framework_user
+            } else {
+                task.user.as_str()
+            };
+            if !user.is_empty() && !self.allows(caller, Action::RunTask { user }) {
+                let id = task.task_id.as_ref().map_or("", |t| t.value.as_str());
+                return Err((
+                    Refusal::NotAuthorized,
+                    format!(
+                        "task `{id}`: principal `{}` may not run tasks as user `{}`",
+                        caller.name(),
+                        user.escape_debug()
+                    ),
+                    id.to_string(),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -4,10 +4,16 @@
 use super::*;
 
 impl Core {
-    pub(super) fn agent_message(&mut self, conn: u64, tx: AgentTx, msg: AgentMessage) {
+    pub(super) fn agent_message(
+        &mut self,
+        conn: u64,
+        tx: AgentTx,
+        msg: AgentMessage,
+        may_join: bool,
+    ) {
         match msg.message {
             Some(agent_message::Message::Register(register)) => {
-                self.register_agent(conn, tx, register)
+                self.register_agent(conn, tx, register, may_join)
             }
             Some(agent_message::Message::StatusUpdate(update)) => {
                 if let Some(agent) = self.agent_by_conn(conn) {
@@ -77,6 +83,7 @@ impl Core {
         conn: u64,
         tx: AgentTx,
         register: agent_message::Register,
+        may_join: bool,
     ) {
         let Some(info) = register.agent_info else {
             tx.close(Status::invalid_argument("register: agent_info is required"));
@@ -112,6 +119,14 @@ impl Core {
         // A new agent, or one whose record is gone, is issued a secret; a
         // known one must present the one it was issued.
         let known = self.agents.get(&id).map(|a| a.secret_sha256.as_slice());
+        if known.is_none_or(<[u8]>::is_empty) && !may_join {
+            warn!(hostname = %info.hostname, "registration refused: a new agent without a join credential");
+            self.metrics.registrations_refused += 1;
+            tx.close(Status::unauthenticated(format!(
+                "agent `{id}` is not known to this master: joining needs a join token (a principal allowed to register agents)"
+            )));
+            return;
+        }
         let Some((issued, secret_sha256)) = check_or_issue_secret(known, &register.secret) else {
             warn!("registration refused: wrong secret for this agent id");
             self.metrics.registrations_refused += 1;
@@ -196,6 +211,7 @@ impl Core {
                     agent_id: Some(v1::AgentId { value: id.clone() }),
                     heartbeat_interval_seconds: self.heartbeat_interval().as_secs_f64(),
                     secret: issued.unwrap_or_default(),
+                    http_token: self.agent_http_token.clone(),
                     agent_timeout_seconds: self.agent_timeout().as_secs_f64(),
                 },
             )),

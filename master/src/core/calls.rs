@@ -8,6 +8,7 @@ impl Core {
     pub(super) fn call(
         &mut self,
         header: Option<v1::CallHeader>,
+        caller: &Caller,
         call: Call,
     ) -> Result<(), Status> {
         let (framework_id, stream_id) = header_ids(&header);
@@ -21,10 +22,19 @@ impl Core {
                 "stream `{stream_id}` is not framework `{framework_id}`'s current subscription"
             )));
         }
+        // The stream id is known only to the subscriber; the principal
+        // check keeps a leaked one from being used by another tenant.
+        if let Some(p) = caller.principal()
+            && f.info.principal != p.as_str()
+        {
+            return Err(Status::permission_denied(format!(
+                "framework `{framework_id}` belongs to another principal than `{p}`"
+            )));
+        }
         let span = info_span!("framework", framework = %framework_id);
         let _enter = span.enter();
         match call {
-            Call::Accept(req) => self.accept(&framework_id, req),
+            Call::Accept(req) => self.accept(&framework_id, caller, *req),
             Call::Decline(req) => {
                 let refuse = refuse_duration(req.filters.as_ref())?;
                 for id in req.offer_ids {

@@ -9,8 +9,25 @@ impl Core {
         &mut self,
         info: v1::FrameworkInfo,
         secret: &str,
+        caller: &Caller,
         tx: FrameworkTx,
     ) -> Result<(String, String), Status> {
+        let mut info = info;
+        match caller {
+            Caller::Anonymous => {
+                return Err(Status::unauthenticated("subscribing needs a credential"));
+            }
+            Caller::Principal(p) => {
+                if !info.principal.is_empty() && info.principal != p.as_str() {
+                    return Err(Status::permission_denied(format!(
+                        "framework_info.principal `{}` is not the principal this credential belongs to (`{p}`)",
+                        info.principal.escape_debug()
+                    )));
+                }
+                info.principal = p.to_string();
+            }
+            Caller::Anyone => {}
+        }
         if info.name.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "framework_info.name must not be empty",
@@ -26,7 +43,34 @@ impl Core {
         let role = role_of(&info);
         crate::config::validate_role(&role)
             .map_err(|e| Status::invalid_argument(format!("framework_info.role: {e}")))?;
+        if !self.allows(caller, Action::RegisterFramework { role: &role }) {
+            warn!(principal = caller.name(), %role, "subscription refused by the ACLs");
+            return Err(Status::permission_denied(format!(
+                "principal `{}` may not register frameworks in role `{role}`",
+                caller.name()
+            )));
+        }
+        if !info.webui_url.is_empty()
+            && !self.allows(caller, Action::AnnounceWebui { name: &info.name })
+        {
+            warn!(principal = caller.name(), name = %info.name, "subscription refused by the ACLs: webui_url");
+            return Err(Status::permission_denied(format!(
+                "principal `{}` may not announce a webui_url for frameworks named `{}`",
+                caller.name(),
+                info.name.escape_debug()
+            )));
+        }
         let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
+        if let (Some(known), Some(p)) = (self.frameworks.get(&id), caller.principal())
+            && !known.info.principal.is_empty()
+            && known.info.principal != p.as_str()
+        {
+            warn!(framework = %id, principal = %p, "subscription refused: the framework belongs to another principal");
+            return Err(Status::permission_denied(format!(
+                "framework `{id}` belongs to principal `{}`, not `{p}`",
+                known.info.principal
+            )));
+        }
         // A framework id is public (it is in every offer and in the state):
         // taking one back needs the secret issued with it.
         let known = self.frameworks.get(&id).map(|f| f.secret_sha256.as_slice());
@@ -36,7 +80,6 @@ impl Core {
                 "framework `{id}`: the secret does not match the one issued with this id"
             )));
         };
-        let mut info = info;
         info.id = Some(v1::FrameworkId { value: id.clone() });
         // Durable before the framework hears its id: a master that fails
         // over must know the framework's role, failover timeout and secret.
@@ -51,6 +94,11 @@ impl Core {
                 Status::unavailable(format!("the master could not record the subscription: {e}"))
             })?;
         let stream_id = new_id();
+        let relay_token = if self.config.auth.policy().enabled() {
+            format!("{}{}", new_id(), new_id()).replace('-', "")
+        } else {
+            String::new()
+        };
         if let Some((_, old)) = self.frameworks.get_mut(&id).and_then(|f| f.stream.take()) {
             let _ = old.send(Event {
                 event: Some(event::Event::Error(event::Error {
@@ -79,6 +127,7 @@ impl Core {
                 stream: Some((stream_id.clone(), tx.clone())),
                 disconnected_at: None,
                 secret_sha256,
+                relay_token: relay_token.clone(),
             },
         );
         self.allocator.add_framework(&id, &role, true);
@@ -88,6 +137,7 @@ impl Core {
                 stream_id: stream_id.clone(),
                 heartbeat_interval_seconds: self.config.framework_heartbeat.as_secs_f64(),
                 secret: issued.unwrap_or_default(),
+                relay_token,
             })),
         });
         self.allocation_needed = true;

@@ -33,6 +33,7 @@ mod tracked;
 mod view;
 
 use crate::allocator::{Allocator, DrfAllocator, Millis};
+use crate::auth::{Action, Caller};
 use crate::config::MasterConfig;
 use crate::events::ClusterEvent;
 use crate::metrics::Metrics;
@@ -54,7 +55,8 @@ pub type CallReply = oneshot::Sender<Result<(), Status>>;
 /// A framework call, after the gRPC layer unpacked it.
 #[derive(Debug)]
 pub enum Call {
-    Accept(v1::AcceptRequest),
+    /// Boxed: the biggest call, which would make every message as big.
+    Accept(Box<v1::AcceptRequest>),
     Decline(v1::DeclineRequest),
     Revive,
     Suppress,
@@ -63,7 +65,7 @@ pub enum Call {
         task_id: v1::TaskId,
         grace: Option<f64>,
     },
-    Acknowledge(v1::AcknowledgeRequest),
+    Acknowledge(Box<v1::AcknowledgeRequest>),
     Reconcile(Vec<v1::TaskId>),
     Teardown,
 }
@@ -74,14 +76,19 @@ pub enum CoreMsg {
         conn: u64,
         tx: AgentTx,
         msg: AgentMessage,
+        /// The session's caller may admit a new agent (it presented a join
+        /// credential); a known agent needs only its own secret.
+        may_join: bool,
     },
     AgentClosed {
         conn: u64,
     },
     Subscribe {
-        info: v1::FrameworkInfo,
+        /// Boxed: the biggest message by far, and a rare one.
+        info: Box<v1::FrameworkInfo>,
         /// The secret presented with a framework id to resume.
         secret: String,
+        caller: Caller,
         tx: FrameworkTx,
         reply: oneshot::Sender<Result<(String, String), Status>>,
     },
@@ -91,6 +98,7 @@ pub enum CoreMsg {
     },
     Call {
         header: Option<v1::CallHeader>,
+        caller: Caller,
         call: Call,
         reply: CallReply,
     },
@@ -197,6 +205,9 @@ struct FrameworkEntry {
     /// SHA-256 of the secret issued with the id (empty for frameworks
     /// known only from agents' reports, or from before secrets).
     secret_sha256: Vec<u8>,
+    /// Presented on requests relayed to the framework's `webui_url`; new
+    /// with each subscription (empty without authentication).
+    relay_token: String,
 }
 
 struct TaskEntry {
@@ -250,6 +261,9 @@ pub struct Core {
     clock: recovery::WallClock,
     /// A registry write was fenced off: another master leads.
     deposed: bool,
+    /// Given to agents at registration: the master presents it to their
+    /// HTTP API (empty without authentication).
+    agent_http_token: String,
 }
 
 /// Why the core stopped.
@@ -442,7 +456,19 @@ impl Core {
             gone_agents: HashSet::new(),
             clock,
             deposed: false,
+            agent_http_token: String::new(),
         }
+    }
+
+    /// Hands `token` to agents as they register, for the master's calls to
+    /// their HTTP API.
+    pub fn set_agent_http_token(&mut self, token: String) {
+        self.agent_http_token = token;
+    }
+
+    /// Whether `caller` may do `action` under the policy in force.
+    fn allows(&self, caller: &Caller, action: Action<'_>) -> bool {
+        self.config.auth.policy().allows(caller, action)
     }
 
     /// Publishes snapshots through `publisher` (whose readers the HTTP
@@ -567,15 +593,21 @@ impl Core {
 
     fn handle(&mut self, msg: CoreMsg) {
         match msg {
-            CoreMsg::Agent { conn, tx, msg } => self.agent_message(conn, tx, msg),
+            CoreMsg::Agent {
+                conn,
+                tx,
+                msg,
+                may_join,
+            } => self.agent_message(conn, tx, msg, may_join),
             CoreMsg::AgentClosed { conn } => self.agent_closed(conn),
             CoreMsg::Subscribe {
                 info,
                 secret,
+                caller,
                 tx,
                 reply,
             } => {
-                let _ = reply.send(self.subscribe(info, &secret, tx));
+                let _ = reply.send(self.subscribe(*info, &secret, &caller, tx));
             }
             CoreMsg::FrameworkClosed {
                 framework_id,
@@ -583,10 +615,11 @@ impl Core {
             } => self.framework_closed(&framework_id, &stream_id),
             CoreMsg::Call {
                 header,
+                caller,
                 call,
                 reply,
             } => {
-                let _ = reply.send(self.call(header, call));
+                let _ = reply.send(self.call(header, &caller, call));
             }
             CoreMsg::Operator { op, reply } => {
                 let _ = reply.send(self.operator(op));

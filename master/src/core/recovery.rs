@@ -132,6 +132,7 @@ impl Core {
                             .map_or(now, |u| clock.instant_of(u)),
                     ),
                     secret_sha256: record.secret_sha256,
+                    relay_token: String::new(),
                 },
             );
         }
@@ -198,6 +199,7 @@ impl Core {
                 disconnected_at: Some(Instant::now()),
                 failover_timeout: Duration::from_secs(7 * 24 * 3600),
                 secret_sha256: Vec::new(),
+                relay_token: String::new(),
             },
         );
         self.allocator.add_framework(framework, "*", false);

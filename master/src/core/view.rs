@@ -75,6 +75,9 @@ pub(super) fn framework_view(f: &FrameworkEntry, holds: Option<&Holdings>) -> Fr
         role: f.role.clone(),
         active: f.stream.is_some(),
         webui_url: f.info.webui_url.clone(),
+        principal: f.info.principal.clone(),
+        user: f.info.user.clone(),
+        relay_token: f.relay_token.clone(),
         used: holds
             .map(|h| h.used.resources.scalar_part())
             .unwrap_or_default(),

@@ -28,6 +28,10 @@ struct Harness {
     clock: recovery::WallClock,
     /// Capacity of the peer streams sessions open from here on.
     stream_capacity: usize,
+    /// Who subscribes and calls from here on.
+    caller: Caller,
+    /// Whether agent sessions from here on carry a join credential.
+    may_join: bool,
 }
 
 struct AgentSession {
@@ -38,6 +42,7 @@ struct AgentSession {
     secret: String,
 }
 
+#[derive(Debug)]
 struct FrameworkSession {
     id: String,
     stream: String,
@@ -56,16 +61,38 @@ impl Harness {
     }
 
     fn start(dir: tempfile::TempDir, clock: recovery::WallClock) -> Harness {
+        Harness::start_with(dir, clock, config())
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        clock: recovery::WallClock,
+        config: MasterConfig,
+    ) -> Harness {
         let (events, rx) = broadcast::channel(4096);
         let core =
-            Core::recover_with_clock(config(), events, registry(&dir), clock).expect("recover");
+            Core::recover_with_clock(config, events, registry(&dir), clock).expect("recover");
         Harness {
             core,
             events: rx,
             dir,
             clock,
             stream_capacity: 1 << 16,
+            caller: Caller::Anyone,
+            may_join: true,
         }
+    }
+
+    /// A master that authenticates with `auth_file` (the text of one).
+    fn with_auth(auth_file: &str) -> Harness {
+        let policy = crate::auth::Policy::parse(auth_file, std::path::Path::new("auth.toml"))
+            .expect("auth file");
+        let config = MasterConfig {
+            auth: crate::auth::Authority::with_policy(policy),
+            ..config()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::start_with(dir, recovery::WallClock::start(), config)
     }
 
     /// A new master on the same registry (the old one is gone: `kill -9`
@@ -98,6 +125,7 @@ impl Harness {
                     agent_message::Heartbeat::default(),
                 )),
             },
+            may_join: self.may_join,
         });
     }
 
@@ -141,6 +169,7 @@ impl Harness {
                     secret: secret.into(),
                 })),
             },
+            may_join: self.may_join,
         });
         (tx, rx)
     }
@@ -192,7 +221,7 @@ impl Harness {
         let (tx, mut rx) = Outbound::channel(self.stream_capacity);
         let (reply, mut answer) = oneshot::channel();
         self.send(CoreMsg::Subscribe {
-            info: v1::FrameworkInfo {
+            info: Box::new(v1::FrameworkInfo {
                 name: name.into(),
                 role: role.into(),
                 failover_timeout: failover,
@@ -200,8 +229,9 @@ impl Harness {
                     value: value.into(),
                 }),
                 ..Default::default()
-            },
+            }),
             secret: resume.map(|(_, s)| s.to_string()).unwrap_or_default(),
+            caller: self.caller.clone(),
             tx,
             reply,
         });
@@ -250,6 +280,7 @@ impl Harness {
                 }),
                 stream_id: framework.stream.clone(),
             }),
+            caller: self.caller.clone(),
             call,
             reply,
         });
@@ -299,6 +330,7 @@ impl Harness {
                     }),
                 })),
             },
+            may_join: self.may_join,
         }
     }
 
@@ -420,22 +452,22 @@ fn reported(framework: &str, id: &str, state: TaskState) -> v1::AgentTask {
 
 /// Acknowledges `task`'s update `uuid` (and `more`) in one call.
 fn acknowledge(task: &str, uuid: &[u8], more: Vec<v1::Acknowledgement>) -> Call {
-    Call::Acknowledge(v1::AcknowledgeRequest {
+    Call::Acknowledge(Box::new(v1::AcknowledgeRequest {
         header: None,
         agent_id: None,
         task_id: Some(v1::TaskId { value: task.into() }),
         uuid: uuid.to_vec(),
         more,
-    })
+    }))
 }
 
 fn accept(offer: &v1::Offer, tasks: Vec<v1::TaskInfo>) -> Call {
-    Call::Accept(v1::AcceptRequest {
+    Call::Accept(Box::new(v1::AcceptRequest {
         offer_ids: vec![offer.id.clone().expect("offer id")],
         tasks,
         filters: None,
         header: None,
-    })
+    }))
 }
 
 /// An agent and a framework with one task running on it.
@@ -919,5 +951,6 @@ async fn a_big_cluster_heartbeats_less_often_and_waits_longer_for_silent_agents(
     );
     drop(tx);
 }
+mod auth;
 mod read_model;
 mod streams;
