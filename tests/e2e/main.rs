@@ -6,6 +6,7 @@ mod containers;
 mod ha;
 mod operator;
 mod registry;
+mod security;
 mod services;
 mod spine;
 mod support;

@@ -55,6 +55,15 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str], wait_for_url: bool) -> Proc {
+        Proc::spawn_logging(args, wait_for_url, None)
+    }
+
+    /// With its log (stderr) in `log` rather than the test's output.
+    fn spawn_logging(args: &[&str], wait_for_url: bool, log: Option<&Path>) -> Proc {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
             .args(args)
             .env(
@@ -63,7 +72,7 @@ impl Proc {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawning agora");
         let mut url = None;
@@ -87,6 +96,11 @@ impl Proc {
             stopped_by_test: false,
             _data: None,
         }
+    }
+
+    /// A master's registry directory, when the test did not give it one.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self._data.as_ref().map(|d| d.path().to_path_buf())
     }
 
     /// How it ended, once it has.
@@ -208,6 +222,11 @@ pub const FAST_MASTER: &[&str] = &["--agent-timeout", "2s", "--allocation-interv
 /// Starts a master on an ephemeral loopback port (or `listen`), with its
 /// registry in a fresh directory unless `extra` names one.
 pub fn start_master(listen: &str, extra: &[&str]) -> Proc {
+    start_master_logging(listen, extra, None)
+}
+
+/// [`start_master`] with its log written to `log` (when given).
+pub fn start_master_logging(listen: &str, extra: &[&str], log: Option<&Path>) -> Proc {
     let mut args = vec!["master", "--listen", listen];
     // Tests of other things run the master open; the security tests give
     // it an auth file.
@@ -223,7 +242,7 @@ pub fn start_master(listen: &str, extra: &[&str]) -> Proc {
     if let Some(path) = &path {
         args.extend_from_slice(&["--data-dir", path]);
     }
-    let mut master = Proc::spawn(&args, true);
+    let mut master = Proc::spawn_logging(&args, true, log);
     master._data = data;
     master
 }
