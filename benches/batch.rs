@@ -226,6 +226,7 @@ async fn latency(m: usize) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
+    agora_proto::tls::install_default_provider();
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }

@@ -342,6 +342,7 @@ async fn launch_latency(master: &str, n: usize) -> Vec<f64> {
 
 #[tokio::main]
 async fn main() {
+    agora_proto::tls::install_default_provider();
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }

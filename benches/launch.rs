@@ -249,6 +249,7 @@ async fn through_agora(containerizer: &str, image: Option<&Path>, n: usize) -> F
 
 #[tokio::main]
 async fn main() {
+    agora_proto::tls::install_default_provider();
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing.
     if !std::env::args().any(|a| a == "--bench") {
         return;

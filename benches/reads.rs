@@ -245,6 +245,7 @@ async fn run(agents: usize, resident: u64, load: u64) {
 }
 
 fn main() {
+    agora_proto::tls::install_default_provider();
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }

@@ -102,6 +102,7 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
 }
 
 fn main() {
+    agora_proto::tls::install_default_provider();
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }

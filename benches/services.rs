@@ -228,6 +228,7 @@ fn plot(samples: &[(f64, u64, u64)], n: usize) -> String {
 
 #[tokio::main]
 async fn main() {
+    agora_proto::tls::install_default_provider();
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }

@@ -136,6 +136,7 @@ async fn run(agents: usize, tasks: u64) {
 }
 
 fn main() {
+    agora_proto::tls::install_default_provider();
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }

@@ -6,6 +6,8 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Every TLS connection of this process uses ring.
+    agora_proto::tls::install_default_provider();
     match cli::main_exec() {
         Ok(code) => code,
         Err(e) => {

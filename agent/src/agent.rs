@@ -181,12 +181,13 @@ struct SessionRefused {
 async fn open_session(
     master: String,
     token: agora_proto::auth::BearerToken,
+    tls: agora_proto::tls::ClientTls,
 ) -> Result<(mpsc::Sender<AgentMessage>, Streaming<MasterMessage>), SessionRefused> {
     let refused = |message: String| SessionRefused {
         message,
         leader: None,
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(master.clone())
+    let endpoint = agora_proto::tls::endpoint(&master, &tls)
         .map_err(|e| refused(format!("master URL `{master}`: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -291,6 +292,7 @@ impl<C: Containerizer> Agent<C> {
                 connecting = true;
                 let master = masters.current().to_string();
                 let token = self.token.clone();
+                let tls = self.config.tls.clone();
                 let done = connected_tx.clone();
                 // The next master at once, until a whole round failed.
                 let delay = if failed_in_round + 1 < masters.all().len() {
@@ -299,7 +301,7 @@ impl<C: Containerizer> Agent<C> {
                     backoff
                 };
                 tokio::spawn(async move {
-                    let result = open_session(master, token).await;
+                    let result = open_session(master, token, tls).await;
                     if let Err(refused) = &result
                         && refused.leader.is_none()
                     {

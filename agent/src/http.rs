@@ -362,3 +362,44 @@ mod auth_tests {
         );
     }
 }
+
+/// Serves `app` over TLS: each connection's handshake runs in its own task
+/// (bounded by a timeout), so a client that stalls it holds up no one.
+pub(crate) async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("agent HTTP API: accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let handshake = acceptor.accept(stream);
+            let stream =
+                match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                    Ok(Ok(stream)) => stream,
+                    _ => {
+                        tracing::debug!(%peer, "agent HTTP API: TLS handshake failed");
+                        return;
+                    }
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "agent HTTP API: connection ended: {e}");
+            }
+        });
+    }
+}

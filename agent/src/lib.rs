@@ -50,6 +50,11 @@ pub struct AgentConfig {
     /// The join token presented to the master (needed to be admitted as a
     /// new agent; a known one re-registers with its own secret).
     pub token: Option<String>,
+    /// What the agent trusts of an `https://` master.
+    pub tls: agora_proto::tls::ClientTls,
+    /// The certificate and key of the agent's HTTP API: with them it
+    /// serves https.
+    pub http_tls: Option<agora_proto::tls::ServerTlsFiles>,
 }
 
 impl AgentConfig {
@@ -72,6 +77,8 @@ impl AgentConfig {
             default_task_user: "nobody".into(),
             allow_root_tasks: false,
             token: None,
+            tls: Default::default(),
+            http_tls: None,
         }
     }
 }
@@ -88,6 +95,8 @@ pub enum AgentError {
     BadAttribute(String),
     #[error("the join token: {0}")]
     BadToken(#[from] agora_proto::auth::InvalidToken),
+    #[error(transparent)]
+    Tls(#[from] agora_proto::tls::TlsError),
 }
 
 /// Parses `--attributes 'rack:r1;zone:a'`.
@@ -135,6 +144,11 @@ pub async fn run<C: Containerizer>(
     // registration; no one before the first registration.
     let (http_token_tx, http_token) = tokio::sync::watch::channel(None);
     let mut endpoint = String::new();
+    let http_tls = config
+        .http_tls
+        .as_ref()
+        .map(agora_proto::tls::ServerTlsFiles::config)
+        .transpose()?;
     if let Some(listener) = http {
         if let Ok(addr) = listener.local_addr() {
             let host = if addr.ip().is_unspecified() {
@@ -142,18 +156,26 @@ pub async fn run<C: Containerizer>(
             } else {
                 addr.ip().to_string()
             };
-            endpoint = format!("http://{host}:{}", addr.port());
+            let scheme = if http_tls.is_some() { "https" } else { "http" };
+            endpoint = format!("{scheme}://{host}:{}", addr.port());
         }
         let app = http::router(
             requests_tx.clone(),
             config.data_dir.join("sandboxes"),
             http_token,
         );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!("agent HTTP API stopped: {e}");
+        match http_tls {
+            Some(tls) => {
+                tokio::spawn(http::serve_tls(listener, app, tls));
             }
-        });
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::warn!("agent HTTP API stopped: {e}");
+                    }
+                });
+            }
+        }
     }
     config.endpoint = endpoint;
     tracing::info!(master = %config.master, resources = %resources, endpoint = %config.endpoint, "agent starting");

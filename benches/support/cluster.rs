@@ -71,6 +71,7 @@ pub fn emulation(
         agents_per_connection: 100,
         cut_sessions: Default::default(),
         token: None,
+        tls: Default::default(),
     }
 }
 
@@ -90,6 +91,7 @@ pub fn load_config(
         name: name.into(),
         hold: None,
         token: None,
+        tls: Default::default(),
     }
 }
 

@@ -34,6 +34,12 @@ pub struct MasterConfig {
     pub auth: std::sync::Arc<crate::auth::Authority>,
     /// Where mutating operator calls are recorded (JSON lines), if anywhere.
     pub audit_log: Option<std::path::PathBuf>,
+    /// The master's certificate and key (and the CA of accepted client
+    /// certificates): without them the port speaks plaintext.
+    pub tls: Option<agora_proto::tls::ServerTlsFiles>,
+    /// What the master trusts when it calls agents' and frameworks' HTTP
+    /// APIs over https.
+    pub client_tls: agora_proto::tls::ClientTls,
 }
 
 impl Default for MasterConfig {
@@ -53,6 +59,8 @@ impl Default for MasterConfig {
             max_agent_heartbeats_per_second: 5000.0,
             auth: crate::auth::Authority::disabled(),
             audit_log: None,
+            tls: None,
+            client_tls: agora_proto::tls::ClientTls::default(),
         }
     }
 }

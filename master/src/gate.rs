@@ -32,7 +32,11 @@ pub fn authenticate(
     peer: &str,
 ) -> Result<Caller, Response> {
     let path = request.uri().path();
-    match policy.authenticate(request.headers()) {
+    let certificate = request
+        .extensions()
+        .get::<crate::ClientCertificate>()
+        .map(|c| c.0.as_str());
+    match policy.authenticate_with(request.headers(), certificate) {
         Ok(Caller::Anonymous) if !open_to_anonymous(is_grpc, path) => {
             tracing::warn!(%peer, %path, "refused: no credential");
             Err(refusal(
@@ -41,6 +45,8 @@ pub fn authenticate(
             ))
         }
         Ok(caller) => Ok(caller),
+        // A stale cookie must not keep a browser from the sign-in page.
+        Err(_) if open_to_anonymous(is_grpc, path) => Ok(Caller::Anonymous),
         Err(e) => {
             tracing::warn!(%peer, %path, "refused: {e}");
             Err(refusal(is_grpc, "the credential is not valid"))

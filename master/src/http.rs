@@ -51,7 +51,20 @@ pub fn router(
     snapshots: Reader,
     events: broadcast::Sender<ClusterEvent>,
     agent_http_token: String,
+    client_tls: &agora_proto::tls::ClientTls,
 ) -> Router {
+    agora_proto::tls::install_default_provider();
+    let mut client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = &client_tls.ca_pem {
+        match reqwest::Certificate::from_pem_bundle(pem) {
+            Ok(certificates) => {
+                for certificate in certificates {
+                    client = client.add_root_certificate(certificate);
+                }
+            }
+            Err(e) => tracing::error!("the CA bundle for agents and frameworks: {e}"),
+        }
+    }
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/{file}", get(ui::asset))
@@ -81,10 +94,7 @@ pub fn router(
             events,
             agent_http_token: Arc::from(agent_http_token),
             // The relay hands back redirects rather than following them.
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            client: client.build().unwrap_or_default(),
         })
 }
 

@@ -41,7 +41,7 @@ use auth::Caller;
 pub use config::MasterConfig;
 pub use leadership::{Backing, HaConfig, Role};
 pub use registry::{Registry, RegistryError};
-pub use serve::{PeerAddr, ServeLimits};
+pub use serve::{ClientCertificate, PeerAddr, ServeLimits};
 
 /// Why the master stopped.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,8 @@ pub enum MasterError {
     },
     #[error("starting a thread of the master: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] agora_proto::tls::TlsError),
     #[error("opening the audit log {path}: {source}")]
     Audit {
         path: std::path::PathBuf,
@@ -92,8 +94,14 @@ pub async fn run(
         .unwrap_or_else(|_| "?".into());
     let me = match &backing {
         Backing::Etcd(ha) => ha.advertise.clone(),
+        Backing::Embedded(_) if config.tls.is_some() => format!("https://{addr}"),
         Backing::Embedded(_) => format!("http://{addr}"),
     };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(agora_proto::tls::ServerTlsFiles::config)
+        .transpose()?;
     let (tx, rx) = core::inbox(outbound::CORE_INBOX_CAPACITY);
     let auth = config.auth.clone();
     auth.reload_on_sighup()
@@ -145,7 +153,13 @@ pub async fn run(
     )
     .into_axum_router();
     let (publisher, reader) = snapshot::channel();
-    let operator = http::router(handle, reader, events.clone(), agent_http_token.clone());
+    let operator = http::router(
+        handle,
+        reader,
+        events.clone(),
+        agent_http_token.clone(),
+        &config.client_tls,
+    );
     // gRPC and HTTP share the port; both routers have their own fallback, so
     // requests are steered by content type rather than merged by path.
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -216,7 +230,7 @@ pub async fn run(
         }
     });
     tracing::info!(%addr, "master listening (gRPC and HTTP)");
-    let server = tokio::spawn(serve::serve(listener, app, config.serve.clone()));
+    let server = tokio::spawn(serve::serve(listener, app, config.serve.clone(), tls));
     let _stop_serving = AbortOnDrop(server.abort_handle());
     let served = async move {
         match server.await {

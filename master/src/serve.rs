@@ -19,6 +19,11 @@ use tokio::sync::Semaphore;
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// The SHA-256 (hex) of the certificate the client presented over TLS,
+/// verified against the client CA, in a request's extensions.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub String);
+
 /// How much of the master one client, and all of them, may hold.
 #[derive(Clone, Debug)]
 pub struct ServeLimits {
@@ -78,8 +83,15 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `app` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, app: axum::Router, limits: ServeLimits) {
+/// Serves `app` on `listener` until the task is dropped; over TLS when
+/// `tls` is given (the handshake must end within the header timeout too).
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ServeLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let all = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp {
         counts: Mutex::new(HashMap::new()),
@@ -108,23 +120,62 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: ServeLimits
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {e}");
         }
-        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(PeerAddr(peer))));
+        let app = app.clone().layer(axum::Extension(PeerAddr(peer)));
         let timeout = limits.header_read_timeout;
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout);
-            builder.http2().timer(TokioTimer::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "connection ended: {e}");
+            match acceptor {
+                None => serve_connection(TokioIo::new(stream), app, timeout, peer).await,
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|c| agora_proto::tls::certificate_sha256_hex(c.as_ref()));
+                    let app = match certificate {
+                        Some(sha256) => app.layer(axum::Extension(ClientCertificate(sha256))),
+                        None => app,
+                    };
+                    serve_connection(TokioIo::new(stream), app, timeout, peer).await;
+                }
             }
             drop(slot);
             drop(permit);
         });
+    }
+}
+
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    app: axum::Router,
+    header_timeout: Duration,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(app))
+        .await
+    {
+        tracing::debug!(%peer, "connection ended: {e}");
     }
 }

@@ -12,6 +12,7 @@ mod proptests;
 pub mod refusal;
 pub mod resources;
 mod task_state;
+pub mod tls;
 
 /// Generated protocol types and services (`agora.v1`).
 #[allow(clippy::all, missing_docs)]

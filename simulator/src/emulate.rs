@@ -18,7 +18,7 @@ use agora_proto::v1::{
 use agora_proto::{MasterList, Resources};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// What to emulate.
 #[derive(Clone, Debug)]
@@ -40,6 +40,8 @@ pub struct EmulateConfig {
     /// The join token the agents present (none for a master without
     /// authentication).
     pub token: Option<String>,
+    /// What the agents trust of an `https://` master.
+    pub tls: agora_proto::tls::ClientTls,
 }
 
 /// Counts the emulator keeps, for progress and for benchmarks.
@@ -107,11 +109,12 @@ pub async fn emulate(
     for url in masters.all() {
         let mut list = Vec::with_capacity(connections);
         for _ in 0..connections {
-            let endpoint =
-                Endpoint::from_shared(url.clone()).map_err(|e| EmulateError::BadUrl {
+            let endpoint = agora_proto::tls::endpoint(url, &config.tls).map_err(|reason| {
+                EmulateError::BadUrl {
                     url: url.clone(),
-                    reason: e.to_string(),
-                })?;
+                    reason,
+                }
+            })?;
             list.push(
                 endpoint
                     .connect_timeout(Duration::from_secs(2))

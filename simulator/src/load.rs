@@ -38,6 +38,8 @@ pub struct LoadConfig {
     /// The framework's bearer token (none for a master without
     /// authentication).
     pub token: Option<String>,
+    /// What the framework trusts of an `https://` master.
+    pub tls: agora_proto::tls::ClientTls,
 }
 
 /// What a load that keeps its tasks is told.
@@ -305,6 +307,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport, SdkError> {
     let mut framework = FrameworkConfig::new(&config.masters, &config.name);
     framework.token = config.token.clone();
+    framework.tls = config.tls.clone();
     framework.failover_timeout = Duration::from_secs(0);
     let driver = Driver::new(framework)?;
     let tasks = config.tasks;

@@ -38,6 +38,7 @@ pub async fn leading_master(masters: &str) -> anyhow::Result<String> {
             .next()
             .unwrap_or_else(|| masters.to_string()));
     }
+    agora_proto::tls::install_default_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -63,7 +64,12 @@ pub async fn leading_master(masters: &str) -> anyhow::Result<String> {
 /// `credentials`), if there is one.
 pub fn authenticated_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let token = super::credentials::client_token(None)?;
-    Ok(agora_sdk::operator::http_client(token.as_deref(), timeout))
+    let tls = super::credentials::client_tls()?;
+    Ok(agora_sdk::operator::http_client(
+        token.as_deref(),
+        &tls,
+        timeout,
+    ))
 }
 
 impl FrameworkApi {

@@ -68,6 +68,23 @@ pub fn client_token(token_file: Option<&Path>) -> anyhow::Result<Option<String>>
     }
 }
 
+/// What a command trusts of an `https://` master: the CA bundle in
+/// `AGORA_TLS_CA`, and the client certificate in `AGORA_TLS_CERT` and
+/// `AGORA_TLS_KEY` (mutual TLS) if both are set.
+pub fn client_tls() -> anyhow::Result<agora_proto::tls::ClientTls> {
+    let path = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let ca = path("AGORA_TLS_CA");
+    let identity = path("AGORA_TLS_CERT").zip(path("AGORA_TLS_KEY"));
+    Ok(agora_proto::tls::ClientTls::load(
+        ca.as_deref(),
+        identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )?)
+}
+
 /// A fresh random token (256 bits, hex).
 fn new_token() -> String {
     format!(

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod app;
+mod certs;
 mod client;
 mod credentials;
 mod job;
@@ -52,6 +53,19 @@ enum Command {
     Job(JobArgs),
     /// Show the cluster's state.
     State(StateArgs),
+    /// Make TLS certificates signed by the cluster's own CA (made on first
+    /// use in --out): for the master, agents, and clients (mutual TLS).
+    Certs {
+        /// Where ca.pem, ca-key.pem, NAME.pem and NAME-key.pem go.
+        #[arg(long, default_value = "./agora-certs")]
+        out: PathBuf,
+        /// The certificate's name (its file name and common name).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated host names and addresses it is good for.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
     /// The simulator: a cluster in virtual time around the real allocator.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -162,6 +176,9 @@ struct DevArgs {
     /// Where the agent keeps sandboxes and its id, and batch its jobs.
     #[arg(long, default_value = "./agora-data")]
     data_dir: PathBuf,
+    /// Listen on an address other than loopback in plaintext.
+    #[arg(long)]
+    insecure: bool,
     #[command(flatten)]
     batch: BatchFlags,
     #[command(flatten)]
@@ -170,6 +187,44 @@ struct DevArgs {
     master: MasterFlags,
     #[command(flatten)]
     agent: AgentFlags,
+}
+
+/// What a daemon trusts of an `https://` master.
+#[derive(Args, Clone)]
+pub struct TrustFlags {
+    /// The CA bundle (PEM) that signed the master's certificate.
+    #[arg(long, env = "AGORA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TrustFlags {
+    pub fn client_tls(&self) -> anyhow::Result<agora_proto::tls::ClientTls> {
+        Ok(agora_proto::tls::ClientTls::load(
+            self.tls_ca.as_deref(),
+            None,
+        )?)
+    }
+}
+
+/// A server's certificate: with it, it serves https.
+#[derive(Args, Clone)]
+pub struct ServeTlsFlags {
+    /// The certificate chain (PEM) to serve with.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServeTlsFlags {
+    pub fn files(&self, client_ca: Option<PathBuf>) -> Option<agora_proto::tls::ServerTlsFiles> {
+        Some(agora_proto::tls::ServerTlsFiles {
+            certificate: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca,
+        })
+    }
 }
 
 /// Where a process finds the token it presents to the master
@@ -204,6 +259,19 @@ struct MasterArgs {
     /// DATA_DIR/audit.log).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ServeTlsFlags,
+    /// Accept client certificates signed by this CA (mutual TLS; a
+    /// certificate stands for the principal whose certificate_sha256 it has).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// What the master trusts when it calls agents' and frameworks' https APIs.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Serve plaintext on an address other than loopback (tokens and task
+    /// secrets then cross the network in the clear).
+    #[arg(long)]
+    insecure: bool,
     /// Where the registry (agents, frameworks, weights, drains, tasks) lives
     /// (without `--etcd`).
     #[arg(long, default_value = "./agora-master-data")]
@@ -234,6 +302,11 @@ struct AgentArgs {
     /// secret the master issues it).
     #[command(flatten)]
     token: TokenFlags,
+    #[command(flatten)]
+    trust: TrustFlags,
+    /// The agent's HTTP API certificate.
+    #[command(flatten)]
+    tls: ServeTlsFlags,
 }
 
 #[derive(Args, Clone)]
@@ -264,6 +337,8 @@ struct BatchArgs {
     batch: BatchFlags,
     #[command(flatten)]
     token: TokenFlags,
+    #[command(flatten)]
+    trust: TrustFlags,
 }
 
 #[derive(Args, Clone)]
@@ -300,6 +375,8 @@ struct ServicesArgs {
     services: ServicesFlags,
     #[command(flatten)]
     token: TokenFlags,
+    #[command(flatten)]
+    trust: TrustFlags,
 }
 
 #[derive(Args)]
@@ -608,24 +685,25 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Dev(a) => runtime.block_on(run::dev(
-            a.listen, a.data_dir, a.master, a.agent, a.batch, a.services,
-        )),
+        Command::Dev(a) => runtime.block_on(run::dev(a)),
         Command::Services(a) => runtime.block_on(run::services(a)),
         Command::App(a) => runtime.block_on(app::run(&a.master, a.command)),
         Command::Lb(a) => runtime.block_on(run::lb(a.master, a.address)),
         Command::Batch(a) => runtime.block_on(run::batch(a)),
         Command::Job(a) => runtime.block_on(job::run(&a.master, a.command)),
         Command::Master(a) => runtime.block_on(run::master(a)),
-        Command::Agent(a) => runtime.block_on(run::agent(
-            a.master,
-            a.listen,
-            a.data_dir,
-            a.agent,
-            a.token.token()?,
-        )),
+        Command::Agent(a) => runtime.block_on(run::agent(a)),
         Command::State(a) => runtime.block_on(state::show(&a.master, a.json)),
         Command::Sim(c) => sim::run(c, &runtime),
+        Command::Certs { out, name, hosts } => {
+            let sha256 = certs::issue(&out, &name, &hosts)?;
+            println!(
+                "{}/{name}.pem and {name}-key.pem, signed by {}/ca.pem; certificate_sha256 = \"{sha256}\"",
+                out.display(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ContainerInit { .. } => Ok(ExitCode::SUCCESS),
     }
 }

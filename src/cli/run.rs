@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{AgentFlags, BatchFlags, MasterFlags, ServicesFlags};
+use super::{AgentFlags, MasterFlags};
 
 /// Logs to stderr as text or JSON lines, filtered by `AGORA_LOG` or
 /// `RUST_LOG` (default `info`).
@@ -120,32 +120,38 @@ async fn run_agent(
     Ok(())
 }
 
-async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
+/// Binds the master's port, refusing plaintext off loopback without
+/// `insecure`, and prints where it listens.
+async fn bind(listen: &str, tls: bool, insecure: bool) -> anyhow::Result<(TcpListener, String)> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
+    refuse_plaintext_off_loopback(&listener, tls, insecure)?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let scheme = if tls { "https" } else { "http" };
     // Printed on stdout so that scripts (and tests) can find an ephemeral port.
-    println!("agora listening on http://{addr}");
+    println!("agora listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
-    Ok((listener, format!("http://{addr}")))
+    Ok((listener, format!("{scheme}://{addr}")))
 }
 
-pub async fn dev(
-    listen: String,
-    data_dir: PathBuf,
-    master: MasterFlags,
-    agent: AgentFlags,
-    batch: BatchFlags,
-    services: ServicesFlags,
-) -> anyhow::Result<ExitCode> {
+pub async fn dev(args: super::DevArgs) -> anyhow::Result<ExitCode> {
+    let super::DevArgs {
+        listen,
+        data_dir,
+        insecure,
+        master,
+        agent,
+        batch,
+        services,
+    } = args;
     let mut config = master_config(&master)?;
     let registry = open_registry(&data_dir.join("master"))?;
     let credentials =
         super::credentials::dev_credentials(&data_dir, super::credentials::user_token_path())?;
     config.auth = agora_master::auth::Authority::load(&credentials.auth_file)?;
     config.audit_log = Some(data_dir.join("master").join("audit.log"));
-    let (listener, url) = bind(&listen).await?;
+    let (listener, url) = bind(&listen, false, insecure).await?;
     let mut services_config =
         agora_services::ServicesConfig::new(url.clone(), data_dir.join("services"));
     services_config.lb_address = (!services.no_lb).then_some(services.lb_address);
@@ -250,8 +256,29 @@ fn open_registry(data_dir: &std::path::Path) -> anyhow::Result<agora_master::Reg
         .with_context(|| format!("opening the registry {}", path.display()))
 }
 
+/// Tokens and task secrets must not cross a network in the clear: a
+/// plaintext port off loopback needs `--insecure`.
+fn refuse_plaintext_off_loopback(
+    listener: &TcpListener,
+    tls: bool,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("reading the bound address")?;
+    if tls || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        insecure,
+        "{addr} is not loopback: serve it with TLS (--tls-cert and --tls-key; `agora certs` makes them), or give --insecure to accept plaintext"
+    );
+    tracing::warn!(%addr, "--insecure: serving plaintext off loopback");
+    Ok(())
+}
+
 pub async fn master(args: super::MasterArgs) -> anyhow::Result<ExitCode> {
     let mut config = master_config(&args.master)?;
+    config.tls = args.tls.files(args.tls_client_ca.clone());
+    config.client_tls = agora_proto::tls::ClientTls::load(args.tls_ca.as_deref(), None)?;
     config.auth = match &args.auth {
         Some(path) => agora_master::auth::Authority::load(path)?,
         None => {
@@ -271,7 +298,7 @@ pub async fn master(args: super::MasterArgs) -> anyhow::Result<ExitCode> {
     {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let (listener, url) = bind(&args.listen).await?;
+    let (listener, url) = bind(&args.listen, config.tls.is_some(), args.insecure).await?;
     let backing = match args.ha.etcd {
         Some(etcd) => agora_master::Backing::Etcd(agora_master::HaConfig {
             etcd,
@@ -284,19 +311,19 @@ pub async fn master(args: super::MasterArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn agent(
-    master: String,
-    listen: String,
-    data_dir: PathBuf,
-    flags: AgentFlags,
-    token: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let mut config = agent_config(master, data_dir, &flags)?;
-    config.token = token;
-    let http = TcpListener::bind(&listen)
+pub async fn agent(args: super::AgentArgs) -> anyhow::Result<ExitCode> {
+    let mut config = agent_config(args.master.clone(), args.data_dir.clone(), &args.agent)?;
+    config.token = args.token.token()?;
+    config.tls = args.trust.client_tls()?;
+    config.http_tls = args.tls.files(None);
+    let listen = &args.listen;
+    let http = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} for the agent's HTTP API"))?;
-    run_agent(config, &flags, http, terminated()).await?;
+    refuse_plaintext_off_loopback(&http, config.http_tls.is_some(), false).context(
+        "the agent's HTTP API serves task sandboxes: give it --tls-cert and --tls-key, or listen on loopback",
+    )?;
+    run_agent(config, &args.agent, http, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -314,6 +341,7 @@ pub async fn batch(args: super::BatchArgs) -> anyhow::Result<ExitCode> {
     config.etcd = args.ha.etcd;
     config.lease_ttl = args.ha.leader_lease;
     config.token = args.token.token()?;
+    config.tls = args.trust.client_tls()?;
     agora_batch::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -333,6 +361,7 @@ pub async fn services(args: super::ServicesArgs) -> anyhow::Result<ExitCode> {
     config.etcd = args.ha.etcd;
     config.lease_ttl = args.ha.leader_lease;
     config.token = args.token.token()?;
+    config.tls = args.trust.client_tls()?;
     agora_services::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -344,6 +373,7 @@ pub async fn lb(master: String, address: std::net::IpAddr) -> anyhow::Result<Exi
     let _ = std::io::stdout().flush();
     let balancer = agora_services::lb::LoadBalancer::new(address);
     let token = super::credentials::client_token(None)?;
-    agora_services::lb::follow(&master, token.as_deref(), balancer, terminated()).await;
+    let tls = super::credentials::client_tls()?;
+    agora_services::lb::follow(&master, token.as_deref(), &tls, balancer, terminated()).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -297,6 +297,7 @@ async fn emulate(
         agents_per_connection,
         cut_sessions: Default::default(),
         token: super::credentials::client_token(None)?,
+        tls: super::credentials::client_tls()?,
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {
@@ -345,6 +346,7 @@ async fn load(
         name: "load".into(),
         hold: None,
         token: super::credentials::client_token(None)?,
+        tls: super::credentials::client_tls()?,
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {

@@ -146,6 +146,8 @@ impl Etcd {
         {
             return Err(EtcdError::BadEndpoints(endpoints.to_string()));
         }
+        // The HTTP client takes the process's TLS provider: make it ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(5))

@@ -60,6 +60,7 @@ access_sandboxes = [{{ principals = ["ops"], framework_principals = "any" }}]
 const OPS_DRAIN: &str = r#"drain_agents = [{ principals = ["ops"] }]"#;
 
 fn as_(token: &str) -> reqwest::Client {
+    agora_proto::tls::install_default_provider();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -440,4 +441,226 @@ impl Secured {
     fn master_data(&self) -> PathBuf {
         self.master.data_dir().expect("the master's data directory")
     }
+}
+
+/// Runs an `agora` command to its end: (success, stdout, stderr).
+fn agora(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
+    command
+        .args(args)
+        .env_remove("AGORA_TOKEN")
+        .env_remove("AGORA_TLS_CA")
+        .env("XDG_CONFIG_HOME", "/nonexistent");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().expect("agora ran");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `agora certs` into `dir`: the certificate's SHA-256.
+fn certificate(dir: &Path, name: &str, hosts: &str) -> String {
+    let out = dir.to_str().expect("utf-8");
+    let (ok, stdout, stderr) = agora(
+        &["certs", "--out", out, "--name", name, "--hosts", hosts],
+        &[],
+    );
+    assert!(ok, "agora certs: {stderr}");
+    stdout
+        .split("certificate_sha256 = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the certificate's SHA-256")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_end_to_end_a_wrong_ca_is_refused_and_a_client_certificate_names_a_principal() {
+    agora_proto::tls::install_default_provider();
+    let dir = tempdir();
+    let certs = dir.path().join("certs");
+    certificate(&certs, "master", "127.0.0.1,localhost");
+    certificate(&certs, "agent", "127.0.0.1");
+    let ops_cert = certificate(&certs, "ops-laptop", "ops-laptop");
+    let other = dir.path().join("other");
+    certificate(&other, "master", "127.0.0.1");
+    let ca = certs.join("ca.pem");
+    let path = |p: PathBuf| p.to_str().expect("utf-8").to_string();
+
+    // A principal known only by its client certificate, who may view
+    // every framework.
+    let auth = dir.path().join("auth.toml");
+    write_auth(&auth, OPS_DRAIN);
+    let text = std::fs::read_to_string(&auth)
+        .expect("auth")
+        .replacen(
+            "[acls]",
+            &format!(
+                "[[principals]]\nname = \"ops-cert\"\ncertificate_sha256 = \"{ops_cert}\"\n\n[acls]"
+            ),
+            1,
+        )
+        .replacen(
+            r#"view_frameworks = [{ principals = ["ops"]"#,
+            r#"view_frameworks = [{ principals = ["ops", "ops-cert"]"#,
+            1,
+        );
+    std::fs::write(&auth, text).expect("auth");
+
+    let master = start_master(
+        "127.0.0.1:0",
+        &[
+            "--auth",
+            &path(auth.clone()),
+            "--tls-cert",
+            &path(certs.join("master.pem")),
+            "--tls-key",
+            &path(certs.join("master-key.pem")),
+            "--tls-client-ca",
+            &path(ca.clone()),
+            "--tls-ca",
+            &path(ca.clone()),
+        ],
+    );
+    let url = master.url.clone().expect("url");
+    assert!(url.starts_with("https://"), "{url}");
+
+    // An agent trusting the cluster CA joins, and serves its API over https.
+    let join = dir.path().join("join");
+    std::fs::write(&join, AGENTS).expect("join token");
+    let data = tempdir();
+    let _agent = start_agent_with(
+        &url,
+        data.path(),
+        "cpus:1;mem:512",
+        "tls-host",
+        &[
+            "--token-file",
+            &path(join),
+            "--tls-ca",
+            &path(ca.clone()),
+            "--tls-cert",
+            &path(certs.join("agent.pem")),
+            "--tls-key",
+            &path(certs.join("agent-key.pem")),
+        ],
+    );
+    let trusting = || {
+        let pem = std::fs::read(&ca).expect("ca");
+        let mut builder = reqwest::Client::builder().default_headers({
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {OPS}").parse().expect("header"),
+            );
+            h
+        });
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem).expect("pem") {
+            builder = builder.add_root_certificate(certificate);
+        }
+        builder.build().expect("client")
+    };
+    let state = wait_until("the agent over TLS", Duration::from_secs(20), || async {
+        let (status, state) = status_of(trusting().get(format!("{url}/api/v1/state"))).await;
+        (status == 200 && state["agents"][0]["status"] == "active").then_some(state)
+    })
+    .await;
+    let endpoint = state["agents"][0]["endpoint"].as_str().expect("endpoint");
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+
+    // A framework over TLS runs a task; its log comes back through the
+    // master, which reads it from the agent over https.
+    let mut config = FrameworkConfig::new(&url, "tls-app");
+    config.role = "a".into();
+    config.token = Some(TEAM_A.into());
+    config.tls = agora_proto::tls::ClientTls::load(Some(&ca), None).expect("ca");
+    let mut f = TestFramework::start_with(config).await;
+    let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
+    f.driver
+        .accept(
+            &[offer_id(&offer)],
+            vec![task("tls-task", "echo over-tls; exec sleep 60", &small())],
+            Some(3600.0),
+        )
+        .await
+        .expect("accept");
+    f.wait_state("tls-task", TaskState::TaskRunning, Duration::from_secs(15))
+        .await;
+    wait_until("the log over TLS", Duration::from_secs(10), || async {
+        let (status, body) = status_of(trusting().get(format!(
+            "{url}/api/v1/tasks/tls-task/files/read?path=stdout"
+        )))
+        .await;
+        (status == 200
+            && body["data"]
+                .as_str()
+                .is_some_and(|d| d.contains("over-tls")))
+        .then_some(())
+    })
+    .await;
+
+    // The CLI: the right CA works, another CA's is refused, plain http too.
+    let ca_str = path(ca.clone());
+    let (ok, stdout, stderr) = agora(
+        &["state", "--master", &url],
+        &[("AGORA_TLS_CA", &ca_str), ("AGORA_TOKEN", OPS)],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("tls-host"), "{stdout}");
+    let other_ca = path(other.join("ca.pem"));
+    let (ok, _, stderr) = agora(
+        &["state", "--master", &url],
+        &[("AGORA_TLS_CA", &other_ca), ("AGORA_TOKEN", OPS)],
+    );
+    assert!(!ok, "a certificate from another CA must not be trusted");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    let plain = url.replacen("https://", "http://", 1);
+    let (ok, _, _) = agora(&["state", "--master", &plain], &[("AGORA_TOKEN", OPS)]);
+    assert!(!ok, "plaintext to a TLS port fails");
+
+    // Mutual TLS: the client certificate alone names its principal.
+    let (ok, stdout, stderr) = agora(
+        &["state", "--master", &url],
+        &[
+            ("AGORA_TLS_CA", &ca_str),
+            ("AGORA_TLS_CERT", &path(certs.join("ops-laptop.pem"))),
+            ("AGORA_TLS_KEY", &path(certs.join("ops-laptop-key.pem"))),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("tls-app"),
+        "ops-cert sees frameworks: {stdout}"
+    );
+    // The same certificate from another CA names no one.
+    let (ok, _, _) = agora(
+        &["state", "--master", &url],
+        &[
+            ("AGORA_TLS_CA", &ca_str),
+            ("AGORA_TLS_CERT", &path(other.join("master.pem"))),
+            ("AGORA_TLS_KEY", &path(other.join("master-key.pem"))),
+        ],
+    );
+    assert!(!ok, "an unknown client certificate is no credential");
+    f.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_off_loopback_without_tls_refuses_to_start_unless_told_insecure() {
+    let (ok, _, stderr) = agora(&["master", "--no-auth", "--listen", "0.0.0.0:0"], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--tls-cert") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = agora(&["master", "--listen", "127.0.0.1:0"], &[]);
+    assert!(!ok, "neither --auth nor --no-auth");
+    assert!(
+        stderr.contains("--auth") && stderr.contains("--no-auth"),
+        "{stderr}"
+    );
 }

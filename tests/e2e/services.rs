@@ -231,6 +231,7 @@ async fn through_lb(client: &reqwest::Client, port: u16) -> Result<String, Strin
 }
 
 fn fresh_connections() -> reqwest::Client {
+    agora_proto::tls::install_default_provider();
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))

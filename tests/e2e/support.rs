@@ -198,6 +198,7 @@ pub fn user_token() -> Option<String> {
 
 /// An HTTP client presenting [`user_token`].
 pub fn client() -> reqwest::Client {
+    agora_proto::tls::install_default_provider();
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = user_token() {
         headers.insert(

@@ -45,6 +45,8 @@ pub struct BatchConfig {
     /// The bearer token of the framework's principal (none for a master
     /// without authentication).
     pub token: Option<String>,
+    /// What the framework trusts of an `https://` master.
+    pub tls: agora_sdk::ClientTls,
 }
 
 impl BatchConfig {
@@ -60,6 +62,7 @@ impl BatchConfig {
             etcd: None,
             lease_ttl: Duration::from_secs(2),
             token: None,
+            tls: Default::default(),
         }
     }
 }
@@ -97,6 +100,7 @@ pub(crate) struct Shared {
     /// Presents the framework's token to the master.
     pub(crate) client: reqwest::Client,
     pub(crate) token: Option<String>,
+    pub(crate) tls: agora_sdk::ClientTls,
     /// The engine version the store holds.
     committed: watch::Sender<u64>,
     wake_writer: Notify,
@@ -357,6 +361,7 @@ pub async fn run(
     fw.auto_acknowledge = false;
     fw.webui_url = Some(webui.clone());
     fw.token = config.token.clone();
+    fw.tls = config.tls.clone();
     let driver = Driver::new(fw.clone())?;
     let version = engine.version();
     let (committed, _) = watch::channel(version);
@@ -365,8 +370,13 @@ pub async fn run(
         store: store.clone(),
         driver: Mutex::new(driver),
         master: config.master.trim_end_matches('/').to_string(),
-        client: agora_sdk::operator::http_client(config.token.as_deref(), Duration::from_secs(10)),
+        client: agora_sdk::operator::http_client(
+            config.token.as_deref(),
+            &config.tls,
+            Duration::from_secs(10),
+        ),
         token: config.token.clone(),
+        tls: config.tls.clone(),
         committed,
         wake_writer: Notify::new(),
         interest: agora_sdk::OfferInterest::new(),

@@ -567,16 +567,17 @@ async fn logs(
 /// exist. With no agents registered yet (or no master to ask) it cannot
 /// know, and lets the job queue.
 async fn check_fit(api: &Shared, specs: &[JobSpec]) -> Result<(), SpecError> {
-    let agents = match agora_sdk::operator::MasterApi::new(&api.master, api.token.as_deref())
-        .agents()
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!("could not list agents ({e}); not checking whether jobs fit");
-            return Ok(());
-        }
-    };
+    let agents =
+        match agora_sdk::operator::MasterApi::new(&api.master, api.token.as_deref(), &api.tls)
+            .agents()
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("could not list agents ({e}); not checking whether jobs fit");
+                return Ok(());
+            }
+        };
     if agents.is_empty() {
         return Ok(());
     }

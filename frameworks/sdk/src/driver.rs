@@ -10,7 +10,7 @@ use agora_proto::auth::BearerToken;
 use agora_proto::v1::{self, event, scheduler_client::SchedulerClient};
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::Scheduler;
@@ -105,6 +105,9 @@ pub struct FrameworkConfig {
     /// The bearer token that authenticates the framework's principal to
     /// the master (none for a master without authentication).
     pub token: Option<String>,
+    /// What the framework trusts of an `https://` master (and the client
+    /// certificate it presents, if any).
+    pub tls: agora_proto::tls::ClientTls,
 }
 
 impl FrameworkConfig {
@@ -120,6 +123,7 @@ impl FrameworkConfig {
             auto_acknowledge: true,
             webui_url: None,
             token: None,
+            tls: Default::default(),
         }
     }
 }
@@ -181,14 +185,18 @@ struct Masters {
     list: agora_proto::MasterList,
     clients: std::collections::HashMap<String, Client>,
     token: BearerToken,
+    tls: agora_proto::tls::ClientTls,
 }
 
 /// A connection to one master, every call carrying the framework's token.
 type Client = SchedulerClient<InterceptedService<Channel, BearerToken>>;
 
-fn lazy_client(url: &str, token: &BearerToken) -> Result<Client, String> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
+fn lazy_client(
+    url: &str,
+    token: &BearerToken,
+    tls: &agora_proto::tls::ClientTls,
+) -> Result<Client, String> {
+    let endpoint = agora_proto::tls::endpoint(url, tls)?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -310,7 +318,8 @@ impl Driver {
             .map_err(|e| SdkError::SubscribeRefused(format!("the framework's token: {e}")))?;
         let mut clients = std::collections::HashMap::new();
         for url in list.all() {
-            let client = lazy_client(url, &token).map_err(|e| bad(format!("`{url}`: {e}")))?;
+            let client =
+                lazy_client(url, &token, &config.tls).map_err(|e| bad(format!("`{url}`: {e}")))?;
             clients.insert(url.clone(), client);
         }
         let (stop, _) = watch::channel(Stop::Running);
@@ -325,6 +334,7 @@ impl Driver {
                 list,
                 clients,
                 token,
+                tls: config.tls.clone(),
             })),
             config: Arc::new(config),
             subscription: Arc::new(Mutex::new(subscription)),
@@ -356,7 +366,7 @@ impl Driver {
             return client.clone();
         }
         // A leader named by a standby, not in the list we were given.
-        let client = lazy_client(&url, &masters.token).unwrap_or_else(|_| {
+        let client = lazy_client(&url, &masters.token, &masters.tls).unwrap_or_else(|_| {
             let first = masters.list.all()[0].clone();
             masters.clients[&first].clone()
         });

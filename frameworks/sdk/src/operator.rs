@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use agora_proto::tls::ClientTls;
 use serde::Deserialize;
 
 use crate::SdkError;
@@ -38,20 +39,42 @@ pub struct MasterApi {
 
 /// An HTTP client for the master that presents `token` (if any) on every
 /// request.
-pub fn http_client(token: Option<&str>, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+pub fn http_client(token: Option<&str>, tls: &ClientTls, timeout: Duration) -> reqwest::Client {
+    client_builder(token, tls)
         .timeout(timeout)
-        .default_headers(bearer_headers(token))
         .build()
         .unwrap_or_default()
 }
 
 /// [`http_client`] without an overall timeout, for event streams.
-pub fn streaming_client(token: Option<&str>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .default_headers(bearer_headers(token))
-        .build()
-        .unwrap_or_default()
+pub fn streaming_client(token: Option<&str>, tls: &ClientTls) -> reqwest::Client {
+    client_builder(token, tls).build().unwrap_or_default()
+}
+
+/// A client presenting `token`, trusting `tls`'s CA for https (and
+/// presenting its certificate, if it has one).
+fn client_builder(token: Option<&str>, tls: &ClientTls) -> reqwest::ClientBuilder {
+    agora_proto::tls::install_default_provider();
+    let mut builder = reqwest::Client::builder().default_headers(bearer_headers(token));
+    if let Some(pem) = &tls.ca_pem {
+        match reqwest::Certificate::from_pem_bundle(pem) {
+            Ok(certificates) => {
+                for certificate in certificates {
+                    builder = builder.add_root_certificate(certificate);
+                }
+            }
+            Err(e) => tracing::error!("the CA bundle: {e}"),
+        }
+    }
+    if let Some((certificate, key)) = &tls.identity {
+        let mut pem = certificate.clone();
+        pem.extend_from_slice(key);
+        match reqwest::Identity::from_pem(&pem) {
+            Ok(identity) => builder = builder.identity(identity),
+            Err(e) => tracing::error!("the client certificate: {e}"),
+        }
+    }
+    builder
 }
 
 fn bearer_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
@@ -72,10 +95,10 @@ const PAGE: usize = 1000;
 impl MasterApi {
     /// A client for the masters at `masters` (`http://host:port`, or a
     /// comma-separated list), presenting `token` if given.
-    pub fn new(masters: &str, token: Option<&str>) -> MasterApi {
+    pub fn new(masters: &str, token: Option<&str>, tls: &ClientTls) -> MasterApi {
         MasterApi {
             masters: agora_proto::masters::parse_masters(masters),
-            client: http_client(token, Duration::from_secs(10)),
+            client: http_client(token, tls, Duration::from_secs(10)),
         }
     }
 

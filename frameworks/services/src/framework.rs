@@ -52,6 +52,8 @@ pub struct ServicesConfig {
     /// The bearer token of the framework's principal (none for a master
     /// without authentication).
     pub token: Option<String>,
+    /// What the framework trusts of an `https://` master.
+    pub tls: agora_sdk::ClientTls,
 }
 
 impl ServicesConfig {
@@ -69,6 +71,7 @@ impl ServicesConfig {
             etcd: None,
             lease_ttl: Duration::from_secs(2),
             token: None,
+            tls: Default::default(),
         }
     }
 }
@@ -367,6 +370,7 @@ pub async fn run(
     fw.auto_acknowledge = false;
     fw.webui_url = Some(webui.clone());
     fw.token = config.token.clone();
+    fw.tls = config.tls.clone();
     let driver = Driver::new(fw.clone())?;
     let (committed, _) = watch::channel(engine.version());
     let (events, _) = broadcast::channel(4096);
@@ -374,7 +378,7 @@ pub async fn run(
         engine: Mutex::new(engine),
         store: store.clone(),
         driver: Mutex::new(driver),
-        master: MasterApi::new(&config.master, config.token.as_deref()),
+        master: MasterApi::new(&config.master, config.token.as_deref(), &config.tls),
         committed,
         wake_writer: Notify::new(),
         interest: agora_sdk::OfferInterest::new(),

@@ -343,12 +343,13 @@ async fn proxy(mut client: TcpStream, mut server: TcpStream, backend: &Backend) 
 pub async fn follow(
     master: &str,
     token: Option<&str>,
+    tls: &agora_sdk::ClientTls,
     lb: Arc<LoadBalancer>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let url = format!("{}/services/v1/events", master.trim_end_matches('/'));
     // No overall timeout: the event stream stays open.
-    let client = agora_sdk::operator::streaming_client(token);
+    let client = agora_sdk::operator::streaming_client(token, tls);
     let mut backoff = Duration::from_millis(200);
     tokio::pin!(shutdown);
     loop {

@@ -103,6 +103,9 @@ struct PrincipalEntry {
     name: String,
     token: Option<String>,
     token_sha256: Option<String>,
+    /// The SHA-256 (hex) of a client certificate that stands for this
+    /// principal (mutual TLS), instead of or beside a token.
+    certificate_sha256: Option<String>,
 }
 
 /// One version of the auth file, as loaded.
@@ -110,6 +113,8 @@ struct PrincipalEntry {
 pub struct Policy {
     enabled: bool,
     principals: HashMap<[u8; 32], Principal>,
+    /// By client certificate (SHA-256, lower-case hex).
+    certificates: HashMap<String, Principal>,
     acls: Option<Acls>,
 }
 
@@ -149,6 +154,7 @@ impl Policy {
         };
         let file: AuthFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let mut principals = HashMap::new();
+        let mut certificates = HashMap::new();
         let mut names = std::collections::HashSet::new();
         for entry in file.principals {
             let name = entry.name.trim();
@@ -164,6 +170,23 @@ impl Policy {
             if !names.insert(name.to_string()) {
                 return Err(invalid(format!("principal `{name}` is listed twice")));
             }
+            let principal = Principal(Arc::from(name));
+            if let Some(hex) = &entry.certificate_sha256 {
+                let hex = hex.trim().to_ascii_lowercase();
+                if parse_hex_sha256(&hex).is_none() {
+                    return Err(invalid(format!(
+                        "principal `{name}`: certificate_sha256 must be 64 hex digits"
+                    )));
+                }
+                if certificates.insert(hex, principal.clone()).is_some() {
+                    return Err(invalid(format!(
+                        "principal `{name}` shares its certificate with another principal"
+                    )));
+                }
+                if entry.token.is_none() && entry.token_sha256.is_none() {
+                    continue;
+                }
+            }
             let hash = match (&entry.token, &entry.token_sha256) {
                 (Some(token), None) if token.len() >= MIN_TOKEN_LENGTH => sha256(token),
                 (Some(_), None) => {
@@ -178,18 +201,17 @@ impl Policy {
                 })?,
                 _ => {
                     return Err(invalid(format!(
-                        "principal `{name}`: give exactly one of `token` and `token_sha256`"
+                        "principal `{name}`: give one of `token` and `token_sha256` (or a `certificate_sha256`)"
                     )));
                 }
             };
-            let principal = Principal(Arc::from(name));
             if principals.insert(hash, principal).is_some() {
                 return Err(invalid(format!(
                     "principal `{name}` shares its token with another principal"
                 )));
             }
         }
-        if principals.is_empty() {
+        if principals.is_empty() && certificates.is_empty() {
             return Err(invalid(
                 "no principals: nobody could reach the master".into(),
             ));
@@ -197,6 +219,7 @@ impl Policy {
         Ok(Policy {
             enabled: true,
             principals,
+            certificates,
             acls: file.acls,
         })
     }
@@ -209,11 +232,24 @@ impl Policy {
     /// Who presented `headers`: a wrong token is an error, no token is
     /// [`Caller::Anonymous`].
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        self.authenticate_with(headers, None)
+    }
+
+    /// [`Policy::authenticate`], where the connection's client
+    /// certificate (its SHA-256, verified by TLS) names a principal when no
+    /// token is presented. A certificate no principal has is no credential.
+    pub fn authenticate_with(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&str>,
+    ) -> Result<Caller, AuthError> {
         if !self.enabled {
             return Ok(Caller::Anyone);
         }
         let Some(token) = presented_token(headers) else {
-            return Ok(Caller::Anonymous);
+            return Ok(certificate
+                .and_then(|c| self.certificates.get(c))
+                .map_or(Caller::Anonymous, |p| Caller::Principal(p.clone())));
         };
         self.principals
             .get(&sha256(token))
