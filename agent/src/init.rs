@@ -241,16 +241,18 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
     }
     let workdir = match &spec.rootfs {
         Some(rootfs) => {
-            enter_rootfs(rootfs, &spec.sandbox);
+            enter_rootfs(rootfs, &spec.sandbox, &spec.writable);
             PathBuf::from("/mnt/sandbox")
         }
         None => {
             let mut writable = vec![spec.sandbox.clone()];
             writable.extend(spec.writable.iter().cloned());
             read_only_host(&writable);
+            private_tmp(&writable);
             spec.sandbox.clone()
         }
     };
+    private_dev();
     // A /proc that shows this pid namespace only.
     if let Err(e) = mount(
         Some("proc"),
@@ -281,6 +283,7 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ));
     }
+    let filter = crate::confine::default_filter().unwrap_or_else(|e| fail(e));
     // SAFETY: still single-threaded (see container_init_main).
     let task = match unsafe { fork() } {
         Err(e) => fail(format!("fork: {e}")),
@@ -288,6 +291,10 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
             drop(status_write);
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             become_user(&spec.user);
+            // Last, so the set-up above was not filtered.
+            if let Err(e) = crate::confine::apply(&filter) {
+                fail(e);
+            }
             let e = execve(&argv[0], &argv, &env).err();
             fail(format!("exec /bin/sh: {e:?}"))
         }
@@ -328,7 +335,7 @@ fn pid_one(spec: &InitSpec, status_write: OwnedFd, signals: &SigSet) -> ! {
 
 /// Mounts the task's overlay of its image and `pivot_root`s into it, with
 /// the sandbox bind-mounted at `/mnt/sandbox`.
-fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path) {
+fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path, volumes: &[PathBuf]) {
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         spec.lower.display(),
@@ -369,7 +376,15 @@ fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path) {
         fail(format!("creating {}: {e}", mnt_sandbox.display()));
     }
     bind(sandbox, &mnt_sandbox);
-    for dir in ["proc", "tmp", ".old_root"] {
+    // Declared volumes appear at their own paths inside the image.
+    for volume in volumes {
+        let inside = rootfs.join(volume.strip_prefix("/").unwrap_or(volume));
+        if let Err(e) = std::fs::create_dir_all(&inside) {
+            fail(format!("creating {}: {e}", inside.display()));
+        }
+        bind(volume, &inside);
+    }
+    for dir in ["proc", "tmp", "dev", ".old_root"] {
         let _ = std::fs::create_dir_all(rootfs.join(dir));
     }
     let old = rootfs.join(".old_root");
@@ -383,6 +398,108 @@ fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path) {
         fail(format!("detaching the old root: {e}"));
     }
     let _ = std::fs::remove_dir("/.old_root");
+}
+
+/// A `/dev` of the container's own: a small tmpfs with the devices of
+/// [`crate::confine::DEVICES`], new pseudo-terminals, and `/dev/shm`. The
+/// host's disks and the rest are not there (and, on cgroup v1, not
+/// usable either).
+fn private_dev() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let tmpfs = |target: &str, flags: MsFlags, options: &str| {
+        if let Err(e) = mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options)) {
+            fail(format!("mounting a tmpfs at {target}: {e}"));
+        }
+    };
+    let _ = std::fs::create_dir_all("/dev");
+    tmpfs(
+        "/dev",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "mode=755,size=65536k",
+    );
+    for (major, minor, name) in crate::confine::DEVICES {
+        let path = format!("/dev/{name}");
+        if let Err(e) = mknod(
+            path.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(*major, *minor),
+        ) {
+            fail(format!("making {path}: {e}"));
+        }
+        // mknod honours the umask: make sure everyone may use them.
+        let _ =
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    }
+    for dir in ["/dev/pts", "/dev/shm"] {
+        let _ = std::fs::create_dir(dir);
+    }
+    if let Err(e) = mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    ) {
+        fail(format!("mounting /dev/pts: {e}"));
+    }
+    tmpfs(
+        "/dev/shm",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        "mode=1777,size=65536k",
+    );
+    for (link, target) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+}
+
+/// A `/tmp` of the task's own (a tmpfs, charged to the task's memory)
+/// instead of the host's. What must stay reachable below the host's `/tmp`
+/// (an agent whose data directory is there: the sandbox, volumes) is
+/// opened first and bound again at its path inside the new `/tmp`.
+fn private_tmp(keep: &[PathBuf]) {
+    use std::os::fd::AsRawFd;
+    let hidden: Vec<(&PathBuf, File)> = keep
+        .iter()
+        .filter(|p| p.starts_with("/tmp"))
+        .map(|p| match File::open(p) {
+            Ok(f) => (p, f),
+            Err(e) => fail(format!("opening {}: {e}", p.display())),
+        })
+        .collect();
+    if let Err(e) = mount(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    ) {
+        fail(format!("mounting a private /tmp: {e}"));
+    }
+    for (path, dir) in hidden {
+        if let Err(e) = std::fs::create_dir_all(path) {
+            fail(format!(
+                "creating {} in the private /tmp: {e}",
+                path.display()
+            ));
+        }
+        let source = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        if let Err(e) = mount(
+            Some(source.as_str()),
+            path.as_path(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ) {
+            fail(format!("binding {} again: {e}", path.display()));
+        }
+    }
 }
 
 /// The host's filesystems, read-only in this mount namespace, but for
@@ -459,10 +576,14 @@ fn unescape_mount_point(raw: &str) -> PathBuf {
 }
 
 /// Drops to the task's user for good: its group alone, then its uid (which,
-/// for anyone but root, leaves no capabilities), and no way back up through
-/// set-uid programs.
+/// for anyone but root, leaves no capabilities; root keeps a small set),
+/// and no way back up through set-uid programs.
 fn become_user(user: &crate::containerizer::TaskUser) {
     use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let root = user.uid == 0;
+    if let Err(e) = crate::confine::narrow_bounding_set(root) {
+        fail(e);
+    }
     let gid = Gid::from_raw(user.gid);
     if let Err(e) = setgroups(&[gid]) {
         fail(format!("setgroups({}): {e}", user.gid));
@@ -472,6 +593,9 @@ fn become_user(user: &crate::containerizer::TaskUser) {
     }
     if let Err(e) = setuid(Uid::from_raw(user.uid)) {
         fail(format!("setuid({} = {}): {e}", user.uid, user.name));
+    }
+    if root && let Err(e) = crate::confine::limit_root_capabilities() {
+        fail(e);
     }
     if let Err(e) = nix::sys::prctl::set_no_new_privs() {
         fail(format!("no_new_privs: {e}"));

@@ -5,6 +5,7 @@
 mod agent;
 pub mod cgroups;
 pub mod checkpoint;
+pub mod confine;
 pub mod containerizer;
 pub mod detect;
 pub mod health;

@@ -298,7 +298,7 @@ async fn an_image_task_sees_only_its_image_and_its_sandbox() {
         let mut listing = listing.join(" ");
         listing = listing.split_whitespace().collect::<Vec<_>>().join(" ");
         assert_eq!(
-            listing, "IMAGE_MARKER bin mnt proc tmp",
+            listing, "IMAGE_MARKER bin dev mnt proc tmp",
             "{t}: / is the image's root"
         );
         assert!(out.contains("busybox image"), "{out}");
@@ -316,14 +316,22 @@ async fn an_image_task_sees_only_its_image_and_its_sandbox() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_and_restarted_reattaches_and_reports_what_ended_meanwhile() {
     let mut rig = Rig::new(&[]).await;
-    let gate = rig.data.path().join("gate");
+    // The gate is in a declared volume: a task sees no more of the host's
+    // /tmp than that.
+    let gates = tempdir();
+    let gate = gates.path().join("gate");
     let waits = format!(
         "while [ ! -e {} ]; do sleep 0.05; done; echo done",
         gate.display()
     );
+    let mut short = task("short", &waits, &resources(0.2, 64.0));
+    short.volumes = vec![v1::Volume {
+        host_path: gates.path().display().to_string(),
+        read_only: false,
+    }];
     rig.launch(vec![
         task("long", "exec sleep 120", &resources(0.2, 64.0)),
-        task("short", &waits, &resources(0.2, 64.0)),
+        short,
     ])
     .await;
     rig.f
@@ -546,4 +554,56 @@ async fn tasks_run_as_nobody_unless_told_and_never_as_root_unless_the_agent_allo
         .wait_state("root-task", TaskState::TaskFailed, Duration::from_secs(15))
         .await;
     assert!(refused.message.contains("root"), "{}", refused.message);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_are_confined_root_keeps_few_capabilities_and_none_may_mount_or_leave() {
+    let mut rig = Rig::new(&["--allow-root-tasks"]).await;
+    let probe = "grep -E '^Cap(Eff|Bnd)' /proc/self/status; \
+        mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo mount-refused; \
+        unshare -U true 2>/dev/null && echo unshared || echo unshare-refused; \
+        echo dev: $(ls /dev); \
+        echo private > /tmp/agora-private-probe && echo wrote-tmp; \
+        head -c1 /dev/urandom > /dev/null && echo urandom-ok";
+    let mut as_root = task("root-probe", probe, &resources(0.1, 32.0));
+    as_root.user = "root".into();
+    let as_nobody = task("nobody-probe", probe, &resources(0.1, 32.0));
+    let _ = std::fs::remove_file("/tmp/agora-private-probe");
+    rig.launch(vec![as_root, as_nobody]).await;
+    rig.f
+        .wait_all(
+            &["root-probe", "nobody-probe"],
+            TaskState::TaskFinished,
+            Duration::from_secs(15),
+        )
+        .await;
+    let root = rig.stdout("root-probe");
+    // Docker's default set less CAP_MKNOD: no CAP_SYS_ADMIN, no CAP_SYS_PTRACE.
+    assert!(root.contains("CapEff:\t00000000a00425fb"), "{root}");
+    assert!(root.contains("CapBnd:\t00000000a00425fb"), "{root}");
+    let nobody = rig.stdout("nobody-probe");
+    assert!(nobody.contains("CapEff:\t0000000000000000"), "{nobody}");
+    assert!(nobody.contains("CapBnd:\t0000000000000000"), "{nobody}");
+    for (who, out) in [("root", &root), ("nobody", &nobody)] {
+        assert!(out.contains("mount-refused"), "{who} cannot mount: {out}");
+        // Unprivileged user namespaces work on the host; seccomp refuses them.
+        assert!(
+            out.contains("unshare-refused"),
+            "{who} cannot unshare: {out}"
+        );
+        let dev = out
+            .lines()
+            .find_map(|l| l.strip_prefix("dev: "))
+            .expect("the /dev listing");
+        assert_eq!(
+            dev, "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero",
+            "{who}: only the usual devices"
+        );
+        assert!(
+            out.contains("wrote-tmp") && out.contains("urandom-ok"),
+            "{out}"
+        );
+    }
+    // /tmp was the task's own: the host's has nothing.
+    assert!(!Path::new("/tmp/agora-private-probe").exists());
 }

@@ -596,13 +596,15 @@ cmd = "while true; do if [ -e {flag} ]; then i=0; while [ $i -lt 20000 ]; do i=$
 cpus = 0.2
 mem = 16
 instances = 1
+volumes = ["{dir}"]
 [autoscale]
 min = 1
 max = 3
 target_cpu = 0.5
 cooldown = "3s"
 "#,
-        flag = flag.display()
+        flag = flag.display(),
+        dir = dir.path().display()
     );
     deploy(&cluster.url, &spec).await;
     wait_until("one instance running", Duration::from_secs(30), || async {

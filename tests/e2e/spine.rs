@@ -311,18 +311,22 @@ async fn an_update_made_while_the_master_is_down_survives_an_agent_restart_and_a
 
     let mut f = TestFramework::start(&url, "patient", "*").await;
     let offer = f.next_offers(Duration::from_secs(10)).await.remove(0);
-    // The task ends only when the test says so, which is while the master is down.
-    let gate = dir.path().join("gate");
+    // The task ends only when the test says so, which is while the master
+    // is down; it sees the gate through a declared volume (its /tmp is
+    // its own).
+    let gates = tempdir();
+    let gate = gates.path().join("gate");
     let cmd = format!(
         "while [ ! -e {} ]; do sleep 0.05; done; echo done",
         gate.display()
     );
+    let mut survivor = task("survivor", &cmd, &small_task());
+    survivor.volumes = vec![agora_sdk::v1::Volume {
+        host_path: gates.path().display().to_string(),
+        read_only: false,
+    }];
     f.driver
-        .accept(
-            &[offer_id(&offer)],
-            vec![task("survivor", &cmd, &small_task())],
-            None,
-        )
+        .accept(&[offer_id(&offer)], vec![survivor], None)
         .await
         .expect("accept");
     f.wait_state("survivor", TaskState::TaskRunning, Duration::from_secs(10))

@@ -19,6 +19,9 @@ pub struct V1 {
     memory: PathBuf,
     pids: PathBuf,
     freezer: PathBuf,
+    /// The devices controller, where the host has it mounted: tasks get
+    /// the few devices of `confine::DEVICES` and no others.
+    devices: Option<PathBuf>,
 }
 
 impl V1 {
@@ -41,6 +44,7 @@ impl V1 {
             memory: find("memory")?,
             pids: find("pids")?,
             freezer: find("freezer")?,
+            devices: find("devices").ok(),
         })
     }
 
@@ -52,6 +56,7 @@ impl V1 {
             &self.pids,
             &self.freezer,
         ];
+        all.extend(self.devices.as_deref());
         all.sort();
         all.dedup();
         all
@@ -109,6 +114,13 @@ impl CgroupManager for V1 {
         }
         let pids_max = limits.pids_max.map_or("max".to_string(), |n| n.to_string());
         write(&Self::dir(&self.pids, id).join("pids.max"), &pids_max)?;
+        if let Some(devices) = &self.devices {
+            let dir = Self::dir(devices, id);
+            write(&dir.join("devices.deny"), "a")?;
+            for rule in crate::confine::device_cgroup_rules() {
+                write(&dir.join("devices.allow"), &rule)?;
+            }
+        }
         Ok(())
     }
 
@@ -235,6 +247,21 @@ mod tests {
         // One procs file per distinct hierarchy: cpu and cpuacct share one.
         assert_eq!(v1.procs_files("c1").len(), 4);
         assert!(r.join("freezer/agora/c1").is_dir());
+    }
+
+    #[test]
+    fn with_a_devices_hierarchy_everything_is_denied_but_the_usual_few() {
+        let root = tree();
+        std::fs::create_dir_all(root.path().join("devices")).expect("mkdir");
+        let v1 = V1::new(root.path()).expect("v1");
+        v1.init_subtree().expect("subtree");
+        v1.create("c1", &Limits::default()).expect("create");
+        let r = root.path();
+        assert_eq!(fixture::read(r, "devices/agora/c1/devices.deny"), "a");
+        // (A real cgroup takes each line; the fixture keeps the last.)
+        let last = crate::confine::device_cgroup_rules().pop().expect("rules");
+        assert_eq!(fixture::read(r, "devices/agora/c1/devices.allow"), last);
+        assert_eq!(v1.procs_files("c1").len(), 5);
     }
 
     #[test]

@@ -101,10 +101,28 @@ impl LinuxContainerizer {
         pid: u32,
         child: Option<tokio::process::Child>,
     ) -> Box<dyn Container> {
+        let dir = self.runtime_dir.join(&spec.container_id);
+        let start_path = dir.join(SUPERVISOR_START);
+        // At launch the supervisor is our unreaped child: its pid is its
+        // own. Its start time, kept beside the container, tells it apart
+        // from a later process given the same pid.
+        let started = match child {
+            Some(_) => {
+                let started = process_start_time(pid);
+                if let Some(t) = started {
+                    let _ = std::fs::write(&start_path, t.to_string());
+                }
+                started
+            }
+            None => std::fs::read_to_string(&start_path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+        };
         Box::new(LinuxContainer {
             id: spec.container_id.clone(),
-            dir: self.runtime_dir.join(&spec.container_id),
+            dir,
             pid,
+            started,
             child,
             cgroups: self.cgroups.clone(),
             mem_mib: spec.mem_mib,
@@ -262,6 +280,9 @@ struct LinuxContainer {
     dir: PathBuf,
     /// The container's supervisor (`agora container-init`).
     pid: u32,
+    /// When the supervisor started (clock ticks since boot), if known: a
+    /// process with its pid but another start time is not it.
+    started: Option<u64>,
     /// Present when this agent started it; a recovered container is watched
     /// by polling instead (it is not our child any more).
     child: Option<tokio::process::Child>,
@@ -269,14 +290,32 @@ struct LinuxContainer {
     mem_mib: f64,
 }
 
-fn alive(pid: u32) -> bool {
+/// Where a container's supervisor start time is kept.
+const SUPERVISOR_START: &str = "supervisor.start";
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces and parentheses): the state first (field 3 of proc(5)).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// A process's start time, in clock ticks since boot (field 22).
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether the process `pid` runs and, when `started` is known, is the one
+/// that started then (not a later process given the same pid).
+fn alive(pid: u32, started: Option<u64>) -> bool {
+    let Some(fields) = stat_fields(pid) else {
+        return false;
+    };
     // A zombie still "exists" for kill(0); /proc tells them apart.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    let zombie = fields.first().is_some_and(|s| s == "Z");
+    let same = started.is_none_or(|t| fields.get(19).and_then(|f| f.parse().ok()) == Some(t));
+    !zombie && same
 }
 
 impl LinuxContainer {
@@ -300,7 +339,7 @@ impl Container for LinuxContainer {
                     Some(status)
                 }
                 None => {
-                    while alive(self.pid) {
+                    while alive(self.pid, self.started) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     None
@@ -324,6 +363,11 @@ impl Container for LinuxContainer {
     }
 
     fn terminate(&self) -> Result<(), ContainerizerError> {
+        // A recovered supervisor may be gone and its pid given to another
+        // process: that one must not get the signal.
+        if self.child.is_none() && !alive(self.pid, self.started) {
+            return Ok(());
+        }
         // The supervisor forwards it to pid 1, which forwards it to the task.
         match kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM) {
             Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
