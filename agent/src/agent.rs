@@ -46,6 +46,8 @@ pub(crate) enum TaskEvent {
     /// A checkpoint holding the task's outcome reached the disk: its
     /// pending update may go out.
     Checkpointed { key: TaskKey },
+    /// The task holds more on disk than its `disk` resource.
+    OverDisk { key: TaskKey, message: String },
 }
 
 /// One running container, as the agent's HTTP API shows it.
@@ -87,6 +89,8 @@ struct TaskRecord {
     checker: Option<tokio::task::AbortHandle>,
     /// Why the agent killed the task for failing its health checks.
     unhealthy: Option<String>,
+    /// Why the agent killed the task for its disk use.
+    over_disk: Option<String>,
 }
 
 impl TaskRecord {
@@ -103,6 +107,7 @@ impl TaskRecord {
             healthy: None,
             checker: None,
             unhealthy: None,
+            over_disk: None,
         }
     }
 }
@@ -138,6 +143,8 @@ pub(crate) struct Agent<C: Containerizer> {
     events_tx: mpsc::Sender<TaskEvent>,
     /// The sandbox sweep in progress, if any.
     sweeping: Option<tokio::task::JoinHandle<()>>,
+    /// The disk measurement in progress, if any.
+    measuring: Option<tokio::task::JoinHandle<()>>,
     /// The token the master gave for its calls to the HTTP API.
     http_token: tokio::sync::watch::Sender<Option<String>>,
     /// The join credential presented when opening a session.
@@ -250,6 +257,7 @@ impl<C: Containerizer> Agent<C> {
                 checkpoints,
                 writer,
                 sweeping: None,
+                measuring: None,
                 http_token,
                 token,
             },
@@ -273,6 +281,11 @@ impl<C: Containerizer> Agent<C> {
         let gc_period =
             (self.config.sandbox_gc / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
         let mut gc = tokio::time::interval(gc_period);
+        let mut disk_watch = tokio::time::interval(
+            self.config
+                .disk_watch_interval
+                .unwrap_or(Duration::from_secs(3600)),
+        );
         let mut retry = tokio::time::interval(
             self.config
                 .status_retry_interval
@@ -364,6 +377,9 @@ impl<C: Containerizer> Agent<C> {
                 }
                 _ = retry.tick() => self.retry_updates(false),
                 _ = gc.tick() => self.collect_sandboxes(),
+                _ = disk_watch.tick(), if self.config.disk_watch_interval.is_some() => {
+                    self.measure_disks();
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -454,6 +470,47 @@ impl<C: Containerizer> Agent<C> {
         let idle_for = self.config.sandbox_gc;
         self.sweeping = Some(tokio::task::spawn_blocking(move || {
             sweep_sandboxes(&root, &live, idle_for);
+        }));
+    }
+
+    /// Measures running tasks' disk use against their `disk` resource, on a
+    /// blocking thread; one measurement at a time. A task over it is
+    /// reported back (`TaskEvent::OverDisk`) and killed.
+    fn measure_disks(&mut self) {
+        if self.measuring.as_ref().is_some_and(|m| !m.is_finished()) {
+            return;
+        }
+        let claims: Vec<crate::disk::DiskClaim<TaskKey>> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state == TaskState::TaskRunning && t.over_disk.is_none())
+            .filter_map(|(key, t)| {
+                let mb = Resources::from_proto(&t.info.resources)
+                    .ok()?
+                    .scalar("disk");
+                (mb > 0.0).then(|| {
+                    let mut paths = vec![self.sandbox_of(key)];
+                    paths.extend(self.containerizer.disk_paths(&t.container_id));
+                    crate::disk::DiskClaim {
+                        key: key.clone(),
+                        paths,
+                        limit_bytes: (mb * 1_000_000.0) as u64,
+                    }
+                })
+            })
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
+        let events = self.events_tx.clone();
+        self.measuring = Some(tokio::task::spawn_blocking(move || {
+            for over in crate::disk::over_limit(&claims) {
+                let message = over.message();
+                let _ = events.blocking_send(TaskEvent::OverDisk {
+                    key: over.key,
+                    message,
+                });
+            }
         }));
     }
 
@@ -1031,12 +1088,28 @@ impl<C: Containerizer> Agent<C> {
                         reason = task_status::Reason::TaskUnhealthy;
                         message = why;
                     }
+                    if let Some(why) = task.over_disk.take() {
+                        state = TaskState::TaskFailed;
+                        reason = task_status::Reason::ContainerLimitationDisk;
+                        message = why;
+                    }
                 }
                 info!(task = %key.1, state = state.as_str_name(), %message, "task ended");
                 self.update(&key, state, &message, reason, exit_code);
             }
             TaskEvent::Health { key, event } => self.health_event(key, event),
             TaskEvent::Checkpointed { key } => self.send_pending(&key, true),
+            TaskEvent::OverDisk { key, message } => {
+                let Some(task) = self.tasks.get_mut(&key) else {
+                    return;
+                };
+                if is_terminal(task.state) || task.over_disk.is_some() {
+                    return;
+                }
+                warn!(task = %key.1, %message, "killing a task over its disk limit");
+                task.over_disk = Some(message);
+                self.kill(key, None);
+            }
         }
     }
 
@@ -1170,6 +1243,7 @@ impl<C: Containerizer> Agent<C> {
                 }
                 Ok(Some(TaskEvent::Launched { result: Err(_), .. }))
                 | Ok(Some(TaskEvent::Health { .. }))
+                | Ok(Some(TaskEvent::OverDisk { .. }))
                 | Ok(Some(TaskEvent::Checkpointed { .. })) => {}
                 Ok(None) | Err(_) => break,
             }

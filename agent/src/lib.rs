@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod confine;
 pub mod containerizer;
 pub mod detect;
+pub mod disk;
 pub mod health;
 mod http;
 pub mod image;
@@ -56,6 +57,9 @@ pub struct AgentConfig {
     /// The certificate and key of the agent's HTTP API: with them it
     /// serves https.
     pub http_tls: Option<agora_proto::tls::ServerTlsFiles>,
+    /// How often running tasks' disk use is measured against their `disk`
+    /// resource (a task over it is killed); `None` does not enforce it.
+    pub disk_watch_interval: Option<Duration>,
 }
 
 impl AgentConfig {
@@ -80,6 +84,7 @@ impl AgentConfig {
             token: None,
             tls: Default::default(),
             http_tls: None,
+            disk_watch_interval: Some(Duration::from_secs(15)),
         }
     }
 }

@@ -166,6 +166,13 @@ pub struct AgentFlags {
     /// Let tasks run as root (uid 0) when they ask to.
     #[arg(long)]
     pub allow_root_tasks: bool,
+    /// How often running tasks' disk use is measured: a task holding more
+    /// than its `disk` resource is killed (TASK_FAILED, disk limitation).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub disk_watch_interval: Duration,
+    /// Do not enforce tasks' `disk` resource.
+    #[arg(long)]
+    pub no_disk_limit: bool,
 }
 
 #[derive(Args)]

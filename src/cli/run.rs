@@ -87,6 +87,7 @@ fn agent_config(
     config.status_retry_interval = flags.status_retry;
     config.recover_cleanup = flags.recover == "cleanup";
     config.sandbox_gc = flags.sandbox_gc;
+    config.disk_watch_interval = (!flags.no_disk_limit).then_some(flags.disk_watch_interval);
     Ok(config)
 }
 

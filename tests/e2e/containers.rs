@@ -607,3 +607,37 @@ async fn tasks_are_confined_root_keeps_few_capabilities_and_none_may_mount_or_le
     // /tmp was the task's own: the host's has nothing.
     assert!(!Path::new("/tmp/agora-private-probe").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_writing_past_its_disk_is_killed_and_fails_with_the_disk_limitation() {
+    let mut rig = Rig::new(&["--disk-watch-interval", "200ms"]).await;
+    let hog_cmd = "head -c 5000000 /dev/zero > blob && echo written; exec sleep 60";
+    let hog = task(
+        "disk-hog",
+        hog_cmd,
+        &resources(0.1, 32.0).with_scalar("disk", 2.0),
+    );
+    let modest = task(
+        "disk-modest",
+        "head -c 100000 /dev/zero > blob; exec sleep 60",
+        &resources(0.1, 32.0).with_scalar("disk", 2.0),
+    );
+    rig.launch(vec![hog, modest]).await;
+    let failed = rig
+        .f
+        .wait_state("disk-hog", TaskState::TaskFailed, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        failed.reason(),
+        agora_sdk::v1::task_status::Reason::ContainerLimitationDisk,
+        "{failed:?}"
+    );
+    assert!(
+        failed.message.contains("disk limit of 2 MB"),
+        "{}",
+        failed.message
+    );
+    // The task within its disk keeps running.
+    let (_, tasks) = get(&format!("{}/api/v1/tasks/disk-modest", rig.url)).await;
+    assert_eq!(tasks["state"], "TASK_RUNNING", "{tasks}");
+}

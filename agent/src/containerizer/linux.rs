@@ -222,6 +222,10 @@ impl Containerizer for LinuxContainerizer {
         true
     }
 
+    fn disk_paths(&self, container_id: &str) -> Vec<PathBuf> {
+        vec![self.runtime_dir.join(container_id)]
+    }
+
     fn usage(&self, container_id: &str) -> Option<Usage> {
         self.cgroups.stats(container_id).ok()
     }

@@ -188,6 +188,13 @@ pub trait Containerizer: Send + Sync + 'static {
     }
     /// Whether tasks survive an agent restart (so a stopping agent leaves
     /// them running).
+    /// Where a container keeps what its task writes outside its sandbox
+    /// (an image's overlay), for the disk limit.
+    fn disk_paths(&self, container_id: &str) -> Vec<std::path::PathBuf> {
+        let _ = container_id;
+        Vec::new()
+    }
+
     fn can_recover(&self) -> bool {
         false
     }
