@@ -853,8 +853,14 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
         .filter(|f| f.name == name && !f.webui_url.is_empty())
         // A connected one before one that is away.
         .max_by_key(|f| f.active)
-        .map(|f| (f.webui_url.clone(), f.relay_token.clone()));
-    let Some((base, relay_token)) = announced else {
+        .map(|f| {
+            (
+                f.webui_url.clone(),
+                f.relay_token.clone(),
+                f.principal.clone(),
+            )
+        });
+    let Some((base, relay_token, framework_principal)) = announced else {
         return not_found();
     };
     let target = format!(
@@ -888,9 +894,17 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
     // The caller's own credential stays here; the framework learns who
     // called from the master, which proves itself with the relay token.
     if !relay_token.is_empty() {
+        // Whoever may tear the framework down may act on all it holds.
+        let operator = api.core.policy().allows(
+            &caller,
+            Action::TeardownFramework {
+                framework_principal: &framework_principal,
+            },
+        );
         forward = forward
             .bearer_auth(relay_token)
-            .header(agora_proto::PRINCIPAL_HEADER, caller.name());
+            .header(agora_proto::PRINCIPAL_HEADER, caller.name())
+            .header(agora_proto::OPERATOR_HEADER, operator.to_string());
     }
     match forward.send().await {
         Ok(mut answer) => {

@@ -29,3 +29,8 @@ pub use task_state::is_terminal;
 /// The header in which the master names the caller on requests it relays
 /// to a framework's `webui_url` (trusted only with the relay token).
 pub const PRINCIPAL_HEADER: &str = "x-agora-principal";
+
+/// The header in which the master says whether that caller may act on
+/// everything the framework holds (`true`: its ACLs let it tear the
+/// framework down).
+pub const OPERATOR_HEADER: &str = "x-agora-operator";

@@ -664,3 +664,85 @@ async fn a_master_off_loopback_without_tls_refuses_to_start_unless_told_insecure
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_is_its_submitter_s_and_the_batch_api_answers_only_through_the_master() {
+    let s = secured().await;
+    let url = &s.url;
+    // The batch framework, as its own principal, allowed its role and name.
+    let mut text = std::fs::read_to_string(&s.auth).expect("auth");
+    text = text.replacen(
+        "[acls]",
+        "[[principals]]\nname = \"batch\"\ntoken = \"batch-token-0123456789ab\"\n\n[acls]",
+        1,
+    );
+    text = text.replacen(
+        "register_frameworks = [",
+        "register_frameworks = [{ principals = [\"batch\"], roles = [\"*\"] },\n",
+        1,
+    );
+    text.push_str("announce_webui = [{ principals = [\"batch\"], names = [\"batch\"] }]\n");
+    std::fs::write(&s.auth, text).expect("auth");
+    s.master.signal(nix::sys::signal::Signal::SIGHUP);
+    let token_file = s.dir.path().join("batch-token");
+    std::fs::write(&token_file, "batch-token-0123456789ab").expect("token");
+    let batch_data = tempdir();
+    let batch = start_batch(
+        url,
+        batch_data.path(),
+        &["--token-file", token_file.to_str().expect("utf-8")],
+    );
+    let direct = batch.url.clone().expect("batch url");
+    wait_until(
+        "the batch API through the master",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = status_of(as_(TEAM_A).get(format!("{url}/batch/v1/jobs"))).await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+
+    let submit = |token: &'static str, id: &str| {
+        as_(token)
+            .post(format!("{url}/batch/v1/jobs"))
+            .body(format!(
+                "id = \"{id}\"\ncmd = \"sleep 30\"\ncpus = 0.1\nmem = 16\n"
+            ))
+    };
+    assert_eq!(status_of(submit(TEAM_A, "a-job")).await.0, 201);
+    assert_eq!(status_of(submit(TEAM_B, "b-job")).await.0, 201);
+    let ids = |body: &Value| -> Vec<String> {
+        body["jobs"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .filter_map(|j| j["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (_, mine) = status_of(as_(TEAM_B).get(format!("{url}/batch/v1/jobs"))).await;
+    assert_eq!(ids(&mine), ["b-job"], "B sees its own jobs only");
+    let (status, body) = status_of(as_(TEAM_B).get(format!("{url}/batch/v1/jobs/a-job"))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("team-a")),
+        "{body}"
+    );
+    let (status, _) = status_of(as_(TEAM_B).post(format!("{url}/batch/v1/jobs/a-job/kill"))).await;
+    assert_eq!(status, 403);
+    let (status, _) = status_of(as_(TEAM_B).delete(format!("{url}/batch/v1/jobs/a-job"))).await;
+    assert_eq!(status, 403);
+    // The operator (who may tear batch down) sees and acts on both.
+    let (_, all) = status_of(as_(OPS).get(format!("{url}/batch/v1/jobs"))).await;
+    assert_eq!(ids(&all), ["a-job", "b-job"]);
+    let (status, _) = status_of(as_(OPS).post(format!("{url}/batch/v1/jobs/a-job/kill"))).await;
+    assert_eq!(status, 200);
+    // The batch API's own port answers no one directly, forged headers or not.
+    let forged = reqwest::Client::new()
+        .get(format!("{direct}/batch/v1/jobs"))
+        .header("x-agora-principal", "ops")
+        .header("x-agora-operator", "true");
+    assert_eq!(status_of(forged).await.0, 401);
+}

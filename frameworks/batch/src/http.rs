@@ -8,11 +8,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use agora_sdk::RelayedCaller;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
 use crate::engine::EngineError;
@@ -59,9 +60,43 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .layer(axum::middleware::map_response(too_large_as_json))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
+            owners_only,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
             relayed_only,
         ))
         .with_state(shared)
+}
+
+/// A job is its submitter's: `/batch/v1/jobs/{id}/…` answers only its
+/// owner (or an operator, or anyone without authentication at the master).
+async fn owners_only(
+    State(shared): Api,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request
+        .uri()
+        .path()
+        .strip_prefix("/batch/v1/jobs/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty())
+        .map(str::to_string);
+    if let Some(id) = id {
+        let caller = request
+            .extensions()
+            .get::<RelayedCaller>()
+            .cloned()
+            .unwrap_or_default();
+        let owner = shared.engine().job(&id).and_then(|j| j.spec.owner.clone());
+        if let Some(owner) = owner
+            && !caller.may_act_on(Some(&owner))
+        {
+            return caller.refusal(&format!("job `{id}`"), &owner);
+        }
+    }
+    next.run(request).await
 }
 
 /// Only what the master relays is served (it authenticated the caller);
@@ -221,7 +256,11 @@ async fn metrics(State(api): Api) -> Response {
         .into_response()
 }
 
-async fn list_jobs(State(api): Api, Query(params): Query<HashMap<String, String>>) -> Response {
+async fn list_jobs(
+    State(api): Api,
+    Extension(caller): Extension<RelayedCaller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     let states: Option<Vec<String>> = params.get("state").map(|s| {
         s.split(',')
             .map(|x| x.trim().to_ascii_uppercase())
@@ -257,6 +296,7 @@ async fn list_jobs(State(api): Api, Query(params): Query<HashMap<String, String>
     let engine = api.engine();
     let mut jobs: Vec<&Job> = engine
         .jobs()
+        .filter(|j| caller.may_act_on(j.spec.owner.as_deref()))
         .filter(|j| {
             states
                 .as_ref()
@@ -274,11 +314,18 @@ async fn list_jobs(State(api): Api, Query(params): Query<HashMap<String, String>
     Json(json!({ "jobs": list, "total": total })).into_response()
 }
 
-async fn create_jobs(State(api): Api, body: String) -> Response {
-    let specs = match spec::parse(&body) {
+async fn create_jobs(
+    State(api): Api,
+    Extension(caller): Extension<RelayedCaller>,
+    body: String,
+) -> Response {
+    let mut specs = match spec::parse(&body) {
         Ok(specs) => specs,
         Err(e) => return spec_error(&e),
     };
+    for spec in &mut specs {
+        spec.owner = caller.principal.clone();
+    }
     if let Err(e) = check_fit(&api, &specs).await {
         return spec_error(&e);
     }
@@ -309,7 +356,9 @@ async fn update_job(State(api): Api, Path(id): Path<String>, body: String) -> Re
     if specs.len() != 1 {
         return spec_error(&SpecError::new("spec", "an update holds exactly one job"));
     }
-    let spec = specs.remove(0);
+    let mut spec = specs.remove(0);
+    // The job stays its submitter's (the owners-only layer let the caller in).
+    spec.owner = api.engine().job(&id).and_then(|j| j.spec.owner.clone());
     if spec.id != id {
         return spec_error(&SpecError::new(
             "id",

@@ -57,6 +57,11 @@ pub struct JobSpec {
     /// Host paths the tasks may write besides their sandbox.
     #[serde(default)]
     pub volumes: Vec<agora_sdk::spec::Volume>,
+    /// The principal that submitted the job (set by the API from who
+    /// called, never by the spec): only it, or an operator, sees and
+    /// changes the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 fn yes() -> bool {
@@ -244,6 +249,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<JobSpec, SpecError> {
         stop_when_master_lost,
         user,
         volumes,
+        owner: None,
     })
 }
 

@@ -138,36 +138,6 @@ struct Subscription {
     relay_token: Option<String>,
 }
 
-/// Who called a framework's HTTP API through the master.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RelayedCaller {
-    /// The master runs without authentication.
-    Anyone,
-    /// The principal the master authenticated.
-    Principal(String),
-}
-
-impl RelayedCaller {
-    /// The principal, if there is one.
-    pub fn principal(&self) -> Option<&str> {
-        match self {
-            RelayedCaller::Anyone => None,
-            RelayedCaller::Principal(p) => Some(p),
-        }
-    }
-}
-
-/// Why a request to a framework's HTTP API is not taken.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RelayRefusal {
-    #[error("the framework has not subscribed to a master yet")]
-    NotSubscribed,
-    #[error(
-        "this API answers requests relayed by the master only (use the master's /{{name}}/… path)"
-    )]
-    NotFromTheMaster,
-}
-
 /// A cheap, cloneable handle for calls to the master.
 #[derive(Clone)]
 pub struct Driver {
@@ -389,36 +359,19 @@ impl Driver {
     }
 
     /// Who sent a request the master relayed to this framework's
-    /// `webui_url`: the principal the master names, trusted only when the
-    /// request carries the relay token of the current subscription. Without
-    /// authentication at the master, the caller is [`RelayedCaller::Anyone`].
+    /// `webui_url` (see [`crate::relay`]): trusted only when the request
+    /// carries the relay token of the current subscription.
     pub fn relayed_caller(
         &self,
         headers: &reqwest::header::HeaderMap,
-    ) -> Result<RelayedCaller, RelayRefusal> {
+    ) -> Result<crate::relay::RelayedCaller, crate::relay::RelayRefusal> {
         let expected = self
             .subscription
             .lock()
             .ok()
             .and_then(|s| s.relay_token.clone())
-            .ok_or(RelayRefusal::NotSubscribed)?;
-        if expected.is_empty() {
-            return Ok(RelayedCaller::Anyone);
-        }
-        let presented = headers
-            .get(reqwest::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !agora_proto::auth::tokens_match(presented, &expected) {
-            return Err(RelayRefusal::NotFromTheMaster);
-        }
-        headers
-            .get(agora_proto::PRINCIPAL_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| !p.is_empty())
-            .map(|p| RelayedCaller::Principal(p.to_string()))
-            .ok_or(RelayRefusal::NotFromTheMaster)
+            .ok_or(crate::relay::RelayRefusal::NotSubscribed)?;
+        crate::relay::RelayedCaller::from_headers(headers, &expected)
     }
 
     /// The framework id, once subscribed.

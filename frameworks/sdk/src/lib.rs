@@ -20,8 +20,9 @@ pub use agora_proto::tls::ClientTls;
 pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
 pub use agora_proto::{Demand, RangeSet, Resources, is_terminal, limits, v1};
-pub use driver::{Driver, FrameworkConfig, RelayRefusal, RelayedCaller, SdkError, run_until};
+pub use driver::{Driver, FrameworkConfig, SdkError, run_until};
 pub use interest::OfferInterest;
+pub use relay::{RelayRefusal, RelayedCaller};
 /// gRPC status codes, as [`SdkError::code`] reports them.
 pub use tonic::Code;
 

@@ -11,13 +11,14 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use agora_sdk::RelayedCaller;
 use agora_sdk::spec::SpecError;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -190,8 +191,32 @@ fn detail(shared: &Shared, app: &App) -> Value {
     })
 }
 
-async fn list_apps(State(api): Api) -> Response {
-    let apps: Vec<App> = api.engine().apps().cloned().collect();
+/// The owner of app `id`, if the app exists and has one.
+fn owner_of(api: &Shared, id: &str) -> Option<String> {
+    api.engine()
+        .app(id)
+        .ok()
+        .and_then(|a| a.spec().owner.clone())
+}
+
+/// `Ok` when `caller` may see and change app `id` (or there is no such
+/// app), else the 403 to answer.
+fn check_owner(api: &Shared, caller: &RelayedCaller, id: &str) -> Result<(), Response> {
+    match owner_of(api, id) {
+        Some(owner) if !caller.may_act_on(Some(&owner)) => {
+            Err(caller.refusal(&format!("app `{id}`"), &owner))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn list_apps(State(api): Api, Extension(caller): Extension<RelayedCaller>) -> Response {
+    let apps: Vec<App> = api
+        .engine()
+        .apps()
+        .filter(|a| caller.may_act_on(a.spec().owner.as_deref()))
+        .cloned()
+        .collect();
     let list: Vec<Value> = apps.iter().map(|a| summary(&api, a)).collect();
     Json(json!({ "apps": list })).into_response()
 }
@@ -241,7 +266,18 @@ async fn check_fits(api: &Shared, specs: &[AppSpec]) -> Result<(), SpecError> {
     Ok(())
 }
 
-async fn deploy_specs(api: &Shared, specs: Vec<AppSpec>) -> Response {
+async fn deploy_specs(api: &Shared, caller: &RelayedCaller, mut specs: Vec<AppSpec>) -> Response {
+    // A new app is the caller's; a new version keeps its app's owner, and
+    // only the owner (or an operator) may make one.
+    for s in &mut specs {
+        if let Err(refusal) = check_owner(api, caller, &s.id) {
+            return refusal;
+        }
+        s.owner = match api.engine().app(&s.id) {
+            Ok(app) => app.spec().owner.clone(),
+            Err(_) => caller.principal.clone(),
+        };
+    }
     if let Err(e) = check_fits(api, &specs).await {
         return spec_error(&e);
     }
@@ -277,18 +313,23 @@ async fn deploy_specs(api: &Shared, specs: Vec<AppSpec>) -> Response {
     (StatusCode::CREATED, Json(json!({ "deployments": out }))).into_response()
 }
 
-async fn create_apps(State(api): Api, body: String) -> Response {
+async fn create_apps(
+    State(api): Api,
+    Extension(caller): Extension<RelayedCaller>,
+    body: String,
+) -> Response {
     let specs = match spec::parse(&body) {
         Ok(s) => s,
         Err(e) => return spec_error(&e),
     };
-    deploy_specs(&api, specs).await
+    deploy_specs(&api, &caller, specs).await
 }
 
 /// `/services/v1/apps/{id}[/action]`: app ids hold `/`, so the action is
 /// told apart by its (reserved) last segment.
 async fn app_route(
     State(api): Api,
+    Extension(caller): Extension<RelayedCaller>,
     method: Method,
     Path(rest): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -300,6 +341,9 @@ async fn app_route(
         _ => (rest, None),
     };
     let id = id.to_string();
+    if let Err(refusal) = check_owner(&api, &caller, &id) {
+        return refusal;
+    }
     match (method.clone(), action) {
         (Method::GET, None) => with_app(&api, &id, |app| Json(detail(&api, app)).into_response()),
         (Method::PUT, None) => {
@@ -313,7 +357,7 @@ async fn app_route(
                     format!("the body must be one app whose id is `{id}`"),
                 ));
             }
-            deploy_specs(&api, specs).await
+            deploy_specs(&api, &caller, specs).await
         }
         (Method::DELETE, None) => {
             let result = api.engine().remove(&id, now_ms());
@@ -445,17 +489,25 @@ async fn finish(api: &Shared, result: Result<Value, EngineError>) -> Response {
     }
 }
 
-async fn list_deployments(State(api): Api) -> Response {
+async fn list_deployments(
+    State(api): Api,
+    Extension(caller): Extension<RelayedCaller>,
+) -> Response {
     let engine = api.engine();
     let list: Vec<Value> = engine
         .apps()
+        .filter(|a| caller.may_act_on(a.spec().owner.as_deref()))
         .filter_map(|a| a.active_deployment().map(|d| (a, d)))
         .map(|(a, d)| json!({"app": a.id, "deployment": d}))
         .collect();
     Json(json!({ "deployments": list })).into_response()
 }
 
-async fn cancel_deployment(State(api): Api, Path(id): Path<String>) -> Response {
+async fn cancel_deployment(
+    State(api): Api,
+    Extension(caller): Extension<RelayedCaller>,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(number) = id.parse::<u64>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -473,6 +525,9 @@ async fn cancel_deployment(State(api): Api, Path(id): Path<String>) -> Response 
             format!("no running deployment {number}"),
         );
     };
+    if let Err(refusal) = check_owner(&api, &caller, &app) {
+        return refusal;
+    }
     let result = api.engine().cancel(&app, now_ms());
     finish(&api, result.map(|d| json!({"app": app, "rollback": d}))).await
 }

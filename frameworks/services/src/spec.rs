@@ -129,6 +129,10 @@ pub struct AppSpec {
     pub backoff: BackoffSpec,
     pub service: Option<ServiceSpec>,
     pub autoscale: Option<AutoscaleSpec>,
+    /// The principal that deployed the app (set by the API from who called,
+    /// never by the spec): only it, or an operator, sees and changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl AppSpec {
@@ -335,6 +339,7 @@ fn from_map(mut map: Map<String, Value>) -> Result<AppSpec, SpecError> {
         backoff,
         service,
         autoscale,
+        owner: None,
     })
 }
 
