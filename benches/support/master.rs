@@ -23,15 +23,26 @@ impl Drop for Master {
 }
 
 fn spawn(listen: &str, data: &std::path::Path) -> (Child, String) {
+    spawn_with(listen, data, &[])
+}
+
+/// A master with `security` flags (`--auth FILE`, `--tls-cert …`) in place
+/// of `--no-auth`.
+fn spawn_with(listen: &str, data: &std::path::Path, security: &[String]) -> (Child, String) {
     // Another build's master, to tell the master's share of a change from
     // the rest (the emulator and frameworks run in the benchmark).
     let other = std::env::var("AGORA_BENCH_MASTER").ok();
     // Builds from before authentication have no `--no-auth`.
-    let no_auth: &[&str] = if other.is_some() { &[] } else { &["--no-auth"] };
+    let no_auth: &[&str] = if other.is_some() || !security.is_empty() {
+        &[]
+    } else {
+        &["--no-auth"]
+    };
     let binary = other.unwrap_or_else(|| env!("CARGO_BIN_EXE_agora").into());
     let mut child = Command::new(binary)
         .arg("master")
         .args(no_auth)
+        .args(security)
         .args(["--listen", listen, "--data-dir"])
         .arg(data)
         // Emulated agents are many connections from one address.
@@ -47,8 +58,13 @@ fn spawn(listen: &str, data: &std::path::Path) -> (Child, String) {
 
 impl Master {
     pub fn start() -> Master {
+        Master::start_with(&[])
+    }
+
+    /// A master with `security` flags instead of `--no-auth`.
+    pub fn start_with(security: &[String]) -> Master {
         let data = tempfile::tempdir().expect("tempdir");
-        let (child, url) = spawn("127.0.0.1:0", data.path());
+        let (child, url) = spawn_with("127.0.0.1:0", data.path(), security);
         Master { child, url, data }
     }
 

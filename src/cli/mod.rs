@@ -346,6 +346,12 @@ struct BatchArgs {
     token: TokenFlags,
     #[command(flatten)]
     trust: TrustFlags,
+    /// The batch API's certificate.
+    #[command(flatten)]
+    tls: ServeTlsFlags,
+    /// Serve the API in plaintext on an address other than loopback.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args, Clone)]
@@ -384,6 +390,12 @@ struct ServicesArgs {
     token: TokenFlags,
     #[command(flatten)]
     trust: TrustFlags,
+    /// The services API's certificate.
+    #[command(flatten)]
+    tls: ServeTlsFlags,
+    /// Serve the API in plaintext on an address other than loopback.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]

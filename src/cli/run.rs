@@ -333,8 +333,11 @@ pub async fn batch(args: super::BatchArgs) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} for the batch HTTP API"))?;
+    let http_tls = args.tls.files(None);
+    refuse_plaintext_off_loopback(&listener, http_tls.is_some(), args.insecure)?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    println!("agora batch listening on http://{addr}");
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
+    println!("agora batch listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
     let mut config = agora_batch::BatchConfig::new(args.master, args.data_dir);
     config.advertise = args.advertise;
@@ -343,6 +346,7 @@ pub async fn batch(args: super::BatchArgs) -> anyhow::Result<ExitCode> {
     config.lease_ttl = args.ha.leader_lease;
     config.token = args.token.token()?;
     config.tls = args.trust.client_tls()?;
+    config.http_tls = http_tls;
     agora_batch::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -352,8 +356,11 @@ pub async fn services(args: super::ServicesArgs) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} for the services HTTP API"))?;
+    let http_tls = args.tls.files(None);
+    refuse_plaintext_off_loopback(&listener, http_tls.is_some(), args.insecure)?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    println!("agora services listening on http://{addr}");
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
+    println!("agora services listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
     let mut config = agora_services::ServicesConfig::new(args.master, args.data_dir);
     config.advertise = args.advertise;
@@ -363,6 +370,7 @@ pub async fn services(args: super::ServicesArgs) -> anyhow::Result<ExitCode> {
     config.lease_ttl = args.ha.leader_lease;
     config.token = args.token.token()?;
     config.tls = args.trust.client_tls()?;
+    config.http_tls = http_tls;
     agora_services::run(config, listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }

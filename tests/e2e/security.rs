@@ -508,7 +508,19 @@ async fn tls_end_to_end_a_wrong_ca_is_refused_and_a_client_certificate_names_a_p
             r#"view_frameworks = [{ principals = ["ops"]"#,
             r#"view_frameworks = [{ principals = ["ops", "ops-cert"]"#,
             1,
-        );
+        )
+        // The batch framework, to serve its API over TLS too.
+        .replacen(
+            "[acls]",
+            "[[principals]]\nname = \"batch\"\ntoken = \"batch-token-0123456789ab\"\n\n[acls]",
+            1,
+        )
+        .replacen(
+            "register_frameworks = [",
+            "register_frameworks = [{ principals = [\"batch\"], roles = [\"*\"] },\n",
+            1,
+        )
+        + "announce_webui = [{ principals = [\"batch\"], names = [\"batch\"] }]\n";
     std::fs::write(&auth, text).expect("auth");
 
     let master = start_master(
@@ -646,6 +658,47 @@ async fn tls_end_to_end_a_wrong_ca_is_refused_and_a_client_certificate_names_a_p
         ],
     );
     assert!(!ok, "an unknown client certificate is no credential");
+
+    // The batch framework serves its API over TLS; the master relays to
+    // it trusting the cluster CA.
+    certificate(&certs, "batch", "127.0.0.1");
+    let token_file = dir.path().join("batch-token");
+    std::fs::write(&token_file, "batch-token-0123456789ab").expect("token");
+    let batch_data = tempdir();
+    let batch = start_batch(
+        &url,
+        batch_data.path(),
+        &[
+            "--token-file",
+            &path(token_file),
+            "--tls-ca",
+            &ca_str,
+            "--tls-cert",
+            &path(certs.join("batch.pem")),
+            "--tls-key",
+            &path(certs.join("batch-key.pem")),
+        ],
+    );
+    assert!(
+        batch
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    );
+    wait_until(
+        "a job submitted over TLS, relayed over TLS",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = status_of(
+                trusting()
+                    .post(format!("{url}/batch/v1/jobs"))
+                    .body("id = \"tls-job\"\ncmd = \"true\"\ncpus = 0.1\nmem = 16\n"),
+            )
+            .await;
+            (status == 201).then_some(())
+        },
+    )
+    .await;
     f.teardown().await;
 }
 

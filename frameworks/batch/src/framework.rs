@@ -47,6 +47,9 @@ pub struct BatchConfig {
     pub token: Option<String>,
     /// What the framework trusts of an `https://` master.
     pub tls: agora_sdk::ClientTls,
+    /// The certificate and key of the framework's HTTP API: with them it
+    /// serves https (and the master must trust their CA).
+    pub http_tls: Option<agora_sdk::ServerTlsFiles>,
 }
 
 impl BatchConfig {
@@ -63,6 +66,7 @@ impl BatchConfig {
             lease_ttl: Duration::from_secs(2),
             token: None,
             tls: Default::default(),
+            http_tls: None,
         }
     }
 }
@@ -77,7 +81,9 @@ pub enum BatchError {
     Deposed,
     #[error("batch HTTP API: {0}")]
     Http(std::io::Error),
-    #[error("talking to the master: {0}")]
+    // Its messages say they are about the master; `{0}` beside a source
+    // would print it twice in an error chain.
+    #[error(transparent)]
     Sdk(#[from] agora_sdk::SdkError),
 }
 
@@ -319,10 +325,14 @@ pub async fn run(
 ) -> Result<(), BatchError> {
     tokio::pin!(shutdown);
     let addr: SocketAddr = listener.local_addr().map_err(BatchError::Http)?;
-    let webui = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let webui = config.advertise.clone().unwrap_or_else(|| {
+        let scheme = if config.http_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    });
     let store_config = StoreConfig::for_framework(
         config.data_dir.join("batch-store.redb"),
         config.etcd.as_deref(),
@@ -391,14 +401,18 @@ pub async fn run(
     let writer = tokio::spawn(agora_store::writer::group_commits(journal, stop_rx.clone()));
     let clock = tokio::spawn(clock_loop(shared.clone(), stop_rx.clone()));
     let app = crate::http::router(shared.clone());
-    let mut http_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    // A certificate that cannot be used stops the framework here, not
+    // silently in the server's task.
+    if let Some(tls) = &config.http_tls {
+        tls.config()
+            .map_err(|e| BatchError::Http(std::io::Error::other(e.to_string())))?;
+    }
+    let server = tokio::spawn(agora_sdk::serve::serve_api(
+        listener,
+        app,
+        config.http_tls.clone(),
+        stop_rx.clone(),
+    ));
     info!(%webui, master = %config.master, "batch framework serving");
     let result = agora_sdk::run_until(
         fw,

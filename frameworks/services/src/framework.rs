@@ -54,6 +54,9 @@ pub struct ServicesConfig {
     pub token: Option<String>,
     /// What the framework trusts of an `https://` master.
     pub tls: agora_sdk::ClientTls,
+    /// The certificate and key of the framework's HTTP API: with them it
+    /// serves https (and the master must trust their CA).
+    pub http_tls: Option<agora_sdk::ServerTlsFiles>,
 }
 
 impl ServicesConfig {
@@ -72,6 +75,7 @@ impl ServicesConfig {
             lease_ttl: Duration::from_secs(2),
             token: None,
             tls: Default::default(),
+            http_tls: None,
         }
     }
 }
@@ -83,7 +87,9 @@ pub enum ServicesError {
     Store(#[from] ServicesStoreError),
     #[error("services HTTP API: {0}")]
     Http(std::io::Error),
-    #[error("talking to the master: {0}")]
+    // Its messages say they are about the master; `{0}` beside a source
+    // would print it twice in an error chain.
+    #[error(transparent)]
     Sdk(#[from] SdkError),
     /// Another replica is active now; this one stopped acting.
     #[error("this services replica lost its lease and stopped; restart it to stand by")]
@@ -330,10 +336,14 @@ pub async fn run(
 ) -> Result<(), ServicesError> {
     tokio::pin!(shutdown);
     let addr: SocketAddr = listener.local_addr().map_err(ServicesError::Http)?;
-    let webui = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let webui = config.advertise.clone().unwrap_or_else(|| {
+        let scheme = if config.http_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    });
     let store_config = StoreConfig::for_framework(
         config.data_dir.join("services.redb"),
         config.etcd.as_deref(),
@@ -401,14 +411,18 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let app = crate::http::router(shared.clone());
-    let mut http_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    // A certificate that cannot be used stops the framework here, not
+    // silently in the server's task.
+    if let Some(tls) = &config.http_tls {
+        tls.config()
+            .map_err(|e| ServicesError::Http(std::io::Error::other(e.to_string())))?;
+    }
+    let server = tokio::spawn(agora_sdk::serve::serve_api(
+        listener,
+        app,
+        config.http_tls.clone(),
+        stop_rx.clone(),
+    ));
     info!(%webui, master = %config.master, "services framework serving");
     let result = agora_sdk::run_until(
         fw,
