@@ -526,3 +526,43 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// An operator's auth file is parsed or refused with a message;
+        /// nothing in it makes the master panic.
+        #[test]
+        fn any_text_is_an_auth_file_or_an_error(text in "\\PC{0,200}") {
+            let _ = Policy::parse(&text, Path::new("auth.toml"));
+        }
+
+        #[test]
+        fn auth_shaped_toml_never_panics(
+            name in "[a-z\\- ]{0,12}",
+            token in "[ -~]{0,40}",
+            hex in "[0-9a-fA-FxyZ]{0,70}",
+            principals in prop::sample::select(vec!["\"any\"", "[]", "[\"a\"]", "\"none\"", "3", "[1]"]),
+            action in prop::sample::select(vec!["drain_agents", "run_tasks", "view_tasks", "nope"]),
+            field in prop::sample::select(vec!["users", "roles", "framework_principals", "names", ""]),
+        ) {
+            let object = if field.is_empty() { String::new() } else { format!(", {field} = {principals}") };
+            let text = format!(
+                "[[principals]]\nname = \"{name}\"\ntoken = \"{}\"\n[[principals]]\nname = \"b\"\ntoken_sha256 = \"{hex}\"\n[acls]\n{action} = [{{ principals = {principals}{object} }}]\n",
+                token.replace(['"', '\\'], "")
+            );
+            if let Ok(policy) = Policy::parse(&text, Path::new("auth.toml")) {
+                // Whatever parsed answers every question without panicking.
+                let caller = Caller::Principal(Principal(Arc::from("b")));
+                let _ = policy.allows(&caller, Action::DrainAgent);
+                let _ = policy.allows(&caller, Action::RunTask { user: "root" });
+                let _ = policy.views_everything(&caller);
+            }
+        }
+    }
+}
