@@ -564,7 +564,8 @@ async fn tasks_are_confined_root_keeps_few_capabilities_and_none_may_mount_or_le
         unshare -U true 2>/dev/null && echo unshared || echo unshare-refused; \
         echo dev: $(ls /dev); \
         echo private > /tmp/agora-private-probe && echo wrote-tmp; \
-        head -c1 /dev/urandom > /dev/null && echo urandom-ok";
+        head -c1 /dev/urandom > /dev/null && echo urandom-ok; \
+        touch /etc/agora-probe 2>/dev/null && echo wrote-etc || echo etc-read-only";
     let mut as_root = task("root-probe", probe, &resources(0.1, 32.0));
     as_root.user = "root".into();
     let as_nobody = task("nobody-probe", probe, &resources(0.1, 32.0));
@@ -602,6 +603,10 @@ async fn tasks_are_confined_root_keeps_few_capabilities_and_none_may_mount_or_le
         assert!(
             out.contains("wrote-tmp") && out.contains("urandom-ok"),
             "{out}"
+        );
+        assert!(
+            out.contains("etc-read-only"),
+            "{who} cannot write /etc: {out}"
         );
     }
     // /tmp was the task's own: the host's has nothing.
