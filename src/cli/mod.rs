@@ -234,6 +234,21 @@ impl ServeTlsFlags {
     }
 }
 
+/// A framework process's credentials and its API's certificate.
+#[derive(Args, Clone)]
+pub struct FrameworkSecurityFlags {
+    #[command(flatten)]
+    pub token: TokenFlags,
+    #[command(flatten)]
+    pub trust: TrustFlags,
+    /// The framework API's certificate.
+    #[command(flatten)]
+    pub tls: ServeTlsFlags,
+    /// Serve the API in plaintext on an address other than loopback.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
 /// Where a process finds the token it presents to the master
 /// (`AGORA_TOKEN` overrides).
 #[derive(Args, Clone)]
@@ -343,15 +358,7 @@ struct BatchArgs {
     #[command(flatten)]
     batch: BatchFlags,
     #[command(flatten)]
-    token: TokenFlags,
-    #[command(flatten)]
-    trust: TrustFlags,
-    /// The batch API's certificate.
-    #[command(flatten)]
-    tls: ServeTlsFlags,
-    /// Serve the API in plaintext on an address other than loopback.
-    #[arg(long)]
-    insecure: bool,
+    security: FrameworkSecurityFlags,
 }
 
 #[derive(Args, Clone)]
@@ -387,15 +394,7 @@ struct ServicesArgs {
     #[command(flatten)]
     services: ServicesFlags,
     #[command(flatten)]
-    token: TokenFlags,
-    #[command(flatten)]
-    trust: TrustFlags,
-    /// The services API's certificate.
-    #[command(flatten)]
-    tls: ServeTlsFlags,
-    /// Serve the API in plaintext on an address other than loopback.
-    #[arg(long)]
-    insecure: bool,
+    security: FrameworkSecurityFlags,
 }
 
 #[derive(Args)]

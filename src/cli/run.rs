@@ -328,50 +328,69 @@ pub async fn agent(args: super::AgentArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn batch(args: super::BatchArgs) -> anyhow::Result<ExitCode> {
-    let listen = &args.listen;
+/// A framework process's API port and credentials.
+struct FrameworkProcess {
+    listener: TcpListener,
+    token: Option<String>,
+    tls: agora_proto::tls::ClientTls,
+    http_tls: Option<agora_sdk::serve::ServerTls>,
+}
+
+/// Binds the framework's API (`name` is for messages), refusing plaintext
+/// off loopback without `--insecure`, and prints where it listens.
+async fn framework_process(
+    name: &str,
+    listen: &str,
+    security: &super::FrameworkSecurityFlags,
+) -> anyhow::Result<FrameworkProcess> {
     let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("listening on {listen} for the batch HTTP API"))?;
-    let http_tls = args.tls.files(None);
-    refuse_plaintext_off_loopback(&listener, http_tls.is_some(), args.insecure)?;
+        .with_context(|| format!("listening on {listen} for the {name} HTTP API"))?;
+    let http_tls = security
+        .tls
+        .files(None)
+        .map(|files| files.config())
+        .transpose()
+        .with_context(|| format!("the {name} API's certificate"))?;
+    refuse_plaintext_off_loopback(&listener, http_tls.is_some(), security.insecure)?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let scheme = if http_tls.is_some() { "https" } else { "http" };
-    println!("agora batch listening on {scheme}://{addr}");
+    println!("agora {name} listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
+    Ok(FrameworkProcess {
+        listener,
+        token: security.token.token()?,
+        tls: security.trust.client_tls()?,
+        http_tls,
+    })
+}
+
+pub async fn batch(args: super::BatchArgs) -> anyhow::Result<ExitCode> {
+    let process = framework_process("batch", &args.listen, &args.security).await?;
     let mut config = agora_batch::BatchConfig::new(args.master, args.data_dir);
     config.advertise = args.advertise;
     config.reconcile_grace = args.batch.reconcile_grace;
     config.etcd = args.ha.etcd;
     config.lease_ttl = args.ha.leader_lease;
-    config.token = args.token.token()?;
-    config.tls = args.trust.client_tls()?;
-    config.http_tls = http_tls;
-    agora_batch::run(config, listener, terminated()).await?;
+    config.token = process.token;
+    config.tls = process.tls;
+    config.http_tls = process.http_tls;
+    agora_batch::run(config, process.listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn services(args: super::ServicesArgs) -> anyhow::Result<ExitCode> {
-    let listen = &args.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen} for the services HTTP API"))?;
-    let http_tls = args.tls.files(None);
-    refuse_plaintext_off_loopback(&listener, http_tls.is_some(), args.insecure)?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    let scheme = if http_tls.is_some() { "https" } else { "http" };
-    println!("agora services listening on {scheme}://{addr}");
-    let _ = std::io::stdout().flush();
+    let process = framework_process("services", &args.listen, &args.security).await?;
     let mut config = agora_services::ServicesConfig::new(args.master, args.data_dir);
     config.advertise = args.advertise;
     config.reconcile_grace = args.reconcile_grace;
     config.lb_address = (!args.services.no_lb).then_some(args.services.lb_address);
     config.etcd = args.ha.etcd;
     config.lease_ttl = args.ha.leader_lease;
-    config.token = args.token.token()?;
-    config.tls = args.trust.client_tls()?;
-    config.http_tls = http_tls;
-    agora_services::run(config, listener, terminated()).await?;
+    config.token = process.token;
+    config.tls = process.tls;
+    config.http_tls = process.http_tls;
+    agora_services::run(config, process.listener, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

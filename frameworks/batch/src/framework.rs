@@ -47,9 +47,9 @@ pub struct BatchConfig {
     pub token: Option<String>,
     /// What the framework trusts of an `https://` master.
     pub tls: agora_sdk::ClientTls,
-    /// The certificate and key of the framework's HTTP API: with them it
-    /// serves https (and the master must trust their CA).
-    pub http_tls: Option<agora_sdk::ServerTlsFiles>,
+    /// The HTTP API's certificate and key, loaded: with them it serves
+    /// https (and the master must trust their CA).
+    pub http_tls: Option<agora_sdk::serve::ServerTls>,
 }
 
 impl BatchConfig {
@@ -401,12 +401,6 @@ pub async fn run(
     let writer = tokio::spawn(agora_store::writer::group_commits(journal, stop_rx.clone()));
     let clock = tokio::spawn(clock_loop(shared.clone(), stop_rx.clone()));
     let app = crate::http::router(shared.clone());
-    // A certificate that cannot be used stops the framework here, not
-    // silently in the server's task.
-    if let Some(tls) = &config.http_tls {
-        tls.config()
-            .map_err(|e| BatchError::Http(std::io::Error::other(e.to_string())))?;
-    }
     let server = tokio::spawn(agora_sdk::serve::serve_api(
         listener,
         app,

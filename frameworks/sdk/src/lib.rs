@@ -17,7 +17,7 @@ pub mod spec;
 
 use std::future::Future;
 
-pub use agora_proto::tls::{ClientTls, ServerTlsFiles};
+pub use agora_proto::tls::ClientTls;
 pub use agora_proto::v1::accept_refusal::Reason as RefusalReason;
 pub use agora_proto::v1::{Offer, TaskInfo, TaskState, TaskStatus};
 pub use agora_proto::{Demand, RangeSet, Resources, is_terminal, limits, v1};

@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
-use agora_proto::tls::{ServerTlsFiles, TlsError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// A framework API's TLS configuration, loaded (with
+/// `agora_proto::tls::ServerTlsFiles::config`) before the framework starts.
+pub type ServerTls = std::sync::Arc<tokio_rustls::rustls::ServerConfig>;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -16,18 +19,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_api(
     listener: TcpListener,
     app: axum::Router,
-    tls: Option<ServerTlsFiles>,
+    tls: Option<ServerTls>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), ServeError> {
+) -> std::io::Result<()> {
     let Some(tls) = tls else {
         return axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
-            .await
-            .map_err(ServeError::Io);
+            .await;
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config()?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -65,13 +67,4 @@ pub async fn serve_api(
             }
         });
     }
-}
-
-/// Why the API could not be served.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("serving the HTTP API: {0}")]
-    Io(std::io::Error),
-    #[error("the HTTP API's certificate: {0}")]
-    Tls(#[from] TlsError),
 }

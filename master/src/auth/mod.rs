@@ -259,25 +259,24 @@ impl Policy {
 
     /// Whether `caller` may do `action`.
     pub fn allows(&self, caller: &Caller, action: Action<'_>) -> bool {
-        match caller {
-            Caller::Anyone => true,
-            Caller::Anonymous => false,
-            Caller::Principal(p) => self
-                .acls
-                .as_ref()
-                .is_none_or(|acls| acls.allows(p.as_str(), action)),
-        }
+        self.decide(caller, |acls, principal| acls.allows(principal, action))
     }
 
     /// Whether `caller` may view every framework and task.
     pub fn views_everything(&self, caller: &Caller) -> bool {
+        self.decide(caller, Acls::views_everything)
+    }
+
+    /// Anyone may without authentication, no one anonymously, a principal
+    /// when there are no ACLs or they say so.
+    fn decide(&self, caller: &Caller, acls_say: impl FnOnce(&Acls, &str) -> bool) -> bool {
         match caller {
             Caller::Anyone => true,
             Caller::Anonymous => false,
             Caller::Principal(p) => self
                 .acls
                 .as_ref()
-                .is_none_or(|acls| acls.views_everything(p.as_str())),
+                .is_none_or(|acls| acls_say(acls, p.as_str())),
         }
     }
 }
