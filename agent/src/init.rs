@@ -379,9 +379,7 @@ fn enter_rootfs(spec: &RootfsSpec, sandbox: &Path, volumes: &[PathBuf]) {
     // Declared volumes appear at their own paths inside the image.
     for volume in volumes {
         let inside = rootfs.join(volume.strip_prefix("/").unwrap_or(volume));
-        if let Err(e) = std::fs::create_dir_all(&inside) {
-            fail(format!("creating {}: {e}", inside.display()));
-        }
+        mount_point(&inside, volume.is_dir());
         bind(volume, &inside);
     }
     for dir in ["proc", "tmp", "dev", ".old_root"] {
@@ -459,6 +457,31 @@ fn private_dev() {
     }
 }
 
+/// Makes `target` something to bind-mount on: a directory, or an empty
+/// file when what goes there is a file.
+fn mount_point(target: &Path, directory: bool) {
+    let made = if directory {
+        std::fs::create_dir_all(target)
+    } else {
+        target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(target)
+                    .map(drop)
+            })
+    };
+    if let Err(e) = made {
+        fail(format!(
+            "creating the mount point {}: {e}",
+            target.display()
+        ));
+    }
+}
+
 /// A `/tmp` of the task's own (a tmpfs, charged to the task's memory)
 /// instead of the host's. What must stay reachable below the host's `/tmp`
 /// (an agent whose data directory is there: the sandbox, volumes) is
@@ -483,12 +506,8 @@ fn private_tmp(keep: &[PathBuf]) {
         fail(format!("mounting a private /tmp: {e}"));
     }
     for (path, dir) in hidden {
-        if let Err(e) = std::fs::create_dir_all(path) {
-            fail(format!(
-                "creating {} in the private /tmp: {e}",
-                path.display()
-            ));
-        }
+        // Asked of the open descriptor: the path itself is hidden now.
+        mount_point(path, dir.metadata().is_ok_and(|m| m.is_dir()));
         let source = format!("/proc/self/fd/{}", dir.as_raw_fd());
         if let Err(e) = mount(
             Some(source.as_str()),

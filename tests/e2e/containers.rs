@@ -559,16 +559,30 @@ async fn tasks_run_as_nobody_unless_told_and_never_as_root_unless_the_agent_allo
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_are_confined_root_keeps_few_capabilities_and_none_may_mount_or_leave() {
     let mut rig = Rig::new(&["--allow-root-tasks"]).await;
-    let probe = "grep -E '^Cap(Eff|Bnd)' /proc/self/status; \
+    // A file below the host's /tmp, given to one task as a volume.
+    let shared = tempdir();
+    let note = shared.path().join("note");
+    std::fs::write(&note, "shared-note\n").expect("note");
+    std::fs::set_permissions(&note, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let probe = format!(
+        "grep -E '^Cap(Eff|Bnd)' /proc/self/status; \
         mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo mount-refused; \
         unshare -U true 2>/dev/null && echo unshared || echo unshare-refused; \
         echo dev: $(ls /dev); \
         echo private > /tmp/agora-private-probe && echo wrote-tmp; \
         head -c1 /dev/urandom > /dev/null && echo urandom-ok; \
-        touch /etc/agora-probe 2>/dev/null && echo wrote-etc || echo etc-read-only";
-    let mut as_root = task("root-probe", probe, &resources(0.1, 32.0));
+        touch /etc/agora-probe 2>/dev/null && echo wrote-etc || echo etc-read-only; \
+        cat {} 2>/dev/null || echo no-note",
+        note.display()
+    );
+    let mut as_root = task("root-probe", &probe, &resources(0.1, 32.0));
     as_root.user = "root".into();
-    let as_nobody = task("nobody-probe", probe, &resources(0.1, 32.0));
+    let mut as_nobody = task("nobody-probe", &probe, &resources(0.1, 32.0));
+    as_nobody.volumes = vec![v1::Volume {
+        host_path: note.display().to_string(),
+        read_only: false,
+    }];
     let _ = std::fs::remove_file("/tmp/agora-private-probe");
     rig.launch(vec![as_root, as_nobody]).await;
     rig.f
@@ -609,8 +623,11 @@ async fn tasks_are_confined_root_keeps_few_capabilities_and_none_may_mount_or_le
             "{who} cannot write /etc: {out}"
         );
     }
-    // /tmp was the task's own: the host's has nothing.
+    // /tmp was the task's own: the host's has nothing, and a file below it
+    // is seen only by the task that declared it.
     assert!(!Path::new("/tmp/agora-private-probe").exists());
+    assert!(nobody.contains("shared-note"), "{nobody}");
+    assert!(root.contains("no-note"), "{root}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
