@@ -40,6 +40,9 @@ pub(crate) enum TaskEvent {
         message: String,
         reason: task_status::Reason,
         exit_code: Option<i32>,
+        /// The ended container, destroyed once the outcome is on disk: its
+        /// record of how the task ended must outlive any restart before.
+        container: Option<Box<dyn Container>>,
     },
     /// The task's health checker has news.
     Health { key: TaskKey, event: HealthEvent },
@@ -91,6 +94,8 @@ struct TaskRecord {
     unhealthy: Option<String>,
     /// Why the agent killed the task for its disk use.
     over_disk: Option<String>,
+    /// The ended container, kept until the outcome's checkpoint is on disk.
+    ended: Option<Box<dyn Container>>,
 }
 
 impl TaskRecord {
@@ -108,6 +113,7 @@ impl TaskRecord {
             checker: None,
             unhealthy: None,
             over_disk: None,
+            ended: None,
         }
     }
 }
@@ -1078,6 +1084,7 @@ impl<C: Containerizer> Agent<C> {
                 mut message,
                 mut reason,
                 exit_code,
+                container,
             } => {
                 if let Some(task) = self.tasks.get_mut(&key) {
                     if let Some(checker) = task.checker.take() {
@@ -1095,10 +1102,18 @@ impl<C: Containerizer> Agent<C> {
                     }
                 }
                 info!(task = %key.1, state = state.as_str_name(), %message, "task ended");
-                self.update(&key, state, &message, reason, exit_code);
+                let awaits_disk = self.update(&key, state, &message, reason, exit_code);
+                match self.tasks.get_mut(&key) {
+                    Some(task) if awaits_disk => task.ended = container,
+                    _ => destroy_ended(container),
+                }
             }
             TaskEvent::Health { key, event } => self.health_event(key, event),
-            TaskEvent::Checkpointed { key } => self.send_pending(&key, true),
+            TaskEvent::Checkpointed { key } => {
+                self.send_pending(&key, true);
+                // The outcome is on disk: what the container kept of it may go.
+                destroy_ended(self.tasks.get_mut(&key).and_then(|t| t.ended.take()));
+            }
             TaskEvent::OverDisk { key, message } => {
                 let Some(task) = self.tasks.get_mut(&key) else {
                     return;
@@ -1121,10 +1136,10 @@ impl<C: Containerizer> Agent<C> {
         message: &str,
         reason: task_status::Reason,
         exit_code: Option<i32>,
-    ) {
+    ) -> bool {
         let agent_id = self.agent_id.clone().map(|value| v1::AgentId { value });
         let Some(task) = self.tasks.get_mut(key) else {
-            return;
+            return false;
         };
         task.state = state;
         task.pending.push_back(v1::StatusUpdate {
@@ -1149,9 +1164,11 @@ impl<C: Containerizer> Agent<C> {
         // An outcome is on disk before it is sent: an update the master may
         // have seen is never forgotten by a restart. (Intermediate states
         // are re-derived on recovery; they go at once.)
-        if !self.checkpoint(key, true) {
-            self.send_pending(key, true);
+        if self.checkpoint(key, true) {
+            return true;
         }
+        self.send_pending(key, true);
+        false
     }
 
     /// Sends a task's pending updates: all of them, or just the newest.
@@ -1232,7 +1249,10 @@ impl<C: Containerizer> Agent<C> {
         let deadline = Instant::now() + Duration::from_secs(5);
         while running > 0 {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(TaskEvent::Exited { .. })) => running -= 1,
+                Ok(Some(TaskEvent::Exited { container, .. })) => {
+                    running -= 1;
+                    destroy_ended(container);
+                }
                 // Started while stopping: it goes too.
                 Ok(Some(TaskEvent::Launched {
                     result: Ok(mut container),
@@ -1327,22 +1347,23 @@ async fn supervise(
     };
     // Whatever the main process left behind goes with it. Cgroup work is
     // blocking file I/O (and may wait for a freeze): off the async threads.
+    // The container itself stays until the outcome is checkpointed.
     let cleanup = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         if let Err(e) = container.kill_all() {
             warn!("{e}");
         }
         let limitation = container.limitation();
-        if let Err(e) = container.destroy() {
-            warn!("{e}");
-        }
         debug!(elapsed = ?started.elapsed(), "container cleanup");
-        limitation
+        (limitation, container)
     });
-    let limitation = cleanup.await.unwrap_or_else(|e| {
-        warn!("cleaning up a container: {e}");
-        None
-    });
+    let (limitation, container) = match cleanup.await {
+        Ok((limitation, container)) => (limitation, Some(container)),
+        Err(e) => {
+            warn!("cleaning up a container: {e}");
+            (None, None)
+        }
+    };
     let (state, message, reason, exit_code) = match status {
         Ok(exit) if killed => (
             TaskState::TaskKilled,
@@ -1390,8 +1411,21 @@ async fn supervise(
             message,
             reason,
             exit_code,
+            container,
         })
         .await;
+}
+
+/// Destroys an ended container (its cgroup and runtime files), off the
+/// async threads.
+fn destroy_ended(container: Option<Box<dyn Container>>) {
+    if let Some(mut container) = container {
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = container.destroy() {
+                warn!("{e}");
+            }
+        });
+    }
 }
 
 fn task_done(task: Option<&TaskRecord>) -> bool {
@@ -1444,5 +1478,104 @@ fn sweep_sandboxes(root: &Path, live: &HashSet<TaskKey>, idle_for: Duration) {
         }
         // An emptied framework directory goes too (fails harmlessly if not empty).
         let _ = std::fs::remove_dir(framework.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::containerizer::{ContainerizerError, LaunchSpec, WaitFuture};
+
+    /// A container that only counts its destruction.
+    struct Ended {
+        destroyed: Arc<AtomicUsize>,
+    }
+
+    impl Container for Ended {
+        fn pid(&self) -> u32 {
+            0
+        }
+        fn wait(&mut self) -> WaitFuture<'_> {
+            Box::pin(async { Ok(Exit::Code(0)) })
+        }
+        fn terminate(&self) -> Result<(), ContainerizerError> {
+            Ok(())
+        }
+        fn kill_all(&self) -> Result<(), ContainerizerError> {
+            Ok(())
+        }
+        fn destroy(&mut self) -> Result<(), ContainerizerError> {
+            self.destroyed.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A containerizer whose tasks survive restarts (so outcomes are
+    /// checkpointed before they are sent); it launches nothing here.
+    struct Recovering;
+
+    impl Containerizer for Recovering {
+        fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Container>, ContainerizerError> {
+            Err(ContainerizerError::Recover {
+                container: spec.container_id.clone(),
+                reason: "not in this test".into(),
+            })
+        }
+        fn can_recover(&self) -> bool {
+            true
+        }
+    }
+
+    /// An agent restarted between a container's end and its outcome's
+    /// checkpoint must still find the container's record of how the task
+    /// ended: the container goes only once the checkpoint is on disk.
+    #[tokio::test]
+    async fn an_ended_container_is_destroyed_only_once_its_outcome_is_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AgentConfig::new("http://127.0.0.1:1", dir.path());
+        let (http_token, _) = tokio::sync::watch::channel(None);
+        let (mut agent, mut events) = Agent::new(config, Resources::new(), Recovering, http_token);
+        let key: TaskKey = ("f1".into(), "t1".into());
+        agent.tasks.insert(
+            key.clone(),
+            TaskRecord::new(v1::TaskInfo::default(), TaskState::TaskRunning, "c1".into()),
+        );
+        let destroyed = Arc::new(AtomicUsize::new(0));
+        agent.task_event(TaskEvent::Exited {
+            key: key.clone(),
+            state: TaskState::TaskFinished,
+            message: "command exited with code 0".into(),
+            reason: task_status::Reason::None,
+            exit_code: Some(0),
+            container: Some(Box::new(Ended {
+                destroyed: destroyed.clone(),
+            })),
+        });
+        assert_eq!(destroyed.load(Ordering::SeqCst), 0, "not before the disk");
+        assert!(agent.tasks[&key].ended.is_some());
+
+        let checkpointed = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("the writer reports")
+            .expect("an event");
+        assert!(matches!(&checkpointed, TaskEvent::Checkpointed { key: k } if *k == key));
+        assert!(
+            agent
+                .checkpoints
+                .load_all()
+                .0
+                .iter()
+                .any(|cp| cp.container_id == "c1"),
+            "the outcome is on disk"
+        );
+        agent.task_event(checkpointed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while destroyed.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "destroyed after the checkpoint");
+            tokio::task::yield_now().await;
+        }
+        assert!(agent.tasks[&key].ended.is_none());
     }
 }

@@ -186,8 +186,6 @@ pub trait Containerizer: Send + Sync + 'static {
             reason: "this containerizer cannot re-attach to tasks".into(),
         })
     }
-    /// Whether tasks survive an agent restart (so a stopping agent leaves
-    /// them running).
     /// Where a container keeps what its task writes outside its sandbox
     /// (an image's overlay), for the disk limit.
     fn disk_paths(&self, container_id: &str) -> Vec<std::path::PathBuf> {
@@ -195,6 +193,8 @@ pub trait Containerizer: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether tasks survive an agent restart (so a stopping agent leaves
+    /// them running).
     fn can_recover(&self) -> bool {
         false
     }
