@@ -51,6 +51,9 @@ pub(crate) enum TaskEvent {
     Checkpointed { key: TaskKey },
     /// The task holds more on disk than its `disk` resource.
     OverDisk { key: TaskKey, message: String },
+    /// The ended task's container is gone (after its outcome reached the
+    /// disk): the outcome may go out.
+    Destroyed { key: TaskKey },
 }
 
 /// One running container, as the agent's HTTP API shows it.
@@ -1110,10 +1113,20 @@ impl<C: Containerizer> Agent<C> {
             }
             TaskEvent::Health { key, event } => self.health_event(key, event),
             TaskEvent::Checkpointed { key } => {
-                self.send_pending(&key, true);
-                // The outcome is on disk: what the container kept of it may go.
-                destroy_ended(self.tasks.get_mut(&key).and_then(|t| t.ended.take()));
+                // The outcome is on disk: what the container kept of it may
+                // go, and the outcome goes out once the container is gone (a
+                // framework hearing of it finds the resources released).
+                match self.tasks.get_mut(&key).and_then(|t| t.ended.take()) {
+                    Some(container) => {
+                        let events = self.events_tx.clone();
+                        destroy_then(container, move || {
+                            let _ = events.blocking_send(TaskEvent::Destroyed { key });
+                        });
+                    }
+                    None => self.send_pending(&key, true),
+                }
             }
+            TaskEvent::Destroyed { key } => self.send_pending(&key, true),
             TaskEvent::OverDisk { key, message } => {
                 let Some(task) = self.tasks.get_mut(&key) else {
                     return;
@@ -1264,6 +1277,7 @@ impl<C: Containerizer> Agent<C> {
                 Ok(Some(TaskEvent::Launched { result: Err(_), .. }))
                 | Ok(Some(TaskEvent::Health { .. }))
                 | Ok(Some(TaskEvent::OverDisk { .. }))
+                | Ok(Some(TaskEvent::Destroyed { .. }))
                 | Ok(Some(TaskEvent::Checkpointed { .. })) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -1419,13 +1433,19 @@ async fn supervise(
 /// Destroys an ended container (its cgroup and runtime files), off the
 /// async threads.
 fn destroy_ended(container: Option<Box<dyn Container>>) {
-    if let Some(mut container) = container {
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = container.destroy() {
-                warn!("{e}");
-            }
-        });
+    if let Some(container) = container {
+        destroy_then(container, || {});
     }
+}
+
+/// Destroys `container` off the async threads, then runs `then`.
+fn destroy_then(mut container: Box<dyn Container>, then: impl FnOnce() + Send + 'static) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = container.destroy() {
+            warn!("{e}");
+        }
+        then();
+    });
 }
 
 fn task_done(task: Option<&TaskRecord>) -> bool {
@@ -1571,11 +1591,17 @@ mod tests {
             "the outcome is on disk"
         );
         agent.task_event(checkpointed);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while destroyed.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "destroyed after the checkpoint");
-            tokio::task::yield_now().await;
-        }
+        // Then the outcome goes out, once the container is gone.
+        let destroyed_event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("destroyed")
+            .expect("an event");
+        assert!(matches!(&destroyed_event, TaskEvent::Destroyed { key: k } if *k == key));
+        assert_eq!(
+            destroyed.load(Ordering::SeqCst),
+            1,
+            "destroyed after the checkpoint"
+        );
         assert!(agent.tasks[&key].ended.is_none());
     }
 }

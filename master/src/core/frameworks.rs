@@ -26,7 +26,9 @@ impl Core {
                 }
                 info.principal = p.to_string();
             }
-            Caller::Anyone => {}
+            // Without authentication a claimed principal proves nothing; it
+            // must not bind the framework once authentication is on.
+            Caller::Anyone => info.principal.clear(),
         }
         if info.name.trim().is_empty() {
             return Err(Status::invalid_argument(
