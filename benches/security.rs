@@ -3,13 +3,13 @@
 //! this process), three ways — no authentication on plaintext, bearer
 //! tokens on plaintext, and tokens over TLS (every agent session, framework
 //! call and HTTP read encrypted) — run in turn, `AGORA_SECURITY_ROUNDS`
-//! times each (default 3), interleaved; a summary gives each mode's medians.
+//! times each (default 6), interleaved; a summary gives each mode's medians.
 //!
 //! Inside the clocks: the paced load's accept → `TASK_RUNNING` latency per
 //! task (`AGORA_SECURITY_TASKS`, default 10,000 tasks at
-//! `AGORA_SECURITY_RATE`, default 2,000 a second); the unpaced load's
-//! throughput (same count, as fast as offers allow, first accept to last
-//! RUNNING); and `GET /api/v1/state` (body read) with 20,000 resident tasks,
+//! `AGORA_SECURITY_RATE`, default 2,000 a second), started once the
+//! unpaced load's tasks are all killed; the unpaced load's throughput
+//! (same count, as fast as offers allow, first accept to last RUNNING); and `GET /api/v1/state` (body read) with 20,000 resident tasks,
 //! 20 requests one after another, each timed alone. The master's CPU
 //! seconds over both loads are read from `/proc`.
 //!
@@ -122,6 +122,24 @@ fn client_tls(mode: Mode, s: &Secrets) -> agora_proto::tls::ClientTls {
     }
 }
 
+/// An operator's HTTP client (its token is ignored without authentication).
+fn ops_client(tls: &agora_proto::tls::ClientTls) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().default_headers({
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {OPS}").parse().expect("header"),
+        );
+        h
+    });
+    if let Some(pem) = &tls.ca_pem {
+        for c in reqwest::Certificate::from_pem_bundle(pem).expect("pem") {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder.build().expect("client")
+}
+
 async fn one(mode: Mode, round: usize, s: &Secrets, tasks: u64, rate: f64) -> Point {
     let master = Master::start_with(&master_flags(mode, s));
     let token = |t: &str| (mode != Mode::Open).then(|| t.to_string());
@@ -150,10 +168,24 @@ async fn one(mode: Mode, round: usize, s: &Secrets, tasks: u64, rate: f64) -> Po
         config.tls = tls.clone();
         config
     };
+    let ops = ops_client(&tls);
     let cpu_before = master.cpu_seconds();
     let fast = agora_sim::load::run(load("fast", tasks, None), Default::default())
         .await
         .expect("the load ran");
+    // The fast load's framework leaves and its tasks are killed: the paced
+    // load starts once that is over, so its latency is its own.
+    let quiet_deadline = Instant::now() + Duration::from_secs(120);
+    while cluster::gauge(&ops, &master.url, "agora_tasks{state=\"TASK_RUNNING\"}")
+        .await
+        .is_none_or(|running| running > 0)
+    {
+        assert!(
+            Instant::now() < quiet_deadline,
+            "the fast load's tasks were not killed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let paced = agora_sim::load::run(load("paced", tasks, Some(rate)), Default::default())
         .await
         .expect("the paced load ran");
@@ -169,22 +201,6 @@ async fn one(mode: Mode, round: usize, s: &Secrets, tasks: u64, rate: f64) -> Po
         resident.running.load(std::sync::atomic::Ordering::Relaxed) >= 20_000
     })
     .await;
-    let ops = {
-        let mut builder = reqwest::Client::builder().default_headers({
-            let mut h = reqwest::header::HeaderMap::new();
-            h.insert(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {OPS}").parse().expect("header"),
-            );
-            h
-        });
-        if let Some(pem) = &tls.ca_pem {
-            for c in reqwest::Certificate::from_pem_bundle(pem).expect("pem") {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        builder.build().expect("client")
-    };
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..20 {
@@ -221,7 +237,7 @@ fn main() {
     agora_proto::tls::install_default_provider();
     let tasks = cluster::env_u64("AGORA_SECURITY_TASKS", 10_000);
     let rate = cluster::env_u64("AGORA_SECURITY_RATE", 2_000) as f64;
-    let rounds = cluster::env_u64("AGORA_SECURITY_ROUNDS", 3) as usize;
+    let rounds = cluster::env_u64("AGORA_SECURITY_ROUNDS", 6) as usize;
     let s = secrets();
     let points = cluster::block_on(async {
         let mut points = Vec::new();
