@@ -6,10 +6,11 @@
 //! N agents (each its own session speaking the agent protocol; a task runs
 //! for `AGORA_SCALE_TASK_MS`, default 1 ms, then finishes); once all are
 //! registered, `agora_sim::load` launches `AGORA_SCALE_TASKS` tasks (default
-//! 100,000) as fast as offers allow — the throughput — and then, as a second
-//! framework, the same number at `AGORA_SCALE_RATE` tasks per second
-//! (default 10,000) — the latency under that load, without a backlog of its
-//! own making.
+//! 100,000) as fast as offers allow — the throughput — and then, once the
+//! master is quiet again (no task running, no status update for a second),
+//! as a second framework, the same number at `AGORA_SCALE_RATE` tasks per
+//! second (default 10,000) — the latency under that load, without a
+//! backlog of its own or the first load's making.
 //!
 //! Inside the clocks: registration runs from the emulator's start to the
 //! last agent registered; throughput from the load framework's first accept
@@ -80,6 +81,14 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     let load = agora_sim::load::run(config("load-max", None), load_stats)
         .await
         .expect("the load ran");
+    // The paced load's latency is its own: it starts once what the first
+    // load left (ends, their updates, its framework's removal) is over.
+    cluster::quiesce(
+        &reqwest::Client::new(),
+        &master.url,
+        Duration::from_secs(300),
+    )
+    .await;
     let paced = agora_sim::load::run(
         config("load-paced", Some(rate)),
         Arc::new(agora_sim::load::LoadStats::default()),

@@ -175,17 +175,7 @@ async fn one(mode: Mode, round: usize, s: &Secrets, tasks: u64, rate: f64) -> Po
         .expect("the load ran");
     // The fast load's framework leaves and its tasks are killed: the paced
     // load starts once that is over, so its latency is its own.
-    let quiet_deadline = Instant::now() + Duration::from_secs(120);
-    while cluster::gauge(&ops, &master.url, "agora_tasks{state=\"TASK_RUNNING\"}")
-        .await
-        .is_none_or(|running| running > 0)
-    {
-        assert!(
-            Instant::now() < quiet_deadline,
-            "the fast load's tasks were not killed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster::quiesce(&ops, &master.url, Duration::from_secs(120)).await;
     let paced = agora_sim::load::run(load("paced", tasks, Some(rate)), Default::default())
         .await
         .expect("the paced load ran");

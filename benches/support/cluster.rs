@@ -168,6 +168,27 @@ impl Cluster {
     }
 }
 
+/// Waits until the master is quiet: no task running, and no status update
+/// for a second (what a previous load left — kills, ends, their updates —
+/// is over), for at most `limit`.
+pub async fn quiesce(client: &reqwest::Client, url: &str, limit: Duration) {
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let updates = gauge(client, url, "agora_status_updates_total").await;
+        let running = gauge(client, url, "agora_tasks{state=\"TASK_RUNNING\"}").await;
+        if running == Some(0) && updates.is_some() && updates == last {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the master did not quiet down in {limit:?}"
+        );
+        last = updates;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// A gauge's value on the master's `/metrics` page.
 pub async fn gauge(client: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
     let page = client
