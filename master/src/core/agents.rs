@@ -73,7 +73,8 @@ impl Core {
     /// The agent registered on `conn`, refreshing its liveness.
     pub(super) fn agent_by_conn(&mut self, conn: u64) -> Option<String> {
         let id = self.agent_of_conn.get(&conn)?;
-        let agent = self.agents.get_mut(id)?;
+        // Liveness is not in the agent's view: readers need no new copy.
+        let agent = self.agents.get_mut_unseen(id)?;
         agent.last_seen = Instant::now();
         Some(agent.id.clone())
     }

@@ -58,6 +58,16 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         Some(value)
     }
 
+    /// One value, for a change no reader sees (an agent's liveness on every
+    /// heartbeat and update): not recorded, so its view is not rebuilt.
+    pub(super) fn get_mut_unseen<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.get_mut(key)
+    }
+
     /// Every value, for changes to what no reader sees (a framework's
     /// backlog, its offer pause): not recorded. Marking every framework
     /// changed after every burst made the read model republish them all.
@@ -96,6 +106,17 @@ mod tests {
         assert_eq!(map.take_changed().len(), 2);
         assert_eq!(map.get("a"), Some(&1));
         assert!(map.take_changed().is_empty(), "reads change nothing");
+        if let Some(v) = map.get_mut_unseen("a") {
+            *v = 10;
+        }
+        assert!(
+            map.take_changed().is_empty(),
+            "a change no reader sees is not recorded"
+        );
+        assert_eq!(map.get("a"), Some(&10));
+        if let Some(v) = map.get_mut_unseen("a") {
+            *v = 1;
+        }
         *map.get_mut("a").expect("a") += 1;
         *map.get_mut("a").expect("a") += 1;
         map.remove("b");
