@@ -43,7 +43,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::state::{
     AgentResources, AgentView, FrameworkView, OfferView, SandboxView, TaskView, UsageView,
 };
-use tracked::Tracked;
+use tracked::{FastMap, FastSet, Tracked};
 
 /// Outbound half of an agent's session stream.
 pub type AgentTx = Outbound<MasterMessage>;
@@ -236,7 +236,7 @@ pub struct Core {
     offers: OfferBook<String>,
     tasks: Tracked<TaskKey, TaskEntry>,
     /// The keys of the tasks on each agent.
-    tasks_by_agent: HashMap<String, HashSet<TaskKey>>,
+    tasks_by_agent: FastMap<String, FastSet<TaskKey>>,
     /// What readers see, brought up to date from the changes above.
     read: publish::ReadModel,
     completed: VecDeque<TaskKey>,
@@ -249,10 +249,10 @@ pub struct Core {
     events: broadcast::Sender<ClusterEvent>,
     metrics: Metrics,
     /// Relayed updates awaiting the framework's acknowledgement, by uuid.
-    awaiting_ack: HashMap<Vec<u8>, Instant>,
+    awaiting_ack: FastMap<Vec<u8>, Instant>,
     /// Which agent each open session belongs to: every heartbeat and update
     /// is looked up here, so no scan over all agents.
-    agent_of_conn: HashMap<u64, String>,
+    agent_of_conn: FastMap<u64, String>,
     /// What survives a restart; changes are committed once per burst of
     /// messages, or at once where a reply promises durability.
     registry: Registry,
@@ -441,7 +441,7 @@ impl Core {
             frameworks: Tracked::new(),
             offers: OfferBook::tracking_changes(),
             tasks: Tracked::new(),
-            tasks_by_agent: HashMap::new(),
+            tasks_by_agent: FastMap::default(),
             read: publish::ReadModel::new(),
             completed: VecDeque::new(),
             allocation_needed: false,
@@ -450,8 +450,8 @@ impl Core {
             last_heartbeat: now,
             events,
             metrics: Metrics::default(),
-            awaiting_ack: HashMap::new(),
-            agent_of_conn: HashMap::new(),
+            awaiting_ack: FastMap::default(),
+            agent_of_conn: FastMap::default(),
             registry,
             gone_agents: HashSet::new(),
             clock,

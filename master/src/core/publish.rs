@@ -165,7 +165,7 @@ impl Core {
 
     /// Moves what changed from the core's records to the pending lists.
     fn take_changes(&mut self) {
-        let agents: HashSet<String> = self.agents.take_changed();
+        let agents = self.agents.take_changed();
         let mut tasks = self.tasks.take_changed();
         // An agent that moved (a new endpoint) moves its tasks' sandboxes.
         for id in &agents {
