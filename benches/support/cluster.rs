@@ -170,7 +170,7 @@ impl Cluster {
 
 /// Waits until the master is quiet: no task running, and no status update
 /// for a second (what a previous load left — kills, ends, their updates —
-/// is over), for at most `limit`.
+/// is over), for at most `limit` (then it says what it saw and returns).
 pub async fn quiesce(client: &reqwest::Client, url: &str, limit: Duration) {
     let started = Instant::now();
     let mut last = None;
@@ -180,10 +180,13 @@ pub async fn quiesce(client: &reqwest::Client, url: &str, limit: Duration) {
         if running == Some(0) && updates.is_some() && updates == last {
             return;
         }
-        assert!(
-            started.elapsed() < limit,
-            "the master did not quiet down in {limit:?}"
-        );
+        if started.elapsed() >= limit {
+            // Reported, not fatal: the measurement goes on, and says so.
+            eprintln!(
+                "  the master did not quiet down in {limit:?}: {running:?} tasks running, status updates {last:?} → {updates:?} in the last second"
+            );
+            return;
+        }
         last = updates;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
