@@ -12,6 +12,20 @@ use tokio::sync::watch;
 /// `agora_proto::tls::ServerTlsFiles::config`) before the framework starts.
 pub type ServerTls = std::sync::Arc<tokio_rustls::rustls::ServerConfig>;
 
+/// Where the master should reach a framework's API: `advertise` if given,
+/// else the address it listens on, https when it serves TLS.
+pub fn advertised_url(
+    advertise: Option<&str>,
+    addr: std::net::SocketAddr,
+    tls: Option<&ServerTls>,
+) -> String {
+    match advertise {
+        Some(url) => url.to_string(),
+        None if tls.is_some() => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    }
+}
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -336,14 +336,11 @@ pub async fn run(
 ) -> Result<(), ServicesError> {
     tokio::pin!(shutdown);
     let addr: SocketAddr = listener.local_addr().map_err(ServicesError::Http)?;
-    let webui = config.advertise.clone().unwrap_or_else(|| {
-        let scheme = if config.http_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        format!("{scheme}://{addr}")
-    });
+    let webui = agora_sdk::serve::advertised_url(
+        config.advertise.as_deref(),
+        addr,
+        config.http_tls.as_ref(),
+    );
     let store_config = StoreConfig::for_framework(
         config.data_dir.join("services.redb"),
         config.etcd.as_deref(),
