@@ -182,8 +182,9 @@ impl Core {
         debug!(framework = %framework, task = %task_id, state = status.state, "status update");
         if self.is_superseded(&key, &status) {
             // A retry of an update that a later one overtook (the first was
-            // not forwarded while the framework's stream was full): taken
-            // as delivered, so the task does not go back to starting.
+            // not forwarded while the framework's stream was full, or its
+            // acknowledgement was still on its way): taken as delivered, so
+            // the task does not go back to an earlier state.
             self.acknowledge_for_framework(agent, framework, status);
             return;
         }
@@ -218,14 +219,16 @@ impl Core {
         );
     }
 
-    /// Whether an agent's update would move a task back to staging or
-    /// starting once it got further.
+    /// Whether an agent's update would move a task back: to staging or
+    /// starting once it got further, or out of a state it ended in. (A
+    /// task that ended and then ran again would hold its resources in the
+    /// master's books, and free them twice when it ended again.)
     fn is_superseded(&self, key: &TaskKey, status: &TaskStatus) -> bool {
         let early = |s: TaskState| matches!(s, TaskState::TaskStaging | TaskState::TaskStarting);
         let reported = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
-        self.tasks
-            .get(key)
-            .is_some_and(|t| early(reported) && !early(t.state))
+        self.tasks.get(key).is_some_and(|t| {
+            (early(reported) && !early(t.state)) || (is_terminal(t.state) && !is_terminal(reported))
+        })
     }
 
     pub(super) fn send_kill(&mut self, key: &TaskKey) {

@@ -133,6 +133,51 @@ async fn an_agent_that_stops_reading_is_cut_off_and_disconnected() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retried_running_update_after_the_task_ended_neither_revives_it_nor_frees_it_twice() {
+    let mut h = Harness::new();
+    let (mut agent, mut framework) = running_task(&mut h, 3600.0);
+    let updates = |rx: &mut FrameworkRx| -> Vec<String> {
+        event_kinds(rx)
+            .into_iter()
+            .filter(|k| k.starts_with("update"))
+            .collect()
+    };
+    h.update(&agent, &framework.id, "t1", TaskState::TaskFinished, b"u2");
+    assert_eq!(updates(&mut framework.rx), ["update:TASK_FINISHED"]);
+    // The agent resent RUNNING before the framework's acknowledgement of
+    // it arrived, then FINISHED, still unacknowledged, again.
+    h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u1");
+    assert_eq!(
+        h.task_state(&framework.id, "t1"),
+        Some(TaskState::TaskFinished),
+        "an ended task stays ended"
+    );
+    assert_eq!(
+        agent_kinds(&mut agent.rx),
+        ["ack"],
+        "the agent stops retrying the stale update"
+    );
+    h.update(&agent, &framework.id, "t1", TaskState::TaskFinished, b"u2");
+    assert_eq!(
+        updates(&mut framework.rx),
+        ["update:TASK_FINISHED"],
+        "only the unacknowledged end is resent to the framework"
+    );
+    assert!(h.core.used_on_agent(&agent.id).is_empty());
+    // Freed once: what is offered of the agent is no more than it has.
+    h.advance(Duration::from_secs(2)).await;
+    let total = h.core.agents[&agent.id].total.scalar("cpus");
+    let offered: f64 = h
+        .core
+        .offers
+        .values()
+        .filter(|o| o.agent == agent.id)
+        .map(|o| o.resources.scalar("cpus"))
+        .sum();
+    assert!(offered <= total, "{offered} cpus offered of {total}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_retried_starting_update_that_was_overtaken_does_not_set_the_task_back() {
     let mut h = Harness::new();
     let (mut agent, mut framework) = running_task(&mut h, 3600.0);
