@@ -8,10 +8,13 @@
 //! offers allow, twice: alone, and while a dashboard polls — a page of 100
 //! tasks every 250 ms, `/metrics` every second, the whole `/api/v1/state`
 //! every two seconds, and one client on the event stream throughout.
+//! `/health`, which reads nothing, is timed with each page: the floor any
+//! request meets on a machine this busy.
 //!
-//! The master's CPU time is read from `/proc` around each load: what the
-//! dashboard costs the master, apart from what the dashboard's own client
-//! (in this process, on the same cores) costs the machine.
+//! The master's CPU time, and its core thread's, are read from `/proc`
+//! around each load: what the dashboard costs the master, apart from what
+//! the dashboard's own client (in this process, on the same cores) costs
+//! the machine.
 //!
 //! Inside the clocks: a read's clock runs from its request sent to its
 //! body received in full (HTTP/1.1 on loopback, one connection per
@@ -74,12 +77,13 @@ async fn timed_get(client: &reqwest::Client, url: &str, into: &mut Timings) {
 
 /// A dashboard polling until `stop`; returns (page, metrics, state)
 /// timings.
-async fn dashboard(url: String, stop: Arc<AtomicBool>) -> [Timings; 3] {
+async fn dashboard(url: String, stop: Arc<AtomicBool>) -> [Timings; 4] {
     let client = reqwest::Client::new();
-    let mut timings: [Timings; 3] = Default::default();
+    let mut timings: [Timings; 4] = Default::default();
     let started = Instant::now();
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
+        timed_get(&client, &format!("{url}/health"), &mut timings[3]).await;
         timed_get(
             &client,
             &format!("{url}/api/v1/tasks?limit=100"),
@@ -155,21 +159,34 @@ async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
     }
 }
 
+/// The master's CPU seconds while a load ran: all its threads, and its
+/// core's.
+#[derive(Clone, Copy)]
+struct Cpu {
+    master: f64,
+    core: f64,
+}
+
 /// A load of `tasks` as fast as offers allow, and the master's CPU
 /// seconds while it ran.
 async fn measured_load(
     cluster: &Cluster,
     name: &str,
     tasks: u64,
-) -> (agora_sim::load::LoadReport, f64) {
+) -> (agora_sim::load::LoadReport, Cpu) {
     let cpu_before = cluster.master.cpu_seconds();
+    let core_before = cluster.master.core_cpu_seconds();
     let report = agora_sim::load::run(
         cluster.load(name, tasks, None),
         Arc::new(agora_sim::load::LoadStats::default()),
     )
     .await
     .expect("load ran");
-    (report, cluster.master.cpu_seconds() - cpu_before)
+    let cpu = Cpu {
+        master: cluster.master.cpu_seconds() - cpu_before,
+        core: cluster.master.core_cpu_seconds() - core_before,
+    };
+    (report, cpu)
 }
 
 async fn run(agents: usize, resident: u64, load: u64) {
@@ -181,7 +198,7 @@ async fn run(agents: usize, resident: u64, load: u64) {
     settle(&cluster, &client, resident).await;
     let url = cluster.master.url.clone();
 
-    let mut idle: [Timings; 3] = Default::default();
+    let mut idle: [Timings; 4] = Default::default();
     for i in 0..20 {
         timed_get(
             &client,
@@ -189,6 +206,7 @@ async fn run(agents: usize, resident: u64, load: u64) {
             &mut idle[0],
         )
         .await;
+        timed_get(&client, &format!("{url}/health"), &mut idle[3]).await;
         timed_get(&client, &format!("{url}/metrics"), &mut idle[1]).await;
         if i % 4 == 0 {
             timed_get(&client, &format!("{url}/api/v1/state"), &mut idle[2]).await;
@@ -215,25 +233,33 @@ async fn run(agents: usize, resident: u64, load: u64) {
     println!(
         "{agents} agents, {resident} resident tasks; loads of {load} tasks; master RSS at the end {rss:.0} MiB\n"
     );
-    println!("| load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks | of it the core's |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     for (what, r, cpu) in [
         ("alone", &alone, cpu_alone),
         ("while the dashboard polls", &watched, cpu_watched),
     ] {
         println!(
-            "| {what} | {:.0} | {:.0} / {:.0} ms | {:.0} ms |",
+            "| {what} | {:.0} | {:.0} / {:.0} ms | {:.0} ms | {:.0} ms |",
             r.tasks_per_second,
             r.latency_p50_ms,
             r.latency_p99_ms,
-            cpu * 1e6 / load as f64
+            cpu.master * 1e6 / load as f64,
+            cpu.core * 1e6 / load as f64
         );
     }
     println!("\n| read | requests | p50 ms | p99 ms | max ms | body |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (i, what) in ["page of 100 tasks", "/metrics", "/api/v1/state"]
-        .iter()
-        .enumerate()
+    for (i, what) in [
+        "page of 100 tasks",
+        "/metrics",
+        "/api/v1/state",
+        "/health (reads nothing: the floor)",
+    ]
+    .iter()
+    .enumerate()
     {
         println!("{}", idle[i].line(&format!("{what}, idle")));
         println!("{}", busy[i].line(&format!("{what}, under load")));

@@ -81,18 +81,23 @@ impl Master {
 
     /// CPU seconds (user and system) the master process has used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-        // utime and stime are fields 14 and 15, 12 and 13 after the name.
-        let ticks_per_second = 100.0;
-        (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / ticks_per_second
+        cpu_seconds_in(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    /// CPU seconds the master's core thread (`master-core`) has used so far.
+    pub fn core_cpu_seconds(&self) -> f64 {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let core = std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|name| name.trim() == "master-core")
+            });
+        core.map_or(0.0, |t| {
+            cpu_seconds_in(&t.path().join("stat").to_string_lossy())
+        })
     }
 
     pub fn rss_mib(&self) -> f64 {
@@ -106,4 +111,19 @@ impl Master {
             .unwrap_or(0.0)
             / 1024.0
     }
+}
+
+/// User and system CPU seconds in a `/proc/.../stat` file.
+fn cpu_seconds_in(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15, 12 and 13 after the name.
+    let ticks_per_second = 100.0;
+    (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / ticks_per_second
 }

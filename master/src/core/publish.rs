@@ -23,6 +23,13 @@ pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 /// publication applies everything at once.
 const PUBLISH_SLICE: usize = 1024;
 
+/// How long after a reader's last request the core keeps its working copy
+/// up to date turn by turn (a slice at a time, without publishing), so the
+/// next reader's publication has only the last turn's changes to apply: a
+/// dashboard polling a busy master waited tens of milliseconds for the
+/// changes of the quarter second since its last look.
+pub(super) const READERS_LINGER: Duration = PUBLISH_EVERY;
+
 /// A running sum of resources and how many things hold them.
 #[derive(Default)]
 pub(super) struct Sum {
@@ -70,6 +77,10 @@ pub(super) struct ReadModel {
     slice: usize,
     /// A publication is under way, a slice per turn.
     in_progress: bool,
+    /// Changes were taken since the last publication.
+    taken: bool,
+    /// When a reader last asked for a publication.
+    last_asked: Option<Instant>,
 }
 
 impl ReadModel {
@@ -86,6 +97,8 @@ impl ReadModel {
             pending_offers: Vec::new(),
             slice: PUBLISH_SLICE,
             in_progress: false,
+            taken: false,
+            last_asked: None,
         }
     }
 
@@ -105,6 +118,12 @@ impl ReadModel {
         self.publisher.latest()
     }
 
+    /// Tasks in the working copy, published or not.
+    #[cfg(test)]
+    pub(super) fn working_tasks(&self) -> usize {
+        self.working.tasks.len()
+    }
+
     /// Publishes through `publisher` from now on (the server's readers
     /// hold its readers).
     pub(super) fn publish_to(&mut self, publisher: Publisher) {
@@ -120,40 +139,66 @@ impl ReadModel {
     pub(super) fn next_due(&self) -> Option<Instant> {
         self.last_published.map(|t| t + PUBLISH_EVERY)
     }
+
+    /// Whether a reader asked lately, so more are likely to.
+    fn readers_around(&self) -> bool {
+        self.last_asked
+            .is_some_and(|at| at.elapsed() < READERS_LINGER)
+    }
+
+    /// Whether a reader asks now (and forgets it).
+    fn take_request(&mut self) -> bool {
+        let asked = self.publisher.take_request();
+        if asked {
+            self.last_asked = Some(Instant::now());
+        }
+        asked
+    }
 }
 
 impl Core {
     /// Publishes at once if a reader asked; otherwise goes on with (or
     /// starts, once changes have waited long enough) a publication a
-    /// slice at a time.
+    /// slice at a time — or, while readers are around, applies a slice of
+    /// this turn's changes without publishing.
     pub(super) fn publish_if_wanted(&mut self) {
-        if self.read.publisher.take_request() {
+        if self.read.take_request() {
             self.publish();
             return;
         }
         if !self.read.publishing() {
             let due = self.read.next_due().is_none_or(|due| Instant::now() >= due);
-            if !(due && self.unpublished()) {
+            if due && self.unpublished() {
+                self.read.in_progress = true;
+            } else if !self.read.readers_around() {
                 return;
             }
             self.take_changes();
-            self.read.in_progress = true;
         }
-        if self.apply_pending(self.read.slice) {
+        // Keeping up applies the whole turn's changes: what it leaves, the
+        // next reader waits for.
+        let slice = if self.read.publishing() {
+            self.read.slice
+        } else {
+            usize::MAX
+        };
+        if self.apply_pending(slice) && self.read.publishing() {
             self.finish_publication();
         }
     }
 
     /// Publishes if a reader asked.
     pub(super) fn publish_if_asked(&mut self) {
-        if self.read.publisher.take_request() {
+        if self.read.take_request() {
             self.publish();
         }
     }
 
-    /// Whether anything changed since the last publication.
+    /// Whether anything changed since the last publication (taken into
+    /// the working copy or not).
     pub(super) fn unpublished(&self) -> bool {
-        self.agents.has_changes()
+        self.read.taken
+            || self.agents.has_changes()
             || self.frameworks.has_changes()
             || self.tasks.has_changes()
             || self.offers.has_changes()
@@ -188,11 +233,14 @@ impl Core {
         let mut tasks: Vec<TaskKey> = tasks.into_iter().collect();
         tasks.sort_unstable();
         let read = &mut self.read;
+        read.taken |= !tasks.is_empty() || !agents.is_empty();
         read.pending_tasks.extend(tasks);
         read.pending_agents.extend(agents);
-        read.pending_frameworks
-            .extend(self.frameworks.take_changed());
-        read.pending_offers.extend(self.offers.take_changed());
+        let frameworks = self.frameworks.take_changed();
+        let offers = self.offers.take_changed();
+        read.taken |= !frameworks.is_empty() || !offers.is_empty();
+        read.pending_frameworks.extend(frameworks);
+        read.pending_offers.extend(offers);
     }
 
     /// Applies up to `at_most` pending changes: tasks first, then offers,
@@ -270,6 +318,7 @@ impl Core {
         self.read.publisher.publish(self.read.working.clone());
         self.read.last_published = Some(Instant::now());
         self.read.in_progress = false;
+        self.read.taken = false;
     }
 
     fn publish_task(

@@ -296,3 +296,72 @@ async fn without_readers_a_publication_goes_a_slice_at_a_time_and_a_reader_gets_
     assert!(!h.core.read.publishing());
     published_matches_the_core(&mut h);
 }
+
+#[tokio::test(start_paused = true)]
+async fn while_readers_are_around_each_turn_is_applied_unpublished_so_their_next_read_has_little_left()
+ {
+    use super::super::publish::{PUBLISH_EVERY, READERS_LINGER};
+    let mut h = Harness::new();
+    let (publisher, reader) = crate::snapshot::channel();
+    h.core.publish_to(publisher);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    h.core.publish();
+    // Each launch on an agent of its own, offered at once (what is left
+    // of an accepted offer is declined for a while).
+    let mut agents = Vec::new();
+    let mut launch = |h: &mut Harness, framework: &mut FrameworkSession, names: &[&str]| {
+        agents.push(h.admit(agents.len() as u64 + 1));
+        let offer = offers(&mut framework.rx).pop().expect("offer");
+        let tasks = names
+            .iter()
+            .map(|n| task_info(n, "cpus:0.1;mem:10"))
+            .collect();
+        h.call(framework, accept(&offer, tasks)).expect("accept");
+    };
+
+    // No reader yet: a turn's changes wait, coalescing, for the publication.
+    launch(&mut h, &mut framework, &["a", "b"]);
+    h.core.publish_if_wanted();
+    assert!(h.core.tasks.has_changes(), "left in the change record");
+    assert_eq!(h.core.read.working_tasks(), 0);
+
+    // A reader asks and gets them.
+    let asking = reader.clone();
+    let read = tokio::spawn(async move { asking.fresh().await });
+    tokio::task::yield_now().await;
+    h.core.publish_if_wanted();
+    let seq = read.await.expect("reader").seq;
+
+    // With a reader around, the next turn's changes go into the working
+    // copy at the turn's end, not published.
+    launch(&mut h, &mut framework, &["c", "d"]);
+    h.core.publish_if_wanted();
+    assert!(!h.core.tasks.has_changes(), "taken");
+    assert_eq!(h.core.read.working_tasks(), 4, "applied");
+    assert_eq!(h.core.read.latest().seq, seq, "not published");
+    assert!(h.core.unpublished(), "still to publish");
+
+    // Nobody asks again: they are published when due all the same.
+    h.advance(PUBLISH_EVERY).await;
+    for _ in 0..10 {
+        h.core.publish_if_wanted();
+        if !h.core.read.publishing() {
+            break;
+        }
+    }
+    let snap = h.core.read.latest();
+    assert_eq!(snap.seq, seq + 1);
+    assert_eq!(snap.tasks.len(), 4);
+    assert!(!h.core.unpublished());
+    published_matches_the_core(&mut h);
+
+    // No reader for as long as READERS_LINGER: turns no longer apply
+    // their changes.
+    assert!(PUBLISH_EVERY >= READERS_LINGER);
+    launch(&mut h, &mut framework, &["e"]);
+    h.core.publish_if_wanted();
+    assert!(
+        h.core.tasks.has_changes(),
+        "waits for the publication again"
+    );
+}
