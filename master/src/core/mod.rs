@@ -3,7 +3,7 @@
 //! handlers) and by its own timer. Nothing else mutates the state, so no lock
 //! is ever held across an `.await`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use agora_proto::v1::accept_refusal::Reason as Refusal;

@@ -63,16 +63,16 @@ pub(super) struct Holdings {
 /// The core's working copy of the read model and where it is published.
 pub(super) struct ReadModel {
     working: Snapshot,
-    by_agent: HashMap<String, Holdings>,
-    by_framework: HashMap<String, Holdings>,
+    by_agent: FastMap<String, Holdings>,
+    by_framework: FastMap<String, Holdings>,
     publisher: Publisher,
     last_published: Option<Instant>,
     /// Changes taken from the core, not yet in the working copy: tasks
     /// (applied in key order), then offers, then the agents all of them
     /// touched — each a slice at a time — and last the frameworks.
     pending_tasks: VecDeque<TaskKey>,
-    pending_agents: HashSet<String>,
-    pending_frameworks: HashSet<String>,
+    pending_agents: FastSet<String>,
+    pending_frameworks: FastSet<String>,
     pending_offers: Vec<String>,
     slice: usize,
     /// A publication is under way, a slice per turn.
@@ -87,13 +87,13 @@ impl ReadModel {
     pub(super) fn new() -> Self {
         ReadModel {
             working: Snapshot::default(),
-            by_agent: HashMap::new(),
-            by_framework: HashMap::new(),
+            by_agent: FastMap::default(),
+            by_framework: FastMap::default(),
             publisher: crate::snapshot::channel().0,
             last_published: None,
             pending_tasks: VecDeque::new(),
-            pending_agents: HashSet::new(),
-            pending_frameworks: HashSet::new(),
+            pending_agents: FastSet::default(),
+            pending_frameworks: FastSet::default(),
             pending_offers: Vec::new(),
             slice: PUBLISH_SLICE,
             in_progress: false,
@@ -324,8 +324,8 @@ impl Core {
     fn publish_task(
         &mut self,
         key: &TaskKey,
-        agents: &mut HashSet<String>,
-        frameworks: &mut HashSet<String>,
+        agents: &mut FastSet<String>,
+        frameworks: &mut FastSet<String>,
     ) {
         let read_key: ReadKey = (Arc::from(key.0.as_str()), Arc::from(key.1.as_str()));
         let new = self
@@ -337,42 +337,44 @@ impl Core {
             Some(view) => read.working.tasks.insert(read_key, view.clone()),
             None => read.working.tasks.remove(&read_key),
         };
-        for (view, add) in [(old.as_deref(), false), (new.as_deref(), true)] {
-            let Some(view) = view else { continue };
-            let state = TaskState::from_str_name(view.state).unwrap_or(TaskState::TaskUnknown);
-            let count = read
-                .working
-                .tasks_by_state
-                .entry(state.as_str_name())
-                .or_default();
-            *count = if add {
-                *count + 1
-            } else {
-                count.saturating_sub(1)
-            };
-            if is_terminal(state) {
-                continue;
+        let (old, new) = (old.as_deref(), new.as_deref());
+        if old.map(|v| v.state) != new.map(|v| v.state) {
+            for (view, add) in [(old, false), (new, true)] {
+                let Some(view) = view else { continue };
+                let count = read.working.tasks_by_state.entry(view.state).or_default();
+                *count = if add {
+                    *count + 1
+                } else {
+                    count.saturating_sub(1)
+                };
             }
-            read.by_agent
-                .entry(view.agent_id.clone())
-                .or_default()
+        }
+        // What the task holds, and where: most changes (starting to
+        // running, usage, health) change nothing there, and its agent's
+        // and framework's views are not rebuilt for them.
+        if holding(old) == holding(new) {
+            return;
+        }
+        for (held, add) in [(holding(old), false), (holding(new), true)] {
+            let Some((agent, framework, resources)) = held else {
+                continue;
+            };
+            holdings_of(&mut read.by_agent, agent)
                 .used
-                .change(&view.resources, add);
-            read.by_framework
-                .entry(view.framework_id.clone())
-                .or_default()
+                .change(resources, add);
+            holdings_of(&mut read.by_framework, framework)
                 .used
-                .change(&view.resources, add);
-            agents.insert(view.agent_id.clone());
-            frameworks.insert(view.framework_id.clone());
+                .change(resources, add);
+            mark(agents, agent);
+            mark(frameworks, framework);
         }
     }
 
     fn publish_offer(
         &mut self,
         id: &String,
-        agents: &mut HashSet<String>,
-        frameworks: &mut HashSet<String>,
+        agents: &mut FastSet<String>,
+        frameworks: &mut FastSet<String>,
     ) {
         let key: Arc<str> = Arc::from(id.as_str());
         let new = self.offers.get(id).map(|o| {
@@ -392,18 +394,38 @@ impl Core {
         };
         for (view, add) in [(old.as_deref(), false), (new.as_deref(), true)] {
             let Some(view) = view else { continue };
-            read.by_agent
-                .entry(view.agent_id.clone())
-                .or_default()
+            holdings_of(&mut read.by_agent, &view.agent_id)
                 .offered
                 .change(&view.resources, add);
-            read.by_framework
-                .entry(view.framework_id.clone())
-                .or_default()
+            holdings_of(&mut read.by_framework, &view.framework_id)
                 .offered
                 .change(&view.resources, add);
-            agents.insert(view.agent_id.clone());
-            frameworks.insert(view.framework_id.clone());
+            mark(agents, &view.agent_id);
+            mark(frameworks, &view.framework_id);
         }
     }
+}
+
+/// `id`'s holdings, made on first sight (the key is copied then only:
+/// applying a change looks them up twice per task).
+fn holdings_of<'a>(map: &'a mut FastMap<String, Holdings>, id: &str) -> &'a mut Holdings {
+    if !map.contains_key(id) {
+        map.insert(id.to_string(), Holdings::default());
+    }
+    map.get_mut(id).expect("inserted above")
+}
+
+/// Marks `id` changed, copying it only the first time.
+fn mark(changed: &mut FastSet<String>, id: &str) {
+    if !changed.contains(id) {
+        changed.insert(id.to_string());
+    }
+}
+
+/// Where a task holds resources, and what: nothing once it ended.
+fn holding(view: Option<&TaskView>) -> Option<(&String, &String, &Resources)> {
+    view.filter(|v| {
+        !is_terminal(TaskState::from_str_name(v.state).unwrap_or(TaskState::TaskUnknown))
+    })
+    .map(|v| (&v.agent_id, &v.framework_id, &v.resources))
 }

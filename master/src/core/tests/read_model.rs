@@ -147,6 +147,12 @@ async fn the_read_model_follows_launches_ends_offers_and_agents() {
             uuid.as_bytes(),
         );
     }
+    // Starting to running holds the same resources in the same place:
+    // the agent's view is not rebuilt for it.
+    let held = snap.agents[agent.id.as_str()].clone();
+    let snap = published_matches_the_core(&mut h);
+    assert_eq!(snap.tasks_by_state.get("TASK_RUNNING"), Some(&5));
+    assert!(Arc::ptr_eq(&held, &snap.agents[agent.id.as_str()]));
     h.update(&agent, &framework.id, "t0", TaskState::TaskFinished, b"f0");
     h.update(&agent, &framework.id, "t1", TaskState::TaskFailed, b"f1");
     let snap = published_matches_the_core(&mut h);
