@@ -24,8 +24,8 @@ pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 const PUBLISH_SLICE: usize = 1024;
 
 /// How long after a reader's last request the core keeps its working copy
-/// up to date turn by turn (a slice at a time, without publishing), so the
-/// next reader's publication has only the last turn's changes to apply: a
+/// up to date turn by turn (each turn's changes, without publishing), so
+/// the next reader's publication has only the changes since to apply: a
 /// dashboard polling a busy master waited tens of milliseconds for the
 /// changes of the quarter second since its last look.
 pub(super) const READERS_LINGER: Duration = PUBLISH_EVERY;
@@ -159,8 +159,8 @@ impl ReadModel {
 impl Core {
     /// Publishes at once if a reader asked; otherwise goes on with (or
     /// starts, once changes have waited long enough) a publication a
-    /// slice at a time — or, while readers are around, applies a slice of
-    /// this turn's changes without publishing.
+    /// slice at a time — or, while readers are around, applies this
+    /// turn's changes without publishing.
     pub(super) fn publish_if_wanted(&mut self) {
         if self.read.take_request() {
             self.publish();

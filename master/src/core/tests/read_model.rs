@@ -120,6 +120,16 @@ fn state_json_matches(snap: &Snapshot) {
     );
 }
 
+/// Launches `names` (small tasks) on the framework's newest offer.
+fn launch_on_an_offer(h: &mut Harness, framework: &mut FrameworkSession, names: &[&str]) {
+    let offer = offers(&mut framework.rx).pop().expect("offer");
+    let tasks = names
+        .iter()
+        .map(|n| task_info(n, "cpus:0.1;mem:10"))
+        .collect();
+    h.call(framework, accept(&offer, tasks)).expect("accept");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_read_model_follows_launches_ends_offers_and_agents() {
     let mut h = Harness::new();
@@ -250,14 +260,7 @@ async fn without_readers_a_publication_goes_a_slice_at_a_time_and_a_reader_gets_
     let _agent = h.admit(1);
     let mut framework = h.subscribe("f", "*", 3600.0, None);
     h.core.publish();
-    let launch = |h: &mut Harness, framework: &mut FrameworkSession, names: &[&str]| {
-        let offer = offers(&mut framework.rx).pop().expect("offer");
-        let tasks = names
-            .iter()
-            .map(|n| task_info(n, "cpus:0.1;mem:10"))
-            .collect();
-        h.call(framework, accept(&offer, tasks)).expect("accept");
-    };
+    let launch = launch_on_an_offer;
     launch(&mut h, &mut framework, &["a", "b", "c", "d", "e"]);
     let before = h.core.read.latest().seq;
 
@@ -304,8 +307,7 @@ async fn without_readers_a_publication_goes_a_slice_at_a_time_and_a_reader_gets_
 }
 
 #[tokio::test(start_paused = true)]
-async fn while_readers_are_around_each_turn_is_applied_unpublished_so_their_next_read_has_little_left()
- {
+async fn while_readers_are_around_each_turn_is_applied_unpublished() {
     use super::super::publish::{PUBLISH_EVERY, READERS_LINGER};
     let mut h = Harness::new();
     let (publisher, reader) = crate::snapshot::channel();
@@ -317,12 +319,7 @@ async fn while_readers_are_around_each_turn_is_applied_unpublished_so_their_next
     let mut agents = Vec::new();
     let mut launch = |h: &mut Harness, framework: &mut FrameworkSession, names: &[&str]| {
         agents.push(h.admit(agents.len() as u64 + 1));
-        let offer = offers(&mut framework.rx).pop().expect("offer");
-        let tasks = names
-            .iter()
-            .map(|n| task_info(n, "cpus:0.1;mem:10"))
-            .collect();
-        h.call(framework, accept(&offer, tasks)).expect("accept");
+        launch_on_an_offer(h, framework, names);
     };
 
     // No reader yet: a turn's changes wait, coalescing, for the publication.
