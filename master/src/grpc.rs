@@ -140,12 +140,19 @@ impl Scheduler for CoreHandle {
         let info = request
             .framework_info
             .ok_or_else(|| Status::invalid_argument("subscribe: framework_info is required"))?;
+        let demand = request
+            .demand
+            .as_ref()
+            .map(agora_proto::Demand::from_proto)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(format!("subscribe: demand.resources: {e}")))?;
         check_webui_url(&info.webui_url, peer).await?;
         let (tx, rx) = Outbound::channel(FRAMEWORK_STREAM_CAPACITY);
         let (reply, answer) = oneshot::channel();
         self.send(CoreMsg::Subscribe {
             info: Box::new(info),
             secret,
+            demand,
             caller,
             tx,
             reply,

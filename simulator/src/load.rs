@@ -195,7 +195,8 @@ impl Load {
 
 impl Scheduler for Load {
     async fn subscribed(&mut self, driver: &Driver, _framework_id: &str) {
-        self.told_demand = None;
+        // The demand told went with the subscription (the SDK sends it
+        // with every one); what changed since goes now.
         self.tell_demand(driver).await;
     }
 
@@ -338,7 +339,7 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
             }
         })
     });
-    let load = Load {
+    let mut load = Load {
         shared: shared.clone(),
         latencies_ms: Vec::new(),
         last_running: None,
@@ -347,6 +348,8 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
         tasks,
         stats: stats.clone(),
     };
+    // Goes with the subscription: the first offers are sized to it.
+    load.tell_demand(&driver).await;
     let result = driver.run(load).await;
     if let Some(pacer) = pacer {
         pacer.abort();

@@ -151,6 +151,7 @@ async fn subscribe_as(url: &str, token: Option<&str>, role: &str) -> Result<(), 
             ..Default::default()
         }),
         secret: String::new(),
+        demand: None,
     });
     if let Some(token) = token {
         request.metadata_mut().insert(

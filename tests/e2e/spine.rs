@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use agora_sdk::{Resources, TaskState, offer_id, offer_resources, status_state, task};
+use agora_sdk::{
+    Demand, FrameworkConfig, Resources, TaskState, offer_id, offer_resources, status_state, task,
+};
 use nix::sys::signal::Signal;
 
 use crate::support::*;
@@ -811,6 +813,16 @@ async fn emulated_agents_register_and_run_tasks_the_master_cannot_tell_apart() {
         .await;
     assert_eq!(finished.exit_code, Some(0));
     f.teardown().await;
+    // A framework that tells its demand with its subscription is first
+    // offered what covers it (one agent of 50), not every agent.
+    let mut config = FrameworkConfig::new(&url, "wanting-little");
+    config.token = user_token();
+    let mut demand = Demand::default();
+    demand.add(&small_task(), 1);
+    let mut wanting = TestFramework::start_wanting(config, Some(&demand)).await;
+    let first = wanting.next_offers(Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    wanting.teardown().await;
     // The load framework places its tasks on them — every one reported
     // running, none failed — and tells how long that took.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_agora"))

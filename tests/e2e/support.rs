@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_sdk::{
-    Driver, FrameworkConfig, Offer, Resources, Scheduler, SdkError, TaskState, TaskStatus,
+    Demand, Driver, FrameworkConfig, Offer, Resources, Scheduler, SdkError, TaskState, TaskStatus,
     is_terminal, offer_id, offer_resources, status_state, status_task_id, task, with_ports,
 };
 use nix::sys::signal::{Signal, kill};
@@ -530,8 +530,19 @@ impl TestFramework {
     }
 
     pub async fn start_with(config: FrameworkConfig) -> TestFramework {
+        TestFramework::start_wanting(config, None).await
+    }
+
+    /// Starts a framework that tells its `demand` with its subscription.
+    pub async fn start_wanting(config: FrameworkConfig, demand: Option<&Demand>) -> TestFramework {
         let name = config.name.clone();
         let driver = Driver::new(config).expect("driver");
+        if demand.is_some() {
+            driver
+                .set_demand(demand)
+                .await
+                .expect("a demand before subscribing");
+        }
         let (tx, mut events) = mpsc::unbounded_channel();
         let runner = driver.clone();
         let run = tokio::spawn(async move { runner.run(Recorder { tx }).await });

@@ -128,6 +128,19 @@ impl FrameworkConfig {
     }
 }
 
+impl Subscription {
+    /// What identifies calls on the current subscription, once there is one.
+    fn header(&self) -> Option<v1::CallHeader> {
+        match (&self.framework_id, &self.stream_id) {
+            (Some(f), Some(stream)) => Some(v1::CallHeader {
+                framework_id: Some(v1::FrameworkId { value: f.clone() }),
+                stream_id: stream.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Subscription {
     framework_id: Option<String>,
@@ -136,6 +149,8 @@ struct Subscription {
     stream_id: Option<String>,
     /// What the master presents on requests it relays to `webui_url`.
     relay_token: Option<String>,
+    /// The demand last set: sent with every subscription.
+    demand: Option<v1::Demand>,
 }
 
 /// A cheap, cloneable handle for calls to the master.
@@ -298,6 +313,7 @@ impl Driver {
             secret: config.framework_secret.clone(),
             stream_id: None,
             relay_token: None,
+            demand: None,
         };
         Ok(Driver {
             masters: Arc::new(Mutex::new(Masters {
@@ -383,17 +399,11 @@ impl Driver {
     }
 
     fn header(&self) -> Result<v1::CallHeader, SdkError> {
-        let s = self
-            .subscription
+        self.subscription
             .lock()
-            .map_err(|_| SdkError::NotSubscribed)?;
-        match (&s.framework_id, &s.stream_id) {
-            (Some(f), Some(stream)) => Ok(v1::CallHeader {
-                framework_id: Some(v1::FrameworkId { value: f.clone() }),
-                stream_id: stream.clone(),
-            }),
-            _ => Err(SdkError::NotSubscribed),
-        }
+            .map_err(|_| SdkError::NotSubscribed)?
+            .header()
+            .ok_or(SdkError::NotSubscribed)
     }
 
     /// Launches `tasks` on the resources of `offer_ids` (all on one agent);
@@ -450,11 +460,27 @@ impl Driver {
 
     /// Tells the master what the framework still wants placed (`None`:
     /// forget it). Under the master's `demand` offer policy, offers are
-    /// sized to it; it does not clear refusal filters.
+    /// sized to it; it does not clear refusal filters. Set before
+    /// [`Driver::run`], it goes with the subscription, so the first offers
+    /// are sized to it too; it goes again with every resubscription (a
+    /// master taking over learns it).
     pub async fn set_demand(&self, demand: Option<&Demand>) -> Result<(), SdkError> {
+        let demand = demand.map(Demand::to_proto);
+        let header = {
+            let mut s = self
+                .subscription
+                .lock()
+                .map_err(|_| SdkError::NotSubscribed)?;
+            s.demand = demand.clone();
+            s.header()
+        };
+        let Some(header) = header else {
+            // Not subscribed yet: it goes with the subscription.
+            return Ok(());
+        };
         let request = v1::DemandRequest {
-            header: Some(self.header()?),
-            demand: demand.map(Demand::to_proto),
+            header: Some(header),
+            demand,
         };
         let call = self.client().set_demand(request).await;
         call.map(drop).map_err(|s| call_error("set_demand", s))
@@ -592,6 +618,7 @@ impl Driver {
                 .subscribe(v1::SubscribeRequest {
                     framework_info: Some(info),
                     secret: self.framework_secret().unwrap_or_default(),
+                    demand: self.subscription.lock().ok().and_then(|s| s.demand.clone()),
                 })
                 .await;
             let mut events = match subscribed {

@@ -88,6 +88,8 @@ pub enum CoreMsg {
         info: Box<v1::FrameworkInfo>,
         /// The secret presented with a framework id to resume.
         secret: String,
+        /// What it wants placed, from the start.
+        demand: Option<agora_proto::Demand>,
         caller: Caller,
         tx: FrameworkTx,
         reply: oneshot::Sender<Result<(String, String), Status>>,
@@ -611,11 +613,16 @@ impl Core {
             CoreMsg::Subscribe {
                 info,
                 secret,
+                demand,
                 caller,
                 tx,
                 reply,
             } => {
-                let _ = reply.send(self.subscribe(*info, &secret, &caller, tx));
+                let subscribed = self.subscribe(*info, &secret, &caller, tx);
+                if let (Ok((framework_id, _)), Some(demand)) = (&subscribed, demand) {
+                    self.allocator.set_demand(framework_id, Some(demand));
+                }
+                let _ = reply.send(subscribed);
             }
             CoreMsg::FrameworkClosed {
                 framework_id,

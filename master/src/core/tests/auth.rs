@@ -113,6 +113,7 @@ async fn frameworks_register_only_in_their_roles_and_belong_to_their_principal()
             ..Default::default()
         }),
         secret: String::new(),
+        demand: None,
         caller: h.caller.clone(),
         tx,
         reply,
@@ -174,6 +175,7 @@ async fn only_an_allowed_principal_announces_a_web_ui_under_a_name() {
             ..Default::default()
         }),
         secret: String::new(),
+        demand: None,
         caller: h.caller.clone(),
         tx,
         reply,

@@ -32,6 +32,8 @@ struct Harness {
     caller: Caller,
     /// Whether agent sessions from here on carry a join credential.
     may_join: bool,
+    /// The demand the next subscription carries.
+    demand_at_subscribe: Option<Demand>,
 }
 
 struct AgentSession {
@@ -80,6 +82,7 @@ impl Harness {
             stream_capacity: 1 << 16,
             caller: Caller::Anyone,
             may_join: true,
+            demand_at_subscribe: None,
         }
     }
 
@@ -220,6 +223,7 @@ impl Harness {
     ) -> Result<FrameworkSession, Status> {
         let (tx, mut rx) = Outbound::channel(self.stream_capacity);
         let (reply, mut answer) = oneshot::channel();
+        let demand = self.demand_at_subscribe.take();
         self.send(CoreMsg::Subscribe {
             info: Box::new(v1::FrameworkInfo {
                 name: name.into(),
@@ -231,6 +235,7 @@ impl Harness {
                 ..Default::default()
             }),
             secret: resume.map(|(_, s)| s.to_string()).unwrap_or_default(),
+            demand,
             caller: self.caller.clone(),
             tx,
             reply,
@@ -908,6 +913,23 @@ async fn offers_are_sized_to_the_demand_a_framework_declares() {
     h.call(&framework, Call::SetDemand(None)).expect("forget");
     h.advance(Duration::from_secs(1)).await;
     assert_eq!(offers(&mut framework.rx).len(), agents.len() - 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_demand_that_comes_with_the_subscription_sizes_the_first_offers() {
+    let mut h = Harness::new();
+    let agents: Vec<AgentSession> = (1..=4).map(|conn| h.admit(conn)).collect();
+    h.demand_at_subscribe = Some(Demand {
+        resources: Resources::parse("cpus:1;mem:128").expect("resources"),
+        tasks: 1,
+    });
+    let mut framework = h.subscribe("f", "*", 0.0, None);
+    assert_eq!(
+        offers(&mut framework.rx).len(),
+        1,
+        "one agent of {} covers one task",
+        agents.len()
+    );
 }
 
 #[tokio::test(start_paused = true)]
