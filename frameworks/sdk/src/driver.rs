@@ -128,6 +128,18 @@ impl FrameworkConfig {
     }
 }
 
+#[derive(Default)]
+struct Subscription {
+    framework_id: Option<String>,
+    /// Issued by the master with the id; needed to resubscribe under it.
+    secret: Option<String>,
+    stream_id: Option<String>,
+    /// What the master presents on requests it relays to `webui_url`.
+    relay_token: Option<String>,
+    /// The demand last set: sent with every subscription.
+    demand: Option<v1::Demand>,
+}
+
 impl Subscription {
     /// What identifies calls on the current subscription, once there is one.
     fn header(&self) -> Option<v1::CallHeader> {
@@ -139,18 +151,6 @@ impl Subscription {
             _ => None,
         }
     }
-}
-
-#[derive(Default)]
-struct Subscription {
-    framework_id: Option<String>,
-    /// Issued by the master with the id; needed to resubscribe under it.
-    secret: Option<String>,
-    stream_id: Option<String>,
-    /// What the master presents on requests it relays to `webui_url`.
-    relay_token: Option<String>,
-    /// The demand last set: sent with every subscription.
-    demand: Option<v1::Demand>,
 }
 
 /// A cheap, cloneable handle for calls to the master.
