@@ -392,11 +392,10 @@ async fn drain_stops_offers_and_kills_on_request_and_teardown_removes_a_framewor
 }
 
 /// Reads server-sent events from `url` until `done` says enough.
-async fn read_events(
-    url: String,
-    mut done: impl FnMut(&[(String, Value)]) -> bool,
-) -> Vec<(String, Value)> {
-    let mut response = fetch(&url).await.expect("GET events");
+/// Connects to the event stream at `url`: once this returns, the master
+/// has subscribed it, so nothing that happens afterwards is missed.
+async fn follow_events(url: String) -> reqwest::Response {
+    let response = fetch(&url).await.expect("GET events");
     assert_eq!(
         response
             .headers()
@@ -404,6 +403,14 @@ async fn read_events(
             .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
+    response
+}
+
+/// Reads events from `response` until `done` says so.
+async fn read_events(
+    mut response: reqwest::Response,
+    mut done: impl FnMut(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
     let mut buffer = String::new();
     let mut events = Vec::new();
     while !done(&events) {
@@ -436,7 +443,9 @@ async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
     let master = start_master("127.0.0.1:0", &[]);
     let url = master.url.clone().expect("url");
     let dir = tempdir();
-    let reader = tokio::spawn(read_events(format!("{url}/api/v1/events"), |events| {
+    // Following before anything happens: events are not replayed.
+    let stream = follow_events(format!("{url}/api/v1/events")).await;
+    let reader = tokio::spawn(read_events(stream, |events| {
         events
             .iter()
             .any(|(_, e)| e["task_id"] == "lifer" && e["state"] == "TASK_FINISHED")
