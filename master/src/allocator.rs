@@ -580,6 +580,21 @@ impl DrfAllocator {
         }
     }
 
+    /// The dominant share of the cluster that `held` and `more` make.
+    fn cluster_share(&self, held: &Resources, more: &Resources) -> f64 {
+        ["cpus", "mem"]
+            .iter()
+            .map(|r| {
+                let total = self.cluster_total.scalar(r);
+                if total > 0.0 {
+                    (held.scalar(r) + more.scalar(r)) / total
+                } else {
+                    0.0
+                }
+            })
+            .fold(0.0_f64, f64::max)
+    }
+
     /// Whether `fw` may hold `more` in offers on top of what it holds, out
     /// of `pool` free or on offer (always, under Mesos's policy).
     fn may_hold(&self, fw: usize, more: &Resources, limits: &PassLimits) -> bool {
@@ -594,6 +609,16 @@ impl DrfAllocator {
         };
         let pool = &limits.pool;
         if !worth_offering(&f.offered) {
+            return true;
+        }
+        // Never below its fair part of the whole cluster: a framework that
+        // holds less (in use and on offer) may be offered more, however
+        // much of what is free it holds. Otherwise the slower of two
+        // frameworks lost agents to the faster while the cluster filled (5
+        // of 7 one-task agents), DRF order notwithstanding.
+        if self.policy() == OfferPolicy::Demand
+            && self.cluster_share(&f.allocated, more) <= limits.fair_share + 1e-9
+        {
             return true;
         }
         let share = ["cpus", "mem"]
@@ -1594,5 +1619,80 @@ mod tests {
             "expiry waits for a full pass"
         );
         assert_eq!(alloc.allocate(11).len(), 1);
+    }
+
+    #[test]
+    fn two_hungry_frameworks_split_agents_that_arrive_one_by_one_evenly() {
+        // Agents joining one at a time while offers are still out, taken in
+        // any order (what `spine::two_hungry_frameworks…` meets on a busy
+        // machine): each one-task agent goes to whoever holds less,
+        // whichever framework answers faster.
+        for seed in 1..=2000u64 {
+            let mut rng = seed;
+            let mut next = move |n: usize| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % n as u64) as usize
+            };
+            let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+            alloc.add_framework("a", "*", true);
+            alloc.add_framework("b", "*", true);
+            let one = Resources::parse("cpus:1;mem:1024").expect("resources");
+            let task = Resources::parse("cpus:1;mem:128").expect("resources");
+            let (mut joined, mut out, mut tasks) = (0, Vec::new(), HashMap::new());
+            let mut trace = Vec::new();
+            let mut now = 0;
+            while joined < 7 || !out.is_empty() {
+                now += 1;
+                if joined < 7 && (out.is_empty() || next(2) == 0) {
+                    alloc.add_agent(&format!("agent-{joined}"), one.clone(), &[]);
+                    trace.push(format!("join {joined}"));
+                    joined += 1;
+                } else {
+                    let Allocation {
+                        framework,
+                        agent,
+                        resources,
+                    } = out.swap_remove(next(out.len()));
+                    alloc.offer_ended(&framework, &agent, &resources);
+                    let mut unused = resources.clone();
+                    unused.subtract(&task);
+                    alloc.recover(&framework, &agent, &unused, None);
+                    trace.push(format!("{framework} takes {agent}"));
+                    *tasks.entry(framework).or_insert(0usize) += 1;
+                }
+                let mut offers = alloc.allocate_changed(now);
+                while !offers.is_empty() {
+                    for a in std::mem::take(&mut offers) {
+                        trace.push(format!("offer {} to {}", a.agent, a.framework));
+                        if a.resources.contains(&task) {
+                            out.push(a);
+                        } else {
+                            // Too little for a task: declined for long, at
+                            // once (as the frameworks do, in the same
+                            // callback), and what that frees goes round.
+                            alloc.offer_ended(&a.framework, &a.agent, &a.resources);
+                            alloc.recover(
+                                &a.framework,
+                                &a.agent,
+                                &a.resources,
+                                Some(now + 3_600_000),
+                            );
+                            trace.push(format!("{} declines {}", a.framework, a.agent));
+                        }
+                    }
+                    offers = alloc.allocate_changed(now);
+                }
+            }
+            let (a, b) = (
+                tasks.get("a").copied().unwrap_or(0),
+                tasks.get("b").copied().unwrap_or(0),
+            );
+            assert!(
+                a + b == 7 && a.abs_diff(b) <= 1,
+                "seed {seed}: {a} vs {b}: {trace:?}"
+            );
+        }
     }
 }
