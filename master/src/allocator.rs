@@ -50,7 +50,8 @@ pub enum OfferPolicy {
     /// that demand over at least as many agents as it has tasks — so offers
     /// scale with the work to place, not with the free agents. And with n
     /// frameworks connected, none holds more than 1/n of what is free or on
-    /// offer (one offer is always allowed; alone, a framework may hold
+    /// offer (one offer is always allowed, and so is anything that keeps
+    /// it within 1/n of the whole cluster; alone, a framework may hold
     /// everything) — so a slow framework with a backlog cannot lock the
     /// cluster. A framework that has said nothing is bounded by the fair
     /// part only.
