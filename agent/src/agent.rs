@@ -524,8 +524,9 @@ impl<C: Containerizer> Agent<C> {
     }
 
     /// Queues the task's checkpoint. With `report`, true if it holds an
-    /// outcome, which is reported (`TaskEvent::Checkpointed`) once on disk:
-    /// its update must not go out before.
+    /// outcome or a task's start, which is reported
+    /// (`TaskEvent::Checkpointed`) once on disk: its update must not go out
+    /// before.
     fn checkpoint(&self, key: &TaskKey, report: bool) -> bool {
         let Some(t) = self.tasks.get(key) else {
             return false;
@@ -555,7 +556,17 @@ impl<C: Containerizer> Agent<C> {
                 is_terminal(TaskState::try_from(s.state).unwrap_or(TaskState::TaskUnknown))
             })
         });
-        let then = (report && pending_outcome).then(|| key.clone());
+        // But the process a running task is cannot be re-derived: "running"
+        // goes out once the checkpoint naming its pid is written (the page
+        // cache is enough; a machine crash ends the task too). An agent
+        // killed in between came back thinking the launch was interrupted,
+        // and failed a task its framework had seen running.
+        let says_running = t
+            .pending
+            .back()
+            .and_then(|u| u.status.as_ref())
+            .is_some_and(|s| s.state == TaskState::TaskRunning as i32);
+        let then = (report && (pending_outcome || says_running)).then(|| key.clone());
         let reported = then.is_some();
         self.writer.save(cp, pending_outcome, then);
         reported
@@ -1546,6 +1557,60 @@ mod tests {
         fn can_recover(&self) -> bool {
             true
         }
+    }
+
+    /// A container that runs until killed.
+    struct Running;
+
+    impl Container for Running {
+        fn pid(&self) -> u32 {
+            4242
+        }
+        fn wait(&mut self) -> WaitFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+        fn terminate(&self) -> Result<(), ContainerizerError> {
+            Ok(())
+        }
+        fn kill_all(&self) -> Result<(), ContainerizerError> {
+            Ok(())
+        }
+        fn destroy(&mut self) -> Result<(), ContainerizerError> {
+            Ok(())
+        }
+    }
+
+    /// An agent killed right after a launch must find the task's pid on
+    /// restart: "running" goes out once the checkpoint naming it is written.
+    #[tokio::test]
+    async fn a_task_is_reported_running_once_its_pid_is_checkpointed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AgentConfig::new("http://127.0.0.1:1", dir.path());
+        let (http_token, _) = tokio::sync::watch::channel(None);
+        let (mut agent, mut events) = Agent::new(config, Resources::new(), Recovering, http_token);
+        let key: TaskKey = ("f1".into(), "t1".into());
+        agent.tasks.insert(
+            key.clone(),
+            TaskRecord::new(
+                v1::TaskInfo::default(),
+                TaskState::TaskStarting,
+                "c1".into(),
+            ),
+        );
+        agent.launched(key.clone(), Ok(Box::new(Running)));
+        assert_eq!(agent.tasks[&key].state, TaskState::TaskRunning);
+        let checkpointed = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("the writer reports the start")
+            .expect("an event");
+        assert!(matches!(&checkpointed, TaskEvent::Checkpointed { key: k } if *k == key));
+        let on_disk = agent.checkpoints.load_all().0;
+        assert!(
+            on_disk
+                .iter()
+                .any(|cp| cp.container_id == "c1" && cp.pid == 4242),
+            "the pid is on disk before the update goes: {on_disk:?}"
+        );
     }
 
     /// An agent restarted between a container's end and its outcome's
