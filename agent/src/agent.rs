@@ -1580,23 +1580,32 @@ mod tests {
         }
     }
 
+    /// An agent (its data in the returned directory) tracking task `t1` of
+    /// framework `f1` in container `c1`, in `state`.
+    fn agent_with_task(
+        state: TaskState,
+    ) -> (
+        tempfile::TempDir,
+        Agent<Recovering>,
+        mpsc::Receiver<TaskEvent>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AgentConfig::new("http://127.0.0.1:1", dir.path());
+        let (http_token, _) = tokio::sync::watch::channel(None);
+        let (mut agent, events) = Agent::new(config, Resources::new(), Recovering, http_token);
+        agent.tasks.insert(
+            ("f1".into(), "t1".into()),
+            TaskRecord::new(v1::TaskInfo::default(), state, "c1".into()),
+        );
+        (dir, agent, events)
+    }
+
     /// An agent killed right after a launch must find the task's pid on
     /// restart: "running" goes out once the checkpoint naming it is written.
     #[tokio::test]
     async fn a_task_is_reported_running_once_its_pid_is_checkpointed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = AgentConfig::new("http://127.0.0.1:1", dir.path());
-        let (http_token, _) = tokio::sync::watch::channel(None);
-        let (mut agent, mut events) = Agent::new(config, Resources::new(), Recovering, http_token);
+        let (_dir, mut agent, mut events) = agent_with_task(TaskState::TaskStarting);
         let key: TaskKey = ("f1".into(), "t1".into());
-        agent.tasks.insert(
-            key.clone(),
-            TaskRecord::new(
-                v1::TaskInfo::default(),
-                TaskState::TaskStarting,
-                "c1".into(),
-            ),
-        );
         agent.launched(key.clone(), Ok(Box::new(Running)));
         assert_eq!(agent.tasks[&key].state, TaskState::TaskRunning);
         let checkpointed = tokio::time::timeout(Duration::from_secs(10), events.recv())
@@ -1618,15 +1627,8 @@ mod tests {
     /// ended: the container goes only once the checkpoint is on disk.
     #[tokio::test]
     async fn an_ended_container_is_destroyed_only_once_its_outcome_is_on_disk() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = AgentConfig::new("http://127.0.0.1:1", dir.path());
-        let (http_token, _) = tokio::sync::watch::channel(None);
-        let (mut agent, mut events) = Agent::new(config, Resources::new(), Recovering, http_token);
+        let (_dir, mut agent, mut events) = agent_with_task(TaskState::TaskRunning);
         let key: TaskKey = ("f1".into(), "t1".into());
-        agent.tasks.insert(
-            key.clone(),
-            TaskRecord::new(v1::TaskInfo::default(), TaskState::TaskRunning, "c1".into()),
-        );
         let destroyed = Arc::new(AtomicUsize::new(0));
         agent.task_event(TaskEvent::Exited {
             key: key.clone(),
