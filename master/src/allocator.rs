@@ -411,6 +411,22 @@ fn wants_more(f: &FrameworkSlot) -> bool {
             .any(|(name, amount)| f.offered.scalar(name) < DEMAND_SLACK * amount)
 }
 
+/// The largest fraction of `total`'s cpus or memory that `held` and `more`
+/// make together.
+fn dominant_share(held: &Resources, more: &Resources, total: &Resources) -> f64 {
+    ["cpus", "mem"]
+        .iter()
+        .map(|r| {
+            let total = total.scalar(r);
+            if total > 0.0 {
+                (held.scalar(r) + more.scalar(r)) / total
+            } else {
+                0.0
+            }
+        })
+        .fold(0.0_f64, f64::max)
+}
+
 /// Mesos's minimum allocatable amount: an offer must carry some cpus or memory.
 fn worth_offering(r: &Resources) -> bool {
     r.scalar("cpus") >= 0.01 || r.scalar("mem") >= 32.0
@@ -581,21 +597,6 @@ impl DrfAllocator {
         }
     }
 
-    /// The dominant share of the cluster that `held` and `more` make.
-    fn cluster_share(&self, held: &Resources, more: &Resources) -> f64 {
-        ["cpus", "mem"]
-            .iter()
-            .map(|r| {
-                let total = self.cluster_total.scalar(r);
-                if total > 0.0 {
-                    (held.scalar(r) + more.scalar(r)) / total
-                } else {
-                    0.0
-                }
-            })
-            .fold(0.0_f64, f64::max)
-    }
-
     /// Whether `fw` may hold `more` in offers on top of what it holds, out
     /// of `pool` free or on offer (always, under Mesos's policy).
     fn may_hold(&self, fw: usize, more: &Resources, limits: &PassLimits) -> bool {
@@ -618,22 +619,11 @@ impl DrfAllocator {
         // frameworks lost agents to the faster while the cluster filled (5
         // of 7 one-task agents), DRF order notwithstanding.
         if self.policy() == OfferPolicy::Demand
-            && self.cluster_share(&f.allocated, more) <= limits.fair_share + 1e-9
+            && dominant_share(&f.allocated, more, &self.cluster_total) <= limits.fair_share + 1e-9
         {
             return true;
         }
-        let share = ["cpus", "mem"]
-            .iter()
-            .map(|r| {
-                let total = pool.scalar(r);
-                if total > 0.0 {
-                    (f.offered.scalar(r) + more.scalar(r)) / total
-                } else {
-                    0.0
-                }
-            })
-            .fold(0.0_f64, f64::max);
-        share <= max_offered_share + 1e-9
+        dominant_share(&f.offered, more, pool) <= max_offered_share + 1e-9
     }
 
     /// The first framework in DRF order that may be offered `agent`
