@@ -108,6 +108,7 @@ impl Core {
             .map(|f| f.info.user.clone())
             .unwrap_or_default();
         for (mut task, resources) in launches {
+            self.reader_checkpoint();
             task.agent_id = Some(v1::AgentId {
                 value: agent.clone(),
             });

@@ -415,13 +415,6 @@ async fn wait_until(at: Option<Instant>) {
 /// Most messages handled between two allocation passes.
 const MAX_BURST: usize = 4096;
 
-/// Messages between two looks for readers waiting within a burst: a burst
-/// under load takes a few hundred milliseconds, a reader should not.
-const READ_CHECK_EVERY: usize = 64;
-/// Work between two looks for readers, whatever the messages: 64 accepts
-/// of 200 tasks each took tens of milliseconds.
-const READ_CHECK_AFTER: Duration = Duration::from_millis(2);
-
 /// The default refusal of a decline without filters (Mesos: 5 s).
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
@@ -552,20 +545,14 @@ impl Core {
     /// `first` and what else is queued, before allocating: one pass per
     /// burst, and a burst no longer than MAX_BURST, so offers, commits and
     /// backlogs keep moving under load. Readers that ask meanwhile are
-    /// answered every READ_CHECK_EVERY messages or READ_CHECK_AFTER of
-    /// work, not at the burst's end.
+    /// answered within it ([`Core::reader_checkpoint`]), not at its end.
     fn handle_burst(&mut self, first: CoreMsg, inbox: &mut Inbox) {
-        // Wall time, as the turn's own clock: it bounds work, not protocol
-        // timeouts.
-        let mut checked = std::time::Instant::now();
+        self.start_reader_clock();
         self.handle(first);
-        for handled in 1..MAX_BURST {
+        for _ in 1..MAX_BURST {
+            self.reader_checkpoint();
             let Some(msg) = inbox.try_next() else { break };
             self.handle(msg);
-            if handled % READ_CHECK_EVERY == 0 || checked.elapsed() >= READ_CHECK_AFTER {
-                self.publish_if_asked();
-                checked = std::time::Instant::now();
-            }
         }
     }
 

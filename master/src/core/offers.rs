@@ -19,6 +19,7 @@ impl Core {
         let mut by_framework: BTreeMap<String, Vec<v1::Offer>> = BTreeMap::new();
         let now = self.now_ms();
         for a in allocations {
+            self.reader_checkpoint();
             let (Some(agent), Some(framework)) =
                 (self.agents.get(&a.agent), self.frameworks.get(&a.framework))
             else {

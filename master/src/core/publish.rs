@@ -30,6 +30,10 @@ const PUBLISH_SLICE: usize = 1024;
 /// changes of the quarter second since its last look.
 pub(super) const READERS_LINGER: Duration = PUBLISH_EVERY;
 
+/// Work between two looks for readers waiting (see
+/// [`Core::reader_checkpoint`]).
+const READ_CHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// A running sum of resources and how many things hold them.
 #[derive(Default)]
 pub(super) struct Sum {
@@ -81,6 +85,11 @@ pub(super) struct ReadModel {
     taken: bool,
     /// When a reader last asked for a publication.
     last_asked: Option<Instant>,
+    /// When the core last looked for readers within its work (wall time:
+    /// it bounds work, not protocol timeouts), and how much work passes
+    /// between two looks.
+    checked: std::time::Instant,
+    check_after: std::time::Duration,
 }
 
 impl ReadModel {
@@ -99,6 +108,8 @@ impl ReadModel {
             in_progress: false,
             taken: false,
             last_asked: None,
+            checked: std::time::Instant::now(),
+            check_after: READ_CHECK_AFTER,
         }
     }
 
@@ -106,6 +117,13 @@ impl ReadModel {
     #[cfg(test)]
     pub(super) fn set_slice(&mut self, tasks: usize) {
         self.slice = tasks;
+    }
+
+    /// Looks for readers at every checkpoint (tests: work takes no time
+    /// worth speaking of there).
+    #[cfg(test)]
+    pub(super) fn check_at_every_step(&mut self) {
+        self.check_after = std::time::Duration::ZERO;
     }
 
     /// Whether a publication is under way, a slice at a time.
@@ -187,11 +205,31 @@ impl Core {
         }
     }
 
-    /// Publishes if a reader asked.
-    pub(super) fn publish_if_asked(&mut self) {
+    /// Starts the clock of [`Core::reader_checkpoint`] (work begins).
+    pub(super) fn start_reader_clock(&mut self) {
+        self.read.checked = std::time::Instant::now();
+    }
+
+    /// A point between two steps of a long piece of work (messages of a
+    /// burst, tasks of an accept, offers of a pass) where, once
+    /// [`READ_CHECK_AFTER`] of work has passed since the last look, the
+    /// core publishes if a reader asked — or, while readers are around,
+    /// applies what changed so far without publishing. A reader then
+    /// waits for at most a step, and its publication has at most that
+    /// much to apply: with looks only between messages, one accept of 800
+    /// tasks kept a reader 20 ms, and with the changes applied only at a
+    /// burst's end, a reader's publication of a 100 ms burst took 35 ms.
+    pub(super) fn reader_checkpoint(&mut self) {
+        if self.read.checked.elapsed() < self.read.check_after {
+            return;
+        }
         if self.read.take_request() {
             self.publish();
+        } else if self.read.readers_around() && !self.read.publishing() {
+            self.take_changes();
+            self.apply_pending(usize::MAX);
         }
+        self.start_reader_clock();
     }
 
     /// Whether anything changed since the last publication (taken into
