@@ -160,18 +160,18 @@ impl Reader {
 }
 
 /// A JSON array of views, each copied from its kept JSON.
-fn push_kept_json<'a, T: serde::Serialize + 'a>(
-    out: &mut Vec<u8>,
+fn write_kept_json<'a, T: serde::Serialize + 'a>(
+    out: &mut impl std::io::Write,
     views: impl Iterator<Item = (&'a T, &'a JsonOnce)>,
-) {
-    out.push(b'[');
+) -> std::io::Result<()> {
+    out.write_all(b"[")?;
     for (i, (view, json)) in views.enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.write_all(b",")?;
         }
-        out.extend_from_slice(json.get_or_make(view));
+        out.write_all(json.get_or_make(view))?;
     }
-    out.push(b']');
+    out.write_all(b"]")
 }
 
 impl Snapshot {
@@ -217,25 +217,24 @@ impl Snapshot {
             .collect()
     }
 
-    /// `GET /api/v1/state`: `{"agents", "frameworks", "tasks", "offers"}`.
-    /// Agents and tasks are copied from their views' kept JSON
-    /// ([`crate::state::JsonOnce`]); only views new since the last call
-    /// are serialized.
-    pub fn state_json(&self, now_ms: u64) -> serde_json::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.tasks.len() * 320 + self.agents.len() * 400);
-        out.extend_from_slice(b"{\"agents\":");
-        push_kept_json(
-            &mut out,
-            self.agents_sorted().into_iter().map(|a| (a, &a.json)),
-        );
-        out.extend_from_slice(b",\"frameworks\":");
-        serde_json::to_writer(&mut out, &self.frameworks_sorted())?;
-        out.extend_from_slice(b",\"tasks\":");
-        push_kept_json(&mut out, self.tasks_sorted().map(|t| (t, &t.json)));
-        out.extend_from_slice(b",\"offers\":");
-        serde_json::to_writer(&mut out, &self.offers_aged(now_ms))?;
-        out.push(b'}');
-        Ok(out)
+    /// `GET /api/v1/state`: `{"agents", "frameworks", "tasks", "offers"}`,
+    /// written to `out` as it is made. Agents and tasks are copied from
+    /// their views' kept JSON ([`crate::state::JsonOnce`]); only views new
+    /// since the last call are serialized.
+    pub fn write_state_json(
+        &self,
+        now_ms: u64,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        out.write_all(b"{\"agents\":")?;
+        write_kept_json(out, self.agents_sorted().into_iter().map(|a| (a, &a.json)))?;
+        out.write_all(b",\"frameworks\":")?;
+        serde_json::to_writer(&mut *out, &self.frameworks_sorted())?;
+        out.write_all(b",\"tasks\":")?;
+        write_kept_json(out, self.tasks_sorted().map(|t| (t, &t.json)))?;
+        out.write_all(b",\"offers\":")?;
+        serde_json::to_writer(&mut *out, &self.offers_aged(now_ms))?;
+        out.write_all(b"}")
     }
 
     /// The Prometheus page: the core's counters, and gauges from the
