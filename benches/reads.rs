@@ -17,8 +17,9 @@
 //! the machine.
 //!
 //! Inside the clocks: a read's clock runs from its request sent to its
-//! body received in full (HTTP/1.1 on loopback, one connection per
-//! endpoint); the load's from its first accept to its last `TASK_RUNNING`
+//! body received in full (HTTP/1.1 on loopback, the dashboard's requests
+//! one after another on one kept-alive connection, from a thread and
+//! runtime of its own, apart from the emulator's); the load's from its first accept to its last `TASK_RUNNING`
 //! (the scale benchmark's measure). Idle reads are the same requests with
 //! nothing scheduling.
 //!
@@ -123,6 +124,30 @@ async fn event_listener(url: String, stop: Arc<AtomicBool>, seen: Arc<AtomicU64>
     }
 }
 
+/// Runs `work` on a thread and runtime of its own, as if on another
+/// machine: on this process's runtime the dashboard's requests queued
+/// behind the emulator's ten thousand sessions, and its clocks timed that
+/// queue as much as the master. (It still shares the machine's cores.)
+fn elsewhere<F, T>(
+    name: &str,
+    work: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<T>
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(work())
+        })
+        .expect("thread")
+}
+
 async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
     // The last load's tasks are killed at its teardown: wait until only
     // the resident ones run.
@@ -220,14 +245,25 @@ async fn run(agents: usize, resident: u64, load: u64) {
     eprintln!("reads: load while a dashboard polls");
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));
-    let polling = tokio::spawn(dashboard(url.clone(), stop.clone()));
-    let listening = tokio::spawn(event_listener(url.clone(), stop.clone(), events.clone()));
+    let polling = elsewhere("dashboard", {
+        let (url, stop) = (url.clone(), stop.clone());
+        move || dashboard(url, stop)
+    });
+    let listening = elsewhere("events", {
+        let (url, stop, events) = (url.clone(), stop.clone(), events.clone());
+        move || event_listener(url, stop, events)
+    });
     // The dashboard's first round lands before the load starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (watched, cpu_watched) = measured_load(&cluster, "load-watched", load).await;
     stop.store(true, Ordering::Relaxed);
-    let mut busy = polling.await.expect("dashboard");
-    let _ = listening.await;
+    let mut busy = tokio::task::spawn_blocking(move || {
+        let _ = listening.join();
+        polling.join()
+    })
+    .await
+    .expect("joined")
+    .expect("dashboard");
     let rss = cluster.master.rss_mib();
 
     println!(
