@@ -12,7 +12,6 @@ use std::convert::Infallible;
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -20,8 +19,6 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, oneshot};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
 
 use crate::auth::{Action, Caller, Policy};
 use crate::core::{CoreMsg, Operator, OperatorError};
@@ -879,22 +876,74 @@ async fn event_stream(State(api): State<Api>, Extension(caller): Extension<Calle
             format!("{MAX_EVENT_STREAMS} event streams are open already; try again later"),
         );
     }
-    let stream = BroadcastStream::new(api.events.subscribe()).map(|item| {
-        Ok::<Event, Infallible>(match item {
-            Ok(event) => Event::default()
-                .event(event.name())
-                .json_data(&event)
-                .unwrap_or_else(|_| Event::default().event("error")),
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                Event::default()
-                    .event("lagged")
-                    .data(format!("{n} events were dropped; re-read /api/v1/state"))
-            }
-        })
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(forward_events(api.events.subscribe(), tx));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
         .into_response()
+}
+
+/// Most bytes of events handed to a connection at once.
+const EVENT_BATCH: usize = 64 * 1024;
+
+/// A comment goes out after this long without events, so clients and
+/// proxies keep the connection.
+const EVENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Writes server-sent events from `events` to a client, each burst of
+/// events that are waiting as one piece: written one by one, as their
+/// own frames, a client fell behind a launch burst (tens of thousands a
+/// second) and lost half of it. Ends when the client goes away.
+async fn forward_events(
+    mut events: broadcast::Receiver<ClusterEvent>,
+    client: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, Infallible>>,
+) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    loop {
+        let mut out = Vec::new();
+        match tokio::time::timeout(EVENT_KEEP_ALIVE, events.recv()).await {
+            Err(_) => out.extend_from_slice(b":\n\n"),
+            Ok(Err(RecvError::Closed)) => return,
+            Ok(Err(RecvError::Lagged(n))) => write_lagged(&mut out, n),
+            Ok(Ok(event)) => write_event(&mut out, &event),
+        }
+        while out.len() < EVENT_BATCH {
+            match events.try_recv() {
+                Ok(event) => write_event(&mut out, &event),
+                Err(TryRecvError::Lagged(n)) => write_lagged(&mut out, n),
+                // Closed shows at the next wait.
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if client.send(Ok(out.into())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One event in the SSE format: its name, then its JSON on one line
+/// (compact JSON escapes every newline).
+fn write_event(out: &mut Vec<u8>, event: &ClusterEvent) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.name().as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Events hold only strings, numbers and booleans, which always
+    // serialize.
+    serde_json::to_writer(&mut *out, event).expect("events serialize");
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Tells a client how many events it missed by falling behind.
+fn write_lagged(out: &mut Vec<u8>, missed: u64) {
+    out.extend_from_slice(
+        format!("event: lagged\ndata: {missed} events were dropped; re-read /api/v1/state\n\n")
+            .as_bytes(),
+    );
 }
 
 /// Largest request body relayed to a framework.
@@ -1063,6 +1112,85 @@ mod tests {
             written <= STREAM_CHUNK * (STREAM_AHEAD + 2),
             "{written} bytes made for nobody"
         );
+    }
+
+    fn task_event(n: usize) -> ClusterEvent {
+        ClusterEvent::TaskUpdated {
+            framework_id: "f".into(),
+            task_id: format!("t{n}"),
+            agent_id: "a".into(),
+            state: "TASK_RUNNING".into(),
+            message: "line one\nline two".into(),
+        }
+    }
+
+    /// The events in an SSE text, as (name, JSON).
+    fn parse_sse(text: &str) -> Vec<(String, serde_json::Value)> {
+        text.split("\n\n")
+            .filter(|e| !e.is_empty() && !e.starts_with(':'))
+            .map(|e| {
+                let lines: Vec<&str> = e.lines().collect();
+                assert_eq!(lines.len(), 2, "an event and one data line: {e:?}");
+                let name = lines[0].strip_prefix("event: ").expect("event line");
+                let data = lines[1].strip_prefix("data: ").expect("data line");
+                let value = serde_json::from_str(data).unwrap_or_else(|_| json!(data));
+                (name.to_string(), value)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn events_waiting_go_out_together_one_line_of_json_each() {
+        let (events, listener) = broadcast::channel(16);
+        for n in 0..3 {
+            events.send(task_event(n)).expect("a listener");
+        }
+        let (tx, mut client) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(forward_events(listener, tx));
+        let piece = client.recv().await.expect("a piece").expect("bytes");
+        let got = parse_sse(std::str::from_utf8(&piece).expect("text"));
+        assert_eq!(got.len(), 3, "all three in one piece");
+        for (n, (name, data)) in got.iter().enumerate() {
+            assert_eq!(name, "task_updated");
+            assert_eq!(data["task_id"], format!("t{n}"));
+            assert_eq!(data["message"], "line one\nline two");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_fell_behind_is_told_how_many_events_it_missed() {
+        let (events, listener) = broadcast::channel(4);
+        for n in 0..10 {
+            events.send(task_event(n)).expect("a listener");
+        }
+        let (tx, mut client) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(forward_events(listener, tx));
+        let piece = client.recv().await.expect("a piece").expect("bytes");
+        let got = parse_sse(std::str::from_utf8(&piece).expect("text"));
+        assert_eq!(got[0].0, "lagged");
+        assert!(
+            got[0]
+                .1
+                .as_str()
+                .expect("text")
+                .starts_with("6 events were dropped"),
+            "{:?}",
+            got[0].1
+        );
+        let kept: Vec<&serde_json::Value> = got[1..].iter().map(|(_, d)| &d["task_id"]).collect();
+        assert_eq!(kept, ["t6", "t7", "t8", "t9"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_sends_keep_alives_and_ends_with_its_client() {
+        let (events, listener) = broadcast::channel(4);
+        let (tx, mut client) = tokio::sync::mpsc::channel(2);
+        let forwarding = tokio::spawn(forward_events(listener, tx));
+        let piece = client.recv().await.expect("a piece").expect("bytes");
+        assert_eq!(&piece[..], b":\n\n", "a comment after {EVENT_KEEP_ALIVE:?}");
+        drop(client);
+        events.send(task_event(0)).expect("a listener");
+        forwarding.await.expect("the forwarder ended");
     }
 
     #[tokio::test]

@@ -68,6 +68,14 @@ pub enum MasterError {
     },
 }
 
+/// Events an event-stream client may fall behind by before it is told it
+/// lagged (and how many it missed). A busy cluster makes tens of thousands
+/// a second, and a reader on a busy machine may wait tens of milliseconds
+/// for a core: with 4,096 a client lost most of a launch burst's events.
+/// Events are kept only until every client has read them, so the room
+/// costs memory only while one is behind (about 17 MB when full).
+const EVENTS_BEHIND: usize = 65_536;
+
 /// Stops the accept loop when `run` returns, however it returns.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -131,7 +139,7 @@ pub async fn run(
     };
     let handle = grpc::CoreHandle::new(tx, auth.clone());
     // Slow event readers lag and are told so; the core never waits on them.
-    let (events, _) = tokio::sync::broadcast::channel(4096);
+    let (events, _) = tokio::sync::broadcast::channel(EVENTS_BEHIND);
     let (role_tx, role) = watch::channel(match backing {
         Backing::Embedded(_) => Role::Leading,
         Backing::Etcd(_) => Role::Standby { leader: None },
