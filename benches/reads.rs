@@ -104,19 +104,50 @@ async fn dashboard(url: String, stop: Arc<AtomicBool>) -> [Timings; 4] {
     timings
 }
 
+/// What the event-stream client saw: events, and events the master
+/// dropped because the client fell behind (it says how many).
+#[derive(Default)]
+struct EventCounts {
+    received: AtomicU64,
+    dropped: AtomicU64,
+}
+
 /// Counts server-sent events until `stop`.
-async fn event_listener(url: String, stop: Arc<AtomicBool>, seen: Arc<AtomicU64>) {
+async fn event_listener(url: String, stop: Arc<AtomicBool>, counts: Arc<EventCounts>) {
     let client = reqwest::Client::new();
     let mut response = client
         .get(format!("{url}/api/v1/events"))
         .send()
         .await
         .expect("event stream");
+    let mut partial: Vec<u8> = Vec::new();
+    let mut lagged = false;
     while !stop.load(Ordering::Relaxed) {
         match tokio::time::timeout(Duration::from_millis(200), response.chunk()).await {
             Ok(Ok(Some(chunk))) => {
-                let events = chunk.windows(5).filter(|w| w == b"data:").count();
-                seen.fetch_add(events as u64, Ordering::Relaxed);
+                partial.extend_from_slice(&chunk);
+                // Whole lines only; the rest waits for the next chunk.
+                let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+                    continue;
+                };
+                for line in partial[..end].split(|b| *b == b'\n') {
+                    if line == b"event: lagged" {
+                        lagged = true;
+                    } else if let Some(data) = line.strip_prefix(b"data: ") {
+                        if lagged {
+                            let n = String::from_utf8_lossy(data)
+                                .split(' ')
+                                .next()
+                                .and_then(|n| n.parse::<u64>().ok())
+                                .unwrap_or(0);
+                            counts.dropped.fetch_add(n, Ordering::Relaxed);
+                        } else {
+                            counts.received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        lagged = false;
+                    }
+                }
+                partial.drain(..=end);
             }
             Ok(_) => break,
             Err(_) => {}
@@ -244,7 +275,7 @@ async fn run(agents: usize, resident: u64, load: u64) {
 
     eprintln!("reads: load while a dashboard polls");
     let stop = Arc::new(AtomicBool::new(false));
-    let events = Arc::new(AtomicU64::new(0));
+    let events = Arc::new(EventCounts::default());
     let polling = elsewhere("dashboard", {
         let (url, stop) = (url.clone(), stop.clone());
         move || dashboard(url, stop)
@@ -301,8 +332,9 @@ async fn run(agents: usize, resident: u64, load: u64) {
         println!("{}", busy[i].line(&format!("{what}, under load")));
     }
     println!(
-        "\nevent stream: {} events received while the load ran",
-        events.load(Ordering::Relaxed)
+        "\nevent stream while the load ran: {} events received, {} dropped by the master for falling behind",
+        events.received.load(Ordering::Relaxed),
+        events.dropped.load(Ordering::Relaxed)
     );
 }
 
