@@ -3,6 +3,10 @@
 
 use serde::Serialize;
 
+/// Where the core sends events, each shared by every listener (a
+/// listener's copy is a reference count, not five strings).
+pub type EventSender = tokio::sync::broadcast::Sender<std::sync::Arc<ClusterEvent>>;
+
 /// One change in the cluster.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]

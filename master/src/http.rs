@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::auth::{Action, Caller, Policy};
 use crate::core::{CoreMsg, Operator, OperatorError};
-use crate::events::ClusterEvent;
+use crate::events::{ClusterEvent, EventSender};
 use crate::grpc::CoreHandle;
 use crate::snapshot::{Reader, Snapshot};
 use crate::state::{AgentView, TaskView};
@@ -36,7 +36,7 @@ struct Api {
     core: CoreHandle,
     /// Snapshots of the state, fresh for each request.
     snapshots: Reader,
-    events: broadcast::Sender<ClusterEvent>,
+    events: EventSender,
     client: reqwest::Client,
     /// Presented to agents' HTTP APIs (empty without authentication).
     agent_http_token: Arc<str>,
@@ -46,7 +46,7 @@ struct Api {
 pub fn router(
     core: CoreHandle,
     snapshots: Reader,
-    events: broadcast::Sender<ClusterEvent>,
+    events: EventSender,
     agent_http_token: String,
     client_tls: &agora_proto::tls::ClientTls,
 ) -> Router {
@@ -261,8 +261,9 @@ impl std::io::Write for ChunkSink {
 
 /// JSON written on a blocking thread and sent as it is made. A big
 /// cluster's `/api/v1/state` is tens of megabytes: made whole first, each
-/// request cost a buffer of its size (most of its time went to faulting
-/// in fresh pages) and its first byte waited for its last.
+/// request cost a buffer of its size (faulting in its fresh pages was a
+/// tenth of the HTTP workers' time under load) and its first byte waited
+/// for its last.
 fn streamed_json<W>(write: W) -> Response
 where
     W: FnOnce(&mut ChunkSink) -> std::io::Result<()> + Send + 'static,
@@ -900,7 +901,7 @@ const EVENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15)
 /// own frames, a client fell behind a launch burst (tens of thousands a
 /// second) and lost half of it. Ends when the client goes away.
 async fn forward_events(
-    mut events: broadcast::Receiver<ClusterEvent>,
+    mut events: broadcast::Receiver<Arc<ClusterEvent>>,
     client: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, Infallible>>,
 ) {
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -1139,16 +1140,22 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn events_waiting_go_out_together_one_line_of_json_each() {
-        let (events, listener) = broadcast::channel(16);
-        for n in 0..3 {
-            events.send(task_event(n)).expect("a listener");
+    /// What a client following a stream with room for `room` events gets
+    /// first, when `sent` events were sent before it started reading.
+    async fn first_piece_after(room: usize, sent: usize) -> Vec<(String, serde_json::Value)> {
+        let (events, listener) = broadcast::channel(room);
+        for n in 0..sent {
+            events.send(Arc::new(task_event(n))).expect("a listener");
         }
         let (tx, mut client) = tokio::sync::mpsc::channel(2);
         tokio::spawn(forward_events(listener, tx));
         let piece = client.recv().await.expect("a piece").expect("bytes");
-        let got = parse_sse(std::str::from_utf8(&piece).expect("text"));
+        parse_sse(std::str::from_utf8(&piece).expect("text"))
+    }
+
+    #[tokio::test]
+    async fn events_waiting_go_out_together_one_line_of_json_each() {
+        let got = first_piece_after(16, 3).await;
         assert_eq!(got.len(), 3, "all three in one piece");
         for (n, (name, data)) in got.iter().enumerate() {
             assert_eq!(name, "task_updated");
@@ -1159,14 +1166,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_fell_behind_is_told_how_many_events_it_missed() {
-        let (events, listener) = broadcast::channel(4);
-        for n in 0..10 {
-            events.send(task_event(n)).expect("a listener");
-        }
-        let (tx, mut client) = tokio::sync::mpsc::channel(2);
-        tokio::spawn(forward_events(listener, tx));
-        let piece = client.recv().await.expect("a piece").expect("bytes");
-        let got = parse_sse(std::str::from_utf8(&piece).expect("text"));
+        let got = first_piece_after(4, 10).await;
         assert_eq!(got[0].0, "lagged");
         assert!(
             got[0]
@@ -1189,7 +1189,7 @@ mod tests {
         let piece = client.recv().await.expect("a piece").expect("bytes");
         assert_eq!(&piece[..], b":\n\n", "a comment after {EVENT_KEEP_ALIVE:?}");
         drop(client);
-        events.send(task_event(0)).expect("a listener");
+        events.send(Arc::new(task_event(0))).expect("a listener");
         forwarding.await.expect("the forwarder ended");
     }
 

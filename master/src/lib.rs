@@ -69,11 +69,11 @@ pub enum MasterError {
 }
 
 /// Events an event-stream client may fall behind by before it is told it
-/// lagged (and how many it missed). A busy cluster makes tens of thousands
-/// a second, and a reader on a busy machine may wait tens of milliseconds
-/// for a core: with 4,096 a client lost most of a launch burst's events.
-/// Events are kept only until every client has read them, so the room
-/// costs memory only while one is behind (about 17 MB when full).
+/// lagged (and how many it missed): about a second of a launch burst's. A
+/// busy cluster makes tens of thousands a second, and a client's task on
+/// a busy machine may wait tens of milliseconds for a core. The ring holds
+/// a pointer per event (about 2.5 MB in all); an event itself is kept only
+/// until every client has read it.
 const EVENTS_BEHIND: usize = 65_536;
 
 /// Stops the accept loop when `run` returns, however it returns.

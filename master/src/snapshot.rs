@@ -3,11 +3,12 @@
 //!
 //! A reader asks for a snapshot no older than its request ([`Reader::fresh`]),
 //! so it sees everything the core did before it asked (a framework that got
-//! `TASK_RUNNING` finds the task running). The core answers between
-//! messages: at the end of the burst it is in, or after at most
-//! `READ_CHECK_EVERY` more messages of a long one, once for every reader
-//! that asked meanwhile. Reads cost the core one publication per such
-//! point at most, never a copy of the state per request.
+//! `TASK_RUNNING` finds the task running). The core answers between two
+//! steps of its work — every couple of milliseconds of a long burst,
+//! accept or allocation pass, and at each turn's end — once for every
+//! reader that asked meanwhile (`core/publish.rs`). Reads cost the core one
+//! publication per such point at most, never a copy of the state per
+//! request.
 //!
 //! The maps are persistent (`imbl`): the core brings its working copy up to
 //! date with what changed, and publishing shares every unchanged node with

@@ -154,9 +154,11 @@ impl Core {
             return;
         }
         info!(framework = %framework_id, "framework disconnected");
-        let _ = self.events.send(ClusterEvent::FrameworkDisconnected {
-            framework_id: framework_id.to_string(),
-        });
+        let _ = self
+            .events
+            .send(std::sync::Arc::new(ClusterEvent::FrameworkDisconnected {
+                framework_id: framework_id.to_string(),
+            }));
         f.stream = None;
         f.backlog.clear();
         f.backlog_uuids.clear();

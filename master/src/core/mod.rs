@@ -12,7 +12,7 @@ use agora_proto::v1::{
     master_message, task_status,
 };
 use agora_proto::{Resources, is_terminal, refusal_status};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, info_span, warn};
@@ -248,7 +248,7 @@ pub struct Core {
     full_pass_due: bool,
     last_allocation: Instant,
     last_heartbeat: Instant,
-    events: broadcast::Sender<ClusterEvent>,
+    events: crate::events::EventSender,
     metrics: Metrics,
     /// Relayed updates awaiting the framework's acknowledgement, by uuid.
     awaiting_ack: FastMap<Vec<u8>, Instant>,
@@ -422,7 +422,7 @@ impl Core {
     /// A master with no agents or frameworks (before recovery).
     fn empty(
         config: MasterConfig,
-        events: broadcast::Sender<ClusterEvent>,
+        events: crate::events::EventSender,
         registry: Registry,
         clock: recovery::WallClock,
     ) -> Self {

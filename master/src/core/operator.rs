@@ -16,7 +16,7 @@ impl Core {
 
     pub(super) fn emit(&self, event: ClusterEvent) {
         // No subscribers is fine: events are for whoever listens now.
-        let _ = self.events.send(event);
+        let _ = self.events.send(std::sync::Arc::new(event));
     }
 
     pub(super) fn operator(&mut self, op: Operator) -> Result<(), OperatorError> {

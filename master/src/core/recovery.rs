@@ -57,7 +57,7 @@ impl Core {
     /// tasks on agents the registry does not know are `TASK_LOST`.
     pub fn recover(
         config: MasterConfig,
-        events: broadcast::Sender<ClusterEvent>,
+        events: crate::events::EventSender,
         registry: Registry,
     ) -> Result<Core, RegistryError> {
         Core::recover_with_clock(config, events, registry, WallClock::start())
@@ -65,7 +65,7 @@ impl Core {
 
     pub(super) fn recover_with_clock(
         config: MasterConfig,
-        events: broadcast::Sender<ClusterEvent>,
+        events: crate::events::EventSender,
         registry: Registry,
         clock: WallClock,
     ) -> Result<Core, RegistryError> {

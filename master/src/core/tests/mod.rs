@@ -22,7 +22,7 @@ fn config() -> MasterConfig {
 
 struct Harness {
     core: Core,
-    events: broadcast::Receiver<ClusterEvent>,
+    events: tokio::sync::broadcast::Receiver<std::sync::Arc<ClusterEvent>>,
     dir: tempfile::TempDir,
     /// One wall clock across restarts, moving with paused time.
     clock: recovery::WallClock,
@@ -71,7 +71,7 @@ impl Harness {
         clock: recovery::WallClock,
         config: MasterConfig,
     ) -> Harness {
-        let (events, rx) = broadcast::channel(4096);
+        let (events, rx) = tokio::sync::broadcast::channel(4096);
         let core =
             Core::recover_with_clock(config, events, registry(&dir), clock).expect("recover");
         Harness {
@@ -340,7 +340,9 @@ impl Harness {
     }
 
     fn events(&mut self) -> Vec<ClusterEvent> {
-        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+        std::iter::from_fn(|| self.events.try_recv().ok())
+            .map(std::sync::Arc::unwrap_or_clone)
+            .collect()
     }
 
     fn task_state(&self, framework: &str, task: &str) -> Option<TaskState> {

@@ -214,14 +214,26 @@ async fn a_reader_gets_a_snapshot_taken_after_it_asked() {
     assert!(snap.agents.contains_key(agent.id.as_str()));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_reader_is_answered_within_a_long_burst() {
+/// A core that looks for readers at every step of its work, publishing
+/// to the reader returned, with an agent and a framework.
+fn watched_core() -> (
+    Harness,
+    crate::snapshot::Reader,
+    AgentSession,
+    FrameworkSession,
+) {
     let mut h = Harness::new();
     h.core.read.check_at_every_step();
     let (publisher, reader) = crate::snapshot::channel();
     h.core.publish_to(publisher);
     let agent = h.admit(1);
-    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    let framework = h.subscribe("f", "*", 3600.0, None);
+    (h, reader, agent, framework)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_is_answered_within_a_long_burst() {
+    let (mut h, reader, agent, mut framework) = watched_core();
     let offer = offers(&mut framework.rx).pop().expect("offer");
     h.call(
         &framework,
@@ -258,12 +270,7 @@ async fn a_reader_is_answered_within_a_long_burst() {
 
 #[tokio::test(start_paused = true)]
 async fn a_reader_is_answered_within_a_long_accept() {
-    let mut h = Harness::new();
-    h.core.read.check_at_every_step();
-    let (publisher, reader) = crate::snapshot::channel();
-    h.core.publish_to(publisher);
-    let _agent = h.admit(1);
-    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    let (mut h, reader, _agent, mut framework) = watched_core();
     let offer = offers(&mut framework.rx).pop().expect("offer");
     h.core.publish();
     let before = h.core.read.latest().seq;
@@ -290,12 +297,7 @@ async fn a_reader_is_answered_within_a_long_accept() {
 
 #[tokio::test(start_paused = true)]
 async fn while_readers_are_around_a_burst_is_applied_as_it_goes() {
-    let mut h = Harness::new();
-    h.core.read.check_at_every_step();
-    let (publisher, reader) = crate::snapshot::channel();
-    h.core.publish_to(publisher);
-    let agent = h.admit(1);
-    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    let (mut h, reader, agent, mut framework) = watched_core();
     launch_on_an_offer(&mut h, &mut framework, &["a", "b", "c"]);
     let read = tokio::spawn(async move { reader.fresh().await });
     tokio::task::yield_now().await;
