@@ -234,8 +234,7 @@ struct ChunkSink {
 }
 
 impl ChunkSink {
-    fn send(&mut self) -> std::io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK));
+    fn send(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
         self.tx
             .blocking_send(Ok(chunk.into()))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
@@ -246,7 +245,8 @@ impl std::io::Write for ChunkSink {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= STREAM_CHUNK {
-            self.send()?;
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK));
+            self.send(full)?;
         }
         Ok(bytes.len())
     }
@@ -255,7 +255,8 @@ impl std::io::Write for ChunkSink {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.send()
+        let last = std::mem::take(&mut self.buf);
+        self.send(last)
     }
 }
 
@@ -293,30 +294,35 @@ async fn state(State(api): State<Api>, Extension(caller): Extension<Caller>) -> 
     if sight.everything {
         return streamed_json(move |out| snap.write_state_json(unix_ms(), out));
     }
-    json_off_runtime(move || {
-        let tasks: Vec<&TaskView> = snap
-            .tasks_sorted()
-            .filter(|t| sight.task(&snap, t))
-            .collect();
-        let frameworks: Vec<_> = snap
-            .frameworks_sorted()
-            .into_iter()
-            .filter(|f| sight.framework(&snap, &f.id))
-            .collect();
-        let offers: Vec<Value> = snap
-            .offers_aged(unix_ms())
-            .into_iter()
-            .map(|o| json!(o))
-            .filter(|o| sight.framework(&snap, o["framework_id"].as_str().unwrap_or("")))
-            .collect();
-        serde_json::to_vec(&json!({
-            "agents": snap.agents_sorted(),
-            "frameworks": frameworks,
-            "tasks": tasks,
-            "offers": offers,
-        }))
+    // What this caller may see, streamed like the whole: written straight
+    // from the views, not through a copy of them as a JSON tree.
+    #[derive(serde::Serialize)]
+    struct Visible<'a> {
+        agents: Vec<&'a AgentView>,
+        frameworks: Vec<&'a crate::state::FrameworkView>,
+        tasks: Vec<&'a TaskView>,
+        offers: Vec<crate::state::OfferView>,
+    }
+    streamed_json(move |out| {
+        let visible = Visible {
+            agents: snap.agents_sorted(),
+            frameworks: snap
+                .frameworks_sorted()
+                .into_iter()
+                .filter(|f| sight.framework(&snap, &f.id))
+                .collect(),
+            tasks: snap
+                .tasks_sorted()
+                .filter(|t| sight.task(&snap, t))
+                .collect(),
+            offers: snap
+                .offers_aged(unix_ms())
+                .into_iter()
+                .filter(|o| sight.framework(&snap, &o.framework_id))
+                .collect(),
+        };
+        Ok(serde_json::to_writer(out, &visible)?)
     })
-    .await
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
