@@ -229,10 +229,15 @@ async fn an_agent_claiming_another_agents_id_without_its_secret_is_refused() {
         .as_str()
         .expect("id")
         .to_string();
-    assert!(
-        da.path().join("agent_secret").exists(),
-        "the secret is checkpointed"
-    );
+    // The master lists the agent as soon as it admits it; the agent
+    // checkpoints its secret once the answer reaches it.
+    let secret = da.path().join("agent_secret");
+    wait_until(
+        "the owner to checkpoint its secret",
+        Duration::from_secs(10),
+        || async { secret.exists().then_some(()) },
+    )
+    .await;
 
     // The impostor copies the id, not the secret.
     std::fs::write(db.path().join("agent_id"), &id).expect("write id");
