@@ -17,6 +17,7 @@ mod memory;
 pub mod metrics;
 pub mod offer_book;
 pub mod outbound;
+mod priority;
 pub mod registry;
 mod serve;
 pub mod snapshot;
@@ -238,7 +239,14 @@ pub async fn run(
         }
     });
     tracing::info!(%addr, "master listening (gRPC and HTTP)");
-    let server = tokio::spawn(serve::serve(listener, app, config.serve.clone(), tls));
+    let operators = serve::OperatorThread::start().map_err(MasterError::Thread)?;
+    let server = tokio::spawn(serve::serve(
+        listener,
+        app,
+        config.serve.clone(),
+        tls,
+        Some(operators.handle()),
+    ));
     let _stop_serving = AbortOnDrop(server.abort_handle());
     let served = async move {
         match server.await {
@@ -338,7 +346,7 @@ fn run_core_on_its_own_thread(
     std::thread::Builder::new()
         .name("master-core".into())
         .spawn(move || {
-            raise_this_threads_priority();
+            priority::raise_this_thread(priority::CORE_NICE);
             let stopped = async move {
                 let _ = stop.await;
             };
@@ -347,28 +355,4 @@ fn run_core_on_its_own_thread(
         })
         .map_err(MasterError::Thread)?;
     Ok(exit_rx)
-}
-
-/// The core's nice value. Every message goes through the core, so on a
-/// busy machine it goes first: before the master's own threads (a
-/// `/api/v1/state` being serialized) and whatever shares the machine.
-/// Preempted on a loaded 2-core machine, its turns stretched by a
-/// scheduler slice at a time, and every reader and task waited with it.
-const CORE_NICE: libc::c_int = -10;
-
-/// Gives the calling thread [`CORE_NICE`] where allowed (root, or
-/// `CAP_SYS_NICE`); elsewhere it runs at the process's priority.
-#[allow(unsafe_code)]
-fn raise_this_threads_priority() {
-    // SAFETY: both calls act on this thread only and take no pointers.
-    let raised = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CORE_NICE)
-    };
-    if raised != 0 {
-        tracing::debug!(
-            "the core's thread keeps the process's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
