@@ -23,6 +23,9 @@
 //! (the scale benchmark's measure). Idle reads are the same requests with
 //! nothing scheduling.
 //!
+//! `AGORA_READS_CLIENT_NICE=-5` runs the dashboard and the event client at
+//! that nice value (see [`client_nice`]).
+//!
 //! `cargo bench --bench reads`.
 
 use std::sync::Arc;
@@ -170,6 +173,9 @@ where
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            if let Some(nice) = client_nice() {
+                set_this_threads_nice(nice);
+            }
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -347,4 +353,29 @@ fn main() {
     let resident = env_u64("AGORA_READS_TASKS", 100_000);
     let load = env_u64("AGORA_READS_LOAD", 100_000);
     block_on(run(agents, resident, load));
+}
+
+/// `AGORA_READS_CLIENT_NICE`: the dashboard's and event client's nice
+/// value (default: the process's). On a machine of its own a dashboard
+/// would not wait behind the emulator for a CPU; `-5`, the master's
+/// operators' priority, comes closer to that than sharing the emulator's.
+fn client_nice() -> Option<i32> {
+    let nice = std::env::var("AGORA_READS_CLIENT_NICE").ok()?;
+    Some(
+        nice.parse()
+            .unwrap_or_else(|_| panic!("AGORA_READS_CLIENT_NICE={nice}: not a nice value")),
+    )
+}
+
+#[allow(unsafe_code)]
+fn set_this_threads_nice(nice: i32) {
+    // SAFETY: acts on the calling thread only, takes no pointers.
+    let set = unsafe {
+        nix::libc::setpriority(
+            nix::libc::PRIO_PROCESS,
+            nix::libc::gettid() as nix::libc::id_t,
+            nice,
+        )
+    };
+    assert_eq!(set, 0, "nice {nice}: {}", std::io::Error::last_os_error());
 }

@@ -32,8 +32,10 @@ fn spawn_with(listen: &str, data: &std::path::Path, security: &[String]) -> (Chi
     // Another build's master, to tell the master's share of a change from
     // the rest (the emulator and frameworks run in the benchmark).
     let other = std::env::var("AGORA_BENCH_MASTER").ok();
-    // Builds from before authentication have no `--no-auth`.
-    let no_auth: &[&str] = if other.is_some() || !security.is_empty() {
+    // Builds from before authentication have no `--no-auth`: say so with
+    // `AGORA_BENCH_MASTER_BEFORE_AUTH=1`.
+    let before_auth = std::env::var_os("AGORA_BENCH_MASTER_BEFORE_AUTH").is_some();
+    let no_auth: &[&str] = if before_auth || !security.is_empty() {
         &[]
     } else {
         &["--no-auth"]
