@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
 use crate::metrics::{Gauges, Metrics};
-use crate::state::{AgentView, FrameworkView, JsonOnce, OfferView, TaskView};
+use crate::state::{AgentView, FrameworkView, JsonOnce, OfferView, TaskView, WriteJson};
 
 /// A task's key: its framework's id, then its own.
 pub type TaskKey = (Arc<str>, Arc<str>);
@@ -160,19 +160,34 @@ impl Reader {
     }
 }
 
-/// A JSON array of views, each copied from its kept JSON.
-fn write_kept_json<'a, T: serde::Serialize + 'a>(
+/// A JSON array of views: each copied from its kept JSON, or made
+/// ([`JsonOnce`]) into a piece handed to `out` a few tens of KB at a time.
+fn write_kept_json<'a, T: WriteJson + 'a>(
     out: &mut impl std::io::Write,
     views: impl Iterator<Item = (&'a T, &'a JsonOnce)>,
 ) -> std::io::Result<()> {
-    out.write_all(b"[")?;
+    const PIECE: usize = 64 * 1024;
+    let mut made = Vec::with_capacity(PIECE + 4096);
+    made.push(b'[');
     for (i, (view, json)) in views.enumerate() {
         if i > 0 {
-            out.write_all(b",")?;
+            made.push(b',');
         }
-        out.write_all(json.get_or_make(view))?;
+        match json.kept() {
+            Some(kept) => {
+                out.write_all(&made)?;
+                made.clear();
+                out.write_all(kept)?;
+            }
+            None => json.write(view, &mut made),
+        }
+        if made.len() >= PIECE {
+            out.write_all(&made)?;
+            made.clear();
+        }
     }
-    out.write_all(b"]")
+    made.push(b']');
+    out.write_all(&made)
 }
 
 impl Snapshot {
@@ -220,8 +235,8 @@ impl Snapshot {
 
     /// `GET /api/v1/state`: `{"agents", "frameworks", "tasks", "offers"}`,
     /// written to `out` as it is made. Agents and tasks are copied from
-    /// their views' kept JSON ([`crate::state::JsonOnce`]); only views new
-    /// since the last call are serialized.
+    /// their views' kept JSON where they have it ([`JsonOnce`]); the rest
+    /// are made.
     pub fn write_state_json(
         &self,
         now_ms: u64,
