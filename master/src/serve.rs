@@ -425,51 +425,11 @@ mod tests {
         std::thread::current().name().unwrap_or("?").to_string()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn an_operators_connection_is_served_on_the_operators_thread() {
-        agora_proto::tls::install_default_provider();
-        let operators = OperatorThread::start().expect("operators' thread");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = axum::Router::new().route("/thread", axum::routing::get(served_on));
-        let server = tokio::spawn(serve(
-            listener,
-            app.clone(),
-            ServeLimits::default(),
-            None,
-            Some(operators.handle()),
-        ));
-        let client = reqwest::Client::new();
-        let url = format!("http://{addr}/thread");
-        for _ in 0..3 {
-            let thread = client
-                .get(&url)
-                .send()
-                .await
-                .expect("request")
-                .text()
-                .await
-                .expect("body");
-            assert_eq!(thread, "master-operators");
-        }
-        // Without an operators' runtime, everything is served here.
-        server.abort();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(serve(listener, app, ServeLimits::default(), None, None));
-        let thread = reqwest::get(format!("http://{addr}/thread"))
-            .await
-            .expect("request")
-            .text()
-            .await
-            .expect("body");
-        assert_ne!(thread, "master-operators");
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn a_stopped_operators_thread_closes_its_connections() {
-        let operators = OperatorThread::start().expect("operators' thread");
+    /// Serves a route answering with its thread's name; operators'
+    /// connections go to `operators` if given.
+    async fn serving(
+        operators: Option<tokio::runtime::Handle>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new().route("/thread", axum::routing::get(served_on));
@@ -478,8 +438,42 @@ mod tests {
             app,
             ServeLimits::default(),
             None,
-            Some(operators.handle()),
+            operators,
         ));
+        (addr, server)
+    }
+
+    async fn thread_of(client: &reqwest::Client, addr: std::net::SocketAddr) -> String {
+        client
+            .get(format!("http://{addr}/thread"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_operators_connection_is_served_on_the_operators_thread() {
+        agora_proto::tls::install_default_provider();
+        let operators = OperatorThread::start().expect("operators' thread");
+        let (addr, server) = serving(Some(operators.handle())).await;
+        let client = reqwest::Client::new();
+        for _ in 0..3 {
+            assert_eq!(thread_of(&client, addr).await, "master-operators");
+        }
+        server.abort();
+        // Without an operators' runtime, everything is served here.
+        let (addr, server) = serving(None).await;
+        assert_ne!(thread_of(&client, addr).await, "master-operators");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stopped_operators_thread_closes_its_connections() {
+        let operators = OperatorThread::start().expect("operators' thread");
+        let (addr, server) = serving(Some(operators.handle())).await;
         let mut connection = TcpStream::connect(addr).await.expect("connect");
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         connection

@@ -73,6 +73,12 @@ fn write_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     serde_json::to_writer(&mut *out, value).expect("views serialize");
 }
 
+/// Appends `key` (with what comes before it) and `value` as a JSON string.
+fn write_field(out: &mut Vec<u8>, key: &[u8], value: &str) {
+    out.extend_from_slice(key);
+    write_str(out, value);
+}
+
 /// Appends a JSON string: copied as it is when nothing in it needs
 /// escaping (ids and names nearly always), escaped as serde_json does
 /// otherwise.
@@ -172,41 +178,29 @@ pub struct TaskView {
 /// serde's time.
 impl WriteJson for TaskView {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"id\":");
-        write_str(out, &self.id);
-        out.extend_from_slice(b",\"name\":");
-        write_str(out, &self.name);
-        out.extend_from_slice(b",\"framework_id\":");
-        write_str(out, &self.framework_id);
-        out.extend_from_slice(b",\"agent_id\":");
-        write_str(out, &self.agent_id);
-        out.extend_from_slice(b",\"state\":");
-        write_str(out, self.state);
+        write_field(out, b"{\"id\":", &self.id);
+        write_field(out, b",\"name\":", &self.name);
+        write_field(out, b",\"framework_id\":", &self.framework_id);
+        write_field(out, b",\"agent_id\":", &self.agent_id);
+        write_field(out, b",\"state\":", self.state);
         out.extend_from_slice(b",\"resources\":");
         write_value(out, &self.resources);
-        out.extend_from_slice(b",\"message\":");
-        write_str(out, &self.message);
-        out.extend_from_slice(b",\"reason\":");
-        write_str(out, self.reason);
+        write_field(out, b",\"message\":", &self.message);
+        write_field(out, b",\"reason\":", self.reason);
         out.extend_from_slice(b",\"sandbox\":");
         match &self.sandbox {
             None => out.extend_from_slice(b"null"),
             Some(sandbox) => {
-                out.extend_from_slice(b"{\"path\":");
-                write_str(out, &sandbox.path);
-                out.extend_from_slice(b",\"stdout\":");
-                write_str(out, &sandbox.stdout);
-                out.extend_from_slice(b",\"stderr\":");
-                write_str(out, &sandbox.stderr);
+                write_field(out, b"{\"path\":", &sandbox.path);
+                write_field(out, b",\"stdout\":", &sandbox.stdout);
+                write_field(out, b",\"stderr\":", &sandbox.stderr);
                 out.push(b'}');
             }
         }
-        if let Some(healthy) = self.healthy {
-            out.extend_from_slice(if healthy {
-                b",\"healthy\":true"
-            } else {
-                b",\"healthy\":false"
-            });
+        match self.healthy {
+            None => {}
+            Some(true) => out.extend_from_slice(b",\"healthy\":true"),
+            Some(false) => out.extend_from_slice(b",\"healthy\":false"),
         }
         out.extend_from_slice(b",\"usage\":");
         match &self.usage {
