@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use agora_master::snapshot::Snapshot;
-use agora_master::state::{AgentResources, AgentView, JsonOnce, TaskView};
+use agora_master::state::{AgentResources, AgentView, KeptJson, TaskView};
 use agora_proto::Resources;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -49,7 +49,7 @@ fn snapshot() -> Snapshot {
                     used: Resources::new(),
                     offered: Resources::new(),
                 },
-                json: JsonOnce::default(),
+                json: KeptJson::default(),
             }),
         );
     }
@@ -69,7 +69,7 @@ fn snapshot() -> Snapshot {
                 sandbox: None,
                 healthy: None,
                 usage: None,
-                json: JsonOnce::default(),
+                json: KeptJson::default(),
             }),
         );
     }
@@ -84,7 +84,7 @@ fn renewed(snap: &Snapshot) -> Snapshot {
         .iter()
         .map(|(k, t)| {
             let view = TaskView {
-                json: JsonOnce::default(),
+                json: KeptJson::default(),
                 ..TaskView::clone(t)
             };
             (k.clone(), Arc::new(view))

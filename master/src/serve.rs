@@ -160,7 +160,7 @@ pub async fn serve(
                         return;
                     }
                 },
-                (_, _) => stream,
+                _ => stream,
             };
             serve_stream(served_here, app, timeout, acceptor, peer).await;
             drop(slot);

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
 use crate::metrics::{Gauges, Metrics};
-use crate::state::{AgentView, FrameworkView, JsonOnce, OfferView, TaskView, WriteJson};
+use crate::state::{AgentView, FrameworkView, KeptJson, OfferView, TaskView, WriteJson};
 
 /// A task's key: its framework's id, then its own.
 pub type TaskKey = (Arc<str>, Arc<str>);
@@ -161,10 +161,10 @@ impl Reader {
 }
 
 /// A JSON array of views: each copied from its kept JSON, or made
-/// ([`JsonOnce`]) into a piece handed to `out` a few tens of KB at a time.
+/// ([`KeptJson`]) into a piece handed to `out` a few tens of KB at a time.
 fn write_kept_json<'a, T: WriteJson + 'a>(
     out: &mut impl std::io::Write,
-    views: impl Iterator<Item = (&'a T, &'a JsonOnce)>,
+    views: impl Iterator<Item = (&'a T, &'a KeptJson)>,
 ) -> std::io::Result<()> {
     const PIECE: usize = 64 * 1024;
     let mut made = Vec::with_capacity(PIECE + 4096);
@@ -179,7 +179,7 @@ fn write_kept_json<'a, T: WriteJson + 'a>(
                 made.clear();
                 out.write_all(kept)?;
             }
-            None => json.write(view, &mut made),
+            None => json.make(view, &mut made),
         }
         if made.len() >= PIECE {
             out.write_all(&made)?;
@@ -235,7 +235,7 @@ impl Snapshot {
 
     /// `GET /api/v1/state`: `{"agents", "frameworks", "tasks", "offers"}`,
     /// written to `out` as it is made. Agents and tasks are copied from
-    /// their views' kept JSON where they have it ([`JsonOnce`]); the rest
+    /// their views' kept JSON where they have it ([`KeptJson`]); the rest
     /// are made.
     pub fn write_state_json(
         &self,
@@ -293,5 +293,58 @@ impl Snapshot {
                 .collect(),
             offers_outstanding: self.offers.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::KeptJson;
+
+    fn task(id: &str) -> Arc<TaskView> {
+        Arc::new(TaskView {
+            id: id.into(),
+            name: id.into(),
+            framework_id: "fw-1".into(),
+            agent_id: "agent-1".into(),
+            state: "TASK_RUNNING",
+            resources: agora_proto::Resources::parse("cpus:0.01;mem:1").expect("resources"),
+            message: String::new(),
+            reason: "REASON_UNKNOWN",
+            sandbox: None,
+            healthy: None,
+            usage: None,
+            json: KeptJson::default(),
+        })
+    }
+
+    fn state_json(snap: &Snapshot) -> serde_json::Value {
+        let mut out = Vec::new();
+        snap.write_state_json(0, &mut out).expect("written");
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn state_is_the_same_json_whether_views_are_kept_made_or_both() {
+        let mut snap = Snapshot::default();
+        // Enough tasks to fill several pieces.
+        for i in 0..2_000 {
+            let id = format!("task-{i:05}");
+            snap.tasks
+                .insert(("fw-1".into(), id.as_str().into()), task(&id));
+        }
+        let first = state_json(&snap);
+        assert_eq!(first["tasks"].as_array().map(Vec::len), Some(2_000));
+        assert_eq!(first["tasks"][1999]["id"], "task-01999");
+        // Kept from the second writing; then every other view is new.
+        assert_eq!(state_json(&snap), first);
+        assert!(snap.tasks.values().all(|t| t.json.kept().is_some()));
+        for i in (0..2_000).step_by(2) {
+            let id = format!("task-{i:05}");
+            snap.tasks
+                .insert(("fw-1".into(), id.as_str().into()), task(&id));
+        }
+        assert_eq!(state_json(&snap), first);
+        assert_eq!(state_json(&snap), first);
     }
 }

@@ -28,14 +28,14 @@ pub struct OfferView {
 /// a `/state` meets are new, and many have changed again by the next one;
 /// keeping each cost an allocation and a copy, as much again as making it.
 #[derive(Debug, Default)]
-pub struct JsonOnce {
+pub struct KeptJson {
     kept: OnceLock<Box<[u8]>>,
     asked: AtomicBool,
 }
 
-impl Clone for JsonOnce {
+impl Clone for KeptJson {
     fn clone(&self) -> Self {
-        JsonOnce {
+        KeptJson {
             kept: self.kept.clone(),
             asked: AtomicBool::new(self.asked.load(Ordering::Relaxed)),
         }
@@ -47,18 +47,15 @@ pub trait WriteJson {
     fn write_json(&self, out: &mut Vec<u8>);
 }
 
-impl JsonOnce {
+impl KeptJson {
     /// The view's JSON if it is kept.
     pub fn kept(&self) -> Option<&[u8]> {
         self.kept.get().map(|kept| &kept[..])
     }
 
-    /// Appends `view`'s JSON to `out`, copied if kept, else made.
-    pub fn write<T: WriteJson>(&self, view: &T, out: &mut Vec<u8>) {
-        if let Some(kept) = self.kept() {
-            out.extend_from_slice(kept);
-            return;
-        }
+    /// Appends `view`'s JSON to `out`, made (for a view whose JSON is not
+    /// [`kept`](Self::kept)), and keeps it if it was asked for before.
+    pub fn make<T: WriteJson>(&self, view: &T, out: &mut Vec<u8>) {
         let start = out.len();
         view.write_json(out);
         if self.asked.swap(true, Ordering::Relaxed) {
@@ -111,7 +108,7 @@ pub struct AgentView {
     pub draining: bool,
     pub resources: AgentResources,
     #[serde(skip)]
-    pub json: JsonOnce,
+    pub json: KeptJson,
 }
 
 impl WriteJson for AgentView {
@@ -169,7 +166,7 @@ pub struct TaskView {
     /// Latest usage reported by the agent, while the task runs.
     pub usage: Option<UsageView>,
     #[serde(skip)]
-    pub json: JsonOnce,
+    pub json: KeptJson,
 }
 
 /// Written by hand, field by field as `Serialize` writes them (a unit
@@ -247,7 +244,7 @@ mod tests {
             sandbox: None,
             healthy: None,
             usage: None,
-            json: JsonOnce::default(),
+            json: KeptJson::default(),
         }
     }
 
@@ -293,18 +290,14 @@ mod tests {
     fn a_views_json_is_kept_from_its_second_asking() {
         let view = task("web-1", "");
         let mut out = Vec::new();
-        view.json.write(&view, &mut out);
-        assert!(view.json.kept.get().is_none(), "kept the first time");
-        view.json.write(&view, &mut out);
+        view.json.make(&view, &mut out);
+        assert!(view.json.kept().is_none(), "kept the first time");
+        view.json.make(&view, &mut out);
         assert_eq!(
-            view.json.kept.get().map(|k| k.to_vec()),
+            view.json.kept().map(<[u8]>::to_vec),
             Some(serde_json::to_vec(&view).expect("serde"))
         );
-        // From then on it is copied, not made: what is kept is what is
-        // written.
-        let mut third = Vec::new();
-        view.json.write(&view, &mut third);
-        assert_eq!(&third[..], &view.json.kept.get().expect("kept")[..]);
-        assert_eq!(out.len(), 2 * third.len());
+        // What is kept is what was written each time.
+        assert_eq!(out.len(), 2 * view.json.kept().expect("kept").len());
     }
 }
