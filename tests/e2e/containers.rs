@@ -406,7 +406,14 @@ async fn an_agent_killed_and_restarted_reattaches_and_reports_what_ended_meanwhi
         || async { long_pids.iter().all(|p| !process_alive(*p)).then_some(()) },
     )
     .await;
-    assert!(cgroup_dirs(long["container_id"].as_str().expect("id")).is_empty());
+    // Its cgroups go once the agent has reaped it, a moment after.
+    let container = long["container_id"].as_str().expect("id");
+    wait_until(
+        "the long task's cgroups to go",
+        Duration::from_secs(10),
+        || async { cgroup_dirs(container).is_empty().then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
