@@ -289,8 +289,12 @@ where
 }
 
 async fn state(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
-    let snap = snapshot(&api).await;
     let sight = Sight::of(&api, caller);
+    if sight.everything {
+        // Written from the views' kept JSON, which the core then makes.
+        api.snapshots.will_write_whole_state();
+    }
+    let snap = snapshot(&api).await;
     if sight.everything {
         return streamed_json(move |out| snap.write_state_json(unix_ms(), out));
     }

@@ -68,6 +68,9 @@ pub struct Requests(Arc<RequestState>);
 #[derive(Default)]
 struct RequestState {
     wanted: AtomicBool,
+    /// A reader is about to write the whole state (see
+    /// [`Reader::will_write_whole_state`]).
+    whole_state: AtomicBool,
     wake: Notify,
 }
 
@@ -127,6 +130,12 @@ impl Publisher {
         self.requested.take()
     }
 
+    /// Whether a reader wrote the whole state since the last call (and
+    /// forgets it).
+    pub fn take_whole_state_reader(&self) -> bool {
+        self.requested.0.whole_state.swap(false, Ordering::AcqRel)
+    }
+
     /// A reader of what this publisher publishes.
     pub fn reader(&self) -> Reader {
         Reader {
@@ -142,6 +151,16 @@ impl Publisher {
 }
 
 impl Reader {
+    /// Tells the core that this reader writes the whole state
+    /// (`/api/v1/state`): while such readers are around, the core makes
+    /// the JSON of task views that will last as it builds them, while
+    /// what they are made from is still in its cache. Written by the
+    /// reader instead, tens of thousands of views new since the last
+    /// `/state` cost a cache miss for every string in them.
+    pub fn will_write_whole_state(&self) {
+        self.requested.0.whole_state.store(true, Ordering::Release);
+    }
+
     /// A snapshot published after this call began.
     pub async fn fresh(&self) -> Arc<Snapshot> {
         let mut rx = self.rx.clone();

@@ -21,12 +21,14 @@ pub struct OfferView {
     pub made_at_ms: u64,
 }
 
-/// A view's JSON, kept with the view from the second time it is asked for:
-/// views are immutable once published and shared by every snapshot until
-/// they change, so a big `/state` copies what it wrote before and makes
-/// only what changed since. Not kept the first time: under load most views
-/// a `/state` meets are new, and many have changed again by the next one;
-/// keeping each cost an allocation and a copy, as much again as making it.
+/// A view's JSON, kept with the view once it is likely to be asked for
+/// again: views are immutable once published and shared by every snapshot
+/// until they change, so a big `/state` copies what it wrote before and
+/// makes only what changed since. A view in a state it will stay in (see
+/// [`WriteJson::lasting`]) is kept the first time it is written, any other
+/// from the second: under load most views a `/state` meets are new, and
+/// one passing through (a task starting) has changed by the next `/state`,
+/// so keeping it would cost an allocation and a copy for nothing.
 #[derive(Debug, Default)]
 pub struct KeptJson {
     kept: OnceLock<Box<[u8]>>,
@@ -45,6 +47,12 @@ impl Clone for KeptJson {
 /// A view that writes its own JSON: the same bytes as its `Serialize`.
 pub trait WriteJson {
     fn write_json(&self, out: &mut Vec<u8>);
+
+    /// Whether the view is in a state it is expected to stay in, so its
+    /// JSON is worth keeping the first time it is written.
+    fn lasting(&self) -> bool {
+        false
+    }
 }
 
 impl KeptJson {
@@ -53,12 +61,24 @@ impl KeptJson {
         self.kept.get().map(|kept| &kept[..])
     }
 
+    /// Makes and keeps `view`'s JSON now, if it is
+    /// [`lasting`](WriteJson::lasting), with `scratch` as room to write it.
+    pub fn keep_if_lasting<T: WriteJson>(&self, view: &T, scratch: &mut Vec<u8>) {
+        if !view.lasting() || self.kept.get().is_some() {
+            return;
+        }
+        scratch.clear();
+        view.write_json(scratch);
+        let _ = self.kept.set(scratch[..].into());
+    }
+
     /// Appends `view`'s JSON to `out`, made (for a view whose JSON is not
-    /// [`kept`](Self::kept)), and keeps it if it was asked for before.
+    /// [`kept`](Self::kept)), and keeps it if the view is
+    /// [`lasting`](WriteJson::lasting) or was asked for before.
     pub fn make<T: WriteJson>(&self, view: &T, out: &mut Vec<u8>) {
         let start = out.len();
         view.write_json(out);
-        if self.asked.swap(true, Ordering::Relaxed) {
+        if self.asked.swap(true, Ordering::Relaxed) || view.lasting() {
             let _ = self.kept.set(out[start..].into());
         }
     }
@@ -206,6 +226,15 @@ impl WriteJson for TaskView {
         }
         out.push(b'}');
     }
+
+    /// Running or ended: where a task spends its life, as against the
+    /// moments it is staging, starting or being killed.
+    fn lasting(&self) -> bool {
+        !matches!(
+            self.state,
+            "TASK_STAGING" | "TASK_STARTING" | "TASK_KILLING"
+        )
+    }
 }
 
 /// A task's sandbox on its agent.
@@ -287,17 +316,49 @@ mod tests {
     }
 
     #[test]
-    fn a_views_json_is_kept_from_its_second_asking() {
-        let view = task("web-1", "");
-        let mut out = Vec::new();
-        view.json.make(&view, &mut out);
-        assert!(view.json.kept().is_none(), "kept the first time");
-        view.json.make(&view, &mut out);
-        assert_eq!(
-            view.json.kept().map(<[u8]>::to_vec),
-            Some(serde_json::to_vec(&view).expect("serde"))
-        );
-        // What is kept is what was written each time.
-        assert_eq!(out.len(), 2 * view.json.kept().expect("kept").len());
+    fn a_passing_views_json_is_kept_from_its_second_asking() {
+        for state in ["TASK_STAGING", "TASK_STARTING", "TASK_KILLING"] {
+            let mut view = task("web-1", "");
+            view.state = state;
+            let mut out = Vec::new();
+            view.json.make(&view, &mut out);
+            assert!(view.json.kept().is_none(), "{state}: kept the first time");
+            view.json.make(&view, &mut out);
+            assert_eq!(
+                view.json.kept().map(<[u8]>::to_vec),
+                Some(serde_json::to_vec(&view).expect("serde")),
+                "{state}"
+            );
+            // What is kept is what was written each time.
+            assert_eq!(out.len(), 2 * view.json.kept().expect("kept").len());
+        }
+    }
+
+    #[test]
+    fn a_lasting_views_json_is_kept_the_first_time() {
+        for state in ["TASK_RUNNING", "TASK_FINISHED", "TASK_FAILED", "TASK_LOST"] {
+            let mut view = task("web-1", "");
+            view.state = state;
+            let mut out = Vec::new();
+            view.json.make(&view, &mut out);
+            assert_eq!(view.json.kept(), Some(&out[..]), "{state}");
+        }
+        // An agent's view is kept from the second time, whatever it is.
+        let agent = AgentView {
+            id: "agent-1".into(),
+            hostname: "host-1".into(),
+            endpoint: String::new(),
+            attributes: BTreeMap::new(),
+            status: "active",
+            draining: false,
+            resources: AgentResources {
+                total: Resources::parse("cpus:1").expect("resources"),
+                used: Resources::new(),
+                offered: Resources::new(),
+            },
+            json: KeptJson::default(),
+        };
+        agent.json.make(&agent, &mut Vec::new());
+        assert!(agent.json.kept().is_none());
     }
 }

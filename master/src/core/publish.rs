@@ -30,6 +30,13 @@ const PUBLISH_SLICE: usize = 1024;
 /// changes of the quarter second since its last look.
 pub(super) const READERS_LINGER: Duration = PUBLISH_EVERY;
 
+/// How long after a reader last wrote the whole state (`/api/v1/state`)
+/// the core makes the JSON of lasting task views as it builds them (see
+/// [`crate::snapshot::Reader::will_write_whole_state`]): about 1% of the
+/// core's time under a launch load, spent only while someone polls the
+/// whole state, and at intervals up to this.
+pub(super) const WHOLE_STATE_LINGER: Duration = Duration::from_secs(30);
+
 /// Work between two looks for readers waiting (see
 /// [`Core::reader_checkpoint`]).
 const READ_CHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
@@ -85,6 +92,10 @@ pub(super) struct ReadModel {
     taken: bool,
     /// When a reader last asked for a publication.
     last_asked: Option<Instant>,
+    /// When a reader last wrote the whole state, and room to make views'
+    /// JSON in meanwhile.
+    whole_state_asked: Option<Instant>,
+    json_scratch: Vec<u8>,
     /// When the core last looked for readers within its work (wall time:
     /// it bounds work, not protocol timeouts), and how much work passes
     /// between two looks.
@@ -108,6 +119,8 @@ impl ReadModel {
             in_progress: false,
             taken: false,
             last_asked: None,
+            whole_state_asked: None,
+            json_scratch: Vec::new(),
             checked: std::time::Instant::now(),
             check_after: READ_CHECK_AFTER,
         }
@@ -164,11 +177,21 @@ impl ReadModel {
             .is_some_and(|at| at.elapsed() < READERS_LINGER)
     }
 
+    /// Whether a reader wrote the whole state lately, so one is likely
+    /// to again.
+    fn whole_state_readers_around(&self) -> bool {
+        self.whole_state_asked
+            .is_some_and(|at| at.elapsed() < WHOLE_STATE_LINGER)
+    }
+
     /// Whether a reader asks now (and forgets it).
     fn take_request(&mut self) -> bool {
         let asked = self.publisher.take_request();
         if asked {
             self.last_asked = Some(Instant::now());
+            if self.publisher.take_whole_state_reader() {
+                self.whole_state_asked = self.last_asked;
+            }
         }
         asked
     }
@@ -366,11 +389,14 @@ impl Core {
         frameworks: &mut FastSet<String>,
     ) {
         let read_key: ReadKey = (Arc::from(key.0.as_str()), Arc::from(key.1.as_str()));
-        let new = self
-            .tasks
-            .get(key)
-            .map(|t| Arc::new(self.task_view(key, t)));
+        let new = self.tasks.get(key).map(|t| self.task_view(key, t));
         let read = &mut self.read;
+        let new = new.map(|view| {
+            if read.whole_state_readers_around() {
+                view.json.keep_if_lasting(&view, &mut read.json_scratch);
+            }
+            Arc::new(view)
+        });
         let old = match &new {
             Some(view) => read.working.tasks.insert(read_key, view.clone()),
             None => read.working.tasks.remove(&read_key),

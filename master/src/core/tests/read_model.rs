@@ -442,3 +442,57 @@ async fn while_readers_are_around_each_turn_is_applied_unpublished() {
         "waits for the publication again"
     );
 }
+
+/// A publication asked for by `reader`, as a reader of the whole state
+/// (`/api/v1/state`) asks or as any other does.
+async fn read_as(
+    h: &mut Harness,
+    reader: &crate::snapshot::Reader,
+    whole_state: bool,
+) -> Arc<Snapshot> {
+    if whole_state {
+        reader.will_write_whole_state();
+    }
+    let asking = reader.clone();
+    let read = tokio::spawn(async move { asking.fresh().await });
+    tokio::task::yield_now().await;
+    h.core.publish_if_wanted();
+    read.await.expect("reader")
+}
+
+fn task_view<'a>(snap: &'a Snapshot, framework: &FrameworkSession, id: &str) -> &'a TaskView {
+    &snap.tasks[&(Arc::from(framework.id.as_str()), Arc::from(id))]
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_whole_state_is_read_lasting_tasks_json_is_made_as_they_change() {
+    use super::super::publish::WHOLE_STATE_LINGER;
+    let (mut h, reader, agent, mut framework) = watched_core();
+    launch_on_an_offer(&mut h, &mut framework, &["a", "b", "c"]);
+
+    // Readers of anything but the whole state: no JSON is made.
+    read_as(&mut h, &reader, false).await;
+    h.update(&agent, &framework.id, "a", TaskState::TaskRunning, b"ra");
+    let snap = read_as(&mut h, &reader, false).await;
+    assert!(task_view(&snap, &framework, "a").json.kept().is_none());
+
+    // Once the whole state is read, a task that comes to a state it will
+    // stay in has its JSON made with its view; one passing through not.
+    read_as(&mut h, &reader, true).await;
+    h.update(&agent, &framework.id, "b", TaskState::TaskRunning, b"rb");
+    h.update(&agent, &framework.id, "c", TaskState::TaskStarting, b"sc");
+    let snap = read_as(&mut h, &reader, false).await;
+    let running = task_view(&snap, &framework, "b");
+    assert_eq!(
+        running.json.kept().map(<[u8]>::to_vec),
+        Some(serde_json::to_vec(running).expect("serde"))
+    );
+    assert!(task_view(&snap, &framework, "c").json.kept().is_none());
+
+    // Until no reader has read the whole state for a while.
+    h.advance_alive(&agent, WHOLE_STATE_LINGER).await;
+    h.update(&agent, &framework.id, "c", TaskState::TaskRunning, b"rc");
+    let snap = read_as(&mut h, &reader, false).await;
+    assert_eq!(task_view(&snap, &framework, "c").state, "TASK_RUNNING");
+    assert!(task_view(&snap, &framework, "c").json.kept().is_none());
+}
