@@ -366,7 +366,7 @@ fn live_tasks_by_agent<'a>(
         .tasks_sorted()
         .filter(|t| !is_ended(t.state) && sight.task(snap, t))
     {
-        by_agent.entry(t.agent_id.as_str()).or_default().push(t);
+        by_agent.entry(&*t.agent_id).or_default().push(t);
     }
     by_agent
 }
@@ -397,7 +397,7 @@ async fn agent(
         Some(a) => {
             let tasks: Vec<&TaskView> = snap
                 .tasks_sorted()
-                .filter(|t| t.agent_id == id && !is_ended(t.state) && sight.task(&snap, t))
+                .filter(|t| *t.agent_id == *id && !is_ended(t.state) && sight.task(&snap, t))
                 .collect();
             Json(agent_json(a, &tasks)).into_response()
         }
@@ -500,8 +500,12 @@ async fn tasks(
         let matching: Vec<&TaskView> = snap
             .tasks_sorted()
             .filter(|t| sight.task(&snap, t))
-            .filter(|t| params.get("framework").is_none_or(|f| *f == t.framework_id))
-            .filter(|t| params.get("agent").is_none_or(|a| *a == t.agent_id))
+            .filter(|t| {
+                params
+                    .get("framework")
+                    .is_none_or(|f| **f == *t.framework_id)
+            })
+            .filter(|t| params.get("agent").is_none_or(|a| **a == *t.agent_id))
             .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
             .collect();
         let total = matching.len();
@@ -527,7 +531,7 @@ async fn tasks(
             Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
             None => Box::new(snap.tasks_sorted()),
         }
-        .filter(|t| params.get("agent").is_none_or(|a| *a == t.agent_id))
+        .filter(|t| params.get("agent").is_none_or(|a| **a == *t.agent_id))
         .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
         .collect();
         let total = matching.len();
@@ -541,7 +545,7 @@ async fn tasks(
 
 /// The task called `id` (live ones first, for ids reused after an end).
 fn find_task<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a TaskView> {
-    let mut candidates: Vec<&TaskView> = snap.tasks_sorted().filter(|t| t.id == id).collect();
+    let mut candidates: Vec<&TaskView> = snap.tasks_sorted().filter(|t| &*t.id == id).collect();
     candidates.sort_by_key(|t| is_ended(t.state));
     candidates.first().copied()
 }
@@ -578,7 +582,7 @@ async fn sandbox_of(api: &Api, caller: &Caller, id: &str) -> Result<(String, Str
             framework_principal: Sight::principal_of(&snap, &task.framework_id),
         },
     )?;
-    let agent = snap.agents.get(task.agent_id.as_str()).ok_or_else(|| {
+    let agent = snap.agents.get(&*task.agent_id).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,
             format!("task `{id}`'s agent is gone"),

@@ -2,8 +2,8 @@
 //! returns (see `snapshot.rs`, which holds and serializes them).
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use agora_proto::Resources;
 use serde::Serialize;
@@ -170,10 +170,14 @@ pub struct FrameworkView {
 /// One task (live, unreachable, or recently ended).
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskView {
-    pub id: String,
+    /// The id, the framework's and the agent's are shared with the read
+    /// model's key and with the other tasks of the framework and agent:
+    /// building a view under load (several per task launched, while
+    /// readers are around) copies no strings but the name.
+    pub id: Arc<str>,
     pub name: String,
-    pub framework_id: String,
-    pub agent_id: String,
+    pub framework_id: Arc<str>,
+    pub agent_id: Arc<str>,
     pub state: &'static str,
     pub resources: Resources,
     pub message: String,

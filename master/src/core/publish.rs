@@ -92,6 +92,9 @@ pub(super) struct ReadModel {
     taken: bool,
     /// When a reader last asked for a publication.
     last_asked: Option<Instant>,
+    /// The ids of frameworks and agents, one copy each, shared by the
+    /// keys and views of their tasks.
+    shared_ids: FastSet<Arc<str>>,
     /// When a reader last wrote the whole state, and room to make views'
     /// JSON in meanwhile.
     whole_state_asked: Option<Instant>,
@@ -119,6 +122,7 @@ impl ReadModel {
             in_progress: false,
             taken: false,
             last_asked: None,
+            shared_ids: FastSet::default(),
             whole_state_asked: None,
             json_scratch: Vec::new(),
             checked: std::time::Instant::now(),
@@ -175,6 +179,16 @@ impl ReadModel {
     fn readers_around(&self) -> bool {
         self.last_asked
             .is_some_and(|at| at.elapsed() < READERS_LINGER)
+    }
+
+    /// The one shared copy of a framework's or agent's id.
+    fn shared_id(&mut self, id: &str) -> Arc<str> {
+        if let Some(shared) = self.shared_ids.get(id) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(id);
+        self.shared_ids.insert(shared.clone());
+        shared
     }
 
     /// Whether a reader wrote the whole state lately, so one is likely
@@ -351,6 +365,7 @@ impl Core {
             }
             None => {
                 self.read.working.agents.remove(&key);
+                self.read.shared_ids.remove(&key);
                 self.read.by_agent.remove(id);
             }
         }
@@ -368,6 +383,7 @@ impl Core {
                 }
                 None => {
                     self.read.working.frameworks.remove(&key);
+                    self.read.shared_ids.remove(&key);
                     self.read.by_framework.remove(&id);
                 }
             }
@@ -388,8 +404,14 @@ impl Core {
         agents: &mut FastSet<String>,
         frameworks: &mut FastSet<String>,
     ) {
-        let read_key: ReadKey = (Arc::from(key.0.as_str()), Arc::from(key.1.as_str()));
-        let new = self.tasks.get(key).map(|t| self.task_view(key, t));
+        let read_key: ReadKey = (self.read.shared_id(&key.0), Arc::from(key.1.as_str()));
+        let new = match self.tasks.get(key) {
+            Some(t) => {
+                let agent_id = self.read.shared_id(&t.agent);
+                Some(self.task_view(&read_key, agent_id, t))
+            }
+            None => None,
+        };
         let read = &mut self.read;
         let new = new.map(|view| {
             if read.whole_state_readers_around() {
@@ -487,9 +509,9 @@ fn mark(changed: &mut FastSet<String>, id: &str) {
 }
 
 /// Where a task holds resources, and what: nothing once it ended.
-fn holding(view: Option<&TaskView>) -> Option<(&String, &String, &Resources)> {
+fn holding(view: Option<&TaskView>) -> Option<(&str, &str, &Resources)> {
     view.filter(|v| {
         !is_terminal(TaskState::from_str_name(v.state).unwrap_or(TaskState::TaskUnknown))
     })
-    .map(|v| (&v.agent_id, &v.framework_id, &v.resources))
+    .map(|v| (&*v.agent_id, &*v.framework_id, &v.resources))
 }

@@ -1,6 +1,8 @@
 //! Views of the core's entries for readers (see `publish.rs`, which keeps
 //! the published snapshot current with them).
 
+use std::sync::Arc;
+
 use super::publish::Holdings;
 use super::*;
 
@@ -28,12 +30,19 @@ impl Core {
         }
     }
 
-    pub(super) fn task_view(&self, (fw, id): &TaskKey, t: &TaskEntry) -> TaskView {
+    /// The view of task `t`, with its key in the read model and its
+    /// agent's id shared.
+    pub(super) fn task_view(
+        &self,
+        (fw, id): &crate::snapshot::TaskKey,
+        agent_id: Arc<str>,
+        t: &TaskEntry,
+    ) -> TaskView {
         TaskView {
             id: id.clone(),
             name: t.info.name.clone(),
             framework_id: fw.clone(),
-            agent_id: t.agent.clone(),
+            agent_id,
             state: t.state.as_str_name(),
             resources: t.resources.clone(),
             message: t.message.clone(),

@@ -496,3 +496,28 @@ async fn while_the_whole_state_is_read_lasting_tasks_json_is_made_as_they_change
     assert_eq!(task_view(&snap, &framework, "c").state, "TASK_RUNNING");
     assert!(task_view(&snap, &framework, "c").json.kept().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn tasks_share_their_frameworks_and_agents_ids_in_the_read_model() {
+    let mut h = Harness::new();
+    let agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    launch_on_an_offer(&mut h, &mut framework, &["a", "b"]);
+    h.update(&agent, &framework.id, "a", TaskState::TaskRunning, b"ra");
+    let snap = published_matches_the_core(&mut h);
+    let (a, b) = (
+        task_view(&snap, &framework, "a"),
+        task_view(&snap, &framework, "b"),
+    );
+    assert_eq!(&*a.framework_id, framework.id.as_str());
+    assert_eq!(&*a.agent_id, agent.id.as_str());
+    // One copy of each id, however many tasks and views of them.
+    assert!(Arc::ptr_eq(&a.framework_id, &b.framework_id));
+    assert!(Arc::ptr_eq(&a.agent_id, &b.agent_id));
+    let (key, _) = snap
+        .tasks
+        .get_key_value(&(Arc::from(framework.id.as_str()), Arc::from("a")))
+        .expect("task a");
+    assert!(Arc::ptr_eq(&key.0, &a.framework_id));
+    assert!(Arc::ptr_eq(&key.1, &a.id));
+}
