@@ -53,15 +53,20 @@ fn snapshot() -> Snapshot {
             }),
         );
     }
+    // Ids shared as the read model shares them: one copy per framework
+    // and agent, a task's own with its key.
+    let framework: Arc<str> = FRAMEWORK.into();
+    let agents: Vec<Arc<str>> = (0..AGENTS).map(|a| agent_id(a).into()).collect();
     for t in 0..TASKS {
-        let id = format!("load-{t:06}");
+        let name = format!("load-{t:06}");
+        let id: Arc<str> = name.as_str().into();
         snap.tasks.insert(
-            (FRAMEWORK.into(), id.as_str().into()),
+            (framework.clone(), id.clone()),
             Arc::new(TaskView {
-                name: id.clone(),
+                name,
                 id,
-                framework_id: FRAMEWORK.into(),
-                agent_id: agent_id(t % AGENTS),
+                framework_id: framework.clone(),
+                agent_id: agents[t % AGENTS].clone(),
                 state: "TASK_RUNNING",
                 resources: task_resources.clone(),
                 message: String::new(),

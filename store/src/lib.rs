@@ -210,25 +210,14 @@ impl Store {
     /// etcd, each part of at most 100 writes).
     pub fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Redb { db, path } => redb_commit(db, path, writes),
+            Backend::Redb { db, path } => redb_commit(db, path, &last_writes(writes)),
             Backend::Etcd {
                 etcd,
                 prefix,
                 fence,
             } => {
-                // etcd refuses a transaction naming a key twice: the last
-                // write of each key is the one that counts.
-                let mut last: std::collections::HashMap<(&str, &str), usize> =
-                    std::collections::HashMap::new();
-                for (i, w) in writes.iter().enumerate() {
-                    last.insert((w.table, w.key.as_str()), i);
-                }
-                let writes: Vec<&Write> = writes
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, w)| last.get(&(w.table, w.key.as_str())) == Some(i))
-                    .map(|(_, w)| w)
-                    .collect();
+                // etcd refuses a transaction naming a key twice.
+                let writes = last_writes(writes);
                 for part in writes.chunks(ETCD_OPS_PER_TXN) {
                     if let Some(fence) = fence
                         && !fence.is_valid()
@@ -256,6 +245,23 @@ impl Store {
             }
         }
     }
+}
+
+/// The last write of each key, in order: the one that counts. A commit
+/// under load often holds several of one key (a task's starting and its
+/// running), and each write skipped is a B-tree update saved.
+fn last_writes(writes: &[Write]) -> Vec<&Write> {
+    let mut last: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::with_capacity(writes.len());
+    for (i, w) in writes.iter().enumerate() {
+        last.insert((w.table, w.key.as_str()), i);
+    }
+    writes
+        .iter()
+        .enumerate()
+        .filter(|(i, w)| last.get(&(w.table, w.key.as_str())) == Some(i))
+        .map(|(_, w)| w)
+        .collect()
 }
 
 fn redb_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
@@ -299,11 +305,23 @@ fn redb_get(
         .map(|v| v.value().to_vec()))
 }
 
-fn redb_commit(db: &Database, path: &Path, writes: &[Write]) -> Result<(), StoreError> {
+fn redb_commit(db: &Database, path: &Path, writes: &[&Write]) -> Result<(), StoreError> {
     let err = |e: redb::Error| redb_err(path, e);
     let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    // Each table opened once per commit, not once per write: opening
+    // looks the table up and closing writes its root back, and a commit
+    // under load holds thousands of writes to a handful of tables.
+    let mut open: Vec<(&str, redb::Table<'_, &'static str, &'static [u8]>)> = Vec::new();
     for w in writes {
-        let mut t = txn.open_table(table(w.table)).map_err(|e| err(e.into()))?;
+        let at = match open.iter().position(|(name, _)| *name == w.table) {
+            Some(at) => at,
+            None => {
+                let t = txn.open_table(table(w.table)).map_err(|e| err(e.into()))?;
+                open.push((w.table, t));
+                open.len() - 1
+            }
+        };
+        let t = &mut open[at].1;
         match &w.value {
             Some(v) => {
                 t.insert(w.key.as_str(), v.as_slice())
@@ -314,6 +332,7 @@ fn redb_commit(db: &Database, path: &Path, writes: &[Write]) -> Result<(), Store
             }
         }
     }
+    drop(open);
     txn.commit().map_err(|e| err(e.into()))
 }
 
@@ -347,5 +366,37 @@ mod tests {
             Some(b"f1".to_vec())
         );
         assert_eq!(store.get("meta", "nothing").expect("get"), None);
+    }
+
+    #[test]
+    fn one_commit_applies_writes_across_tables_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        // Tables interleaved, and one key written, deleted and written
+        // again within the commit: the last write of each key counts.
+        store
+            .commit(&[
+                Write::put("tasks", "t1", b"staging".to_vec()),
+                Write::put("states", "t1", b"1".to_vec()),
+                Write::put("tasks", "t2", b"staging".to_vec()),
+                Write::delete("tasks", "t1"),
+                Write::put("states", "t1", b"2".to_vec()),
+                Write::put("tasks", "t1", b"again".to_vec()),
+                Write::delete("states", "t2"),
+                Write::put("agents", "a1", b"x".to_vec()),
+            ])
+            .expect("commit");
+        assert_eq!(
+            store.load("tasks").expect("load"),
+            vec![
+                ("t1".to_string(), b"again".to_vec()),
+                ("t2".to_string(), b"staging".to_vec())
+            ]
+        );
+        assert_eq!(
+            store.load("states").expect("load"),
+            vec![("t1".to_string(), b"2".to_vec())]
+        );
+        assert_eq!(store.get("agents", "a1").expect("get"), Some(b"x".to_vec()));
     }
 }
