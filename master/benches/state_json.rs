@@ -1,8 +1,10 @@
 //! `GET /api/v1/state`'s writing: 100,000 tasks on 1,000 agents, shaped
 //! like the scale benchmarks' (`cpus:0.01;mem:1`, no sandbox, no usage).
 //!
-//! - `new`: every task new since the last `/state` (nothing kept) — most
-//!   of a `/state` under a launch load.
+//! - `new`: every task new since the last `/state` (nothing kept), and
+//!   running, so its JSON is made and kept — a `/state` that meets tasks
+//!   the core did not make JSON for (nobody read the whole state lately).
+//! - `new_starting`: the same, starting: made, not kept.
 //! - `kept`: every task's JSON kept from before — a quiet cluster.
 //! - `serde`: the same tasks through their derived `Serialize`, what the
 //!   hand-written JSON replaced, for reference.
@@ -81,14 +83,15 @@ fn snapshot() -> Snapshot {
     snap
 }
 
-/// The same snapshot with every view new: nothing kept.
-fn renewed(snap: &Snapshot) -> Snapshot {
+/// The same snapshot with every view new (nothing kept), in `state`.
+fn renewed(snap: &Snapshot, state: &'static str) -> Snapshot {
     let mut fresh = snap.clone();
     fresh.tasks = snap
         .tasks
         .iter()
         .map(|(k, t)| {
             let view = TaskView {
+                state,
                 json: KeptJson::default(),
                 ..TaskView::clone(t)
             };
@@ -103,22 +106,24 @@ fn state_json(c: &mut Criterion) {
     let mut out: Vec<u8> = Vec::with_capacity(64 << 20);
     let mut group = c.benchmark_group("state_json");
     group.sample_size(20);
-    group.bench_function("new", |b| {
-        b.iter_batched(
-            || renewed(&snap),
-            |fresh| {
-                out.clear();
-                fresh.write_state_json(0, &mut out).expect("written");
-                black_box(out.len());
-                fresh
-            },
-            BatchSize::PerIteration,
-        );
-    });
-    // Twice: a view's JSON is kept from its second writing.
-    for _ in 0..2 {
-        snap.write_state_json(0, &mut Vec::new()).expect("written");
+    // Running tasks' JSON is made and kept (they will last); starting
+    // ones' only made.
+    for (case, state) in [("new", "TASK_RUNNING"), ("new_starting", "TASK_STARTING")] {
+        group.bench_function(case, |b| {
+            b.iter_batched(
+                || renewed(&snap, state),
+                |fresh| {
+                    out.clear();
+                    fresh.write_state_json(0, &mut out).expect("written");
+                    black_box(out.len());
+                    fresh
+                },
+                BatchSize::PerIteration,
+            );
+        });
     }
+    // Running tasks: kept from their first writing.
+    snap.write_state_json(0, &mut Vec::new()).expect("written");
     group.bench_function("kept", |b| {
         b.iter(|| {
             out.clear();
