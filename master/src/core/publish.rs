@@ -32,9 +32,10 @@ pub(super) const READERS_LINGER: Duration = PUBLISH_EVERY;
 
 /// How long after a reader last wrote the whole state (`/api/v1/state`)
 /// the core makes the JSON of lasting task views as it builds them (see
-/// [`crate::snapshot::Reader::will_write_whole_state`]): about 1% of the
-/// core's time under a launch load, spent only while someone polls the
-/// whole state, and at intervals up to this.
+/// [`crate::snapshot::Reader::will_write_whole_state`]): 3–4% of the
+/// core's time under a launch load (a profile of the reads benchmark),
+/// spent only while someone polls the whole state, at intervals up to
+/// this.
 pub(super) const WHOLE_STATE_LINGER: Duration = Duration::from_secs(30);
 
 /// Work between two looks for readers waiting (see
