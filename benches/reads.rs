@@ -21,8 +21,8 @@
 //! HTTP/1.1 on loopback, the dashboard's requests one after another on
 //! one kept-alive connection, from a thread and runtime of its own, apart
 //! from the emulator's); the load's from its first accept to its last
-//! `TASK_RUNNING` (the scale benchmark's measure). Idle reads are the same requests with
-//! nothing scheduling.
+//! `TASK_RUNNING` (the scale benchmark's measure). Idle reads are the
+//! same requests with nothing scheduling.
 //!
 //! `AGORA_READS_CLIENT_NICE=-5` runs the dashboard and the event client at
 //! that nice value (see [`client_nice`]).

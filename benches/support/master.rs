@@ -104,15 +104,6 @@ impl Master {
             .collect()
     }
 
-    /// CPU seconds the master's core thread (`master-core`) has used so far.
-    #[allow(dead_code)] // Not every benchmark that shares this file asks.
-    pub fn core_cpu_seconds(&self) -> f64 {
-        self.thread_cpu_seconds()
-            .into_values()
-            .find(|(name, _)| name == "master-core")
-            .map_or(0.0, |(_, cpu)| cpu)
-    }
-
     pub fn rss_mib(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
