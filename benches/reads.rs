@@ -5,16 +5,20 @@
 //! 10,000; tasks run until killed) and a resident framework holding
 //! `AGORA_READS_TASKS` running tasks (default 100,000). Then a load
 //! framework launches `AGORA_READS_LOAD` more (default 100,000) as fast as
-//! offers allow, twice: alone, and while a dashboard polls — a page of 100
-//! tasks every 250 ms, `/metrics` every second, the whole `/api/v1/state`
-//! every two seconds, and one client on the event stream throughout.
+//! offers allow, alone and while a dashboard polls, in
+//! `AGORA_READS_ROUNDS` rounds (default 2) that alternate which goes
+//! first; the dent is between the means of each kind. The dashboard
+//! reads a page of 100 tasks every 250 ms, `/metrics` every second, the
+//! whole `/api/v1/state` every two seconds, and one client follows the
+//! event stream throughout.
 //! `/health`, which reads nothing, is timed with each page: the floor any
 //! request meets on a machine this busy.
 //!
 //! The master's CPU time, in all and by thread, is read from `/proc`
-//! around each load: what the dashboard costs the master, apart from what
-//! the dashboard's own client (in this process, on the same cores) costs
-//! the machine.
+//! around each load: what the dashboard costs the master. The dashboard's
+//! and event client's threads report theirs: what the dashboard's own
+//! client (in this process, on the same two cores) costs the machine,
+//! which a dashboard on another machine would not.
 //!
 //! Inside the clocks: a read's clock runs from its request sent to its
 //! body's last byte received (counted as it arrives, not gathered;
@@ -170,10 +174,11 @@ async fn event_listener(url: String, stop: Arc<AtomicBool>, counts: Arc<EventCou
 /// machine: on this process's runtime the dashboard's requests queued
 /// behind the emulator's ten thousand sessions, and its clocks timed that
 /// queue as much as the master. (It still shares the machine's cores.)
+/// The thread returns what `work` made and the CPU seconds it used.
 fn elsewhere<F, T>(
     name: &str,
     work: impl FnOnce() -> F + Send + 'static,
-) -> std::thread::JoinHandle<T>
+) -> std::thread::JoinHandle<(T, f64)>
 where
     F: std::future::Future<Output = T>,
     T: Send + 'static,
@@ -184,11 +189,15 @@ where
             if let Some(nice) = client_nice() {
                 set_this_threads_nice(nice);
             }
-            tokio::runtime::Builder::new_current_thread()
+            let made = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(work())
+                .block_on(work());
+            (
+                made,
+                cluster::master::cpu_seconds_in("/proc/thread-self/stat"),
+            )
         })
         .expect("thread")
 }
@@ -246,11 +255,18 @@ impl Cpu {
 }
 
 /// The threads whose CPU the report splits out; the rest is "other".
-const THREADS: [(&str, &str); 4] = [
+const THREADS: [(&str, &str); 5] = [
     ("master-core", "core"),
     ("registry-writer", "registry writer"),
     ("tokio-rt-worker", "agents' and frameworks' connections"),
-    ("master-operator", "operators' thread"),
+    (
+        "master-operator",
+        "operators' thread: pages, `/metrics`, events",
+    ),
+    (
+        "master-op-block",
+        "operators' blocking threads: `/state`'s writing",
+    ),
 ];
 
 /// A load of `tasks` as fast as offers allow, and the master's CPU
@@ -280,7 +296,68 @@ async fn measured_load(
     (report, cpu)
 }
 
-async fn run(agents: usize, resident: u64, load: u64) {
+/// One load of a run, alone or watched, and what it cost.
+struct Load {
+    watched: bool,
+    report: agora_sim::load::LoadReport,
+    master: Cpu,
+    /// CPU seconds of the dashboard's and event client's threads (this
+    /// process, the same cores): what the dashboard costs the machine
+    /// outside the master.
+    client: f64,
+}
+
+/// What the dashboard and the event client saw, over every watched load.
+#[derive(Default)]
+struct Watching {
+    reads: [Timings; 4],
+    events_received: u64,
+    events_dropped: u64,
+}
+
+/// A load while the dashboard polls and an event client follows.
+async fn watched_load(cluster: &Cluster, name: &str, tasks: u64, into: &mut Watching) -> Load {
+    let url = cluster.master.url.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(EventCounts::default());
+    let polling = elsewhere("dashboard", {
+        let (url, stop) = (url.clone(), stop.clone());
+        move || dashboard(url, stop)
+    });
+    let listening = elsewhere("events", {
+        let (url, stop, events) = (url.clone(), stop.clone(), events.clone());
+        move || event_listener(url, stop, events)
+    });
+    // The dashboard's first round lands before the load starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (report, master) = measured_load(cluster, name, tasks).await;
+    stop.store(true, Ordering::Relaxed);
+    let ((reads, dashboard_cpu), ((), listener_cpu)) = tokio::task::spawn_blocking(move || {
+        let listened = listening.join().expect("event client");
+        (polling.join().expect("dashboard"), listened)
+    })
+    .await
+    .expect("joined");
+    for (all, these) in into.reads.iter_mut().zip(reads) {
+        all.ms.extend(these.ms);
+        all.bytes = these.bytes;
+    }
+    into.events_received += events.received.load(Ordering::Relaxed);
+    into.events_dropped += events.dropped.load(Ordering::Relaxed);
+    Load {
+        watched: true,
+        report,
+        master,
+        client: dashboard_cpu + listener_cpu,
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0), |(sum, n), v| (sum + v, n + 1));
+    sum / f64::from(n)
+}
+
+async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
     eprintln!("reads: starting {agents} agents");
     let cluster = Cluster::start(agents).await;
     eprintln!("reads: {resident} resident tasks");
@@ -304,66 +381,143 @@ async fn run(agents: usize, resident: u64, load: u64) {
         }
     }
 
-    eprintln!("reads: load alone");
-    let (alone, cpu_alone) = measured_load(&cluster, "load-alone", load).await;
-    settle(&cluster, &client, resident).await;
-
-    eprintln!("reads: load while a dashboard polls");
-    let stop = Arc::new(AtomicBool::new(false));
-    let events = Arc::new(EventCounts::default());
-    let polling = elsewhere("dashboard", {
-        let (url, stop) = (url.clone(), stop.clone());
-        move || dashboard(url, stop)
-    });
-    let listening = elsewhere("events", {
-        let (url, stop, events) = (url.clone(), stop.clone(), events.clone());
-        move || event_listener(url, stop, events)
-    });
-    // The dashboard's first round lands before the load starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (watched, cpu_watched) = measured_load(&cluster, "load-watched", load).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut busy = tokio::task::spawn_blocking(move || {
-        let _ = listening.join();
-        polling.join()
-    })
-    .await
-    .expect("joined")
-    .expect("dashboard");
+    // Rounds alternate which load goes first (alone then watched, then
+    // watched then alone): a master's second load in a row is not the
+    // same as its first, and the machine's speed drifts, so one pair in
+    // a fixed order had mixed both into the dent.
+    let mut loads = Vec::new();
+    let mut watching = Watching::default();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for watched in order {
+            let name = format!("load-{round}-{}", if watched { "watched" } else { "alone" });
+            eprintln!(
+                "reads: round {} of {rounds}, load {}",
+                round + 1,
+                if watched {
+                    "while a dashboard polls"
+                } else {
+                    "alone"
+                }
+            );
+            let run = if watched {
+                watched_load(&cluster, &name, load, &mut watching).await
+            } else {
+                let (report, master) = measured_load(&cluster, &name, load).await;
+                Load {
+                    watched: false,
+                    report,
+                    master,
+                    client: 0.0,
+                }
+            };
+            settle(&cluster, &client, resident).await;
+            loads.push(run);
+        }
+    }
     let rss = cluster.master.rss_mib();
+    report(
+        agents,
+        resident,
+        load,
+        rss,
+        &loads,
+        &mut idle,
+        &mut watching,
+    );
+}
 
+fn report(
+    agents: usize,
+    resident: u64,
+    load: u64,
+    rss: f64,
+    loads: &[Load],
+    idle: &mut [Timings; 4],
+    watching: &mut Watching,
+) {
     println!(
-        "{agents} agents, {resident} resident tasks; loads of {load} tasks; master RSS at the end {rss:.0} MiB\n"
+        "{agents} agents, {resident} resident tasks; {} loads of {load} tasks; master RSS at the end {rss:.0} MiB\n",
+        loads.len()
     );
     let per_thousand = |seconds: f64| seconds * 1e6 / load as f64;
-    println!("| load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks |");
-    println!("|---|---:|---:|---:|");
-    for (what, r, cpu) in [
-        ("alone", &alone, &cpu_alone),
-        ("while the dashboard polls", &watched, &cpu_watched),
-    ] {
+    let kind = |watched: bool| {
+        if watched {
+            "while the dashboard polls"
+        } else {
+            "alone"
+        }
+    };
+    println!(
+        "| # | load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks | of it the core's | the client's CPU per 1,000 tasks |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for (n, l) in loads.iter().enumerate() {
         println!(
-            "| {what} | {:.0} | {:.0} / {:.0} ms | {:.0} ms |",
-            r.tasks_per_second,
-            r.latency_p50_ms,
-            r.latency_p99_ms,
-            per_thousand(cpu.master),
+            "| {} | {} | {:.0} | {:.0} / {:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            n + 1,
+            kind(l.watched),
+            l.report.tasks_per_second,
+            l.report.latency_p50_ms,
+            l.report.latency_p99_ms,
+            per_thousand(l.master.master),
+            per_thousand(l.master.of("master-core")),
+            per_thousand(l.client),
         );
     }
-    println!("\n| of the master's CPU per 1,000 tasks | alone | while the dashboard polls |");
+    // Means over the loads of each kind: the rounds put each kind first
+    // and second equally often.
+    let rate = |watched: bool| {
+        mean(
+            loads
+                .iter()
+                .filter(|l| l.watched == watched)
+                .map(|l| l.report.tasks_per_second),
+        )
+    };
+    let (alone, watched) = (rate(false), rate(true));
+    let by_round: Vec<String> = loads
+        .chunks(2)
+        .map(|pair| {
+            let of = |watched: bool| {
+                pair.iter()
+                    .find(|l| l.watched == watched)
+                    .map_or(f64::NAN, |l| l.report.tasks_per_second)
+            };
+            format!("{:+.0}%", (of(true) / of(false) - 1.0) * 100.0)
+        })
+        .collect();
+    println!(
+        "\nmean tasks/s: alone {alone:.0}, while the dashboard polls {watched:.0} ({:+.1}%); round by round {}",
+        (watched / alone - 1.0) * 100.0,
+        by_round.join(", ")
+    );
+    println!("\n| of the master's CPU per 1,000 tasks, mean | alone | while the dashboard polls |");
     println!("|---|---:|---:|");
+    let cpu_mean = |watched: bool, of: &dyn Fn(&Cpu) -> f64| {
+        mean(
+            loads
+                .iter()
+                .filter(|l| l.watched == watched)
+                .map(|l| per_thousand(of(&l.master))),
+        )
+    };
     for (thread, what) in THREADS {
         println!(
             "| {what} (`{thread}`) | {:.1} ms | {:.1} ms |",
-            per_thousand(cpu_alone.of(thread)),
-            per_thousand(cpu_watched.of(thread)),
+            cpu_mean(false, &|c| c.of(thread)),
+            cpu_mean(true, &|c| c.of(thread)),
         );
     }
     let other = |cpu: &Cpu| cpu.master - THREADS.iter().map(|(t, _)| cpu.of(t)).sum::<f64>();
     println!(
         "| other threads, and threads that ended | {:.1} ms | {:.1} ms |",
-        per_thousand(other(&cpu_alone)),
-        per_thousand(other(&cpu_watched)),
+        cpu_mean(false, &other),
+        cpu_mean(true, &other),
     );
     println!("\n| read | requests | p50 ms | p99 ms | max ms | body |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -377,12 +531,11 @@ async fn run(agents: usize, resident: u64, load: u64) {
     .enumerate()
     {
         println!("{}", idle[i].line(&format!("{what}, idle")));
-        println!("{}", busy[i].line(&format!("{what}, under load")));
+        println!("{}", watching.reads[i].line(&format!("{what}, under load")));
     }
     println!(
-        "\nevent stream while the load ran: {} events received, {} dropped by the master for falling behind",
-        events.received.load(Ordering::Relaxed),
-        events.dropped.load(Ordering::Relaxed)
+        "\nevent stream while the loads ran: {} events received, {} dropped by the master for falling behind",
+        watching.events_received, watching.events_dropped
     );
 }
 
@@ -394,7 +547,8 @@ fn main() {
     let agents = env_u64("AGORA_READS_AGENTS", 10_000) as usize;
     let resident = env_u64("AGORA_READS_TASKS", 100_000);
     let load = env_u64("AGORA_READS_LOAD", 100_000);
-    block_on(run(agents, resident, load));
+    let rounds = env_u64("AGORA_READS_ROUNDS", 2).max(1);
+    block_on(run(agents, resident, load, rounds));
 }
 
 /// `AGORA_READS_CLIENT_NICE`: the dashboard's and event client's nice

@@ -117,8 +117,9 @@ impl Master {
     }
 }
 
-/// User and system CPU seconds in a `/proc/.../stat` file.
-fn cpu_seconds_in(path: &str) -> f64 {
+/// User and system CPU seconds in a `/proc/.../stat` file
+/// (`/proc/thread-self/stat`: the calling thread's).
+pub fn cpu_seconds_in(path: &str) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat

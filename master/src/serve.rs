@@ -305,10 +305,12 @@ pub struct OperatorThread {
 
 impl OperatorThread {
     pub fn start() -> std::io::Result<OperatorThread> {
-        // Blocking threads (a streamed `/api/v1/state`) share the priority.
+        // Blocking threads (a streamed `/api/v1/state`) share the priority;
+        // their name (for `top -H` and the reads benchmark) tells them from
+        // the thread that serves the connections.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .thread_name("master-operators")
+            .thread_name("master-op-block")
             .on_thread_start(|| crate::priority::raise_this_thread(crate::priority::OPERATOR_NICE))
             .build()?;
         let handle = runtime.handle().clone();
