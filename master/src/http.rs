@@ -906,14 +906,22 @@ async fn event_stream(State(api): State<Api>, Extension(caller): Extension<Calle
 /// Most bytes of events handed to a connection at once.
 const EVENT_BATCH: usize = 64 * 1024;
 
+/// How long a stream gathers events after writing some before it writes
+/// again: a launch burst is tens of thousands of events a second, and a
+/// stream that woke for each few of them cost the master a write and a
+/// wake-up each (and its client as many reads). Events wait at most this
+/// much longer.
+const EVENT_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A comment goes out after this long without events, so clients and
 /// proxies keep the connection.
 const EVENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Writes server-sent events from `events` to a client, each burst of
-/// events that are waiting as one piece: written one by one, as their
-/// own frames, a client fell behind a launch burst (tens of thousands a
-/// second) and lost half of it. Ends when the client goes away.
+/// Writes server-sent events from `events` to a client, the events
+/// waiting as one piece: written one by one, as their own frames, a
+/// client fell behind a launch burst and lost half of it. After a piece
+/// that took all that waited, the stream gathers for [`EVENT_GATHER`].
+/// Ends when the client goes away.
 async fn forward_events(
     mut events: broadcast::Receiver<Arc<ClusterEvent>>,
     client: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, Infallible>>,
@@ -927,16 +935,23 @@ async fn forward_events(
             Ok(Err(RecvError::Lagged(n))) => write_lagged(&mut out, n),
             Ok(Ok(event)) => write_event(&mut out, &event),
         }
+        let mut drained = false;
         while out.len() < EVENT_BATCH {
             match events.try_recv() {
                 Ok(event) => write_event(&mut out, &event),
                 Err(TryRecvError::Lagged(n)) => write_lagged(&mut out, n),
                 // Closed shows at the next wait.
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => {
+                    drained = true;
+                    break;
+                }
             }
         }
         if client.send(Ok(out.into())).await.is_err() {
             return;
+        }
+        if drained {
+            tokio::time::sleep(EVENT_GATHER).await;
         }
     }
 }
@@ -947,9 +962,7 @@ fn write_event(out: &mut Vec<u8>, event: &ClusterEvent) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.name().as_bytes());
     out.extend_from_slice(b"\ndata: ");
-    // Events hold only strings, numbers and booleans, which always
-    // serialize.
-    serde_json::to_writer(&mut *out, event).expect("events serialize");
+    event.write_json(out);
     out.extend_from_slice(b"\n\n");
 }
 
@@ -1134,7 +1147,7 @@ mod tests {
             framework_id: "f".into(),
             task_id: format!("t{n}"),
             agent_id: "a".into(),
-            state: "TASK_RUNNING".into(),
+            state: "TASK_RUNNING",
             message: "line one\nline two".into(),
         }
     }
@@ -1193,6 +1206,32 @@ mod tests {
         );
         let kept: Vec<&serde_json::Value> = got[1..].iter().map(|(_, d)| &d["task_id"]).collect();
         assert_eq!(kept, ["t6", "t7", "t8", "t9"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_piece_a_stream_gathers_events_before_writing_again() {
+        let (events, listener) = broadcast::channel(16);
+        let (tx, mut client) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(forward_events(listener, tx));
+        events.send(Arc::new(task_event(0))).expect("a listener");
+        let first = client.recv().await.expect("a piece").expect("bytes");
+        assert_eq!(
+            parse_sse(std::str::from_utf8(&first).expect("text")).len(),
+            1
+        );
+        // An event, time for the stream to run (it would write this one
+        // alone if it did not gather), then another.
+        events.send(Arc::new(task_event(1))).expect("a listener");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        events.send(Arc::new(task_event(2))).expect("a listener");
+        let started = tokio::time::Instant::now();
+        let second = client.recv().await.expect("a piece").expect("bytes");
+        let got = parse_sse(std::str::from_utf8(&second).expect("text"));
+        let ids: Vec<&serde_json::Value> = got.iter().map(|(_, d)| &d["task_id"]).collect();
+        assert_eq!(ids, ["t1", "t2"], "both in one piece");
+        assert!(started.elapsed() <= EVENT_GATHER, "written once gathered");
     }
 
     #[tokio::test(start_paused = true)]

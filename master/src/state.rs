@@ -91,7 +91,7 @@ fn write_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 }
 
 /// Appends `key` (with what comes before it) and `value` as a JSON string.
-fn write_field(out: &mut Vec<u8>, key: &[u8], value: &str) {
+pub(crate) fn write_field(out: &mut Vec<u8>, key: &[u8], value: &str) {
     out.extend_from_slice(key);
     write_str(out, value);
 }

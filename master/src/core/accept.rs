@@ -130,7 +130,7 @@ impl Core {
                     framework_id: framework_id.to_string(),
                     task_id: task_id.clone(),
                     agent_id: agent.clone(),
-                    state: TaskState::TaskStaging.as_str_name().to_string(),
+                    state: TaskState::TaskStaging.as_str_name(),
                     message: String::new(),
                 });
             }

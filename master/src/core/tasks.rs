@@ -159,8 +159,7 @@ impl Core {
             agent_id: task.agent.clone(),
             state: TaskState::try_from(status.state)
                 .unwrap_or(TaskState::TaskUnknown)
-                .as_str_name()
-                .to_string(),
+                .as_str_name(),
             message: status.message.clone(),
         });
     }

@@ -647,9 +647,10 @@ async fn a_silent_agent_turns_unreachable_and_its_return_is_reported_and_evented
             .collect::<Vec<_>>(),
         ["update:TASK_RUNNING"]
     );
-    let running_again = h.events().into_iter().any(
-        |e| matches!(e, ClusterEvent::TaskUpdated { ref state, .. } if state == "TASK_RUNNING"),
-    );
+    let running_again = h
+        .events()
+        .into_iter()
+        .any(|e| matches!(e, ClusterEvent::TaskUpdated { state, .. } if state == "TASK_RUNNING"));
     assert!(
         running_again,
         "UNREACHABLE → RUNNING appears on the event stream"
