@@ -2,7 +2,8 @@
 //! launch burst of 33,000 tasks makes them (staging, starting, running),
 //! with ids shaped like the scale benchmarks'.
 //!
-//! - `by_hand`: [`ClusterEvent::write_json`], what the stream writes;
+//! - `by_hand`: [`ClusterEvent::write_json`], the JSON the core makes for
+//!   each task update (`Event::task_updated`) and the stream copies;
 //! - `serde`: the same events through their derived `Serialize`, what the
 //!   hand-written JSON replaced, for reference.
 //!

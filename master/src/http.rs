@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::auth::{Action, Caller, Policy};
 use crate::core::{CoreMsg, Operator, OperatorError};
-use crate::events::{ClusterEvent, EventSender};
+use crate::events::{Event, EventSender};
 use crate::grpc::CoreHandle;
 use crate::snapshot::{Reader, Snapshot};
 use crate::state::{AgentView, TaskView};
@@ -923,7 +923,7 @@ const EVENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15)
 /// that took all that waited, the stream gathers for [`EVENT_GATHER`].
 /// Ends when the client goes away.
 async fn forward_events(
-    mut events: broadcast::Receiver<Arc<ClusterEvent>>,
+    mut events: broadcast::Receiver<Arc<Event>>,
     client: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, Infallible>>,
 ) {
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -958,11 +958,11 @@ async fn forward_events(
 
 /// One event in the SSE format: its name, then its JSON on one line
 /// (compact JSON escapes every newline).
-fn write_event(out: &mut Vec<u8>, event: &ClusterEvent) {
+fn write_event(out: &mut Vec<u8>, event: &Event) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.name().as_bytes());
     out.extend_from_slice(b"\ndata: ");
-    event.write_json(out);
+    out.extend_from_slice(event.json().as_bytes());
     out.extend_from_slice(b"\n\n");
 }
 
@@ -1142,14 +1142,14 @@ mod tests {
         );
     }
 
-    fn task_event(n: usize) -> ClusterEvent {
-        ClusterEvent::TaskUpdated {
-            framework_id: "f".into(),
-            task_id: format!("t{n}"),
-            agent_id: "a".into(),
-            state: "TASK_RUNNING",
-            message: "line one\nline two".into(),
-        }
+    fn task_event(n: usize) -> Event {
+        Event::task_updated(
+            "f",
+            &format!("t{n}"),
+            "a",
+            "TASK_RUNNING",
+            "line one\nline two",
+        )
     }
 
     /// The events in an SSE text, as (name, JSON).

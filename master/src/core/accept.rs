@@ -126,13 +126,13 @@ impl Core {
             debug!(task = %task_id, agent = %agent, resources = %resources, "launching task");
             self.metrics.tasks_launched += 1;
             if self.listened() {
-                self.emit(ClusterEvent::TaskUpdated {
-                    framework_id: framework_id.to_string(),
-                    task_id: task_id.clone(),
-                    agent_id: agent.clone(),
-                    state: TaskState::TaskStaging.as_str_name(),
-                    message: String::new(),
-                });
+                self.emit_event(crate::events::Event::task_updated(
+                    framework_id,
+                    &task_id,
+                    &agent,
+                    TaskState::TaskStaging.as_str_name(),
+                    "",
+                ));
             }
             let key = (framework_id.to_string(), task_id);
             self.insert_task(

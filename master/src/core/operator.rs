@@ -15,6 +15,10 @@ impl Core {
     }
 
     pub(super) fn emit(&self, event: ClusterEvent) {
+        self.emit_event(event.into());
+    }
+
+    pub(super) fn emit_event(&self, event: crate::events::Event) {
         // No subscribers is fine: events are for whoever listens now.
         let _ = self.events.send(std::sync::Arc::new(event));
     }

@@ -153,15 +153,15 @@ impl Core {
         let Some(task) = self.tasks.get(key) else {
             return;
         };
-        self.emit(ClusterEvent::TaskUpdated {
-            framework_id: key.0.clone(),
-            task_id: key.1.clone(),
-            agent_id: task.agent.clone(),
-            state: TaskState::try_from(status.state)
+        self.emit_event(crate::events::Event::task_updated(
+            &key.0,
+            &key.1,
+            &task.agent,
+            TaskState::try_from(status.state)
                 .unwrap_or(TaskState::TaskUnknown)
                 .as_str_name(),
-            message: status.message.clone(),
-        });
+            &status.message,
+        ));
     }
 
     pub(super) fn status_update(&mut self, agent: &str, update: v1::StatusUpdate) {
