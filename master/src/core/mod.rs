@@ -236,7 +236,11 @@ pub struct Core {
     agents: Tracked<String, AgentEntry>,
     frameworks: Tracked<String, FrameworkEntry>,
     offers: OfferBook<String>,
-    tasks: Tracked<TaskKey, TaskEntry>,
+    /// Boxed: a `TaskEntry` is about a kilobyte (its `TaskInfo` inline),
+    /// and a table of them inline grew by rehashing hundreds of megabytes
+    /// into fresh pages — seconds of the core's time in page faults on this
+    /// machine's VM, once per growth. Boxed, a growth moves pointers.
+    tasks: Tracked<TaskKey, Box<TaskEntry>>,
     /// The keys of the tasks on each agent.
     tasks_by_agent: FastMap<String, FastSet<TaskKey>>,
     /// What readers see, brought up to date from the changes above.

@@ -40,7 +40,7 @@ impl Core {
             .entry(entry.agent.clone())
             .or_default()
             .insert(key.clone());
-        if let Some(old) = self.tasks.insert(key.clone(), entry)
+        if let Some(old) = self.tasks.insert(key.clone(), Box::new(entry))
             && self.tasks.get(&key).is_some_and(|t| t.agent != old.agent)
         {
             self.unindex(&old.agent, &key);
@@ -51,7 +51,7 @@ impl Core {
     pub(super) fn remove_task(&mut self, key: &TaskKey) -> Option<TaskEntry> {
         let entry = self.tasks.remove(key)?;
         self.unindex(&entry.agent, key);
-        Some(entry)
+        Some(*entry)
     }
 
     fn unindex(&mut self, agent: &str, key: &TaskKey) {
