@@ -352,6 +352,15 @@ async fn watched_load(cluster: &Cluster, name: &str, tasks: u64, into: &mut Watc
     }
 }
 
+/// How the report names a load of each kind.
+fn kind(watched: bool) -> &'static str {
+    if watched {
+        "while the dashboard polls"
+    } else {
+        "alone"
+    }
+}
+
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0), |(sum, n), v| (sum + v, n + 1));
     sum / f64::from(n)
@@ -398,11 +407,7 @@ async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
             eprintln!(
                 "reads: round {} of {rounds}, load {}",
                 round + 1,
-                if watched {
-                    "while a dashboard polls"
-                } else {
-                    "alone"
-                }
+                kind(watched)
             );
             let run = if watched {
                 watched_load(&cluster, &name, load, &mut watching).await
@@ -445,13 +450,6 @@ fn report(
         loads.len()
     );
     let per_thousand = |seconds: f64| seconds * 1e6 / load as f64;
-    let kind = |watched: bool| {
-        if watched {
-            "while the dashboard polls"
-        } else {
-            "alone"
-        }
-    };
     println!(
         "| # | load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks | of it the core's | the client's CPU per 1,000 tasks |"
     );
@@ -471,14 +469,10 @@ fn report(
     }
     // Means over the loads of each kind: the rounds put each kind first
     // and second equally often.
-    let rate = |watched: bool| {
-        mean(
-            loads
-                .iter()
-                .filter(|l| l.watched == watched)
-                .map(|l| l.report.tasks_per_second),
-        )
+    let of_kind = |watched: bool, value: &dyn Fn(&Load) -> f64| {
+        mean(loads.iter().filter(|l| l.watched == watched).map(value))
     };
+    let rate = |watched: bool| of_kind(watched, &|l| l.report.tasks_per_second);
     let (alone, watched) = (rate(false), rate(true));
     let by_round: Vec<String> = loads
         .chunks(2)
@@ -499,12 +493,7 @@ fn report(
     println!("\n| of the master's CPU per 1,000 tasks, mean | alone | while the dashboard polls |");
     println!("|---|---:|---:|");
     let cpu_mean = |watched: bool, of: &dyn Fn(&Cpu) -> f64| {
-        mean(
-            loads
-                .iter()
-                .filter(|l| l.watched == watched)
-                .map(|l| per_thousand(of(&l.master))),
-        )
+        of_kind(watched, &|l| per_thousand(of(&l.master)))
     };
     for (thread, what) in THREADS {
         println!(
