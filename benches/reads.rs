@@ -26,7 +26,10 @@
 //! one kept-alive connection, from a thread and runtime of its own, apart
 //! from the emulator's); the load's from its first accept to its last
 //! `TASK_RUNNING` (the scale benchmark's measure). Idle reads are the
-//! same requests with nothing scheduling.
+//! same requests with nothing scheduling. The master's own histogram of
+//! reads' waits for a fresh snapshot (`agora_read_wait_seconds`, scraped
+//! around each watched load) splits a read's time into waiting for the
+//! core and the rest.
 //!
 //! `AGORA_READS_CLIENT_NICE=-5` runs the dashboard and the event client at
 //! that nice value (see [`client_nice`]).
@@ -313,6 +316,89 @@ struct Watching {
     reads: [Timings; 4],
     events_received: u64,
     events_dropped: u64,
+    /// The master's own histogram of reads' waits for a fresh snapshot,
+    /// over the watched loads.
+    waits: Waits,
+}
+
+/// The master's `agora_read_wait_seconds`: counts by upper bound (the
+/// text of `le`), their sum in seconds, and how many.
+#[derive(Default, Clone)]
+struct Waits {
+    buckets: Vec<(String, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl Waits {
+    async fn scrape(client: &reqwest::Client, url: &str) -> Waits {
+        let page = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics");
+        let mut waits = Waits::default();
+        for line in page.lines() {
+            let Some(rest) = line.strip_prefix("agora_read_wait_seconds") else {
+                continue;
+            };
+            let Some((series, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().expect("a number");
+            if let Some(le) = series.strip_prefix("_bucket{le=\"") {
+                waits
+                    .buckets
+                    .push((le.trim_end_matches("\"}").to_string(), value));
+            } else if series == "_sum" {
+                waits.sum = value;
+            } else if series == "_count" {
+                waits.count = value;
+            }
+        }
+        waits
+    }
+
+    /// What `after` holds that `self` did not, added to `into`.
+    fn add_since(&self, after: &Waits, into: &mut Waits) {
+        if into.buckets.is_empty() {
+            into.buckets = after
+                .buckets
+                .iter()
+                .map(|(le, _)| (le.clone(), 0.0))
+                .collect();
+        }
+        for ((_, sum), ((_, a), (_, b))) in into
+            .buckets
+            .iter_mut()
+            .zip(after.buckets.iter().zip(&self.buckets))
+        {
+            *sum += a - b;
+        }
+        into.sum += after.sum - self.sum;
+        into.count += after.count - self.count;
+    }
+
+    fn line(&self) -> String {
+        let shares: Vec<String> = self
+            .buckets
+            .iter()
+            .filter(|(le, _)| ["0.001", "0.002", "0.005", "0.01"].contains(&le.as_str()))
+            .map(|(le, n)| {
+                let ms = le.parse::<f64>().unwrap_or(0.0) * 1000.0;
+                format!("≤ {ms} ms {:.0}%", n / self.count * 100.0)
+            })
+            .collect();
+        format!(
+            "{:.0} reads, mean {:.1} ms; {}",
+            self.count,
+            self.sum / self.count * 1000.0,
+            shares.join(", ")
+        )
+    }
 }
 
 /// A load while the dashboard polls and an event client follows.
@@ -330,7 +416,11 @@ async fn watched_load(cluster: &Cluster, name: &str, tasks: u64, into: &mut Watc
     });
     // The dashboard's first round lands before the load starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let scraper = reqwest::Client::new();
+    let waits_before = Waits::scrape(&scraper, &url).await;
     let (report, master) = measured_load(cluster, name, tasks).await;
+    let waits_after = Waits::scrape(&scraper, &url).await;
+    waits_before.add_since(&waits_after, &mut into.waits);
     stop.store(true, Ordering::Relaxed);
     let ((reads, dashboard_cpu), ((), listener_cpu)) = tokio::task::spawn_blocking(move || {
         let listened = listening.join().expect("event client");
@@ -522,6 +612,10 @@ fn report(
         println!("{}", idle[i].line(&format!("{what}, idle")));
         println!("{}", watching.reads[i].line(&format!("{what}, under load")));
     }
+    println!(
+        "\nreads' wait for a fresh snapshot, by the master's `agora_read_wait_seconds`, while the dashboard polled: {}",
+        watching.waits.line()
+    );
     println!(
         "\nevent stream while the loads ran: {} events received, {} dropped by the master for falling behind",
         watching.events_received, watching.events_dropped

@@ -330,7 +330,8 @@ async fn state(State(api): State<Api>, Extension(caller): Extension<Caller>) -> 
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    let text = snapshot(&api).await.render_metrics();
+    let mut text = snapshot(&api).await.render_metrics();
+    api.snapshots.render_metrics(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -2,6 +2,8 @@
 //! exposition (format 0.0.4).
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// A cumulative histogram with fixed upper bounds (seconds).
 #[derive(Clone, Debug)]
@@ -32,7 +34,7 @@ impl Histogram {
         self.count += 1;
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (b, c) in self.bounds.iter().zip(&self.counts) {
@@ -41,6 +43,54 @@ impl Histogram {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
         let _ = writeln!(out, "{name}_sum {}", self.sum);
         let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+/// A histogram that many threads observe into without a lock: what the
+/// operators' threads measure themselves, not the core.
+#[derive(Debug)]
+pub struct SharedHistogram {
+    bounds: &'static [f64],
+    /// Per bound, observations not above it (cumulative, as rendered).
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl SharedHistogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        SharedHistogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            if seconds <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What it holds now (observations under way may be half in).
+    pub fn load(&self) -> Histogram {
+        Histogram {
+            bounds: self.bounds,
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            count: self.count.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -275,5 +325,17 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"1\"} 2\n"));
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
         assert!(out.contains("x_count 3\n"));
+    }
+
+    #[test]
+    fn shared_histograms_count_like_owned_ones() {
+        let shared = SharedHistogram::new(&[0.001, 0.01]);
+        for ms in [0, 1, 5, 20] {
+            shared.observe(Duration::from_millis(ms));
+        }
+        let h = shared.load();
+        assert_eq!(h.counts, [2, 3]);
+        assert_eq!(h.count, 4);
+        assert!((h.sum - 0.026).abs() < 1e-9, "{}", h.sum);
     }
 }

@@ -528,6 +528,12 @@ async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
     assert!(samples["agora_allocation_pass_seconds_count"] >= 1.0);
     assert!(samples["agora_status_update_ack_seconds_count"] >= 1.0);
     assert_eq!(samples["agora_tasks{state=\"TASK_FINISHED\"}"], 1.0);
+    // This scrape waited for its own fresh snapshot, and counted it.
+    assert!(samples["agora_read_wait_seconds_count"] >= 1.0, "{text}");
+    assert!(
+        samples["agora_read_wait_seconds_bucket{le=\"+Inf\"}"]
+            >= samples["agora_read_wait_seconds_bucket{le=\"0.0005\"}"]
+    );
     f.teardown().await;
 }
 

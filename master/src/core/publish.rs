@@ -359,16 +359,25 @@ impl Core {
 
     fn publish_agent(&mut self, id: &String) {
         let key: Arc<str> = Arc::from(id.as_str());
-        match self.agents.get(id) {
-            Some(a) => {
-                let view = self.agent_view(a, self.read.by_agent.get(id));
-                self.read.working.agents.insert(key, Arc::new(view));
-            }
+        let new = self
+            .agents
+            .get(id)
+            .map(|a| Arc::new(self.agent_view(a, self.read.by_agent.get(id))));
+        let read = &mut self.read;
+        let old = match &new {
+            Some(view) => read.working.agents.insert(key, view.clone()),
             None => {
-                self.read.working.agents.remove(&key);
-                self.read.shared_ids.remove(&key);
-                self.read.by_agent.remove(id);
+                read.shared_ids.remove(&key);
+                read.by_agent.remove(id);
+                read.working.agents.remove(&key)
             }
+        };
+        let totals = &mut read.working.agent_totals;
+        if let Some(old) = old {
+            totals.count(&old, false);
+        }
+        if let Some(new) = new {
+            totals.count(&new, true);
         }
     }
 

@@ -67,6 +67,11 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
         .map(|(s, n)| (*s, *n))
         .collect();
     assert_eq!(published, by_state, "tasks by state");
+    assert_eq!(
+        snap.agent_totals,
+        crate::snapshot::AgentTotals::of(snap.agents.values().map(|a| a.as_ref())),
+        "agent totals kept as they changed"
+    );
     state_json_matches(&snap);
     snap
 }
