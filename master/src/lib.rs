@@ -13,7 +13,6 @@ mod gate;
 mod grpc;
 mod http;
 pub mod leadership;
-mod memory;
 pub mod metrics;
 pub mod offer_book;
 pub mod outbound;
@@ -297,7 +296,6 @@ pub async fn run(
     role_tx.send_replace(Role::Leading);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
     let mut core = run_core_on_its_own_thread(core, rx, stop_core_rx, fence.clone())?;
-    let _trimming = memory::trim_periodically().map_err(MasterError::Thread)?;
     let lost = async {
         match &fence {
             Some(f) => f.lost().await,
