@@ -187,6 +187,8 @@ impl Core {
         self.offers.forget_framework(framework_id);
         let live = self.task_keys(|(fw, _), t| fw == framework_id && !is_terminal(t.state));
         for key in live {
+            // A framework of 100,000 tasks is half a second of kills.
+            self.reader_checkpoint();
             self.send_kill(&key);
         }
         self.allocator.remove_framework(framework_id);

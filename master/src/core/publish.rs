@@ -23,6 +23,13 @@ pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 /// publication applies everything at once.
 const PUBLISH_SLICE: usize = 1024;
 
+/// Slices of changed tasks that start a publication without readers
+/// before [`PUBLISH_EVERY`]: the first reader after a quiet spell gets a
+/// publication of at most about this many (tens of milliseconds), not of
+/// five seconds of a busy cluster's changes (100,000 tasks after a
+/// teardown kept a dashboard's first page waiting half a second).
+const UNPUBLISHED_SLICES: usize = 8;
+
 /// How long after a reader's last request the core keeps its working copy
 /// up to date turn by turn (each turn's changes, without publishing), so
 /// the next reader's publication has only the changes since to apply: a
@@ -223,7 +230,8 @@ impl Core {
             return;
         }
         if !self.read.publishing() {
-            let due = self.read.next_due().is_none_or(|due| Instant::now() >= due);
+            let due = self.read.next_due().is_none_or(|due| Instant::now() >= due)
+                || self.tasks.changes() >= UNPUBLISHED_SLICES * self.read.slice;
             if due && self.unpublished() {
                 self.read.in_progress = true;
             } else if !self.read.readers_around() {

@@ -237,7 +237,10 @@ impl Core {
     /// Asks the task's agent to kill it; `grace` overrides the task's own
     /// kill grace period.
     pub(super) fn send_kill_with_grace(&mut self, key: &TaskKey, grace: Option<f64>) {
-        let Some(task) = self.tasks.get_mut(key) else {
+        // Unseen: no view shows a kill asked for, and a framework torn
+        // down with 100,000 tasks made as many changes for the read model
+        // to apply.
+        let Some(task) = self.tasks.get_mut_unseen(key) else {
             return;
         };
         task.kill_requested = true;

@@ -86,6 +86,11 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         !self.changed.is_empty()
     }
 
+    /// How many keys changed since the last [`Tracked::take_changed`].
+    pub(super) fn changes(&self) -> usize {
+        self.changed.len()
+    }
+
     /// The keys changed since the last call (inserted, modified or removed).
     pub(super) fn take_changed(&mut self) -> FastSet<K> {
         // The next round likely changes as many: no regrowing from empty.

@@ -386,6 +386,79 @@ async fn without_readers_a_publication_goes_a_slice_at_a_time_and_a_reader_gets_
 }
 
 #[tokio::test(start_paused = true)]
+async fn without_readers_a_backlog_of_changes_is_published_before_it_is_due() {
+    let mut h = Harness::new();
+    // Slices of two: a publication starts once 16 changed tasks wait.
+    h.core.read.set_slice(2);
+    let _first = h.admit(1);
+    let _second = h.admit(2);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    h.core.publish();
+    let before = h.core.read.latest().seq;
+    let mut offers_made = offers(&mut framework.rx);
+    assert_eq!(offers_made.len(), 2, "one offer per agent");
+    let mut launch = |h: &mut Harness, prefix: &str| {
+        let offer = offers_made.pop().expect("offer");
+        let tasks = (0..10)
+            .map(|i| task_info(&format!("{prefix}{i}"), "cpus:0.1;mem:10"))
+            .collect();
+        h.call(&framework, accept(&offer, tasks)).expect("accept");
+    };
+    launch(&mut h, "a");
+    h.core.publish_if_wanted();
+    assert!(
+        !h.core.read.publishing(),
+        "10 changed tasks wait for their time"
+    );
+
+    launch(&mut h, "b");
+    let mut turns = 0;
+    loop {
+        h.core.publish_if_wanted();
+        turns += 1;
+        if !h.core.read.publishing() {
+            break;
+        }
+        assert!(turns < 40, "the publication ends");
+    }
+    let snap = h.core.read.latest();
+    assert_eq!(snap.seq, before + 1, "published well before it was due");
+    assert_eq!(snap.tasks.len(), 20);
+    published_matches_the_core(&mut h);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_teardown_is_no_change_to_its_tasks_views_and_a_reader_is_answered_within_it() {
+    let (mut h, reader, _agent, mut framework) = watched_core();
+    let names: Vec<String> = (0..30).map(|i| format!("t{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    launch_on_an_offer(&mut h, &mut framework, &names);
+    h.core.publish();
+    let before = h.core.read.latest().seq;
+
+    let read = tokio::spawn(async move { reader.fresh().await });
+    tokio::task::yield_now().await;
+    let (reply, _answer) = tokio::sync::oneshot::channel();
+    // The teardown alone, without the end of its turn (which publishes).
+    h.core.handle(CoreMsg::Operator {
+        op: Operator::Teardown {
+            framework_id: framework.id.clone(),
+        },
+        reply,
+    });
+    let snap = read.await.expect("reader");
+    assert!(snap.seq > before, "answered between two of its kills");
+    // A kill asked for shows in no view: 30 kills are not 30 changes to
+    // publish (the agents' reports of the tasks killed are).
+    assert!(
+        !h.core.tasks.has_changes(),
+        "{} tasks marked changed",
+        h.core.tasks.changes()
+    );
+    published_matches_the_core(&mut h);
+}
+
+#[tokio::test(start_paused = true)]
 async fn while_readers_are_around_each_turn_is_applied_unpublished() {
     use super::super::publish::{PUBLISH_EVERY, READERS_LINGER};
     let mut h = Harness::new();
