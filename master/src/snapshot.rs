@@ -4,7 +4,7 @@
 //! A reader asks for a snapshot no older than its request ([`Reader::fresh`]),
 //! so it sees everything the core did before it asked (a framework that got
 //! `TASK_RUNNING` finds the task running). The core answers between two
-//! steps of its work — every couple of milliseconds of a long burst,
+//! steps of its work — every millisecond or so of a long burst,
 //! accept or allocation pass, and at each turn's end — once for every
 //! reader that asked meanwhile (`core/publish.rs`). Reads cost the core one
 //! publication per such point at most, never a copy of the state per

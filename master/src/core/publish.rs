@@ -47,7 +47,7 @@ pub(super) const WHOLE_STATE_LINGER: Duration = Duration::from_secs(30);
 
 /// Work between two looks for readers waiting (see
 /// [`Core::reader_checkpoint`]).
-const READ_CHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+const READ_CHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A running sum of resources and how many things hold them.
 #[derive(Default)]
