@@ -384,6 +384,9 @@ impl Waits {
     }
 
     fn line(&self) -> String {
+        if self.count == 0.0 {
+            return "not reported by this master".to_string();
+        }
         let shares: Vec<String> = self
             .buckets
             .iter()
