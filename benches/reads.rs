@@ -216,14 +216,7 @@ async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
             return;
         }
         if started.elapsed() > Duration::from_secs(60) {
-            let page = client
-                .get(format!("{}/metrics", cluster.master.url))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("metrics");
+            let page = metrics_page(client, &cluster.master.url).await;
             let lines: Vec<&str> = page
                 .lines()
                 .filter(|l| {
@@ -322,6 +315,18 @@ struct Watching {
     waits: Waits,
 }
 
+/// The master's `/metrics` page.
+async fn metrics_page(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics")
+}
+
 /// The master's `agora_read_wait_seconds`: counts by upper bound (the
 /// text of `le`), their sum in seconds, and how many.
 #[derive(Default, Clone)]
@@ -333,14 +338,7 @@ struct Waits {
 
 impl Waits {
     async fn scrape(client: &reqwest::Client, url: &str) -> Waits {
-        let page = client
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics");
+        let page = metrics_page(client, url).await;
         let mut waits = Waits::default();
         for line in page.lines() {
             let Some(rest) = line.strip_prefix("agora_read_wait_seconds") else {
@@ -527,28 +525,6 @@ async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
         }
     }
     let rss = cluster.master.rss_mib();
-    report(
-        agents,
-        resident,
-        load,
-        rss,
-        &warm_up,
-        &loads,
-        &mut idle,
-        &mut watching,
-    );
-}
-
-fn report(
-    agents: usize,
-    resident: u64,
-    load: u64,
-    rss: f64,
-    warm_up: &agora_sim::load::LoadReport,
-    loads: &[Load],
-    idle: &mut [Timings; 4],
-    watching: &mut Watching,
-) {
     println!(
         "{agents} agents, {resident} resident tasks; {} loads of {load} tasks; master RSS at the end {rss:.0} MiB\n",
         loads.len()
@@ -557,6 +533,11 @@ fn report(
         "warm-up load, not counted: {:.0} tasks/s, latency p50 / p99 {:.0} / {:.0} ms\n",
         warm_up.tasks_per_second, warm_up.latency_p50_ms, warm_up.latency_p99_ms
     );
+    report(load, &loads, &mut idle, &mut watching);
+}
+
+/// The loads' table, means by kind, CPU by thread, and the reads.
+fn report(load: u64, loads: &[Load], idle: &mut [Timings; 4], watching: &mut Watching) {
     let per_thousand = |seconds: f64| seconds * 1e6 / load as f64;
     println!(
         "| # | load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks | of it the core's | the client's CPU per 1,000 tasks |"

@@ -330,6 +330,21 @@ async fn while_readers_are_around_a_burst_is_applied_as_it_goes() {
     assert_eq!(snap.tasks_by_state.get("TASK_RUNNING"), Some(&3));
 }
 
+/// Turns until a publication under way ends, with `each` called after
+/// every turn that left it under way.
+fn turns_to_publish(h: &mut Harness, mut each: impl FnMut(&Harness, usize)) -> usize {
+    let mut turns = 0;
+    loop {
+        h.core.publish_if_wanted();
+        turns += 1;
+        if !h.core.read.publishing() {
+            return turns;
+        }
+        each(h, turns);
+        assert!(turns < 40, "the publication ends");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_readers_a_publication_goes_a_slice_at_a_time_and_a_reader_gets_it_all() {
     let mut h = Harness::new();
@@ -346,21 +361,13 @@ async fn without_readers_a_publication_goes_a_slice_at_a_time_and_a_reader_gets_
     // Five changed tasks, then the offers and the agent they touched, in
     // slices of two: published on the last turn, not before.
     h.advance(super::super::publish::PUBLISH_EVERY).await;
-    let mut turns = 0;
-    loop {
-        h.core.publish_if_wanted();
-        turns += 1;
-        if !h.core.read.publishing() {
-            break;
-        }
+    let turns = turns_to_publish(&mut h, |h, turn| {
         assert_eq!(
             h.core.read.latest().seq,
             before,
-            "turn {turn}: nothing published",
-            turn = turns
+            "turn {turn}: nothing published"
         );
-        assert!(turns < 20, "the publication ends");
-    }
+    });
     assert!(
         turns >= 4,
         "five tasks and an agent in slices of two: {turns} turns"
@@ -412,15 +419,7 @@ async fn without_readers_a_backlog_of_changes_is_published_before_it_is_due() {
     );
 
     launch(&mut h, "b");
-    let mut turns = 0;
-    loop {
-        h.core.publish_if_wanted();
-        turns += 1;
-        if !h.core.read.publishing() {
-            break;
-        }
-        assert!(turns < 40, "the publication ends");
-    }
+    turns_to_publish(&mut h, |_, _| {});
     let snap = h.core.read.latest();
     assert_eq!(snap.seq, before + 1, "published well before it was due");
     assert_eq!(snap.tasks.len(), 20);
