@@ -329,7 +329,7 @@ async fn metrics_page(client: &reqwest::Client, url: &str) -> String {
 
 /// The master's `agora_read_wait_seconds`: counts by upper bound (the
 /// text of `le`), their sum in seconds, and how many.
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct Waits {
     buckets: Vec<(String, f64)>,
     sum: f64,

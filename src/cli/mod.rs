@@ -699,9 +699,9 @@ pub fn main_exec() -> anyhow::Result<ExitCode> {
         quiet_on_closed_pipe();
     }
     if matches!(cli.command, Command::Master(_)) {
-        // No transparent huge pages for the master (before its threads
-        // and heap exist): mimalloc asks for them, and each fault then
-        // zeroes 2 MB. At 10,000 emulated agents the scale bench ran at
+        // No transparent huge pages for the master (for the whole
+        // process, what is mapped already included): mimalloc asks for
+        // them, and each fault then zeroes 2 MB. At 10,000 emulated agents the scale bench ran at
         // 23.5k tasks/s without them against 20.0k with (two runs each),
         // and the idle master held 257 MiB against 400. Only the master:
         // the setting passes to children, and an agent's children are
