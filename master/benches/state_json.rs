@@ -51,6 +51,7 @@ fn snapshot() -> Snapshot {
                     used: Resources::new(),
                     offered: Resources::new(),
                 },
+                task_count: 0,
                 json: KeptJson::default(),
             }),
         );

@@ -6,7 +6,7 @@
 // size on an error path does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 
 use axum::Extension;
@@ -68,6 +68,7 @@ pub fn router(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/state", get(state))
+        .route("/api/v1/summary", get(summary))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/agents/{id}/drain", post(drain))
@@ -329,6 +330,51 @@ async fn state(State(api): State<Api>, Extension(caller): Extension<Caller>) -> 
     })
 }
 
+/// What the cluster adds up to, from sums the core keeps: cheap at any
+/// size, for the web UI's overview and for scripts that would otherwise
+/// read the whole state to count. A caller who may not see every task
+/// gets the counts of those it may see.
+async fn summary(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
+    let snap = snapshot(&api).await;
+    let sight = Sight::of(&api, caller);
+    let totals = &snap.agent_totals;
+    let (tasks_by_state, frameworks, offers) = if sight.everything {
+        (
+            snap.tasks_by_state
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(state, n)| (*state, *n))
+                .collect(),
+            snap.frameworks.len(),
+            snap.offers.len(),
+        )
+    } else {
+        let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in snap.tasks_sorted().filter(|t| sight.task(&snap, t)) {
+            *by_state.entry(t.state).or_default() += 1;
+        }
+        let frameworks = snap
+            .frameworks
+            .keys()
+            .filter(|id| sight.framework(&snap, id))
+            .count();
+        let offers = snap
+            .offers
+            .values()
+            .filter(|o| sight.framework(&snap, &o.framework_id))
+            .count();
+        (by_state, frameworks, offers)
+    };
+    Json(json!({
+        "agents": { "total": snap.agents.len(), "by_status": totals.by_status },
+        "resources": { "total": totals.total, "used": totals.used, "offered": totals.offered },
+        "tasks": { "total": tasks_by_state.values().sum::<usize>(), "by_state": tasks_by_state },
+        "frameworks": { "total": frameworks },
+        "offers": { "total": offers },
+    }))
+    .into_response()
+}
+
 async fn metrics(State(api): State<Api>) -> Response {
     let mut text = snapshot(&api).await.render_metrics();
     api.snapshots.render_metrics(&mut text);
@@ -357,32 +403,63 @@ fn is_ended(state: &str) -> bool {
     agora_proto::v1::TaskState::from_str_name(state).is_some_and(agora_proto::is_terminal)
 }
 
-/// Live tasks grouped by agent, in one pass.
+/// Live tasks of the agents `wanted`, grouped by agent, in one pass.
 fn live_tasks_by_agent<'a>(
     snap: &'a Snapshot,
     sight: &Sight,
+    wanted: impl Fn(&str) -> bool,
 ) -> HashMap<&'a str, Vec<&'a TaskView>> {
     let mut by_agent: HashMap<&str, Vec<&TaskView>> = HashMap::new();
     for t in snap
         .tasks_sorted()
-        .filter(|t| !is_ended(t.state) && sight.task(snap, t))
+        .filter(|t| wanted(&t.agent_id) && !is_ended(t.state) && sight.task(snap, t))
     {
         by_agent.entry(&*t.agent_id).or_default().push(t);
     }
     by_agent
 }
 
-async fn agents(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
+/// Every agent, or with `offset` or `limit` a page of them (by hostname,
+/// then id) and how many there are in all: the web UI reads a page, not
+/// ten thousand agents and every task on them.
+async fn agents(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let page = match page_of(&params, &["offset", "limit"]) {
+        Ok(page) => page,
+        Err(r) => return r,
+    };
+    let paged = params.contains_key("offset") || params.contains_key("limit");
     let snap = snapshot(&api).await;
     let sight = Sight::of(&api, caller);
     json_off_runtime(move || {
-        let by_agent = live_tasks_by_agent(&snap, &sight);
-        let list: Vec<Value> = snap
-            .agents_sorted()
+        let sorted = snap.agents_sorted();
+        let total = sorted.len();
+        let listed: Vec<&AgentView> = if paged {
+            sorted
+                .into_iter()
+                .skip(page.offset)
+                .take(page.limit)
+                .collect()
+        } else {
+            sorted
+        };
+        let wanted: std::collections::HashSet<&str> =
+            listed.iter().map(|a| a.id.as_str()).collect();
+        let by_agent = live_tasks_by_agent(&snap, &sight, |agent| wanted.contains(agent));
+        let list: Vec<Value> = listed
             .into_iter()
             .map(|a| agent_json(a, by_agent.get(a.id.as_str()).map_or(&[], Vec::as_slice)))
             .collect();
-        serde_json::to_vec(&json!({ "agents": list }))
+        if paged {
+            serde_json::to_vec(&json!({
+                "agents": list, "total": total, "offset": page.offset, "limit": page.limit,
+            }))
+        } else {
+            serde_json::to_vec(&json!({ "agents": list }))
+        }
     })
     .await
 }
@@ -460,19 +537,66 @@ fn parse_usize(
     }
 }
 
+/// Where a page starts and how long it is.
+struct Page {
+    offset: usize,
+    limit: usize,
+}
+
+/// A page's `offset` and `limit` (default 0 and 100), with every parameter
+/// checked against those `allowed`.
+fn page_of(params: &HashMap<String, String>, allowed: &[&str]) -> Result<Page, Response> {
+    if let Some(key) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown parameter `{key}` (use {})", allowed.join(", ")),
+        ));
+    }
+    let offset = parse_usize(params, "offset", 0)?;
+    let limit = parse_usize(params, "limit", 100)?;
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("parameter `limit`: {limit} is not between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok(Page { offset, limit })
+}
+
+/// Whether task `t` has `needle` in its id, name, state,
+/// message or its agent's id or hostname, ignoring case: the web UI's
+/// filter.
+fn task_has(snap: &Snapshot, t: &TaskView, needle: &str) -> bool {
+    // Case folds ASCII only, without a copy per field: a filter walks
+    // every task.
+    let has = |text: &str| {
+        text.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    has(&t.id)
+        || has(&t.name)
+        || has(t.state)
+        || has(&t.message)
+        || has(&t.agent_id)
+        || snap
+            .agents
+            .get(&*t.agent_id)
+            .is_some_and(|a| has(&a.hostname))
+}
+
 async fn tasks(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    for key in params.keys() {
-        if !["framework", "agent", "state", "offset", "limit"].contains(&key.as_str()) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown parameter `{key}` (use framework, agent, state, offset, limit)"),
-            );
-        }
-    }
+    let Page { offset, limit } = match page_of(
+        &params,
+        &["framework", "agent", "state", "q", "offset", "limit"],
+    ) {
+        Ok(page) => page,
+        Err(r) => return r,
+    };
     if let Some(state) = params.get("state")
         && agora_proto::v1::TaskState::from_str_name(state).is_none()
     {
@@ -481,34 +605,19 @@ async fn tasks(
             format!("parameter `state`: `{state}` is not a task state such as TASK_RUNNING"),
         );
     }
-    let offset = match parse_usize(&params, "offset", 0) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let limit = match parse_usize(&params, "limit", 100) {
-        Ok(v) if (1..=MAX_PAGE).contains(&v) => v,
-        Ok(v) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("parameter `limit`: {v} is not between 1 and {MAX_PAGE}"),
-            );
-        }
-        Err(r) => return r,
-    };
+    let needle = params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
     let snap = snapshot(&api).await;
     let sight = Sight::of(&api, caller);
-    let (page, total): (Vec<&TaskView>, usize) = if !sight.everything {
-        let matching: Vec<&TaskView> = snap
-            .tasks_sorted()
-            .filter(|t| sight.task(&snap, t))
-            .filter(|t| {
-                params
-                    .get("framework")
-                    .is_none_or(|f| **f == *t.framework_id)
-            })
-            .filter(|t| params.get("agent").is_none_or(|a| **a == *t.agent_id))
-            .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
-            .collect();
+    let (page, total): (Vec<&TaskView>, usize) = if !sight.everything || needle.is_some() {
+        let matching: Vec<&TaskView> = match params.get("framework") {
+            Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
+            None => Box::new(snap.tasks_sorted()),
+        }
+        .filter(|t| sight.task(&snap, t))
+        .filter(|t| params.get("agent").is_none_or(|a| **a == *t.agent_id))
+        .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
+        .filter(|t| needle.as_ref().is_none_or(|q| task_has(&snap, t, q)))
+        .collect();
         let total = matching.len();
         (
             matching.into_iter().skip(offset).take(limit).collect(),
@@ -541,7 +650,19 @@ async fn tasks(
             total,
         )
     };
-    Json(json!({ "tasks": page, "total": total, "offset": offset, "limit": limit })).into_response()
+    // The hostnames of the page's agents, so a reader of a page need not
+    // fetch every agent to name where its tasks run.
+    let hostnames: BTreeMap<&str, &str> = page
+        .iter()
+        .filter_map(|t| {
+            let agent = snap.agents.get(&*t.agent_id)?;
+            Some((&*t.agent_id, agent.hostname.as_str()))
+        })
+        .collect();
+    Json(json!({
+        "tasks": page, "total": total, "offset": offset, "limit": limit, "hostnames": hostnames,
+    }))
+    .into_response()
 }
 
 /// The task called `id` (live ones first, for ids reused after an end).

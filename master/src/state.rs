@@ -127,6 +127,8 @@ pub struct AgentView {
     /// Drained by an operator: no new offers.
     pub draining: bool,
     pub resources: AgentResources,
+    /// Live tasks on it.
+    pub task_count: usize,
     #[serde(skip)]
     pub json: KeptJson,
 }
@@ -360,6 +362,7 @@ mod tests {
                 used: Resources::new(),
                 offered: Resources::new(),
             },
+            task_count: 0,
             json: KeptJson::default(),
         };
         agent.json.make(&agent, &mut Vec::new());

@@ -1,5 +1,8 @@
-// Agora web UI: reads /api/v1/state, follows /api/v1/events, and shows a
-// task's log by following /api/v1/tasks/{id}/files/read. When the batch
+// Agora web UI: reads the cluster's summary and a page each of agents and
+// tasks (never the whole state: at 10,000 agents and 200,000 tasks that is
+// tens of megabytes a look, for the browser and the master alike), follows
+// /api/v1/events, and shows a task's log by following
+// /api/v1/tasks/{id}/files/read. When the batch
 // framework is up, its jobs come from /batch/v1/jobs; when the services
 // framework is, its apps from /services/v1/apps. With several masters it
 // remembers them all (/api/v1/masters) and, when the one that served the
@@ -32,7 +35,11 @@ function showLogin() {
   $("live").classList.remove("on");
 }
 
-let state = null;
+// What the last refresh read: the summary, the frameworks, and the pages
+// of agents and tasks shown.
+let view = null;
+const PAGE = 100;
+const pages = { agents: 0, tasks: 0 }; // offsets
 const history = []; // {t, used, offered} as fractions of cpus
 let log = { task: null, file: "stdout", offset: 0, timer: null };
 
@@ -44,7 +51,7 @@ async function getJSON(url) {
 }
 
 function sum(kind, field) {
-  return (state?.agents || []).filter((a) => a.status !== "unreachable").reduce((s, a) => s + (a.resources[field][kind] || 0), 0);
+  return view?.summary.resources[field]?.[kind] || 0;
 }
 
 function renderBars() {
@@ -56,6 +63,11 @@ function renderBars() {
     return `<div class="bar"><div class="label"><span>${k}</span><span>${fmt(used)} used · ${fmt(offered)} offered · ${fmt(total - used - offered)} free of ${fmt(total)}</span></div>
       <div class="track"><div class="used" style="width:${pu}%"></div><div class="offered" style="width:${po}%"></div></div></div>`;
   }).join("");
+  const s = view.summary;
+  const states = Object.entries(s.tasks.by_state).map(([k, n]) => `${n.toLocaleString()} ${esc(k.replace("TASK_", "").toLowerCase())}`).join(", ");
+  const statuses = Object.entries(s.agents.by_status).map(([k, n]) => `${n.toLocaleString()} ${esc(k)}`).join(", ");
+  const many = (n, what) => `${n.toLocaleString()} ${what}${n === 1 ? "" : "s"}`;
+  $("counts").textContent = `${many(s.agents.total, "agent")}${statuses ? ` (${statuses})` : ""} · ${many(s.frameworks.total, "framework")} · ${many(s.tasks.total, "task")}${states ? ` (${states})` : ""}`;
 }
 
 function renderChart() {
@@ -79,31 +91,40 @@ function usage(u) {
   return `${fmt(u.cpu_seconds)} cpu·s, ${fmt(u.memory_bytes / 1048576)} MiB, ${u.pids} pids`;
 }
 
+// "101–200 of 10,000" and the buttons to move a page either way.
+function renderPager(kind, page) {
+  const from = page.total ? page.offset + 1 : 0, to = page.offset + page[kind].length;
+  $(`${kind}-pager`).innerHTML = `<span>${from.toLocaleString()}–${to.toLocaleString()} of ${page.total.toLocaleString()}</span>
+    <button data-page="${kind}" data-step="-1"${page.offset ? "" : " disabled"}>‹ previous</button>
+    <button data-page="${kind}" data-step="1"${to < page.total ? "" : " disabled"}>next ›</button>`;
+}
+
 function renderAgents() {
-  const tasksOn = (id) => state.tasks.filter((t) => t.agent_id === id && ["TASK_STAGING", "TASK_STARTING", "TASK_RUNNING"].includes(t.state)).length;
-  $("agent-rows").innerHTML = state.agents.map((a) => `<tr data-agent="${esc(a.id)}">
+  const page = view.agents;
+  $("agent-rows").innerHTML = page.agents.map((a) => `<tr data-agent="${esc(a.id)}">
     <td>${esc(a.hostname)}</td><td>${esc(a.status)}${a.draining ? " (draining)" : ""}</td>
     <td>${esc(res(a.resources.used))} / ${esc(res(a.resources.total))}</td>
     <td>${esc(Object.entries(a.attributes).map(([k, v]) => `${k}=${v}`).join(" "))}</td>
-    <td>${tasksOn(a.id)}</td>
-    <td>${usage(state.usage?.[a.id])}</td>
+    <td>${a.task_count}</td>
+    <td>${usage(a.usage)}</td>
     <td><button data-drain="${esc(a.id)}" data-on="${a.draining}">${a.draining ? "undrain" : "drain"}</button></td></tr>`).join("");
+  renderPager("agents", page);
 }
 
 function renderFrameworks(roles) {
   const share = Object.fromEntries((roles || []).map((r) => [r.role, r.dominant_share]));
-  $("framework-rows").innerHTML = state.frameworks.map((f) => `<tr>
+  $("framework-rows").innerHTML = view.frameworks.map((f) => `<tr>
     <td>${f.webui_url ? `<a href="${esc(f.webui_url)}">${esc(f.name)}</a>` : esc(f.name)}</td><td>${esc(f.role)}</td><td>${fmt(100 * (share[f.role] || 0))}% of role</td>
     <td>${f.active ? "yes" : "no"}</td><td>${f.task_count}</td><td>${esc(res(f.used))}</td></tr>`).join("");
 }
 
 function renderTasks() {
-  const q = $("task-filter").value.trim().toLowerCase();
-  const host = (id) => state.agents.find((a) => a.id === id)?.hostname || id;
-  const rows = state.tasks.filter((t) => !q || [t.id, t.state, host(t.agent_id), t.message].join(" ").toLowerCase().includes(q));
-  $("task-rows").innerHTML = rows.map((t) => `<tr class="clickable" data-task="${esc(t.id)}">
+  const page = view.tasks;
+  const host = (id) => page.hostnames?.[id] || id;
+  $("task-rows").innerHTML = page.tasks.map((t) => `<tr class="clickable" data-task="${esc(t.id)}">
     <td>${esc(t.id)}</td><td class="state ${esc(t.state)}">${esc(t.state)}</td><td>${esc(host(t.agent_id))}</td>
     <td>${esc(res(t.resources))}</td><td class="msg">${esc(t.message)}</td></tr>`).join("");
+  renderPager("tasks", page);
 }
 
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : "–");
@@ -171,14 +192,33 @@ async function findLeader() {
   return false;
 }
 
+function tasksURL() {
+  const q = $("task-filter").value.trim();
+  return `/api/v1/tasks?offset=${pages.tasks}&limit=${PAGE}${q ? `&q=${encodeURIComponent(q)}` : ""}`;
+}
+
+// One refresh at a time; one asked for meanwhile runs when it ends.
+let refreshing = null, again = false, lastRefresh = 0;
 async function refresh() {
+  if (refreshing) { again = true; return refreshing; }
+  lastRefresh = Date.now();
+  refreshing = load().finally(() => {
+    refreshing = null;
+    if (again) { again = false; refresh(); }
+  });
+  return refreshing;
+}
+
+async function load() {
   refreshJobs();
   refreshApps();
   rememberMasters();
   try {
-    const [s, r, a] = await Promise.all([getJSON("/api/v1/state"), getJSON("/api/v1/roles"), getJSON("/api/v1/agents")]);
-    state = s;
-    state.usage = Object.fromEntries(a.agents.map((x) => [x.id, x.usage]));
+    const [summary, f, r, agents, tasks] = await Promise.all([
+      getJSON("/api/v1/summary"), getJSON("/api/v1/frameworks"), getJSON("/api/v1/roles"),
+      getJSON(`/api/v1/agents?offset=${pages.agents}&limit=${PAGE}`), getJSON(tasksURL()),
+    ]);
+    view = { summary, frameworks: f.frameworks, agents, tasks };
     const total = sum("cpus", "total") || 1;
     history.push({ t: Date.now(), used: sum("cpus", "used") / total, offered: sum("cpus", "offered") / total });
     while (history.length > 2000) history.shift();
@@ -190,9 +230,14 @@ async function refresh() {
   }
 }
 
+// Events come by the thousand on a busy cluster: each asks for a refresh,
+// and they are taken at most one a second.
+const EVENT_REFRESH_SPACING = 1000;
 let pending = null;
 function refreshSoon() {
-  if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 200);
+  if (pending) return;
+  const wait = Math.max(200, lastRefresh + EVENT_REFRESH_SPACING - Date.now());
+  pending = setTimeout(() => { pending = null; refresh(); }, wait);
 }
 
 async function followLog() {
@@ -231,6 +276,13 @@ document.addEventListener("click", async (e) => {
   const tab = e.target.closest("[data-file]");
   if (tab && log.task) { openLog(log.task, tab.dataset.file); return; }
   if (e.target.id === "log-close") { clearTimeout(log.timer); log.task = null; $("log").hidden = true; window.history.replaceState(null, "", "#tasks"); return; }
+  const pager = e.target.closest("[data-page]");
+  if (pager && view) {
+    const kind = pager.dataset.page;
+    pages[kind] = Math.max(0, pages[kind] + Number(pager.dataset.step) * PAGE);
+    refresh();
+    return;
+  }
   const drain = e.target.closest("[data-drain]");
   if (drain) {
     const action = drain.dataset.on === "true" ? "undrain" : "drain";
@@ -238,7 +290,11 @@ document.addEventListener("click", async (e) => {
     refresh();
   }
 });
-$("task-filter").addEventListener("input", () => state && renderTasks());
+let filtering = null;
+$("task-filter").addEventListener("input", () => {
+  clearTimeout(filtering);
+  filtering = setTimeout(() => { pages.tasks = 0; refresh(); }, 300);
+});
 $("login-form").addEventListener("submit", (e) => {
   e.preventDefault();
   keepToken($("login-token").value.trim());

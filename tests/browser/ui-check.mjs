@@ -1,5 +1,6 @@
 // Opens the Agora web UI in Debian's chromium, checks that the agent and the
-// task are shown, opens the task's log and waits for its output, checks the
+// task are shown (with the cluster's counts, and the task filter answered by
+// the master), opens the task's log and waits for its output, checks the
 // batch job is listed as succeeded and its log opens, checks the apps view
 // (a healthy app, and a waiting one with its reason), and writes a
 // screenshot. Usage:
@@ -28,8 +29,18 @@ try {
     await page.goto(url);
   }
   await page.locator("#agent-rows", { hasText: hostname }).waitFor({ timeout: 15000 });
+  await page.locator("#counts", { hasText: "1 agent (1 active)" }).waitFor({ timeout: 15000 });
+  await page.locator("#agents-pager", { hasText: "1–1 of 1" }).waitFor({ timeout: 15000 });
   const row = page.locator(`#task-rows tr[data-task="${taskId}"]`);
   await row.waitFor({ timeout: 15000 });
+  await page.locator("#task-rows", { hasText: hostname }).waitFor({ timeout: 15000 });
+  // The filter asks the master: nothing matches, then the task again.
+  await page.fill("#task-filter", "no-such-task-anywhere");
+  await page.locator("#tasks-pager", { hasText: "0–0 of 0" }).waitFor({ timeout: 15000 });
+  if (await row.count()) throw new Error("the filter left the task listed");
+  await page.fill("#task-filter", taskId.toUpperCase());
+  await row.waitFor({ timeout: 15000 });
+  await page.fill("#task-filter", "");
   await row.click();
   await page.locator("#log-text", { hasText: expected }).waitFor({ timeout: 15000 });
   await page.locator("#live.on").waitFor({ timeout: 15000 });

@@ -64,6 +64,47 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
         },
     )
     .await;
+    assert_eq!(body["agents"][0]["task_count"], 1, "{body:#}");
+    // A page of agents says how many there are in all.
+    let (code, body) = get(&format!("{url}/api/v1/agents?limit=1")).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (
+            body["total"].as_u64(),
+            body["agents"][0]["hostname"].as_str()
+        ),
+        (Some(1), Some("op-host"))
+    );
+    assert_eq!(body["agents"][0]["tasks"][0]["id"], "sleeper", "{body:#}");
+    let (_, body) = get(&format!("{url}/api/v1/agents?offset=1")).await;
+    assert_eq!(
+        (
+            body["total"].as_u64(),
+            body["agents"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+    for (query, parameter) in [("limit=0", "`limit`"), ("state=x", "`state`")] {
+        let (code, body) = get(&format!("{url}/api/v1/agents?{query}")).await;
+        assert_eq!(code, 400, "{query}");
+        assert!(error_of(&body).contains(parameter), "{query}: {body}");
+    }
+
+    // The summary adds up what the agents and tasks say.
+    let (code, body) = get(&format!("{url}/api/v1/summary")).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["agents"]["total"], 1, "{body:#}");
+    assert_eq!(body["agents"]["by_status"]["active"], 1, "{body:#}");
+    assert_eq!(body["tasks"]["total"], 2, "{body:#}");
+    assert_eq!(body["tasks"]["by_state"]["TASK_RUNNING"], 1, "{body:#}");
+    assert_eq!(body["tasks"]["by_state"]["TASK_FINISHED"], 1, "{body:#}");
+    assert_eq!(body["frameworks"]["total"], 1, "{body:#}");
+    assert_eq!(body["resources"]["total"]["cpus"], 2.0, "{body:#}");
+    assert!(
+        body["resources"]["used"]["cpus"].as_f64() > Some(0.0),
+        "the sleeper's cpus: {body:#}"
+    );
+
     let (code, body) = get(&format!("{url}/api/v1/agents/{agent_id}")).await;
     assert_eq!((code, body["id"].as_str()), (200, Some(agent_id.as_str())));
     let (code, body) = get(&format!("{url}/api/v1/agents/nope")).await;
@@ -99,6 +140,30 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
     ))
     .await;
     assert_eq!(body["tasks"][0]["id"], "quick");
+    // The web UI's filter: any case, in ids, states, messages and hosts;
+    // a page names its tasks' hosts.
+    for (q, found) in [
+        ("SLEEP", vec!["sleeper"]),
+        ("task_finished", vec!["quick"]),
+        ("OP-host", vec!["quick", "sleeper"]),
+        ("no-such-thing", vec![]),
+    ] {
+        let (code, body) = get(&format!("{url}/api/v1/tasks?q={q}")).await;
+        assert_eq!(code, 200, "{q}");
+        let ids: Vec<&str> = body["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .filter_map(|t| t["id"].as_str())
+            .collect();
+        assert_eq!(
+            (ids, body["total"].as_u64()),
+            (found.clone(), Some(found.len() as u64)),
+            "q={q}"
+        );
+    }
+    let (_, body) = get(&format!("{url}/api/v1/tasks?limit=1")).await;
+    assert_eq!(body["hostnames"][&agent_id], "op-host", "{body:#}");
     for (query, parameter) in [
         ("state=RUNNING", "`state`"),
         ("limit=0", "`limit`"),

@@ -26,6 +26,7 @@ impl Core {
                     .map(|h| h.offered.resources.clone())
                     .unwrap_or_default(),
             },
+            task_count: holds.map_or(0, |h| h.used.count),
             json: Default::default(),
         }
     }

@@ -18,9 +18,11 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
     for (id, a) in core.agents.iter() {
         let mut used = Resources::default();
         let mut offered = Resources::default();
+        let mut live = 0;
         for t in core.tasks.values() {
             if &t.agent == id && !is_terminal(t.state) {
                 used.add(&t.resources);
+                live += 1;
             }
         }
         for o in core.offers.values().filter(|o| &o.agent == id) {
@@ -29,6 +31,7 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
         let view = &snap.agents[id.as_str()];
         assert_eq!(view.status, a.status.name(), "agent {id} status");
         assert_eq!(view.draining, a.draining, "agent {id} draining");
+        assert_eq!(view.task_count, live, "agent {id} live tasks");
         for kind in ["cpus", "mem"] {
             assert!(
                 (view.resources.used.scalar(kind) - used.scalar(kind)).abs() < 1e-9,
