@@ -7,11 +7,20 @@
 //! framework launches `AGORA_READS_LOAD` more (default 100,000) as fast as
 //! offers allow: once to warm up (not counted), then alone and while a
 //! dashboard polls, in
-//! `AGORA_READS_ROUNDS` rounds (default 2) that alternate which goes
-//! first; the dent is between the means of each kind. The dashboard
-//! reads a page of 100 tasks every 250 ms, `/metrics` every second, the
-//! whole `/api/v1/state` every two seconds, and one client follows the
-//! event stream throughout.
+//! `AGORA_READS_ROUNDS` rounds (default 3) of three loads: alone, while the
+//! web UI looks, and while the web UI looks and a script polls the whole
+//! state. Each round puts a different kind first; a dent is between the
+//! means of two kinds.
+//!
+//! What the web UI reads (`master/ui/app.js`) while events stream in: the
+//! summary, the frameworks, the roles and a page each of agents and of
+//! tasks, once a second, accepting a snapshot published in the last
+//! second (`Cache-Control: max-age=1`, as the UI sends; fresh ones with
+//! `AGORA_READS_FRESH=1`). The dashboard also reads a page of 100 tasks
+//! every 250 ms (as the UI does), and a scraper `/metrics` every second
+//! (fresh, as Prometheus does); one client follows the event stream
+//! throughout. The `/state` poller reads the whole
+//! `/api/v1/state` every two seconds, as Mesos-era dashboards did.
 //! `/health`, which reads nothing, is timed with each page: the floor any
 //! request meets on a machine this busy.
 //!
@@ -80,8 +89,23 @@ fn human_bytes(n: usize) -> String {
 /// client more than the master took to send it, and timed the client's
 /// allocator on these two busy cores, not the master.
 async fn timed_get(client: &reqwest::Client, url: &str, into: &mut Timings) {
+    timed(client.get(url), url, into).await;
+}
+
+/// Times a GET as the web UI makes it: accepting what the master published
+/// in the last second (`Cache-Control: max-age=1`).
+async fn timed_look(client: &reqwest::Client, url: &str, into: &mut Timings) {
+    timed(
+        client.get(url).header("cache-control", "max-age=1"),
+        url,
+        into,
+    )
+    .await;
+}
+
+async fn timed(request: reqwest::RequestBuilder, url: &str, into: &mut Timings) {
     let started = Instant::now();
-    let mut response = client.get(url).send().await.expect("request");
+    let mut response = request.send().await.expect("request");
     assert!(
         response.status().is_success(),
         "{url}: {}",
@@ -95,26 +119,66 @@ async fn timed_get(client: &reqwest::Client, url: &str, into: &mut Timings) {
     into.bytes = bytes;
 }
 
-/// A dashboard polling until `stop`; returns (page, metrics, state)
-/// timings.
-async fn dashboard(url: String, stop: Arc<AtomicBool>) -> [Timings; 4] {
+/// The reads timed, by index into a `[Timings; READS]`.
+const READS: usize = 6;
+const PAGE: usize = 0;
+const METRICS: usize = 1;
+const STATE: usize = 2;
+const HEALTH: usize = 3;
+const SUMMARY: usize = 4;
+const AGENTS_PAGE: usize = 5;
+const READ_NAMES: [&str; READS] = [
+    "page of 100 tasks",
+    "/metrics",
+    "/api/v1/state",
+    "/health (reads nothing: the floor)",
+    "/api/v1/summary",
+    "page of 100 agents",
+];
+
+/// The dashboard's reads until `stop` (see the top of this file): the web
+/// UI's, a paging client's, a scraper's, and with `whole_state` a
+/// `/state` poller's.
+async fn dashboard(url: String, stop: Arc<AtomicBool>, whole_state: bool) -> [Timings; READS] {
+    let fresh = fresh_dashboard();
     let client = reqwest::Client::new();
-    let mut timings: [Timings; 4] = Default::default();
+    let mut timings: [Timings; READS] = Default::default();
+    let mut untimed = Timings::default();
     let started = Instant::now();
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        timed_get(&client, &format!("{url}/health"), &mut timings[3]).await;
-        timed_get(
-            &client,
-            &format!("{url}/api/v1/tasks?limit=100"),
-            &mut timings[0],
-        )
-        .await;
-        if n.is_multiple_of(4) {
-            timed_get(&client, &format!("{url}/metrics"), &mut timings[1]).await;
+        timed_get(&client, &format!("{url}/health"), &mut timings[HEALTH]).await;
+        let page = format!("{url}/api/v1/tasks?limit=100");
+        if fresh {
+            timed_get(&client, &page, &mut timings[PAGE]).await;
+        } else {
+            timed_look(&client, &page, &mut timings[PAGE]).await;
         }
-        if n.is_multiple_of(8) {
-            timed_get(&client, &format!("{url}/api/v1/state"), &mut timings[2]).await;
+        if n.is_multiple_of(4) {
+            // A scraper, fresh as Prometheus's are (it sends no
+            // `Cache-Control`).
+            timed_get(&client, &format!("{url}/metrics"), &mut timings[METRICS]).await;
+            // The web UI's look.
+            let look = async |path: &str, into: &mut Timings| {
+                let url = format!("{url}/{path}");
+                if fresh {
+                    timed_get(&client, &url, into).await;
+                } else {
+                    timed_look(&client, &url, into).await;
+                }
+            };
+            look("api/v1/summary", &mut timings[SUMMARY]).await;
+            look("api/v1/frameworks", &mut untimed).await;
+            look("api/v1/roles", &mut untimed).await;
+            look(
+                "api/v1/agents?offset=0&limit=100",
+                &mut timings[AGENTS_PAGE],
+            )
+            .await;
+            look("api/v1/tasks?offset=0&limit=100", &mut untimed).await;
+        }
+        if whole_state && n.is_multiple_of(8) {
+            timed_get(&client, &format!("{url}/api/v1/state"), &mut timings[STATE]).await;
         }
         n += 1;
         let next = started + Duration::from_millis(250 * n);
@@ -293,9 +357,39 @@ async fn measured_load(
     (report, cpu)
 }
 
-/// One load of a run, alone or watched, and what it cost.
+/// Who reads while a load runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Alone,
+    /// The web UI, a paging client, a scraper and an event client.
+    WebUi,
+    /// All of those, and a script polling the whole state.
+    WebUiAndState,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Alone, Kind::WebUi, Kind::WebUiAndState];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Alone => "alone",
+            Kind::WebUi => "while the web UI looks",
+            Kind::WebUiAndState => "while the web UI looks and `/state` is polled",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Kind::Alone => "alone",
+            Kind::WebUi => "web UI",
+            Kind::WebUiAndState => "web UI + `/state`",
+        }
+    }
+}
+
+/// One load of a run and what it cost.
 struct Load {
-    watched: bool,
+    kind: Kind,
     report: agora_sim::load::LoadReport,
     master: Cpu,
     /// CPU seconds of the dashboard's and event client's threads (this
@@ -307,7 +401,7 @@ struct Load {
 /// What the dashboard and the event client saw, over every watched load.
 #[derive(Default)]
 struct Watching {
-    reads: [Timings; 4],
+    reads: [Timings; READS],
     events_received: u64,
     events_dropped: u64,
     /// The master's own histogram of reads' waits for a fresh snapshot,
@@ -404,13 +498,20 @@ impl Waits {
 }
 
 /// A load while the dashboard polls and an event client follows.
-async fn watched_load(cluster: &Cluster, name: &str, tasks: u64, into: &mut Watching) -> Load {
+async fn watched_load(
+    cluster: &Cluster,
+    name: &str,
+    tasks: u64,
+    kind: Kind,
+    into: &mut Watching,
+) -> Load {
     let url = cluster.master.url.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(EventCounts::default());
+    let whole_state = kind == Kind::WebUiAndState;
     let polling = elsewhere("dashboard", {
         let (url, stop) = (url.clone(), stop.clone());
-        move || dashboard(url, stop)
+        move || dashboard(url, stop, whole_state)
     });
     let listening = elsewhere("events", {
         let (url, stop, events) = (url.clone(), stop.clone(), events.clone());
@@ -437,19 +538,10 @@ async fn watched_load(cluster: &Cluster, name: &str, tasks: u64, into: &mut Watc
     into.events_received += events.received.load(Ordering::Relaxed);
     into.events_dropped += events.dropped.load(Ordering::Relaxed);
     Load {
-        watched: true,
+        kind,
         report,
         master,
         client: dashboard_cpu + listener_cpu,
-    }
-}
-
-/// How the report names a load of each kind.
-fn kind(watched: bool) -> &'static str {
-    if watched {
-        "while the dashboard polls"
-    } else {
-        "alone"
     }
 }
 
@@ -467,18 +559,19 @@ async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
     settle(&cluster, &client, resident).await;
     let url = cluster.master.url.clone();
 
-    let mut idle: [Timings; 4] = Default::default();
+    let mut idle: [Timings; READS] = Default::default();
     for i in 0..20 {
-        timed_get(
-            &client,
-            &format!("{url}/api/v1/tasks?limit=100"),
-            &mut idle[0],
-        )
-        .await;
-        timed_get(&client, &format!("{url}/health"), &mut idle[3]).await;
-        timed_get(&client, &format!("{url}/metrics"), &mut idle[1]).await;
+        for (read, path) in [
+            (PAGE, "api/v1/tasks?limit=100"),
+            (HEALTH, "health"),
+            (METRICS, "metrics"),
+            (SUMMARY, "api/v1/summary"),
+            (AGENTS_PAGE, "api/v1/agents?offset=0&limit=100"),
+        ] {
+            timed_get(&client, &format!("{url}/{path}"), &mut idle[read]).await;
+        }
         if i % 4 == 0 {
-            timed_get(&client, &format!("{url}/api/v1/state"), &mut idle[2]).await;
+            timed_get(&client, &format!("{url}/api/v1/state"), &mut idle[STATE]).await;
         }
     }
 
@@ -490,34 +583,34 @@ async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
     let (warm_up, _) = measured_load(&cluster, "warm-up", load).await;
     settle(&cluster, &client, resident).await;
 
-    // Rounds alternate which load goes first (alone then watched, then
-    // watched then alone): a master's second load in a row is not the
-    // same as its first, and the machine's speed drifts, so one pair in
-    // a fixed order had mixed both into the dent.
+    // Each round puts a different kind first (and the rest in turn): a
+    // master's second load in a row is not the same as its first, and
+    // the machine's speed drifts, so a fixed order had mixed both into
+    // the dent.
     let mut loads = Vec::new();
-    let mut watching = Watching::default();
+    let mut watching: [Watching; 2] = Default::default();
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for watched in order {
-            let name = format!("load-{round}-{}", if watched { "watched" } else { "alone" });
+        for turn in 0..Kind::ALL.len() {
+            let kind = Kind::ALL[(round as usize + turn) % Kind::ALL.len()];
+            let name = format!("load-{round}-{turn}");
             eprintln!(
                 "reads: round {} of {rounds}, load {}",
                 round + 1,
-                kind(watched)
+                kind.name()
             );
-            let run = if watched {
-                watched_load(&cluster, &name, load, &mut watching).await
-            } else {
-                let (report, master) = measured_load(&cluster, &name, load).await;
-                Load {
-                    watched: false,
-                    report,
-                    master,
-                    client: 0.0,
+            let run = match kind {
+                Kind::Alone => {
+                    let (report, master) = measured_load(&cluster, &name, load).await;
+                    Load {
+                        kind,
+                        report,
+                        master,
+                        client: 0.0,
+                    }
+                }
+                Kind::WebUi => watched_load(&cluster, &name, load, kind, &mut watching[0]).await,
+                Kind::WebUiAndState => {
+                    watched_load(&cluster, &name, load, kind, &mut watching[1]).await
                 }
             };
             settle(&cluster, &client, resident).await;
@@ -537,7 +630,7 @@ async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
 }
 
 /// The loads' table, means by kind, CPU by thread, and the reads.
-fn report(load: u64, loads: &[Load], idle: &mut [Timings; 4], watching: &mut Watching) {
+fn report(load: u64, loads: &[Load], idle: &mut [Timings; READS], watching: &mut [Watching; 2]) {
     let per_thousand = |seconds: f64| seconds * 1e6 / load as f64;
     println!(
         "| # | load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks | of it the core's | the client's CPU per 1,000 tasks |"
@@ -547,7 +640,7 @@ fn report(load: u64, loads: &[Load], idle: &mut [Timings; 4], watching: &mut Wat
         println!(
             "| {} | {} | {:.0} | {:.0} / {:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
             n + 1,
-            kind(l.watched),
+            l.kind.short(),
             l.report.tasks_per_second,
             l.report.latency_p50_ms,
             l.report.latency_p99_ms,
@@ -556,69 +649,98 @@ fn report(load: u64, loads: &[Load], idle: &mut [Timings; 4], watching: &mut Wat
             per_thousand(l.client),
         );
     }
-    // Means over the loads of each kind: the rounds put each kind first
-    // and second equally often.
-    let of_kind = |watched: bool, value: &dyn Fn(&Load) -> f64| {
-        mean(loads.iter().filter(|l| l.watched == watched).map(value))
+    // Means over the loads of each kind: the rounds put each kind in each
+    // place equally often (with as many rounds as kinds).
+    let of_kind = |kind: Kind, value: &dyn Fn(&Load) -> f64| {
+        mean(loads.iter().filter(|l| l.kind == kind).map(value))
     };
-    let rate = |watched: bool| of_kind(watched, &|l| l.report.tasks_per_second);
-    let (alone, watched) = (rate(false), rate(true));
-    let by_round: Vec<String> = loads
-        .chunks(2)
-        .map(|pair| {
-            let of = |watched: bool| {
-                pair.iter()
-                    .find(|l| l.watched == watched)
-                    .map_or(f64::NAN, |l| l.report.tasks_per_second)
-            };
-            format!("{:+.0}%", (of(true) / of(false) - 1.0) * 100.0)
-        })
-        .collect();
+    let rate = |kind: Kind| of_kind(kind, &|l| l.report.tasks_per_second);
+    let alone = rate(Kind::Alone);
     println!(
-        "\nmean tasks/s: alone {alone:.0}, while the dashboard polls {watched:.0} ({:+.1}%); round by round {}",
-        (watched / alone - 1.0) * 100.0,
-        by_round.join(", ")
+        "
+mean tasks/s alone: {alone:.0}"
     );
-    println!("\n| of the master's CPU per 1,000 tasks, mean | alone | while the dashboard polls |");
-    println!("|---|---:|---:|");
-    let cpu_mean = |watched: bool, of: &dyn Fn(&Cpu) -> f64| {
-        of_kind(watched, &|l| per_thousand(of(&l.master)))
-    };
-    for (thread, what) in THREADS {
+    for kind in [Kind::WebUi, Kind::WebUiAndState] {
+        let by_round: Vec<String> = loads
+            .chunks(Kind::ALL.len())
+            .map(|round| {
+                let of = |kind: Kind| {
+                    round
+                        .iter()
+                        .find(|l| l.kind == kind)
+                        .map_or(f64::NAN, |l| l.report.tasks_per_second)
+                };
+                format!("{:+.0}%", (of(kind) / of(Kind::Alone) - 1.0) * 100.0)
+            })
+            .collect();
         println!(
-            "| {what} (`{thread}`) | {:.1} ms | {:.1} ms |",
-            cpu_mean(false, &|c| c.of(thread)),
-            cpu_mean(true, &|c| c.of(thread)),
+            "mean tasks/s {}: {:.0} ({:+.1}%); round by round {}",
+            kind.name(),
+            rate(kind),
+            (rate(kind) / alone - 1.0) * 100.0,
+            by_round.join(", ")
         );
     }
-    let other = |cpu: &Cpu| cpu.master - THREADS.iter().map(|(t, _)| cpu.of(t)).sum::<f64>();
     println!(
-        "| other threads, and threads that ended | {:.1} ms | {:.1} ms |",
-        cpu_mean(false, &other),
-        cpu_mean(true, &other),
+        "\n| of the master's CPU per 1,000 tasks, mean | {} | {} | {} |",
+        Kind::ALL[0].short(),
+        Kind::ALL[1].short(),
+        Kind::ALL[2].short()
+    );
+    println!("|---|---:|---:|---:|");
+    let cpu_mean =
+        |kind: Kind, of: &dyn Fn(&Cpu) -> f64| of_kind(kind, &|l| per_thousand(of(&l.master)));
+    let row = |what: &str, of: &dyn Fn(&Cpu) -> f64| {
+        let cells: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| format!("{:.1} ms", cpu_mean(*k, of)))
+            .collect();
+        println!("| {what} | {} |", cells.join(" | "));
+    };
+    for (thread, what) in THREADS {
+        row(&format!("{what} (`{thread}`)"), &|c| c.of(thread));
+    }
+    row("other threads, and threads that ended", &|cpu| {
+        cpu.master - THREADS.iter().map(|(t, _)| cpu.of(t)).sum::<f64>()
+    });
+    row("all of the master", &|cpu| cpu.master);
+    println!(
+        "| the dashboard's own client (not the master) | – | {:.1} ms | {:.1} ms |",
+        of_kind(Kind::WebUi, &|l| per_thousand(l.client)),
+        of_kind(Kind::WebUiAndState, &|l| per_thousand(l.client)),
     );
     println!("\n| read | requests | p50 ms | p99 ms | max ms | body |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (i, what) in [
-        "page of 100 tasks",
-        "/metrics",
-        "/api/v1/state",
-        "/health (reads nothing: the floor)",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, what) in READ_NAMES.iter().enumerate() {
         println!("{}", idle[i].line(&format!("{what}, idle")));
-        println!("{}", watching.reads[i].line(&format!("{what}, under load")));
+        for (kind, seen) in [Kind::WebUi, Kind::WebUiAndState]
+            .iter()
+            .zip(watching.iter_mut())
+        {
+            if !seen.reads[i].ms.is_empty() {
+                println!(
+                    "{}",
+                    seen.reads[i].line(&format!("{what}, {}", kind.name()))
+                );
+            }
+        }
     }
-    println!(
-        "\nreads' wait for a fresh snapshot, by the master's `agora_read_wait_seconds`, while the dashboard polled: {}",
-        watching.waits.line()
-    );
-    println!(
-        "\nevent stream while the loads ran: {} events received, {} dropped by the master for falling behind",
-        watching.events_received, watching.events_dropped
-    );
+    for (kind, seen) in [Kind::WebUi, Kind::WebUiAndState]
+        .iter()
+        .zip(watching.iter())
+    {
+        println!(
+            "\nreads' wait for a fresh snapshot, by the master's `agora_read_wait_seconds`, {}: {}",
+            kind.name(),
+            seen.waits.line()
+        );
+        println!(
+            "event stream {}: {} events received, {} dropped by the master for falling behind",
+            kind.name(),
+            seen.events_received,
+            seen.events_dropped
+        );
+    }
 }
 
 fn main() {
@@ -629,8 +751,16 @@ fn main() {
     let agents = env_u64("AGORA_READS_AGENTS", 10_000) as usize;
     let resident = env_u64("AGORA_READS_TASKS", 100_000);
     let load = env_u64("AGORA_READS_LOAD", 100_000);
-    let rounds = env_u64("AGORA_READS_ROUNDS", 2).max(1);
+    let rounds = env_u64("AGORA_READS_ROUNDS", 3).max(1);
     block_on(run(agents, resident, load, rounds));
+}
+
+/// `AGORA_READS_FRESH=1`: the web UI's reads and the dashboard's pages ask
+/// for fresh snapshots, as the web UI did before it sent
+/// `Cache-Control: max-age=1` (a fresh read sees everything done before
+/// it; see `Freshness` in `master/src/http.rs`).
+fn fresh_dashboard() -> bool {
+    std::env::var("AGORA_READS_FRESH").is_ok_and(|v| v == "1")
 }
 
 /// `AGORA_READS_CLIENT_NICE`: the dashboard's and event client's nice

@@ -117,8 +117,57 @@ async fn ask<T>(
 }
 
 /// A snapshot no older than the request (see [`crate::snapshot`]).
+/// A snapshot no older than the request: it sees everything done before
+/// it asked (a framework told `TASK_RUNNING` finds the task running).
 async fn snapshot(api: &Api) -> Arc<Snapshot> {
     api.snapshots.fresh().await
+}
+
+/// A snapshot as fresh as the request asks for (see [`Freshness`]).
+async fn snapshot_for(api: &Api, freshness: Freshness) -> Arc<Snapshot> {
+    match freshness.0 {
+        Some(max_age) => api.snapshots.recent(max_age).await,
+        None => snapshot(api).await,
+    }
+}
+
+/// How old a snapshot a read accepts: by default none older than the
+/// request; with `Cache-Control: max-age=N` (seconds), the latest one
+/// published if it is at most that old. The web UI asks for `max-age=1`:
+/// a dashboard that asked for fresh snapshots kept the core bringing its
+/// read model up to date every millisecond, which took a tenth of a
+/// launch load's throughput.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Freshness(Option<std::time::Duration>);
+
+impl Freshness {
+    /// The first `max-age` directive of the request's `Cache-Control`; one
+    /// that is not a number of seconds is ignored, as HTTP caches do.
+    fn of(headers: &axum::http::HeaderMap) -> Freshness {
+        Freshness(
+            headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .find_map(|directive| {
+                    let seconds = directive.trim().strip_prefix("max-age=")?;
+                    seconds.trim_matches('"').parse::<u64>().ok()
+                })
+                .map(std::time::Duration::from_secs),
+        )
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Freshness {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Infallible> {
+        Ok(Freshness::of(&parts.headers))
+    }
 }
 
 /// What one caller may see of the cluster: everything (the fast path,
@@ -289,13 +338,17 @@ where
         .into_response()
 }
 
-async fn state(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
+async fn state(
+    State(api): State<Api>,
+    freshness: Freshness,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     let sight = Sight::of(&api, caller);
     if sight.everything {
         // Written from the views' kept JSON, which the core then makes.
         api.snapshots.will_write_whole_state();
     }
-    let snap = snapshot(&api).await;
+    let snap = snapshot_for(&api, freshness).await;
     if sight.everything {
         return streamed_json(move |out| snap.write_state_json(unix_ms(), out));
     }
@@ -334,8 +387,12 @@ async fn state(State(api): State<Api>, Extension(caller): Extension<Caller>) -> 
 /// size, for the web UI's overview and for scripts that would otherwise
 /// read the whole state to count. A caller who may not see every task
 /// gets the counts of those it may see.
-async fn summary(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
-    let snap = snapshot(&api).await;
+async fn summary(
+    State(api): State<Api>,
+    freshness: Freshness,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     let totals = &snap.agent_totals;
     let (tasks_by_state, frameworks, offers) = if sight.everything {
@@ -375,55 +432,97 @@ async fn summary(State(api): State<Api>, Extension(caller): Extension<Caller>) -
     .into_response()
 }
 
-async fn metrics(State(api): State<Api>) -> Response {
-    let mut text = snapshot(&api).await.render_metrics();
+async fn metrics(State(api): State<Api>, freshness: Freshness) -> Response {
+    let mut text = snapshot_for(&api, freshness).await.render_metrics();
     api.snapshots.render_metrics(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// What an agent's running tasks use now, summed from their reports.
+#[derive(Default, serde::Serialize)]
+struct UsageSum {
+    cpu_seconds: f64,
+    memory_bytes: u64,
+    pids: u64,
+}
+
+impl UsageSum {
+    fn add(&mut self, usage: &crate::state::UsageView) {
+        self.cpu_seconds += usage.cpu_seconds;
+        self.memory_bytes += usage.memory_bytes;
+        self.pids += usage.pids;
+    }
+
+    fn of<'a>(tasks: impl Iterator<Item = &'a TaskView>) -> Self {
+        let mut sum = UsageSum::default();
+        for usage in tasks.filter_map(|t| t.usage.as_ref()) {
+            sum.add(usage);
+        }
+        sum
+    }
+}
+
 /// An agent with the tasks on it.
 fn agent_json(a: &AgentView, tasks: &[&TaskView]) -> Value {
-    // What the agent's running tasks use now, summed from their reports.
-    let usage = tasks.iter().filter_map(|t| t.usage.as_ref()).fold(
-        json!({ "cpu_seconds": 0.0, "memory_bytes": 0, "pids": 0 }),
-        |mut acc, u| {
-            acc["cpu_seconds"] = json!(acc["cpu_seconds"].as_f64().unwrap_or(0.0) + u.cpu_seconds);
-            acc["memory_bytes"] = json!(acc["memory_bytes"].as_u64().unwrap_or(0) + u.memory_bytes);
-            acc["pids"] = json!(acc["pids"].as_u64().unwrap_or(0) + u.pids);
-            acc
-        },
-    );
     let mut value = json!(a);
     value["tasks"] = json!(tasks);
-    value["usage"] = usage;
+    value["usage"] = json!(UsageSum::of(tasks.iter().copied()));
     value
+}
+
+/// An agent on a page: its view and its running tasks' usage, not the
+/// tasks themselves (a hundred agents held 20 MB of them under a launch
+/// load).
+#[derive(serde::Serialize)]
+struct AgentOnPage<'a> {
+    #[serde(flatten)]
+    agent: &'a AgentView,
+    usage: UsageSum,
+}
+
+/// The usage of the live tasks, visible to `sight`, on the agents
+/// `wanted`, by agent: one pass over the tasks.
+fn usage_by_agent<'a>(
+    snap: &'a Snapshot,
+    sight: &Sight,
+    wanted: &std::collections::HashSet<&str, foldhash::fast::RandomState>,
+) -> HashMap<&'a str, UsageSum> {
+    let mut by_agent: HashMap<&str, UsageSum> = HashMap::new();
+    for t in snap.tasks_sorted() {
+        let Some(usage) = &t.usage else { continue };
+        if wanted.contains(&*t.agent_id) && !is_ended(t.state) && sight.task(snap, t) {
+            by_agent.entry(&*t.agent_id).or_default().add(usage);
+        }
+    }
+    by_agent
 }
 
 fn is_ended(state: &str) -> bool {
     agora_proto::v1::TaskState::from_str_name(state).is_some_and(agora_proto::is_terminal)
 }
 
-/// Live tasks of the agents `wanted`, grouped by agent, in one pass.
+/// Live tasks grouped by agent, in one pass.
 fn live_tasks_by_agent<'a>(
     snap: &'a Snapshot,
     sight: &Sight,
-    wanted: impl Fn(&str) -> bool,
 ) -> HashMap<&'a str, Vec<&'a TaskView>> {
     let mut by_agent: HashMap<&str, Vec<&TaskView>> = HashMap::new();
     for t in snap
         .tasks_sorted()
-        .filter(|t| wanted(&t.agent_id) && !is_ended(t.state) && sight.task(snap, t))
+        .filter(|t| !is_ended(t.state) && sight.task(snap, t))
     {
         by_agent.entry(&*t.agent_id).or_default().push(t);
     }
     by_agent
 }
 
-/// Every agent, or with `offset` or `limit` a page of them (by hostname,
-/// then id) and how many there are in all: the web UI reads a page, not
-/// ten thousand agents and every task on them.
+/// Every agent with the live tasks on it, or with `offset` or `limit` a
+/// page of agents (by hostname, then id) with their live task counts and
+/// usage, and how many there are in all: the web UI reads a page, not ten
+/// thousand agents and every task on them.
 async fn agents(
     State(api): State<Api>,
+    freshness: Freshness,
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -432,44 +531,47 @@ async fn agents(
         Err(r) => return r,
     };
     let paged = params.contains_key("offset") || params.contains_key("limit");
-    let snap = snapshot(&api).await;
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     json_off_runtime(move || {
         let sorted = snap.agents_sorted();
-        let total = sorted.len();
-        let listed: Vec<&AgentView> = if paged {
-            sorted
+        if !paged {
+            let by_agent = live_tasks_by_agent(&snap, &sight);
+            let list: Vec<Value> = sorted
                 .into_iter()
-                .skip(page.offset)
-                .take(page.limit)
-                .collect()
-        } else {
-            sorted
-        };
-        let wanted: std::collections::HashSet<&str> =
-            listed.iter().map(|a| a.id.as_str()).collect();
-        let by_agent = live_tasks_by_agent(&snap, &sight, |agent| wanted.contains(agent));
-        let list: Vec<Value> = listed
-            .into_iter()
-            .map(|a| agent_json(a, by_agent.get(a.id.as_str()).map_or(&[], Vec::as_slice)))
-            .collect();
-        if paged {
-            serde_json::to_vec(&json!({
-                "agents": list, "total": total, "offset": page.offset, "limit": page.limit,
-            }))
-        } else {
-            serde_json::to_vec(&json!({ "agents": list }))
+                .map(|a| agent_json(a, by_agent.get(a.id.as_str()).map_or(&[], Vec::as_slice)))
+                .collect();
+            return serde_json::to_vec(&json!({ "agents": list }));
         }
+        let total = sorted.len();
+        let listed: Vec<&AgentView> = sorted
+            .into_iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .collect();
+        let wanted = listed.iter().map(|a| a.id.as_str()).collect();
+        let mut usage = usage_by_agent(&snap, &sight, &wanted);
+        let list: Vec<AgentOnPage> = listed
+            .into_iter()
+            .map(|agent| AgentOnPage {
+                agent,
+                usage: usage.remove(agent.id.as_str()).unwrap_or_default(),
+            })
+            .collect();
+        serde_json::to_vec(&json!({
+            "agents": list, "total": total, "offset": page.offset, "limit": page.limit,
+        }))
     })
     .await
 }
 
 async fn agent(
     State(api): State<Api>,
+    freshness: Freshness,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let snap = snapshot(&api).await;
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     match snap.agents.get(id.as_str()) {
         Some(a) => {
@@ -483,8 +585,12 @@ async fn agent(
     }
 }
 
-async fn frameworks(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
-    let snap = snapshot(&api).await;
+async fn frameworks(
+    State(api): State<Api>,
+    freshness: Freshness,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     let visible: Vec<_> = snap
         .frameworks_sorted()
@@ -496,10 +602,11 @@ async fn frameworks(State(api): State<Api>, Extension(caller): Extension<Caller>
 
 async fn framework(
     State(api): State<Api>,
+    freshness: Freshness,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let snap = snapshot(&api).await;
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     match snap.frameworks.get(id.as_str()) {
         Some(_) if !sight.framework(&snap, &id) => forbidden(
@@ -587,6 +694,7 @@ fn task_has(snap: &Snapshot, t: &TaskView, needle: &str) -> bool {
 
 async fn tasks(
     State(api): State<Api>,
+    freshness: Freshness,
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -606,7 +714,7 @@ async fn tasks(
         );
     }
     let needle = params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
-    let snap = snapshot(&api).await;
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     let (page, total): (Vec<&TaskView>, usize) = if !sight.everything || needle.is_some() {
         let matching: Vec<&TaskView> = match params.get("framework") {
@@ -674,10 +782,11 @@ fn find_task<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a TaskView> {
 
 async fn task(
     State(api): State<Api>,
+    freshness: Freshness,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let snap = snapshot(&api).await;
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     match find_task(&snap, &id) {
         Some(t) if !sight.task(&snap, t) => forbidden(
@@ -819,8 +928,12 @@ async fn task_file_read(
     relay(&api, url).await
 }
 
-async fn offers(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
-    let snap = snapshot(&api).await;
+async fn offers(
+    State(api): State<Api>,
+    freshness: Freshness,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let snap = snapshot_for(&api, freshness).await;
     let sight = Sight::of(&api, caller);
     let offers: Vec<Value> = snap
         .offers_aged(unix_ms())
@@ -831,8 +944,8 @@ async fn offers(State(api): State<Api>, Extension(caller): Extension<Caller>) ->
     Json(json!({ "offers": offers })).into_response()
 }
 
-async fn roles(State(api): State<Api>) -> Response {
-    let snap = snapshot(&api).await;
+async fn roles(State(api): State<Api>, freshness: Freshness) -> Response {
+    let snap = snapshot_for(&api, freshness).await;
     Json(json!({ "roles": snap.roles.as_ref() })).into_response()
 }
 
@@ -1216,6 +1329,26 @@ async fn framework_proxy(State(api): State<Api>, request: axum::extract::Request
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_reads_freshness_is_its_cache_control_max_age_and_fresh_without_one() {
+        let of = |values: &[&str]| {
+            let mut headers = axum::http::HeaderMap::new();
+            for v in values {
+                headers.append(header::CACHE_CONTROL, v.parse().expect("header"));
+            }
+            Freshness::of(&headers).0.map(|d| d.as_secs())
+        };
+        assert_eq!(of(&[]), None);
+        assert_eq!(of(&["max-age=1"]), Some(1));
+        assert_eq!(of(&["no-transform, max-age=30"]), Some(30));
+        assert_eq!(of(&["no-cache", "max-age=2"]), Some(2));
+        assert_eq!(of(&["max-age=0"]), Some(0));
+        // Not a number of seconds: ignored, so the read is fresh.
+        assert_eq!(of(&["max-age=soon"]), None);
+        assert_eq!(of(&["max-age=-1"]), None);
+        assert_eq!(of(&["no-cache"]), None);
+    }
 
     #[tokio::test]
     async fn a_streamed_body_of_many_chunks_arrives_whole_and_in_order() {

@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub metrics: Arc<Metrics>,
     /// Publications before this one.
     pub seq: u64,
+    /// When it was published (none: never, the empty first one).
+    pub published: Option<std::time::Instant>,
 }
 
 /// What the agents' views add up to, kept as views change so that the
@@ -238,6 +240,20 @@ impl Reader {
             "agora_read_wait_seconds",
             "How long reads (HTTP API, metrics, web UI) waited for the core to publish a snapshot as fresh as the request.",
         );
+    }
+
+    /// The latest snapshot if it was published at most `max_age` ago
+    /// (without a word to the core), or else a fresh one: for readers that
+    /// need not see what happened a moment before they asked (the web
+    /// UI), so their looks cost the core nothing while it publishes anyway
+    /// — a busy core publishes every few tens of milliseconds.
+    pub async fn recent(&self, max_age: Duration) -> Arc<Snapshot> {
+        let latest = self.rx.borrow().clone();
+        if latest.published.is_some_and(|at| at.elapsed() <= max_age) {
+            self.requested.0.waits.observe(Duration::ZERO);
+            return latest;
+        }
+        self.fresh().await
     }
 
     /// A snapshot published after this call began.
@@ -441,5 +457,54 @@ mod tests {
         }
         assert_eq!(state_json(&snap), first);
         assert_eq!(state_json(&snap), first);
+    }
+
+    fn published(seq: u64, at: std::time::Instant) -> Snapshot {
+        Snapshot {
+            seq,
+            published: Some(at),
+            ..Snapshot::default()
+        }
+    }
+
+    /// Waits for a reader to ask `publisher` for a publication.
+    async fn asked(publisher: &Publisher) {
+        let asking = async {
+            while !publisher.take_request() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), asking)
+            .await
+            .expect("the reader asked the core");
+    }
+
+    #[tokio::test]
+    async fn a_recent_enough_snapshot_is_served_without_asking_the_core_and_an_older_one_is_not() {
+        let (publisher, reader) = channel();
+        let now = std::time::Instant::now();
+        publisher.publish(published(1, now));
+        let served = reader.recent(Duration::from_secs(1)).await;
+        assert_eq!(served.seq, 1);
+        assert!(!publisher.take_request(), "the core was asked");
+
+        // Published two seconds ago: too old for a second's grace, so the
+        // reader asks and waits for the next publication.
+        publisher.publish(published(2, now - Duration::from_secs(2)));
+        let waiting = tokio::spawn({
+            let reader = reader.clone();
+            async move { reader.recent(Duration::from_secs(1)).await.seq }
+        });
+        asked(&publisher).await;
+        publisher.publish(published(3, std::time::Instant::now()));
+        assert_eq!(waiting.await.expect("reader"), 3);
+
+        // The empty snapshot before any publication is never recent.
+        let (publisher, reader) = channel();
+        let waiting =
+            tokio::spawn(async move { reader.recent(Duration::from_secs(3600)).await.seq });
+        asked(&publisher).await;
+        publisher.publish(published(1, std::time::Instant::now()));
+        assert_eq!(waiting.await.expect("reader"), 1);
     }
 }

@@ -43,8 +43,11 @@ const pages = { agents: 0, tasks: 0 }; // offsets
 const history = []; // {t, used, offered} as fractions of cpus
 let log = { task: null, file: "stdout", offset: 0, timer: null };
 
+// The UI's reads accept what the master published in the last second:
+// its looks then cost the master's core nothing (see Freshness in
+// master/src/http.rs).
 async function getJSON(url) {
-  const r = await fetch(url);
+  const r = await fetch(url, { headers: { "Cache-Control": "max-age=1" } });
   if (r.status === 401) showLogin();
   if (!r.ok) throw new Error(`${url}: ${r.status}`);
   return r.json();
@@ -309,5 +312,5 @@ events.onmessage = refreshSoon;
 for (const name of ["agent_added", "agent_reregistered", "agent_disconnected", "agent_unreachable", "agent_drained", "agent_undrained", "framework_added", "framework_disconnected", "framework_removed", "task_updated", "role_weight_changed"]) {
   events.addEventListener(name, refreshSoon);
 }
-setInterval(refresh, 2000);
+setInterval(refreshSoon, 2000);
 refresh().then(fromHash);

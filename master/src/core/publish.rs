@@ -410,6 +410,7 @@ impl Core {
         self.read.working.roles = Arc::new(self.allocator.roles());
         self.read.working.metrics = Arc::new(self.metrics.clone());
         self.read.working.seq += 1;
+        self.read.working.published = Some(std::time::Instant::now());
         self.read.publisher.publish(self.read.working.clone());
         self.read.last_published = Some(Instant::now());
         self.read.in_progress = false;
