@@ -141,6 +141,7 @@ const READ_NAMES: [&str; READS] = [
 /// `/state` poller's.
 async fn dashboard(url: String, stop: Arc<AtomicBool>, whole_state: bool) -> [Timings; READS] {
     let fresh = fresh_dashboard();
+    let scraper_fresh = env_flag("AGORA_READS_SCRAPER_FRESH", true);
     let client = reqwest::Client::new();
     let mut timings: [Timings; READS] = Default::default();
     let mut untimed = Timings::default();
@@ -157,7 +158,12 @@ async fn dashboard(url: String, stop: Arc<AtomicBool>, whole_state: bool) -> [Ti
         if n.is_multiple_of(4) {
             // A scraper, fresh as Prometheus's are (it sends no
             // `Cache-Control`).
-            timed_get(&client, &format!("{url}/metrics"), &mut timings[METRICS]).await;
+            let metrics = format!("{url}/metrics");
+            if scraper_fresh {
+                timed_get(&client, &metrics, &mut timings[METRICS]).await;
+            } else {
+                timed_look(&client, &metrics, &mut timings[METRICS]).await;
+            }
             // The web UI's look.
             let look = async |path: &str, into: &mut Timings| {
                 let url = format!("{url}/{path}");
@@ -197,6 +203,9 @@ struct EventCounts {
 
 /// Counts server-sent events until `stop`.
 async fn event_listener(url: String, stop: Arc<AtomicBool>, counts: Arc<EventCounts>) {
+    if !env_flag("AGORA_READS_EVENTS", true) {
+        return;
+    }
     let client = reqwest::Client::new();
     let mut response = client
         .get(format!("{url}/api/v1/events"))
@@ -755,12 +764,23 @@ fn main() {
     block_on(run(agents, resident, load, rounds));
 }
 
+/// `NAME=0` or `NAME=1`, else `default`: `AGORA_READS_EVENTS=0` leaves the
+/// event client out, `AGORA_READS_SCRAPER_FRESH=0` has the scraper accept
+/// a snapshot a second old (both to tell what each costs).
+fn env_flag(name: &str, default: bool) -> bool {
+    match std::env::var(name).as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => default,
+    }
+}
+
 /// `AGORA_READS_FRESH=1`: the web UI's reads and the dashboard's pages ask
 /// for fresh snapshots, as the web UI did before it sent
 /// `Cache-Control: max-age=1` (a fresh read sees everything done before
 /// it; see `Freshness` in `master/src/http.rs`).
 fn fresh_dashboard() -> bool {
-    std::env::var("AGORA_READS_FRESH").is_ok_and(|v| v == "1")
+    env_flag("AGORA_READS_FRESH", false)
 }
 
 /// `AGORA_READS_CLIENT_NICE`: the dashboard's and event client's nice

@@ -5,9 +5,78 @@ use serde::Serialize;
 
 use crate::state::write_field;
 
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+/// Every kind of event the stream sends (besides `lagged`, which says how
+/// many a slow client missed).
+pub const EVENT_NAMES: [&str; 12] = [
+    "agent_added",
+    "agent_reregistered",
+    "agent_disconnected",
+    "agent_unreachable",
+    "agent_drained",
+    "agent_undrained",
+    "agent_removed",
+    "framework_added",
+    "framework_disconnected",
+    "framework_removed",
+    "task_updated",
+    "role_weight_changed",
+];
+
+/// The one kind that comes by the ten thousand a second under load.
+const TASK_UPDATED: &str = "task_updated";
+
 /// Where the core sends events, each shared by every listener (a
-/// listener's copy is a reference count).
-pub type EventSender = tokio::sync::broadcast::Sender<std::sync::Arc<Event>>;
+/// listener's copy is a reference count): one channel with every event,
+/// and one with all but task updates for listeners that want only the
+/// rest (the web UI, which reads tasks a page at a time). The core makes
+/// task updates only while someone follows them.
+#[derive(Clone, Debug)]
+pub struct EventSender {
+    all: broadcast::Sender<Arc<Event>>,
+    without_tasks: broadcast::Sender<Arc<Event>>,
+}
+
+impl EventSender {
+    /// Channels that keep `room` events for a listener that falls behind.
+    pub fn new(room: usize) -> Self {
+        EventSender {
+            all: broadcast::channel(room).0,
+            without_tasks: broadcast::channel(room).0,
+        }
+    }
+
+    /// Whether anyone follows task updates.
+    pub fn task_updates_followed(&self) -> bool {
+        self.all.receiver_count() > 0
+    }
+
+    /// Streams open, of either kind.
+    pub fn streams(&self) -> usize {
+        self.all.receiver_count() + self.without_tasks.receiver_count()
+    }
+
+    /// To whoever listens now (nobody listening is fine).
+    pub fn send(&self, event: Event) {
+        let event = Arc::new(event);
+        if event.name != TASK_UPDATED {
+            let _ = self.without_tasks.send(event.clone());
+        }
+        let _ = self.all.send(event);
+    }
+
+    /// Events from now on: all of them, or all but task updates.
+    pub fn subscribe(&self, task_updates: bool) -> broadcast::Receiver<Arc<Event>> {
+        if task_updates {
+            self.all.subscribe()
+        } else {
+            self.without_tasks.subscribe()
+        }
+    }
+}
 
 /// An event as the stream sends it: its name and its JSON, made once,
 /// where it happens. A task update's JSON is made by the core straight
@@ -33,7 +102,7 @@ impl Event {
             100 + framework_id.len() + task_id.len() + agent_id.len() + state.len() + message.len(),
         );
         write_task_updated(&mut out, framework_id, task_id, agent_id, state, message);
-        Event::made("task_updated", out)
+        Event::made(TASK_UPDATED, out)
     }
 
     fn made(name: &'static str, json: Vec<u8>) -> Event {
@@ -181,6 +250,103 @@ impl ClusterEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_of_event_is_named_in_the_list() {
+        let kinds = [
+            ClusterEvent::AgentAdded {
+                agent_id: "a".into(),
+                hostname: "h".into(),
+            },
+            ClusterEvent::AgentReregistered {
+                agent_id: "a".into(),
+                hostname: "h".into(),
+            },
+            ClusterEvent::AgentDisconnected {
+                agent_id: "a".into(),
+            },
+            ClusterEvent::AgentUnreachable {
+                agent_id: "a".into(),
+            },
+            ClusterEvent::AgentDrained {
+                agent_id: "a".into(),
+                kill_tasks: false,
+            },
+            ClusterEvent::AgentUndrained {
+                agent_id: "a".into(),
+            },
+            ClusterEvent::AgentRemoved {
+                agent_id: "a".into(),
+                reason: "gone".into(),
+            },
+            ClusterEvent::FrameworkAdded {
+                framework_id: "f".into(),
+                name: "n".into(),
+                role: "*".into(),
+            },
+            ClusterEvent::FrameworkDisconnected {
+                framework_id: "f".into(),
+            },
+            ClusterEvent::FrameworkRemoved {
+                framework_id: "f".into(),
+            },
+            ClusterEvent::TaskUpdated {
+                framework_id: "f".into(),
+                task_id: "t".into(),
+                agent_id: "a".into(),
+                state: "TASK_RUNNING",
+                message: String::new(),
+            },
+            ClusterEvent::RoleWeightChanged {
+                role: "r".into(),
+                weight: 2.0,
+            },
+        ];
+        let names: Vec<&str> = kinds.iter().map(ClusterEvent::name).collect();
+        assert_eq!(names, EVENT_NAMES);
+    }
+
+    #[test]
+    fn a_listener_without_task_updates_gets_the_rest_in_order_and_task_updates_are_made_only_for_listeners_of_them()
+     {
+        let events = EventSender::new(16);
+        let mut quiet = events.subscribe(false);
+        assert!(
+            !events.task_updates_followed(),
+            "no listener of task updates yet"
+        );
+        let mut everything = events.subscribe(true);
+        assert!(events.task_updates_followed());
+        assert_eq!(events.streams(), 2);
+        events.send(
+            ClusterEvent::AgentAdded {
+                agent_id: "a".into(),
+                hostname: "h".into(),
+            }
+            .into(),
+        );
+        events.send(Event::task_updated("f", "t", "a", "TASK_RUNNING", ""));
+        events.send(
+            ClusterEvent::FrameworkRemoved {
+                framework_id: "f".into(),
+            }
+            .into(),
+        );
+        let names = |rx: &mut broadcast::Receiver<Arc<Event>>| {
+            let mut names = Vec::new();
+            while let Ok(event) = rx.try_recv() {
+                names.push(event.name());
+            }
+            names
+        };
+        assert_eq!(names(&mut quiet), ["agent_added", "framework_removed"]);
+        assert_eq!(
+            names(&mut everything),
+            ["agent_added", "task_updated", "framework_removed"]
+        );
+        drop(everything);
+        assert!(!events.task_updates_followed());
+    }
 
     #[test]
     fn a_task_updates_hand_written_json_is_what_serde_writes() {

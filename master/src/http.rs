@@ -1108,7 +1108,59 @@ async fn mark_gone(
 /// every event.
 const MAX_EVENT_STREAMS: usize = 1024;
 
-async fn event_stream(State(api): State<Api>, Extension(caller): Extension<Caller>) -> Response {
+/// The kinds of event a stream asked for (`?types=a,b`): all of them
+/// without the parameter.
+fn event_types(
+    params: &HashMap<String, String>,
+) -> Result<Option<std::collections::HashSet<&'static str>>, Response> {
+    if let Some(key) = params.keys().find(|k| k.as_str() != "types") {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown parameter `{key}` (use types)"),
+        ));
+    }
+    let Some(types) = params.get("types") else {
+        return Ok(None);
+    };
+    let mut wanted = std::collections::HashSet::new();
+    for name in types.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match crate::events::EVENT_NAMES
+            .iter()
+            .find(|known| **known == name)
+        {
+            Some(known) => wanted.insert(*known),
+            None => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "parameter `types`: `{name}` is not an event type (use {})",
+                        crate::events::EVENT_NAMES.join(", ")
+                    ),
+                ));
+            }
+        };
+    }
+    if wanted.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "parameter `types`: name at least one event type".to_string(),
+        ));
+    }
+    Ok(Some(wanted))
+}
+
+/// Server-sent events, every kind or those `?types=` names. A stream
+/// without `task_updated` (the web UI's) costs the master nothing per
+/// task.
+async fn event_stream(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let types = match event_types(&params) {
+        Ok(types) => types,
+        Err(response) => return response,
+    };
     if !Sight::of(&api, caller.clone()).everything {
         // Events are not filtered per reader: they are for those who may
         // see every framework and task.
@@ -1120,14 +1172,19 @@ async fn event_stream(State(api): State<Api>, Extension(caller): Extension<Calle
             ),
         );
     }
-    if api.events.receiver_count() >= MAX_EVENT_STREAMS {
+    if api.events.streams() >= MAX_EVENT_STREAMS {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{MAX_EVENT_STREAMS} event streams are open already; try again later"),
         );
     }
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(forward_events(api.events.subscribe(), tx));
+    let task_updates = types.as_ref().is_none_or(|t| t.contains("task_updated"));
+    tokio::spawn(forward_events(
+        api.events.subscribe(task_updates),
+        types,
+        tx,
+    ));
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -1159,21 +1216,25 @@ const EVENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15)
 /// Ends when the client goes away.
 async fn forward_events(
     mut events: broadcast::Receiver<Arc<Event>>,
+    types: Option<std::collections::HashSet<&'static str>>,
     client: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, Infallible>>,
 ) {
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let wanted = |event: &Event| types.as_ref().is_none_or(|t| t.contains(event.name()));
     loop {
         let mut out = Vec::new();
         match tokio::time::timeout(EVENT_KEEP_ALIVE, events.recv()).await {
             Err(_) => out.extend_from_slice(b":\n\n"),
             Ok(Err(RecvError::Closed)) => return,
             Ok(Err(RecvError::Lagged(n))) => write_lagged(&mut out, n),
-            Ok(Ok(event)) => write_event(&mut out, &event),
+            Ok(Ok(event)) if wanted(&event) => write_event(&mut out, &event),
+            Ok(Ok(_)) => continue,
         }
         let mut drained = false;
         while out.len() < EVENT_BATCH {
             match events.try_recv() {
-                Ok(event) => write_event(&mut out, &event),
+                Ok(event) if wanted(&event) => write_event(&mut out, &event),
+                Ok(_) => {}
                 Err(TryRecvError::Lagged(n)) => write_lagged(&mut out, n),
                 // Closed shows at the next wait.
                 Err(TryRecvError::Empty | TryRecvError::Closed) => {
@@ -1430,7 +1491,7 @@ mod tests {
             events.send(Arc::new(task_event(n))).expect("a listener");
         }
         let (tx, mut client) = tokio::sync::mpsc::channel(2);
-        tokio::spawn(forward_events(listener, tx));
+        tokio::spawn(forward_events(listener, None, tx));
         let piece = client.recv().await.expect("a piece").expect("bytes");
         parse_sse(std::str::from_utf8(&piece).expect("text"))
     }
@@ -1467,7 +1528,7 @@ mod tests {
     async fn after_a_piece_a_stream_gathers_events_before_writing_again() {
         let (events, listener) = broadcast::channel(16);
         let (tx, mut client) = tokio::sync::mpsc::channel(2);
-        tokio::spawn(forward_events(listener, tx));
+        tokio::spawn(forward_events(listener, None, tx));
         events.send(Arc::new(task_event(0))).expect("a listener");
         let first = client.recv().await.expect("a piece").expect("bytes");
         assert_eq!(
@@ -1493,7 +1554,7 @@ mod tests {
     async fn a_quiet_stream_sends_keep_alives_and_ends_with_its_client() {
         let (events, listener) = broadcast::channel(4);
         let (tx, mut client) = tokio::sync::mpsc::channel(2);
-        let forwarding = tokio::spawn(forward_events(listener, tx));
+        let forwarding = tokio::spawn(forward_events(listener, None, tx));
         let piece = client.recv().await.expect("a piece").expect("bytes");
         assert_eq!(&piece[..], b":\n\n", "a comment after {EVENT_KEEP_ALIVE:?}");
         drop(client);

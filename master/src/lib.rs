@@ -139,7 +139,7 @@ pub async fn run(
     };
     let handle = grpc::CoreHandle::new(tx, auth.clone());
     // Slow event readers lag and are told so; the core never waits on them.
-    let (events, _) = tokio::sync::broadcast::channel(EVENTS_BEHIND);
+    let events = events::EventSender::new(EVENTS_BEHIND);
     let (role_tx, role) = watch::channel(match backing {
         Backing::Embedded(_) => Role::Leading,
         Backing::Etcd(_) => Role::Standby { leader: None },

@@ -3,7 +3,8 @@
 // the master), opens the task's log and waits for its output, checks the
 // batch job is listed as succeeded and its log opens, checks the apps view
 // (a healthy app, and a waiting one with its reason), and writes a
-// screenshot. Usage:
+// screenshot. It also checks what the UI asked the master for: never the
+// whole state, and every read with `Cache-Control: max-age=1`. Usage:
 // With AGORA_UI_TOKEN set, it first checks the sign-in form, then signs in
 // through a `#token=` link.
 // node ui-check.mjs URL HOSTNAME TASK_ID EXPECTED_LOG SCREENSHOT JOB_ID JOB_LOG APP_ID WAITING_APP_ID WAITING_REASON
@@ -17,6 +18,15 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  // What the UI asks the master for: never the whole state, and its reads
+  // accept a snapshot a second old.
+  const apiReads = [];
+  page.on("request", (r) => {
+    const path = new URL(r.url()).pathname;
+    if (r.method() === "GET" && path.startsWith("/api/v1/") && path !== "/api/v1/events") {
+      apiReads.push({ path, search: new URL(r.url()).search, cacheControl: r.headers()["cache-control"] });
+    }
+  });
   const token = process.env.AGORA_UI_TOKEN;
   if (token) {
     // Without the token the master refuses the API and the page asks for one.
@@ -50,6 +60,12 @@ try {
   await page.locator("#log-text", { hasText: jobLog }).waitFor({ timeout: 15000 });
   await page.locator(`#app-rows tr[data-app="${appId}"]`, { hasText: "HEALTHY" }).waitFor({ timeout: 15000 });
   await page.locator(`#app-rows tr[data-app="${waitingApp}"] .waiting`, { hasText: waitingReason }).waitFor({ timeout: 15000 });
+  if (!apiReads.length) throw new Error("the UI read nothing from the API");
+  const whole = apiReads.filter((r) => r.path === "/api/v1/state"
+    || (["/api/v1/agents", "/api/v1/tasks"].includes(r.path) && !r.search.includes("limit=")));
+  if (whole.length) throw new Error(`the UI read everything: ${JSON.stringify(whole.slice(0, 5))}`);
+  const fresh = apiReads.filter((r) => r.cacheControl !== "max-age=1");
+  if (fresh.length) throw new Error(`reads without max-age=1: ${JSON.stringify(fresh.slice(0, 5))}`);
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log("ui-check: ok");
 } finally {

@@ -78,7 +78,10 @@ async fn the_operator_api_lists_filters_finds_and_refuses_with_named_errors() {
     // Its tasks counted and their usage summed, not listed.
     let on_page = &body["agents"][0];
     assert_eq!(on_page["task_count"], 1, "{body:#}");
-    assert!(on_page["usage"]["memory_bytes"].as_u64() > Some(0), "{body:#}");
+    assert!(
+        on_page["usage"]["memory_bytes"].as_u64() > Some(0),
+        "{body:#}"
+    );
     assert!(on_page.get("tasks").is_none(), "{body:#}");
     let (_, body) = get(&format!("{url}/api/v1/agents?offset=1")).await;
     assert_eq!(
@@ -514,6 +517,15 @@ async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
     let dir = tempdir();
     // Following before anything happens: events are not replayed.
     let stream = follow_events(format!("{url}/api/v1/events")).await;
+    // And a stream of two kinds only, as the web UI follows (no task
+    // updates).
+    let quiet = follow_events(format!(
+        "{url}/api/v1/events?types=agent_added,role_weight_changed"
+    ))
+    .await;
+    let quiet_reader = tokio::spawn(read_events(quiet, |events| {
+        events.iter().any(|(n, _)| n == "role_weight_changed")
+    }));
     let reader = tokio::spawn(read_events(stream, |events| {
         events
             .iter()
@@ -553,6 +565,30 @@ async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
             "TASK_FINISHED"
         ]
     );
+    // The stream of two kinds saw its agent, none of the task's updates
+    // (they came before the weight), then the weight.
+    let (code, body) = send(
+        reqwest::Method::PUT,
+        &format!("{url}/api/v1/roles/eventful"),
+        r#"{"weight": 2}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let quiet = tokio::time::timeout(Duration::from_secs(30), quiet_reader)
+        .await
+        .expect("in time")
+        .expect("reader");
+    let names: Vec<&str> = quiet.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["agent_added", "role_weight_changed"]);
+    for (query, named) in [
+        ("types=task_exploded", "`task_exploded`"),
+        ("types=", "`types`"),
+        ("colour=red", "`colour`"),
+    ] {
+        let (code, body) = get(&format!("{url}/api/v1/events?{query}")).await;
+        assert_eq!(code, 400, "{query}");
+        assert!(error_of(&body).contains(named), "{query}: {body}");
+    }
 
     // Metrics: Prometheus text, every sample line well-formed, the launch counted.
     let text = fetch(format!("{url}/metrics"))

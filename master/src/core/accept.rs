@@ -125,7 +125,7 @@ impl Core {
             // at 10,000 launches a second (`/api/v1/events` has them all).
             debug!(task = %task_id, agent = %agent, resources = %resources, "launching task");
             self.metrics.tasks_launched += 1;
-            if self.listened() {
+            if self.task_updates_followed() {
                 self.emit_event(crate::events::Event::task_updated(
                     framework_id,
                     &task_id,

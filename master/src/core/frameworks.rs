@@ -154,12 +154,12 @@ impl Core {
             return;
         }
         info!(framework = %framework_id, "framework disconnected");
-        let _ = self.events.send(std::sync::Arc::new(
+        self.events.send(
             ClusterEvent::FrameworkDisconnected {
                 framework_id: framework_id.to_string(),
             }
             .into(),
-        ));
+        );
         f.stream = None;
         f.backlog.clear();
         f.backlog_uuids.clear();

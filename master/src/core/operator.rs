@@ -8,10 +8,10 @@ use super::*;
 const MAX_WEIGHTED_ROLES: usize = 1000;
 
 impl Core {
-    /// Whether anyone listens to `/api/v1/events`: events on the hot
-    /// path are built only then.
-    pub(super) fn listened(&self) -> bool {
-        self.events.receiver_count() > 0
+    /// Whether anyone follows task updates on `/api/v1/events`: they are
+    /// built (on the hot path) only then.
+    pub(super) fn task_updates_followed(&self) -> bool {
+        self.events.task_updates_followed()
     }
 
     pub(super) fn emit(&self, event: ClusterEvent) {
@@ -19,8 +19,7 @@ impl Core {
     }
 
     pub(super) fn emit_event(&self, event: crate::events::Event) {
-        // No subscribers is fine: events are for whoever listens now.
-        let _ = self.events.send(std::sync::Arc::new(event));
+        self.events.send(event);
     }
 
     pub(super) fn operator(&mut self, op: Operator) -> Result<(), OperatorError> {

@@ -147,7 +147,7 @@ impl Core {
 
     /// Tells `/api/v1/events` listeners of the task's new state.
     pub(super) fn emit_task_event(&self, key: &TaskKey, status: &TaskStatus) {
-        if !self.listened() {
+        if !self.task_updates_followed() {
             return;
         }
         let Some(task) = self.tasks.get(key) else {

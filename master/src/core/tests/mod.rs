@@ -71,7 +71,8 @@ impl Harness {
         clock: recovery::WallClock,
         config: MasterConfig,
     ) -> Harness {
-        let (events, rx) = tokio::sync::broadcast::channel(4096);
+        let events = crate::events::EventSender::new(4096);
+        let rx = events.subscribe(true);
         let core =
             Core::recover_with_clock(config, events, registry(&dir), clock).expect("recover");
         Harness {
