@@ -123,6 +123,12 @@ async fn snapshot(api: &Api) -> Arc<Snapshot> {
     api.snapshots.fresh().await
 }
 
+/// A snapshot as fresh as the request asks for, and what `caller` may
+/// see of it.
+async fn look(api: &Api, freshness: Freshness, caller: Caller) -> (Arc<Snapshot>, Sight) {
+    (snapshot_for(api, freshness).await, Sight::of(api, caller))
+}
+
 /// A snapshot as fresh as the request asks for (see [`Freshness`]).
 async fn snapshot_for(api: &Api, freshness: Freshness) -> Arc<Snapshot> {
     match freshness.0 {
@@ -392,8 +398,7 @@ async fn summary(
     freshness: Freshness,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     let totals = &snap.agent_totals;
     let (tasks_by_state, frameworks, offers) = if sight.everything {
         (
@@ -531,8 +536,7 @@ async fn agents(
         Err(r) => return r,
     };
     let paged = params.contains_key("offset") || params.contains_key("limit");
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     json_off_runtime(move || {
         let sorted = snap.agents_sorted();
         if !paged {
@@ -571,8 +575,7 @@ async fn agent(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     match snap.agents.get(id.as_str()) {
         Some(a) => {
             let tasks: Vec<&TaskView> = snap
@@ -590,8 +593,7 @@ async fn frameworks(
     freshness: Freshness,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     let visible: Vec<_> = snap
         .frameworks_sorted()
         .into_iter()
@@ -606,8 +608,7 @@ async fn framework(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     match snap.frameworks.get(id.as_str()) {
         Some(_) if !sight.framework(&snap, &id) => forbidden(
             &sight.caller,
@@ -714,8 +715,7 @@ async fn tasks(
         );
     }
     let needle = params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     let (page, total): (Vec<&TaskView>, usize) = if !sight.everything || needle.is_some() {
         let matching: Vec<&TaskView> = match params.get("framework") {
             Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
@@ -786,8 +786,7 @@ async fn task(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     match find_task(&snap, &id) {
         Some(t) if !sight.task(&snap, t) => forbidden(
             &sight.caller,
@@ -933,8 +932,7 @@ async fn offers(
     freshness: Freshness,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let snap = snapshot_for(&api, freshness).await;
-    let sight = Sight::of(&api, caller);
+    let (snap, sight) = look(&api, freshness, caller).await;
     let offers: Vec<Value> = snap
         .offers_aged(unix_ms())
         .into_iter()
