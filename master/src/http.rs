@@ -716,47 +716,36 @@ async fn tasks(
     }
     let needle = params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
     let (snap, sight) = look(&api, freshness, caller).await;
-    let (page, total): (Vec<&TaskView>, usize) = if !sight.everything || needle.is_some() {
-        let matching: Vec<&TaskView> = match params.get("framework") {
-            Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
-            None => Box::new(snap.tasks_sorted()),
+    let filtered = !sight.everything
+        || needle.is_some()
+        || params.contains_key("agent")
+        || params.contains_key("state");
+    let (page, total): (Vec<&TaskView>, usize) = match params.get("framework") {
+        // Unfiltered: the page alone is read.
+        None if !filtered => (
+            snap.tasks_sorted().skip(offset).take(limit).collect(),
+            snap.tasks.len(),
+        ),
+        Some(f) if !filtered => {
+            let page = snap.tasks_of(f).skip(offset).take(limit).collect();
+            (page, snap.tasks_of(f).count())
         }
-        .filter(|t| sight.task(&snap, t))
-        .filter(|t| params.get("agent").is_none_or(|a| **a == *t.agent_id))
-        .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
-        .filter(|t| needle.as_ref().is_none_or(|q| task_has(&snap, t, q)))
-        .collect();
-        let total = matching.len();
-        (
-            matching.into_iter().skip(offset).take(limit).collect(),
-            total,
-        )
-    } else if !params.contains_key("agent") && !params.contains_key("state") {
-        match params.get("framework") {
-            // Unfiltered: the page alone is read.
-            None => (
-                snap.tasks_sorted().skip(offset).take(limit).collect(),
-                snap.tasks.len(),
-            ),
-            Some(f) => {
-                let page = snap.tasks_of(f).skip(offset).take(limit).collect();
-                (page, snap.tasks_of(f).count())
+        framework => {
+            let matching: Vec<&TaskView> = match framework {
+                Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
+                None => Box::new(snap.tasks_sorted()),
             }
+            .filter(|t| sight.task(&snap, t))
+            .filter(|t| params.get("agent").is_none_or(|a| **a == *t.agent_id))
+            .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
+            .filter(|t| needle.as_ref().is_none_or(|q| task_has(&snap, t, q)))
+            .collect();
+            let total = matching.len();
+            (
+                matching.into_iter().skip(offset).take(limit).collect(),
+                total,
+            )
         }
-    } else {
-        let framework = params.get("framework");
-        let matching: Vec<&TaskView> = match framework {
-            Some(f) => Box::new(snap.tasks_of(f)) as Box<dyn Iterator<Item = &TaskView>>,
-            None => Box::new(snap.tasks_sorted()),
-        }
-        .filter(|t| params.get("agent").is_none_or(|a| **a == *t.agent_id))
-        .filter(|t| params.get("state").is_none_or(|s| *s == t.state))
-        .collect();
-        let total = matching.len();
-        (
-            matching.into_iter().skip(offset).take(limit).collect(),
-            total,
-        )
     };
     // The hostnames of the page's agents, so a reader of a page need not
     // fetch every agent to name where its tasks run.
