@@ -24,7 +24,7 @@ use crate::auth::{Action, Caller, Policy};
 use crate::core::{CoreMsg, Operator, OperatorError};
 use crate::events::{Event, EventSender};
 use crate::grpc::CoreHandle;
-use crate::snapshot::{Reader, Snapshot};
+use crate::snapshot::{Reader, Snapshot, UsageSum};
 use crate::state::{AgentView, TaskView};
 use crate::ui;
 
@@ -443,35 +443,11 @@ async fn metrics(State(api): State<Api>, freshness: Freshness) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// What an agent's running tasks use now, summed from their reports.
-#[derive(Default, serde::Serialize)]
-struct UsageSum {
-    cpu_seconds: f64,
-    memory_bytes: u64,
-    pids: u64,
-}
-
-impl UsageSum {
-    fn add(&mut self, usage: &crate::state::UsageView) {
-        self.cpu_seconds += usage.cpu_seconds;
-        self.memory_bytes += usage.memory_bytes;
-        self.pids += usage.pids;
-    }
-
-    fn of<'a>(tasks: impl Iterator<Item = &'a TaskView>) -> Self {
-        let mut sum = UsageSum::default();
-        for usage in tasks.filter_map(|t| t.usage.as_ref()) {
-            sum.add(usage);
-        }
-        sum
-    }
-}
-
 /// An agent with the tasks on it.
 fn agent_json(a: &AgentView, tasks: &[&TaskView]) -> Value {
     let mut value = json!(a);
     value["tasks"] = json!(tasks);
-    value["usage"] = json!(UsageSum::of(tasks.iter().copied()));
+    value["usage"] = json!(UsageSum::of(tasks.iter().filter_map(|t| t.usage.as_ref())));
     value
 }
 
@@ -486,17 +462,34 @@ struct AgentOnPage<'a> {
 }
 
 /// The usage of the live tasks, visible to `sight`, on the agents
-/// `wanted`, by agent: one pass over the tasks.
+/// `wanted`, by agent: kept in the snapshot for a caller who sees every
+/// task; for one who does not, one pass over the tasks.
 fn usage_by_agent<'a>(
     snap: &'a Snapshot,
     sight: &Sight,
-    wanted: &std::collections::HashSet<&str, foldhash::fast::RandomState>,
+    wanted: &[&'a AgentView],
 ) -> HashMap<&'a str, UsageSum> {
+    if sight.everything {
+        return wanted
+            .iter()
+            .filter_map(|a| {
+                Some((
+                    a.id.as_str(),
+                    snap.usage_by_agent.get(a.id.as_str())?.clone(),
+                ))
+            })
+            .collect();
+    }
+    let wanted: std::collections::HashSet<&str, foldhash::fast::RandomState> =
+        wanted.iter().map(|a| a.id.as_str()).collect();
     let mut by_agent: HashMap<&str, UsageSum> = HashMap::new();
     for t in snap.tasks_sorted() {
         let Some(usage) = &t.usage else { continue };
         if wanted.contains(&*t.agent_id) && !is_ended(t.state) && sight.task(snap, t) {
-            by_agent.entry(&*t.agent_id).or_default().add(usage);
+            by_agent
+                .entry(&*t.agent_id)
+                .or_default()
+                .change(usage, true);
         }
     }
     by_agent
@@ -553,8 +546,7 @@ async fn agents(
             .skip(page.offset)
             .take(page.limit)
             .collect();
-        let wanted = listed.iter().map(|a| a.id.as_str()).collect();
-        let mut usage = usage_by_agent(&snap, &sight, &wanted);
+        let mut usage = usage_by_agent(&snap, &sight, &listed);
         let list: Vec<AgentOnPage> = listed
             .into_iter()
             .map(|agent| AgentOnPage {

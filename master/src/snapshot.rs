@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
 use crate::metrics::{Gauges, Metrics, SharedHistogram};
-use crate::state::{AgentView, FrameworkView, KeptJson, OfferView, TaskView, WriteJson};
+use crate::state::{AgentView, FrameworkView, KeptJson, OfferView, TaskView, UsageView, WriteJson};
 
 /// A task's key: its framework's id, then its own.
 pub type TaskKey = (Arc<str>, Arc<str>);
@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub tasks_by_state: BTreeMap<&'static str, usize>,
     /// What the agents' views add up to.
     pub agent_totals: AgentTotals,
+    /// What each agent's live tasks use now, summed from their latest
+    /// reports (agents with none reported are left out): a page of agents
+    /// shows it without walking every task.
+    pub usage_by_agent: OrdMap<Arc<str>, UsageSum>,
     /// Roles with their weights and shares.
     pub roles: Arc<Vec<RoleShare>>,
     /// The core's counters and histograms.
@@ -100,6 +104,43 @@ impl AgentTotals {
             totals.count(view, true);
         }
         totals
+    }
+}
+
+/// What some tasks use now, summed from their latest usage reports.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct UsageSum {
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// Tasks summed.
+    #[serde(skip)]
+    pub tasks: usize,
+}
+
+impl UsageSum {
+    /// Counts `usage` in (`add`) or out.
+    pub fn change(&mut self, usage: &UsageView, add: bool) {
+        if add {
+            self.cpu_seconds += usage.cpu_seconds;
+            self.memory_bytes += usage.memory_bytes;
+            self.pids += usage.pids;
+            self.tasks += 1;
+        } else {
+            self.cpu_seconds -= usage.cpu_seconds;
+            self.memory_bytes = self.memory_bytes.saturating_sub(usage.memory_bytes);
+            self.pids = self.pids.saturating_sub(usage.pids);
+            self.tasks = self.tasks.saturating_sub(1);
+        }
+    }
+
+    /// Summed from scratch.
+    pub fn of<'a>(usages: impl Iterator<Item = &'a UsageView>) -> Self {
+        let mut sum = UsageSum::default();
+        for usage in usages {
+            sum.change(usage, true);
+        }
+        sum
     }
 }
 

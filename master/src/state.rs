@@ -253,7 +253,7 @@ pub struct SandboxView {
 }
 
 /// What a running task has used.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct UsageView {
     pub cpu_seconds: f64,
     pub memory_bytes: u64,

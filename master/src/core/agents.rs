@@ -42,7 +42,13 @@ impl Core {
                         u.framework_id.map(|f| f.value).unwrap_or_default(),
                         u.task_id.map(|t| t.value).unwrap_or_default(),
                     );
-                    if let Some(task) = self.tasks.get_mut(&key).filter(|t| t.agent == agent) {
+                    // A report can overtake the task's end (it was on its
+                    // way): an ended task uses nothing.
+                    if let Some(task) = self
+                        .tasks
+                        .get_mut(&key)
+                        .filter(|t| t.agent == agent && !is_terminal(t.state))
+                    {
                         task.usage = u.usage;
                     }
                 }

@@ -454,6 +454,23 @@ impl Core {
                 };
             }
         }
+        let (was_using, using) = (live_usage(old), live_usage(new));
+        if was_using != using {
+            let usage_by_agent = &mut read.working.usage_by_agent;
+            for (used, add) in [(was_using, false), (using, true)] {
+                let Some((agent, usage)) = used else { continue };
+                let agent = read
+                    .shared_ids
+                    .get(agent)
+                    .cloned()
+                    .unwrap_or_else(|| agent.into());
+                let sum = usage_by_agent.entry(agent.clone()).or_default();
+                sum.change(usage, add);
+                if sum.tasks == 0 {
+                    usage_by_agent.remove(&agent);
+                }
+            }
+        }
         // What the task holds, and where: most changes (starting to
         // running, usage, health) change nothing there, and its agent's
         // and framework's views are not rebuilt for them.
@@ -525,6 +542,14 @@ fn mark(changed: &mut FastSet<String>, id: &str) {
     if !changed.contains(id) {
         changed.insert(id.to_string());
     }
+}
+
+/// What a live task uses now, and on which agent: nothing once it ended
+/// or before its first report.
+fn live_usage(view: Option<&TaskView>) -> Option<(&str, &UsageView)> {
+    holding(view)?;
+    let view = view?;
+    Some((&view.agent_id, view.usage.as_ref()?))
 }
 
 /// Where a task holds resources, and what: nothing once it ended.

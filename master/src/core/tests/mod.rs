@@ -121,12 +121,17 @@ impl Harness {
     }
 
     fn heartbeat(&mut self, agent: &AgentSession) {
+        self.heartbeat_with_usage(agent, Vec::new());
+    }
+
+    /// A heartbeat reporting what the agent's tasks use.
+    fn heartbeat_with_usage(&mut self, agent: &AgentSession, usage: Vec<v1::TaskUsage>) {
         self.send(CoreMsg::Agent {
             conn: agent.conn,
             tx: agent.tx.clone(),
             msg: AgentMessage {
                 message: Some(agent_message::Message::Heartbeat(
-                    agent_message::Heartbeat::default(),
+                    agent_message::Heartbeat { usage },
                 )),
             },
             may_join: self.may_join,

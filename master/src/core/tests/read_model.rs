@@ -4,7 +4,7 @@
 use super::*;
 use std::sync::Arc;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, UsageSum};
 
 /// Publishes, then checks the snapshot against the core's own state.
 fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
@@ -75,8 +75,45 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
         crate::snapshot::AgentTotals::of(snap.agents.values().map(|a| a.as_ref())),
         "agent totals kept as they changed"
     );
+    usage_sums_match(&snap);
     state_json_matches(&snap);
     snap
+}
+
+/// Each agent's usage sum is its live tasks' latest reports, summed.
+fn usage_sums_match(snap: &Snapshot) {
+    let mut expected: BTreeMap<&str, Vec<&crate::state::UsageView>> = BTreeMap::new();
+    for t in snap.tasks.values() {
+        let live = !is_terminal(TaskState::from_str_name(t.state).expect("a state name"));
+        if let Some(usage) = t.usage.as_ref().filter(|_| live) {
+            expected.entry(&t.agent_id).or_default().push(usage);
+        }
+    }
+    let kept: BTreeMap<&str, &UsageSum> = snap
+        .usage_by_agent
+        .iter()
+        .map(|(a, sum)| (&**a, sum))
+        .collect();
+    assert_eq!(
+        kept.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "agents with usage"
+    );
+    for (agent, usages) in expected {
+        let counted = UsageSum::of(usages.into_iter());
+        let sum = kept[agent];
+        assert_eq!(
+            (sum.memory_bytes, sum.pids, sum.tasks),
+            (counted.memory_bytes, counted.pids, counted.tasks),
+            "agent {agent} usage"
+        );
+        assert!(
+            (sum.cpu_seconds - counted.cpu_seconds).abs() < 1e-9,
+            "agent {agent} cpu seconds: {} kept, {} counted",
+            sum.cpu_seconds,
+            counted.cpu_seconds
+        );
+    }
 }
 
 /// `/state`'s body (copied from views' kept JSON) says what the snapshot
@@ -175,10 +212,50 @@ async fn the_read_model_follows_launches_ends_offers_and_agents() {
     let snap = published_matches_the_core(&mut h);
     assert_eq!(snap.tasks_by_state.get("TASK_RUNNING"), Some(&5));
     assert!(Arc::ptr_eq(&held, &snap.agents[agent.id.as_str()]));
+    assert!(snap.usage_by_agent.is_empty(), "no usage reported yet");
+
+    // Usage reports: task i uses i seconds, i KiB and i processes; a
+    // second report replaces the first.
+    let report = |h: &mut Harness, scale: u64| {
+        let usage = (0..5)
+            .map(|i| v1::TaskUsage {
+                framework_id: Some(v1::FrameworkId {
+                    value: framework.id.clone(),
+                }),
+                task_id: Some(v1::TaskId {
+                    value: format!("t{i}"),
+                }),
+                usage: Some(v1::ResourceUsage {
+                    cpu_seconds: (i * scale) as f64,
+                    memory_bytes: i * scale * 1024,
+                    memory_peak_bytes: 0,
+                    pids: i * scale,
+                }),
+            })
+            .collect();
+        h.heartbeat_with_usage(&agent, usage);
+    };
+    report(&mut h, 1);
+    report(&mut h, 2);
+    let snap = published_matches_the_core(&mut h);
+    let sum = &snap.usage_by_agent[agent.id.as_str()];
+    assert_eq!((sum.pids, sum.memory_bytes, sum.tasks), (20, 20 * 1024, 5));
+
     h.update(&agent, &framework.id, "t0", TaskState::TaskFinished, b"f0");
-    h.update(&agent, &framework.id, "t1", TaskState::TaskFailed, b"f1");
+    h.update(&agent, &framework.id, "t4", TaskState::TaskFailed, b"f1");
     let snap = published_matches_the_core(&mut h);
     assert_eq!(snap.tasks_by_state.get("TASK_RUNNING"), Some(&3));
+    let sum = &snap.usage_by_agent[agent.id.as_str()];
+    assert_eq!(
+        (sum.pids, sum.tasks),
+        (2 + 4 + 6, 3),
+        "the ended tasks' usage no longer counts"
+    );
+    // A report sent before the ends and arriving after them.
+    report(&mut h, 2);
+    let snap = published_matches_the_core(&mut h);
+    assert_eq!(snap.usage_by_agent[agent.id.as_str()].tasks, 3);
+    assert!(task_view(&snap, &framework, "t4").usage.is_none());
     let used = snap.agents[agent.id.as_str()].resources.used.scalar("cpus");
     assert!(
         (used - 0.9).abs() < 1e-9,
