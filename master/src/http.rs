@@ -369,7 +369,7 @@ async fn state(
     }
     streamed_json(move |out| {
         let visible = Visible {
-            agents: snap.agents_sorted(),
+            agents: snap.agents_sorted().collect(),
             frameworks: snap
                 .frameworks_sorted()
                 .into_iter()
@@ -535,17 +535,12 @@ async fn agents(
         if !paged {
             let by_agent = live_tasks_by_agent(&snap, &sight);
             let list: Vec<Value> = sorted
-                .into_iter()
                 .map(|a| agent_json(a, by_agent.get(a.id.as_str()).map_or(&[], Vec::as_slice)))
                 .collect();
             return serde_json::to_vec(&json!({ "agents": list }));
         }
-        let total = sorted.len();
-        let listed: Vec<&AgentView> = sorted
-            .into_iter()
-            .skip(page.offset)
-            .take(page.limit)
-            .collect();
+        let total = snap.agents.len();
+        let listed: Vec<&AgentView> = sorted.skip(page.offset).take(page.limit).collect();
         let mut usage = usage_by_agent(&snap, &sight, &listed);
         let list: Vec<AgentOnPage> = listed
             .into_iter()

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agora_proto::Resources;
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
@@ -35,6 +35,10 @@ pub type TaskKey = (Arc<str>, Arc<str>);
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub agents: OrdMap<Arc<str>, Arc<AgentView>>,
+    /// The agents' (hostname, id), in order: pages of agents by hostname
+    /// without sorting them all per request (tens of milliseconds at
+    /// 50,000 agents).
+    pub agents_by_hostname: OrdSet<(String, Arc<str>)>,
     pub frameworks: OrdMap<Arc<str>, Arc<FrameworkView>>,
     pub tasks: OrdMap<TaskKey, Arc<TaskView>>,
     pub offers: OrdMap<Arc<str>, Arc<OfferView>>,
@@ -349,10 +353,10 @@ fn write_kept_json<'a, T: WriteJson + 'a>(
 
 impl Snapshot {
     /// Agents by hostname, then id.
-    pub fn agents_sorted(&self) -> Vec<&AgentView> {
-        let mut agents: Vec<&AgentView> = self.agents.values().map(Arc::as_ref).collect();
-        agents.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-        agents
+    pub fn agents_sorted(&self) -> impl Iterator<Item = &AgentView> {
+        self.agents_by_hostname
+            .iter()
+            .filter_map(|(_, id)| self.agents.get(id).map(Arc::as_ref))
     }
 
     /// Frameworks by name, then id.
@@ -400,7 +404,7 @@ impl Snapshot {
         out: &mut impl std::io::Write,
     ) -> std::io::Result<()> {
         out.write_all(b"{\"agents\":")?;
-        write_kept_json(out, self.agents_sorted().into_iter().map(|a| (a, &a.json)))?;
+        write_kept_json(out, self.agents_sorted().map(|a| (a, &a.json)))?;
         out.write_all(b",\"frameworks\":")?;
         serde_json::to_writer(&mut *out, &self.frameworks_sorted())?;
         out.write_all(b",\"tasks\":")?;

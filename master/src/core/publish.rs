@@ -373,13 +373,24 @@ impl Core {
             .map(|a| Arc::new(self.agent_view(a, self.read.by_agent.get(id))));
         let read = &mut self.read;
         let old = match &new {
-            Some(view) => read.working.agents.insert(key, view.clone()),
+            Some(view) => read.working.agents.insert(key.clone(), view.clone()),
             None => {
                 read.shared_ids.remove(&key);
                 read.by_agent.remove(id);
                 read.working.agents.remove(&key)
             }
         };
+        let named = |view: &Option<Arc<AgentView>>| view.as_ref().map(|v| v.hostname.clone());
+        let (was_named, named) = (named(&old), named(&new));
+        if was_named != named {
+            let by_hostname = &mut read.working.agents_by_hostname;
+            if let Some(hostname) = was_named {
+                by_hostname.remove(&(hostname, key.clone()));
+            }
+            if let Some(hostname) = named {
+                by_hostname.insert((hostname, key));
+            }
+        }
         let totals = &mut read.working.agent_totals;
         if let Some(old) = old {
             totals.count(&old, false);

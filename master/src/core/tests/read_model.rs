@@ -75,6 +75,14 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
         crate::snapshot::AgentTotals::of(snap.agents.values().map(|a| a.as_ref())),
         "agent totals kept as they changed"
     );
+    let by_hostname: Vec<(String, Arc<str>)> = snap.agents_by_hostname.iter().cloned().collect();
+    let mut expected: Vec<(String, Arc<str>)> = snap
+        .agents
+        .iter()
+        .map(|(id, a)| (a.hostname.clone(), id.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(by_hostname, expected, "agents by hostname");
     usage_sums_match(&snap);
     state_json_matches(&snap);
     snap
@@ -273,6 +281,26 @@ async fn the_read_model_follows_launches_ends_offers_and_agents() {
     h.advance(Duration::from_secs(11)).await;
     let snap = published_matches_the_core(&mut h);
     assert_eq!(snap.agents[agent.id.as_str()].status, "unreachable");
+
+    // It comes back from another host (its hostname is its connection's
+    // here); the drained one is marked gone.
+    let running = ["t1", "t2", "t3"]
+        .map(|t| reported(&framework.id, t, TaskState::TaskRunning))
+        .to_vec();
+    let agent = h.reregister(&agent, 3, running);
+    let snap = published_matches_the_core(&mut h);
+    assert_eq!(snap.agents[agent.id.as_str()].hostname, "host3");
+    assert_eq!(
+        snap.agents_sorted()
+            .map(|a| a.hostname.as_str())
+            .collect::<Vec<_>>(),
+        ["host2", "host3"]
+    );
+    h.operator(Operator::MarkGone {
+        agent_id: second.id.clone(),
+    })
+    .expect("mark gone");
+    published_matches_the_core(&mut h);
 
     // The framework leaves for good: its tasks and offers go.
     h.operator(Operator::Teardown {
