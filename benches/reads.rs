@@ -28,7 +28,9 @@
 //! around each load: what the dashboard costs the master. The dashboard's
 //! and event client's threads report theirs: what the dashboard's own
 //! client (in this process, on the same two cores) costs the machine,
-//! which a dashboard on another machine would not.
+//! which a dashboard on another machine would not. The share of the
+//! machine's CPU time the hypervisor gave elsewhere during each load
+//! (`steal`) is reported with it: on a VM, a load's speed moves with it.
 //!
 //! Inside the clocks: a read's clock runs from its request sent to its
 //! body's last byte received (counted as it arrives, not gathered;
@@ -315,6 +317,29 @@ async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
 struct Cpu {
     master: f64,
     by_thread: std::collections::BTreeMap<String, f64>,
+    /// Of the machine's CPU time while the load ran, the share the
+    /// hypervisor gave to others (`steal` in `/proc/stat`): this VM's
+    /// speed moves with it, and so do the loads' figures.
+    stolen: f64,
+}
+
+/// The machine's CPU seconds, in all and stolen by the hypervisor, from
+/// `/proc/stat`'s first line (all CPUs, in ticks of 1/100 s).
+fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …; guest time is in
+    // user already.
+    let all: f64 = ticks.iter().take(8).sum();
+    let steal = ticks.get(7).copied().unwrap_or(0.0);
+    (all / 100.0, steal / 100.0)
 }
 
 impl Cpu {
@@ -348,6 +373,7 @@ async fn measured_load(
 ) -> (agora_sim::load::LoadReport, Cpu) {
     let cpu_before = cluster.master.cpu_seconds();
     let threads_before = cluster.master.thread_cpu_seconds();
+    let machine_before = machine_cpu_seconds();
     let report = agora_sim::load::run(
         cluster.load(name, tasks, None),
         Arc::new(agora_sim::load::LoadStats::default()),
@@ -359,9 +385,12 @@ async fn measured_load(
         let before = threads_before.get(&tid).map_or(0.0, |(_, cpu)| *cpu);
         *by_thread.entry(name).or_default() += after - before;
     }
+    let machine_after = machine_cpu_seconds();
     let cpu = Cpu {
         master: cluster.master.cpu_seconds() - cpu_before,
         by_thread,
+        stolen: (machine_after.1 - machine_before.1)
+            / (machine_after.0 - machine_before.0).max(0.01),
     };
     (report, cpu)
 }
@@ -642,12 +671,12 @@ async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
 fn report(load: u64, loads: &[Load], idle: &mut [Timings; READS], watching: &mut [Watching; 2]) {
     let per_thousand = |seconds: f64| seconds * 1e6 / load as f64;
     println!(
-        "| # | load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks | of it the core's | the client's CPU per 1,000 tasks |"
+        "| # | load | tasks/s | latency p50 / p99 | master CPU per 1,000 tasks | of it the core's | the client's CPU per 1,000 tasks | stolen by the hypervisor |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for (n, l) in loads.iter().enumerate() {
         println!(
-            "| {} | {} | {:.0} | {:.0} / {:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            "| {} | {} | {:.0} | {:.0} / {:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1}% |",
             n + 1,
             l.kind.short(),
             l.report.tasks_per_second,
@@ -656,6 +685,7 @@ fn report(load: u64, loads: &[Load], idle: &mut [Timings; READS], watching: &mut
             per_thousand(l.master.master),
             per_thousand(l.master.of("master-core")),
             per_thousand(l.client),
+            l.master.stolen * 100.0,
         );
     }
     // Means over the loads of each kind: the rounds put each kind in each
@@ -778,7 +808,7 @@ fn env_flag(name: &str, default: bool) -> bool {
 /// `AGORA_READS_FRESH=1`: the web UI's reads and the dashboard's pages ask
 /// for fresh snapshots, as the web UI did before it sent
 /// `Cache-Control: max-age=1` (a fresh read sees everything done before
-/// it; see `Freshness` in `master/src/http.rs`).
+/// it; see `Freshness` in `master/src/http/mod.rs`).
 fn fresh_dashboard() -> bool {
     env_flag("AGORA_READS_FRESH", false)
 }
