@@ -380,15 +380,17 @@ impl Core {
                 read.working.agents.remove(&key)
             }
         };
-        let named = |view: &Option<Arc<AgentView>>| view.as_ref().map(|v| v.hostname.clone());
-        let (was_named, named) = (named(&old), named(&new));
+        let (was_named, named) = (
+            old.as_deref().map(|v| v.hostname.as_str()),
+            new.as_deref().map(|v| v.hostname.as_str()),
+        );
         if was_named != named {
             let by_hostname = &mut read.working.agents_by_hostname;
-            if let Some(hostname) = was_named {
-                by_hostname.remove(&(hostname, key.clone()));
+            if let Some(was) = was_named {
+                by_hostname.remove(&(was.to_string(), key.clone()));
             }
-            if let Some(hostname) = named {
-                by_hostname.insert((hostname, key));
+            if let Some(now) = named {
+                by_hostname.insert((now.to_string(), key));
             }
         }
         let totals = &mut read.working.agent_totals;
@@ -470,15 +472,10 @@ impl Core {
             let usage_by_agent = &mut read.working.usage_by_agent;
             for (used, add) in [(was_using, false), (using, true)] {
                 let Some((agent, usage)) = used else { continue };
-                let agent = read
-                    .shared_ids
-                    .get(agent)
-                    .cloned()
-                    .unwrap_or_else(|| agent.into());
                 let sum = usage_by_agent.entry(agent.clone()).or_default();
                 sum.change(usage, add);
                 if sum.tasks == 0 {
-                    usage_by_agent.remove(&agent);
+                    usage_by_agent.remove(agent);
                 }
             }
         }
@@ -557,7 +554,7 @@ fn mark(changed: &mut FastSet<String>, id: &str) {
 
 /// What a live task uses now, and on which agent: nothing once it ended
 /// or before its first report.
-fn live_usage(view: Option<&TaskView>) -> Option<(&str, &UsageView)> {
+fn live_usage(view: Option<&TaskView>) -> Option<(&Arc<str>, &UsageView)> {
     holding(view)?;
     let view = view?;
     Some((&view.agent_id, view.usage.as_ref()?))
