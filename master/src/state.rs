@@ -213,12 +213,7 @@ impl WriteJson for TaskView {
         out.extend_from_slice(b",\"sandbox\":");
         match &self.sandbox {
             None => out.extend_from_slice(b"null"),
-            Some(sandbox) => {
-                write_field(out, b"{\"path\":", &sandbox.path);
-                write_field(out, b",\"stdout\":", &sandbox.stdout);
-                write_field(out, b",\"stderr\":", &sandbox.stderr);
-                out.push(b'}');
-            }
+            Some(sandbox) => sandbox.write_json(out),
         }
         match self.healthy {
             None => {}
@@ -243,13 +238,68 @@ impl WriteJson for TaskView {
     }
 }
 
-/// A task's sandbox on its agent.
-#[derive(Clone, Debug, Serialize)]
+/// A task's sandbox on its agent: its path and the URLs of its output,
+/// serialized as `{"path", "stdout", "stderr"}`. It holds the agent's
+/// endpoint and the ids, shared with the rest of the read model, and
+/// writes the URLs only when serialized: formatted with every view, they
+/// were three strings made per task change under load (several per task
+/// launched) and a third of a task view's memory.
+#[derive(Clone, Debug)]
 pub struct SandboxView {
+    endpoint: Arc<str>,
+    framework_id: Arc<str>,
+    task_id: Arc<str>,
+}
+
+impl SandboxView {
+    pub fn new(endpoint: Arc<str>, framework_id: Arc<str>, task_id: Arc<str>) -> Self {
+        SandboxView {
+            endpoint,
+            framework_id,
+            task_id,
+        }
+    }
+
     /// `<framework>/<task>`, relative to the agent's sandbox root.
-    pub path: String,
-    pub stdout: String,
-    pub stderr: String,
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.framework_id, self.task_id)
+    }
+
+    /// Where the agent serves the task's `stdout`.
+    pub fn stdout(&self) -> String {
+        self.file_url("stdout")
+    }
+
+    /// Where the agent serves the task's `stderr`.
+    pub fn stderr(&self) -> String {
+        self.file_url("stderr")
+    }
+
+    fn file_url(&self, file: &str) -> String {
+        format!(
+            "{}/files/read?path={}/{}/{file}",
+            self.endpoint, self.framework_id, self.task_id
+        )
+    }
+
+    /// Appends the sandbox's JSON object, as `Serialize` writes it.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_field(out, b"{\"path\":", &self.path());
+        write_field(out, b",\"stdout\":", &self.stdout());
+        write_field(out, b",\"stderr\":", &self.stderr());
+        out.push(b'}');
+    }
+}
+
+impl Serialize for SandboxView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut sandbox = serializer.serialize_struct("SandboxView", 3)?;
+        sandbox.serialize_field("path", &self.path())?;
+        sandbox.serialize_field("stdout", &self.stdout())?;
+        sandbox.serialize_field("stderr", &self.stderr())?;
+        sandbox.end()
+    }
 }
 
 /// What a running task has used.
@@ -297,11 +347,11 @@ mod tests {
             "line one\nline two\ttab \u{1} bell \u{7f} é ✓ \"quoted\" /slash",
         );
         let mut full = task("web-3", "running");
-        full.sandbox = Some(SandboxView {
-            path: "fw-1/web-3".into(),
-            stdout: "http://agent:5051/files/read?path=fw-1/web-3/stdout".into(),
-            stderr: "http://agent:5051/files/read?path=fw-1/web-3/stderr".into(),
-        });
+        full.sandbox = Some(SandboxView::new(
+            "http://agent:5051".into(),
+            "fw-1".into(),
+            "web-3".into(),
+        ));
         full.healthy = Some(false);
         full.usage = Some(UsageView {
             cpu_seconds: 12.5,
@@ -319,6 +369,26 @@ mod tests {
             let back: serde_json::Value = serde_json::from_str(&written(&view)).expect("JSON");
             assert_eq!(back, serde_json::to_value(&view).expect("value"));
         }
+    }
+
+    #[test]
+    fn a_sandbox_is_its_path_and_the_agents_urls_of_its_output() {
+        let sandbox = SandboxView::new("http://agent:5051".into(), "fw-1".into(), "web-3".into());
+        assert_eq!(
+            serde_json::to_value(&sandbox).expect("serializes"),
+            serde_json::json!({
+                "path": "fw-1/web-3",
+                "stdout": "http://agent:5051/files/read?path=fw-1/web-3/stdout",
+                "stderr": "http://agent:5051/files/read?path=fw-1/web-3/stderr",
+            })
+        );
+        let mut by_hand = Vec::new();
+        sandbox.write_json(&mut by_hand);
+        assert_eq!(
+            by_hand,
+            serde_json::to_vec(&sandbox).expect("serializes"),
+            "written by hand as serde writes it"
+        );
     }
 
     #[test]

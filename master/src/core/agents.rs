@@ -158,7 +158,7 @@ impl Core {
             draining,
             id: id.clone(),
             hostname: info.hostname.clone(),
-            endpoint: info.endpoint.clone(),
+            endpoint: info.endpoint.as_str().into(),
             attributes: info.attributes.clone(),
             total: total.clone(),
             status: AgentStatus::Active,

@@ -4,6 +4,7 @@
 //! is ever held across an `.await`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agora_proto::v1::accept_refusal::Reason as Refusal;
@@ -172,7 +173,8 @@ impl AgentStatus {
 struct AgentEntry {
     id: String,
     hostname: String,
-    endpoint: String,
+    /// Shared with the sandbox of every task view on the agent.
+    endpoint: Arc<str>,
     attributes: Vec<v1::Attribute>,
     total: Resources,
     status: AgentStatus,

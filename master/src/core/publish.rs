@@ -305,7 +305,7 @@ impl Core {
                 self.read.working.agents.get(id.as_str()),
                 self.agents.get(id),
             ) {
-                (Some(old), Some(new)) => old.endpoint != new.endpoint,
+                (Some(old), Some(new)) => *old.endpoint != *new.endpoint,
                 _ => false,
             };
             if moved {

@@ -90,7 +90,7 @@ impl Core {
                 AgentEntry {
                     id,
                     hostname: record.hostname,
-                    endpoint: record.endpoint,
+                    endpoint: record.endpoint.into(),
                     attributes: Vec::new(),
                     total: Resources::new(),
                     status: if unreachable_since.is_some() {
@@ -211,7 +211,7 @@ impl Core {
                 value: agent.id.clone(),
             }),
             hostname: agent.hostname.clone(),
-            endpoint: agent.endpoint.clone(),
+            endpoint: agent.endpoint.to_string(),
             secret_sha256: agent.secret_sha256.clone(),
             draining: agent.draining,
             unreachable_since: agent.unreachable_since.map(|at| self.clock.unix_of(at)),

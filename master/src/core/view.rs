@@ -11,7 +11,7 @@ impl Core {
         AgentView {
             id: a.id.clone(),
             hostname: a.hostname.clone(),
-            endpoint: a.endpoint.clone(),
+            endpoint: a.endpoint.to_string(),
             attributes: a
                 .attributes
                 .iter()
@@ -52,14 +52,7 @@ impl Core {
                 .agents
                 .get(&t.agent)
                 .filter(|a| !a.endpoint.is_empty())
-                .map(|a| {
-                    let path = format!("{fw}/{id}");
-                    SandboxView {
-                        stdout: format!("{}/files/read?path={path}/stdout", a.endpoint),
-                        stderr: format!("{}/files/read?path={path}/stderr", a.endpoint),
-                        path,
-                    }
-                }),
+                .map(|a| SandboxView::new(a.endpoint.clone(), fw.clone(), id.clone())),
             healthy: t.healthy,
             usage: t.usage.as_ref().map(|u| UsageView {
                 cpu_seconds: u.cpu_seconds,
