@@ -365,7 +365,7 @@ pub(super) async fn tasks(
 
 /// The task called `id` (live ones first, for ids reused after an end).
 pub(super) fn find_task<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a TaskView> {
-    let mut candidates: Vec<&TaskView> = snap.tasks_sorted().filter(|t| &*t.id == id).collect();
+    let mut candidates: Vec<&TaskView> = snap.tasks_with_id(id).collect();
     candidates.sort_by_key(|t| is_ended(t.state));
     candidates.first().copied()
 }
