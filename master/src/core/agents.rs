@@ -1,6 +1,7 @@
 //! Agents: registration and re-registration (reconciling what they run
 //! with what the master knows), heartbeats, disconnection and unreachability.
 
+use super::tasks::emit_task_event;
 use super::*;
 
 impl Core {
@@ -76,13 +77,22 @@ impl Core {
         self.config.agent_timeout.max(self.heartbeat_interval() * 5)
     }
 
-    /// The agent registered on `conn`, refreshing its liveness.
+    /// The agent registered on `conn`, refreshing its liveness (kept on
+    /// the session, so the agent's entry is not touched).
     pub(super) fn agent_by_conn(&mut self, conn: u64) -> Option<String> {
-        let id = self.agent_of_conn.get(&conn)?;
-        // Liveness is not in the agent's view: readers need no new copy.
-        let agent = self.agents.get_mut_unseen(id)?;
-        agent.last_seen = Instant::now();
-        Some(agent.id.clone())
+        let session = self.agent_of_conn.get_mut(&conn)?;
+        session.last_seen = Instant::now();
+        Some(session.agent.clone())
+    }
+
+    /// When the master last heard from `agent`: on its open session, or
+    /// before its last one ended.
+    pub(super) fn last_heard(&self, agent: &AgentEntry) -> Instant {
+        agent
+            .conn
+            .as_ref()
+            .and_then(|(conn, _)| self.agent_of_conn.get(conn))
+            .map_or(agent.last_seen, |session| session.last_seen)
     }
 
     pub(super) fn register_agent(
@@ -192,7 +202,8 @@ impl Core {
                 hostname: info.hostname.clone(),
             }
         });
-        self.agent_of_conn.insert(conn, id.clone());
+        self.agent_of_conn
+            .insert(conn, AgentSession::new(id.clone()));
         self.agents.insert(id.clone(), entry);
 
         let (reported, declared_ended) = self.reconcile_reported_tasks(&id, register.tasks);
@@ -314,7 +325,7 @@ impl Core {
                             "the master did not know this task; its agent reported it",
                             task_status::Reason::AgentReregistered,
                         );
-                        self.emit_task_event(&key, &status);
+                        emit_task_event(&self.events, &key, agent, &status);
                         self.send_master_update(&framework, status);
                     }
                 }
@@ -334,12 +345,14 @@ impl Core {
     }
 
     pub(super) fn agent_closed(&mut self, conn: u64) {
-        let Some(id) = self.agent_of_conn.remove(&conn) else {
+        let Some(session) = self.agent_of_conn.remove(&conn) else {
             return;
         };
-        let Some(agent) = self.agents.get_mut(&id) else {
+        let Some(agent) = self.agents.get_mut(&session.agent) else {
             return;
         };
+        // The agent's silence counts from its last word on the session.
+        agent.last_seen = session.last_seen;
         agent.conn = None;
         if agent.status == AgentStatus::Active {
             agent.status = AgentStatus::Disconnected;

@@ -665,6 +665,33 @@ async fn a_silent_agent_turns_unreachable_and_its_return_is_reported_and_evented
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_agents_silence_counts_from_its_last_word_on_its_session_or_before_the_session_closed() {
+    let mut h = Harness::new();
+    let agent = h.admit(1);
+    let status = |h: &Harness| h.core.agents.get(&agent.id).map(|a| a.status.name());
+    // Heartbeating, it outlives the agent timeout (10 s) many times over.
+    h.advance_alive(&agent, Duration::from_secs(35)).await;
+    assert_eq!(status(&h), Some("active"));
+    // Its last word, six seconds of silence, and its session closes.
+    h.heartbeat(&agent);
+    h.advance(Duration::from_secs(6)).await;
+    h.send(CoreMsg::AgentClosed { conn: agent.conn });
+    assert_eq!(status(&h), Some("disconnected"));
+    h.advance(Duration::from_secs(3)).await;
+    assert_eq!(
+        status(&h),
+        Some("disconnected"),
+        "nine seconds after its last word"
+    );
+    h.advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        status(&h),
+        Some("unreachable"),
+        "eleven seconds after its last word, five after the close"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_task_declared_lost_is_killed_when_its_agent_comes_back() {
     let mut h = Harness::new();
     let (agent, mut framework) = running_task(&mut h, 3600.0);
