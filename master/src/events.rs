@@ -86,7 +86,9 @@ impl EventSender {
 #[derive(Debug)]
 pub struct Event {
     name: &'static str,
-    json: Box<str>,
+    /// Not shrunk to fit: a copy per event, for a few bytes each of the
+    /// events the channels hold.
+    json: String,
 }
 
 impl Event {
@@ -108,9 +110,7 @@ impl Event {
     fn made(name: &'static str, json: Vec<u8>) -> Event {
         Event {
             name,
-            json: String::from_utf8(json)
-                .expect("JSON made of strings is UTF-8")
-                .into_boxed_str(),
+            json: String::from_utf8(json).expect("JSON made of strings is UTF-8"),
         }
     }
 
