@@ -10,7 +10,9 @@
 //! `AGORA_READS_ROUNDS` rounds (default 3) of three loads: alone, while the
 //! web UI looks, and while the web UI looks and a script polls the whole
 //! state. Each round puts a different kind first; a dent is between the
-//! means of two kinds.
+//! means of two kinds. Every load starts after the master has stopped
+//! keeping up with the benchmark's own fresh reads (it waits them out), so
+//! a load alone is one nobody reads.
 //!
 //! What the web UI reads (`master/ui/app.js`) while events stream in: the
 //! summary, the frameworks, the roles and a page each of agents and of
@@ -288,6 +290,12 @@ async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
     loop {
         let running = cluster.tasks_in(client, "TASK_RUNNING").await;
         if running == Some(resident) {
+            // These polls read `/metrics` fresh, and the master keeps its
+            // read model up to date turn by turn for a while after a fresh
+            // read (`READERS_LINGER` in `master/src/core/publish.rs`, 5 s):
+            // without this wait every load, alone too, began as if a reader
+            // were watching.
+            tokio::time::sleep(READERS_FORGOTTEN).await;
             return;
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -309,6 +317,9 @@ async fn settle(cluster: &Cluster, client: &reqwest::Client, resident: u64) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Longer than the master keeps up with readers after a fresh read.
+const READERS_FORGOTTEN: Duration = Duration::from_secs(6);
 
 /// The master's CPU seconds while a load ran: all its threads, and by
 /// thread name (threads that ended meanwhile, such as idle blocking
