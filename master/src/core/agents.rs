@@ -85,16 +85,6 @@ impl Core {
         Some(session.agent.clone())
     }
 
-    /// When the master last heard from `agent`: on its open session, or
-    /// before its last one ended.
-    pub(super) fn last_heard(&self, agent: &AgentEntry) -> Instant {
-        agent
-            .conn
-            .as_ref()
-            .and_then(|(conn, _)| self.agent_of_conn.get(conn))
-            .map_or(agent.last_seen, |session| session.last_seen)
-    }
-
     pub(super) fn register_agent(
         &mut self,
         conn: u64,

@@ -196,7 +196,7 @@ struct AgentEntry {
     status: AgentStatus,
     conn: Option<(u64, AgentTx)>,
     /// When the master last heard from the agent, as of its last session's
-    /// end (see [`Core::last_heard`]; an open session keeps its own).
+    /// end (an open session keeps its own, see [`AgentSession`]).
     last_seen: Instant,
     /// No new offers (an operator drain); survives re-registration.
     draining: bool,
@@ -660,14 +660,23 @@ impl Core {
     fn tick(&mut self) {
         let now = Instant::now();
         let timeout = self.agent_timeout();
+        // Agents with a session were last heard on it; the others before
+        // their last session ended.
         let silent: Vec<String> = self
-            .agents
+            .agent_of_conn
             .values()
-            .filter(|a| {
-                a.status != AgentStatus::Unreachable
-                    && now.duration_since(self.last_heard(a)) > timeout
-            })
-            .map(|a| a.id.clone())
+            .filter(|session| now.duration_since(session.last_seen) > timeout)
+            .map(|session| session.agent.clone())
+            .chain(
+                self.agents
+                    .values()
+                    .filter(|a| {
+                        a.conn.is_none()
+                            && a.status != AgentStatus::Unreachable
+                            && now.duration_since(a.last_seen) > timeout
+                    })
+                    .map(|a| a.id.clone()),
+            )
             .collect();
         for agent in silent {
             self.mark_unreachable(&agent);
