@@ -277,9 +277,9 @@ pub struct Core {
     /// Relayed updates awaiting the framework's acknowledgement, by uuid.
     awaiting_ack: FastMap<Vec<u8>, Instant>,
     /// Which agent each open session belongs to, and when it was last
-    /// heard on it: every heartbeat and update is looked up here (one
-    /// lookup: at 50,000 agents a second one, in the agents' table, was a
-    /// tenth of the core's time).
+    /// heard on it: every heartbeat and update is looked up here, once (at
+    /// 50,000 agents, with a second lookup in the agents' table for the
+    /// liveness, this took a tenth of the core's time).
     agent_of_conn: FastMap<u64, AgentSession>,
     /// What survives a restart; changes are committed once per burst of
     /// messages, or at once where a reply promises durability.

@@ -121,8 +121,8 @@ impl Core {
         task.reason = task_status::Reason::try_from(status.reason).unwrap_or_default();
         let state_changed = task.state != was_state;
         if changed {
-            // With the task at hand: looked up again per update, it was a
-            // third of what a listener of task updates cost the core.
+            // With the task at hand: a second lookup per event hashed and
+            // compared both ids again, for every update a listener gets.
             emit_task_event(&self.events, key, &task.agent, status);
         }
         if state_changed {
