@@ -9,8 +9,11 @@
 //! dashboard polls, in
 //! `AGORA_READS_ROUNDS` rounds (default 3) of three loads: alone, while the
 //! web UI looks, and while the web UI looks and a script polls the whole
-//! state. Each round puts a different kind first; a dent is between the
-//! means of two kinds. Every load starts after the master has stopped
+//! state. Each round puts a different kind first; a dent is a kind's
+//! throughput against the load alone of the same round, reported as the
+//! mean over rounds with its 95% confidence interval (the machine's speed
+//! swings from load to load by more than any dent, so one round, or three,
+//! cannot tell one). The same for the master's CPU per task. Every load starts after the master has stopped
 //! keeping up with the benchmark's own fresh reads (it waits them out), so
 //! a load alone is one nobody reads.
 //!
@@ -57,7 +60,7 @@ use std::time::{Duration, Instant};
 #[path = "support/cluster.rs"]
 mod cluster;
 use cluster::master::dev::percentile;
-use cluster::{Cluster, block_on, env_u64};
+use cluster::{Cluster, Histogram, block_on, env_u64, metrics_page};
 
 /// Latencies of one endpoint, in milliseconds, and the last body's size.
 #[derive(Default)]
@@ -455,95 +458,32 @@ struct Watching {
     events_dropped: u64,
     /// The master's own histogram of reads' waits for a fresh snapshot,
     /// over the watched loads.
-    waits: Waits,
+    waits: Histogram,
 }
 
-/// The master's `/metrics` page.
-async fn metrics_page(client: &reqwest::Client, url: &str) -> String {
-    client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics")
-}
+/// The master's histogram of reads' waits for a fresh snapshot.
+const READ_WAITS: &str = "agora_read_wait_seconds";
 
-/// The master's `agora_read_wait_seconds`: counts by upper bound (the
-/// text of `le`), their sum in seconds, and how many.
-#[derive(Default)]
-struct Waits {
-    buckets: Vec<(String, f64)>,
-    sum: f64,
-    count: f64,
-}
-
-impl Waits {
-    async fn scrape(client: &reqwest::Client, url: &str) -> Waits {
-        let page = metrics_page(client, url).await;
-        let mut waits = Waits::default();
-        for line in page.lines() {
-            let Some(rest) = line.strip_prefix("agora_read_wait_seconds") else {
-                continue;
-            };
-            let Some((series, value)) = rest.rsplit_once(' ') else {
-                continue;
-            };
-            let value: f64 = value.parse().expect("a number");
-            if let Some(le) = series.strip_prefix("_bucket{le=\"") {
-                waits
-                    .buckets
-                    .push((le.trim_end_matches("\"}").to_string(), value));
-            } else if series == "_sum" {
-                waits.sum = value;
-            } else if series == "_count" {
-                waits.count = value;
-            }
-        }
-        waits
+/// A line on the master's `agora_read_wait_seconds`.
+fn waits_line(waits: &Histogram) -> String {
+    if waits.count == 0.0 {
+        return "not reported by this master".to_string();
     }
-
-    /// What `after` holds that `self` did not, added to `into`.
-    fn add_since(&self, after: &Waits, into: &mut Waits) {
-        if into.buckets.is_empty() {
-            into.buckets = after
-                .buckets
-                .iter()
-                .map(|(le, _)| (le.clone(), 0.0))
-                .collect();
-        }
-        for ((_, sum), ((_, a), (_, b))) in into
-            .buckets
-            .iter_mut()
-            .zip(after.buckets.iter().zip(&self.buckets))
-        {
-            *sum += a - b;
-        }
-        into.sum += after.sum - self.sum;
-        into.count += after.count - self.count;
-    }
-
-    fn line(&self) -> String {
-        if self.count == 0.0 {
-            return "not reported by this master".to_string();
-        }
-        let shares: Vec<String> = self
-            .buckets
-            .iter()
-            .filter(|(le, _)| ["0.001", "0.002", "0.005", "0.01"].contains(&le.as_str()))
-            .map(|(le, n)| {
-                let ms = le.parse::<f64>().unwrap_or(0.0) * 1000.0;
-                format!("≤ {ms} ms {:.0}%", n / self.count * 100.0)
-            })
-            .collect();
-        format!(
-            "{:.0} reads, mean {:.1} ms; {}",
-            self.count,
-            self.sum / self.count * 1000.0,
-            shares.join(", ")
-        )
-    }
+    let shares: Vec<String> = waits
+        .buckets
+        .iter()
+        .filter(|(le, _)| ["0.001", "0.002", "0.005", "0.01"].contains(&le.as_str()))
+        .map(|(le, n)| {
+            let ms = le.parse::<f64>().unwrap_or(0.0) * 1000.0;
+            format!("≤ {ms} ms {:.0}%", n / waits.count * 100.0)
+        })
+        .collect();
+    format!(
+        "{:.0} reads, mean {:.1} ms; {}",
+        waits.count,
+        waits.sum / waits.count * 1000.0,
+        shares.join(", ")
+    )
 }
 
 /// A load while the dashboard polls and an event client follows.
@@ -569,9 +509,9 @@ async fn watched_load(
     // The dashboard's first round lands before the load starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let scraper = reqwest::Client::new();
-    let waits_before = Waits::scrape(&scraper, &url).await;
+    let waits_before = Histogram::scrape(&scraper, &url, READ_WAITS).await;
     let (report, master) = measured_load(cluster, name, tasks).await;
-    let waits_after = Waits::scrape(&scraper, &url).await;
+    let waits_after = Histogram::scrape(&scraper, &url, READ_WAITS).await;
     waits_before.add_since(&waits_after, &mut into.waits);
     stop.store(true, Ordering::Relaxed);
     let ((reads, dashboard_cpu), ((), listener_cpu)) = tokio::task::spawn_blocking(move || {
@@ -591,6 +531,66 @@ async fn watched_load(
         report,
         master,
         client: dashboard_cpu + listener_cpu,
+    }
+}
+
+/// A kind's effect against the loads alone, round by round: the mean of
+/// the rounds' ratios (taken as logarithms, so that +x% and −x% weigh the
+/// same) and its 95% confidence interval, in percent. A round's loads are
+/// minutes apart at most, so pairing them takes out the machine's slow
+/// drift; what is left of its swing from load to load is in the interval.
+struct Paired {
+    mean: f64,
+    low: f64,
+    high: f64,
+    rounds: usize,
+}
+
+impl Paired {
+    fn of(loads: &[Load], kind: Kind, value: &dyn Fn(&Load) -> f64) -> Paired {
+        let logs: Vec<f64> = loads
+            .chunks(Kind::ALL.len())
+            .filter_map(|round| {
+                let of = |k: Kind| round.iter().find(|l| l.kind == k).map(value);
+                Some((of(kind)? / of(Kind::Alone)?).ln())
+            })
+            .filter(|l| l.is_finite())
+            .collect();
+        let n = logs.len();
+        let m = mean(logs.iter().copied());
+        let half = if n > 1 {
+            let var = logs.iter().map(|l| (l - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+            t_975(n - 1) * (var / n as f64).sqrt()
+        } else {
+            f64::INFINITY
+        };
+        let percent = |l: f64| (l.exp() - 1.0) * 100.0;
+        Paired {
+            mean: percent(m),
+            low: percent(m - half),
+            high: percent(m + half),
+            rounds: n,
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{:+.1}% (95% interval {:+.1}% to {:+.1}%, {} rounds)",
+            self.mean, self.low, self.high, self.rounds
+        )
+    }
+}
+
+/// Student's t, two-sided 95%, for `df` degrees of freedom.
+fn t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13,
+        2.12, 2.11, 2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        _ => 1.96,
     }
 }
 
@@ -732,6 +732,19 @@ mean tasks/s alone: {alone:.0}"
         );
     }
     println!(
+        "\n| against the loads alone, paired by round | tasks/s | the core's CPU per task | the master's CPU per task |"
+    );
+    println!("|---|---:|---:|---:|");
+    for kind in [Kind::WebUi, Kind::WebUiAndState] {
+        println!(
+            "| {} | {} | {} | {} |",
+            kind.short(),
+            Paired::of(loads, kind, &|l| l.report.tasks_per_second).text(),
+            Paired::of(loads, kind, &|l| l.master.of("master-core")).text(),
+            Paired::of(loads, kind, &|l| l.master.master).text(),
+        );
+    }
+    println!(
         "\n| of the master's CPU per 1,000 tasks, mean | {} | {} | {} |",
         Kind::ALL[0].short(),
         Kind::ALL[1].short(),
@@ -782,7 +795,7 @@ mean tasks/s alone: {alone:.0}"
         println!(
             "\nreads' wait for a fresh snapshot, by the master's `agora_read_wait_seconds`, {}: {}",
             kind.name(),
-            seen.waits.line()
+            waits_line(&seen.waits)
         );
         println!(
             "event stream {}: {} events received, {} dropped by the master for falling behind",

@@ -16,7 +16,10 @@
 //! last agent registered; throughput from the load framework's first accept
 //! sent to its last `TASK_RUNNING` received (every update acknowledged);
 //! latency from each task's accept sent to its `TASK_RUNNING` received.
-//! Memory is the master's resident set once the runs are over.
+//! Memory is the master's resident set once the runs are over. For each
+//! load the master's histogram of its core's turns says how many turns
+//! were long enough to show in the latency tail, and the emulator's count
+//! of updates sent says how many were resends (more than three per task).
 //!
 //! `cargo bench --bench scale` (1,000, 5,000 and 10,000 agents);
 //! `AGORA_SCALE_AGENTS=1000,5000,10000,50000` picks the counts.
@@ -43,7 +46,69 @@ struct Point {
     /// At the set rate.
     paced: agora_sim::load::LoadReport,
     master_rss_after_mib: f64,
+    /// The core's turns during each load (see [`Turns`]).
+    load_turns: Turns,
+    paced_turns: Turns,
+    /// Status updates the emulated agents sent per task, in each load
+    /// (three when none was resent: starting, running, finished).
+    load_updates_per_task: f64,
+    paced_updates_per_task: f64,
 }
+
+/// The core's turns while a load ran, from the master's
+/// `agora_core_turn_seconds`: how many, and how many took longer than
+/// 10, 50 and 100 ms (a task that arrives in a long turn waits it out).
+#[derive(serde::Serialize)]
+struct Turns {
+    turns: f64,
+    over_10_ms: f64,
+    over_50_ms: f64,
+    over_100_ms: f64,
+    busy_seconds: f64,
+}
+
+impl Turns {
+    fn of(h: &cluster::Histogram) -> Turns {
+        Turns {
+            turns: h.count,
+            over_10_ms: h.over("0.01"),
+            over_50_ms: h.over("0.05"),
+            over_100_ms: h.over("0.1"),
+            busy_seconds: h.sum,
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0}",
+            self.turns, self.busy_seconds, self.over_10_ms, self.over_50_ms, self.over_100_ms
+        )
+    }
+}
+
+/// A load run with what the core's turns and the agents' updates were
+/// meanwhile.
+async fn load_watched(
+    master: &Master,
+    stats: &agora_sim::emulate::EmulatorStats,
+    config: agora_sim::load::LoadConfig,
+    load_stats: Arc<agora_sim::load::LoadStats>,
+) -> (agora_sim::load::LoadReport, Turns, f64) {
+    let client = reqwest::Client::new();
+    let turns_before = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
+    let updates_before = stats.updates_sent.load(Ordering::Relaxed);
+    let report = agora_sim::load::run(config, load_stats)
+        .await
+        .expect("the load ran");
+    let updates = stats.updates_sent.load(Ordering::Relaxed) - updates_before;
+    let turns_after = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
+    let mut turns = cluster::Histogram::default();
+    turns_before.add_since(&turns_after, &mut turns);
+    let per_task = updates as f64 / report.tasks.max(1) as f64;
+    (report, Turns::of(&turns), per_task)
+}
+
+const CORE_TURNS: &str = "agora_core_turn_seconds";
 
 async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     let master = Master::start();
@@ -78,9 +143,8 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     });
     let config =
         |name: &str, rate: Option<f64>| cluster::load_config(&master.url, name, tasks, rate);
-    let load = agora_sim::load::run(config("load-max", None), load_stats)
-        .await
-        .expect("the load ran");
+    let (load, load_turns, load_updates_per_task) =
+        load_watched(&master, &stats, config("load-max", None), load_stats).await;
     // The paced load's latency is its own: it starts once what the first
     // load left (ends, their updates, its framework's removal) is over.
     cluster::quiesce(
@@ -89,12 +153,13 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
         Duration::from_secs(300),
     )
     .await;
-    let paced = agora_sim::load::run(
+    let (paced, paced_turns, paced_updates_per_task) = load_watched(
+        &master,
+        &stats,
         config("load-paced", Some(rate)),
         Arc::new(agora_sim::load::LoadStats::default()),
     )
-    .await
-    .expect("the paced load ran");
+    .await;
     ticker.abort();
     let master_rss_after_mib = master.rss_mib();
     let _ = stop_tx.send(());
@@ -107,6 +172,10 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
         load,
         paced,
         master_rss_after_mib,
+        load_turns,
+        paced_turns,
+        load_updates_per_task,
+        paced_updates_per_task,
     }
 }
 
@@ -156,6 +225,24 @@ fn main() {
             p.master_rss_after_mib,
         );
         points.push(p);
+    }
+    println!("\n| agents | load | the core's turns meanwhile | status updates sent per task |");
+    println!("|---:|---|---|---:|");
+    for p in &points {
+        for (what, turns, updates) in [
+            (
+                "as fast as offers allow",
+                &p.load_turns,
+                p.load_updates_per_task,
+            ),
+            ("paced", &p.paced_turns, p.paced_updates_per_task),
+        ] {
+            println!(
+                "| {} | {what} | {} | {updates:.2} |",
+                p.agents,
+                turns.text()
+            );
+        }
     }
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()

@@ -192,19 +192,93 @@ pub async fn quiesce(client: &reqwest::Client, url: &str, limit: Duration) {
     }
 }
 
-/// A gauge's value on the master's `/metrics` page.
-pub async fn gauge(client: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
-    let page = client
+/// The master's `/metrics` page.
+pub async fn metrics_page(client: &reqwest::Client, url: &str) -> String {
+    try_metrics_page(client, url).await.expect("metrics")
+}
+
+async fn try_metrics_page(client: &reqwest::Client, url: &str) -> Option<String> {
+    client
         .get(format!("{url}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// A gauge's value on the master's `/metrics` page.
+pub async fn gauge(client: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
+    let page = try_metrics_page(client, url).await?;
     Some(
         page.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
             .unwrap_or(0.0) as u64,
     )
+}
+
+/// A histogram on the master's `/metrics` page: cumulative counts by
+/// upper bound (the text of `le`), their sum in seconds, and how many.
+#[derive(Default)]
+pub struct Histogram {
+    pub buckets: Vec<(String, f64)>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Histogram {
+    pub async fn scrape(client: &reqwest::Client, url: &str, name: &str) -> Histogram {
+        let page = metrics_page(client, url).await;
+        let mut histogram = Histogram::default();
+        for line in page.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let Some((series, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().expect("a number");
+            if let Some(le) = series.strip_prefix("_bucket{le=\"") {
+                histogram
+                    .buckets
+                    .push((le.trim_end_matches("\"}").to_string(), value));
+            } else if series == "_sum" {
+                histogram.sum = value;
+            } else if series == "_count" {
+                histogram.count = value;
+            }
+        }
+        histogram
+    }
+
+    /// What `after` holds that `self` did not, added to `into`.
+    pub fn add_since(&self, after: &Histogram, into: &mut Histogram) {
+        if into.buckets.is_empty() {
+            into.buckets = after
+                .buckets
+                .iter()
+                .map(|(le, _)| (le.clone(), 0.0))
+                .collect();
+        }
+        for ((_, sum), ((_, a), (_, b))) in into
+            .buckets
+            .iter_mut()
+            .zip(after.buckets.iter().zip(&self.buckets))
+        {
+            *sum += a - b;
+        }
+        into.sum += after.sum - self.sum;
+        into.count += after.count - self.count;
+    }
+
+    /// How many were over the bucket bound `le` (as `/metrics` writes it).
+    pub fn over(&self, le: &str) -> f64 {
+        let under = self
+            .buckets
+            .iter()
+            .find(|(bound, _)| bound == le)
+            .map_or(0.0, |(_, n)| *n);
+        self.count - under
+    }
 }
