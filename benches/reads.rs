@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 #[path = "support/cluster.rs"]
 mod cluster;
 use cluster::master::dev::percentile;
-use cluster::{Cluster, Histogram, block_on, env_u64, metrics_page};
+use cluster::{Cluster, Histogram, MachineCpu, block_on, env_u64, metrics_page};
 
 /// Latencies of one endpoint, in milliseconds, and the last body's size.
 #[derive(Default)]
@@ -337,25 +337,6 @@ struct Cpu {
     stolen: f64,
 }
 
-/// The machine's CPU seconds, in all and stolen by the hypervisor, from
-/// `/proc/stat`'s first line (all CPUs, in ticks of 1/100 s).
-fn machine_cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal …; guest time is in
-    // user already.
-    let all: f64 = ticks.iter().take(8).sum();
-    let steal = ticks.get(7).copied().unwrap_or(0.0);
-    (all / 100.0, steal / 100.0)
-}
-
 impl Cpu {
     /// Seconds of the threads named `name`.
     fn of(&self, name: &str) -> f64 {
@@ -387,7 +368,7 @@ async fn measured_load(
 ) -> (agora_sim::load::LoadReport, Cpu) {
     let cpu_before = cluster.master.cpu_seconds();
     let threads_before = cluster.master.thread_cpu_seconds();
-    let machine_before = machine_cpu_seconds();
+    let machine_before = MachineCpu::now();
     let report = agora_sim::load::run(
         cluster.load(name, tasks, None),
         Arc::new(agora_sim::load::LoadStats::default()),
@@ -399,12 +380,11 @@ async fn measured_load(
         let before = threads_before.get(&tid).map_or(0.0, |(_, cpu)| *cpu);
         *by_thread.entry(name).or_default() += after - before;
     }
-    let machine_after = machine_cpu_seconds();
+    let machine_after = MachineCpu::now();
     let cpu = Cpu {
         master: cluster.master.cpu_seconds() - cpu_before,
         by_thread,
-        stolen: (machine_after.1 - machine_before.1)
-            / (machine_after.0 - machine_before.0).max(0.01),
+        stolen: machine_before.stolen_share_until(&machine_after),
     };
     (report, cpu)
 }

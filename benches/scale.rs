@@ -65,11 +65,21 @@ struct Turns {
     over_50_ms: f64,
     over_100_ms: f64,
     busy_seconds: f64,
+    /// CPU seconds per 1,000 tasks of the master (all its threads) and of
+    /// this process (the emulated agents and the load framework), and the
+    /// share of the machine's CPU time left idle, while the load ran.
+    master_cpu_per_1000: f64,
+    emulator_and_load_cpu_per_1000: f64,
+    machine_idle: f64,
 }
 
 impl Turns {
-    fn of(h: &cluster::Histogram) -> Turns {
+    fn of(h: &cluster::Histogram, cpu: [f64; 3], tasks: u64) -> Turns {
+        let per_1000 = |seconds: f64| seconds * 1e6 / tasks.max(1) as f64;
         Turns {
+            master_cpu_per_1000: per_1000(cpu[0]),
+            emulator_and_load_cpu_per_1000: per_1000(cpu[1]),
+            machine_idle: cpu[2],
             turns: h.count,
             over_10_ms: h.over("0.01"),
             over_50_ms: h.over("0.05"),
@@ -80,8 +90,15 @@ impl Turns {
 
     fn text(&self) -> String {
         format!(
-            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0}",
-            self.turns, self.busy_seconds, self.over_10_ms, self.over_50_ms, self.over_100_ms
+            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0} | {:.1} ms | {:.1} ms | {:.0}%",
+            self.turns,
+            self.busy_seconds,
+            self.over_10_ms,
+            self.over_50_ms,
+            self.over_100_ms,
+            self.master_cpu_per_1000,
+            self.emulator_and_load_cpu_per_1000,
+            self.machine_idle * 100.0
         )
     }
 }
@@ -97,15 +114,28 @@ async fn load_watched(
     let client = reqwest::Client::new();
     let turns_before = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
     let updates_before = stats.updates_sent.load(Ordering::Relaxed);
+    let (master_before, own_before) = (master.cpu_seconds(), own_cpu_seconds());
+    let machine_before = cluster::MachineCpu::now();
     let report = agora_sim::load::run(config, load_stats)
         .await
         .expect("the load ran");
+    let cpu = [
+        master.cpu_seconds() - master_before,
+        own_cpu_seconds() - own_before,
+        machine_before.idle_share_until(&cluster::MachineCpu::now()),
+    ];
     let updates = stats.updates_sent.load(Ordering::Relaxed) - updates_before;
     let turns_after = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
     let mut turns = cluster::Histogram::default();
     turns_before.add_since(&turns_after, &mut turns);
     let per_task = updates as f64 / report.tasks.max(1) as f64;
-    (report, Turns::of(&turns), per_task)
+    let turns = Turns::of(&turns, cpu, report.tasks);
+    (report, turns, per_task)
+}
+
+/// CPU seconds of this process: the emulated agents and load frameworks.
+fn own_cpu_seconds() -> f64 {
+    cluster::master::cpu_seconds_in("/proc/self/stat")
 }
 
 const CORE_TURNS: &str = "agora_core_turn_seconds";
@@ -153,6 +183,7 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
         Duration::from_secs(300),
     )
     .await;
+    eprintln!("  {agents} agents: the paced load, {rate:.0} tasks/s");
     let (paced, paced_turns, paced_updates_per_task) = load_watched(
         &master,
         &stats,
@@ -226,8 +257,10 @@ fn main() {
         );
         points.push(p);
     }
-    println!("\n| agents | load | the core's turns meanwhile | status updates sent per task |");
-    println!("|---:|---|---|---:|");
+    println!(
+        "\n| agents | load | the core's turns meanwhile | master CPU per 1,000 tasks | emulated agents' and load's CPU per 1,000 tasks | machine idle | status updates sent per task |"
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|");
     for p in &points {
         for (what, turns, updates) in [
             (
