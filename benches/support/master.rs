@@ -50,7 +50,11 @@ fn spawn_with(listen: &str, data: &std::path::Path, security: &[String]) -> (Chi
         // Emulated agents are many connections from one address.
         .args(["--max-connections-per-ip", "100000"])
         .args(["--max-connections", "100000"])
-        .env("AGORA_LOG", "error")
+        // `AGORA_BENCH_MASTER_LOG=warn` shows the master's slow turns.
+        .env(
+            "AGORA_LOG",
+            std::env::var("AGORA_BENCH_MASTER_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .expect("agora master");

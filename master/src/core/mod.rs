@@ -111,6 +111,30 @@ pub enum CoreMsg {
     },
 }
 
+impl CoreMsg {
+    /// What kind of message, for the log of slow turns.
+    fn kind(&self) -> &'static str {
+        match self {
+            CoreMsg::Agent { .. } => "an agent's message",
+            CoreMsg::AgentClosed { .. } => "an agent's session closed",
+            CoreMsg::Subscribe { .. } => "a subscription",
+            CoreMsg::FrameworkClosed { .. } => "a framework's stream closed",
+            CoreMsg::Call { call, .. } => match call {
+                Call::Accept(_) => "an accept",
+                Call::Decline(_) => "a decline",
+                Call::Revive => "a revive",
+                Call::Suppress => "a suppress",
+                Call::SetDemand(_) => "a demand",
+                Call::Kill { .. } => "a kill",
+                Call::Acknowledge(_) => "acknowledgements",
+                Call::Reconcile(_) => "a reconciliation",
+                Call::Teardown => "a teardown",
+            },
+            CoreMsg::Operator { .. } => "an operator's action",
+        }
+    }
+}
+
 /// An operator's action through the HTTP API.
 #[derive(Debug)]
 pub enum Operator {
@@ -441,6 +465,18 @@ async fn wait_until(at: Option<Instant>) {
 /// Most messages handled between two allocation passes.
 const MAX_BURST: usize = 4096;
 
+/// A turn this long is logged (`warn`) with what took the time: every
+/// message and reader waited for it, and at 10,000 tasks a second one
+/// such turn holds up a percent of the tasks, the latency's whole p99.
+const SLOW_TURN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A burst's size and its slowest message.
+#[derive(Default)]
+struct Burst {
+    messages: usize,
+    slowest: Option<(&'static str, std::time::Duration)>,
+}
+
 /// The default refusal of a decline without filters (Mesos: 5 s).
 const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
@@ -549,16 +585,36 @@ impl Core {
             if !leading(&fence) {
                 return self.step_down();
             }
-            match woken_by {
-                Wake::Message(msg) => self.handle_burst(msg, &mut inbox),
-                Wake::Tick => self.tick(),
-                Wake::Publication => {}
-            }
+            let (woken_by, burst) = match woken_by {
+                Wake::Message(msg) => ("messages", self.handle_burst(msg, &mut inbox)),
+                Wake::Tick => {
+                    self.tick();
+                    ("the tick", Burst::default())
+                }
+                Wake::Publication => ("a reader or a due publication", Burst::default()),
+            };
+            let handled = turn.elapsed();
             self.end_of_burst();
+            let ended = turn.elapsed();
             self.publish_if_wanted();
-            self.metrics
-                .core_turn_seconds
-                .observe(turn.elapsed().as_secs_f64());
+            let took = turn.elapsed();
+            self.metrics.core_turn_seconds.observe(took.as_secs_f64());
+            if took >= SLOW_TURN {
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                let (slowest, slowest_ms) =
+                    burst.slowest.map_or(("none", 0.0), |(k, d)| (k, ms(d)));
+                warn!(
+                    took_ms = ms(took),
+                    woken_by,
+                    messages = burst.messages,
+                    handling_ms = ms(handled),
+                    slowest,
+                    slowest_ms,
+                    commit_backlogs_and_allocation_ms = ms(ended - handled),
+                    publication_ms = ms(took - ended),
+                    "a slow turn of the core"
+                );
+            }
             if self.deposed {
                 return self.step_down();
             }
@@ -572,14 +628,26 @@ impl Core {
     /// burst, and a burst no longer than MAX_BURST, so offers, commits and
     /// backlogs keep moving under load. Readers that ask meanwhile are
     /// answered within it ([`Core::reader_checkpoint`]), not at its end.
-    fn handle_burst(&mut self, first: CoreMsg, inbox: &mut Inbox) {
+    fn handle_burst(&mut self, first: CoreMsg, inbox: &mut Inbox) -> Burst {
         self.start_reader_clock();
-        self.handle(first);
-        for _ in 1..MAX_BURST {
-            self.reader_checkpoint();
-            let Some(msg) = inbox.try_next() else { break };
+        let mut burst = Burst::default();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            let kind = msg.kind();
+            let started = std::time::Instant::now();
             self.handle(msg);
+            let took = started.elapsed();
+            if burst.slowest.is_none_or(|(_, slowest)| took > slowest) {
+                burst.slowest = Some((kind, took));
+            }
+            burst.messages += 1;
+            if burst.messages == MAX_BURST {
+                break;
+            }
+            self.reader_checkpoint();
+            next = inbox.try_next();
         }
+        burst
     }
 
     fn step_down(&mut self) -> CoreExit {
