@@ -157,6 +157,19 @@ impl Harness {
         secret: &str,
         tasks: Vec<v1::AgentTask>,
     ) -> (AgentTx, AgentRx) {
+        let (msg, tx, rx) = self.registration(conn, id, secret, tasks);
+        self.send(msg);
+        (tx, rx)
+    }
+
+    /// An agent's registration on a new session, not yet sent.
+    fn registration(
+        &self,
+        conn: u64,
+        id: Option<&str>,
+        secret: &str,
+        tasks: Vec<v1::AgentTask>,
+    ) -> (CoreMsg, AgentTx, AgentRx) {
         let (tx, rx) = Outbound::channel(self.stream_capacity);
         let info = v1::AgentInfo {
             hostname: format!("host{conn}"),
@@ -168,7 +181,7 @@ impl Harness {
             }),
             ..Default::default()
         };
-        self.send(CoreMsg::Agent {
+        let msg = CoreMsg::Agent {
             conn,
             tx: tx.clone(),
             msg: AgentMessage {
@@ -179,8 +192,8 @@ impl Harness {
                 })),
             },
             may_join: self.may_join,
-        });
-        (tx, rx)
+        };
+        (msg, tx, rx)
     }
 
     /// A new agent, admitted.
