@@ -6,9 +6,10 @@
 //! `AGORA_READS_TASKS` running tasks (default 100,000). Then a load
 //! framework launches `AGORA_READS_LOAD` more (default 50,000) as fast as
 //! offers allow: once to warm up (not counted), then in
-//! `AGORA_READS_ROUNDS` rounds (default 36, about 20 minutes) of three
-//! loads: alone, while the web UI looks, and while the web UI looks and a
-//! script polls the whole state. Each round puts a different kind first.
+//! `AGORA_READS_ROUNDS` rounds (default 36, about 25 minutes) of three
+//! loads: alone; while the web UI looks (the dashboard); and while the web
+//! UI looks, a client follows every task update and a script polls the
+//! whole state (everything). Each round puts a different kind first.
 //! A dent is a kind's throughput against the load alone of the same
 //! round, reported as the mean over rounds with its 95% confidence
 //! interval: the machine's speed swings from load to load by more than any
@@ -17,14 +18,16 @@
 //! keeping up with the benchmark's own fresh reads (it waits them out), so
 //! a load alone is one nobody reads.
 //!
-//! What the web UI reads (`master/ui/app.js`) while events stream in: the
-//! summary, the frameworks, the roles and a page each of agents and of
-//! tasks, once a second, accepting a snapshot published in the last
-//! second (`Cache-Control: max-age=1`, as the UI sends; fresh ones with
-//! `AGORA_READS_FRESH=1`). The dashboard also reads a page of 100 tasks
-//! every 250 ms (as the UI does), and a scraper `/metrics` every second
-//! (fresh, as Prometheus does); one client follows the event stream
-//! throughout. The `/state` poller reads the whole
+//! What the web UI reads (`master/ui/app.js`): the summary, the
+//! frameworks, the roles and a page each of agents and of tasks, once a
+//! second, accepting a snapshot published in the last second
+//! (`Cache-Control: max-age=1`, as the UI sends; fresh ones with
+//! `AGORA_READS_FRESH=1`), and the event stream of every kind but task
+//! updates (which it reads a page at a time). The dashboard also reads a
+//! page of 100 tasks every 250 ms (as the UI does), and a scraper
+//! `/metrics` every second (fresh, as Prometheus does). With everything,
+//! a client follows the whole event stream, task updates too (three per
+//! task launched), and the `/state` poller reads the whole
 //! `/api/v1/state` every two seconds, as Mesos-era dashboards did.
 //! `/health`, which reads nothing, is timed with each page: the floor any
 //! request meets on a machine this busy.
@@ -145,7 +148,7 @@ const READ_NAMES: [&str; READS] = [
 
 /// The dashboard's reads until `stop` (see the top of this file): the web
 /// UI's, a paging client's, a scraper's, and with `whole_state` a
-/// `/state` poller's.
+/// `/state` poller's (with everything).
 async fn dashboard(url: String, stop: Arc<AtomicBool>, whole_state: bool) -> [Timings; READS] {
     let fresh = fresh_dashboard();
     let scraper_fresh = env_flag("AGORA_READS_SCRAPER_FRESH", true);
@@ -208,14 +211,28 @@ struct EventCounts {
     dropped: AtomicU64,
 }
 
-/// Counts server-sent events until `stop`.
-async fn event_listener(url: String, stop: Arc<AtomicBool>, counts: Arc<EventCounts>) {
-    if !env_flag("AGORA_READS_EVENTS", true) {
-        return;
-    }
+/// The events the web UI follows (`master/ui/app.js`): all but task
+/// updates, which it reads a page at a time.
+fn web_ui_event_types() -> String {
+    agora_master::events::EVENT_NAMES
+        .iter()
+        .filter(|name| **name != "task_updated")
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Counts server-sent events until `stop`: of the `types` given, or all.
+async fn event_listener(
+    url: String,
+    types: Option<String>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<EventCounts>,
+) {
     let client = reqwest::Client::new();
+    let query = types.map(|t| format!("?types={t}")).unwrap_or_default();
     let mut response = client
-        .get(format!("{url}/api/v1/events"))
+        .get(format!("{url}/api/v1/events{query}"))
         .send()
         .await
         .expect("event stream");
@@ -393,20 +410,24 @@ async fn measured_load(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Alone,
-    /// The web UI, a paging client, a scraper and an event client.
+    /// The web UI as it is (its looks and its event stream, which leaves
+    /// task updates out), a paging client and a scraper: the dashboard.
     WebUi,
-    /// All of those, and a script polling the whole state.
-    WebUiAndState,
+    /// The dashboard, a client following every task update, and a script
+    /// polling the whole state.
+    Everything,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Alone, Kind::WebUi, Kind::WebUiAndState];
+    const ALL: [Kind; 3] = [Kind::Alone, Kind::WebUi, Kind::Everything];
 
     fn name(self) -> &'static str {
         match self {
             Kind::Alone => "alone",
             Kind::WebUi => "while the web UI looks",
-            Kind::WebUiAndState => "while the web UI looks and `/state` is polled",
+            Kind::Everything => {
+                "while the web UI looks, a client follows every task update and `/state` is polled"
+            }
         }
     }
 
@@ -414,7 +435,7 @@ impl Kind {
         match self {
             Kind::Alone => "alone",
             Kind::WebUi => "web UI",
-            Kind::WebUiAndState => "web UI + `/state`",
+            Kind::Everything => "web UI + every update + `/state`",
         }
     }
 }
@@ -466,7 +487,7 @@ fn waits_line(waits: &Histogram) -> String {
     )
 }
 
-/// A load while the dashboard polls and an event client follows.
+/// A load while the dashboard polls and event clients follow.
 async fn watched_load(
     cluster: &Cluster,
     name: &str,
@@ -477,14 +498,30 @@ async fn watched_load(
     let url = cluster.master.url.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(EventCounts::default());
-    let whole_state = kind == Kind::WebUiAndState;
+    let everything = kind == Kind::Everything;
     let polling = elsewhere("dashboard", {
         let (url, stop) = (url.clone(), stop.clone());
-        move || dashboard(url, stop, whole_state)
+        move || dashboard(url, stop, everything)
     });
+    // The web UI's own stream, and with everything a client following
+    // every task update (`AGORA_READS_EVENTS=0` leaves it out).
+    let follower = everything && env_flag("AGORA_READS_EVENTS", true);
     let listening = elsewhere("events", {
         let (url, stop, events) = (url.clone(), stop.clone(), events.clone());
-        move || event_listener(url, stop, events)
+        move || async move {
+            let web_ui = event_listener(
+                url.clone(),
+                Some(web_ui_event_types()),
+                stop.clone(),
+                events.clone(),
+            );
+            let every_update = async {
+                if follower {
+                    event_listener(url, None, stop, events).await;
+                }
+            };
+            tokio::join!(web_ui, every_update);
+        }
     });
     // The dashboard's first round lands before the load starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -494,7 +531,7 @@ async fn watched_load(
     let waits_after = Histogram::scrape(&scraper, &url, READ_WAITS).await;
     waits_before.add_since(&waits_after, &mut into.waits);
     stop.store(true, Ordering::Relaxed);
-    let ((reads, dashboard_cpu), ((), listener_cpu)) = tokio::task::spawn_blocking(move || {
+    let ((reads, dashboard_cpu), (_, listener_cpu)) = tokio::task::spawn_blocking(move || {
         let listened = listening.join().expect("event client");
         (polling.join().expect("dashboard"), listened)
     })
@@ -638,7 +675,7 @@ async fn run(agents: usize, resident: u64, load: u64, rounds: u64) {
                     }
                 }
                 Kind::WebUi => watched_load(&cluster, &name, load, kind, &mut watching[0]).await,
-                Kind::WebUiAndState => {
+                Kind::Everything => {
                     watched_load(&cluster, &name, load, kind, &mut watching[1]).await
                 }
             };
@@ -690,7 +727,7 @@ fn report(load: u64, loads: &[Load], idle: &mut [Timings; READS], watching: &mut
         "
 mean tasks/s alone: {alone:.0}"
     );
-    for kind in [Kind::WebUi, Kind::WebUiAndState] {
+    for kind in [Kind::WebUi, Kind::Everything] {
         let by_round: Vec<String> = loads
             .chunks(Kind::ALL.len())
             .map(|round| {
@@ -715,7 +752,7 @@ mean tasks/s alone: {alone:.0}"
         "\n| against the loads alone, paired by round | tasks/s | the core's CPU per task | the master's CPU per task |"
     );
     println!("|---|---:|---:|---:|");
-    for kind in [Kind::WebUi, Kind::WebUiAndState] {
+    for kind in [Kind::WebUi, Kind::Everything] {
         println!(
             "| {} | {} | {} | {} |",
             kind.short(),
@@ -750,13 +787,13 @@ mean tasks/s alone: {alone:.0}"
     println!(
         "| the dashboard's own client (not the master) | – | {:.1} ms | {:.1} ms |",
         of_kind(Kind::WebUi, &|l| per_thousand(l.client)),
-        of_kind(Kind::WebUiAndState, &|l| per_thousand(l.client)),
+        of_kind(Kind::Everything, &|l| per_thousand(l.client)),
     );
     println!("\n| read | requests | p50 ms | p99 ms | max ms | body |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (i, what) in READ_NAMES.iter().enumerate() {
         println!("{}", idle[i].line(&format!("{what}, idle")));
-        for (kind, seen) in [Kind::WebUi, Kind::WebUiAndState]
+        for (kind, seen) in [Kind::WebUi, Kind::Everything]
             .iter()
             .zip(watching.iter_mut())
         {
@@ -768,10 +805,7 @@ mean tasks/s alone: {alone:.0}"
             }
         }
     }
-    for (kind, seen) in [Kind::WebUi, Kind::WebUiAndState]
-        .iter()
-        .zip(watching.iter())
-    {
+    for (kind, seen) in [Kind::WebUi, Kind::Everything].iter().zip(watching.iter()) {
         println!(
             "\nreads' wait for a fresh snapshot, by the master's `agora_read_wait_seconds`, {}: {}",
             kind.name(),
@@ -802,7 +836,7 @@ fn main() {
 }
 
 /// `NAME=0` or `NAME=1`, else `default`: `AGORA_READS_EVENTS=0` leaves the
-/// event client out, `AGORA_READS_SCRAPER_FRESH=0` has the scraper accept
+/// follower of every task update out, `AGORA_READS_SCRAPER_FRESH=0` has the scraper accept
 /// a snapshot a second old (both to tell what each costs).
 fn env_flag(name: &str, default: bool) -> bool {
     match std::env::var(name).as_deref() {
