@@ -208,8 +208,6 @@ impl Core {
         });
         if let Err(e) = committed {
             warn!(agents = new_agents.len(), "registrations refused: {e}");
-            // Another master leads: this one stops acting after the turn.
-            self.deposed |= Registry::is_deposed(&e);
             for n in new_agents {
                 if let Some((_, tx)) = n.entry.conn {
                     tx.close(Status::unavailable(format!(
