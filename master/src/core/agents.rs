@@ -4,15 +4,6 @@
 use super::tasks::emit_task_event;
 use super::*;
 
-/// A new agent (or one whose record is gone) that was issued a secret and
-/// waits, until its burst's end, for the secret to be durable: it is told
-/// the secret, and taken in, only then.
-pub(super) struct NewAgent {
-    entry: AgentEntry,
-    tasks: Vec<v1::AgentTask>,
-    secret: String,
-}
-
 impl Core {
     pub(super) fn agent_message(
         &mut self,
@@ -115,11 +106,6 @@ impl Core {
             }
         };
         let id = id_or_new(info.id.as_ref().map(|i| i.value.as_str()));
-        // A second registration of an agent waiting for its secret sees
-        // the first one done, as it would one by one.
-        if self.new_agents.iter().any(|n| n.entry.id == id) {
-            self.admit_new_agents();
-        }
         let span = info_span!("agent", agent = %id);
         let _enter = span.enter();
         if self.gone_agents.contains(&id) {
@@ -156,115 +142,61 @@ impl Core {
             )));
             return;
         };
-        let entry = AgentEntry {
-            draining: self.agents.get(&id).is_some_and(|a| a.draining),
-            id,
-            hostname: info.hostname,
-            endpoint: info.endpoint.as_str().into(),
-            attributes: info.attributes,
-            total,
-            status: AgentStatus::Active,
-            conn: Some((conn, tx)),
-            last_seen: Instant::now(),
-            secret_sha256,
-            unreachable_since: None,
-        };
-        match issued {
-            // A returning agent is told nothing new, so its record goes
-            // with the burst's commit (a restart's reconnection storm is
-            // not one commit per agent).
-            None => {
-                let record = self.agent_record(&entry);
-                self.registry.put_agent(&record);
-                self.admit_agent(entry, register.tasks, None);
-            }
-            Some(secret) => self.new_agents.push(NewAgent {
-                entry,
-                tasks: register.tasks,
-                secret,
-            }),
-        }
-    }
-
-    /// Makes the secrets of this burst's new agents durable, in one
-    /// commit, and then admits the agents and tells each its secret: a
-    /// secret the registry lost would lock its agent out. (A commit per
-    /// agent took 0.3 ms of the core each: 50,000 agents joining took
-    /// 18–29 s.) If the commit fails, none is admitted; each is told why
-    /// and registers again.
-    pub(super) fn admit_new_agents(&mut self) {
-        if self.new_agents.is_empty() {
-            return;
-        }
-        let new_agents = std::mem::take(&mut self.new_agents);
-        let records: Vec<_> = new_agents
-            .iter()
-            .map(|n| self.agent_record(&n.entry))
-            .collect();
-        let committed = self.registry.transaction(|r| {
-            for record in &records {
-                r.put_agent(record);
-            }
-        });
-        if let Err(e) = committed {
-            warn!(agents = new_agents.len(), "registrations refused: {e}");
-            for n in new_agents {
-                if let Some((_, tx)) = n.entry.conn {
-                    tx.close(Status::unavailable(format!(
-                        "the master could not record the registration: {e}"
-                    )));
-                }
-            }
-            return;
-        }
-        for n in new_agents {
-            self.admit_agent(n.entry, n.tasks, Some(n.secret));
-        }
-    }
-
-    /// Takes in a registered agent (its record on its way to the
-    /// registry, or there already): reconciles what it runs, offers its
-    /// resources, and tells it so (with its new secret, if issued one).
-    fn admit_agent(
-        &mut self,
-        entry: AgentEntry,
-        tasks: Vec<v1::AgentTask>,
-        issued: Option<String>,
-    ) {
-        let id = entry.id.clone();
-        let span = info_span!("agent", agent = %id);
-        let _enter = span.enter();
-        let Some((conn, tx)) = entry.conn.clone() else {
-            return;
-        };
         let returning = self.agents.contains_key(&id);
-        info!(hostname = %entry.hostname, resources = %entry.total, returning, "agent registered");
+        info!(hostname = %info.hostname, resources = %total, returning, "agent registered");
 
         // Offers made before (re-)registration describe a stale view of the agent.
         self.rescind_where(|o| o.agent == id);
         self.allocator.remove_agent(&id);
 
+        let draining = self.agents.get(&id).is_some_and(|a| a.draining);
         // A session the agent left behind is no longer its own.
         if let Some((old, _)) = self.agents.get(&id).and_then(|a| a.conn.as_ref()) {
             self.agent_of_conn.remove(old);
         }
+        let entry = AgentEntry {
+            draining,
+            id: id.clone(),
+            hostname: info.hostname.clone(),
+            endpoint: info.endpoint.as_str().into(),
+            attributes: info.attributes.clone(),
+            total: total.clone(),
+            status: AgentStatus::Active,
+            conn: Some((conn, tx.clone())),
+            last_seen: Instant::now(),
+            secret_sha256,
+            unreachable_since: None,
+        };
+        // A new secret is durable before the agent hears of it: a secret
+        // the registry lost would lock the agent out. A returning agent is
+        // told nothing new, so its record goes with the burst's commit (a
+        // restart's reconnection storm is not one commit per agent).
+        let record = self.agent_record(&entry);
+        if issued.is_none() {
+            self.registry.put_agent(&record);
+        } else if let Err(e) = self.registry.transaction(|r| r.put_agent(&record)) {
+            warn!("registration refused: {e}");
+            tx.close(Status::unavailable(format!(
+                "the master could not record the registration: {e}"
+            )));
+            return;
+        }
         self.emit(if returning {
             ClusterEvent::AgentReregistered {
                 agent_id: id.clone(),
-                hostname: entry.hostname.clone(),
+                hostname: info.hostname.clone(),
             }
         } else {
             ClusterEvent::AgentAdded {
                 agent_id: id.clone(),
-                hostname: entry.hostname.clone(),
+                hostname: info.hostname.clone(),
             }
         });
-        let (total, draining) = (entry.total.clone(), entry.draining);
         self.agent_of_conn
             .insert(conn, AgentSession::new(id.clone()));
         self.agents.insert(id.clone(), entry);
 
-        let (reported, declared_ended) = self.reconcile_reported_tasks(&id, tasks);
+        let (reported, declared_ended) = self.reconcile_reported_tasks(&id, register.tasks);
 
         // Tasks the master placed on this agent that it no longer runs are gone.
         let lost = self.task_keys_on(&id, |k, t| !is_terminal(t.state) && !reported.contains(k));
@@ -403,10 +335,6 @@ impl Core {
     }
 
     pub(super) fn agent_closed(&mut self, conn: u64) {
-        // A new agent that left before it heard its secret will come again
-        // as new.
-        self.new_agents
-            .retain(|n| n.entry.conn.as_ref().is_none_or(|(c, _)| *c != conn));
         let Some(session) = self.agent_of_conn.remove(&conn) else {
             return;
         };

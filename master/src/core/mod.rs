@@ -316,9 +316,6 @@ pub struct Core {
     /// Given to agents at registration: the master presents it to their
     /// HTTP API (empty without authentication).
     agent_http_token: String,
-    /// New agents of this burst, waiting for their secrets to be durable
-    /// (see [`agents::NewAgent`]).
-    new_agents: Vec<agents::NewAgent>,
 }
 
 /// Why the core stopped.
@@ -515,7 +512,6 @@ impl Core {
             metrics: Metrics::default(),
             awaiting_ack: FastMap::default(),
             agent_of_conn: FastMap::default(),
-            new_agents: Vec::new(),
             registry,
             gone_agents: HashSet::new(),
             clock,
@@ -662,7 +658,6 @@ impl Core {
     /// What follows every burst of messages or tick: one registry commit,
     /// then one allocation pass.
     fn end_of_burst(&mut self) {
-        self.admit_new_agents();
         self.commit_registry();
         self.flush_backlogs();
         self.pause_offers_to_slow_frameworks();

@@ -59,54 +59,6 @@ async fn a_new_agent_needs_a_join_credential_and_a_known_one_only_its_secret() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn new_agents_of_a_burst_hear_their_secrets_only_once_all_are_durable() {
-    let mut h = Harness::new();
-    // Four new agents in one burst; the fourth leaves before it ends.
-    let mut sessions = Vec::new();
-    for conn in 1..=4 {
-        let (msg, _, rx) = h.registration(conn, None, "", Vec::new());
-        h.core.handle(msg);
-        sessions.push(rx);
-    }
-    h.core.handle(CoreMsg::AgentClosed { conn: 4 });
-    for rx in &mut sessions {
-        assert!(drain(rx).is_empty(), "told before its secret was durable");
-    }
-    assert_eq!(
-        h.core.agents.len(),
-        0,
-        "taken in before its secret was durable"
-    );
-
-    h.core.end_of_burst();
-    let admitted: Vec<(String, String)> = sessions[..3]
-        .iter_mut()
-        .map(|rx| {
-            let r = registered(rx).expect("registered at the burst's end");
-            assert!(!r.secret.is_empty(), "a new agent is issued a secret");
-            (r.agent_id.expect("id").value, r.secret)
-        })
-        .collect();
-    assert!(
-        registered(&mut sessions[3]).is_none(),
-        "an agent that left before its burst ended is not taken in"
-    );
-    assert_eq!(h.core.agents.len(), 3);
-
-    // Each secret is the one on record: a restarted master knows every
-    // agent by it, and admits none without it.
-    let mut h = h.restart();
-    h.may_join = false;
-    for (i, (id, secret)) in admitted.iter().enumerate() {
-        let (_, mut rx) = h.register(10 + i as u64, Some(id), "", Vec::new());
-        assert!(registered(&mut rx).is_none(), "admitted without its secret");
-        let (_, mut rx) = h.register(20 + i as u64, Some(id), secret, Vec::new());
-        let again = registered(&mut rx).expect("known by its secret after a restart");
-        assert!(again.secret.is_empty(), "no new secret for a known agent");
-    }
-}
-
-#[tokio::test(start_paused = true)]
 async fn frameworks_register_only_in_their_roles_and_belong_to_their_principal() {
     let mut h = Harness::with_auth(AUTH);
     let _agent = h.admit(1);

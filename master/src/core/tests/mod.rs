@@ -157,19 +157,6 @@ impl Harness {
         secret: &str,
         tasks: Vec<v1::AgentTask>,
     ) -> (AgentTx, AgentRx) {
-        let (msg, tx, rx) = self.registration(conn, id, secret, tasks);
-        self.send(msg);
-        (tx, rx)
-    }
-
-    /// An agent's registration on a new session, not yet sent.
-    fn registration(
-        &self,
-        conn: u64,
-        id: Option<&str>,
-        secret: &str,
-        tasks: Vec<v1::AgentTask>,
-    ) -> (CoreMsg, AgentTx, AgentRx) {
         let (tx, rx) = Outbound::channel(self.stream_capacity);
         let info = v1::AgentInfo {
             hostname: format!("host{conn}"),
@@ -181,7 +168,7 @@ impl Harness {
             }),
             ..Default::default()
         };
-        let msg = CoreMsg::Agent {
+        self.send(CoreMsg::Agent {
             conn,
             tx: tx.clone(),
             msg: AgentMessage {
@@ -192,8 +179,8 @@ impl Harness {
                 })),
             },
             may_join: self.may_join,
-        };
-        (msg, tx, rx)
+        });
+        (tx, rx)
     }
 
     /// A new agent, admitted.
