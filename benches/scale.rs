@@ -46,71 +46,57 @@ struct Point {
     /// At the set rate.
     paced: agora_sim::load::LoadReport,
     master_rss_after_mib: f64,
-    /// The core's turns during each load (see [`Turns`]).
-    load_turns: Turns,
-    paced_turns: Turns,
-    /// Status updates the emulated agents sent per task, in each load
-    /// (three when none was resent: starting, running, finished).
-    load_updates_per_task: f64,
-    paced_updates_per_task: f64,
+    /// What each load cost while it ran (see [`WhileItRan`]).
+    load_cost: WhileItRan,
+    paced_cost: WhileItRan,
 }
 
-/// The core's turns while a load ran, from the master's
-/// `agora_core_turn_seconds`: how many, and how many took longer than
-/// 10, 50 and 100 ms (a task that arrives in a long turn waits it out).
+/// What went on while a load ran: the core's turns (from the master's
+/// `agora_core_turn_seconds`: how many, how long busy, and how many took
+/// longer than 10, 50 and 100 ms — a task that arrives in a long turn
+/// waits it out), the CPU per 1,000 tasks of the master (all its threads)
+/// and of this process (the emulated agents and the load framework), the
+/// share of the machine's CPU time left idle, and the status updates the
+/// emulated agents sent per task (three when none was resent: starting,
+/// running, finished).
 #[derive(serde::Serialize)]
-struct Turns {
+struct WhileItRan {
     turns: f64,
-    over_10_ms: f64,
-    over_50_ms: f64,
-    over_100_ms: f64,
     busy_seconds: f64,
-    /// CPU seconds per 1,000 tasks of the master (all its threads) and of
-    /// this process (the emulated agents and the load framework), and the
-    /// share of the machine's CPU time left idle, while the load ran.
+    turns_over_10_ms: f64,
+    turns_over_50_ms: f64,
+    turns_over_100_ms: f64,
     master_cpu_per_1000: f64,
     emulator_and_load_cpu_per_1000: f64,
     machine_idle: f64,
+    updates_per_task: f64,
 }
 
-impl Turns {
-    fn of(h: &cluster::Histogram, cpu: [f64; 3], tasks: u64) -> Turns {
-        let per_1000 = |seconds: f64| seconds * 1e6 / tasks.max(1) as f64;
-        Turns {
-            master_cpu_per_1000: per_1000(cpu[0]),
-            emulator_and_load_cpu_per_1000: per_1000(cpu[1]),
-            machine_idle: cpu[2],
-            turns: h.count,
-            over_10_ms: h.over("0.01"),
-            over_50_ms: h.over("0.05"),
-            over_100_ms: h.over("0.1"),
-            busy_seconds: h.sum,
-        }
-    }
-
-    fn text(&self) -> String {
+impl WhileItRan {
+    /// The table's cells after the agents and the load.
+    fn cells(&self) -> String {
         format!(
-            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0} | {:.1} ms | {:.1} ms | {:.0}%",
+            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0} | {:.1} ms | {:.1} ms | {:.0}% | {:.2}",
             self.turns,
             self.busy_seconds,
-            self.over_10_ms,
-            self.over_50_ms,
-            self.over_100_ms,
+            self.turns_over_10_ms,
+            self.turns_over_50_ms,
+            self.turns_over_100_ms,
             self.master_cpu_per_1000,
             self.emulator_and_load_cpu_per_1000,
-            self.machine_idle * 100.0
+            self.machine_idle * 100.0,
+            self.updates_per_task
         )
     }
 }
 
-/// A load run with what the core's turns and the agents' updates were
-/// meanwhile.
+/// A load run, and what went on meanwhile.
 async fn load_watched(
     master: &Master,
     stats: &agora_sim::emulate::EmulatorStats,
     config: agora_sim::load::LoadConfig,
     load_stats: Arc<agora_sim::load::LoadStats>,
-) -> (agora_sim::load::LoadReport, Turns, f64) {
+) -> (agora_sim::load::LoadReport, WhileItRan) {
     let client = reqwest::Client::new();
     let turns_before = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
     let updates_before = stats.updates_sent.load(Ordering::Relaxed);
@@ -119,18 +105,28 @@ async fn load_watched(
     let report = agora_sim::load::run(config, load_stats)
         .await
         .expect("the load ran");
-    let cpu = [
+    let machine_idle = machine_before.idle_share_until(&cluster::MachineCpu::now());
+    let (master_cpu, own_cpu) = (
         master.cpu_seconds() - master_before,
         own_cpu_seconds() - own_before,
-        machine_before.idle_share_until(&cluster::MachineCpu::now()),
-    ];
+    );
     let updates = stats.updates_sent.load(Ordering::Relaxed) - updates_before;
     let turns_after = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
     let mut turns = cluster::Histogram::default();
     turns_before.add_since(&turns_after, &mut turns);
-    let per_task = updates as f64 / report.tasks.max(1) as f64;
-    let turns = Turns::of(&turns, cpu, report.tasks);
-    (report, turns, per_task)
+    let tasks = report.tasks.max(1) as f64;
+    let cost = WhileItRan {
+        turns: turns.count,
+        busy_seconds: turns.sum,
+        turns_over_10_ms: turns.over("0.01"),
+        turns_over_50_ms: turns.over("0.05"),
+        turns_over_100_ms: turns.over("0.1"),
+        master_cpu_per_1000: master_cpu * 1e6 / tasks,
+        emulator_and_load_cpu_per_1000: own_cpu * 1e6 / tasks,
+        machine_idle,
+        updates_per_task: updates as f64 / tasks,
+    };
+    (report, cost)
 }
 
 /// CPU seconds of this process: the emulated agents and load frameworks.
@@ -173,7 +169,7 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     });
     let config =
         |name: &str, rate: Option<f64>| cluster::load_config(&master.url, name, tasks, rate);
-    let (load, load_turns, load_updates_per_task) =
+    let (load, load_cost) =
         load_watched(&master, &stats, config("load-max", None), load_stats).await;
     // The paced load's latency is its own: it starts once what the first
     // load left (ends, their updates, its framework's removal) is over.
@@ -184,7 +180,7 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     )
     .await;
     eprintln!("  {agents} agents: the paced load, {rate:.0} tasks/s");
-    let (paced, paced_turns, paced_updates_per_task) = load_watched(
+    let (paced, paced_cost) = load_watched(
         &master,
         &stats,
         config("load-paced", Some(rate)),
@@ -203,10 +199,8 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
         load,
         paced,
         master_rss_after_mib,
-        load_turns,
-        paced_turns,
-        load_updates_per_task,
-        paced_updates_per_task,
+        load_cost,
+        paced_cost,
     }
 }
 
@@ -262,19 +256,11 @@ fn main() {
     );
     println!("|---:|---|---|---:|---:|---:|---:|");
     for p in &points {
-        for (what, turns, updates) in [
-            (
-                "as fast as offers allow",
-                &p.load_turns,
-                p.load_updates_per_task,
-            ),
-            ("paced", &p.paced_turns, p.paced_updates_per_task),
+        for (what, cost) in [
+            ("as fast as offers allow", &p.load_cost),
+            ("paced", &p.paced_cost),
         ] {
-            println!(
-                "| {} | {what} | {} | {updates:.2} |",
-                p.agents,
-                turns.text()
-            );
+            println!("| {} | {what} | {} |", p.agents, cost.cells());
         }
     }
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
