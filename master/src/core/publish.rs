@@ -266,8 +266,15 @@ impl Core {
     /// tasks kept a reader 20 ms, and with the changes applied only at a
     /// burst's end, a reader's publication of a 100 ms burst took 35 ms.
     pub(super) fn reader_checkpoint(&mut self) {
-        if self.read.checked.elapsed() < self.read.check_after {
-            return;
+        self.reader_checkpoint_at(std::time::Instant::now());
+    }
+
+    /// [`Core::reader_checkpoint`] with the time already read (a burst
+    /// reads the clock once per message); returns when the work goes on:
+    /// `now`, or the clock after what was done for readers.
+    pub(super) fn reader_checkpoint_at(&mut self, now: std::time::Instant) -> std::time::Instant {
+        if now.duration_since(self.read.checked) < self.read.check_after {
+            return now;
         }
         if self.read.take_request() {
             self.publish();
@@ -276,6 +283,7 @@ impl Core {
             self.apply_pending(usize::MAX);
         }
         self.start_reader_clock();
+        self.read.checked
     }
 
     /// Whether anything changed since the last publication (taken into
