@@ -527,13 +527,133 @@ impl Serialize for Resources {
             map.serialize_entry(name, &amount)?;
         }
         for (name, ranges) in &self.ranges {
-            map.serialize_entry(name, &ranges.to_string())?;
+            map.serialize_entry(name, &RangesAsString(ranges))?;
         }
         for (name, items) in &self.sets {
             map.serialize_entry(name, items)?;
         }
         map.end()
     }
+}
+
+/// Ranges serialized as their text (`"[31000-32000]"`), written straight
+/// into the serializer: every agent and offer in `/state` has ports, and a
+/// string made for each was most of their ranges' cost.
+struct RangesAsString<'a>(&'a RangeSet);
+
+impl Serialize for RangesAsString<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
+impl Resources {
+    /// Appends the bag's JSON: the bytes `Serialize` writes (a unit test
+    /// holds the two equal), without a serializer. `/state` writes a bag
+    /// for every task, three for every agent and one for every offer, and
+    /// a scalar's shortest float form is a few digits of its thousandths.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        let mut key = |out: &mut Vec<u8>, name: &str| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            write_json_str(out, name);
+            out.push(b':');
+        };
+        for (name, milli) in self.scalars.iter() {
+            key(out, name);
+            write_thousandths(out, milli);
+        }
+        for (name, ranges) in &self.ranges {
+            key(out, name);
+            // As `RangeSet`'s `Display`: digits, `-`, `,` and brackets,
+            // nothing to escape.
+            out.extend_from_slice(b"\"[");
+            for (i, (begin, end)) in ranges.0.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_decimal(out, *begin);
+                out.push(b'-');
+                write_decimal(out, *end);
+            }
+            out.extend_from_slice(b"]\"");
+        }
+        for (name, items) in &self.sets {
+            key(out, name);
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_str(out, item);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+    }
+}
+
+/// Appends `s` as a JSON string: as it is when nothing in it needs
+/// escaping (resource names nearly always), escaped by serde_json
+/// otherwise.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("a string serializes");
+    }
+}
+
+/// Appends thousandths as serde_json writes `milli / 1000.0`: its shortest
+/// form is the exact decimal (`16384.0`, `0.5`, `0.001`) while the float's
+/// step is finer than a thousandth, below a billion; beyond, the float is
+/// written by serde_json.
+fn write_thousandths(out: &mut Vec<u8>, milli: i64) {
+    const EXACT_BELOW: u64 = 1_000_000_000_000;
+    let magnitude = milli.unsigned_abs();
+    if magnitude >= EXACT_BELOW {
+        serde_json::to_writer(&mut *out, &(milli as f64 / 1000.0)).expect("a float serializes");
+        return;
+    }
+    if milli < 0 {
+        out.push(b'-');
+    }
+    write_decimal(out, magnitude / 1000);
+    out.push(b'.');
+    let fraction = magnitude % 1000;
+    if fraction == 0 {
+        out.push(b'0');
+        return;
+    }
+    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+    let last = if digits[2] != 0 {
+        3
+    } else if digits[1] != 0 {
+        2
+    } else {
+        1
+    };
+    out.extend(digits[..last].iter().map(|d| b'0' + *d as u8));
+}
+
+/// Appends `n` in decimal.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// `count` times the scalars of `each`, exactly (in thousandths).
@@ -591,6 +711,60 @@ impl Demand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_hand_written_json_is_what_serde_writes() {
+        let bags = [
+            "",
+            "cpus:8;mem:16384;disk:100000;ports:[31000-32000]",
+            "cpus:0.001;mem:0.01;gpus:0.1;disk:1.5",
+            "cpus:7.999;mem:123456789.123;ports:[1-1,3-5,31000-32000];zones:{a,b}",
+            "cpus:999999999.999;mem:1000000000;disk:12345678901234",
+            "weird\"name:2;tab\tname:[1-2];labels:{x\"y,é ✓,a\\b}",
+        ];
+        for spec in bags {
+            let bag = Resources::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            let mut written = Vec::new();
+            bag.write_json(&mut written);
+            let written = String::from_utf8(written).expect("UTF-8");
+            assert_eq!(
+                written,
+                serde_json::to_string(&bag).expect("serde"),
+                "{spec}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_scalar_is_written_as_serde_writes_it(milli in -10_000_000_000_000i64..10_000_000_000_000) {
+            let mut bag = Resources::new();
+            bag.scalars.add("cpus", milli, false);
+            bag.scalars.add("custom", milli / 7, false);
+            let mut written = Vec::new();
+            bag.write_json(&mut written);
+            proptest::prop_assert_eq!(
+                String::from_utf8(written).expect("UTF-8"),
+                serde_json::to_string(&bag).expect("serde")
+            );
+        }
+    }
+
+    #[test]
+    fn resources_serialize_as_scalars_range_text_and_set_items() {
+        let r = Resources::parse(
+            "cpus:0.5;mem:1;ports:[31000-31002,31005-31005];labels:[1-1];zones:{b,a}",
+        )
+        .expect("valid");
+        assert_eq!(
+            serde_json::to_string(&r).expect("serializes"),
+            r#"{"cpus":0.5,"mem":1.0,"labels":"[1-1]","ports":"[31000-31002,31005-31005]","zones":["a","b"]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Resources::new()).expect("serializes"),
+            "{}"
+        );
+    }
 
     #[test]
     fn demand_adds_and_removes_tasks_exactly() {
