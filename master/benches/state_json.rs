@@ -9,6 +9,12 @@
 //! - `serde`: the same tasks through their derived `Serialize`, what the
 //!   hand-written JSON replaced, for reference.
 //!
+//! - `agents`: the agents of a loaded cluster's `/state`, alone: 10,000
+//!   (the reads benchmark's; the emulator's resources, ports and all)
+//!   whose views changed since the last `/state` (under load every agent's
+//!   `used` moves).
+//! - `offers`: its outstanding offers, alone: one on each of those agents.
+//!
 //! Inside the clock: the whole body written into a buffer reused between
 //! iterations (the streamed response copies it on in pieces as big); not
 //! the snapshot's making, not sending it.
@@ -19,7 +25,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use agora_master::snapshot::Snapshot;
-use agora_master::state::{AgentResources, AgentView, KeptJson, TaskView};
+use agora_master::state::{AgentRegistration, AgentView, KeptJson, OfferView, TaskView};
 use agora_proto::Resources;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -40,17 +46,17 @@ fn snapshot() -> Snapshot {
         snap.agents.insert(
             id.as_str().into(),
             Arc::new(AgentView {
-                id: id.clone(),
-                hostname: format!("emulated-{a}"),
-                endpoint: String::new(),
-                attributes: Default::default(),
+                registered: Arc::new(AgentRegistration::new(
+                    id.clone(),
+                    format!("emulated-{a}"),
+                    String::new(),
+                    Default::default(),
+                    agent_resources.clone(),
+                )),
                 status: "active",
                 draining: false,
-                resources: AgentResources {
-                    total: agent_resources.clone(),
-                    used: Resources::new(),
-                    offered: Resources::new(),
-                },
+                used: Resources::new(),
+                offered: Resources::new(),
                 task_count: 0,
                 json: KeptJson::default(),
             }),
@@ -143,5 +149,104 @@ fn state_json(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, state_json);
+/// 10,000 agents as the emulator makes them, each running a few tasks and
+/// with an offer of the rest outstanding, and no tasks.
+fn agents_and_offers() -> Snapshot {
+    const CLUSTER_AGENTS: usize = 10_000;
+    let total =
+        Resources::parse("cpus:8;mem:16384;disk:100000;ports:[31000-32000]").expect("resources");
+    let used = Resources::parse("cpus:0.1;mem:10").expect("resources");
+    let offered =
+        Resources::parse("cpus:7.9;mem:16374;disk:100000;ports:[31000-32000]").expect("resources");
+    let mut snap = Snapshot::default();
+    for a in 0..CLUSTER_AGENTS {
+        let id = agent_id(a);
+        let hostname = format!("emulated-{a}");
+        snap.agents_by_hostname
+            .insert((hostname.clone(), id.as_str().into()));
+        snap.agents.insert(
+            id.as_str().into(),
+            Arc::new(AgentView {
+                registered: Arc::new(AgentRegistration::new(
+                    id.clone(),
+                    hostname,
+                    String::new(),
+                    [("rack".to_string(), format!("r{}", a % 100))].into(),
+                    total.clone(),
+                )),
+                status: "active",
+                draining: false,
+                used: used.clone(),
+                offered: offered.clone(),
+                task_count: 10,
+                json: KeptJson::default(),
+            }),
+        );
+        let offer = format!("{FRAMEWORK}-o{a}");
+        snap.offers.insert(
+            offer.as_str().into(),
+            Arc::new(OfferView {
+                id: offer,
+                framework_id: FRAMEWORK.into(),
+                agent_id: id,
+                resources: offered.clone(),
+                made_at_ms: 1_000,
+            }),
+        );
+    }
+    snap
+}
+
+fn agents_and_offers_json(c: &mut Criterion) {
+    let cluster = agents_and_offers();
+    let mut out: Vec<u8> = Vec::with_capacity(64 << 20);
+    let mut group = c.benchmark_group("state_json");
+    group.sample_size(20);
+    // Every agent's view new, as after a moment of load; no offers.
+    let agents = Snapshot {
+        offers: Default::default(),
+        ..cluster.clone()
+    };
+    group.bench_function("agents", |b| {
+        b.iter_batched(
+            || {
+                let mut fresh = agents.clone();
+                fresh.agents = agents
+                    .agents
+                    .iter()
+                    .map(|(id, a)| {
+                        let view = AgentView {
+                            json: KeptJson::default(),
+                            ..AgentView::clone(a)
+                        };
+                        (id.clone(), Arc::new(view))
+                    })
+                    .collect();
+                fresh
+            },
+            |fresh| {
+                out.clear();
+                fresh.write_state_json(2_000, &mut out).expect("written");
+                black_box(out.len());
+                fresh
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    // The offers alone.
+    let offers = Snapshot {
+        offers: cluster.offers.clone(),
+        ..Snapshot::default()
+    };
+    group.bench_function("offers", |b| {
+        b.iter(|| {
+            out.clear();
+            offers.write_state_json(2_000, &mut out).expect("written");
+            black_box(out.len());
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, state_json, agents_and_offers_json);
 criterion_main!(benches);

@@ -26,7 +26,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::allocator::RoleShare;
 use crate::metrics::{Gauges, Metrics, SharedHistogram};
-use crate::state::{AgentView, FrameworkView, KeptJson, OfferView, TaskView, UsageView, WriteJson};
+use crate::state::{
+    AgedOffer, AgentView, FrameworkView, KeptJson, OfferView, TaskView, UsageView, WriteJson,
+};
 
 /// A task's key: its framework's id, then its own.
 pub type TaskKey = (Arc<str>, Arc<str>);
@@ -85,13 +87,12 @@ impl AgentTotals {
         if view.status == "unreachable" {
             return;
         }
-        let r = &view.resources;
         // Scalars only: ports on two agents are not twice the ports, and
         // one agent's ranges taken out would take the other's with them.
         for (sum, part) in [
-            (&mut self.total, &r.total),
-            (&mut self.used, &r.used),
-            (&mut self.offered, &r.offered),
+            (&mut self.total, &view.registered.total),
+            (&mut self.used, &view.used),
+            (&mut self.offered, &view.offered),
         ] {
             if add {
                 sum.add(&part.scalar_part());
@@ -321,11 +322,12 @@ impl Reader {
     }
 }
 
-/// A JSON array of views: each copied from its kept JSON, or made
-/// ([`KeptJson`]) into a piece handed to `out` a few tens of KB at a time.
-fn write_kept_json<'a, T: WriteJson + 'a>(
+/// A JSON array of views: each copied from its kept JSON where it has
+/// one, or made ([`KeptJson`]) into a piece handed to `out` a few tens of
+/// KB at a time.
+fn write_json_array<'a, T: WriteJson>(
     out: &mut impl std::io::Write,
-    views: impl Iterator<Item = (&'a T, &'a KeptJson)>,
+    views: impl Iterator<Item = (T, Option<&'a KeptJson>)>,
 ) -> std::io::Result<()> {
     const PIECE: usize = 64 * 1024;
     let mut made = Vec::with_capacity(PIECE + 4096);
@@ -334,13 +336,16 @@ fn write_kept_json<'a, T: WriteJson + 'a>(
         if i > 0 {
             made.push(b',');
         }
-        match json.kept() {
-            Some(kept) => {
-                out.write_all(&made)?;
-                made.clear();
-                out.write_all(kept)?;
-            }
-            None => json.make(view, &mut made),
+        match json {
+            Some(json) => match json.kept() {
+                Some(kept) => {
+                    out.write_all(&made)?;
+                    made.clear();
+                    out.write_all(kept)?;
+                }
+                None => json.make(&view, &mut made),
+            },
+            None => view.write_json(&mut made),
         }
         if made.len() >= PIECE {
             out.write_all(&made)?;
@@ -401,17 +406,11 @@ impl Snapshot {
         })
     }
 
-    /// Outstanding offers by id, aged as of `now_ms`.
-    pub fn offers_aged(&self, now_ms: u64) -> Vec<OfferView> {
-        // Ages count to the caller's clock, not the publication: a
-        // snapshot may be older than the reader.
-        self.offers
-            .values()
-            .map(|o| OfferView {
-                age_seconds: now_ms.saturating_sub(o.made_at_ms) as f64 / 1000.0,
-                ..OfferView::clone(o)
-            })
-            .collect()
+    /// Outstanding offers by id, aged as of `now_ms` (ages count to the
+    /// caller's clock, not the publication: a snapshot may be older than
+    /// the reader).
+    pub fn offers_aged(&self, now_ms: u64) -> impl Iterator<Item = AgedOffer<'_>> {
+        self.offers.values().map(move |o| o.aged(now_ms))
     }
 
     /// `GET /api/v1/state`: `{"agents", "frameworks", "tasks", "offers"}`,
@@ -424,13 +423,13 @@ impl Snapshot {
         out: &mut impl std::io::Write,
     ) -> std::io::Result<()> {
         out.write_all(b"{\"agents\":")?;
-        write_kept_json(out, self.agents_sorted().map(|a| (a, &a.json)))?;
+        write_json_array(out, self.agents_sorted().map(|a| (a, Some(&a.json))))?;
         out.write_all(b",\"frameworks\":")?;
         serde_json::to_writer(&mut *out, &self.frameworks_sorted())?;
         out.write_all(b",\"tasks\":")?;
-        write_kept_json(out, self.tasks_sorted().map(|t| (t, &t.json)))?;
+        write_json_array(out, self.tasks_sorted().map(|t| (t, Some(&t.json))))?;
         out.write_all(b",\"offers\":")?;
-        serde_json::to_writer(&mut *out, &self.offers_aged(now_ms))?;
+        write_json_array(out, self.offers_aged(now_ms).map(|o| (o, None)))?;
         out.write_all(b"}")
     }
 
@@ -580,6 +579,38 @@ mod tests {
             published: Some(at),
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn offers_in_state_are_aged_to_the_readers_clock() {
+        let mut snap = Snapshot::default();
+        for (id, made_at_ms) in [("o-1", 10_000), ("o-2", 12_500), ("o-3", 99_000)] {
+            let view = OfferView {
+                id: id.into(),
+                framework_id: "fw-1".into(),
+                agent_id: "agent-1".into(),
+                resources: agora_proto::Resources::parse("cpus:2;ports:[31000-31009]")
+                    .expect("resources"),
+                made_at_ms,
+            };
+            snap.offers.insert(id.into(), Arc::new(view));
+        }
+        let mut out = Vec::new();
+        snap.write_state_json(20_000, &mut out).expect("written");
+        let state: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(
+            state["offers"],
+            serde_json::json!([
+                {"id": "o-1", "framework_id": "fw-1", "agent_id": "agent-1",
+                 "resources": {"cpus": 2.0, "ports": "[31000-31009]"}, "age_seconds": 10.0},
+                {"id": "o-2", "framework_id": "fw-1", "agent_id": "agent-1",
+                 "resources": {"cpus": 2.0, "ports": "[31000-31009]"}, "age_seconds": 7.5},
+                // Made after the reader's clock (another host's): no age,
+                // not a negative one.
+                {"id": "o-3", "framework_id": "fw-1", "agent_id": "agent-1",
+                 "resources": {"cpus": 2.0, "ports": "[31000-31009]"}, "age_seconds": 0.0},
+            ])
+        );
     }
 
     /// Waits for a reader to ask `publisher` for a publication.

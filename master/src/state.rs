@@ -8,17 +8,56 @@ use std::sync::{Arc, OnceLock};
 use agora_proto::Resources;
 use serde::Serialize;
 
-/// An outstanding offer.
-#[derive(Clone, Debug, Serialize)]
+/// An outstanding offer. Served as an [`AgedOffer`]: its age counts to
+/// the reader's clock.
+#[derive(Clone, Debug)]
 pub struct OfferView {
     pub id: String,
     pub framework_id: String,
     pub agent_id: String,
     pub resources: Resources,
-    pub age_seconds: f64,
     /// When it was made (Unix ms): its age is counted from this.
-    #[serde(skip)]
     pub made_at_ms: u64,
+}
+
+impl OfferView {
+    /// The offer as served at `now_ms`, borrowed from the view: `/state`
+    /// writes every outstanding offer, one per agent on an idle cluster,
+    /// and a copy of each to set its age was a third of the writing.
+    pub fn aged(&self, now_ms: u64) -> AgedOffer<'_> {
+        AgedOffer {
+            id: &self.id,
+            framework_id: &self.framework_id,
+            agent_id: &self.agent_id,
+            resources: &self.resources,
+            age_seconds: now_ms.saturating_sub(self.made_at_ms) as f64 / 1000.0,
+        }
+    }
+}
+
+/// An outstanding offer as served: `{"id", "framework_id", "agent_id",
+/// "resources", "age_seconds"}`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AgedOffer<'a> {
+    pub id: &'a str,
+    pub framework_id: &'a str,
+    pub agent_id: &'a str,
+    pub resources: &'a Resources,
+    pub age_seconds: f64,
+}
+
+/// What `Serialize` writes, by hand (a unit test holds the two equal).
+impl WriteJson for AgedOffer<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_field(out, b"{\"id\":", self.id);
+        write_field(out, b",\"framework_id\":", self.framework_id);
+        write_field(out, b",\"agent_id\":", self.agent_id);
+        out.extend_from_slice(b",\"resources\":");
+        self.resources.write_json(out);
+        out.extend_from_slice(b",\"age_seconds\":");
+        write_value(out, &self.age_seconds);
+        out.push(b'}');
+    }
 }
 
 /// A view's JSON, kept with the view once it is likely to be asked for
@@ -52,6 +91,16 @@ pub trait WriteJson {
     /// JSON is worth keeping the first time it is written.
     fn lasting(&self) -> bool {
         false
+    }
+}
+
+impl<T: WriteJson + ?Sized> WriteJson for &T {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        (**self).write_json(out)
+    }
+
+    fn lasting(&self) -> bool {
+        (**self).lasting()
     }
 }
 
@@ -113,38 +162,151 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 /// The statuses an agent can be in (see [`AgentView::status`]).
 pub const AGENT_STATUSES: [&str; 3] = ["active", "disconnected", "unreachable"];
 
-/// One agent.
-#[derive(Clone, Debug, Serialize)]
+/// One agent: what it registered with, shared by all its views, and
+/// what moves as tasks and offers come and go.
+#[derive(Clone, Debug)]
 pub struct AgentView {
-    pub id: String,
-    pub hostname: String,
-    /// The agent's own HTTP endpoint, if it serves one.
-    pub endpoint: String,
-    pub attributes: BTreeMap<String, String>,
+    pub registered: Arc<AgentRegistration>,
     /// `active`, `disconnected` (connection dropped, within the timeout) or
     /// `unreachable`.
     pub status: &'static str,
     /// Drained by an operator: no new offers.
     pub draining: bool,
-    pub resources: AgentResources,
+    pub used: Resources,
+    pub offered: Resources,
     /// Live tasks on it.
     pub task_count: usize,
-    #[serde(skip)]
     pub json: KeptJson,
 }
 
-impl WriteJson for AgentView {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        write_value(out, self);
+/// What an agent registered with: the part of its view that changes only
+/// when it registers again. An agent's view is made again whenever a task
+/// lands on it or an offer of it is made or taken, several times a second
+/// under load: this part is shared by all of them, not copied into each,
+/// and its JSON is made once.
+#[derive(Debug, Default)]
+pub struct AgentRegistration {
+    pub id: String,
+    pub hostname: String,
+    /// The agent's own HTTP endpoint, if it serves one.
+    pub endpoint: String,
+    pub attributes: BTreeMap<String, String>,
+    pub total: Resources,
+    /// Made by the first writer.
+    json: OnceLock<RegistrationJson>,
+}
+
+/// An agent's registration as its view's JSON begins and holds it.
+#[derive(Debug)]
+struct RegistrationJson {
+    /// `{"id":…,"hostname":…,"endpoint":…,"attributes":{…}`, unclosed.
+    opening: Box<[u8]>,
+    /// The total resources.
+    total: Box<[u8]>,
+}
+
+impl AgentRegistration {
+    pub fn new(
+        id: String,
+        hostname: String,
+        endpoint: String,
+        attributes: BTreeMap<String, String>,
+        total: Resources,
+    ) -> Self {
+        AgentRegistration {
+            id,
+            hostname,
+            endpoint,
+            attributes,
+            total,
+            json: OnceLock::new(),
+        }
+    }
+
+    fn json(&self) -> &RegistrationJson {
+        self.json.get_or_init(|| {
+            let mut opening = Vec::new();
+            write_field(&mut opening, b"{\"id\":", &self.id);
+            write_field(&mut opening, b",\"hostname\":", &self.hostname);
+            write_field(&mut opening, b",\"endpoint\":", &self.endpoint);
+            opening.extend_from_slice(b",\"attributes\":");
+            write_value(&mut opening, &self.attributes);
+            let mut total = Vec::new();
+            self.total.write_json(&mut total);
+            RegistrationJson {
+                opening: opening.into(),
+                total: total.into(),
+            }
+        })
     }
 }
 
+/// An agent as served: `{"id", "hostname", "endpoint", "attributes",
+/// "status", "draining", "resources": {"total", "used", "offered"},
+/// "task_count"}`.
+#[derive(Serialize)]
+struct AgentJson<'a> {
+    id: &'a str,
+    hostname: &'a str,
+    endpoint: &'a str,
+    attributes: &'a BTreeMap<String, String>,
+    status: &'a str,
+    draining: bool,
+    resources: AgentResourcesJson<'a>,
+    task_count: usize,
+}
+
 /// An agent's resources, split by what holds them.
-#[derive(Clone, Debug, Serialize)]
-pub struct AgentResources {
-    pub total: Resources,
-    pub used: Resources,
-    pub offered: Resources,
+#[derive(Serialize)]
+struct AgentResourcesJson<'a> {
+    total: &'a Resources,
+    used: &'a Resources,
+    offered: &'a Resources,
+}
+
+impl Serialize for AgentView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = &*self.registered;
+        AgentJson {
+            id: &r.id,
+            hostname: &r.hostname,
+            endpoint: &r.endpoint,
+            attributes: &r.attributes,
+            status: self.status,
+            draining: self.draining,
+            resources: AgentResourcesJson {
+                total: &r.total,
+                used: &self.used,
+                offered: &self.offered,
+            },
+            task_count: self.task_count,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// What `Serialize` writes, from the registration's JSON and the rest
+/// made (a unit test holds the two equal).
+impl WriteJson for AgentView {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let RegistrationJson { opening, total } = self.registered.json();
+        out.extend_from_slice(opening);
+        write_field(out, b",\"status\":", self.status);
+        out.extend_from_slice(if self.draining {
+            b",\"draining\":true"
+        } else {
+            b",\"draining\":false"
+        });
+        out.extend_from_slice(b",\"resources\":{\"total\":");
+        out.extend_from_slice(total);
+        out.extend_from_slice(b",\"used\":");
+        self.used.write_json(out);
+        out.extend_from_slice(b",\"offered\":");
+        self.offered.write_json(out);
+        out.extend_from_slice(b"},\"task_count\":");
+        write_value(out, &self.task_count);
+        out.push(b'}');
+    }
 }
 
 /// One framework.
@@ -207,7 +369,7 @@ impl WriteJson for TaskView {
         write_field(out, b",\"agent_id\":", &self.agent_id);
         write_field(out, b",\"state\":", self.state);
         out.extend_from_slice(b",\"resources\":");
-        write_value(out, &self.resources);
+        self.resources.write_json(out);
         write_field(out, b",\"message\":", &self.message);
         write_field(out, b",\"reason\":", self.reason);
         out.extend_from_slice(b",\"sandbox\":");
@@ -372,6 +534,87 @@ mod tests {
     }
 
     #[test]
+    fn an_offers_hand_written_json_is_what_serde_writes() {
+        let offer = OfferView {
+            id: "o-\"1\"".into(),
+            framework_id: "fw-1".into(),
+            agent_id: "agent\n1".into(),
+            resources: Resources::parse("cpus:7.5;mem:100;ports:[31000-31009]").expect("resources"),
+            made_at_ms: 1_000,
+        };
+        for now_ms in [0, 1_000, 3_250, 86_400_123] {
+            let aged = offer.aged(now_ms);
+            assert_eq!(
+                written(&aged),
+                serde_json::to_string(&aged).expect("serde"),
+                "{now_ms}"
+            );
+        }
+    }
+
+    fn agent(id: &str, hostname: &str, total: &str, used: &str, offered: &str) -> AgentView {
+        let resources = |r: &str| Resources::parse(r).expect("resources");
+        AgentView {
+            registered: Arc::new(AgentRegistration::new(
+                id.into(),
+                hostname.into(),
+                String::new(),
+                BTreeMap::new(),
+                resources(total),
+            )),
+            status: "active",
+            draining: false,
+            used: resources(used),
+            offered: resources(offered),
+            task_count: 0,
+            json: KeptJson::default(),
+        }
+    }
+
+    #[test]
+    fn an_agents_json_from_its_registration_is_what_serde_writes() {
+        let plain = agent("a-1", "host-1", "cpus:8;mem:16384", "", "");
+        let mut busy = agent(
+            "a-2",
+            "host-\"2\"\n",
+            "cpus:8;mem:16384;disk:100000;ports:[31000-32000]",
+            "cpus:0.5;mem:64;ports:[31000-31001]",
+            "cpus:7.5;mem:16320;disk:100000;ports:[31002-32000]",
+        );
+        busy.registered = Arc::new(AgentRegistration::new(
+            "a-2".into(),
+            "host-\"2\"\n".into(),
+            "http://10.0.0.2:5051".into(),
+            [
+                ("rack".to_string(), "r1".to_string()),
+                ("zone".into(), "é\t".into()),
+            ]
+            .into(),
+            busy.registered.total.clone(),
+        ));
+        busy.status = "unreachable";
+        busy.draining = true;
+        busy.task_count = 12;
+        for view in [plain, busy] {
+            let serde = serde_json::to_string(&view).expect("serde");
+            assert_eq!(written(&view), serde);
+            // Written twice from the registration's kept pieces, the same.
+            assert_eq!(written(&view), serde);
+        }
+        let view = agent("a-3", "host-3", "cpus:2", "cpus:1", "");
+        let value: serde_json::Value = serde_json::from_str(&written(&view)).expect("JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "id": "a-3", "hostname": "host-3", "endpoint": "", "attributes": {},
+                "status": "active", "draining": false,
+                "resources": {"total": {"cpus": 2.0}, "used": {"cpus": 1.0}, "offered": {}},
+                "task_count": 0,
+            })
+        );
+    }
+
+    #[test]
     fn a_sandbox_is_its_path_and_the_agents_urls_of_its_output() {
         let sandbox = SandboxView::new("http://agent:5051".into(), "fw-1".into(), "web-3".into());
         assert_eq!(
@@ -420,21 +663,7 @@ mod tests {
             assert_eq!(view.json.kept(), Some(&out[..]), "{state}");
         }
         // An agent's view is kept from the second time, whatever it is.
-        let agent = AgentView {
-            id: "agent-1".into(),
-            hostname: "host-1".into(),
-            endpoint: String::new(),
-            attributes: BTreeMap::new(),
-            status: "active",
-            draining: false,
-            resources: AgentResources {
-                total: Resources::parse("cpus:1").expect("resources"),
-                used: Resources::new(),
-                offered: Resources::new(),
-            },
-            task_count: 0,
-            json: KeptJson::default(),
-        };
+        let agent = agent("agent-1", "host-1", "cpus:1", "", "");
         agent.json.make(&agent, &mut Vec::new());
         assert!(agent.json.kept().is_none());
     }

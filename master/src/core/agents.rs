@@ -160,7 +160,16 @@ impl Core {
             hostname: info.hostname.clone(),
             endpoint: info.endpoint.as_str().into(),
             attributes: info.attributes.clone(),
-            total: total.clone(),
+            registered: Arc::new(AgentRegistration::new(
+                id.clone(),
+                info.hostname.clone(),
+                info.endpoint.clone(),
+                info.attributes
+                    .iter()
+                    .map(|x| (x.name.clone(), x.text.clone()))
+                    .collect(),
+                total.clone(),
+            )),
             status: AgentStatus::Active,
             conn: Some((conn, tx.clone())),
             last_seen: Instant::now(),

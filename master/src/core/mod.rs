@@ -42,7 +42,7 @@ use crate::offer_book::{OfferBook, OpenOffer};
 use crate::outbound::{Outbound, Unsent};
 use crate::registry::{Registry, RegistryError};
 use crate::state::{
-    AgentResources, AgentView, FrameworkView, OfferView, SandboxView, TaskView, UsageView,
+    AgentRegistration, AgentView, FrameworkView, OfferView, SandboxView, TaskView, UsageView,
 };
 use tracked::{FastMap, FastSet, Tracked};
 
@@ -216,7 +216,9 @@ struct AgentEntry {
     /// Shared with the sandbox of every task view on the agent.
     endpoint: Arc<str>,
     attributes: Vec<v1::Attribute>,
-    total: Resources,
+    /// What it registered with (its total resources among it), as its
+    /// views share it.
+    registered: Arc<AgentRegistration>,
     status: AgentStatus,
     conn: Option<(u64, AgentTx)>,
     /// When the master last heard from the agent, as of its last session's

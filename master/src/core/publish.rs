@@ -313,7 +313,7 @@ impl Core {
                 self.read.working.agents.get(id.as_str()),
                 self.agents.get(id),
             ) {
-                (Some(old), Some(new)) => *old.endpoint != *new.endpoint,
+                (Some(old), Some(new)) => *old.registered.endpoint != *new.endpoint,
                 _ => false,
             };
             if moved {
@@ -389,8 +389,8 @@ impl Core {
             }
         };
         let (was_named, named) = (
-            old.as_deref().map(|v| v.hostname.as_str()),
-            new.as_deref().map(|v| v.hostname.as_str()),
+            old.as_deref().map(|v| v.registered.hostname.as_str()),
+            new.as_deref().map(|v| v.registered.hostname.as_str()),
         );
         if was_named != named {
             let by_hostname = &mut read.working.agents_by_hostname;
@@ -521,7 +521,6 @@ impl Core {
                 framework_id: o.framework.clone(),
                 agent_id: o.agent.clone(),
                 resources: o.resources.clone(),
-                age_seconds: 0.0,
                 made_at_ms: self.wall_ms(o.made_at),
             })
         });

@@ -88,11 +88,17 @@ impl Core {
             core.agents.insert(
                 id.clone(),
                 AgentEntry {
+                    registered: Arc::new(AgentRegistration::new(
+                        id.clone(),
+                        record.hostname.clone(),
+                        record.endpoint.clone(),
+                        BTreeMap::new(),
+                        Resources::new(),
+                    )),
                     id,
                     hostname: record.hostname,
                     endpoint: record.endpoint.into(),
                     attributes: Vec::new(),
-                    total: Resources::new(),
                     status: if unreachable_since.is_some() {
                         AgentStatus::Unreachable
                     } else {

@@ -9,23 +9,13 @@ use super::*;
 impl Core {
     pub(super) fn agent_view(&self, a: &AgentEntry, holds: Option<&Holdings>) -> AgentView {
         AgentView {
-            id: a.id.clone(),
-            hostname: a.hostname.clone(),
-            endpoint: a.endpoint.to_string(),
-            attributes: a
-                .attributes
-                .iter()
-                .map(|x| (x.name.clone(), x.text.clone()))
-                .collect(),
+            registered: a.registered.clone(),
             status: a.status.name(),
             draining: a.draining,
-            resources: AgentResources {
-                total: a.total.clone(),
-                used: holds.map(|h| h.used.resources.clone()).unwrap_or_default(),
-                offered: holds
-                    .map(|h| h.offered.resources.clone())
-                    .unwrap_or_default(),
-            },
+            used: holds.map(|h| h.used.resources.clone()).unwrap_or_default(),
+            offered: holds
+                .map(|h| h.offered.resources.clone())
+                .unwrap_or_default(),
             task_count: holds.map_or(0, |h| h.used.count),
             json: Default::default(),
         }

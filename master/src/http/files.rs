@@ -25,14 +25,14 @@ pub(super) async fn sandbox_of(
             format!("task `{id}`'s agent is gone"),
         )
     })?;
-    if agent.endpoint.is_empty() {
+    if agent.registered.endpoint.is_empty() {
         return Err(error(
             StatusCode::NOT_FOUND,
-            format!("agent `{}` serves no HTTP API", agent.id),
+            format!("agent `{}` serves no HTTP API", agent.registered.id),
         ));
     }
     Ok((
-        agent.endpoint.clone(),
+        agent.registered.endpoint.clone(),
         format!("{}/{}", task.framework_id, task.id),
     ))
 }

@@ -25,7 +25,7 @@ pub(super) async fn state(
         agents: Vec<&'a AgentView>,
         frameworks: Vec<&'a crate::state::FrameworkView>,
         tasks: Vec<&'a TaskView>,
-        offers: Vec<crate::state::OfferView>,
+        offers: Vec<crate::state::AgedOffer<'a>>,
     }
     streamed_json(move |out| {
         let visible = Visible {
@@ -41,8 +41,7 @@ pub(super) async fn state(
                 .collect(),
             offers: snap
                 .offers_aged(unix_ms())
-                .into_iter()
-                .filter(|o| sight.framework(&snap, &o.framework_id))
+                .filter(|o| sight.framework(&snap, o.framework_id))
                 .collect(),
         };
         Ok(serde_json::to_writer(out, &visible)?)
@@ -134,14 +133,14 @@ pub(super) fn usage_by_agent<'a>(
             .iter()
             .filter_map(|a| {
                 Some((
-                    a.id.as_str(),
-                    snap.usage_by_agent.get(a.id.as_str())?.clone(),
+                    a.registered.id.as_str(),
+                    snap.usage_by_agent.get(a.registered.id.as_str())?.clone(),
                 ))
             })
             .collect();
     }
     let wanted: std::collections::HashSet<&str, foldhash::fast::RandomState> =
-        wanted.iter().map(|a| a.id.as_str()).collect();
+        wanted.iter().map(|a| a.registered.id.as_str()).collect();
     let mut by_agent: HashMap<&str, UsageSum> = HashMap::new();
     for t in snap.tasks_sorted() {
         let Some(usage) = &t.usage else { continue };
@@ -191,7 +190,14 @@ pub(super) async fn agents(
         if !paged {
             let by_agent = live_tasks_by_agent(&snap, &sight);
             let list: Vec<Value> = sorted
-                .map(|a| agent_json(a, by_agent.get(a.id.as_str()).map_or(&[], Vec::as_slice)))
+                .map(|a| {
+                    agent_json(
+                        a,
+                        by_agent
+                            .get(a.registered.id.as_str())
+                            .map_or(&[], Vec::as_slice),
+                    )
+                })
                 .collect();
             return serde_json::to_vec(&json!({ "agents": list }));
         }
@@ -202,7 +208,9 @@ pub(super) async fn agents(
             .into_iter()
             .map(|agent| AgentOnPage {
                 agent,
-                usage: usage.remove(agent.id.as_str()).unwrap_or_default(),
+                usage: usage
+                    .remove(agent.registered.id.as_str())
+                    .unwrap_or_default(),
             })
             .collect();
         serde_json::to_vec(&json!({
@@ -291,7 +299,7 @@ pub(super) fn task_has(snap: &Snapshot, t: &TaskView, needle: &str) -> bool {
         || snap
             .agents
             .get(&*t.agent_id)
-            .is_some_and(|a| has(&a.hostname))
+            .is_some_and(|a| has(&a.registered.hostname))
 }
 
 pub(super) async fn tasks(
@@ -354,7 +362,7 @@ pub(super) async fn tasks(
         .iter()
         .filter_map(|t| {
             let agent = snap.agents.get(&*t.agent_id)?;
-            Some((&*t.agent_id, agent.hostname.as_str()))
+            Some((&*t.agent_id, agent.registered.hostname.as_str()))
         })
         .collect();
     Json(json!({
@@ -395,11 +403,9 @@ pub(super) async fn offers(
     Extension(caller): Extension<Caller>,
 ) -> Response {
     let (snap, sight) = look(&api, freshness, caller).await;
-    let offers: Vec<Value> = snap
+    let offers: Vec<_> = snap
         .offers_aged(unix_ms())
-        .into_iter()
-        .map(|o| json!(o))
-        .filter(|o| sight.framework(&snap, o["framework_id"].as_str().unwrap_or("")))
+        .filter(|o| sight.framework(&snap, o.framework_id))
         .collect();
     Json(json!({ "offers": offers })).into_response()
 }

@@ -34,13 +34,13 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
         assert_eq!(view.task_count, live, "agent {id} live tasks");
         for kind in ["cpus", "mem"] {
             assert!(
-                (view.resources.used.scalar(kind) - used.scalar(kind)).abs() < 1e-9,
+                (view.used.scalar(kind) - used.scalar(kind)).abs() < 1e-9,
                 "agent {id} used {kind}: {} vs {}",
-                view.resources.used.scalar(kind),
+                view.used.scalar(kind),
                 used.scalar(kind)
             );
             assert!(
-                (view.resources.offered.scalar(kind) - offered.scalar(kind)).abs() < 1e-9,
+                (view.offered.scalar(kind) - offered.scalar(kind)).abs() < 1e-9,
                 "agent {id} offered {kind}"
             );
         }
@@ -79,7 +79,7 @@ fn published_matches_the_core(h: &mut Harness) -> Arc<Snapshot> {
     let mut expected: Vec<(String, Arc<str>)> = snap
         .agents
         .iter()
-        .map(|(id, a)| (a.hostname.clone(), id.clone()))
+        .map(|(id, a)| (a.registered.hostname.clone(), id.clone()))
         .collect();
     expected.sort();
     assert_eq!(by_hostname, expected, "agents by hostname");
@@ -162,7 +162,7 @@ fn state_json_matches(snap: &Snapshot) {
         .agents
         .iter()
         .map(|(id, a)| {
-            let used = a.resources.used.scalar("cpus");
+            let used = a.used.scalar("cpus");
             (id.to_string(), (a.status.to_string(), used))
         })
         .collect();
@@ -264,7 +264,7 @@ async fn the_read_model_follows_launches_ends_offers_and_agents() {
     let snap = published_matches_the_core(&mut h);
     assert_eq!(snap.usage_by_agent[agent.id.as_str()].tasks, 3);
     assert!(task_view(&snap, &framework, "t4").usage.is_none());
-    let used = snap.agents[agent.id.as_str()].resources.used.scalar("cpus");
+    let used = snap.agents[agent.id.as_str()].used.scalar("cpus");
     assert!(
         (used - 0.9).abs() < 1e-9,
         "three running tasks of 0.3: {used}"
@@ -289,10 +289,10 @@ async fn the_read_model_follows_launches_ends_offers_and_agents() {
         .to_vec();
     let agent = h.reregister(&agent, 3, running);
     let snap = published_matches_the_core(&mut h);
-    assert_eq!(snap.agents[agent.id.as_str()].hostname, "host3");
+    assert_eq!(snap.agents[agent.id.as_str()].registered.hostname, "host3");
     assert_eq!(
         snap.agents_sorted()
-            .map(|a| a.hostname.as_str())
+            .map(|a| a.registered.hostname.as_str())
             .collect::<Vec<_>>(),
         ["host2", "host3"]
     );

@@ -166,7 +166,7 @@ async fn a_retried_running_update_after_the_task_ended_neither_revives_it_nor_fr
     assert!(h.core.used_on_agent(&agent.id).is_empty());
     // Freed once: what is offered of the agent is no more than it has.
     h.advance(Duration::from_secs(2)).await;
-    let total = h.core.agents[&agent.id].total.scalar("cpus");
+    let total = h.core.agents[&agent.id].registered.total.scalar("cpus");
     let offered: f64 = h
         .core
         .offers
