@@ -184,7 +184,7 @@ pub struct AgentView {
 /// lands on it or an offer of it is made or taken, several times a second
 /// under load: this part is shared by all of them, not copied into each,
 /// and its JSON is made once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentRegistration {
     pub id: String,
     pub hostname: String,
