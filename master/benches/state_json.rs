@@ -28,6 +28,7 @@ use agora_master::snapshot::Snapshot;
 use agora_master::state::{AgentRegistration, AgentView, KeptJson, OfferView, TaskView};
 use agora_proto::Resources;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use imbl::OrdMap;
 
 const TASKS: usize = 100_000;
 const AGENTS: usize = 1_000;
@@ -49,7 +50,7 @@ fn snapshot() -> Snapshot {
                 registered: Arc::new(AgentRegistration::new(
                     id.clone(),
                     format!("emulated-{a}"),
-                    String::new(),
+                    "".into(),
                     Default::default(),
                     agent_resources.clone(),
                 )),
@@ -90,22 +91,28 @@ fn snapshot() -> Snapshot {
     snap
 }
 
-/// The same snapshot with every view new (nothing kept), in `state`.
-fn renewed(snap: &Snapshot, state: &'static str) -> Snapshot {
-    let mut fresh = snap.clone();
-    fresh.tasks = snap
-        .tasks
+/// Views made again from `views` by `renew`, as the core makes a view
+/// anew when what it shows changes (with nothing kept).
+fn renewed_views<K: Clone + Ord, V: Clone>(
+    views: &OrdMap<K, Arc<V>>,
+    renew: impl Fn(&V) -> V,
+) -> OrdMap<K, Arc<V>> {
+    views
         .iter()
-        .map(|(k, t)| {
-            let view = TaskView {
-                state,
-                json: KeptJson::default(),
-                ..TaskView::clone(t)
-            };
-            (k.clone(), Arc::new(view))
-        })
-        .collect();
-    fresh
+        .map(|(k, v)| (k.clone(), Arc::new(renew(v))))
+        .collect()
+}
+
+/// The same snapshot with every task view new (nothing kept), in `state`.
+fn renewed(snap: &Snapshot, state: &'static str) -> Snapshot {
+    Snapshot {
+        tasks: renewed_views(&snap.tasks, |t| TaskView {
+            state,
+            json: KeptJson::default(),
+            ..t.clone()
+        }),
+        ..snap.clone()
+    }
 }
 
 fn state_json(c: &mut Criterion) {
@@ -170,7 +177,7 @@ fn agents_and_offers() -> Snapshot {
                 registered: Arc::new(AgentRegistration::new(
                     id.clone(),
                     hostname,
-                    String::new(),
+                    "".into(),
                     [("rack".to_string(), format!("r{}", a % 100))].into(),
                     total.clone(),
                 )),
@@ -209,20 +216,12 @@ fn agents_and_offers_json(c: &mut Criterion) {
     };
     group.bench_function("agents", |b| {
         b.iter_batched(
-            || {
-                let mut fresh = agents.clone();
-                fresh.agents = agents
-                    .agents
-                    .iter()
-                    .map(|(id, a)| {
-                        let view = AgentView {
-                            json: KeptJson::default(),
-                            ..AgentView::clone(a)
-                        };
-                        (id.clone(), Arc::new(view))
-                    })
-                    .collect();
-                fresh
+            || Snapshot {
+                agents: renewed_views(&agents.agents, |a| AgentView {
+                    json: KeptJson::default(),
+                    ..a.clone()
+                }),
+                ..agents.clone()
             },
             |fresh| {
                 out.clear();

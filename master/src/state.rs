@@ -188,8 +188,9 @@ pub struct AgentView {
 pub struct AgentRegistration {
     pub id: String,
     pub hostname: String,
-    /// The agent's own HTTP endpoint, if it serves one.
-    pub endpoint: String,
+    /// The agent's own HTTP endpoint, if it serves one; shared with the
+    /// sandbox of every task view on the agent.
+    pub endpoint: Arc<str>,
     pub attributes: BTreeMap<String, String>,
     pub total: Resources,
     /// Made by the first writer.
@@ -209,7 +210,7 @@ impl AgentRegistration {
     pub fn new(
         id: String,
         hostname: String,
-        endpoint: String,
+        endpoint: Arc<str>,
         attributes: BTreeMap<String, String>,
         total: Resources,
     ) -> Self {
@@ -558,7 +559,7 @@ mod tests {
             registered: Arc::new(AgentRegistration::new(
                 id.into(),
                 hostname.into(),
-                String::new(),
+                "".into(),
                 BTreeMap::new(),
                 resources(total),
             )),

@@ -157,13 +157,11 @@ impl Core {
         let entry = AgentEntry {
             draining,
             id: id.clone(),
-            hostname: info.hostname.clone(),
-            endpoint: info.endpoint.as_str().into(),
             attributes: info.attributes.clone(),
             registered: Arc::new(AgentRegistration::new(
                 id.clone(),
                 info.hostname.clone(),
-                info.endpoint.clone(),
+                info.endpoint.as_str().into(),
                 info.attributes
                     .iter()
                     .map(|x| (x.name.clone(), x.text.clone()))

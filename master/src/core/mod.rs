@@ -212,12 +212,9 @@ impl AgentSession {
 
 struct AgentEntry {
     id: String,
-    hostname: String,
-    /// Shared with the sandbox of every task view on the agent.
-    endpoint: Arc<str>,
     attributes: Vec<v1::Attribute>,
-    /// What it registered with (its total resources among it), as its
-    /// views share it.
+    /// What it registered with (hostname, endpoint, total resources), as
+    /// its views share it.
     registered: Arc<AgentRegistration>,
     status: AgentStatus,
     conn: Option<(u64, AgentTx)>,

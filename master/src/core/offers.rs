@@ -45,10 +45,10 @@ impl Core {
                 agent_id: Some(v1::AgentId {
                     value: a.agent.clone(),
                 }),
-                hostname: agent.hostname.clone(),
+                hostname: agent.registered.hostname.clone(),
                 resources: a.resources.to_proto(),
                 attributes: agent.attributes.clone(),
-                address: task_address(&agent.endpoint, &agent.hostname),
+                address: task_address(&agent.registered.endpoint, &agent.registered.hostname),
             };
             let framework = a.framework.clone();
             self.offers.open(id, a, now, ());

@@ -313,7 +313,11 @@ impl Core {
                 self.read.working.agents.get(id.as_str()),
                 self.agents.get(id),
             ) {
-                (Some(old), Some(new)) => *old.registered.endpoint != *new.endpoint,
+                // The same registration, the same endpoint.
+                (Some(old), Some(new)) => {
+                    !Arc::ptr_eq(&old.registered, &new.registered)
+                        && old.registered.endpoint != new.registered.endpoint
+                }
                 _ => false,
             };
             if moved {

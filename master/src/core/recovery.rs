@@ -90,14 +90,12 @@ impl Core {
                 AgentEntry {
                     registered: Arc::new(AgentRegistration::new(
                         id.clone(),
-                        record.hostname.clone(),
-                        record.endpoint.clone(),
+                        record.hostname,
+                        record.endpoint.into(),
                         BTreeMap::new(),
                         Resources::new(),
                     )),
                     id,
-                    hostname: record.hostname,
-                    endpoint: record.endpoint.into(),
                     attributes: Vec::new(),
                     status: if unreachable_since.is_some() {
                         AgentStatus::Unreachable
@@ -216,8 +214,8 @@ impl Core {
             id: Some(v1::AgentId {
                 value: agent.id.clone(),
             }),
-            hostname: agent.hostname.clone(),
-            endpoint: agent.endpoint.to_string(),
+            hostname: agent.registered.hostname.clone(),
+            endpoint: agent.registered.endpoint.to_string(),
             secret_sha256: agent.secret_sha256.clone(),
             draining: agent.draining,
             unreachable_since: agent.unreachable_since.map(|at| self.clock.unix_of(at)),

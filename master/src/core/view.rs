@@ -41,8 +41,8 @@ impl Core {
             sandbox: self
                 .agents
                 .get(&t.agent)
-                .filter(|a| !a.endpoint.is_empty())
-                .map(|a| SandboxView::new(a.endpoint.clone(), fw.clone(), id.clone())),
+                .filter(|a| !a.registered.endpoint.is_empty())
+                .map(|a| SandboxView::new(a.registered.endpoint.clone(), fw.clone(), id.clone())),
             healthy: t.healthy,
             usage: t.usage.as_ref().map(|u| UsageView {
                 cpu_seconds: u.cpu_seconds,

@@ -32,7 +32,7 @@ pub(super) async fn sandbox_of(
         ));
     }
     Ok((
-        agent.registered.endpoint.clone(),
+        agent.registered.endpoint.to_string(),
         format!("{}/{}", task.framework_id, task.id),
     ))
 }

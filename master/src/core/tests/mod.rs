@@ -160,6 +160,9 @@ impl Harness {
         let (tx, rx) = Outbound::channel(self.stream_capacity);
         let info = v1::AgentInfo {
             hostname: format!("host{conn}"),
+            // Each connection another host: an agent back on another one
+            // moves its tasks' sandboxes.
+            endpoint: format!("http://host{conn}:5051"),
             resources: Resources::parse("cpus:4;mem:4096;ports:[31000-31010]")
                 .expect("resources")
                 .to_proto(),

@@ -287,9 +287,34 @@ async fn the_read_model_follows_launches_ends_offers_and_agents() {
     let running = ["t1", "t2", "t3"]
         .map(|t| reported(&framework.id, t, TaskState::TaskRunning))
         .to_vec();
+    assert_eq!(
+        task_view(&snap, &framework, "t1")
+            .sandbox
+            .as_ref()
+            .map(|s| s.stdout()),
+        Some(format!(
+            "http://host1:5051/files/read?path={}/t1/stdout",
+            framework.id
+        ))
+    );
     let agent = h.reregister(&agent, 3, running);
     let snap = published_matches_the_core(&mut h);
     assert_eq!(snap.agents[agent.id.as_str()].registered.hostname, "host3");
+    // Its tasks' sandboxes moved with it.
+    for t in ["t1", "t2", "t3"] {
+        let stdout = task_view(&snap, &framework, t)
+            .sandbox
+            .as_ref()
+            .map(|s| s.stdout());
+        assert_eq!(
+            stdout,
+            Some(format!(
+                "http://host3:5051/files/read?path={}/{t}/stdout",
+                framework.id
+            )),
+            "{t}"
+        );
+    }
     assert_eq!(
         snap.agents_sorted()
             .map(|a| a.registered.hostname.as_str())
