@@ -115,6 +115,28 @@ fn renewed(snap: &Snapshot, state: &'static str) -> Snapshot {
     }
 }
 
+/// Times writing a snapshot made afresh by `fresh` for each iteration
+/// (outside the clock), into `out`.
+fn bench_fresh(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    case: &str,
+    out: &mut Vec<u8>,
+    fresh: impl Fn() -> Snapshot,
+) {
+    group.bench_function(case, |b| {
+        b.iter_batched(
+            &fresh,
+            |snap| {
+                out.clear();
+                snap.write_state_json(2_000, out).expect("written");
+                black_box(out.len());
+                snap
+            },
+            BatchSize::PerIteration,
+        );
+    });
+}
+
 fn state_json(c: &mut Criterion) {
     let snap = snapshot();
     let mut out: Vec<u8> = Vec::with_capacity(64 << 20);
@@ -123,18 +145,7 @@ fn state_json(c: &mut Criterion) {
     // Running tasks' JSON is made and kept (they will last); starting
     // ones' only made.
     for (case, state) in [("new", "TASK_RUNNING"), ("new_starting", "TASK_STARTING")] {
-        group.bench_function(case, |b| {
-            b.iter_batched(
-                || renewed(&snap, state),
-                |fresh| {
-                    out.clear();
-                    fresh.write_state_json(0, &mut out).expect("written");
-                    black_box(out.len());
-                    fresh
-                },
-                BatchSize::PerIteration,
-            );
-        });
+        bench_fresh(&mut group, case, &mut out, || renewed(&snap, state));
     }
     // Running tasks: kept from their first writing.
     snap.write_state_json(0, &mut Vec::new()).expect("written");
@@ -214,23 +225,12 @@ fn agents_and_offers_json(c: &mut Criterion) {
         offers: Default::default(),
         ..cluster.clone()
     };
-    group.bench_function("agents", |b| {
-        b.iter_batched(
-            || Snapshot {
-                agents: renewed_views(&agents.agents, |a| AgentView {
-                    json: KeptJson::default(),
-                    ..a.clone()
-                }),
-                ..agents.clone()
-            },
-            |fresh| {
-                out.clear();
-                fresh.write_state_json(2_000, &mut out).expect("written");
-                black_box(out.len());
-                fresh
-            },
-            BatchSize::PerIteration,
-        );
+    bench_fresh(&mut group, "agents", &mut out, || Snapshot {
+        agents: renewed_views(&agents.agents, |a| AgentView {
+            json: KeptJson::default(),
+            ..a.clone()
+        }),
+        ..agents.clone()
     });
     // The offers alone.
     let offers = Snapshot {
