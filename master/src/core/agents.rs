@@ -156,7 +156,6 @@ impl Core {
         }
         let entry = AgentEntry {
             draining,
-            id: id.clone(),
             attributes: info.attributes.clone(),
             registered: Arc::new(AgentRegistration::new(
                 id.clone(),
@@ -354,7 +353,7 @@ impl Core {
         if agent.status == AgentStatus::Active {
             agent.status = AgentStatus::Disconnected;
         }
-        let id = agent.id.clone();
+        let id = agent.registered.id.clone();
         info!(agent = %id, "agent disconnected; unreachable unless it returns within the timeout");
         self.emit(ClusterEvent::AgentDisconnected {
             agent_id: id.clone(),

@@ -211,7 +211,6 @@ impl AgentSession {
 }
 
 struct AgentEntry {
-    id: String,
     attributes: Vec<v1::Attribute>,
     /// What it registered with (hostname, endpoint, total resources), as
     /// its views share it.
@@ -745,7 +744,7 @@ impl Core {
                             && a.status != AgentStatus::Unreachable
                             && now.duration_since(a.last_seen) > timeout
                     })
-                    .map(|a| a.id.clone()),
+                    .map(|a| a.registered.id.clone()),
             )
             .collect();
         for agent in silent {
@@ -759,7 +758,7 @@ impl Core {
                 a.unreachable_since
                     .is_some_and(|t| now.duration_since(t) > removal)
             })
-            .map(|a| a.id.clone())
+            .map(|a| a.registered.id.clone())
             .collect();
         for agent in forgotten {
             self.remove_agent(&agent);

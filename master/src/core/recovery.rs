@@ -95,7 +95,6 @@ impl Core {
                         BTreeMap::new(),
                         Resources::new(),
                     )),
-                    id,
                     attributes: Vec::new(),
                     status: if unreachable_since.is_some() {
                         AgentStatus::Unreachable
@@ -212,7 +211,7 @@ impl Core {
     pub(super) fn agent_record(&self, agent: &AgentEntry) -> RegistryAgent {
         RegistryAgent {
             id: Some(v1::AgentId {
-                value: agent.id.clone(),
+                value: agent.registered.id.clone(),
             }),
             hostname: agent.registered.hostname.clone(),
             endpoint: agent.registered.endpoint.to_string(),
