@@ -15,16 +15,19 @@
 //! Inside the clocks: registration runs from the emulator's start to the
 //! last agent registered; throughput from the load framework's first accept
 //! sent to its last `TASK_RUNNING` received (every update acknowledged);
-//! latency from each task's accept sent to its `TASK_RUNNING` received.
-//! Memory is the master's resident set once the runs are over. For each
-//! load the master's histogram of its core's turns says how many turns
+//! latency from each task's accept sent to its `TASK_RUNNING` received,
+//! split where its launch reached its emulated agent (both ends' clocks are
+//! this process's), and shown over the paced load a quarter second at a
+//! time (by when each accept was sent): a tail made of a few stalls shows
+//! as peaks there. Memory is the master's resident set once the runs are
+//! over. For each load the master's histogram of its core's turns says how many turns
 //! were long enough to show in the latency tail, and the emulator's count
 //! of updates sent says how many were resends (more than three per task).
 //!
 //! `cargo bench --bench scale` (1,000, 5,000 and 10,000 agents);
 //! `AGORA_SCALE_AGENTS=1000,5000,10000,50000` picks the counts.
 //! Writes `target/scale/scale.json` and plots (`scale-throughput.svg`,
-//! `scale-latency.svg`) there.
+//! `scale-latency.svg`, `scale-latency-over-time.svg`) there.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -140,7 +143,9 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     let master = Master::start();
     let stats = Arc::new(agora_sim::emulate::EmulatorStats::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = cluster::emulation(&master.url, agents, Some(Duration::from_millis(task_ms)));
+    let launches = Arc::new(agora_sim::load::LaunchTimes::default());
+    let mut config = cluster::emulation(&master.url, agents, Some(Duration::from_millis(task_ms)));
+    config.launches = Some(launches.clone());
     let started = Instant::now();
     let emulator = tokio::spawn(agora_sim::emulate::emulate(config, stats.clone(), async {
         let _ = stop_rx.await;
@@ -167,8 +172,10 @@ async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
             );
         }
     });
-    let config =
-        |name: &str, rate: Option<f64>| cluster::load_config(&master.url, name, tasks, rate);
+    let config = |name: &str, rate: Option<f64>| agora_sim::load::LoadConfig {
+        launches: Some(launches.clone()),
+        ..cluster::load_config(&master.url, name, tasks, rate)
+    };
     let (load, load_cost) =
         load_watched(&master, &stats, config("load-max", None), load_stats).await;
     // The paced load's latency is its own: it starts once what the first
@@ -263,6 +270,26 @@ fn main() {
             println!("| {} | {what} | {} |", p.agents, cost.cells());
         }
     }
+    println!(
+        "\n| agents | load | accept sent → launch at the agent, p50 / p99 | launch at the agent → `TASK_RUNNING` at the framework, p50 / p99 | the slowest 1%: mean of each |"
+    );
+    println!("|---:|---|---:|---:|---:|");
+    for p in &points {
+        for (what, load) in [("as fast as offers allow", &p.load), ("paced", &p.paced)] {
+            if let Some(h) = &load.hops {
+                println!(
+                    "| {} | {what} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} + {:.1} ms |",
+                    p.agents,
+                    h.to_agent_p50_ms,
+                    h.to_agent_p99_ms,
+                    h.back_p50_ms,
+                    h.back_p99_ms,
+                    h.slowest_to_agent_mean_ms,
+                    h.slowest_back_mean_ms
+                );
+            }
+        }
+    }
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap_or(std::path::Path::new("."))
@@ -318,6 +345,32 @@ fn main() {
             log_y: true,
         },
     );
+    let over_time = line_chart(
+        &format!(
+            "accept → TASK_RUNNING over the load at {rate:.0} tasks/s: p99 of each quarter second"
+        ),
+        "seconds from the first accept (by when each task's accept was sent)",
+        "milliseconds",
+        &points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Series {
+                name: format!("{} agents", p.agents),
+                colour: COLOURS[i % COLOURS.len()],
+                points: p
+                    .paced
+                    .over_time
+                    .iter()
+                    .map(|w| (w.from_seconds, w.p99_ms))
+                    .collect(),
+            })
+            .collect::<Vec<_>>(),
+        Scale {
+            log_x: false,
+            log_y: true,
+        },
+    );
+    std::fs::write(out.join("scale-latency-over-time.svg"), over_time).expect("write");
     std::fs::write(out.join("scale-throughput.svg"), throughput).expect("write");
     std::fs::write(out.join("scale-latency.svg"), latency).expect("write");
     println!("wrote {}", out.display());

@@ -80,6 +80,7 @@ pub fn emulation(
         cut_sessions: Default::default(),
         token: None,
         tls: Default::default(),
+        launches: None,
     }
 }
 
@@ -100,6 +101,7 @@ pub fn load_config(
         hold: None,
         token: None,
         tls: Default::default(),
+        launches: None,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct EmulateConfig {
     pub token: Option<String>,
     /// What the agents trust of an `https://` master.
     pub tls: agora_proto::tls::ClientTls,
+    /// Where to note when each launch arrived, for a load framework in
+    /// this process ([`crate::load::LoadConfig::launches`]).
+    pub launches: Option<Arc<crate::latency::LaunchTimes>>,
 }
 
 /// Counts the emulator keeps, for progress and for benchmarks.
@@ -315,6 +318,9 @@ impl Agent {
                     .as_ref()
                     .map(|t| t.value.clone())
                     .unwrap_or_default();
+                if let Some(launches) = &self.config.launches {
+                    launches.note(&id, std::time::Instant::now());
+                }
                 let key = (framework, id);
                 self.stats.launched.fetch_add(1, Ordering::Relaxed);
                 self.tasks

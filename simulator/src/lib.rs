@@ -11,6 +11,7 @@
 pub mod dist;
 pub mod emulate;
 pub mod engine;
+pub mod latency;
 pub mod load;
 pub mod report;
 pub mod scenario;

@@ -3,15 +3,18 @@
 //! tasks — as fast as offers allow, or at a set rate — and measures what a
 //! scheduler sees: tasks placed per second, from the first accept to each
 //! task's `TASK_RUNNING`, and each task's latency from its accept being
-//! sent to its `TASK_RUNNING` arriving. Accepts go out concurrently and
-//! updates are acknowledged as they come (the SDK pipelines them), so the
-//! framework is not what limits the master.
+//! sent to its `TASK_RUNNING` arriving (summed up by [`crate::latency`]).
+//! Accepts go out concurrently and updates are acknowledged as they come
+//! (the SDK pipelines them), so the framework is not what limits the
+//! master.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::latency::{self, Ran};
+pub use crate::latency::{Hops, LaunchTimes, Window};
 use agora_proto::{Demand, Resources};
 use agora_sdk::{
     Driver, FrameworkConfig, Offer, Scheduler, SdkError, TaskState, TaskStatus, is_terminal,
@@ -40,6 +43,10 @@ pub struct LoadConfig {
     pub token: Option<String>,
     /// What the framework trusts of an `https://` master.
     pub tls: agora_proto::tls::ClientTls,
+    /// Where emulated agents in this process note when each launch
+    /// reached them: given, the report splits each task's latency there
+    /// ([`LoadReport::hops`]).
+    pub launches: Option<Arc<LaunchTimes>>,
 }
 
 /// What a load that keeps its tasks is told.
@@ -77,6 +84,11 @@ pub struct LoadReport {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    /// Each task's latency split where its launch reached its agent (with
+    /// [`LoadConfig::launches`]).
+    pub hops: Option<Hops>,
+    /// The latency over the load, by when accepts were sent.
+    pub over_time: Vec<Window>,
 }
 
 /// What the scheduler and the pacer share.
@@ -156,7 +168,8 @@ impl Shared {
 
 struct Load {
     shared: Arc<Mutex<Shared>>,
-    latencies_ms: Vec<f64>,
+    ran: Vec<Ran>,
+    launches: Option<Arc<LaunchTimes>>,
     last_running: Option<Instant>,
     /// Every task ran: teardown is underway (or waits for `hold`).
     leaving: bool,
@@ -255,9 +268,11 @@ impl Scheduler for Load {
             && let Some(sent) = sent
         {
             let now = Instant::now();
-            self.latencies_ms
-                .push(now.duration_since(sent).as_secs_f64() * 1000.0);
-
+            self.ran.push(Ran {
+                sent,
+                launched: self.launches.as_ref().and_then(|l| l.take(id)),
+                running: now,
+            });
             self.last_running = Some(now);
             self.stats.running.fetch_add(1, Ordering::Relaxed);
         }
@@ -296,13 +311,6 @@ impl Scheduler for Load {
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 /// Runs the load until every task ran (or failed), then tears the
 /// framework down; `stats` shows progress meanwhile.
 pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport, SdkError> {
@@ -313,6 +321,7 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
     let driver = Driver::new(framework)?;
     let tasks = config.tasks;
     let paced = config.rate.is_some();
+    let launches = config.launches.clone();
     let shared = Arc::new(Mutex::new(Shared {
         config,
         stats: stats.clone(),
@@ -341,7 +350,8 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
     });
     let mut load = Load {
         shared: shared.clone(),
-        latencies_ms: Vec::new(),
+        ran: Vec::new(),
+        launches,
         last_running: None,
         leaving: false,
         told_demand: None,
@@ -355,8 +365,7 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
         pacer.abort();
     }
     let load = result?;
-    let mut latencies = load.latencies_ms;
-    latencies.sort_by(f64::total_cmp);
+    let summary = latency::summarize(&load.ran);
     let first_accept = shared
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -376,8 +385,10 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
         } else {
             0.0
         },
-        latency_p50_ms: percentile(&latencies, 0.5),
-        latency_p99_ms: percentile(&latencies, 0.99),
-        latency_max_ms: latencies.last().copied().unwrap_or(0.0),
+        latency_p50_ms: summary.p50_ms,
+        latency_p99_ms: summary.p99_ms,
+        latency_max_ms: summary.max_ms,
+        hops: summary.hops,
+        over_time: summary.windows,
     })
 }

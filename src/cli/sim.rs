@@ -298,6 +298,7 @@ async fn emulate(
         cut_sessions: Default::default(),
         token: super::credentials::client_token(None)?,
         tls: super::credentials::client_tls()?,
+        launches: None,
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {
@@ -347,6 +348,7 @@ async fn load(
         hold: None,
         token: super::credentials::client_token(None)?,
         tls: super::credentials::client_tls()?,
+        launches: None,
     };
     let progress = stats.clone();
     let report = every_two_seconds(move || {
