@@ -20,9 +20,10 @@
 //! this process's), and shown over the paced load a quarter second at a
 //! time (by when each accept was sent): a tail made of a few stalls shows
 //! as peaks there. Memory is the master's resident set once the runs are
-//! over. For each load the master's histogram of its core's turns says how many turns
-//! were long enough to show in the latency tail, and the emulator's count
-//! of updates sent says how many were resends (more than three per task).
+//! over. For each load the master's histogram of its core's turns says how
+//! many turns were long enough to show in the latency tail, and the
+//! emulator's count of updates sent says how many were resends (more than
+//! three per task).
 //!
 //! `cargo bench --bench scale` (1,000, 5,000 and 10,000 agents);
 //! `AGORA_SCALE_AGENTS=1000,5000,10000,50000` picks the counts.
@@ -59,9 +60,10 @@ struct Point {
 /// longer than 10, 50 and 100 ms — a task that arrives in a long turn
 /// waits it out), the CPU per 1,000 tasks of the master (all its threads)
 /// and of this process (the emulated agents and the load framework), the
-/// share of the machine's CPU time left idle, and the status updates the
+/// share of the machine's CPU time left idle, the status updates the
 /// emulated agents sent per task (three when none was resent: starting,
-/// running, finished).
+/// running, finished), and the registry's commits per second (each a
+/// transaction and a sync to disk).
 #[derive(serde::Serialize)]
 struct WhileItRan {
     turns: f64,
@@ -73,13 +75,14 @@ struct WhileItRan {
     emulator_and_load_cpu_per_1000: f64,
     machine_idle: f64,
     updates_per_task: f64,
+    registry_commits_per_second: f64,
 }
 
 impl WhileItRan {
     /// The table's cells after the agents and the load.
     fn cells(&self) -> String {
         format!(
-            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0} | {:.1} ms | {:.1} ms | {:.0}% | {:.2}",
+            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0} | {:.1} ms | {:.1} ms | {:.0}% | {:.2} | {:.0}",
             self.turns,
             self.busy_seconds,
             self.turns_over_10_ms,
@@ -88,7 +91,8 @@ impl WhileItRan {
             self.master_cpu_per_1000,
             self.emulator_and_load_cpu_per_1000,
             self.machine_idle * 100.0,
-            self.updates_per_task
+            self.updates_per_task,
+            self.registry_commits_per_second
         )
     }
 }
@@ -102,6 +106,7 @@ async fn load_watched(
 ) -> (agora_sim::load::LoadReport, WhileItRan) {
     let client = reqwest::Client::new();
     let turns_before = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
+    let commits_before = cluster::gauge(&client, &master.url, REGISTRY_COMMITS).await;
     let updates_before = stats.updates_sent.load(Ordering::Relaxed);
     let (master_before, own_before) = (master.cpu_seconds(), own_cpu_seconds());
     let machine_before = cluster::MachineCpu::now();
@@ -115,6 +120,7 @@ async fn load_watched(
     );
     let updates = stats.updates_sent.load(Ordering::Relaxed) - updates_before;
     let turns_after = cluster::Histogram::scrape(&client, &master.url, CORE_TURNS).await;
+    let commits_after = cluster::gauge(&client, &master.url, REGISTRY_COMMITS).await;
     let mut turns = cluster::Histogram::default();
     turns_before.add_since(&turns_after, &mut turns);
     let tasks = report.tasks.max(1) as f64;
@@ -128,6 +134,12 @@ async fn load_watched(
         emulator_and_load_cpu_per_1000: own_cpu * 1e6 / tasks,
         machine_idle,
         updates_per_task: updates as f64 / tasks,
+        registry_commits_per_second: match (commits_before, commits_after) {
+            (Some(before), Some(after)) if report.seconds > 0.0 => {
+                after.saturating_sub(before) as f64 / report.seconds
+            }
+            _ => 0.0,
+        },
     };
     (report, cost)
 }
@@ -138,6 +150,7 @@ fn own_cpu_seconds() -> f64 {
 }
 
 const CORE_TURNS: &str = "agora_core_turn_seconds";
+const REGISTRY_COMMITS: &str = "agora_registry_commits_total";
 
 async fn one(agents: usize, tasks: u64, task_ms: u64, rate: f64) -> Point {
     let master = Master::start();
@@ -259,9 +272,9 @@ fn main() {
         points.push(p);
     }
     println!(
-        "\n| agents | load | the core's turns meanwhile | master CPU per 1,000 tasks | emulated agents' and load's CPU per 1,000 tasks | machine idle | status updates sent per task |"
+        "\n| agents | load | the core's turns meanwhile | master CPU per 1,000 tasks | emulated agents' and load's CPU per 1,000 tasks | machine idle | status updates sent per task | registry commits per second |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|");
     for p in &points {
         for (what, cost) in [
             ("as fast as offers allow", &p.load_cost),

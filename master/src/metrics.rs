@@ -114,6 +114,8 @@ pub struct Metrics {
     pub peer_streams_cut: u64,
     /// Snapshots of the state published for readers.
     pub snapshots_published: u64,
+    /// Registry commits (as of the last snapshot).
+    pub registry_commits: u64,
     pub allocation_pass_seconds: Histogram,
     /// From the master relaying an agent's update to the framework's
     /// acknowledgement of it.
@@ -137,6 +139,7 @@ impl Default for Metrics {
             events_backlogged: 0,
             peer_streams_cut: 0,
             snapshots_published: 0,
+            registry_commits: 0,
             allocation_pass_seconds: Histogram::new(PASS_BOUNDS),
             status_update_ack_seconds: Histogram::new(UPDATE_BOUNDS),
             core_turn_seconds: Histogram::new(PASS_BOUNDS),
@@ -247,6 +250,12 @@ impl Metrics {
             "agora_offers_rescinded_total",
             "Offers rescinded by the master.",
             self.offers_rescinded,
+        );
+        counter(
+            &mut out,
+            "agora_registry_commits_total",
+            "Transactions committed to the registry (each writes and syncs what was queued).",
+            self.registry_commits,
         );
         counter(
             &mut out,

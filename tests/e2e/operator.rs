@@ -628,6 +628,8 @@ async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
     }
     assert!(samples["agora_tasks_launched_total"] >= 1.0, "{text}");
     assert!(samples["agora_offers_made_total"] >= 1.0);
+    // The agent's admission and the task were written to the registry.
+    assert!(samples["agora_registry_commits_total"] >= 1.0, "{text}");
     assert_eq!(samples["agora_agents{status=\"active\"}"], 1.0);
     assert!(samples["agora_resources_total{resource=\"cpus\"}"] == 2.0);
     assert!(samples["agora_allocation_pass_seconds_count"] >= 1.0);

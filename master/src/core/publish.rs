@@ -432,6 +432,7 @@ impl Core {
             }
         }
         self.metrics.snapshots_published += 1;
+        self.metrics.registry_commits = self.registry.commits();
         self.read.working.roles = Arc::new(self.allocator.roles());
         self.read.working.metrics = Arc::new(self.metrics.clone());
         self.read.working.seq += 1;
