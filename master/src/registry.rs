@@ -199,7 +199,7 @@ impl Registry {
     }
 
     /// [`Registry::on`], background commits at least `interval` apart.
-    pub fn with_commit_interval(store: Store, interval: Duration) -> Registry {
+    pub(crate) fn with_commit_interval(store: Store, interval: Duration) -> Registry {
         let store = Arc::new(store);
         let failure = Arc::new(Mutex::new(None));
         let commits = Arc::new(AtomicU64::new(0));
