@@ -204,10 +204,23 @@ impl Core {
 
         let (reported, declared_ended) = self.reconcile_reported_tasks(&id, register.tasks);
 
-        // Tasks the master placed on this agent that it no longer runs are gone.
-        let lost = self.task_keys_on(&id, |k, t| !is_terminal(t.state) && !reported.contains(k));
+        // Tasks the master placed on this agent that it does not run: one
+        // the agent never said a word of (still staging) never reached it
+        // — its launch died with a master or a session — and is dropped,
+        // for its framework to launch again; one it had is gone.
+        let missing = |k: &TaskKey, t: &TaskEntry| !is_terminal(t.state) && !reported.contains(k);
+        let dropped = self.task_keys_on(&id, |k, t| {
+            missing(k, t) && t.state == TaskState::TaskStaging
+        });
         self.master_transition(
-            lost,
+            dropped,
+            TaskState::TaskDropped,
+            "never reached its agent: the agent re-registered without it",
+            task_status::Reason::AgentReregistered,
+        );
+        let gone = self.task_keys_on(&id, missing);
+        self.master_transition(
+            gone,
             TaskState::TaskGone,
             "the agent re-registered without this task",
             task_status::Reason::AgentReregistered,

@@ -736,6 +736,46 @@ async fn a_task_the_master_never_knew_is_reported_to_its_framework() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_agent_back_without_a_task_drops_it_if_it_never_reached_the_agent_and_else_it_is_gone() {
+    let mut h = Harness::new();
+    let mut agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 3600.0, None);
+    let offer = offers(&mut framework.rx).pop().expect("an offer");
+    h.call(
+        &framework,
+        accept(
+            &offer,
+            vec![
+                task_info("ran", "cpus:1;mem:128"),
+                task_info("never-arrived", "cpus:1;mem:128"),
+            ],
+        ),
+    )
+    .expect("accept");
+    assert_eq!(
+        agent_kinds(&mut agent.rx),
+        ["launch:ran", "launch:never-arrived"]
+    );
+    h.update(&agent, &framework.id, "ran", TaskState::TaskRunning, b"u1");
+    drain(&mut framework.rx);
+    // The agent comes back knowing neither (the second's launch died with
+    // the old session; the first ended while the agent was away).
+    h.reregister(&agent, 2, Vec::new());
+    let fid = framework.id.clone();
+    assert_eq!(
+        h.task_state(&fid, "never-arrived"),
+        Some(TaskState::TaskDropped)
+    );
+    assert_eq!(h.task_state(&fid, "ran"), Some(TaskState::TaskGone));
+    let mut updates: Vec<String> = event_kinds(&mut framework.rx)
+        .into_iter()
+        .filter(|k| k.starts_with("update:"))
+        .collect();
+    updates.sort();
+    assert_eq!(updates, ["update:TASK_DROPPED", "update:TASK_GONE"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_framework_away_past_its_failover_timeout_loses_its_tasks_even_across_a_restart() {
     let mut h = Harness::new();
     let (agent, framework) = running_task(&mut h, 60.0);
