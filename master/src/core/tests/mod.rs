@@ -487,16 +487,28 @@ fn accept(offer: &v1::Offer, tasks: Vec<v1::TaskInfo>) -> Call {
     }))
 }
 
+/// An agent, and a framework `name` that accepted its first offer for
+/// `tasks` (1 CPU and 128 MB each).
+fn launched(
+    h: &mut Harness,
+    name: &str,
+    failover: f64,
+    tasks: &[&str],
+) -> (AgentSession, FrameworkSession) {
+    let agent = h.admit(1);
+    let mut framework = h.subscribe(name, "*", failover, None);
+    let offer = offers(&mut framework.rx).pop().expect("an offer");
+    let tasks = tasks
+        .iter()
+        .map(|t| task_info(t, "cpus:1;mem:128"))
+        .collect();
+    h.call(&framework, accept(&offer, tasks)).expect("accept");
+    (agent, framework)
+}
+
 /// An agent and a framework with one task running on it.
 fn running_task(h: &mut Harness, failover: f64) -> (AgentSession, FrameworkSession) {
-    let mut agent = h.admit(1);
-    let mut framework = h.subscribe("batch", "*", failover, None);
-    let offer = offers(&mut framework.rx).pop().expect("an offer");
-    h.call(
-        &framework,
-        accept(&offer, vec![task_info("t1", "cpus:1;mem:128")]),
-    )
-    .expect("accept");
+    let (mut agent, mut framework) = launched(h, "batch", failover, &["t1"]);
     assert_eq!(agent_kinds(&mut agent.rx), ["launch:t1"]);
     h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u1");
     let fid = framework.id.clone();
@@ -587,14 +599,7 @@ async fn an_invalid_accept_launches_nothing_and_returns_the_offer() {
 #[tokio::test(start_paused = true)]
 async fn updates_are_relayed_in_order_and_acknowledgements_reach_the_agent() {
     let mut h = Harness::new();
-    let mut agent = h.admit(1);
-    let mut framework = h.subscribe("f", "*", 0.0, None);
-    let offer = offers(&mut framework.rx).pop().expect("offer");
-    h.call(
-        &framework,
-        accept(&offer, vec![task_info("t1", "cpus:1;mem:128")]),
-    )
-    .expect("accept");
+    let (mut agent, mut framework) = launched(&mut h, "f", 0.0, &["t1"]);
     agent_kinds(&mut agent.rx);
     h.update(&agent, &framework.id, "t1", TaskState::TaskStarting, b"u1");
     h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u2");
@@ -738,20 +743,7 @@ async fn a_task_the_master_never_knew_is_reported_to_its_framework() {
 #[tokio::test(start_paused = true)]
 async fn an_agent_back_without_a_task_drops_it_if_it_never_reached_the_agent_and_else_it_is_gone() {
     let mut h = Harness::new();
-    let mut agent = h.admit(1);
-    let mut framework = h.subscribe("f", "*", 3600.0, None);
-    let offer = offers(&mut framework.rx).pop().expect("an offer");
-    h.call(
-        &framework,
-        accept(
-            &offer,
-            vec![
-                task_info("ran", "cpus:1;mem:128"),
-                task_info("never-arrived", "cpus:1;mem:128"),
-            ],
-        ),
-    )
-    .expect("accept");
+    let (mut agent, mut framework) = launched(&mut h, "f", 3600.0, &["ran", "never-arrived"]);
     assert_eq!(
         agent_kinds(&mut agent.rx),
         ["launch:ran", "launch:never-arrived"]
