@@ -208,9 +208,11 @@ impl Core {
         // the agent never said a word of (still staging) never reached it
         // — its launch died with a master or a session — and is dropped,
         // for its framework to launch again; one it had is gone.
-        let missing = |k: &TaskKey, t: &TaskEntry| !is_terminal(t.state) && !reported.contains(k);
-        let dropped = self.task_keys_on(&id, |k, t| {
-            missing(k, t) && t.state == TaskState::TaskStaging
+        let missing = self.task_keys_on(&id, |k, t| !is_terminal(t.state) && !reported.contains(k));
+        let (dropped, gone): (Vec<TaskKey>, Vec<TaskKey>) = missing.into_iter().partition(|k| {
+            self.tasks
+                .get(k)
+                .is_some_and(|t| t.state == TaskState::TaskStaging)
         });
         self.master_transition(
             dropped,
@@ -218,7 +220,6 @@ impl Core {
             "never reached its agent: the agent re-registered without it",
             task_status::Reason::AgentReregistered,
         );
-        let gone = self.task_keys_on(&id, missing);
         self.master_transition(
             gone,
             TaskState::TaskGone,
