@@ -6,7 +6,7 @@
 //! kubemark and the Mesos paper's emulated agents are the model; the master
 //! cannot tell them from real ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -83,18 +83,18 @@ struct Agent {
     stats: Arc<EmulatorStats>,
     id: Option<String>,
     secret: String,
-    /// Live tasks and their state.
-    tasks: HashMap<TaskKey, (v1::TaskInfo, TaskState)>,
-    /// Updates sent and not yet acknowledged, in the order they were sent
-    /// (resent in that order), by sequence number.
-    /// Updates not yet acknowledged, with when each was last sent.
+    /// Live tasks, their state, and which launch each is (a task id may
+    /// be launched again after it ended).
+    tasks: HashMap<TaskKey, (v1::TaskInfo, TaskState, u64)>,
+    /// Updates not yet acknowledged, by sequence number (resent in that
+    /// order), with when each was last sent.
     unacked: std::collections::BTreeMap<u64, (tokio::time::Instant, v1::StatusUpdate)>,
     next_uuid: u64,
     heartbeat: Duration,
-}
-
-enum Tick {
-    Finish(TaskKey),
+    /// Running tasks that finish on their own, soonest first (every task
+    /// runs the same duration, so launch order is finishing order). One
+    /// timer per agent, not a timer task per launch.
+    finishing: VecDeque<(tokio::time::Instant, TaskKey, u64)>,
 }
 
 /// Runs `config.agents` emulated agents until `shutdown` resolves; `stats`
@@ -143,6 +143,7 @@ pub async fn emulate(
             unacked: std::collections::BTreeMap::new(),
             next_uuid: 0,
             heartbeat: Duration::from_secs(1),
+            finishing: VecDeque::new(),
         };
         running.push(tokio::spawn(agent.run(
             masters.clone(),
@@ -170,7 +171,8 @@ impl Agent {
         connection: usize,
         token: agora_proto::auth::BearerToken,
     ) {
-        let (ticks_tx, mut ticks) = mpsc::unbounded_channel::<Tick>();
+        let finish = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(finish);
         let mut backoff = Duration::from_millis(100);
         loop {
             let url = masters.current().to_string();
@@ -202,23 +204,34 @@ impl Agent {
             backoff = Duration::from_millis(100);
             self.register(&tx);
             let mut heartbeat = tokio::time::interval(self.heartbeat);
-            let cut = self.config.cut_sessions.clone();
+            // Waits for the cut from the session's start: a `notified()`
+            // made afresh in each turn of the loop would take the `Notify`'s
+            // lock, shared by every agent, twice per message.
+            let config = self.config.clone();
+            let cut = config.cut_sessions.notified();
+            tokio::pin!(cut);
             loop {
                 tokio::select! {
-                    () = cut.notified() => {
+                    () = &mut cut => {
                         self.stats.sessions_cut.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     msg = inbound.message() => match msg {
                         Ok(Some(msg)) => {
-                            if let Some(every) = self.master_message(msg, &tx, &ticks_tx) {
+                            let was_finishing = !self.finishing.is_empty();
+                            if let Some(every) = self.master_message(msg, &tx) {
                                 heartbeat = agora_proto::heartbeat::timer(&self.hostname(), every);
+                            }
+                            if !was_finishing && let Some((at, _, _)) = self.finishing.front() {
+                                finish.as_mut().reset(*at);
                             }
                         }
                         _ => break,
                     },
-                    Some(tick) = ticks.recv() => match tick {
-                        Tick::Finish(key) => self.end(&tx, key, TaskState::TaskFinished, "finished"),
+                    () = &mut finish, if !self.finishing.is_empty() => {
+                        if let Some(next) = self.finish_due(&tx, tokio::time::Instant::now()) {
+                            finish.as_mut().reset(next);
+                        }
                     },
                     _ = heartbeat.tick() => {
                         let _ = tx.send(AgentMessage {
@@ -272,7 +285,7 @@ impl Agent {
         let tasks = self
             .tasks
             .iter()
-            .map(|((framework, _), (task, state))| v1::AgentTask {
+            .map(|((framework, _), (task, state, _))| v1::AgentTask {
                 framework_id: Some(v1::FrameworkId {
                     value: framework.clone(),
                 }),
@@ -295,7 +308,6 @@ impl Agent {
         &mut self,
         msg: MasterMessage,
         tx: &mpsc::UnboundedSender<AgentMessage>,
-        ticks: &mpsc::UnboundedSender<Tick>,
     ) -> Option<Duration> {
         match msg.message? {
             master_message::Message::Registered(r) => {
@@ -323,16 +335,15 @@ impl Agent {
                 }
                 let key = (framework, id);
                 self.stats.launched.fetch_add(1, Ordering::Relaxed);
+                // The launch's number: its first update's.
+                let launch = self.next_uuid + 1;
                 self.tasks
-                    .insert(key.clone(), (task, TaskState::TaskRunning));
+                    .insert(key.clone(), (task, TaskState::TaskRunning, launch));
                 self.send_update(tx, &key, TaskState::TaskStarting, "");
                 self.send_update(tx, &key, TaskState::TaskRunning, "");
                 if let Some(d) = self.config.task_duration {
-                    let ticks = ticks.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(d).await;
-                        let _ = ticks.send(Tick::Finish(key));
-                    });
+                    self.finishing
+                        .push_back((tokio::time::Instant::now() + d, key, launch));
                 }
             }
             master_message::Message::Kill(kill) => {
@@ -371,6 +382,26 @@ impl Agent {
                     self.heartbeat = every;
                     return Some(every);
                 }
+            }
+        }
+        None
+    }
+
+    /// Finishes the tasks whose time has come by `now`; returns when the
+    /// next one is due.
+    fn finish_due(
+        &mut self,
+        tx: &mpsc::UnboundedSender<AgentMessage>,
+        now: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
+        while let Some((at, _, _)) = self.finishing.front() {
+            if *at > now {
+                return Some(*at);
+            }
+            let (_, key, launch) = self.finishing.pop_front().expect("a front");
+            // Not if it was killed meanwhile (and perhaps launched again).
+            if self.tasks.get(&key).is_some_and(|t| t.2 == launch) {
+                self.end(tx, key, TaskState::TaskFinished, "finished");
             }
         }
         None
@@ -428,5 +459,128 @@ impl Agent {
         let _ = tx.send(AgentMessage {
             message: Some(agent_message::Message::StatusUpdate(update)),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(task_duration: Duration) -> Agent {
+        let config = EmulateConfig {
+            masters: "http://127.0.0.1:1".into(),
+            agents: 1,
+            resources: Resources::parse("cpus:1;mem:128").expect("resources"),
+            attributes: Vec::new(),
+            task_duration: Some(task_duration),
+            agents_per_connection: 1,
+            cut_sessions: Arc::default(),
+            token: None,
+            tls: agora_proto::tls::ClientTls::default(),
+            launches: None,
+        };
+        Agent {
+            index: 0,
+            config: Arc::new(config),
+            stats: Arc::default(),
+            id: Some("agent-0".into()),
+            secret: String::new(),
+            tasks: HashMap::new(),
+            unacked: std::collections::BTreeMap::new(),
+            next_uuid: 0,
+            heartbeat: Duration::from_secs(1),
+            finishing: VecDeque::new(),
+        }
+    }
+
+    fn to_agent(message: master_message::Message) -> MasterMessage {
+        MasterMessage {
+            message: Some(message),
+        }
+    }
+
+    fn launch(task: &str) -> MasterMessage {
+        to_agent(master_message::Message::Launch(master_message::Launch {
+            framework_id: Some(v1::FrameworkId { value: "f".into() }),
+            task: Some(v1::TaskInfo {
+                task_id: Some(v1::TaskId { value: task.into() }),
+                ..Default::default()
+            }),
+        }))
+    }
+
+    fn kill(task: &str) -> MasterMessage {
+        to_agent(master_message::Message::Kill(master_message::Kill {
+            framework_id: Some(v1::FrameworkId { value: "f".into() }),
+            task_id: Some(v1::TaskId { value: task.into() }),
+            ..Default::default()
+        }))
+    }
+
+    /// The (task, state) of each status update sent.
+    fn sent(rx: &mut mpsc::UnboundedReceiver<AgentMessage>) -> Vec<(String, TaskState)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|m| match m.message? {
+                agent_message::Message::StatusUpdate(u) => {
+                    let status = u.status?;
+                    let state = status.state();
+                    Some((status.task_id?.value, state))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_finish_after_their_duration_in_launch_order_and_a_killed_one_does_not() {
+        let mut agent = agent(Duration::from_secs(1));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        agent.master_message(launch("a"), &tx);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        agent.master_message(launch("b"), &tx);
+        agent.master_message(launch("c"), &tx);
+        agent.master_message(kill("b"), &tx);
+        // "b" is launched again under the same id: its first launch's
+        // time must not end the second.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        agent.master_message(launch("b"), &tx);
+        use TaskState::*;
+        assert_eq!(
+            sent(&mut rx),
+            [
+                ("a", TaskStarting),
+                ("a", TaskRunning),
+                ("b", TaskStarting),
+                ("b", TaskRunning),
+                ("c", TaskStarting),
+                ("c", TaskRunning),
+                ("b", TaskKilled),
+                ("b", TaskStarting),
+                ("b", TaskRunning),
+            ]
+            .map(|(t, s)| (t.to_string(), s))
+        );
+
+        // Nothing is due before a's second; then the next is c's.
+        let early = start + Duration::from_millis(999);
+        assert_eq!(
+            agent.finish_due(&tx, early),
+            Some(start + Duration::from_secs(1))
+        );
+        assert!(sent(&mut rx).is_empty());
+        let next = agent.finish_due(&tx, start + Duration::from_millis(1100));
+        assert_eq!(
+            sent(&mut rx),
+            [
+                ("a".to_string(), TaskFinished),
+                ("c".to_string(), TaskFinished)
+            ]
+        );
+        assert_eq!(next, Some(start + Duration::from_millis(1600)));
+        let last = agent.finish_due(&tx, start + Duration::from_millis(1600));
+        assert_eq!(sent(&mut rx), [("b".to_string(), TaskFinished)]);
+        assert_eq!(last, None);
+        assert!(agent.tasks.is_empty());
     }
 }
