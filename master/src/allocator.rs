@@ -708,21 +708,26 @@ impl DrfAllocator {
     }
 
     /// Offers the free resources of `agents` (slot numbers, in order); with
-    /// `Some(k)` when it stopped before `agents[k]` because every framework
-    /// had enough.
-    fn pass(&mut self, now: Millis, agents: &[usize]) -> (Vec<Allocation>, Option<usize>) {
+    /// `Some(k)` when it stopped before the `k`th (from 0) because every
+    /// framework had enough.
+    fn pass(
+        &mut self,
+        now: Millis,
+        agents: impl Iterator<Item = usize>,
+    ) -> (Vec<Allocation>, Option<usize>) {
         // Adding or removing agents rescales every share; do it once per pass
         // rather than once per agent (10,000 agents joining is one rescale).
         if std::mem::take(&mut self.shares_stale) {
             self.reorder_all();
         }
         let mut out = Vec::new();
-        if agents.is_empty() {
+        let mut agents = agents.peekable();
+        if agents.peek().is_none() {
             return (out, None);
         }
         let limits = self.pass_limits();
         let mut enough = self.everyone_has_enough();
-        for (k, &i) in agents.iter().enumerate() {
+        for (k, i) in agents.enumerate() {
             if enough {
                 // What is left waits until someone wants more.
                 self.held_back = true;
@@ -1083,13 +1088,16 @@ impl Allocator for DrfAllocator {
         }
         let n = self.agents.len();
         let start = if n == 0 { 0 } else { self.next_start % n };
-        let order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
-        let (out, stopped) = self.pass(now, &order);
+        // Every agent once, from `start` round; not collected, as a pass
+        // that stops early (most do, under the demand policy) would have
+        // paid for the whole cluster's list.
+        let order = (0..n).map(|k| (start + k) % n);
+        let (out, stopped) = self.pass(now, order);
         // A pass that stopped early resumes there, so passes go round the
         // cluster instead of rescanning its start; one that went all the
         // way round starts one further next time.
         self.next_start = match stopped {
-            Some(k) => order[k],
+            Some(k) => (start + k) % n,
             None => self.next_start.wrapping_add(1),
         };
         out
@@ -1105,7 +1113,7 @@ impl Allocator for DrfAllocator {
                 *m = false;
             }
         }
-        let (out, stopped) = self.pass(now, &changed);
+        let (out, stopped) = self.pass(now, changed.iter().copied());
         if let Some(k) = stopped {
             for &i in &changed[k..] {
                 self.mark_changed(i);
@@ -1438,6 +1446,28 @@ mod tests {
             resources.add(&task());
         }
         Demand { resources, tasks }
+    }
+
+    #[test]
+    fn a_full_pass_that_stops_with_everyone_filled_resumes_where_it_stopped() {
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..10 {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc.add_framework("one", "*", true);
+        // One task: one agent's offer is its fill, and each pass stops there.
+        alloc.set_demand("one", Some(demand(1)));
+        let mut offered = Vec::new();
+        for now in 0..12 {
+            let offers = alloc.allocate(now);
+            assert_eq!(offers.len(), 1, "{offers:?}");
+            let offer = &offers[0];
+            offered.push(offer.agent.clone());
+            end(&mut alloc, offer, &offer.resources, None);
+        }
+        // Round the cluster, not its first agent again and again.
+        let expected: Vec<String> = (0..12).map(|i| format!("a{}", i % 10)).collect();
+        assert_eq!(offered, expected);
     }
 
     #[test]
