@@ -184,7 +184,11 @@ impl Load {
     }
 
     /// Tells the master what is left to place (a second's worth, at a
-    /// rate), so the demand policy offers enough and no more.
+    /// rate), so the demand policy offers enough and no more. On the way
+    /// down it tells only once what is left has halved since the last
+    /// telling (or is none): at a rate, what is left changes with every
+    /// launch of the last second, and a call per offer, awaited here while
+    /// status updates wait behind it, had held the last second's tasks up.
     async fn tell_demand(&mut self, driver: &Driver) {
         let (tasks, task) = {
             let s = self.shared();
@@ -194,7 +198,7 @@ impl Load {
             };
             (tasks, s.config.task.clone())
         };
-        if self.told_demand == Some(tasks) {
+        if !demand_worth_telling(self.told_demand, tasks) {
             return;
         }
         let mut demand = Demand::default();
@@ -311,6 +315,16 @@ impl Scheduler for Load {
     }
 }
 
+/// Whether `tasks` left to place is worth a call when `told` was said
+/// last: the first time, when it grew, and on the way down once it halved
+/// or ran out.
+fn demand_worth_telling(told: Option<u64>, tasks: u64) -> bool {
+    match told {
+        None => true,
+        Some(told) => tasks != told && (tasks > told || tasks <= told / 2),
+    }
+}
+
 /// Runs the load until every task ran (or failed), then tears the
 /// framework down; `stats` shows progress meanwhile.
 pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport, SdkError> {
@@ -391,4 +405,30 @@ pub async fn run(config: LoadConfig, stats: Arc<LoadStats>) -> Result<LoadReport
         hops: summary.hops,
         over_time: summary.windows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demand_is_told_first_when_it_grows_and_on_the_way_down_at_halves() {
+        assert!(demand_worth_telling(None, 10_000));
+        assert!(demand_worth_telling(Some(100), 101));
+        // A second's worth at 10,000/s counted down task by task: told at
+        // each halving and at the end, not at every launch.
+        let mut told = Some(10_000);
+        let mut tellings = Vec::new();
+        for left in (0..10_000).rev() {
+            if demand_worth_telling(told, left) {
+                tellings.push(left);
+                told = Some(left);
+            }
+        }
+        assert_eq!(
+            tellings,
+            [5000, 2500, 1250, 625, 312, 156, 78, 39, 19, 9, 4, 2, 1, 0]
+        );
+        assert!(!demand_worth_telling(Some(0), 0));
+    }
 }
