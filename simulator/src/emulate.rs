@@ -76,6 +76,15 @@ type TaskKey = (String, String);
 /// again.
 const RESEND_AFTER: Duration = Duration::from_secs(2);
 
+/// A task an emulated agent runs.
+struct Live {
+    task: v1::TaskInfo,
+    state: TaskState,
+    /// Which launch of its id this is (an id may be launched again after
+    /// it ended): its first update's sequence number.
+    launch: u64,
+}
+
 /// One emulated agent's state.
 struct Agent {
     index: usize,
@@ -83,9 +92,8 @@ struct Agent {
     stats: Arc<EmulatorStats>,
     id: Option<String>,
     secret: String,
-    /// Live tasks, their state, and which launch each is (a task id may
-    /// be launched again after it ended).
-    tasks: HashMap<TaskKey, (v1::TaskInfo, TaskState, u64)>,
+    /// Live tasks.
+    tasks: HashMap<TaskKey, Live>,
     /// Updates not yet acknowledged, by sequence number (resent in that
     /// order), with when each was last sent.
     unacked: std::collections::BTreeMap<u64, (tokio::time::Instant, v1::StatusUpdate)>,
@@ -285,12 +293,12 @@ impl Agent {
         let tasks = self
             .tasks
             .iter()
-            .map(|((framework, _), (task, state, _))| v1::AgentTask {
+            .map(|((framework, _), live)| v1::AgentTask {
                 framework_id: Some(v1::FrameworkId {
                     value: framework.clone(),
                 }),
-                task: Some(task.clone()),
-                state: *state as i32,
+                task: Some(live.task.clone()),
+                state: live.state as i32,
             })
             .collect();
         let _ = tx.send(AgentMessage {
@@ -335,10 +343,13 @@ impl Agent {
                 }
                 let key = (framework, id);
                 self.stats.launched.fetch_add(1, Ordering::Relaxed);
-                // The launch's number: its first update's.
                 let launch = self.next_uuid + 1;
-                self.tasks
-                    .insert(key.clone(), (task, TaskState::TaskRunning, launch));
+                let live = Live {
+                    task,
+                    state: TaskState::TaskRunning,
+                    launch,
+                };
+                self.tasks.insert(key.clone(), live);
                 self.send_update(tx, &key, TaskState::TaskStarting, "");
                 self.send_update(tx, &key, TaskState::TaskRunning, "");
                 if let Some(d) = self.config.task_duration {
@@ -400,7 +411,7 @@ impl Agent {
             }
             let (_, key, launch) = self.finishing.pop_front().expect("a front");
             // Not if it was killed meanwhile (and perhaps launched again).
-            if self.tasks.get(&key).is_some_and(|t| t.2 == launch) {
+            if self.tasks.get(&key).is_some_and(|t| t.launch == launch) {
                 self.end(tx, key, TaskState::TaskFinished, "finished");
             }
         }
