@@ -298,6 +298,9 @@ impl AgentService for CoreHandle {
             while let Some(message) = inbound.next().await {
                 match message {
                     Ok(msg) => {
+                        // Heard now, however long the core's queue makes
+                        // the message wait.
+                        out_tx.heard().now();
                         if core
                             .send(CoreMsg::Agent {
                                 conn,

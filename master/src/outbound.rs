@@ -4,9 +4,17 @@
 //!
 //! The last slot is kept for the error that ends the stream: a stream that
 //! is full can still be closed with a reason the peer sees.
+//!
+//! It also carries when the peer last spoke ([`Heard`]), as the peer's
+//! connection saw it: a core behind on its queue must not take an agent
+//! whose messages wait in that queue for a silent one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
 use tonic::Status;
 
 /// Messages an agent's session holds before the agent is cut off (it
@@ -30,16 +38,52 @@ pub enum Unsent<T> {
     Closed,
 }
 
+/// When a peer last spoke on its stream, stamped by its connection as each
+/// message arrives, before the message waits for the core.
+#[derive(Clone, Debug)]
+pub struct Heard(Arc<HeardAt>);
+
+#[derive(Debug)]
+struct HeardAt {
+    opened: Instant,
+    /// Milliseconds from `opened` to the last message.
+    last_ms: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Heard(Arc::new(HeardAt {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }))
+    }
+
+    /// The peer spoke just now.
+    pub fn now(&self) {
+        let ms = self.0.opened.elapsed().as_millis();
+        self.0
+            .last_ms
+            .fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When the peer last spoke (the stream's opening if it has not yet).
+    pub fn last(&self) -> Instant {
+        self.0.opened + std::time::Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The sending half of a bounded peer stream.
 #[derive(Debug)]
 pub struct Outbound<T> {
     tx: mpsc::Sender<Result<T, Status>>,
+    heard: Heard,
 }
 
 impl<T> Clone for Outbound<T> {
     fn clone(&self) -> Self {
         Outbound {
             tx: self.tx.clone(),
+            heard: self.heard.clone(),
         }
     }
 }
@@ -49,7 +93,13 @@ impl<T> Outbound<T> {
     /// message and the closing error).
     pub fn channel(capacity: usize) -> (Outbound<T>, mpsc::Receiver<Result<T, Status>>) {
         let (tx, rx) = mpsc::channel(capacity.max(2));
-        (Outbound { tx }, rx)
+        let heard = Heard::new();
+        (Outbound { tx, heard }, rx)
+    }
+
+    /// When the peer last spoke on this stream.
+    pub fn heard(&self) -> &Heard {
+        &self.heard
     }
 
     /// Queues `message` if there is room besides the closing slot.
@@ -108,6 +158,21 @@ mod tests {
         let end = next().expect_err("the closing error");
         assert_eq!(end.code(), tonic::Code::ResourceExhausted);
         assert_eq!(end.message(), "too slow");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_remembers_when_its_peer_last_spoke() {
+        let (out, _rx) = Outbound::<u32>::channel(8);
+        let opened = Instant::now();
+        assert_eq!(out.heard().last(), opened, "not yet: since its opening");
+        tokio::time::advance(std::time::Duration::from_secs(3)).await;
+        out.clone().heard().now();
+        tokio::time::advance(std::time::Duration::from_secs(4)).await;
+        assert_eq!(
+            out.heard().last(),
+            opened + std::time::Duration::from_secs(3),
+            "its clones share it"
+        );
     }
 
     #[test]

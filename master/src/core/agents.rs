@@ -199,7 +199,7 @@ impl Core {
             }
         });
         self.agent_of_conn
-            .insert(conn, AgentSession::new(id.clone()));
+            .insert(conn, AgentSession::new(id.clone(), tx.heard().clone()));
         self.agents.insert(id.clone(), entry);
 
         let (reported, declared_ended) = self.reconcile_reported_tasks(&id, register.tasks);
@@ -362,7 +362,7 @@ impl Core {
             return;
         };
         // The agent's silence counts from its last word on the session.
-        agent.last_seen = session.last_seen;
+        agent.last_seen = session.last_spoke();
         agent.conn = None;
         if agent.status == AgentStatus::Active {
             agent.status = AgentStatus::Disconnected;

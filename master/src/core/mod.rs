@@ -39,7 +39,7 @@ use crate::config::MasterConfig;
 use crate::events::ClusterEvent;
 use crate::metrics::Metrics;
 use crate::offer_book::{OfferBook, OpenOffer};
-use crate::outbound::{Outbound, Unsent};
+use crate::outbound::{Heard, Outbound, Unsent};
 use crate::registry::{Registry, RegistryError};
 use crate::state::{
     AgentRegistration, AgentView, FrameworkView, OfferView, SandboxView, TaskView, UsageView,
@@ -198,15 +198,28 @@ impl AgentStatus {
 /// on it.
 struct AgentSession {
     agent: String,
+    /// When the core last read a message of the agent's.
     last_seen: Instant,
+    /// When its connection last received one (it may still wait in the
+    /// core's queue).
+    heard: Heard,
 }
 
 impl AgentSession {
-    fn new(agent: String) -> Self {
+    fn new(agent: String, heard: Heard) -> Self {
         AgentSession {
             agent,
             last_seen: Instant::now(),
+            heard,
         }
+    }
+
+    /// When the agent last spoke: a message its connection received counts
+    /// though the core has not read it yet, so a registration storm that
+    /// keeps the core behind does not make agents that heartbeat on time
+    /// look silent.
+    fn last_spoke(&self) -> Instant {
+        self.last_seen.max(self.heard.last())
     }
 }
 
@@ -444,7 +457,10 @@ impl Inbox {
     }
 }
 
-/// What began a turn of the core.
+/// What began a turn of the core. Made once per turn and handled at
+/// once, so its size is a move, not memory held: boxing the message would
+/// cost an allocation per turn instead.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Message(CoreMsg),
     Tick,
@@ -734,7 +750,7 @@ impl Core {
         let silent: Vec<String> = self
             .agent_of_conn
             .values()
-            .filter(|session| now.duration_since(session.last_seen) > timeout)
+            .filter(|session| now.duration_since(session.last_spoke()) > timeout)
             .map(|session| session.agent.clone())
             .chain(
                 self.agents

@@ -700,6 +700,26 @@ async fn an_agents_silence_counts_from_its_last_word_on_its_session_or_before_th
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_agent_whose_messages_arrive_is_not_silent_while_they_wait_for_the_core() {
+    let mut h = Harness::new();
+    let agent = h.admit(1);
+    let status = |h: &Harness| h.core.agents.get(&agent.id).map(|a| a.status.name());
+    // Its connection receives a heartbeat every second, but the core, far
+    // behind on its queue (a registration storm), reads none of them.
+    for _ in 0..30 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        agent.tx.heard().now();
+        h.core.tick();
+    }
+    assert_eq!(status(&h), Some("active"), "heard on time, read late");
+    // Heard no more: silent from its last message's arrival.
+    h.advance(Duration::from_secs(9)).await;
+    assert_eq!(status(&h), Some("active"));
+    h.advance(Duration::from_secs(2)).await;
+    assert_eq!(status(&h), Some("unreachable"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_task_declared_lost_is_killed_when_its_agent_comes_back() {
     let mut h = Harness::new();
     let (agent, mut framework) = running_task(&mut h, 3600.0);
