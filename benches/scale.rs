@@ -60,7 +60,9 @@ struct Point {
 /// longer than 10, 50 and 100 ms — a task that arrives in a long turn
 /// waits it out), the CPU per 1,000 tasks of the master (all its threads)
 /// and of this process (the emulated agents and the load framework), the
-/// share of the machine's CPU time left idle, the status updates the
+/// share of the machine's CPU time left idle and the share the hypervisor
+/// gave to other guests (`steal`: on a VM, what the machine can do moves
+/// with it), the status updates the
 /// emulated agents sent per task (three when none was resent: starting,
 /// running, finished), and the registry's commits per second (each a
 /// transaction and a sync to disk).
@@ -74,6 +76,7 @@ struct WhileItRan {
     master_cpu_per_1000: f64,
     emulator_and_load_cpu_per_1000: f64,
     machine_idle: f64,
+    machine_stolen: f64,
     updates_per_task: f64,
     registry_commits_per_second: f64,
 }
@@ -82,7 +85,7 @@ impl WhileItRan {
     /// The table's cells after the agents and the load.
     fn cells(&self) -> String {
         format!(
-            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0} | {:.1} ms | {:.1} ms | {:.0}% | {:.2} | {:.0}",
+            "{:.0} turns, {:.1} s busy; over 10 / 50 / 100 ms: {:.0} / {:.0} / {:.0} | {:.1} ms | {:.1} ms | {:.0}% | {:.1}% | {:.2} | {:.0}",
             self.turns,
             self.busy_seconds,
             self.turns_over_10_ms,
@@ -91,6 +94,7 @@ impl WhileItRan {
             self.master_cpu_per_1000,
             self.emulator_and_load_cpu_per_1000,
             self.machine_idle * 100.0,
+            self.machine_stolen * 100.0,
             self.updates_per_task,
             self.registry_commits_per_second
         )
@@ -113,7 +117,9 @@ async fn load_watched(
     let report = agora_sim::load::run(config, load_stats)
         .await
         .expect("the load ran");
-    let machine_idle = machine_before.idle_share_until(&cluster::MachineCpu::now());
+    let machine_after = cluster::MachineCpu::now();
+    let machine_idle = machine_before.idle_share_until(&machine_after);
+    let machine_stolen = machine_before.stolen_share_until(&machine_after);
     let (master_cpu, own_cpu) = (
         master.cpu_seconds() - master_before,
         own_cpu_seconds() - own_before,
@@ -133,6 +139,7 @@ async fn load_watched(
         master_cpu_per_1000: master_cpu * 1e6 / tasks,
         emulator_and_load_cpu_per_1000: own_cpu * 1e6 / tasks,
         machine_idle,
+        machine_stolen,
         updates_per_task: updates as f64 / tasks,
         registry_commits_per_second: match (commits_before, commits_after) {
             (Some(before), Some(after)) if report.seconds > 0.0 => {
@@ -272,9 +279,9 @@ fn main() {
         points.push(p);
     }
     println!(
-        "\n| agents | load | the core's turns meanwhile | master CPU per 1,000 tasks | emulated agents' and load's CPU per 1,000 tasks | machine idle | status updates sent per task | registry commits per second |"
+        "\n| agents | load | the core's turns meanwhile | master CPU per 1,000 tasks | emulated agents' and load's CPU per 1,000 tasks | machine idle | stolen by the hypervisor | status updates sent per task | registry commits per second |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
     for p in &points {
         for (what, cost) in [
             ("as fast as offers allow", &p.load_cost),
