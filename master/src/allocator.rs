@@ -1440,6 +1440,15 @@ mod tests {
         assert_eq!(alloc.allocate(1).len(), 4);
     }
 
+    /// Agents `a0`, `a1`, … under the demand policy.
+    fn demand_policy_cluster(agents: usize) -> DrfAllocator {
+        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
+        for i in 0..agents {
+            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
+        }
+        alloc
+    }
+
     fn demand(tasks: u32) -> Demand {
         let mut resources = Resources::new();
         for _ in 0..tasks {
@@ -1450,10 +1459,7 @@ mod tests {
 
     #[test]
     fn a_full_pass_that_stops_with_everyone_filled_resumes_where_it_stopped() {
-        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
-        for i in 0..10 {
-            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
-        }
+        let mut alloc = demand_policy_cluster(10);
         alloc.add_framework("one", "*", true);
         // One task: one agent's offer is its fill, and each pass stops there.
         alloc.set_demand("one", Some(demand(1)));
@@ -1472,10 +1478,7 @@ mod tests {
 
     #[test]
     fn under_the_demand_policy_a_framework_holds_twice_its_demand_and_no_more() {
-        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
-        for i in 0..10 {
-            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
-        }
+        let mut alloc = demand_policy_cluster(10);
         alloc.add_framework("sized", "*", true);
         alloc.add_framework("silent", "*", true);
         // Three one-cpu tasks: three agents (one per task; 12 cpus >= 2 x 3).
@@ -1487,17 +1490,11 @@ mod tests {
         // with two frameworks connected, half of what is free or on offer.
         assert_eq!(offers.len() - sized.len(), 5, "{offers:?}");
         // Alone, a framework that said nothing is offered everything.
-        let mut alone = DrfAllocator::with_policy(OfferPolicy::Demand);
-        for i in 0..10 {
-            alone.add_agent(&format!("a{i}"), agent_resources(), &[]);
-        }
+        let mut alone = demand_policy_cluster(10);
         alone.add_framework("silent", "*", true);
         assert_eq!(alone.allocate(0).len(), 10);
         // Memory decides here: twice 6 GiB is three agents of 4 GiB.
-        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
-        for i in 0..10 {
-            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
-        }
+        let mut alloc = demand_policy_cluster(10);
         alloc.add_framework("big", "*", true);
         let big = Resources::new()
             .with_scalar("cpus", 3.0)
@@ -1514,10 +1511,7 @@ mod tests {
 
     #[test]
     fn demand_that_grows_or_offers_that_come_back_open_the_rest_of_the_cluster() {
-        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
-        for i in 0..6 {
-            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
-        }
+        let mut alloc = demand_policy_cluster(6);
         alloc.add_framework("f", "*", true);
         alloc.set_demand("f", Some(demand(0)));
         assert!(alloc.allocate(0).is_empty(), "no demand, no offers");
@@ -1549,10 +1543,7 @@ mod tests {
 
     #[test]
     fn a_slow_framework_that_declares_demand_leaves_the_cluster_to_others() {
-        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
-        for i in 0..20 {
-            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
-        }
+        let mut alloc = demand_policy_cluster(20);
         alloc.add_framework("service", "*", true);
         alloc.set_demand("service", Some(demand(4)));
         let held = alloc.allocate(0);
@@ -1566,10 +1557,7 @@ mod tests {
         assert_eq!(batch.len(), 10);
         assert!(batch.iter().all(|a| a.framework == "batch"));
         // A slow framework with a backlog is held to its fair part too.
-        let mut alloc = DrfAllocator::with_policy(OfferPolicy::Demand);
-        for i in 0..20 {
-            alloc.add_agent(&format!("a{i}"), agent_resources(), &[]);
-        }
+        let mut alloc = demand_policy_cluster(20);
         alloc.add_framework("service", "*", true);
         alloc.add_framework("batch", "*", true);
         alloc.set_demand("service", Some(demand(1_000)));

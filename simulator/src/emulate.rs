@@ -141,18 +141,7 @@ pub async fn emulate(
     let config = Arc::new(config);
     let mut running = Vec::with_capacity(config.agents);
     for index in 0..config.agents {
-        let agent = Agent {
-            index,
-            config: config.clone(),
-            stats: stats.clone(),
-            id: None,
-            secret: String::new(),
-            tasks: HashMap::new(),
-            unacked: std::collections::BTreeMap::new(),
-            next_uuid: 0,
-            heartbeat: Duration::from_secs(1),
-            finishing: VecDeque::new(),
-        };
+        let agent = Agent::new(index, config.clone(), stats.clone());
         running.push(tokio::spawn(agent.run(
             masters.clone(),
             channels.clone(),
@@ -168,6 +157,22 @@ pub async fn emulate(
 }
 
 impl Agent {
+    /// An agent not yet registered.
+    fn new(index: usize, config: Arc<EmulateConfig>, stats: Arc<EmulatorStats>) -> Self {
+        Agent {
+            index,
+            config,
+            stats,
+            id: None,
+            secret: String::new(),
+            tasks: HashMap::new(),
+            unacked: std::collections::BTreeMap::new(),
+            next_uuid: 0,
+            heartbeat: Duration::from_secs(1),
+            finishing: VecDeque::new(),
+        }
+    }
+
     fn hostname(&self) -> String {
         format!("emulated-{}", self.index)
     }
@@ -490,18 +495,9 @@ mod tests {
             tls: agora_proto::tls::ClientTls::default(),
             launches: None,
         };
-        Agent {
-            index: 0,
-            config: Arc::new(config),
-            stats: Arc::default(),
-            id: Some("agent-0".into()),
-            secret: String::new(),
-            tasks: HashMap::new(),
-            unacked: std::collections::BTreeMap::new(),
-            next_uuid: 0,
-            heartbeat: Duration::from_secs(1),
-            finishing: VecDeque::new(),
-        }
+        let mut agent = Agent::new(0, Arc::new(config), Arc::default());
+        agent.id = Some("agent-0".into());
+        agent
     }
 
     fn to_agent(message: master_message::Message) -> MasterMessage {
