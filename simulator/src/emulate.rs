@@ -184,6 +184,9 @@ impl Agent {
         connection: usize,
         token: agora_proto::auth::BearerToken,
     ) {
+        // The agent's one timer for its tasks' ends, kept across sessions;
+        // set to the soonest end when a task is launched with none due, and
+        // not polled while none is.
         let finish = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(finish);
         let mut backoff = Duration::from_millis(100);
