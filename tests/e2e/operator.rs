@@ -511,6 +511,28 @@ async fn read_events(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_heartbeats_is_never_given_up_on() {
+    // The master's agent timeout here is 2 s: an agent is heard by its
+    // session's connection as each message arrives (it stamps them), and
+    // one that keeps heartbeating is never marked unreachable.
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let dir = tempdir();
+    let _agent = start_agent(&url, dir.path(), AGENT, "steady");
+    wait_for_agents(&url, 1).await;
+    let stream = follow_events(format!("{url}/api/v1/events?types=agent_unreachable")).await;
+    // Watched for three timeouts: no `agent_unreachable` may come.
+    let given_up = tokio::time::timeout(
+        Duration::from_secs(6),
+        read_events(stream, |events| !events.is_empty()),
+    )
+    .await;
+    assert!(given_up.is_err(), "given up on: {given_up:?}");
+    let s = state(&url).await;
+    assert_eq!(s["agents"][0]["status"], "active", "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn events_follow_a_task_through_its_whole_life_and_metrics_count_it() {
     let master = start_master("127.0.0.1:0", &[]);
     let url = master.url.clone().expect("url");

@@ -77,12 +77,10 @@ impl Core {
         self.config.agent_timeout.max(self.heartbeat_interval() * 5)
     }
 
-    /// The agent registered on `conn`, refreshing its liveness (kept on
-    /// the session, so the agent's entry is not touched).
-    pub(super) fn agent_by_conn(&mut self, conn: u64) -> Option<String> {
-        let session = self.agent_of_conn.get_mut(&conn)?;
-        session.last_seen = Instant::now();
-        Some(session.agent.clone())
+    /// The agent registered on `conn` (its liveness is the session's,
+    /// stamped as its messages arrive).
+    pub(super) fn agent_by_conn(&self, conn: u64) -> Option<String> {
+        Some(self.agent_of_conn.get(&conn)?.agent.clone())
     }
 
     pub(super) fn register_agent(

@@ -198,28 +198,21 @@ impl AgentStatus {
 /// on it.
 struct AgentSession {
     agent: String,
-    /// When the core last read a message of the agent's.
-    last_seen: Instant,
-    /// When its connection last received one (it may still wait in the
-    /// core's queue).
+    /// Stamped by the session's connection as each message arrives: a
+    /// message waiting in the core's queue counts, so a registration storm
+    /// that keeps the core behind does not make agents that heartbeat on
+    /// time look silent.
     heard: Heard,
 }
 
 impl AgentSession {
     fn new(agent: String, heard: Heard) -> Self {
-        AgentSession {
-            agent,
-            last_seen: Instant::now(),
-            heard,
-        }
+        AgentSession { agent, heard }
     }
 
-    /// When the agent last spoke: a message its connection received counts
-    /// though the core has not read it yet, so a registration storm that
-    /// keeps the core behind does not make agents that heartbeat on time
-    /// look silent.
+    /// When the agent last spoke.
     fn last_spoke(&self) -> Instant {
-        self.last_seen.max(self.heard.last())
+        self.heard.last()
     }
 }
 

@@ -110,6 +110,10 @@ impl Harness {
     }
 
     fn send(&mut self, msg: CoreMsg) {
+        // As an agent's connection does, on the message's arrival.
+        if let CoreMsg::Agent { tx, .. } = &msg {
+            tx.heard().now();
+        }
         self.core.handle(msg);
         self.core.end_of_burst();
     }
