@@ -251,8 +251,10 @@ impl Store {
 /// under load often holds several of one key (a task's starting and its
 /// running), and each write skipped is a B-tree update saved.
 fn last_writes(writes: &[Write]) -> Vec<&Write> {
-    let mut last: std::collections::HashMap<(&str, &str), usize> =
-        std::collections::HashMap::with_capacity(writes.len());
+    // foldhash, not SipHash: the keys are the master's own, and SipHash was
+    // a twentieth of the writer thread's time under a launch load.
+    let mut last: std::collections::HashMap<(&str, &str), usize, foldhash::fast::RandomState> =
+        std::collections::HashMap::with_capacity_and_hasher(writes.len(), Default::default());
     for (i, w) in writes.iter().enumerate() {
         last.insert((w.table, w.key.as_str()), i);
     }
