@@ -722,8 +722,8 @@ impl<C: Containerizer> Agent<C> {
             }
             master_message::Message::Launch(launch) => {
                 let framework = launch.framework_id.map(|f| f.value).unwrap_or_default();
-                if let Some(task) = launch.task {
-                    self.launch(framework, task);
+                for task in launch.tasks {
+                    self.launch(framework.clone(), task);
                 }
             }
             master_message::Message::Kill(kill) => {
@@ -737,12 +737,14 @@ impl<C: Containerizer> Agent<C> {
                     .map(|g| Duration::from_secs_f64(g.min(3600.0)));
                 self.kill(key, grace);
             }
-            master_message::Message::Acknowledge(ack) => {
-                let key = (
-                    ack.framework_id.map(|f| f.value).unwrap_or_default(),
-                    ack.task_id.map(|t| t.value).unwrap_or_default(),
-                );
-                self.acknowledge(&key, &ack.uuid);
+            master_message::Message::Acknowledgements(acks) => {
+                for ack in acks.acks {
+                    let key = (
+                        ack.framework_id.map(|f| f.value).unwrap_or_default(),
+                        ack.task_id.map(|t| t.value).unwrap_or_default(),
+                    );
+                    self.acknowledge(&key, &ack.uuid);
+                }
             }
             master_message::Message::Shutdown(s) => {
                 warn!(reason = %s.message, "the master asked this agent to shut down; killing its tasks");
@@ -1214,9 +1216,9 @@ impl<C: Containerizer> Agent<C> {
         if !newest_only || task.sent_at.is_none() {
             task.sent_at = Some(Instant::now());
         }
-        for update in updates {
-            self.send(agent_message::Message::StatusUpdate(update));
-        }
+        self.send(agent_message::Message::StatusUpdates(
+            agent_message::StatusUpdates { updates },
+        ));
     }
 
     /// Resends the pending updates of every task: all of them after a

@@ -260,14 +260,14 @@ impl Agent {
                         // interval, as an update sent just before is not
                         // lost yet.
                         let now = tokio::time::Instant::now();
+                        let mut due = Vec::new();
                         for (sent, update) in self.unacked.values_mut() {
                             if now.duration_since(*sent) >= RESEND_AFTER {
                                 *sent = now;
-                                let _ = tx.send(AgentMessage {
-                                    message: Some(agent_message::Message::StatusUpdate(update.clone())),
-                                });
+                                due.push(update.clone());
                             }
                         }
+                        send_updates(&tx, due);
                     }
                 }
             }
@@ -340,58 +340,66 @@ impl Agent {
             }
             master_message::Message::Launch(launch) => {
                 let framework = launch.framework_id.map(|f| f.value).unwrap_or_default();
-                let task = launch.task?;
-                let id = task
-                    .task_id
-                    .as_ref()
-                    .map(|t| t.value.clone())
-                    .unwrap_or_default();
-                if let Some(launches) = &self.config.launches {
-                    launches.note(&id, std::time::Instant::now());
+                let arrived = std::time::Instant::now();
+                let mut updates = Vec::with_capacity(2 * launch.tasks.len());
+                for task in launch.tasks {
+                    let id = task
+                        .task_id
+                        .as_ref()
+                        .map(|t| t.value.clone())
+                        .unwrap_or_default();
+                    if let Some(launches) = &self.config.launches {
+                        launches.note(&id, arrived);
+                    }
+                    let key = (framework.clone(), id);
+                    self.stats.launched.fetch_add(1, Ordering::Relaxed);
+                    let launch = self.next_uuid + 1;
+                    let live = Live {
+                        task,
+                        state: TaskState::TaskRunning,
+                        launch,
+                    };
+                    self.tasks.insert(key.clone(), live);
+                    updates.push(self.update(&key, TaskState::TaskStarting, ""));
+                    updates.push(self.update(&key, TaskState::TaskRunning, ""));
+                    if let Some(d) = self.config.task_duration {
+                        self.finishing
+                            .push_back((tokio::time::Instant::now() + d, key, launch));
+                    }
                 }
-                let key = (framework, id);
-                self.stats.launched.fetch_add(1, Ordering::Relaxed);
-                let launch = self.next_uuid + 1;
-                let live = Live {
-                    task,
-                    state: TaskState::TaskRunning,
-                    launch,
-                };
-                self.tasks.insert(key.clone(), live);
-                self.send_update(tx, &key, TaskState::TaskStarting, "");
-                self.send_update(tx, &key, TaskState::TaskRunning, "");
-                if let Some(d) = self.config.task_duration {
-                    self.finishing
-                        .push_back((tokio::time::Instant::now() + d, key, launch));
-                }
+                // As a real agent would if its tasks started at once: what
+                // happened together is said together.
+                send_updates(tx, updates);
             }
             master_message::Message::Kill(kill) => {
                 let key = (
                     kill.framework_id.map(|f| f.value).unwrap_or_default(),
                     kill.task_id.map(|t| t.value).unwrap_or_default(),
                 );
-                self.end(tx, key, TaskState::TaskKilled, "killed");
+                let killed = self.end(key, TaskState::TaskKilled, "killed");
+                send_updates(tx, killed.into_iter().collect());
             }
-            master_message::Message::Acknowledge(ack) => {
-                if let Some(seq) = std::str::from_utf8(&ack.uuid)
-                    .ok()
-                    .and_then(|u| u.rsplit_once('-'))
-                    .and_then(|(_, seq)| seq.parse::<u64>().ok())
-                {
-                    self.unacked.remove(&seq);
+            master_message::Message::Acknowledgements(acks) => {
+                for ack in acks.acks {
+                    if let Some(seq) = std::str::from_utf8(&ack.uuid)
+                        .ok()
+                        .and_then(|u| u.rsplit_once('-'))
+                        .and_then(|(_, seq)| seq.parse::<u64>().ok())
+                    {
+                        self.unacked.remove(&seq);
+                    }
                 }
             }
             master_message::Message::Shutdown(_)
             | master_message::Message::MarkedUnreachable(_) => {
                 let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
-                for key in keys {
-                    self.end(
-                        tx,
-                        key,
-                        TaskState::TaskKilled,
-                        "the master gave this agent up",
-                    );
-                }
+                let ended = keys
+                    .into_iter()
+                    .filter_map(|key| {
+                        self.end(key, TaskState::TaskKilled, "the master gave this agent up")
+                    })
+                    .collect();
+                send_updates(tx, ended);
             }
             master_message::Message::HeartbeatAck(ack) => {
                 if let Some(every) = agora_proto::heartbeat::new_interval(
@@ -413,45 +421,38 @@ impl Agent {
         tx: &mpsc::UnboundedSender<AgentMessage>,
         now: tokio::time::Instant,
     ) -> Option<tokio::time::Instant> {
+        let mut ended = Vec::new();
+        let mut next = None;
         while let Some((at, _, _)) = self.finishing.front() {
             if *at > now {
-                return Some(*at);
+                next = Some(*at);
+                break;
             }
             let (_, key, launch) = self.finishing.pop_front().expect("a front");
             // Not if it was killed meanwhile (and perhaps launched again).
             if self.tasks.get(&key).is_some_and(|t| t.launch == launch) {
-                self.end(tx, key, TaskState::TaskFinished, "finished");
+                ended.extend(self.end(key, TaskState::TaskFinished, "finished"));
             }
         }
-        None
+        send_updates(tx, ended);
+        next
     }
 
-    fn end(
-        &mut self,
-        tx: &mpsc::UnboundedSender<AgentMessage>,
-        key: TaskKey,
-        state: TaskState,
-        message: &str,
-    ) {
-        if self.tasks.remove(&key).is_none() {
-            return;
-        }
+    /// Ends a live task; its update, to send.
+    fn end(&mut self, key: TaskKey, state: TaskState, message: &str) -> Option<v1::StatusUpdate> {
+        self.tasks.remove(&key)?;
         let counter = if state == TaskState::TaskFinished {
             &self.stats.finished
         } else {
             &self.stats.killed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.send_update(tx, &key, state, message);
+        Some(self.update(&key, state, message))
     }
 
-    fn send_update(
-        &mut self,
-        tx: &mpsc::UnboundedSender<AgentMessage>,
-        key: &TaskKey,
-        state: TaskState,
-        message: &str,
-    ) {
+    /// A new update of a task, kept until acknowledged; the caller sends
+    /// it.
+    fn update(&mut self, key: &TaskKey, state: TaskState, message: &str) -> v1::StatusUpdate {
         self.next_uuid += 1;
         let uuid = format!("{}-{}", self.index, self.next_uuid).into_bytes();
         let update = v1::StatusUpdate {
@@ -475,10 +476,20 @@ impl Agent {
             (tokio::time::Instant::now(), update.clone()),
         );
         self.stats.updates_sent.fetch_add(1, Ordering::Relaxed);
-        let _ = tx.send(AgentMessage {
-            message: Some(agent_message::Message::StatusUpdate(update)),
-        });
+        update
     }
+}
+
+/// Sends updates in one message (none: nothing).
+fn send_updates(tx: &mpsc::UnboundedSender<AgentMessage>, updates: Vec<v1::StatusUpdate>) {
+    if updates.is_empty() {
+        return;
+    }
+    let _ = tx.send(AgentMessage {
+        message: Some(agent_message::Message::StatusUpdates(
+            agent_message::StatusUpdates { updates },
+        )),
+    });
 }
 
 #[cfg(test)]
@@ -509,13 +520,19 @@ mod tests {
         }
     }
 
-    fn launch(task: &str) -> MasterMessage {
+    /// One launch message of these tasks.
+    fn launch(tasks: &[&str]) -> MasterMessage {
         to_agent(master_message::Message::Launch(master_message::Launch {
             framework_id: Some(v1::FrameworkId { value: "f".into() }),
-            task: Some(v1::TaskInfo {
-                task_id: Some(v1::TaskId { value: task.into() }),
-                ..Default::default()
-            }),
+            tasks: tasks
+                .iter()
+                .map(|task| v1::TaskInfo {
+                    task_id: Some(v1::TaskId {
+                        value: task.to_string(),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
         }))
     }
 
@@ -527,18 +544,28 @@ mod tests {
         }))
     }
 
-    /// The (task, state) of each status update sent.
-    fn sent(rx: &mut mpsc::UnboundedReceiver<AgentMessage>) -> Vec<(String, TaskState)> {
+    /// The (task, state) of each status update sent, by message.
+    fn sent(rx: &mut mpsc::UnboundedReceiver<AgentMessage>) -> Vec<Vec<(String, TaskState)>> {
         std::iter::from_fn(|| rx.try_recv().ok())
             .filter_map(|m| match m.message? {
-                agent_message::Message::StatusUpdate(u) => {
-                    let status = u.status?;
-                    let state = status.state();
-                    Some((status.task_id?.value, state))
-                }
+                agent_message::Message::StatusUpdates(batch) => Some(
+                    batch
+                        .updates
+                        .into_iter()
+                        .filter_map(|u| {
+                            let status = u.status?;
+                            let state = status.state();
+                            Some((status.task_id?.value, state))
+                        })
+                        .collect(),
+                ),
                 _ => None,
             })
             .collect()
+    }
+
+    fn message(updates: &[(&str, TaskState)]) -> Vec<(String, TaskState)> {
+        updates.iter().map(|(t, s)| (t.to_string(), *s)).collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -546,30 +573,29 @@ mod tests {
         let mut agent = agent(Duration::from_secs(1));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let start = tokio::time::Instant::now();
-        agent.master_message(launch("a"), &tx);
+        agent.master_message(launch(&["a"]), &tx);
         tokio::time::advance(Duration::from_millis(100)).await;
-        agent.master_message(launch("b"), &tx);
-        agent.master_message(launch("c"), &tx);
+        agent.master_message(launch(&["b", "c"]), &tx);
         agent.master_message(kill("b"), &tx);
         // "b" is launched again under the same id: its first launch's
         // time must not end the second.
         tokio::time::advance(Duration::from_millis(500)).await;
-        agent.master_message(launch("b"), &tx);
+        agent.master_message(launch(&["b"]), &tx);
         use TaskState::*;
+        // A launch's updates go in one message.
         assert_eq!(
             sent(&mut rx),
             [
-                ("a", TaskStarting),
-                ("a", TaskRunning),
-                ("b", TaskStarting),
-                ("b", TaskRunning),
-                ("c", TaskStarting),
-                ("c", TaskRunning),
-                ("b", TaskKilled),
-                ("b", TaskStarting),
-                ("b", TaskRunning),
+                message(&[("a", TaskStarting), ("a", TaskRunning)]),
+                message(&[
+                    ("b", TaskStarting),
+                    ("b", TaskRunning),
+                    ("c", TaskStarting),
+                    ("c", TaskRunning)
+                ]),
+                message(&[("b", TaskKilled)]),
+                message(&[("b", TaskStarting), ("b", TaskRunning)]),
             ]
-            .map(|(t, s)| (t.to_string(), s))
         );
 
         // Nothing is due before a's second; then the next is c's.
@@ -579,17 +605,15 @@ mod tests {
             Some(start + Duration::from_secs(1))
         );
         assert!(sent(&mut rx).is_empty());
+        // The ends due together go together.
         let next = agent.finish_due(&tx, start + Duration::from_millis(1100));
         assert_eq!(
             sent(&mut rx),
-            [
-                ("a".to_string(), TaskFinished),
-                ("c".to_string(), TaskFinished)
-            ]
+            [message(&[("a", TaskFinished), ("c", TaskFinished)])]
         );
         assert_eq!(next, Some(start + Duration::from_millis(1600)));
         let last = agent.finish_due(&tx, start + Duration::from_millis(1600));
-        assert_eq!(sent(&mut rx), [("b".to_string(), TaskFinished)]);
+        assert_eq!(sent(&mut rx), [message(&[("b", TaskFinished)])]);
         assert_eq!(last, None);
         assert!(agent.tasks.is_empty());
     }

@@ -6,6 +6,33 @@ use super::*;
 /// Most volumes one task may declare.
 const MAX_VOLUMES: usize = 16;
 
+/// Splits an accept's tasks, in order, into launch messages of at most
+/// [`MAX_ACCEPT_TASK_BYTES`] of tasks (or one task, if it alone is more):
+/// with a task at most [`MAX_TASK_BYTES`], every message stays under the
+/// limit both ends hold to, though the master adds to each task.
+///
+/// [`MAX_ACCEPT_TASK_BYTES`]: agora_proto::limits::MAX_ACCEPT_TASK_BYTES
+/// [`MAX_TASK_BYTES`]: agora_proto::limits::MAX_TASK_BYTES
+pub(super) fn launch_batches(tasks: Vec<v1::TaskInfo>) -> Vec<Vec<v1::TaskInfo>> {
+    use prost::Message as _;
+    let mut batches: Vec<Vec<v1::TaskInfo>> = Vec::new();
+    let mut bytes = 0;
+    for task in tasks {
+        let size = task.encoded_len();
+        match batches.last_mut() {
+            Some(batch) if bytes + size <= agora_proto::limits::MAX_ACCEPT_TASK_BYTES => {
+                bytes += size;
+                batch.push(task);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![task]);
+            }
+        }
+    }
+    batches
+}
+
 impl Core {
     /// Validates and applies an accept. Invalid accepts launch nothing and
     /// return every named offer's resources.
@@ -107,6 +134,7 @@ impl Core {
             .get(framework_id)
             .map(|f| f.info.user.clone())
             .unwrap_or_default();
+        let mut to_launch = Vec::with_capacity(launches.len());
         for (mut task, resources) in launches {
             self.reader_checkpoint();
             task.agent_id = Some(v1::AgentId {
@@ -150,13 +178,18 @@ impl Core {
                 },
             );
             self.persist_task(&key);
+            to_launch.push(task);
+        }
+        // The accept's tasks go to the agent together: one message, not
+        // one per task, unless they outgrow one.
+        for tasks in launch_batches(to_launch) {
             self.send_to_agent(
                 &agent,
                 master_message::Message::Launch(master_message::Launch {
                     framework_id: Some(v1::FrameworkId {
                         value: framework_id.to_string(),
                     }),
-                    task: Some(task),
+                    tasks,
                 }),
             );
         }
@@ -381,4 +414,59 @@ pub(super) fn refuse_duration(filters: Option<&v1::Filters>) -> Result<Option<Du
         ));
     }
     Ok((seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_of(id: &str, command_bytes: usize) -> v1::TaskInfo {
+        v1::TaskInfo {
+            task_id: Some(v1::TaskId { value: id.into() }),
+            command: Some(v1::CommandInfo {
+                value: "x".repeat(command_bytes),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ids(batches: &[Vec<v1::TaskInfo>]) -> Vec<Vec<String>> {
+        batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|t| {
+                        t.task_id
+                            .as_ref()
+                            .map(|t| t.value.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_accepts_tasks_launch_together_until_they_would_outgrow_a_message() {
+        let small: Vec<_> = (0..100).map(|i| task_of(&format!("s{i}"), 100)).collect();
+        assert_eq!(launch_batches(small).len(), 1);
+        // Five 3-MiB tasks: two fit under the accept's task bytes, a third
+        // would not.
+        let big: Vec<_> = (0..5).map(|i| task_of(&format!("b{i}"), 3 << 20)).collect();
+        let batches = launch_batches(big);
+        assert_eq!(
+            ids(&batches),
+            [vec!["b0", "b1"], vec!["b2", "b3"], vec!["b4"]]
+        );
+        for batch in &batches {
+            let message = master_message::Launch {
+                framework_id: Some(v1::FrameworkId { value: "f".into() }),
+                tasks: batch.clone(),
+            };
+            use prost::Message as _;
+            assert!(message.encoded_len() < agora_proto::limits::MAX_MESSAGE_BYTES);
+        }
+        assert!(launch_batches(Vec::new()).is_empty());
+    }
 }

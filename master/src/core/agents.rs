@@ -16,9 +16,11 @@ impl Core {
             Some(agent_message::Message::Register(register)) => {
                 self.register_agent(conn, tx, register, may_join)
             }
-            Some(agent_message::Message::StatusUpdate(update)) => {
+            Some(agent_message::Message::StatusUpdates(batch)) => {
                 if let Some(agent) = self.agent_by_conn(conn) {
-                    self.status_update(&agent, update);
+                    for update in batch.updates {
+                        self.status_update(&agent, update);
+                    }
                 } else {
                     refuse_unregistered(&tx);
                 }

@@ -182,16 +182,15 @@ impl Core {
                 .status_update_ack_seconds
                 .observe(relayed.elapsed().as_secs_f64());
         }
-        // An agent that is away resends the update when it returns.
-        self.send_to_agent(
-            &agent,
-            master_message::Message::Acknowledge(master_message::Acknowledge {
+        self.acknowledge_to_agent(
+            agent,
+            master_message::Acknowledge {
                 framework_id: Some(v1::FrameworkId {
                     value: framework_id.to_string(),
                 }),
                 task_id: Some(v1::TaskId { value: task_id }),
                 uuid: ack.uuid,
-            }),
+            },
         );
         Ok(())
     }

@@ -120,6 +120,32 @@ impl Core {
         true
     }
 
+    /// Queues an acknowledgement for the agent; it goes at the burst's end
+    /// ([`Core::send_acknowledgements`]).
+    pub(super) fn acknowledge_to_agent(&mut self, agent: String, ack: master_message::Acknowledge) {
+        self.acks_for_agents.entry(agent).or_default().push(ack);
+    }
+
+    /// Sends each agent the acknowledgements gathered for it, in one
+    /// message. An agent that is away resends its updates when it returns.
+    pub(super) fn send_acknowledgements(&mut self) {
+        if self.acks_for_agents.is_empty() {
+            return;
+        }
+        // Taken and put back, drained: the map keeps its room for the next
+        // burst.
+        let mut due = std::mem::take(&mut self.acks_for_agents);
+        for (agent, acks) in due.drain() {
+            self.send_to_agent(
+                &agent,
+                master_message::Message::Acknowledgements(master_message::Acknowledgements {
+                    acks,
+                }),
+            );
+        }
+        self.acks_for_agents = due;
+    }
+
     /// Moves what waits in backlogs into streams that drained.
     pub(super) fn flush_backlogs(&mut self) {
         for f in self.frameworks.values_mut_unseen() {

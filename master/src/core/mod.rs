@@ -304,6 +304,11 @@ pub struct Core {
     metrics: Metrics,
     /// Relayed updates awaiting the framework's acknowledgement, by uuid.
     awaiting_ack: FastMap<Vec<u8>, Instant>,
+    /// Acknowledgements for agents, gathered over a burst and sent at its
+    /// end: one message per agent, not one per update (a framework
+    /// acknowledges a task's STARTING and RUNNING, or a whole accept's
+    /// tasks, in the same few calls).
+    acks_for_agents: FastMap<String, Vec<master_message::Acknowledge>>,
     /// Which agent each open session belongs to, and when it was last
     /// heard on it: every heartbeat and update is looked up here, once (at
     /// 50,000 agents, with a second lookup in the agents' table for the
@@ -518,6 +523,7 @@ impl Core {
             events,
             metrics: Metrics::default(),
             awaiting_ack: FastMap::default(),
+            acks_for_agents: FastMap::default(),
             agent_of_conn: FastMap::default(),
             registry,
             gone_agents: HashSet::new(),
@@ -665,9 +671,10 @@ impl Core {
         CoreExit::Deposed
     }
 
-    /// What follows every burst of messages or tick: one registry commit,
-    /// then one allocation pass.
+    /// What follows every burst of messages or tick: the acknowledgements
+    /// gathered, one registry commit, then one allocation pass.
     fn end_of_burst(&mut self) {
+        self.send_acknowledgements();
         self.commit_registry();
         self.flush_backlogs();
         self.pause_offers_to_slow_frameworks();

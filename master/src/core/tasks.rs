@@ -191,13 +191,13 @@ impl Core {
     /// Tells the agent an update was delivered, which its framework will
     /// not acknowledge itself.
     fn acknowledge_for_framework(&mut self, agent: &str, framework: String, status: TaskStatus) {
-        self.send_to_agent(
-            agent,
-            master_message::Message::Acknowledge(master_message::Acknowledge {
+        self.acknowledge_to_agent(
+            agent.to_string(),
+            master_message::Acknowledge {
                 framework_id: Some(v1::FrameworkId { value: framework }),
                 task_id: status.task_id,
                 uuid: status.uuid,
-            }),
+            },
         );
     }
 

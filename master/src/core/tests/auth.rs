@@ -158,7 +158,7 @@ async fn a_task_runs_as_root_only_where_the_acls_allow_it() {
         accept(&offer, vec![as_nobody, task_info("t3", "cpus:1;mem:64")]),
     )
     .expect("allowed");
-    assert_eq!(agent_kinds(&mut agent.rx), ["launch:t2", "launch:t3"]);
+    assert_eq!(agent_kinds(&mut agent.rx), ["launch:t2,t3"]);
 }
 
 #[tokio::test(start_paused = true)]

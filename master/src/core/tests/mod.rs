@@ -110,11 +110,18 @@ impl Harness {
     }
 
     fn send(&mut self, msg: CoreMsg) {
-        // As an agent's connection does, on the message's arrival.
-        if let CoreMsg::Agent { tx, .. } = &msg {
-            tx.heard().now();
+        self.burst(vec![msg]);
+    }
+
+    /// Messages handled in one burst, as the core takes what is queued.
+    fn burst(&mut self, msgs: Vec<CoreMsg>) {
+        for msg in msgs {
+            // As an agent's connection does, on the message's arrival.
+            if let CoreMsg::Agent { tx, .. } = &msg {
+                tx.heard().now();
+            }
+            self.core.handle(msg);
         }
-        self.core.handle(msg);
         self.core.end_of_burst();
     }
 
@@ -290,8 +297,19 @@ impl Harness {
     }
 
     fn call(&mut self, framework: &FrameworkSession, call: Call) -> Result<(), Status> {
-        let (reply, mut answer) = oneshot::channel();
-        self.send(CoreMsg::Call {
+        let (msg, mut answer) = self.call_msg(framework, call);
+        self.send(msg);
+        answer.try_recv().expect("reply")
+    }
+
+    /// A call as the core receives it, and where its answer arrives.
+    fn call_msg(
+        &self,
+        framework: &FrameworkSession,
+        call: Call,
+    ) -> (CoreMsg, oneshot::Receiver<Result<(), Status>>) {
+        let (reply, answer) = oneshot::channel();
+        let msg = CoreMsg::Call {
             header: Some(v1::CallHeader {
                 framework_id: Some(v1::FrameworkId {
                     value: framework.id.clone(),
@@ -301,8 +319,8 @@ impl Harness {
             caller: self.caller.clone(),
             call,
             reply,
-        });
-        answer.try_recv().expect("reply")
+        };
+        (msg, answer)
     }
 
     fn operator(&mut self, op: Operator) -> Result<(), OperatorError> {
@@ -335,18 +353,11 @@ impl Harness {
             conn: agent.conn,
             tx: agent.tx.clone(),
             msg: AgentMessage {
-                message: Some(agent_message::Message::StatusUpdate(v1::StatusUpdate {
-                    framework_id: Some(v1::FrameworkId {
-                        value: framework.into(),
-                    }),
-                    status: Some(TaskStatus {
-                        task_id: Some(v1::TaskId { value: task.into() }),
-                        state: state as i32,
-                        source: task_status::Source::Agent as i32,
-                        uuid: uuid.to_vec(),
-                        ..Default::default()
-                    }),
-                })),
+                message: Some(agent_message::Message::StatusUpdates(
+                    agent_message::StatusUpdates {
+                        updates: vec![status_update(framework, task, state, uuid)],
+                    },
+                )),
             },
             may_join: self.may_join,
         }
@@ -411,9 +422,9 @@ fn event_kinds(rx: &mut FrameworkRx) -> Vec<String> {
         .collect()
 }
 
-/// What the agent was told, by kind: `launch:TASK`, `kill:TASK`, `ack`,
-/// `shutdown`, `registered`, `closed:CODE` (heartbeat acknowledgements
-/// left out).
+/// What the agent was told, one entry per message, by kind:
+/// `launch:TASK,TASK…`, `kill:TASK`, `ack:UUID,UUID…`, `shutdown`,
+/// `registered`, `closed:CODE` (heartbeat acknowledgements left out).
 fn agent_kinds(rx: &mut AgentRx) -> Vec<String> {
     drain(rx)
         .into_iter()
@@ -430,15 +441,23 @@ fn agent_kinds(rx: &mut AgentRx) -> Vec<String> {
             Ok(m) => match m.message {
                 Some(master_message::Message::Launch(l)) => format!(
                     "launch:{}",
-                    l.task
-                        .and_then(|t| t.task_id)
-                        .map(|t| t.value)
-                        .unwrap_or_default()
+                    l.tasks
+                        .into_iter()
+                        .map(|t| t.task_id.map(|t| t.value).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
                 Some(master_message::Message::Kill(k)) => {
                     format!("kill:{}", k.task_id.map(|t| t.value).unwrap_or_default())
                 }
-                Some(master_message::Message::Acknowledge(_)) => "ack".into(),
+                Some(master_message::Message::Acknowledgements(a)) => format!(
+                    "ack:{}",
+                    a.acks
+                        .iter()
+                        .map(|a| String::from_utf8_lossy(&a.uuid))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
                 Some(master_message::Message::Shutdown(_)) => "shutdown".into(),
                 Some(master_message::Message::Registered(_)) => "registered".into(),
                 Some(master_message::Message::MarkedUnreachable(_)) => "unreachable".into(),
@@ -446,6 +465,22 @@ fn agent_kinds(rx: &mut AgentRx) -> Vec<String> {
             },
         })
         .collect()
+}
+
+/// An agent's update of a task.
+fn status_update(framework: &str, task: &str, state: TaskState, uuid: &[u8]) -> v1::StatusUpdate {
+    v1::StatusUpdate {
+        framework_id: Some(v1::FrameworkId {
+            value: framework.into(),
+        }),
+        status: Some(TaskStatus {
+            task_id: Some(v1::TaskId { value: task.into() }),
+            state: state as i32,
+            source: task_status::Source::Agent as i32,
+            uuid: uuid.to_vec(),
+            ..Default::default()
+        }),
+    }
 }
 
 fn task_info(id: &str, resources: &str) -> v1::TaskInfo {
@@ -633,9 +668,69 @@ async fn updates_are_relayed_in_order_and_acknowledgements_reach_the_agent() {
         .expect_err("a ghost");
     assert_eq!(refused.code(), tonic::Code::NotFound);
     assert!(refused.message().contains("ghost"), "{refused:?}");
-    assert_eq!(agent_kinds(&mut agent.rx), ["ack", "ack", "ack"]);
+    // In one message, in the order acknowledged.
+    assert_eq!(agent_kinds(&mut agent.rx), ["ack:u1,u2,u3"]);
     // A finished task's resources are free again.
     assert!(h.core.used_on_agent(&agent.id).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_sent_together_are_each_relayed_and_their_acknowledgements_go_back_together() {
+    let mut h = Harness::new();
+    let (mut agent, mut framework) = launched(&mut h, "f", 0.0, &["t1", "t2"]);
+    assert_eq!(
+        agent_kinds(&mut agent.rx),
+        ["launch:t1,t2"],
+        "one accept's tasks in one message"
+    );
+    let fid = framework.id.clone();
+    let together = CoreMsg::Agent {
+        conn: agent.conn,
+        tx: agent.tx.clone(),
+        msg: AgentMessage {
+            message: Some(agent_message::Message::StatusUpdates(
+                agent_message::StatusUpdates {
+                    updates: vec![
+                        status_update(&fid, "t1", TaskState::TaskStarting, b"u1"),
+                        status_update(&fid, "t1", TaskState::TaskRunning, b"u2"),
+                        status_update(&fid, "t2", TaskState::TaskStarting, b"u3"),
+                        status_update(&fid, "t2", TaskState::TaskRunning, b"u4"),
+                    ],
+                },
+            )),
+        },
+        may_join: h.may_join,
+    };
+    h.send(together);
+    let updates: Vec<String> = event_kinds(&mut framework.rx)
+        .into_iter()
+        .filter(|k| k.starts_with("update"))
+        .collect();
+    assert_eq!(
+        updates,
+        [
+            "update:TASK_STARTING",
+            "update:TASK_RUNNING",
+            "update:TASK_STARTING",
+            "update:TASK_RUNNING"
+        ]
+    );
+    assert_eq!(h.task_state(&fid, "t1"), Some(TaskState::TaskRunning));
+    assert_eq!(h.task_state(&fid, "t2"), Some(TaskState::TaskRunning));
+    // Two calls in one burst: the agent hears of all four in one message.
+    let ack = |task: &str, uuid: &[u8]| v1::Acknowledgement {
+        agent_id: None,
+        task_id: Some(v1::TaskId { value: task.into() }),
+        uuid: uuid.to_vec(),
+    };
+    let (first, mut first_answer) =
+        h.call_msg(&framework, acknowledge("t1", b"u1", vec![ack("t1", b"u2")]));
+    let (second, mut second_answer) =
+        h.call_msg(&framework, acknowledge("t2", b"u3", vec![ack("t2", b"u4")]));
+    h.burst(vec![first, second]);
+    assert!(matches!(first_answer.try_recv(), Ok(Ok(()))));
+    assert!(matches!(second_answer.try_recv(), Ok(Ok(()))));
+    assert_eq!(agent_kinds(&mut agent.rx), ["ack:u1,u2,u3,u4"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -768,10 +863,7 @@ async fn a_task_the_master_never_knew_is_reported_to_its_framework() {
 async fn an_agent_back_without_a_task_drops_it_if_it_never_reached_the_agent_and_else_it_is_gone() {
     let mut h = Harness::new();
     let (mut agent, mut framework) = launched(&mut h, "f", 3600.0, &["ran", "never-arrived"]);
-    assert_eq!(
-        agent_kinds(&mut agent.rx),
-        ["launch:ran", "launch:never-arrived"]
-    );
+    assert_eq!(agent_kinds(&mut agent.rx), ["launch:ran,never-arrived"]);
     h.update(&agent, &framework.id, "ran", TaskState::TaskRunning, b"u1");
     drain(&mut framework.rx);
     // The agent comes back knowing neither (the second's launch died with

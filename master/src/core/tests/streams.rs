@@ -154,7 +154,7 @@ async fn a_retried_running_update_after_the_task_ended_neither_revives_it_nor_fr
     );
     assert_eq!(
         agent_kinds(&mut agent.rx),
-        ["ack"],
+        ["ack:u1"],
         "the agent stops retrying the stale update"
     );
     h.update(&agent, &framework.id, "t1", TaskState::TaskFinished, b"u2");
@@ -200,7 +200,7 @@ async fn a_retried_starting_update_that_was_overtaken_does_not_set_the_task_back
     );
     assert_eq!(
         agent_kinds(&mut agent.rx),
-        ["ack"],
+        ["ack:late"],
         "the agent stops retrying it"
     );
 }
