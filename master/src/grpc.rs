@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Action, Authority, Caller};
 use crate::core::{Call, CoreMsg, InboxSender};
-use crate::outbound::{AGENT_STREAM_CAPACITY, FRAMEWORK_STREAM_CAPACITY, Outbound};
+use crate::outbound::{AGENT_STREAM_CAPACITY, FRAMEWORK_STREAM_CAPACITY, Heard, Outbound};
 
 /// A handle for sending messages to the core. Its queue is bounded: a
 /// sender waits while the core is behind.
@@ -59,6 +59,22 @@ impl CoreHandle {
             .send(msg)
             .await
             .map_err(|_| Status::unavailable("the master is shutting down"))
+    }
+
+    /// Sends a peer's message; while the core's queue has no room, the
+    /// peer's connection reads nothing more, and the peer counts as heard
+    /// ([`Heard::hold`]).
+    async fn send_holding(&self, msg: CoreMsg, heard: &Heard) -> Result<(), Status> {
+        match self.tx.try_send(msg).map_err(|e| *e) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let _holding = heard.hold();
+                self.send(msg).await
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Status::unavailable("the master is shutting down"))
+            }
+        }
     }
 
     /// For drop guards, which cannot wait: straight in if there is room,
@@ -301,16 +317,13 @@ impl AgentService for CoreHandle {
                         // Heard now, however long the core's queue makes
                         // the message wait.
                         out_tx.heard().now();
-                        if core
-                            .send(CoreMsg::Agent {
-                                conn,
-                                tx: out_tx.clone(),
-                                msg,
-                                may_join,
-                            })
-                            .await
-                            .is_err()
-                        {
+                        let msg = CoreMsg::Agent {
+                            conn,
+                            tx: out_tx.clone(),
+                            msg,
+                            may_join,
+                        };
+                        if core.send_holding(msg, out_tx.heard()).await.is_err() {
                             break;
                         }
                     }

@@ -7,10 +7,11 @@
 //!
 //! It also carries when the peer last spoke ([`Heard`]), as the peer's
 //! connection saw it: a core behind on its queue must not take an agent
-//! whose messages wait in that queue for a silent one.
+//! whose messages wait in that queue, or wait unread behind one, for a
+//! silent one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -48,6 +49,9 @@ struct HeardAt {
     opened: Instant,
     /// Milliseconds from `opened` to the last message.
     last_ms: AtomicU64,
+    /// The connection holds a message the core's full queue has not yet
+    /// taken, and reads no more of the peer's meanwhile.
+    holding: AtomicBool,
 }
 
 impl Heard {
@@ -55,6 +59,7 @@ impl Heard {
         Heard(Arc::new(HeardAt {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
         }))
     }
 
@@ -66,9 +71,37 @@ impl Heard {
             .fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// When the peer last spoke (the stream's opening if it has not yet).
+    /// The connection stops reading until the returned guard drops (it
+    /// waits for the core to take a message). The peer's later messages
+    /// wait unread meanwhile, so that time is not its silence: it counts
+    /// as heard throughout, and again when reading resumes. (A
+    /// registration storm kept agents' sessions waiting on a full queue
+    /// longer than the agent timeout while they heartbeated on time.)
+    pub fn hold(&self) -> Holding<'_> {
+        self.0.holding.store(true, Ordering::Relaxed);
+        Holding(self)
+    }
+
+    /// When the peer last spoke (the stream's opening if it has not yet);
+    /// now while the connection is not reading.
     pub fn last(&self) -> Instant {
+        if self.0.holding.load(Ordering::Relaxed) {
+            return Instant::now();
+        }
         self.0.opened + std::time::Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// While alive, the connection is not reading its peer ([`Heard::hold`]).
+#[must_use = "the connection counts as not reading only while this lives"]
+pub struct Holding<'a>(&'a Heard);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        // Stamped before the flag clears: a look in between sees the peer
+        // heard, not silent since before the wait.
+        self.0.now();
+        self.0.0.holding.store(false, Ordering::Relaxed);
     }
 }
 
@@ -173,6 +206,22 @@ mod tests {
             opened + std::time::Duration::from_secs(3),
             "its clones share it"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_is_not_silent_while_its_connection_is_not_reading() {
+        let (out, _rx) = Outbound::<u32>::channel(8);
+        let heard = out.heard();
+        heard.now();
+        let spoke = Instant::now();
+        let holding = heard.hold();
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        assert_eq!(heard.last(), Instant::now(), "heard throughout the wait");
+        drop(holding);
+        let resumed = Instant::now();
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert_eq!(heard.last(), resumed, "silent from when reading resumed");
+        assert!(heard.last() > spoke);
     }
 
     #[test]

@@ -198,10 +198,10 @@ impl AgentStatus {
 /// on it.
 struct AgentSession {
     agent: String,
-    /// Stamped by the session's connection as each message arrives: a
-    /// message waiting in the core's queue counts, so a registration storm
-    /// that keeps the core behind does not make agents that heartbeat on
-    /// time look silent.
+    /// Stamped by the session's connection as each message arrives, and
+    /// held while the connection waits for room in the core's queue (it
+    /// reads nothing meanwhile): a registration storm that keeps the core
+    /// behind does not make agents that heartbeat on time look silent.
     heard: Heard,
 }
 

@@ -819,6 +819,26 @@ async fn an_agent_whose_messages_arrive_is_not_silent_while_they_wait_for_the_co
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_agent_whose_connection_waits_for_room_in_the_core_is_not_silent() {
+    let mut h = Harness::new();
+    let agent = h.admit(1);
+    let status = |h: &Harness| h.core.agents.get(&agent.id).map(|a| a.status.name());
+    // Its connection holds a message the core's full queue cannot take for
+    // 30 s, and reads none of the heartbeats behind it meanwhile.
+    let holding = agent.tx.heard().hold();
+    for _ in 0..30 {
+        h.advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(status(&h), Some("active"), "unread is not unheard");
+    // Reading again, it hears nothing more: silent from then on.
+    drop(holding);
+    h.advance(Duration::from_secs(9)).await;
+    assert_eq!(status(&h), Some("active"));
+    h.advance(Duration::from_secs(2)).await;
+    assert_eq!(status(&h), Some("unreachable"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_task_declared_lost_is_killed_when_its_agent_comes_back() {
     let mut h = Harness::new();
     let (agent, mut framework) = running_task(&mut h, 3600.0);
