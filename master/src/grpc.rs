@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use agora_proto::v1::{
-    self, AgentMessage, Event, MasterMessage, agent_service_server::AgentService,
-    scheduler_server::Scheduler,
+    self, AgentMessage, Event, MasterMessage, agent_message, agent_service_server::AgentService,
+    master_message, scheduler_server::Scheduler,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Action, Authority, Caller};
-use crate::core::{Call, CoreMsg, InboxSender};
+use crate::core::{AgentTx, Call, CoreMsg, HeartbeatTerms, InboxSender};
 use crate::outbound::{AGENT_STREAM_CAPACITY, FRAMEWORK_STREAM_CAPACITY, Heard, Outbound};
 
 /// A handle for sending messages to the core. Its queue is bounded: a
@@ -29,6 +29,8 @@ pub struct CoreHandle {
     tx: InboxSender,
     next_conn: Arc<AtomicU64>,
     auth: Arc<Authority>,
+    /// What agents' heartbeats are answered with, kept by the core.
+    heartbeat_terms: Arc<HeartbeatTerms>,
 }
 
 /// Who made a gRPC request, as the port's authentication found it.
@@ -41,11 +43,16 @@ fn caller_of<T>(request: &Request<T>) -> Caller {
 }
 
 impl CoreHandle {
-    pub(crate) fn new(tx: InboxSender, auth: Arc<Authority>) -> Self {
+    pub(crate) fn new(
+        tx: InboxSender,
+        auth: Arc<Authority>,
+        heartbeat_terms: Arc<HeartbeatTerms>,
+    ) -> Self {
         CoreHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
             auth,
+            heartbeat_terms,
         }
     }
 
@@ -317,11 +324,15 @@ impl AgentService for CoreHandle {
                         // Heard now, however long the core's queue makes
                         // the message wait.
                         out_tx.heard().now();
-                        let msg = CoreMsg::Agent {
-                            conn,
-                            tx: out_tx.clone(),
-                            msg,
-                            may_join,
+                        let msg = match answer_heartbeat(msg, &out_tx, &core.heartbeat_terms) {
+                            Answered::Fully => continue,
+                            Answered::Usage(usage) => CoreMsg::AgentUsage { conn, usage },
+                            Answered::No(msg) => CoreMsg::Agent {
+                                conn,
+                                tx: out_tx.clone(),
+                                msg,
+                                may_join,
+                            },
                         };
                         if core.send_holding(msg, out_tx.heard()).await.is_err() {
                             break;
@@ -340,6 +351,41 @@ impl AgentService for CoreHandle {
             on_drop: Some((self.clone(), CoreMsg::AgentClosed { conn })),
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// What the connection did with an agent's message.
+enum Answered {
+    /// A heartbeat, answered; nothing for the core.
+    Fully,
+    /// A heartbeat, answered; its usage report is for the core.
+    Usage(Vec<v1::TaskUsage>),
+    /// For the core (not a heartbeat, a session the core has not
+    /// admitted, or no room for the answer).
+    No(AgentMessage),
+}
+
+/// Answers an admitted session's heartbeat here, with the terms the core
+/// keeps current: the agent learns the master hears it (its stream is
+/// stamped on arrival, and liveness counts from the stamp) without the
+/// core being woken for it.
+fn answer_heartbeat(msg: AgentMessage, out: &AgentTx, terms: &HeartbeatTerms) -> Answered {
+    let Some(agent_message::Message::Heartbeat(heartbeat)) = msg.message else {
+        return Answered::No(msg);
+    };
+    if !out.heard().is_admitted() || !out.has_room(1) {
+        // The core refuses the first and cuts off the second.
+        return Answered::No(AgentMessage {
+            message: Some(agent_message::Message::Heartbeat(heartbeat)),
+        });
+    }
+    let _ = out.send(MasterMessage {
+        message: Some(master_message::Message::HeartbeatAck(terms.ack())),
+    });
+    if heartbeat.usage.is_empty() {
+        Answered::Fully
+    } else {
+        Answered::Usage(heartbeat.usage)
     }
 }
 
@@ -375,5 +421,102 @@ async fn check_webui_url(url: &str, peer: Option<std::net::IpAddr>) -> Result<()
         Err(bad(format!(
             "{host} is not the address this framework connects from ({peer})"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(usage: Vec<v1::TaskUsage>) -> AgentMessage {
+        AgentMessage {
+            message: Some(agent_message::Message::Heartbeat(
+                agent_message::Heartbeat { usage },
+            )),
+        }
+    }
+
+    fn terms() -> HeartbeatTerms {
+        let terms = HeartbeatTerms::default();
+        terms.set(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(50),
+        );
+        terms
+    }
+
+    fn acks(rx: &mut mpsc::Receiver<Result<MasterMessage, Status>>) -> Vec<(f64, f64)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|m| match m.ok()?.message? {
+                master_message::Message::HeartbeatAck(a) => {
+                    Some((a.heartbeat_interval_seconds, a.agent_timeout_seconds))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_admitted_sessions_heartbeat_is_answered_by_its_connection() {
+        let (out, mut rx) = AgentTx::channel(8);
+        let terms = terms();
+        // Before the core admitted the session: the core's to answer (and
+        // refuse).
+        assert!(matches!(
+            answer_heartbeat(heartbeat(Vec::new()), &out, &terms),
+            Answered::No(_)
+        ));
+        assert!(acks(&mut rx).is_empty());
+
+        out.heard().admit();
+        assert!(matches!(
+            answer_heartbeat(heartbeat(Vec::new()), &out, &terms),
+            Answered::Fully
+        ));
+        assert_eq!(acks(&mut rx), [(10.0, 50.0)], "with the core's terms");
+
+        // A usage report still reaches the core, answered all the same.
+        let usage = v1::TaskUsage {
+            task_id: Some(v1::TaskId { value: "t1".into() }),
+            ..Default::default()
+        };
+        match answer_heartbeat(heartbeat(vec![usage]), &out, &terms) {
+            Answered::Usage(usage) => assert_eq!(usage.len(), 1),
+            _ => panic!("the usage is the core's"),
+        }
+        assert_eq!(acks(&mut rx).len(), 1);
+
+        // Anything else is the core's.
+        let update = AgentMessage {
+            message: Some(agent_message::Message::StatusUpdates(
+                agent_message::StatusUpdates::default(),
+            )),
+        };
+        assert!(matches!(
+            answer_heartbeat(update, &out, &terms),
+            Answered::No(_)
+        ));
+
+        // Once the core forgets the session, its heartbeats go to the core
+        // again.
+        out.heard().revoke();
+        assert!(matches!(
+            answer_heartbeat(heartbeat(Vec::new()), &out, &terms),
+            Answered::No(_)
+        ));
+        assert!(acks(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_session_with_no_room_for_the_answer_is_left_to_the_core() {
+        let (out, _rx) = AgentTx::channel(2);
+        out.heard().admit();
+        out.send(MasterMessage::default()).expect("room for one");
+        // Its last slot is kept for the error that ends it: the core cuts
+        // the session off.
+        assert!(matches!(
+            answer_heartbeat(heartbeat(Vec::new()), &out, &terms()),
+            Answered::No(_)
+        ));
     }
 }

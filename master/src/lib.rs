@@ -137,7 +137,8 @@ pub async fn run(
     } else {
         String::new()
     };
-    let handle = grpc::CoreHandle::new(tx, auth.clone());
+    let heartbeat_terms = Arc::new(core::HeartbeatTerms::default());
+    let handle = grpc::CoreHandle::new(tx, auth.clone(), heartbeat_terms.clone());
     // Slow event readers lag and are told so; the core never waits on them.
     let events = events::EventSender::new(EVENTS_BEHIND);
     let (role_tx, role) = watch::channel(match backing {
@@ -292,6 +293,7 @@ pub async fn run(
     };
     let mut core = core::Core::recover(config, events, registry)?;
     core.set_agent_http_token(agent_http_token);
+    core.share_heartbeat_terms(heartbeat_terms);
     core.publish_to(publisher);
     role_tx.send_replace(Role::Leading);
     let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();

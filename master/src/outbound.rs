@@ -40,7 +40,8 @@ pub enum Unsent<T> {
 }
 
 /// When a peer last spoke on its stream, stamped by its connection as each
-/// message arrives, before the message waits for the core.
+/// message arrives, before the message waits for the core; and whether the
+/// core admitted the peer as an agent on it.
 #[derive(Clone, Debug)]
 pub struct Heard(Arc<HeardAt>);
 
@@ -52,6 +53,9 @@ struct HeardAt {
     /// The connection holds a message the core's full queue has not yet
     /// taken, and reads no more of the peer's meanwhile.
     holding: AtomicBool,
+    /// The core registered an agent on this session: its connection may
+    /// answer its heartbeats.
+    admitted: AtomicBool,
 }
 
 impl Heard {
@@ -60,6 +64,7 @@ impl Heard {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
             holding: AtomicBool::new(false),
+            admitted: AtomicBool::new(false),
         }))
     }
 
@@ -80,6 +85,22 @@ impl Heard {
     pub fn hold(&self) -> Holding<'_> {
         self.0.holding.store(true, Ordering::Relaxed);
         Holding(self)
+    }
+
+    /// The core registered an agent on this session (before it tells the
+    /// agent so).
+    pub fn admit(&self) {
+        self.0.admitted.store(true, Ordering::Release);
+    }
+
+    /// The core no longer counts this session as its agent's.
+    pub fn revoke(&self) {
+        self.0.admitted.store(false, Ordering::Release);
+    }
+
+    /// Whether the core registered an agent on this session.
+    pub fn is_admitted(&self) -> bool {
+        self.0.admitted.load(Ordering::Acquire)
     }
 
     /// When the peer last spoke (the stream's opening if it has not yet);

@@ -26,6 +26,9 @@ impl Core {
                 }
             }
             Some(agent_message::Message::Heartbeat(heartbeat)) => {
+                // Its connection answers an admitted session's heartbeats;
+                // these came before the admission was known there, or
+                // while the session had no room for the answer.
                 let Some(agent) = self.agent_by_conn(conn) else {
                     refuse_unregistered(&tx);
                     return;
@@ -40,21 +43,7 @@ impl Core {
                         },
                     )),
                 });
-                for u in heartbeat.usage {
-                    let key = (
-                        u.framework_id.map(|f| f.value).unwrap_or_default(),
-                        u.task_id.map(|t| t.value).unwrap_or_default(),
-                    );
-                    // A report can overtake the task's end (it was on its
-                    // way): an ended task uses nothing.
-                    if let Some(task) = self
-                        .tasks
-                        .get_mut(&key)
-                        .filter(|t| t.agent == agent && !is_terminal(t.state))
-                    {
-                        task.usage = u.usage;
-                    }
-                }
+                self.record_usage(&agent, heartbeat.usage);
             }
             None => warn!(conn, "empty agent message"),
         }
@@ -63,6 +52,33 @@ impl Core {
     /// How often agents heartbeat: a fifth of the agent timeout, or slower
     /// once the cluster is big enough that all of them would exceed
     /// `max_agent_heartbeats_per_second`.
+    /// The session is no longer its agent's: its connection stops
+    /// answering heartbeats for it.
+    fn forget_session(&mut self, conn: u64) -> Option<AgentSession> {
+        let session = self.agent_of_conn.remove(&conn)?;
+        session.heard.revoke();
+        Some(session)
+    }
+
+    /// What an agent's heartbeat said its tasks use.
+    pub(super) fn record_usage(&mut self, agent: &str, usage: Vec<v1::TaskUsage>) {
+        for u in usage {
+            let key = (
+                u.framework_id.map(|f| f.value).unwrap_or_default(),
+                u.task_id.map(|t| t.value).unwrap_or_default(),
+            );
+            // A report can overtake the task's end (it was on its way): an
+            // ended task uses nothing.
+            if let Some(task) = self
+                .tasks
+                .get_mut(&key)
+                .filter(|t| t.agent == agent && !is_terminal(t.state))
+            {
+                task.usage = u.usage;
+            }
+        }
+    }
+
     pub(super) fn heartbeat_interval(&self) -> Duration {
         let per_second = self.config.max_agent_heartbeats_per_second.max(1.0);
         // In whole seconds, so it changes now and then as the cluster
@@ -151,8 +167,13 @@ impl Core {
 
         let draining = self.agents.get(&id).is_some_and(|a| a.draining);
         // A session the agent left behind is no longer its own.
-        if let Some((old, _)) = self.agents.get(&id).and_then(|a| a.conn.as_ref()) {
-            self.agent_of_conn.remove(old);
+        if let Some(old) = self
+            .agents
+            .get(&id)
+            .and_then(|a| a.conn.as_ref())
+            .map(|(conn, _)| *conn)
+        {
+            self.forget_session(old);
         }
         let entry = AgentEntry {
             draining,
@@ -198,6 +219,9 @@ impl Core {
                 hostname: info.hostname.clone(),
             }
         });
+        // Admitted before the agent is told: its connection answers the
+        // heartbeats that follow.
+        tx.heard().admit();
         self.agent_of_conn
             .insert(conn, AgentSession::new(id.clone(), tx.heard().clone()));
         self.agents.insert(id.clone(), entry);
@@ -355,7 +379,7 @@ impl Core {
     }
 
     pub(super) fn agent_closed(&mut self, conn: u64) {
-        let Some(session) = self.agent_of_conn.remove(&conn) else {
+        let Some(session) = self.forget_session(conn) else {
             return;
         };
         let Some(agent) = self.agents.get_mut(&session.agent) else {
@@ -386,7 +410,7 @@ impl Core {
         // End the stream, so an agent that was only slow reconnects and
         // re-registers rather than talking into a dead session.
         if let Some((conn, tx)) = agent.conn.take() {
-            self.agent_of_conn.remove(&conn);
+            self.forget_session(conn);
             let _ = tx.send(MasterMessage {
                 message: Some(master_message::Message::MarkedUnreachable(
                     master_message::MarkedUnreachable {},
@@ -469,7 +493,7 @@ impl Core {
             .map_err(|e| OperatorError::Registry(e.to_string()))?;
         warn!(agent = %agent_id, "operator marked the agent gone");
         if let Some((conn, tx)) = self.agents.get_mut(agent_id).and_then(|a| a.conn.take()) {
-            self.agent_of_conn.remove(&conn);
+            self.forget_session(conn);
             let _ = tx.send(MasterMessage {
                 message: Some(master_message::Message::Shutdown(
                     master_message::Shutdown {
@@ -504,7 +528,7 @@ impl Core {
         if let Some(agent) = self.agents.remove(agent_id)
             && let Some((conn, _)) = agent.conn
         {
-            self.agent_of_conn.remove(&conn);
+            self.forget_session(conn);
         }
         self.allocation_needed = true;
     }

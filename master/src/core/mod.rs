@@ -81,6 +81,12 @@ pub enum CoreMsg {
         /// credential); a known agent needs only its own secret.
         may_join: bool,
     },
+    /// What an agent's heartbeat reported of its tasks' usage, its
+    /// connection having answered the heartbeat itself.
+    AgentUsage {
+        conn: u64,
+        usage: Vec<v1::TaskUsage>,
+    },
     AgentClosed {
         conn: u64,
     },
@@ -116,6 +122,7 @@ impl CoreMsg {
     fn kind(&self) -> &'static str {
         match self {
             CoreMsg::Agent { .. } => "an agent's message",
+            CoreMsg::AgentUsage { .. } => "an agent's usage",
             CoreMsg::AgentClosed { .. } => "an agent's session closed",
             CoreMsg::Subscribe { .. } => "a subscription",
             CoreMsg::FrameworkClosed { .. } => "a framework's stream closed",
@@ -325,6 +332,39 @@ pub struct Core {
     /// Given to agents at registration: the master presents it to their
     /// HTTP API (empty without authentication).
     agent_http_token: String,
+    /// What agents' connections answer heartbeats with, kept current.
+    heartbeat_terms: Arc<HeartbeatTerms>,
+}
+
+/// The heartbeat interval and agent timeout as the core last set them (they
+/// grow with the cluster), for agents' connections to answer heartbeats
+/// with: a heartbeat is answered where it arrives, and costs the core
+/// nothing (at 50,000 agents, 5,000 a second had each woken it).
+#[derive(Debug, Default)]
+pub struct HeartbeatTerms {
+    interval_ms: std::sync::atomic::AtomicU64,
+    timeout_ms: std::sync::atomic::AtomicU64,
+}
+
+impl HeartbeatTerms {
+    pub(crate) fn set(&self, interval: Duration, timeout: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.interval_ms.store(ms(interval), Relaxed);
+        self.timeout_ms.store(ms(timeout), Relaxed);
+    }
+
+    /// The answer to a heartbeat (zeros, "unchanged", before the core set
+    /// any).
+    pub fn ack(&self) -> master_message::HeartbeatAck {
+        let seconds = |ms: &std::sync::atomic::AtomicU64| {
+            ms.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+        };
+        master_message::HeartbeatAck {
+            heartbeat_interval_seconds: seconds(&self.interval_ms),
+            agent_timeout_seconds: seconds(&self.timeout_ms),
+        }
+    }
 }
 
 /// Why the core stopped.
@@ -420,7 +460,9 @@ pub fn inbox(capacity: usize) -> (InboxSender, Inbox) {
 impl InboxSender {
     fn lane(&self, msg: &CoreMsg) -> &mpsc::Sender<CoreMsg> {
         match msg {
-            CoreMsg::Agent { .. } | CoreMsg::AgentClosed { .. } => &self.agents,
+            CoreMsg::Agent { .. } | CoreMsg::AgentUsage { .. } | CoreMsg::AgentClosed { .. } => {
+                &self.agents
+            }
             _ => &self.calls,
         }
     }
@@ -530,11 +572,24 @@ impl Core {
             clock,
             deposed: false,
             agent_http_token: String::new(),
+            heartbeat_terms: Arc::default(),
         }
     }
 
     /// Hands `token` to agents as they register, for the master's calls to
     /// their HTTP API.
+    /// Where the core keeps the heartbeat terms current for agents'
+    /// connections.
+    pub fn share_heartbeat_terms(&mut self, terms: Arc<HeartbeatTerms>) {
+        self.heartbeat_terms = terms;
+        self.publish_heartbeat_terms();
+    }
+
+    fn publish_heartbeat_terms(&self) {
+        self.heartbeat_terms
+            .set(self.heartbeat_interval(), self.agent_timeout());
+    }
+
     pub fn set_agent_http_token(&mut self, token: String) {
         self.agent_http_token = token;
     }
@@ -675,6 +730,7 @@ impl Core {
     /// gathered, one registry commit, then one allocation pass.
     fn end_of_burst(&mut self) {
         self.send_acknowledgements();
+        self.publish_heartbeat_terms();
         self.commit_registry();
         self.flush_backlogs();
         self.pause_offers_to_slow_frameworks();
@@ -707,6 +763,11 @@ impl Core {
                 msg,
                 may_join,
             } => self.agent_message(conn, tx, msg, may_join),
+            CoreMsg::AgentUsage { conn, usage } => {
+                if let Some(agent) = self.agent_by_conn(conn) {
+                    self.record_usage(&agent, usage);
+                }
+            }
             CoreMsg::AgentClosed { conn } => self.agent_closed(conn),
             CoreMsg::Subscribe {
                 info,

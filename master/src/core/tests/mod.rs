@@ -839,6 +839,45 @@ async fn an_agent_whose_connection_waits_for_room_in_the_core_is_not_silent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_sessions_connection_answers_heartbeats_only_while_the_core_counts_it_its_agents() {
+    let mut h = Harness::new();
+    let first = h.admit(1);
+    assert!(first.tx.heard().is_admitted(), "admitted as it registers");
+    // It answers with the core's terms, which grow with the cluster.
+    let terms = |h: &Harness| {
+        let ack = h.core.heartbeat_terms.ack();
+        (ack.heartbeat_interval_seconds, ack.agent_timeout_seconds)
+    };
+    let core_terms = |h: &Harness| {
+        (
+            h.core.heartbeat_interval().as_secs_f64(),
+            h.core.agent_timeout().as_secs_f64(),
+        )
+    };
+    assert_eq!(terms(&h), core_terms(&h));
+    h.core.config.max_agent_heartbeats_per_second = 1.0;
+    let second = h.reregister(&first, 2, Vec::new());
+    h.admit(3);
+    h.admit(4);
+    assert_eq!(terms(&h), core_terms(&h));
+    assert_eq!(
+        terms(&h),
+        (3.0, 15.0),
+        "three agents at one heartbeat a second"
+    );
+    // The session it left is no longer its.
+    assert!(!first.tx.heard().is_admitted());
+    assert!(second.tx.heard().is_admitted());
+    // Given up after its silence: nor is this one.
+    h.advance(Duration::from_secs(16)).await;
+    assert_eq!(
+        h.core.agents.get(&second.id).map(|a| a.status.name()),
+        Some("unreachable")
+    );
+    assert!(!second.tx.heard().is_admitted());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_task_declared_lost_is_killed_when_its_agent_comes_back() {
     let mut h = Harness::new();
     let (agent, mut framework) = running_task(&mut h, 3600.0);
