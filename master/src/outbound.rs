@@ -177,6 +177,20 @@ impl<T> Outbound<T> {
         let _ = self.tx.try_send(Err(status));
     }
 
+    /// Resolves once the stream has room for `n` more messages (at most
+    /// all but its closing slot), or the peer has gone. Holds nothing: what
+    /// it waited for is free for the sender.
+    pub fn room(&self, n: usize) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let tx = self.tx.clone();
+        let n = n.clamp(1, tx.max_capacity().saturating_sub(1).max(1));
+        async move {
+            let _ = tx.reserve_many(n).await;
+        }
+    }
+
     /// Room for `n` more messages.
     pub fn has_room(&self, n: usize) -> bool {
         !self.tx.is_closed() && self.tx.capacity() > n

@@ -178,6 +178,37 @@ impl Core {
         }
     }
 
+    /// Resolves once a framework that waits on its stream (events in its
+    /// backlog, or offers paused while the stream was nearly full) has the
+    /// room that lets it go on, so the core moves it on then, not at its
+    /// next wake for something else. (With heartbeats answered off the
+    /// core, those wakes came seldom enough that reconciling 100,000 tasks
+    /// took a second, not a third of one.) `None`: nobody waits.
+    pub(super) fn room_for_waiting_frameworks(
+        &self,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let mut rooms: Vec<_> = self
+            .frameworks
+            .values()
+            .filter(|f| f.offers_paused || !f.backlog.is_empty())
+            .filter_map(|f| f.stream.as_ref())
+            .map(|(_, tx)| Box::pin(tx.room(tx.capacity() / OFFER_HEADROOM_FRACTION + 1)))
+            .collect();
+        if rooms.is_empty() {
+            return None;
+        }
+        Some(std::future::poll_fn(move |cx| {
+            if rooms
+                .iter_mut()
+                .any(|room| room.as_mut().poll(cx).is_ready())
+            {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        }))
+    }
+
     /// Offers stop to a connected framework whose stream is nearly full
     /// (it reads slower than it is sent to) and resume, with a pass, once
     /// it drained.

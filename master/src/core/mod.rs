@@ -506,12 +506,22 @@ enum Wake {
     Tick,
     /// A reader asked, or a publication is due.
     Publication,
+    /// A framework that waited on its stream has room in it.
+    StreamRoom,
 }
 
 /// Resolves at `at`, or never.
 async fn wait_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when `future` does, or never if there is none.
+async fn wait_for(future: Option<impl std::future::Future<Output = ()>>) {
+    match future {
+        Some(future) => future.await,
         None => std::future::pending().await,
     }
 }
@@ -576,8 +586,6 @@ impl Core {
         }
     }
 
-    /// Hands `token` to agents as they register, for the master's calls to
-    /// their HTTP API.
     /// Where the core keeps the heartbeat terms current for agents'
     /// connections.
     pub fn share_heartbeat_terms(&mut self, terms: Arc<HeartbeatTerms>) {
@@ -590,6 +598,8 @@ impl Core {
             .set(self.heartbeat_interval(), self.agent_timeout());
     }
 
+    /// Hands `token` to agents as they register, for the master's calls to
+    /// their HTTP API.
     pub fn set_agent_http_token(&mut self, token: String) {
         self.agent_http_token = token;
     }
@@ -637,6 +647,7 @@ impl Core {
             } else {
                 self.unpublished().then(|| self.read.next_due()).flatten()
             };
+            let stream_room = self.room_for_waiting_frameworks();
             let woken_by = tokio::select! {
                 msg = inbox.next() => match msg {
                     Some(msg) => Wake::Message(msg),
@@ -645,6 +656,7 @@ impl Core {
                 _ = timer.tick() => Wake::Tick,
                 () = wait_until(publish_at) => Wake::Publication,
                 () = read_requests.wait() => Wake::Publication,
+                () = wait_for(stream_room) => Wake::StreamRoom,
                 () = &mut shutdown => break,
             };
             let turn = std::time::Instant::now();
@@ -660,6 +672,7 @@ impl Core {
                     ("the tick", Burst::default())
                 }
                 Wake::Publication => ("a reader or a due publication", Burst::default()),
+                Wake::StreamRoom => ("room in a framework's stream", Burst::default()),
             };
             let handled = turn.elapsed();
             self.end_of_burst();

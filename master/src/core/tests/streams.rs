@@ -204,3 +204,37 @@ async fn a_retried_starting_update_that_was_overtaken_does_not_set_the_task_back
         "the agent stops retrying it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_core_is_woken_when_a_framework_that_waits_has_room_again() {
+    let mut h = Harness::new();
+    h.stream_capacity = 32;
+    let (agent, mut framework) = running_task(&mut h, 3600.0);
+    let ready = |h: &Harness| {
+        let mut room = Box::pin(h.core.room_for_waiting_frameworks()?);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        Some(room.as_mut().poll(&mut cx).is_ready())
+    };
+    assert_eq!(ready(&h), None, "nobody waits");
+    // The framework stops reading; 40 updates fill its stream and its
+    // backlog.
+    for i in 0..40u32 {
+        let uuid = format!("r{i}");
+        h.update(
+            &agent,
+            &framework.id,
+            "t1",
+            TaskState::TaskRunning,
+            uuid.as_bytes(),
+        );
+    }
+    assert!(h.core.metrics.events_backlogged > 0);
+    assert_eq!(ready(&h), Some(false), "no room yet");
+    // It reads what its stream holds: room, and the core is to be woken
+    // to move the backlog on, with no other message to wake it.
+    drain(&mut framework.rx);
+    assert_eq!(ready(&h), Some(true));
+    h.core.end_of_burst();
+    let moved = drain(&mut framework.rx).len();
+    assert!(moved > 0, "the backlog moved on");
+}
