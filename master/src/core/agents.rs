@@ -49,9 +49,6 @@ impl Core {
         }
     }
 
-    /// How often agents heartbeat: a fifth of the agent timeout, or slower
-    /// once the cluster is big enough that all of them would exceed
-    /// `max_agent_heartbeats_per_second`.
     /// The session is no longer its agent's: its connection stops
     /// answering heartbeats for it.
     fn forget_session(&mut self, conn: u64) -> Option<AgentSession> {
@@ -79,6 +76,9 @@ impl Core {
         }
     }
 
+    /// How often agents heartbeat: a fifth of the agent timeout, or slower
+    /// once the cluster is big enough that all of them would exceed
+    /// `max_agent_heartbeats_per_second`.
     pub(super) fn heartbeat_interval(&self) -> Duration {
         let per_second = self.config.max_agent_heartbeats_per_second.max(1.0);
         // In whole seconds, so it changes now and then as the cluster

@@ -10,6 +10,20 @@ fn kill(task: &str) -> Call {
     }
 }
 
+/// The agent reports t1 running `n` times, updates `r0`, `r1`, ….
+fn report_running(h: &mut Harness, agent: &AgentSession, framework: &str, n: u32) {
+    for i in 0..n {
+        let uuid = format!("r{i}");
+        h.update(
+            agent,
+            framework,
+            "t1",
+            TaskState::TaskRunning,
+            uuid.as_bytes(),
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_framework_that_stops_reading_gets_every_update_once_and_no_offers_meanwhile() {
     let mut h = Harness::new();
@@ -17,18 +31,7 @@ async fn a_framework_that_stops_reading_gets_every_update_once_and_no_offers_mea
     let (agent, mut framework) = running_task(&mut h, 3600.0);
     // The framework stops reading; the agent reports 40 updates, and
     // retries each (as an agent whose updates go unacknowledged does).
-    let report_all = |h: &mut Harness| {
-        for i in 0..40u32 {
-            let uuid = format!("r{i}");
-            h.update(
-                &agent,
-                &framework.id,
-                "t1",
-                TaskState::TaskRunning,
-                uuid.as_bytes(),
-            );
-        }
-    };
+    let report_all = |h: &mut Harness| report_running(h, &agent, &framework.id, 40);
     report_all(&mut h);
     let waiting = h.core.metrics.events_backlogged;
     assert!(waiting > 0, "the stream could not take all 40");
@@ -218,16 +221,7 @@ async fn the_core_is_woken_when_a_framework_that_waits_has_room_again() {
     assert_eq!(ready(&h), None, "nobody waits");
     // The framework stops reading; 40 updates fill its stream and its
     // backlog.
-    for i in 0..40u32 {
-        let uuid = format!("r{i}");
-        h.update(
-            &agent,
-            &framework.id,
-            "t1",
-            TaskState::TaskRunning,
-            uuid.as_bytes(),
-        );
-    }
+    report_running(&mut h, &agent, &framework.id, 40);
     assert!(h.core.metrics.events_backlogged > 0);
     assert_eq!(ready(&h), Some(false), "no room yet");
     // It reads what its stream holds: room, and the core is to be woken
