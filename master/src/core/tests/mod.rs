@@ -422,6 +422,15 @@ fn event_kinds(rx: &mut FrameworkRx) -> Vec<String> {
         .collect()
 }
 
+/// The framework's task updates, as `update:STATE`, in order (other
+/// events left out).
+fn update_kinds(rx: &mut FrameworkRx) -> Vec<String> {
+    event_kinds(rx)
+        .into_iter()
+        .filter(|k| k.starts_with("update"))
+        .collect()
+}
+
 /// What the agent was told, one entry per message, by kind:
 /// `launch:TASK,TASK…`, `kill:TASK`, `ack:UUID,UUID…`, `shutdown`,
 /// `registered`, `closed:CODE` (heartbeat acknowledgements left out).
@@ -643,12 +652,8 @@ async fn updates_are_relayed_in_order_and_acknowledgements_reach_the_agent() {
     h.update(&agent, &framework.id, "t1", TaskState::TaskStarting, b"u1");
     h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u2");
     h.update(&agent, &framework.id, "t1", TaskState::TaskFinished, b"u3");
-    let kinds: Vec<String> = event_kinds(&mut framework.rx)
-        .into_iter()
-        .filter(|k| k.starts_with("update"))
-        .collect();
     assert_eq!(
-        kinds,
+        update_kinds(&mut framework.rx),
         [
             "update:TASK_STARTING",
             "update:TASK_RUNNING",
@@ -702,12 +707,8 @@ async fn updates_sent_together_are_each_relayed_and_their_acknowledgements_go_ba
         may_join: h.may_join,
     };
     h.send(together);
-    let updates: Vec<String> = event_kinds(&mut framework.rx)
-        .into_iter()
-        .filter(|k| k.starts_with("update"))
-        .collect();
     assert_eq!(
-        updates,
+        update_kinds(&mut framework.rx),
         [
             "update:TASK_STARTING",
             "update:TASK_RUNNING",
@@ -754,13 +755,7 @@ async fn a_silent_agent_turns_unreachable_and_its_return_is_reported_and_evented
         2,
         vec![reported(&framework.id, "t1", TaskState::TaskRunning)],
     );
-    assert_eq!(
-        event_kinds(&mut framework.rx)
-            .into_iter()
-            .filter(|k| k.starts_with("update"))
-            .collect::<Vec<_>>(),
-        ["update:TASK_RUNNING"]
-    );
+    assert_eq!(update_kinds(&mut framework.rx), ["update:TASK_RUNNING"]);
     let running_again = h
         .events()
         .into_iter()

@@ -139,14 +139,8 @@ async fn an_agent_that_stops_reading_is_cut_off_and_disconnected() {
 async fn a_retried_running_update_after_the_task_ended_neither_revives_it_nor_frees_it_twice() {
     let mut h = Harness::new();
     let (mut agent, mut framework) = running_task(&mut h, 3600.0);
-    let updates = |rx: &mut FrameworkRx| -> Vec<String> {
-        event_kinds(rx)
-            .into_iter()
-            .filter(|k| k.starts_with("update"))
-            .collect()
-    };
     h.update(&agent, &framework.id, "t1", TaskState::TaskFinished, b"u2");
-    assert_eq!(updates(&mut framework.rx), ["update:TASK_FINISHED"]);
+    assert_eq!(update_kinds(&mut framework.rx), ["update:TASK_FINISHED"]);
     // The agent resent RUNNING before the framework's acknowledgement of
     // it arrived, then FINISHED, still unacknowledged, again.
     h.update(&agent, &framework.id, "t1", TaskState::TaskRunning, b"u1");
@@ -162,7 +156,7 @@ async fn a_retried_running_update_after_the_task_ended_neither_revives_it_nor_fr
     );
     h.update(&agent, &framework.id, "t1", TaskState::TaskFinished, b"u2");
     assert_eq!(
-        updates(&mut framework.rx),
+        update_kinds(&mut framework.rx),
         ["update:TASK_FINISHED"],
         "only the unacknowledged end is resent to the framework"
     );
