@@ -37,7 +37,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/batch/v1/health",
-            get(|| async { Json(json!({"status": "ok"})) }),
+            get(|State(shared): Api| async move { agora_sdk::relay::health(&shared.driver()) }),
         )
         .route("/batch/v1/metrics", get(metrics))
         .route("/batch/v1/jobs", get(list_jobs).post(create_jobs))

@@ -390,6 +390,15 @@ impl Driver {
         crate::relay::RelayedCaller::from_headers(headers, &expected)
     }
 
+    /// Whether a subscription has been granted since this driver started:
+    /// until then the master may already relay requests (it has the
+    /// framework) that the framework cannot yet check.
+    pub fn has_subscribed(&self) -> bool {
+        self.subscription
+            .lock()
+            .is_ok_and(|s| s.relay_token.is_some())
+    }
+
     /// The framework id, once subscribed.
     pub fn framework_id(&self) -> Option<String> {
         self.subscription

@@ -95,6 +95,25 @@ impl RelayedCaller {
     }
 }
 
+/// A framework's health answer, which is its readiness: 200 once it has
+/// subscribed and so can check what the master relays; before that 503,
+/// so whoever waits for it (an operator, a test, a load balancer) does not
+/// send work a moment too early.
+pub fn health(driver: &Driver) -> Response {
+    if driver.has_subscribed() {
+        axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "subscribing",
+                "error": RelayRefusal::NotSubscribed.to_string(),
+            })),
+        )
+            .into_response()
+    }
+}
+
 /// Runs `request` if the master relayed it; else answers 401 (or 503
 /// before the framework has subscribed) in JSON.
 pub async fn admit(driver: &Driver, mut request: Request, next: Next) -> Response {
@@ -163,5 +182,18 @@ mod tests {
         assert!(ops.may_act_on(Some("team-b")));
         let open = RelayedCaller::from_headers(&headers(&[]), "").expect("no auth");
         assert!(open.may_act_on(Some("team-b")));
+    }
+
+    #[tokio::test]
+    async fn not_ready_before_the_first_subscription() {
+        // Nothing listens there: the driver never subscribes.
+        let config = crate::FrameworkConfig::new("http://127.0.0.1:9", "waiting");
+        let driver = Driver::new(config).expect("driver");
+        assert!(!driver.has_subscribed());
+        assert_eq!(health(&driver).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            driver.relayed_caller(&headers(&[])),
+            Err(RelayRefusal::NotSubscribed)
+        );
     }
 }

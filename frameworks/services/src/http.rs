@@ -42,7 +42,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/services/v1/health",
-            get(|| async { Json(json!({"status": "ok"})) }),
+            get(|State(shared): Api| async move { agora_sdk::relay::health(&shared.driver()) }),
         )
         .route("/services/v1/metrics", get(metrics))
         .route("/services/v1/events", get(events))
