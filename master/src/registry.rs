@@ -57,12 +57,46 @@ pub struct Recovered {
     pub weights: BTreeMap<String, f64>,
 }
 
+/// How far the writer has committed what it was handed: for whoever must
+/// not tell anyone of a change before it is durable, without waiting for
+/// the disk (or etcd) meanwhile.
+#[derive(Default)]
+pub struct Durability {
+    /// The last batch handed to the writer ([`Registry::commit_later`])
+    /// that is committed, with everything before it.
+    through: AtomicU64,
+    advanced: tokio::sync::Notify,
+}
+
+impl Durability {
+    /// Everything handed up to and including batch `seq` is committed.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.through.load(Ordering::Acquire) >= seq
+    }
+
+    /// Resolves after the next commit (or at once if one came since the
+    /// last wait: a commit is never missed).
+    pub async fn advanced(&self) {
+        self.advanced.notified().await;
+    }
+
+    fn committed_through(&self, seq: u64) {
+        if seq > self.through.load(Ordering::Relaxed) {
+            self.through.store(seq, Ordering::Release);
+            self.advanced.notify_one();
+        }
+    }
+}
+
 /// The registry over a store; changes are queued and committed together,
 /// by a writer thread of its own, so the master's core never waits on a
 /// disk (or etcd) for what it need not wait on.
 pub struct Registry {
     store: Arc<Store>,
     pending: Vec<Write>,
+    /// The batches handed to the writer so far.
+    handed: u64,
+    durability: Arc<Durability>,
     writer: Option<Writer>,
     /// The last background commit's failure, for the core to see.
     failure: Arc<Mutex<Option<RegistryError>>>,
@@ -72,11 +106,15 @@ pub struct Registry {
 
 /// What the writer thread is given.
 enum Job {
-    /// Commit when convenient (with whatever else is queued).
-    Later(Vec<Write>),
+    /// Commit when convenient (with whatever else is queued); the batch's
+    /// number, for [`Durability`].
+    Later(Vec<Write>, u64),
     /// Commit now, after everything before, and say how it went; on
     /// failure these writes are dropped, earlier ones kept for a retry.
     Now(Vec<Write>, mpsc::SyncSender<Result<(), RegistryError>>),
+    /// Commit nothing until the sender drops (tests hold commits back).
+    #[cfg(test)]
+    Hold(mpsc::Receiver<()>),
 }
 
 struct Writer {
@@ -93,9 +131,12 @@ fn write_loop(
     rx: mpsc::Receiver<Job>,
     failure: Arc<Mutex<Option<RegistryError>>>,
     commits: Arc<AtomicU64>,
+    durability: Arc<Durability>,
     interval: Duration,
 ) {
     let mut carry: Vec<Write> = Vec::new();
+    // The last background batch in `carry` (or committed).
+    let mut carry_through = 0;
     let mut next: Option<Job> = None;
     // When the last commit started.
     let mut last_commit: Option<Instant> = None;
@@ -113,7 +154,7 @@ fn write_loop(
             },
             None => match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Timeout) => Job::Later(Vec::new()),
+                Err(mpsc::RecvTimeoutError::Timeout) => Job::Later(Vec::new(), carry_through),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // One last try at what failed before.
                     let _ = commit(&carry, &mut last_commit);
@@ -122,17 +163,25 @@ fn write_loop(
             },
         };
         match job {
-            Job::Later(writes) => {
+            Job::Later(writes, seq) => {
                 carry.extend(writes);
+                carry_through = carry_through.max(seq);
                 let due = last_commit.map_or_else(Instant::now, |at| at + interval);
-                next = gather(&rx, &mut carry, due);
+                next = gather(&rx, &mut carry, &mut carry_through, due);
                 // A transaction that came meanwhile commits this batch
                 // with its own writes.
-                if next.is_some() || carry.is_empty() {
+                if next.is_some() {
+                    continue;
+                }
+                if carry.is_empty() {
+                    durability.committed_through(carry_through);
                     continue;
                 }
                 match commit(&carry, &mut last_commit) {
-                    Ok(()) => empty(&mut carry),
+                    Ok(()) => {
+                        empty(&mut carry);
+                        durability.committed_through(carry_through);
+                    }
                     Err(e) => {
                         *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
                     }
@@ -143,10 +192,17 @@ fn write_loop(
                 carry.extend(writes);
                 let result = commit(&carry, &mut last_commit);
                 match result {
-                    Ok(()) => empty(&mut carry),
+                    Ok(()) => {
+                        empty(&mut carry);
+                        durability.committed_through(carry_through);
+                    }
                     Err(_) => carry.truncate(mark),
                 }
                 let _ = done.send(result.map_err(RegistryError::from));
+            }
+            #[cfg(test)]
+            Job::Hold(release) => {
+                let _ = release.recv();
             }
         }
     }
@@ -154,7 +210,12 @@ fn write_loop(
 
 /// Adds background writes to `carry` as they come until `due`, then those
 /// already queued; stops early at a transaction, which it returns.
-fn gather(rx: &mpsc::Receiver<Job>, carry: &mut Vec<Write>, due: Instant) -> Option<Job> {
+fn gather(
+    rx: &mpsc::Receiver<Job>,
+    carry: &mut Vec<Write>,
+    carry_through: &mut u64,
+    due: Instant,
+) -> Option<Job> {
     loop {
         let left = due.saturating_duration_since(Instant::now());
         let job = if left.is_zero() {
@@ -164,7 +225,10 @@ fn gather(rx: &mpsc::Receiver<Job>, carry: &mut Vec<Write>, due: Instant) -> Opt
             rx.recv_timeout(left).ok()?
         };
         match job {
-            Job::Later(more) => carry.extend(more),
+            Job::Later(more, seq) => {
+                carry.extend(more);
+                *carry_through = (*carry_through).max(seq);
+            }
             now => return Some(now),
         }
     }
@@ -203,17 +267,25 @@ impl Registry {
         let store = Arc::new(store);
         let failure = Arc::new(Mutex::new(None));
         let commits = Arc::new(AtomicU64::new(0));
+        let durability = Arc::new(Durability::default());
         let (tx, rx) = mpsc::channel();
         let thread = {
-            let (store, failure, commits) = (store.clone(), failure.clone(), commits.clone());
+            let (store, failure, commits, durability) = (
+                store.clone(),
+                failure.clone(),
+                commits.clone(),
+                durability.clone(),
+            );
             std::thread::Builder::new()
                 .name("registry-writer".into())
-                .spawn(move || write_loop(store, rx, failure, commits, interval))
+                .spawn(move || write_loop(store, rx, failure, commits, durability, interval))
                 .expect("spawning the registry writer")
         };
         Registry {
             store,
             pending: Vec::new(),
+            handed: 0,
+            durability,
             writer: Some(Writer { tx, thread }),
             failure,
             commits,
@@ -381,15 +453,34 @@ impl Registry {
 
     /// Hands every queued change to the writer, which commits it soon —
     /// in order with everything else, with whatever else is queued — and
-    /// returns at once. A failure shows in [`Registry::take_failure`].
-    pub fn commit_later(&mut self) {
+    /// returns at once: the number of the last batch handed, which
+    /// [`Registry::durability`] covers once it is committed. A failure
+    /// shows in [`Registry::take_failure`] (the writer retries).
+    pub fn commit_later(&mut self) -> u64 {
         if self.pending.is_empty() {
-            return;
+            return self.handed;
         }
         let writes = std::mem::take(&mut self.pending);
         if let Some(writer) = &self.writer {
-            let _ = writer.tx.send(Job::Later(writes));
+            self.handed += 1;
+            let _ = writer.tx.send(Job::Later(writes, self.handed));
         }
+        self.handed
+    }
+
+    /// How far what was handed to the writer is committed.
+    pub fn durability(&self) -> Arc<Durability> {
+        self.durability.clone()
+    }
+
+    /// Holds every commit back until the returned sender drops.
+    #[cfg(test)]
+    pub(crate) fn hold_commits(&self) -> mpsc::Sender<()> {
+        let (release, held) = mpsc::channel();
+        if let Some(writer) = &self.writer {
+            let _ = writer.tx.send(Job::Hold(held));
+        }
+        release
     }
 
     /// The last background commit's failure, if one failed since asked.
@@ -532,5 +623,40 @@ mod tests {
             ..task
         };
         assert_eq!(recovered.tasks, vec![unreachable]);
+    }
+
+    #[tokio::test]
+    async fn a_handed_batch_is_covered_once_committed_and_its_commit_wakes_a_waiter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut registry = Registry::open(&dir.path().join("registry.redb")).expect("open");
+        let durability = registry.durability();
+        assert!(
+            durability.covers(registry.commit_later()),
+            "nothing handed yet"
+        );
+
+        let held = registry.hold_commits();
+        registry.put_weight("a", 2.0);
+        let first = registry.commit_later();
+        registry.put_weight("b", 3.0);
+        let second = registry.commit_later();
+        assert!(second > first);
+        let waiter = {
+            let durability = durability.clone();
+            tokio::spawn(async move {
+                while !durability.covers(second) {
+                    durability.advanced().await;
+                }
+            })
+        };
+        assert!(!durability.covers(first), "covered while commits were held");
+
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("the commit woke the waiter")
+            .expect("waiter");
+        assert!(durability.covers(first) && durability.covers(second));
+        assert!(registry.store.get(WEIGHTS, "b").expect("get").is_some());
     }
 }

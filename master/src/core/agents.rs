@@ -158,25 +158,112 @@ impl Core {
             )));
             return;
         };
-        let returning = self.agents.contains_key(&id);
-        info!(hostname = %info.hostname, resources = %total, returning, "agent registered");
-
-        // Offers made before (re-)registration describe a stale view of the agent.
-        self.rescind_where(|o| o.agent == id);
-        self.allocator.remove_agent(&id);
-
-        let draining = self.agents.get(&id).is_some_and(|a| a.draining);
-        // A session the agent left behind is no longer its own.
-        if let Some(old) = self
-            .agents
-            .get(&id)
-            .and_then(|a| a.conn.as_ref())
-            .map(|(conn, _)| *conn)
-        {
-            self.forget_session(old);
+        let admission = Admission {
+            conn,
+            tx,
+            id,
+            info,
+            total,
+            tasks: register.tasks,
+            secret_sha256,
+        };
+        match issued {
+            None => self.admit_agent(admission, None),
+            Some(secret) => self.admit_when_durable(admission, secret),
         }
-        let entry = AgentEntry {
-            draining,
+    }
+
+    /// Records the agent with the secret it was just issued and finishes
+    /// its registration once the record is committed: a new secret is
+    /// durable before the agent hears of it (a secret the registry lost
+    /// would lock the agent out). The core goes on meanwhile: agents
+    /// joining by the thousand are a few group commits, not a commit each
+    /// with the core waiting on the disk (or etcd) for every one.
+    fn admit_when_durable(&mut self, admission: Admission, secret: String) {
+        // A newer session for the same agent replaces one still waiting.
+        if let Some(older) = self
+            .awaiting_durable
+            .iter()
+            .position(|a| a.admission.id == admission.id)
+            .and_then(|i| self.awaiting_durable.remove(i))
+        {
+            older.admission.tx.close(Status::aborted(format!(
+                "agent `{}` registered again on another session",
+                admission.id
+            )));
+        }
+        let record = self.agent_record(&self.new_agent_entry(&admission));
+        self.registry.put_agent(&record);
+        let through = self.registry.commit_later();
+        self.awaiting_durable.push_back(AwaitingDurable {
+            through,
+            admission,
+            secret,
+        });
+    }
+
+    /// Finishes the registrations whose records are now committed.
+    pub(super) fn admit_durable_registrations(&mut self) {
+        let durability = self.registry.durability();
+        while self
+            .awaiting_durable
+            .front()
+            .is_some_and(|a| durability.covers(a.through))
+        {
+            let Some(AwaitingDurable {
+                admission, secret, ..
+            }) = self.awaiting_durable.pop_front()
+            else {
+                break;
+            };
+            if self.gone_agents.contains(&admission.id) {
+                // Marked gone meanwhile (it was known, without a secret).
+                admission.tx.close(Status::permission_denied(format!(
+                    "agent `{}` was marked gone by an operator",
+                    admission.id
+                )));
+                continue;
+            }
+            let span = info_span!("agent", agent = %admission.id);
+            let _enter = span.enter();
+            self.admit_agent(admission, Some(secret));
+        }
+    }
+
+    /// A session whose registration waited for its record closed first:
+    /// the record goes back to what it was (none, for a new agent), and
+    /// the agent, told nothing, registers afresh when it returns.
+    fn abandon_awaiting_registration(&mut self, conn: u64) -> bool {
+        let Some(abandoned) = self
+            .awaiting_durable
+            .iter()
+            .position(|a| a.admission.conn == conn)
+            .and_then(|i| self.awaiting_durable.remove(i))
+        else {
+            return false;
+        };
+        let id = abandoned.admission.id;
+        if self.agents.contains_key(&id) {
+            self.persist_agent(&id);
+        } else {
+            self.registry.delete_agent(&id);
+        }
+        true
+    }
+
+    /// The agent's entry as of a registration on a new session.
+    fn new_agent_entry(&self, admission: &Admission) -> AgentEntry {
+        let Admission {
+            conn,
+            tx,
+            id,
+            info,
+            total,
+            secret_sha256,
+            ..
+        } = admission;
+        AgentEntry {
+            draining: self.agents.get(id).is_some_and(|a| a.draining),
             attributes: info.attributes.clone(),
             registered: Arc::new(AgentRegistration::new(
                 id.clone(),
@@ -189,24 +276,49 @@ impl Core {
                 total.clone(),
             )),
             status: AgentStatus::Active,
-            conn: Some((conn, tx.clone())),
+            conn: Some((*conn, tx.clone())),
             last_seen: Instant::now(),
-            secret_sha256,
+            secret_sha256: secret_sha256.clone(),
             unreachable_since: None,
-        };
-        // A new secret is durable before the agent hears of it: a secret
-        // the registry lost would lock the agent out. A returning agent is
-        // told nothing new, so its record goes with the burst's commit (a
-        // restart's reconnection storm is not one commit per agent).
-        let record = self.agent_record(&entry);
+        }
+    }
+
+    /// Admits an agent whose credentials checked out: its session becomes
+    /// the agent's, its tasks are reconciled with the master's, and it is
+    /// told it is registered (with `issued`, a new secret, already durable).
+    fn admit_agent(&mut self, admission: Admission, issued: Option<String>) {
+        let entry = self.new_agent_entry(&admission);
+        let Admission {
+            conn,
+            tx,
+            id,
+            info,
+            total,
+            tasks,
+            ..
+        } = admission;
+        let returning = self.agents.contains_key(&id);
+        info!(hostname = %info.hostname, resources = %total, returning, "agent registered");
+
+        // Offers made before (re-)registration describe a stale view of the agent.
+        self.rescind_where(|o| o.agent == id);
+        self.allocator.remove_agent(&id);
+
+        let draining = entry.draining;
+        // A session the agent left behind is no longer its own.
+        if let Some(old) = self
+            .agents
+            .get(&id)
+            .and_then(|a| a.conn.as_ref())
+            .map(|(conn, _)| *conn)
+        {
+            self.forget_session(old);
+        }
+        // A returning agent is told nothing new, so its record goes with
+        // the burst's commit; one issued a secret is recorded already.
         if issued.is_none() {
+            let record = self.agent_record(&entry);
             self.registry.put_agent(&record);
-        } else if let Err(e) = self.registry.transaction(|r| r.put_agent(&record)) {
-            warn!("registration refused: {e}");
-            tx.close(Status::unavailable(format!(
-                "the master could not record the registration: {e}"
-            )));
-            return;
         }
         self.emit(if returning {
             ClusterEvent::AgentReregistered {
@@ -226,7 +338,7 @@ impl Core {
             .insert(conn, AgentSession::new(id.clone(), tx.heard().clone()));
         self.agents.insert(id.clone(), entry);
 
-        let (reported, declared_ended) = self.reconcile_reported_tasks(&id, register.tasks);
+        let (reported, declared_ended) = self.reconcile_reported_tasks(&id, tasks);
 
         // Tasks the master placed on this agent that it does not run: one
         // the agent never said a word of (still staging) never reached it
@@ -379,6 +491,9 @@ impl Core {
     }
 
     pub(super) fn agent_closed(&mut self, conn: u64) {
+        if self.abandon_awaiting_registration(conn) {
+            return;
+        }
         let Some(session) = self.forget_session(conn) else {
             return;
         };
@@ -540,4 +655,24 @@ fn refuse_unregistered(tx: &AgentTx) {
     tx.close(Status::failed_precondition(
         "this session is not registered; register first",
     ));
+}
+
+/// A registration whose credentials checked out.
+pub(super) struct Admission {
+    conn: u64,
+    tx: AgentTx,
+    id: String,
+    info: v1::AgentInfo,
+    total: Resources,
+    /// What the agent said it runs.
+    tasks: Vec<v1::AgentTask>,
+    secret_sha256: Vec<u8>,
+}
+
+/// A registration that issued a secret, waiting for the registry to
+/// commit its record (batch `through`) before the agent is told.
+pub(super) struct AwaitingDurable {
+    through: u64,
+    admission: Admission,
+    secret: String,
 }

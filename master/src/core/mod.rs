@@ -322,8 +322,11 @@ pub struct Core {
     /// liveness, this took a tenth of the core's time).
     agent_of_conn: FastMap<u64, AgentSession>,
     /// What survives a restart; changes are committed once per burst of
-    /// messages, or at once where a reply promises durability.
+    /// messages (a reply that promises durability waits for the commit).
     registry: Registry,
+    /// Registrations that issued a secret, in the order they were
+    /// recorded: each finishes once the registry has committed its record.
+    awaiting_durable: VecDeque<agents::AwaitingDurable>,
     /// Agents an operator marked gone: refused if they return.
     gone_agents: HashSet<String>,
     clock: recovery::WallClock,
@@ -508,6 +511,8 @@ enum Wake {
     Publication,
     /// A framework that waited on its stream has room in it.
     StreamRoom,
+    /// The registry committed more (a registration may be waiting on it).
+    Committed,
 }
 
 /// Resolves at `at`, or never.
@@ -578,6 +583,7 @@ impl Core {
             acks_for_agents: FastMap::default(),
             agent_of_conn: FastMap::default(),
             registry,
+            awaiting_durable: VecDeque::new(),
             gone_agents: HashSet::new(),
             clock,
             deposed: false,
@@ -648,6 +654,8 @@ impl Core {
                 self.unpublished().then(|| self.read.next_due()).flatten()
             };
             let stream_room = self.room_for_waiting_frameworks();
+            let durability =
+                (!self.awaiting_durable.is_empty()).then(|| self.registry.durability());
             let woken_by = tokio::select! {
                 msg = inbox.next() => match msg {
                     Some(msg) => Wake::Message(msg),
@@ -657,6 +665,7 @@ impl Core {
                 () = wait_until(publish_at) => Wake::Publication,
                 () = read_requests.wait() => Wake::Publication,
                 () = wait_for(stream_room) => Wake::StreamRoom,
+                () = wait_for(durability.as_deref().map(crate::registry::Durability::advanced)) => Wake::Committed,
                 () = &mut shutdown => break,
             };
             let turn = std::time::Instant::now();
@@ -673,6 +682,7 @@ impl Core {
                 }
                 Wake::Publication => ("a reader or a due publication", Burst::default()),
                 Wake::StreamRoom => ("room in a framework's stream", Burst::default()),
+                Wake::Committed => ("a registry commit", Burst::default()),
             };
             let handled = turn.elapsed();
             self.end_of_burst();
@@ -742,6 +752,7 @@ impl Core {
     /// What follows every burst of messages or tick: the acknowledgements
     /// gathered, one registry commit, then one allocation pass.
     fn end_of_burst(&mut self) {
+        self.admit_durable_registrations();
         self.send_acknowledgements();
         self.publish_heartbeat_terms();
         self.commit_registry();

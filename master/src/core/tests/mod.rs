@@ -21,6 +21,10 @@ fn config() -> MasterConfig {
 }
 
 struct Harness {
+    /// While set, the registry commits nothing (see [`Harness::hold_commits`]).
+    /// First, so it drops first: the registry waits for its writer as it
+    /// drops, and a held writer would wait forever.
+    commits_held: Option<std::sync::mpsc::Sender<()>>,
     core: Core,
     events: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::events::Event>>,
     dir: tempfile::TempDir,
@@ -84,6 +88,7 @@ impl Harness {
             caller: Caller::Anyone,
             may_join: true,
             demand_at_subscribe: None,
+            commits_held: None,
         }
     }
 
@@ -103,8 +108,13 @@ impl Harness {
     /// loses nothing but what was never committed).
     fn restart(self) -> Harness {
         let Harness {
-            core, dir, clock, ..
+            commits_held,
+            core,
+            dir,
+            clock,
+            ..
         } = self;
+        drop(commits_held);
         drop(core);
         Harness::start(dir, clock)
     }
@@ -123,12 +133,35 @@ impl Harness {
             self.core.handle(msg);
         }
         self.core.end_of_burst();
+        self.settle_registrations();
     }
 
     async fn advance(&mut self, by: Duration) {
         tokio::time::advance(by).await;
         self.core.tick();
         self.core.end_of_burst();
+        self.settle_registrations();
+    }
+
+    /// As the core's loop does when the registry commits: registrations
+    /// waiting on a commit finish (unless commits are held).
+    fn settle_registrations(&mut self) {
+        if self.commits_held.is_some() || self.core.awaiting_durable.is_empty() {
+            return;
+        }
+        self.core.registry.commit().expect("commit");
+        self.core.end_of_burst();
+    }
+
+    /// The registry commits nothing until [`Harness::release_commits`]
+    /// (a slow disk, a slow etcd).
+    fn hold_commits(&mut self) {
+        self.commits_held = Some(self.core.registry.hold_commits());
+    }
+
+    fn release_commits(&mut self) {
+        self.commits_held = None;
+        self.settle_registrations();
     }
 
     fn heartbeat(&mut self, agent: &AgentSession) {
@@ -1221,4 +1254,5 @@ async fn a_big_cluster_heartbeats_less_often_and_waits_longer_for_silent_agents(
 }
 mod auth;
 mod read_model;
+mod registration;
 mod streams;
