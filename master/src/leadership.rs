@@ -126,13 +126,20 @@ pub fn standby_answer(leader: Option<&str>, is_grpc: bool, path_and_query: &str)
     }
 }
 
-/// Mirrors who the election saw leading into the master's role.
+/// Mirrors who the election saw leading into the master's role. A
+/// standby that sees itself named (its own key from a term that ended,
+/// until its lease runs out) names no leader rather than send clients to
+/// itself.
 pub async fn follow_observed(
     mut observed: watch::Receiver<Option<String>>,
     role: watch::Sender<Role>,
+    me: String,
 ) {
     loop {
-        let leader = observed.borrow_and_update().clone();
+        let leader = observed
+            .borrow_and_update()
+            .clone()
+            .filter(|leader| *leader != me);
         role.send_if_modified(|r| match r {
             Role::Standby { leader: current } if *current != leader => {
                 *current = leader;

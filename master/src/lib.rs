@@ -48,10 +48,6 @@ pub use serve::{ClientCertificate, PeerAddr, ServeLimits};
 pub enum MasterError {
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
-    /// The lease was lost (the process froze, or etcd was out of reach):
-    /// another master may lead now.
-    #[error("this master lost its leadership and stopped acting; restart it to stand by")]
-    Deposed,
     #[error("serving on {addr}: {source}")]
     Serve {
         addr: String,
@@ -88,8 +84,8 @@ impl Drop for AbortOnDrop {
 /// Serves the master on an already-bound listener until `shutdown` resolves.
 /// With an embedded registry it leads at once; on etcd it stands by until
 /// elected, then leads until `shutdown` (it resigns) or until it loses the
-/// lease ([`MasterError::Deposed`]: the process should exit and be
-/// restarted, to stand by again).
+/// lease: then it stops acting at once, ends its sessions and stands by
+/// again, campaigning like any standby.
 pub async fn run(
     listener: TcpListener,
     config: MasterConfig,
@@ -257,8 +253,8 @@ pub async fn run(
     tokio::pin!(served);
     tokio::pin!(shutdown);
 
-    let (registry, fence) = match backing {
-        Backing::Embedded(registry) => (registry, None),
+    let mut inbox = rx;
+    let election = match &backing {
         Backing::Etcd(ha) => {
             let etcd = Arc::new(
                 Etcd::new(&ha.etcd)
@@ -272,72 +268,126 @@ pub async fn run(
                 ha.lease_ttl,
             ));
             tokio::spawn(leadership::follow_members(election.clone(), members_tx));
-            let (observed_tx, observed) = watch::channel(None);
-            let mirror = tokio::spawn(leadership::follow_observed(observed, role_tx.clone()));
-            tracing::info!(etcd = %ha.etcd, "standing by: campaigning for leadership");
-            let leadership = tokio::select! {
-                l = election.campaign(&observed_tx) => l,
-                () = &mut shutdown => return Ok(()),
-                served = &mut served => return served.map_err(|source| MasterError::Serve { addr, source }),
+            Some((election, ha.clone()))
+        }
+        Backing::Embedded(_) => None,
+    };
+    let mut embedded = match backing {
+        Backing::Embedded(registry) => Some(registry),
+        Backing::Etcd(_) => None,
+    };
+    // Each turn of this loop is a term as leader: an embedded registry's
+    // one term, or on etcd a campaign, a term, and — deposed (the process
+    // froze past its lease, or lost etcd) — standing by again.
+    loop {
+        let (registry, fence) = match (&election, embedded.take()) {
+            (Some((election, ha)), _) => {
+                role_tx.send_replace(Role::Standby { leader: None });
+                let (observed_tx, observed) = watch::channel(None);
+                let mirror = tokio::spawn(leadership::follow_observed(
+                    observed,
+                    role_tx.clone(),
+                    ha.advertise.clone(),
+                ));
+                tracing::info!(etcd = %ha.etcd, "standing by: campaigning for leadership");
+                let leadership = tokio::select! {
+                    l = election.campaign(&observed_tx) => l,
+                    () = &mut shutdown => return Ok(()),
+                    served = &mut served => return served.map_err(|source| MasterError::Serve { addr, source }),
+                };
+                mirror.abort();
+                tracing::info!(me = %ha.advertise, "elected leader; recovering the registry");
+                let store = Store::etcd(
+                    &ha.etcd,
+                    leadership::REGISTRY_PREFIX,
+                    Some(leadership.clone()),
+                )
+                .map_err(RegistryError::from)?;
+                (Registry::on(store), Some(leadership))
+            }
+            (None, Some(registry)) => (registry, None),
+            // An embedded registry leads once: its term ends the process.
+            (None, None) => return Ok(()),
+        };
+        let mut core = core::Core::recover(config.clone(), events.clone(), registry)?;
+        core.set_agent_http_token(agent_http_token.clone());
+        core.share_heartbeat_terms(heartbeat_terms.clone());
+        core.publish_to(publisher.clone());
+        role_tx.send_replace(Role::Leading);
+        let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut core = run_core_on_its_own_thread(core, inbox, stop_core_rx, fence.clone())?;
+        let lost = async {
+            match &fence {
+                Some(f) => f.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        // How the term ended, and the inbox if the core has handed it back.
+        let (term, returned) = tokio::select! {
+            served = &mut served => (Term::Ended(served.map_err(|source| MasterError::Serve { addr: addr.clone(), source })), None),
+            () = &mut shutdown => (Term::Ended(Ok(())), None),
+            () = lost => (Term::Deposed, None),
+            exit = &mut core => match exit {
+                Ok((core::CoreExit::Deposed, returned)) => (Term::Deposed, Some(returned)),
+                Ok((core::CoreExit::Stopped, _)) | Err(_) => return Ok(()),
+            },
+        };
+        inbox = match returned {
+            Some(inbox) => inbox,
+            None => {
+                let _ = stop_core_tx.send(());
+                match core.await {
+                    Ok((_, inbox)) => inbox,
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        let Some(fence) = fence else {
+            return match term {
+                Term::Ended(outcome) => outcome,
+                Term::Deposed => Ok(()),
             };
-            mirror.abort();
-            tracing::info!(me = %ha.advertise, "elected leader; recovering the registry");
-            let store = Store::etcd(
-                &ha.etcd,
-                leadership::REGISTRY_PREFIX,
-                Some(leadership.clone()),
-            )
-            .map_err(RegistryError::from)?;
-            (Registry::on(store), Some(leadership))
+        };
+        match term {
+            Term::Ended(outcome) => {
+                if outcome.is_ok() {
+                    // A graceful stop hands over at once.
+                    fence.resign().await;
+                }
+                return outcome;
+            }
+            Term::Deposed => {
+                // Requests for the term that ended answer nothing now.
+                role_tx.send_replace(Role::Standby { leader: None });
+                let dropped = inbox.discard_queued();
+                // Let go of the key at once if the lease still holds it (the
+                // clock said it may have expired; etcd may not agree), so
+                // the next leader need not wait out the lease.
+                fence.resign().await;
+                tracing::warn!(dropped, "deposed: standing by again");
+            }
         }
-    };
-    let mut core = core::Core::recover(config, events, registry)?;
-    core.set_agent_http_token(agent_http_token);
-    core.share_heartbeat_terms(heartbeat_terms);
-    core.publish_to(publisher);
-    role_tx.send_replace(Role::Leading);
-    let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut core = run_core_on_its_own_thread(core, rx, stop_core_rx, fence.clone())?;
-    let lost = async {
-        match &fence {
-            Some(f) => f.lost().await,
-            None => std::future::pending().await,
-        }
-    };
-    // Not a graceful drain: agent and framework streams never end on their
-    // own, and they reconnect to whoever serves next.
-    let outcome = tokio::select! {
-        served = &mut served => served.map_err(|source| MasterError::Serve { addr, source }),
-        () = &mut shutdown => Ok(()),
-        () = lost => Err(MasterError::Deposed),
-        exit = &mut core => {
-            return match exit {
-                Ok(core::CoreExit::Deposed) => Err(MasterError::Deposed),
-                _ => Ok(()),
-            };
-        }
-    };
-    let _ = stop_core_tx.send(());
-    let _ = core.await;
-    if outcome.is_ok()
-        && let Some(f) = &fence
-    {
-        // A graceful stop hands over at once.
-        f.resign().await;
     }
-    outcome
+}
+
+/// How a term as leader ended.
+enum Term {
+    /// The master stops (asked to, or its server failed).
+    Ended(Result<(), MasterError>),
+    /// The lease was lost, or a write refused: another master may lead.
+    Deposed,
 }
 
 /// Runs the core on a thread of its own (a single-threaded runtime): a
 /// burst of thousands of messages keeps it busy for a while, and connection
 /// tasks (reads, agent sessions) must not wait behind it on a shared worker.
-/// Resolves with how the core ended.
+/// Resolves with how the core ended, and hands the inbox back.
 fn run_core_on_its_own_thread(
     core: core::Core,
-    inbox: core::Inbox,
+    mut inbox: core::Inbox,
     stop: tokio::sync::oneshot::Receiver<()>,
     fence: Option<agora_store::election::Leadership>,
-) -> Result<tokio::sync::oneshot::Receiver<core::CoreExit>, MasterError> {
+) -> Result<tokio::sync::oneshot::Receiver<(core::CoreExit, core::Inbox)>, MasterError> {
     let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -350,8 +400,8 @@ fn run_core_on_its_own_thread(
             let stopped = async move {
                 let _ = stop.await;
             };
-            let exit = runtime.block_on(core.run(inbox, stopped, fence));
-            let _ = exit_tx.send(exit);
+            let exit = runtime.block_on(core.run(&mut inbox, stopped, fence));
+            let _ = exit_tx.send((exit, inbox));
         })
         .map_err(MasterError::Thread)?;
     Ok(exit_rx)

@@ -150,6 +150,7 @@ impl UsageSum {
 }
 
 /// The core's end: where snapshots go and readers' requests come from.
+#[derive(Clone)]
 pub struct Publisher {
     tx: watch::Sender<Arc<Snapshot>>,
     requested: Requests,

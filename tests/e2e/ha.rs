@@ -99,12 +99,15 @@ async fn killing_the_leading_master_mid_batch_loses_no_job_and_runs_none_twice()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_leader_frozen_past_its_lease_steps_down_and_writes_nothing() {
+async fn a_leader_frozen_past_its_lease_writes_nothing_and_stands_by_again() {
     let etcd = start_etcd().await;
     let mut masters = masters_on(&etcd);
     let all = urls(&masters);
     let leader = wait_leader(&all, None).await;
     let index = all.iter().position(|u| *u == leader).expect("leader");
+    let dir = tempdir();
+    let _agent = start_agent(&all.join(","), dir.path(), "cpus:1;mem:256", "frozen-ha");
+    wait_for_agents(&leader, 1).await;
 
     masters[index].signal(Signal::SIGSTOP);
     // A change asked of the frozen leader waits in its socket.
@@ -123,20 +126,24 @@ async fn a_leader_frozen_past_its_lease_steps_down_and_writes_nothing() {
     assert_ne!(new_leader, leader);
 
     masters[index].signal(Signal::SIGCONT);
-    // It wakes up deposed: it acts on nothing and exits.
-    let old = &mut masters[index];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exited = loop {
-        if let Some(status) = old.exited() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old leader did not step down"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!exited.success(), "a deposed master exits with an error");
+    // It wakes up deposed: it acts on nothing, and stands by again,
+    // sending clients to the new leader.
+    wait_until(
+        "the old leader to stand by",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = get(&format!("{leader}/api/v1/leader")).await;
+            (code == 200 && body["standby"] == true && body["leader"] == new_leader.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        masters[index].exited().is_none(),
+        "a deposed master stays up to stand by"
+    );
+    // It ended its sessions: its agent found the new leader.
+    wait_for_agents(&new_leader, 1).await;
     let answer = queued.await.expect("request task");
     assert_ne!(
         answer.ok(),
@@ -151,17 +158,45 @@ async fn a_leader_frozen_past_its_lease_steps_down_and_writes_nothing() {
         .and_then(|r| r.iter().find(|x| x["role"] == "stale").cloned());
     assert!(stale.is_none_or(|r| r["weight"] != 9.0), "{roles:#}");
     let etcd_url = etcd.url().to_string();
-    let weights = tokio::task::spawn_blocking(move || {
-        agora_store::Store::etcd(&etcd_url, "/agora/master/registry", None)
-            .expect("store")
-            .load("weights")
-            .expect("load")
-    })
-    .await
-    .expect("blocking");
+    let load_weights = move || {
+        let etcd_url = etcd_url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                agora_store::Store::etcd(&etcd_url, "/agora/master/registry", None)
+                    .expect("store")
+                    .load("weights")
+                    .expect("load")
+            })
+            .await
+            .expect("blocking")
+        }
+    };
+    let weights = load_weights().await;
     assert!(
         weights.iter().all(|(role, _)| role != "stale"),
         "a deposed leader wrote: {weights:?}"
+    );
+
+    // It campaigns like any standby: with the others gone, it leads again
+    // and acts.
+    for (i, m) in masters.iter_mut().enumerate() {
+        if i != index {
+            m.kill_hard();
+        }
+    }
+    let again = wait_leader(std::slice::from_ref(&leader), Some(&new_leader)).await;
+    assert_eq!(again, leader);
+    let (code, body) = send(
+        reqwest::Method::PUT,
+        &format!("{leader}/api/v1/roles/again"),
+        r#"{"weight": 3}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let weights = load_weights().await;
+    assert!(
+        weights.iter().any(|(role, _)| role == "again"),
+        "its second term writes: {weights:?}"
     );
 }
 

@@ -660,7 +660,7 @@ fn refuse_unregistered(tx: &AgentTx) {
 /// A registration whose credentials checked out.
 pub(super) struct Admission {
     conn: u64,
-    tx: AgentTx,
+    pub(super) tx: AgentTx,
     id: String,
     info: v1::AgentInfo,
     total: Resources,
@@ -673,6 +673,6 @@ pub(super) struct Admission {
 /// commit its record (batch `through`) before the agent is told.
 pub(super) struct AwaitingDurable {
     through: u64,
-    admission: Admission,
+    pub(super) admission: Admission,
     secret: String,
 }

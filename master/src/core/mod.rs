@@ -498,6 +498,11 @@ impl Inbox {
             .or_else(|_| self.agents.try_recv())
             .ok()
     }
+    /// Drops what is queued (for a term that ended: whoever waits on a
+    /// reply sees it dropped); returns how many.
+    pub fn discard_queued(&mut self) -> usize {
+        std::iter::from_fn(|| self.try_next()).count()
+    }
 }
 
 /// What began a turn of the core. Made once per turn and handled at
@@ -629,10 +634,12 @@ impl Core {
     /// Runs the core until every sender is gone or `shutdown` resolves —
     /// or, for a leader on etcd, until it may no longer lead (`fence`
     /// invalid, or a registry write refused): then it stops acting at once
-    /// and says so.
+    /// and says so. Either way every agent's and framework's session ends
+    /// (they find whoever serves next). The inbox stays the caller's, for
+    /// the core of this master's next term as leader.
     pub async fn run(
         mut self,
-        mut inbox: Inbox,
+        inbox: &mut Inbox,
         shutdown: impl std::future::Future<Output = ()>,
         fence: Option<agora_store::election::Leadership>,
     ) -> CoreExit {
@@ -675,7 +682,7 @@ impl Core {
                 return self.step_down();
             }
             let (woken_by, burst) = match woken_by {
-                Wake::Message(msg) => ("messages", self.handle_burst(msg, &mut inbox)),
+                Wake::Message(msg) => ("messages", self.handle_burst(msg, inbox)),
                 Wake::Tick => {
                     self.tick();
                     ("the tick", Burst::default())
@@ -711,6 +718,7 @@ impl Core {
             }
         }
         self.commit_registry();
+        self.end_sessions(Status::unavailable("the master stopped"));
         info!("master core stopped");
         CoreExit::Stopped
     }
@@ -746,7 +754,31 @@ impl Core {
 
     fn step_down(&mut self) -> CoreExit {
         warn!("this master no longer leads; it stops acting");
+        self.end_sessions(Status::unavailable("this master no longer leads"));
         CoreExit::Deposed
+    }
+
+    /// Ends every agent's and framework's session with `status`. Their
+    /// connections hold the streams open too (they answer heartbeats), so
+    /// a core that merely went away would leave agents talking to a master
+    /// that no longer listens.
+    fn end_sessions(&mut self, status: Status) {
+        for (_, session) in self.agent_of_conn.drain() {
+            session.heard.revoke();
+        }
+        for agent in self.agents.values() {
+            if let Some((_, tx)) = &agent.conn {
+                tx.close(status.clone());
+            }
+        }
+        for awaiting in self.awaiting_durable.drain(..) {
+            awaiting.admission.tx.close(status.clone());
+        }
+        for framework in self.frameworks.values() {
+            if let Some((_, tx)) = &framework.stream {
+                tx.close(status.clone());
+            }
+        }
     }
 
     /// What follows every burst of messages or tick: the acknowledgements

@@ -415,6 +415,13 @@ fn drain<T>(rx: &mut Receiver<Result<T, Status>>) -> Vec<Result<T, Status>> {
     std::iter::from_fn(|| rx.try_recv().ok()).collect()
 }
 
+/// How the stream was closed, if it was.
+fn closed_with<T>(rx: &mut Receiver<Result<T, Status>>) -> Option<tonic::Code> {
+    drain(rx)
+        .into_iter()
+        .find_map(|m| m.err().map(|s| s.code()))
+}
+
 fn registered(rx: &mut AgentRx) -> Option<master_message::Registered> {
     drain(rx).into_iter().find_map(|m| match m.ok()?.message? {
         master_message::Message::Registered(r) => Some(r),
@@ -1252,6 +1259,28 @@ async fn a_big_cluster_heartbeats_less_often_and_waits_longer_for_silent_agents(
     );
     drop(tx);
 }
+#[tokio::test(start_paused = true)]
+async fn a_core_that_stops_leading_ends_every_session() {
+    let mut h = Harness::new();
+    let mut agent = h.admit(1);
+    let mut framework = h.subscribe("f", "*", 0.0, None);
+    h.hold_commits();
+    let (_tx, mut waiting) = h.register(2, None, "", Vec::new());
+    drain(&mut agent.rx);
+    drain(&mut framework.rx);
+
+    assert_eq!(h.core.step_down(), CoreExit::Deposed);
+    assert_eq!(closed_with(&mut agent.rx), Some(tonic::Code::Unavailable));
+    assert_eq!(closed_with(&mut waiting), Some(tonic::Code::Unavailable));
+    assert_eq!(
+        closed_with(&mut framework.rx),
+        Some(tonic::Code::Unavailable)
+    );
+    // Its connection no longer answers the agent's heartbeats.
+    assert!(!agent.tx.heard().is_admitted());
+    h.release_commits();
+}
+
 mod auth;
 mod read_model;
 mod registration;

@@ -8,12 +8,6 @@ fn agent_ids_in_state(h: &Harness) -> Vec<String> {
     h.core.agents.keys().cloned().collect()
 }
 
-fn closed_with(rx: &mut AgentRx) -> Option<tonic::Code> {
-    drain(rx)
-        .into_iter()
-        .find_map(|m| m.err().map(|s| s.code()))
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_new_agent_is_told_only_once_its_secret_is_committed() {
     let mut h = Harness::new();
