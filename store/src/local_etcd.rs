@@ -71,6 +71,12 @@ impl LocalEtcd {
         Ok(local)
     }
 
+    /// The members' process ids (a test freezes them with the masters,
+    /// as a paused machine would).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(Child::id).collect()
+    }
+
     /// Waits until the cluster answers (it has elected a leader).
     pub async fn ready(&self, timeout: Duration) -> Result<(), EtcdError> {
         let client = Etcd::new(&self.endpoints)?;

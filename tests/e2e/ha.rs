@@ -201,6 +201,37 @@ async fn a_leader_frozen_past_its_lease_writes_nothing_and_stands_by_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_masters_come_back_after_the_whole_machine_froze_past_the_lease() {
+    // As a paused virtual machine: etcd and every master stop together, for
+    // longer than the lease. Whoever led is deposed when they wake; every
+    // master must campaign again, one lead, and the agent find it.
+    let etcd = start_etcd().await;
+    let masters = masters_on(&etcd);
+    let all = urls(&masters);
+    let leader = wait_leader(&all, None).await;
+    let dir = tempdir();
+    let _agent = start_agent(&all.join(","), dir.path(), "cpus:1;mem:256", "paused-vm");
+    wait_for_agents(&leader, 1).await;
+
+    etcd.signal(Signal::SIGSTOP);
+    for m in &masters {
+        m.signal(Signal::SIGSTOP);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    etcd.signal(Signal::SIGCONT);
+    for m in &masters {
+        m.signal(Signal::SIGCONT);
+    }
+
+    let now = wait_leader(&all, None).await;
+    wait_for_agents(&now, 1).await;
+    let mut masters = masters;
+    for m in &mut masters {
+        assert!(m.exited().is_none(), "every master is still up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
     let etcd = start_etcd().await;
     let master = start_master("127.0.0.1:0", &[]);

@@ -814,6 +814,13 @@ impl EtcdServer {
     pub fn url(&self) -> &str {
         &self.local.endpoints
     }
+
+    /// Sends `signal` to every member.
+    pub fn signal(&self, signal: Signal) {
+        for pid in self.local.pids() {
+            let _ = kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
 }
 
 pub async fn start_etcd() -> EtcdServer {
