@@ -12,7 +12,7 @@ use agora_proto::v1::{
     self, AgentMessage, Event, MasterMessage, agent_message, agent_service_server::AgentService,
     master_message, scheduler_server::Scheduler,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +31,9 @@ pub struct CoreHandle {
     auth: Arc<Authority>,
     /// What agents' heartbeats are answered with, kept by the core.
     heartbeat_terms: Arc<HeartbeatTerms>,
+    /// The term this master leads in, `None` while it stands by: an agent's
+    /// session belongs to the term it opened in, and ends with it.
+    term: watch::Receiver<Option<u64>>,
 }
 
 /// Who made a gRPC request, as the port's authentication found it.
@@ -47,12 +50,14 @@ impl CoreHandle {
         tx: InboxSender,
         auth: Arc<Authority>,
         heartbeat_terms: Arc<HeartbeatTerms>,
+        term: watch::Receiver<Option<u64>>,
     ) -> Self {
         CoreHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
             auth,
             heartbeat_terms,
+            term,
         }
     }
 
@@ -307,51 +312,98 @@ impl AgentService for CoreHandle {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<MasterStream>, Status> {
+        // A session opened as a term ends would wait on a core that is
+        // gone (its registration dropped with the term's queue): it ends
+        // with the term, and none opens while the master stands by.
+        let Some(term) = *self.term.borrow() else {
+            return Err(Status::unavailable("this master is standing by"));
+        };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         // A known agent re-registers with its own secret; only a new one
         // needs a join credential.
         let may_join = self
             .policy()
             .allows(&caller_of(&request), Action::RegisterAgent);
-        let mut inbound = request.into_inner();
         let (tx, rx) = Outbound::channel(AGENT_STREAM_CAPACITY);
-        let core = self.clone();
-        let out_tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
-                match message {
-                    Ok(msg) => {
-                        // Heard now, however long the core's queue makes
-                        // the message wait.
-                        out_tx.heard().now();
-                        let msg = match answer_heartbeat(msg, &out_tx, &core.heartbeat_terms) {
-                            Answered::Fully => continue,
-                            Answered::Usage(usage) => CoreMsg::AgentUsage { conn, usage },
-                            Answered::No(msg) => CoreMsg::Agent {
-                                conn,
-                                tx: out_tx.clone(),
-                                msg,
-                                may_join,
-                            },
-                        };
-                        if core.send_holding(msg, out_tx.heard()).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(status) => {
-                        tracing::debug!(conn, %status, "agent stream ended with an error");
-                        break;
-                    }
-                }
-            }
-            let _ = core.send(CoreMsg::AgentClosed { conn }).await;
-        });
+        tokio::spawn(relay_agent_session(
+            self.clone(),
+            AgentConnection {
+                conn,
+                may_join,
+                out: tx,
+                term,
+            },
+            request.into_inner(),
+            self.term.clone(),
+        ));
         let stream = Guarded {
             inner: ReceiverStream::new(rx),
             on_drop: Some((self.clone(), CoreMsg::AgentClosed { conn })),
         };
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// One agent session's connection, as the core knows it.
+struct AgentConnection {
+    conn: u64,
+    may_join: bool,
+    /// The session's stream to the agent.
+    out: AgentTx,
+    /// The term it opened in.
+    term: u64,
+}
+
+/// Relays an agent's messages to the core (answering heartbeats itself)
+/// until the agent ends the session or the term it opened in ends; then
+/// tells the core the session closed.
+async fn relay_agent_session(
+    core: CoreHandle,
+    connection: AgentConnection,
+    mut inbound: impl Stream<Item = Result<AgentMessage, Status>> + Unpin,
+    mut term_changed: watch::Receiver<Option<u64>>,
+) {
+    let AgentConnection {
+        conn,
+        may_join,
+        out,
+        term,
+    } = connection;
+    loop {
+        let message = tokio::select! {
+            message = inbound.next() => message,
+            _ = term_changed.wait_for(|now| *now != Some(term)) => {
+                out.close(Status::unavailable("this master no longer leads"));
+                break;
+            }
+        };
+        let Some(message) = message else { break };
+        match message {
+            Ok(msg) => {
+                // Heard now, however long the core's queue makes the
+                // message wait.
+                out.heard().now();
+                let msg = match answer_heartbeat(msg, &out, &core.heartbeat_terms) {
+                    Answered::Fully => continue,
+                    Answered::Usage(usage) => CoreMsg::AgentUsage { conn, usage },
+                    Answered::No(msg) => CoreMsg::Agent {
+                        conn,
+                        tx: out.clone(),
+                        msg,
+                        may_join,
+                    },
+                };
+                if core.send_holding(msg, out.heard()).await.is_err() {
+                    break;
+                }
+            }
+            Err(status) => {
+                tracing::debug!(conn, %status, "agent stream ended with an error");
+                break;
+            }
+        }
+    }
+    let _ = core.send(CoreMsg::AgentClosed { conn }).await;
 }
 
 /// What the connection did with an agent's message.
@@ -517,6 +569,63 @@ mod tests {
         assert!(matches!(
             answer_heartbeat(heartbeat(Vec::new()), &out, &terms()),
             Answered::No(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_agent_session_ends_with_the_term_it_opened_in() {
+        let (tx, mut inbox) = crate::core::inbox(16);
+        let (term_tx, term) = watch::channel(Some(1));
+        let core = CoreHandle::new(
+            tx,
+            Authority::with_policy(crate::auth::Policy::default()),
+            Arc::new(terms()),
+            term.clone(),
+        );
+        let (out, mut rx) = AgentTx::channel(8);
+        let (agent_tx, agent_rx) = mpsc::channel(8);
+        let relay = tokio::spawn(relay_agent_session(
+            core,
+            AgentConnection {
+                conn: 7,
+                may_join: true,
+                out,
+                term: 1,
+            },
+            ReceiverStream::new(agent_rx),
+            term,
+        ));
+        agent_tx
+            .send(Ok(AgentMessage {
+                message: Some(agent_message::Message::Register(
+                    agent_message::Register::default(),
+                )),
+            }))
+            .await
+            .expect("relay listening");
+        // The core's queue takes it (the core of a term that is ending may
+        // never read it).
+        let relayed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if let Some(msg) = inbox.try_next() {
+                    break msg;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("relayed to the core");
+        assert!(matches!(relayed, CoreMsg::Agent { conn: 7, .. }));
+
+        term_tx.send_replace(None);
+        relay.await.expect("the relay ends with its term");
+        let ended = std::iter::from_fn(|| rx.try_recv().ok())
+            .find_map(Result::err)
+            .map(|s| s.code());
+        assert_eq!(ended, Some(tonic::Code::Unavailable), "the agent is told");
+        assert!(matches!(
+            inbox.try_next(),
+            Some(CoreMsg::AgentClosed { conn: 7 })
         ));
     }
 }

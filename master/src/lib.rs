@@ -134,7 +134,8 @@ pub async fn run(
         String::new()
     };
     let heartbeat_terms = Arc::new(core::HeartbeatTerms::default());
-    let handle = grpc::CoreHandle::new(tx, auth.clone(), heartbeat_terms.clone());
+    let (term_tx, term) = watch::channel(None);
+    let handle = grpc::CoreHandle::new(tx, auth.clone(), heartbeat_terms.clone(), term);
     // Slow event readers lag and are told so; the core never waits on them.
     let events = events::EventSender::new(EVENTS_BEHIND);
     let (role_tx, role) = watch::channel(match backing {
@@ -276,6 +277,7 @@ pub async fn run(
         Backing::Embedded(registry) => Some(registry),
         Backing::Etcd(_) => None,
     };
+    let mut terms = 0;
     // Each turn of this loop is a term as leader: an embedded registry's
     // one term, or on etcd a campaign, a term, and — deposed (the process
     // froze past its lease, or lost etcd) — standing by again.
@@ -313,6 +315,8 @@ pub async fn run(
         core.set_agent_http_token(agent_http_token.clone());
         core.share_heartbeat_terms(heartbeat_terms.clone());
         core.publish_to(publisher.clone());
+        terms += 1;
+        term_tx.send_replace(Some(terms));
         role_tx.send_replace(Role::Leading);
         let (stop_core_tx, stop_core_rx) = tokio::sync::oneshot::channel::<()>();
         let mut core = run_core_on_its_own_thread(core, inbox, stop_core_rx, fence.clone())?;
@@ -323,7 +327,7 @@ pub async fn run(
             }
         };
         // How the term ended, and the inbox if the core has handed it back.
-        let (term, returned) = tokio::select! {
+        let (ended, returned) = tokio::select! {
             served = &mut served => (Term::Ended(served.map_err(|source| MasterError::Serve { addr: addr.clone(), source })), None),
             () = &mut shutdown => (Term::Ended(Ok(())), None),
             () = lost => (Term::Deposed, None),
@@ -332,6 +336,12 @@ pub async fn run(
                 Ok((core::CoreExit::Stopped, _)) | Err(_) => return Ok(()),
             },
         };
+        if let Term::Deposed = ended {
+            // Requests for the term that ended answer nothing now; agents'
+            // sessions opened in it end.
+            role_tx.send_replace(Role::Standby { leader: None });
+            term_tx.send_replace(None);
+        }
         inbox = match returned {
             Some(inbox) => inbox,
             None => {
@@ -343,12 +353,12 @@ pub async fn run(
             }
         };
         let Some(fence) = fence else {
-            return match term {
+            return match ended {
                 Term::Ended(outcome) => outcome,
                 Term::Deposed => Ok(()),
             };
         };
-        match term {
+        match ended {
             Term::Ended(outcome) => {
                 if outcome.is_ok() {
                     // A graceful stop hands over at once.
@@ -357,8 +367,6 @@ pub async fn run(
                 return outcome;
             }
             Term::Deposed => {
-                // Requests for the term that ended answer nothing now.
-                role_tx.send_replace(Role::Standby { leader: None });
                 let dropped = inbox.discard_queued();
                 // Let go of the key at once if the lease still holds it (the
                 // clock said it may have expired; etcd may not agree), so

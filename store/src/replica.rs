@@ -124,9 +124,13 @@ impl Active {
         }
     }
 
-    /// Whether this process stopped because another replica leads now.
+    /// Whether this process stopped because another replica may lead now:
+    /// its leadership was lost, or is no longer surely held (a replica
+    /// that froze past its lease may hear of the other one — the master
+    /// tells it its subscription failed over — before it notices itself).
     pub fn deposed(&self) -> bool {
         self.deposed.load(Ordering::Relaxed)
+            || self.leadership.as_ref().is_some_and(|l| !l.is_valid())
     }
 
     /// Hands over at once (a graceful stop).

@@ -286,6 +286,68 @@ async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
     );
 }
 
+/// The webui URL of the batch framework the master relays to, once it is
+/// not `not`.
+async fn active_batch_replica(master: &str, not: Option<&str>) -> String {
+    wait_until(
+        "the active batch replica",
+        Duration::from_secs(30),
+        || async {
+            let (_, frameworks) = get(&format!("{master}/api/v1/frameworks")).await;
+            let batch = frameworks["frameworks"]
+                .as_array()?
+                .iter()
+                .find(|f| f["name"] == "batch" && f["active"] == true)?
+                .clone();
+            let url = batch["webui_url"].as_str()?.to_string();
+            (Some(url.as_str()) != not).then_some(url)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_replica_frozen_past_its_lease_stands_by_and_takes_over_again() {
+    let etcd = start_etcd().await;
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("url");
+    let agent_data = tempdir();
+    let _agent = start_agent(
+        &url,
+        agent_data.path(),
+        "cpus:2;mem:2048;disk:1000",
+        "replicas",
+    );
+    wait_for_agents(&url, 1).await;
+    let replica_args = ["--etcd", etcd.url(), "--leader-lease", LEASE];
+    let (d1, d2) = (tempdir(), tempdir());
+    let mut replicas = [
+        start_batch(&url, d1.path(), &replica_args),
+        start_batch(&url, d2.path(), &replica_args),
+    ];
+    wait_for_batch(&url).await;
+    let out = tempdir();
+    submit(&url, counting_jobs("f", 60, out.path(), 0.1)).await;
+    wait_succeeded(std::slice::from_ref(&url), 10, Duration::from_secs(60)).await;
+
+    let first = active_batch_replica(&url, None).await;
+    let frozen = replicas
+        .iter()
+        .position(|r| r.url.as_deref() == Some(first.as_str()))
+        .expect("one replica is active");
+    replicas[frozen].signal(Signal::SIGSTOP);
+    let second = active_batch_replica(&url, Some(&first)).await;
+    replicas[frozen].signal(Signal::SIGCONT);
+
+    // Woken deposed, it stands by: when the other dies, it takes over.
+    replicas[1 - frozen].kill_hard();
+    let third = active_batch_replica(&url, Some(&second)).await;
+    assert_eq!(third, first, "the replica that froze is active again");
+    assert!(replicas[frozen].exited().is_none());
+    wait_succeeded(std::slice::from_ref(&url), 60, Duration::from_secs(120)).await;
+    assert_each_ran_once(out.path(), "f", 60);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_web_ui_moves_to_the_new_leader_by_itself() {
     let chromium = "/usr/bin/chromium";

@@ -76,9 +76,6 @@ impl BatchConfig {
 pub enum BatchError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Another replica is active now; this one stopped acting.
-    #[error("this batch replica lost its lease and stopped; restart it to stand by")]
-    Deposed,
     #[error("batch HTTP API: {0}")]
     Http(std::io::Error),
     // Its messages say they are about the master; `{0}` beside a source
@@ -318,12 +315,47 @@ impl Scheduler for BatchScheduler {
 
 /// Runs the batch framework until `shutdown`: subscribes to the master,
 /// serves the HTTP API on `listener`, and keeps the store current.
+/// With etcd, a replica acts only while it holds the lease: it stands by
+/// until then, and again whenever it loses it.
 pub async fn run(
     config: BatchConfig,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BatchError> {
     tokio::pin!(shutdown);
+    let addr: SocketAddr = listener.local_addr().map_err(BatchError::Http)?;
+    let mut listener = Some(listener);
+    // A term per turn: standing by until active, then acting until
+    // `shutdown` or deposed (the process froze past its lease, or lost
+    // etcd) — then standing by again, as any standby does.
+    loop {
+        let listener = match listener.take() {
+            Some(listener) => listener,
+            // The last term's server let go of it.
+            None => TcpListener::bind(addr).await.map_err(BatchError::Http)?,
+        };
+        match run_term(&config, listener, shutdown.as_mut()).await? {
+            Term::Ended => return Ok(()),
+            Term::Deposed => warn!("this batch replica lost its lease; standing by again"),
+        }
+    }
+}
+
+/// How a replica's term ended.
+enum Term {
+    /// Asked to stop (or never active before it was).
+    Ended,
+    /// Another replica may be active now.
+    Deposed,
+}
+
+/// One term: stands by until active, then runs until `shutdown` or until
+/// deposed.
+async fn run_term(
+    config: &BatchConfig,
+    listener: TcpListener,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Term, BatchError> {
     let addr: SocketAddr = listener.local_addr().map_err(BatchError::Http)?;
     let webui = agora_sdk::serve::advertised_url(
         config.advertise.as_deref(),
@@ -342,7 +374,7 @@ pub async fn run(
             .await
             .map_err(StoreError::from)?
     else {
-        return Ok(());
+        return Ok(Term::Ended);
     };
     if config.etcd.is_none() {
         crate::store::migrate_old_file(&config.data_dir.join("batch.redb"), &store)?;
@@ -411,7 +443,7 @@ pub async fn run(
         || BatchScheduler {
             shared: shared.clone(),
         },
-        active.until(shutdown),
+        active.until(shutdown.as_mut()),
     )
     .await;
     stop_tx.send_replace(true);
@@ -420,11 +452,14 @@ pub async fn run(
     // The writer saves what is left before it ends.
     shared.wake_writer.notify_one();
     let _ = writer.await;
-    if active.deposed() {
-        return Err(BatchError::Deposed);
-    }
+    let deposed = active.deposed();
+    // Deposed, too: the lease may still hold the key by etcd's clock.
     active.resign().await;
-    result.map_err(BatchError::from)
+    if deposed {
+        return Ok(Term::Deposed);
+    }
+    result.map_err(BatchError::from)?;
+    Ok(Term::Ended)
 }
 
 /// The batch engine and its store, as the group-commit writer sees them.

@@ -91,9 +91,6 @@ pub enum ServicesError {
     // would print it twice in an error chain.
     #[error(transparent)]
     Sdk(#[from] SdkError),
-    /// Another replica is active now; this one stopped acting.
-    #[error("this services replica lost its lease and stopped; restart it to stand by")]
-    Deposed,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -329,12 +326,47 @@ impl Scheduler for ServicesScheduler {
 /// Runs the services framework until `shutdown`: subscribes to the master,
 /// serves the HTTP API on `listener`, balances load, and keeps the store
 /// current.
+/// With etcd, a replica acts only while it holds the lease: it stands by
+/// until then, and again whenever it loses it.
 pub async fn run(
     config: ServicesConfig,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServicesError> {
     tokio::pin!(shutdown);
+    let addr: SocketAddr = listener.local_addr().map_err(ServicesError::Http)?;
+    let mut listener = Some(listener);
+    // A term per turn: standing by until active, then acting until
+    // `shutdown` or deposed (the process froze past its lease, or lost
+    // etcd) — then standing by again, as any standby does.
+    loop {
+        let listener = match listener.take() {
+            Some(listener) => listener,
+            // The last term's server let go of it.
+            None => TcpListener::bind(addr).await.map_err(ServicesError::Http)?,
+        };
+        match run_term(&config, listener, shutdown.as_mut()).await? {
+            Term::Ended => return Ok(()),
+            Term::Deposed => warn!("this services replica lost its lease; standing by again"),
+        }
+    }
+}
+
+/// How a replica's term ended.
+enum Term {
+    /// Asked to stop (or never active before it was).
+    Ended,
+    /// Another replica may be active now.
+    Deposed,
+}
+
+/// One term: stands by until active, then runs until `shutdown` or until
+/// deposed.
+async fn run_term(
+    config: &ServicesConfig,
+    listener: TcpListener,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Term, ServicesError> {
     let addr: SocketAddr = listener.local_addr().map_err(ServicesError::Http)?;
     let webui = agora_sdk::serve::advertised_url(
         config.advertise.as_deref(),
@@ -353,7 +385,7 @@ pub async fn run(
             .await
             .map_err(ServicesStoreError::from)?
     else {
-        return Ok(());
+        return Ok(Term::Ended);
     };
     let store = Arc::new(ServicesStore::on(store));
     let loaded = store.load()?;
@@ -421,7 +453,7 @@ pub async fn run(
         || ServicesScheduler {
             shared: shared.clone(),
         },
-        active.until(shutdown),
+        active.until(shutdown.as_mut()),
     )
     .await;
     stop_tx.send_replace(true);
@@ -430,11 +462,14 @@ pub async fn run(
     let _ = server.await;
     shared.wake_writer.notify_one();
     let _ = writer.await;
-    if active.deposed() {
-        return Err(ServicesError::Deposed);
-    }
+    let deposed = active.deposed();
+    // Deposed, too: the lease may still hold the key by etcd's clock.
     active.resign().await;
-    result.map_err(ServicesError::from)
+    if deposed {
+        return Ok(Term::Deposed);
+    }
+    result.map_err(ServicesError::from)?;
+    Ok(Term::Ended)
 }
 
 /// The services engine and its store, as the group-commit writer sees them.

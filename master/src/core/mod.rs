@@ -492,7 +492,7 @@ impl Inbox {
         }
     }
 
-    fn try_next(&mut self) -> Option<CoreMsg> {
+    pub(crate) fn try_next(&mut self) -> Option<CoreMsg> {
         self.calls
             .try_recv()
             .or_else(|_| self.agents.try_recv())
