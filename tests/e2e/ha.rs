@@ -231,39 +231,58 @@ async fn the_masters_come_back_after_the_whole_machine_froze_past_the_lease() {
     }
 }
 
+/// One master and agent, and the batch framework as two replicas on etcd.
+struct ReplicatedBatch {
+    url: String,
+    replicas: [Proc; 2],
+    _state: [tempfile::TempDir; 2],
+    _agent: (Proc, tempfile::TempDir),
+    _master: Proc,
+    _etcd: EtcdServer,
+}
+
+impl ReplicatedBatch {
+    async fn start() -> ReplicatedBatch {
+        let etcd = start_etcd().await;
+        let master = start_master("127.0.0.1:0", &[]);
+        let url = master.url.clone().expect("url");
+        let agent_data = tempdir();
+        let agent = start_agent(
+            &url,
+            agent_data.path(),
+            "cpus:2;mem:2048;disk:1000",
+            "replicas",
+        );
+        wait_for_agents(&url, 1).await;
+        let replica_args = ["--etcd", etcd.url(), "--leader-lease", LEASE];
+        let state = [tempdir(), tempdir()];
+        let replicas = [
+            start_batch(&url, state[0].path(), &replica_args),
+            start_batch(&url, state[1].path(), &replica_args),
+        ];
+        wait_for_batch(&url).await;
+        ReplicatedBatch {
+            url,
+            replicas,
+            _state: state,
+            _agent: (agent, agent_data),
+            _master: master,
+            _etcd: etcd,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
-    let etcd = start_etcd().await;
-    let master = start_master("127.0.0.1:0", &[]);
-    let url = master.url.clone().expect("url");
-    let agent_data = tempdir();
-    let _agent = start_agent(
-        &url,
-        agent_data.path(),
-        "cpus:2;mem:2048;disk:1000",
-        "replicas",
-    );
-    wait_for_agents(&url, 1).await;
-    let replica_args = ["--etcd", etcd.url(), "--leader-lease", LEASE];
-    let (d1, d2) = (tempdir(), tempdir());
-    let mut replicas = [
-        start_batch(&url, d1.path(), &replica_args),
-        start_batch(&url, d2.path(), &replica_args),
-    ];
-    wait_for_batch(&url).await;
+    let mut cluster = ReplicatedBatch::start().await;
+    let (url, replicas) = (cluster.url.clone(), &mut cluster.replicas);
 
     let out = tempdir();
     submit(&url, counting_jobs("r", 100, out.path(), 0.1)).await;
     wait_succeeded(std::slice::from_ref(&url), 20, Duration::from_secs(60)).await;
 
     // The active replica is the one the master relays to.
-    let (_, frameworks) = get(&format!("{url}/api/v1/frameworks")).await;
-    let active_url = frameworks["frameworks"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == "batch"))
-        .and_then(|f| f["webui_url"].as_str())
-        .expect("batch's URL")
-        .to_string();
+    let active_url = active_batch_replica(&url, None).await;
     let active = replicas
         .iter()
         .position(|r| r.url.as_deref() == Some(active_url.as_str()))
@@ -308,24 +327,8 @@ async fn active_batch_replica(master: &str, not: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_replica_frozen_past_its_lease_stands_by_and_takes_over_again() {
-    let etcd = start_etcd().await;
-    let master = start_master("127.0.0.1:0", &[]);
-    let url = master.url.clone().expect("url");
-    let agent_data = tempdir();
-    let _agent = start_agent(
-        &url,
-        agent_data.path(),
-        "cpus:2;mem:2048;disk:1000",
-        "replicas",
-    );
-    wait_for_agents(&url, 1).await;
-    let replica_args = ["--etcd", etcd.url(), "--leader-lease", LEASE];
-    let (d1, d2) = (tempdir(), tempdir());
-    let mut replicas = [
-        start_batch(&url, d1.path(), &replica_args),
-        start_batch(&url, d2.path(), &replica_args),
-    ];
-    wait_for_batch(&url).await;
+    let mut cluster = ReplicatedBatch::start().await;
+    let (url, replicas) = (cluster.url.clone(), &mut cluster.replicas);
     let out = tempdir();
     submit(&url, counting_jobs("f", 60, out.path(), 0.1)).await;
     wait_succeeded(std::slice::from_ref(&url), 10, Duration::from_secs(60)).await;
