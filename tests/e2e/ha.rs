@@ -282,7 +282,7 @@ async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
     wait_succeeded(std::slice::from_ref(&url), 20, Duration::from_secs(60)).await;
 
     // The active replica is the one the master relays to.
-    let active_url = active_batch_replica(&url, None).await;
+    let active_url = active_framework_url(&url, "batch", None).await;
     let active = replicas
         .iter()
         .position(|r| r.url.as_deref() == Some(active_url.as_str()))
@@ -305,26 +305,6 @@ async fn killing_the_active_batch_replica_hands_over_to_the_standby() {
     );
 }
 
-/// The webui URL of the batch framework the master relays to, once it is
-/// not `not`.
-async fn active_batch_replica(master: &str, not: Option<&str>) -> String {
-    wait_until(
-        "the active batch replica",
-        Duration::from_secs(30),
-        || async {
-            let (_, frameworks) = get(&format!("{master}/api/v1/frameworks")).await;
-            let batch = frameworks["frameworks"]
-                .as_array()?
-                .iter()
-                .find(|f| f["name"] == "batch" && f["active"] == true)?
-                .clone();
-            let url = batch["webui_url"].as_str()?.to_string();
-            (Some(url.as_str()) != not).then_some(url)
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_replica_frozen_past_its_lease_stands_by_and_takes_over_again() {
     let mut cluster = ReplicatedBatch::start().await;
@@ -333,18 +313,18 @@ async fn a_batch_replica_frozen_past_its_lease_stands_by_and_takes_over_again() 
     submit(&url, counting_jobs("f", 60, out.path(), 0.1)).await;
     wait_succeeded(std::slice::from_ref(&url), 10, Duration::from_secs(60)).await;
 
-    let first = active_batch_replica(&url, None).await;
+    let first = active_framework_url(&url, "batch", None).await;
     let frozen = replicas
         .iter()
         .position(|r| r.url.as_deref() == Some(first.as_str()))
         .expect("one replica is active");
     replicas[frozen].signal(Signal::SIGSTOP);
-    let second = active_batch_replica(&url, Some(&first)).await;
+    let second = active_framework_url(&url, "batch", Some(&first)).await;
     replicas[frozen].signal(Signal::SIGCONT);
 
     // Woken deposed, it stands by: when the other dies, it takes over.
     replicas[1 - frozen].kill_hard();
-    let third = active_batch_replica(&url, Some(&second)).await;
+    let third = active_framework_url(&url, "batch", Some(&second)).await;
     assert_eq!(third, first, "the replica that froze is active again");
     assert!(replicas[frozen].exited().is_none());
     wait_succeeded(std::slice::from_ref(&url), 60, Duration::from_secs(120)).await;

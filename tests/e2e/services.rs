@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -796,4 +797,61 @@ impl Drop for LbProc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_services_replica_frozen_past_its_lease_stands_by_and_takes_over_again() {
+    let etcd = start_etcd().await;
+    let master = start_master("127.0.0.1:0", &[]);
+    let url = master.url.clone().expect("master url");
+    let (base, _) = ports(10);
+    let agent_data = tempdir();
+    let _agent = start_agent(
+        &url,
+        agent_data.path(),
+        &format!("cpus:2;mem:1024;ports:[{base}-{}]", base + 19),
+        "a",
+    );
+    wait_for_agents(&url, 1).await;
+    let mut flags = SERVICES_FLAGS.to_vec();
+    flags.extend(["--etcd", etcd.url(), "--leader-lease", "1s"]);
+    let state = [tempdir(), tempdir()];
+    let mut replicas = [
+        start_services(&url, state[0].path(), &flags),
+        start_services(&url, state[1].path(), &flags),
+    ];
+    wait_for_services(&url).await;
+    deploy(&url, &web_spec("kept", "v1", 2, None)).await;
+    wait_healthy(&url, "kept", 2).await;
+    let before = task_ids(&app(&url, "kept").await);
+
+    let first = active_framework_url(&url, "services", None).await;
+    let frozen = replicas
+        .iter()
+        .position(|r| r.url.as_deref() == Some(first.as_str()))
+        .expect("one replica is active");
+    replicas[frozen].signal(Signal::SIGSTOP);
+    let second = active_framework_url(&url, "services", Some(&first)).await;
+    replicas[frozen].signal(Signal::SIGCONT);
+
+    // Woken deposed, it stands by: when the other dies, it takes over,
+    // with the app as it was.
+    replicas[1 - frozen].kill_hard();
+    let third = active_framework_url(&url, "services", Some(&second)).await;
+    assert_eq!(third, first, "the replica that froze is active again");
+    assert!(replicas[frozen].exited().is_none());
+    wait_healthy(&url, "kept", 2).await;
+    assert_eq!(
+        task_ids(&app(&url, "kept").await),
+        before,
+        "its instances, adopted"
+    );
+    let (status, body) = post(
+        &url,
+        "/apps/kept/scale",
+        json!({"instances": 3}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    wait_healthy(&url, "kept", 3).await;
 }

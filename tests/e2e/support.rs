@@ -862,6 +862,26 @@ pub async fn wait_leader(masters: &[String], not: Option<&str>) -> String {
     .await
 }
 
+/// The `webui_url` of the active framework called `name` (the replica the
+/// master relays to), once it is not `not`.
+pub async fn active_framework_url(master: &str, name: &str, not: Option<&str>) -> String {
+    wait_until(
+        &format!("the active {name} replica"),
+        Duration::from_secs(30),
+        || async {
+            let (_, frameworks) = get(&format!("{master}/api/v1/frameworks")).await;
+            let active = frameworks["frameworks"]
+                .as_array()?
+                .iter()
+                .find(|f| f["name"] == name && f["active"] == true)?
+                .clone();
+            let url = active["webui_url"].as_str()?.to_string();
+            (Some(url.as_str()) != not).then_some(url)
+        },
+    )
+    .await
+}
+
 /// Waits until `master` relays `/batch/` to a subscribed batch framework.
 pub async fn wait_for_batch(master: &str) {
     let client = client();

@@ -1,6 +1,7 @@
 //! Agents: registration and re-registration (reconciling what they run
 //! with what the master knows), heartbeats, disconnection and unreachability.
 
+use super::awaiting::AwaitingDurable;
 use super::tasks::emit_task_event;
 use super::*;
 
@@ -21,7 +22,7 @@ impl Core {
                     for update in batch.updates {
                         self.status_update(&agent, update);
                     }
-                } else {
+                } else if !self.awaiting_registrations.has_session(conn) {
                     refuse_unregistered(&tx);
                 }
             }
@@ -30,7 +31,11 @@ impl Core {
                 // these came before the admission was known there, or
                 // while the session had no room for the answer.
                 let Some(agent) = self.agent_by_conn(conn) else {
-                    refuse_unregistered(&tx);
+                    // Not refused while its registration waits for its
+                    // commit: the agent is not told yet, but not wrong.
+                    if !self.awaiting_registrations.has_session(conn) {
+                        refuse_unregistered(&tx);
+                    }
                     return;
                 };
                 // The agent learns the master still hears it (tasks that
@@ -180,42 +185,29 @@ impl Core {
     /// joining by the thousand are a few group commits, not a commit each
     /// with the core waiting on the disk (or etcd) for every one.
     fn admit_when_durable(&mut self, admission: Admission, secret: String) {
-        // A newer session for the same agent replaces one still waiting.
-        if let Some(older) = self
-            .awaiting_durable
-            .iter()
-            .position(|a| a.admission.id == admission.id)
-            .and_then(|i| self.awaiting_durable.remove(i))
-        {
-            older.admission.tx.close(Status::aborted(format!(
-                "agent `{}` registered again on another session",
-                admission.id
-            )));
-        }
         let record = self.agent_record(&self.new_agent_entry(&admission));
         self.registry.put_agent(&record);
         let through = self.registry.commit_later();
-        self.awaiting_durable.push_back(AwaitingDurable {
+        let id = admission.id.clone();
+        // A newer session for the same agent replaces one still waiting.
+        if let Some(older) = self.awaiting_registrations.push(AwaitingDurable {
             through,
             admission,
             secret,
-        });
+        }) {
+            older.admission.tx.close(Status::aborted(format!(
+                "agent `{id}` registered again on another session"
+            )));
+        }
     }
 
     /// Finishes the registrations whose records are now committed.
     pub(super) fn admit_durable_registrations(&mut self) {
         let durability = self.registry.durability();
-        while self
-            .awaiting_durable
-            .front()
-            .is_some_and(|a| durability.covers(a.through))
+        while let Some(AwaitingDurable {
+            admission, secret, ..
+        }) = self.awaiting_registrations.next_durable(&durability)
         {
-            let Some(AwaitingDurable {
-                admission, secret, ..
-            }) = self.awaiting_durable.pop_front()
-            else {
-                break;
-            };
             if self.gone_agents.contains(&admission.id) {
                 // Marked gone meanwhile (it was known, without a secret).
                 admission.tx.close(Status::permission_denied(format!(
@@ -234,12 +226,7 @@ impl Core {
     /// the record goes back to what it was (none, for a new agent), and
     /// the agent, told nothing, registers afresh when it returns.
     fn abandon_awaiting_registration(&mut self, conn: u64) -> bool {
-        let Some(abandoned) = self
-            .awaiting_durable
-            .iter()
-            .position(|a| a.admission.conn == conn)
-            .and_then(|i| self.awaiting_durable.remove(i))
-        else {
+        let Some(abandoned) = self.awaiting_registrations.take(conn) else {
             return false;
         };
         let id = abandoned.admission.id;
@@ -659,20 +646,12 @@ fn refuse_unregistered(tx: &AgentTx) {
 
 /// A registration whose credentials checked out.
 pub(super) struct Admission {
-    conn: u64,
+    pub(super) conn: u64,
     pub(super) tx: AgentTx,
-    id: String,
+    pub(super) id: String,
     info: v1::AgentInfo,
     total: Resources,
     /// What the agent said it runs.
     tasks: Vec<v1::AgentTask>,
     secret_sha256: Vec<u8>,
-}
-
-/// A registration that issued a secret, waiting for the registry to
-/// commit its record (batch `through`) before the agent is told.
-pub(super) struct AwaitingDurable {
-    through: u64,
-    pub(super) admission: Admission,
-    secret: String,
 }

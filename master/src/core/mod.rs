@@ -20,6 +20,7 @@ use tracing::{debug, info, info_span, warn};
 
 mod accept;
 mod agents;
+mod awaiting;
 mod calls;
 mod delivery;
 mod frameworks;
@@ -326,7 +327,7 @@ pub struct Core {
     registry: Registry,
     /// Registrations that issued a secret, in the order they were
     /// recorded: each finishes once the registry has committed its record.
-    awaiting_durable: VecDeque<agents::AwaitingDurable>,
+    awaiting_registrations: awaiting::AwaitingRegistrations,
     /// Agents an operator marked gone: refused if they return.
     gone_agents: HashSet<String>,
     clock: recovery::WallClock,
@@ -588,7 +589,7 @@ impl Core {
             acks_for_agents: FastMap::default(),
             agent_of_conn: FastMap::default(),
             registry,
-            awaiting_durable: VecDeque::new(),
+            awaiting_registrations: Default::default(),
             gone_agents: HashSet::new(),
             clock,
             deposed: false,
@@ -662,7 +663,7 @@ impl Core {
             };
             let stream_room = self.room_for_waiting_frameworks();
             let durability =
-                (!self.awaiting_durable.is_empty()).then(|| self.registry.durability());
+                (!self.awaiting_registrations.is_empty()).then(|| self.registry.durability());
             let woken_by = tokio::select! {
                 msg = inbox.next() => match msg {
                     Some(msg) => Wake::Message(msg),
@@ -771,7 +772,7 @@ impl Core {
                 tx.close(status.clone());
             }
         }
-        for awaiting in self.awaiting_durable.drain(..) {
+        for awaiting in self.awaiting_registrations.drain() {
             awaiting.admission.tx.close(status.clone());
         }
         for framework in self.frameworks.values() {

@@ -146,7 +146,7 @@ impl Harness {
     /// As the core's loop does when the registry commits: registrations
     /// waiting on a commit finish (unless commits are held).
     fn settle_registrations(&mut self) {
-        if self.commits_held.is_some() || self.core.awaiting_durable.is_empty() {
+        if self.commits_held.is_some() || self.core.awaiting_registrations.is_empty() {
             return;
         }
         self.core.registry.commit().expect("commit");

@@ -17,7 +17,29 @@ async fn a_new_agent_is_told_only_once_its_secret_is_committed() {
     // The core goes on: a known agent's heartbeat is answered, time passes.
     h.heartbeat(&first);
     h.advance(Duration::from_secs(2)).await;
-    assert!(registered(&mut rx).is_none(), "told before the commit");
+    // A heartbeat of the waiting session (early, but not wrong) leaves it be.
+    h.send(CoreMsg::Agent {
+        conn: 2,
+        tx: tx.clone(),
+        msg: AgentMessage {
+            message: Some(agent_message::Message::Heartbeat(
+                agent_message::Heartbeat::default(),
+            )),
+        },
+        may_join: true,
+    });
+    let early = drain(&mut rx);
+    assert!(
+        early.iter().all(Result::is_ok),
+        "the session was ended: {early:?}"
+    );
+    assert!(
+        !early
+            .iter()
+            .flatten()
+            .any(|m| matches!(m.message, Some(master_message::Message::Registered(_)))),
+        "told before the commit"
+    );
     assert_eq!(agent_ids_in_state(&h), vec![first.id.clone()]);
 
     h.release_commits();
