@@ -343,7 +343,7 @@ pub async fn run(
 
 /// How a replica's term ended.
 enum Term {
-    /// Asked to stop (or never active before it was).
+    /// Asked to stop (before it was ever active, too).
     Ended,
     /// Another replica may be active now.
     Deposed,

@@ -499,6 +499,7 @@ impl Inbox {
             .or_else(|_| self.agents.try_recv())
             .ok()
     }
+
     /// Drops what is queued (for a term that ended: whoever waits on a
     /// reply sees it dropped); returns how many.
     pub fn discard_queued(&mut self) -> usize {
@@ -782,8 +783,9 @@ impl Core {
         }
     }
 
-    /// What follows every burst of messages or tick: the acknowledgements
-    /// gathered, one registry commit, then one allocation pass.
+    /// What follows every burst of messages or tick: registrations whose
+    /// records are now committed finished, the acknowledgements gathered,
+    /// one registry commit, then one allocation pass.
     fn end_of_burst(&mut self) {
         self.admit_durable_registrations();
         self.send_acknowledgements();
