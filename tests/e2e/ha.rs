@@ -313,20 +313,7 @@ async fn a_batch_replica_frozen_past_its_lease_stands_by_and_takes_over_again() 
     submit(&url, counting_jobs("f", 60, out.path(), 0.1)).await;
     wait_succeeded(std::slice::from_ref(&url), 10, Duration::from_secs(60)).await;
 
-    let first = active_framework_url(&url, "batch", None).await;
-    let frozen = replicas
-        .iter()
-        .position(|r| r.url.as_deref() == Some(first.as_str()))
-        .expect("one replica is active");
-    replicas[frozen].signal(Signal::SIGSTOP);
-    let second = active_framework_url(&url, "batch", Some(&first)).await;
-    replicas[frozen].signal(Signal::SIGCONT);
-
-    // Woken deposed, it stands by: when the other dies, it takes over.
-    replicas[1 - frozen].kill_hard();
-    let third = active_framework_url(&url, "batch", Some(&second)).await;
-    assert_eq!(third, first, "the replica that froze is active again");
-    assert!(replicas[frozen].exited().is_none());
+    freeze_the_active_replica_then_kill_the_other(&url, "batch", replicas).await;
     wait_succeeded(std::slice::from_ref(&url), 60, Duration::from_secs(120)).await;
     assert_each_ran_once(out.path(), "f", 60);
 }

@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -825,21 +824,8 @@ async fn a_services_replica_frozen_past_its_lease_stands_by_and_takes_over_again
     wait_healthy(&url, "kept", 2).await;
     let before = task_ids(&app(&url, "kept").await);
 
-    let first = active_framework_url(&url, "services", None).await;
-    let frozen = replicas
-        .iter()
-        .position(|r| r.url.as_deref() == Some(first.as_str()))
-        .expect("one replica is active");
-    replicas[frozen].signal(Signal::SIGSTOP);
-    let second = active_framework_url(&url, "services", Some(&first)).await;
-    replicas[frozen].signal(Signal::SIGCONT);
-
-    // Woken deposed, it stands by: when the other dies, it takes over,
-    // with the app as it was.
-    replicas[1 - frozen].kill_hard();
-    let third = active_framework_url(&url, "services", Some(&second)).await;
-    assert_eq!(third, first, "the replica that froze is active again");
-    assert!(replicas[frozen].exited().is_none());
+    // It takes over with the app as it was.
+    freeze_the_active_replica_then_kill_the_other(&url, "services", &mut replicas).await;
     wait_healthy(&url, "kept", 2).await;
     assert_eq!(
         task_ids(&app(&url, "kept").await),

@@ -882,6 +882,29 @@ pub async fn active_framework_url(master: &str, name: &str, not: Option<&str>) -
     .await
 }
 
+/// Of a framework `name` run as two `replicas` on etcd: freezes the active
+/// one past its lease until the other takes over, wakes it, and kills the
+/// other. Woken deposed, the frozen one must have stood by: it is active
+/// again, still the same process.
+pub async fn freeze_the_active_replica_then_kill_the_other(
+    master: &str,
+    name: &str,
+    replicas: &mut [Proc; 2],
+) {
+    let first = active_framework_url(master, name, None).await;
+    let frozen = replicas
+        .iter()
+        .position(|r| r.url.as_deref() == Some(first.as_str()))
+        .expect("one replica is active");
+    replicas[frozen].signal(Signal::SIGSTOP);
+    let second = active_framework_url(master, name, Some(&first)).await;
+    replicas[frozen].signal(Signal::SIGCONT);
+    replicas[1 - frozen].kill_hard();
+    let third = active_framework_url(master, name, Some(&second)).await;
+    assert_eq!(third, first, "the replica that froze is active again");
+    assert!(replicas[frozen].exited().is_none());
+}
+
 /// Waits until `master` relays `/batch/` to a subscribed batch framework.
 pub async fn wait_for_batch(master: &str) {
     let client = client();
