@@ -40,6 +40,10 @@ pub struct MasterConfig {
     /// What the master trusts when it calls agents' and frameworks' HTTP
     /// APIs over https.
     pub client_tls: agora_proto::tls::ClientTls,
+    /// A framework's API must begin to answer a request the master relays
+    /// within this (the body may stream as long as it likes); else the
+    /// caller is answered 504, not held by a framework that froze.
+    pub relay_timeout: Duration,
 }
 
 impl Default for MasterConfig {
@@ -57,6 +61,7 @@ impl Default for MasterConfig {
             offer_policy: crate::allocator::OfferPolicy::Demand,
             serve: crate::serve::ServeLimits::default(),
             max_agent_heartbeats_per_second: 5000.0,
+            relay_timeout: Duration::from_secs(60),
             auth: crate::auth::Authority::disabled(),
             audit_log: None,
             tls: None,

@@ -165,6 +165,7 @@ pub async fn run(
         events.clone(),
         agent_http_token.clone(),
         &config.client_tls,
+        config.relay_timeout,
     );
     // gRPC and HTTP share the port; both routers have their own fallback, so
     // requests are steered by content type rather than merged by path.

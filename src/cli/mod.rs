@@ -113,6 +113,10 @@ pub struct MasterFlags {
     /// A request's headers must arrive within this.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// A framework's API must begin to answer a request relayed to it
+    /// (`/{name}/…`) within this; else the caller gets 504.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub relay_timeout: Duration,
 }
 
 /// Several masters (or framework replicas) on etcd: one leads.

@@ -65,6 +65,7 @@ fn master_config(flags: &MasterFlags) -> anyhow::Result<MasterConfig> {
             max_connections_per_ip: flags.max_connections_per_ip.max(1),
             header_read_timeout: flags.header_read_timeout,
         },
+        relay_timeout: flags.relay_timeout,
         ..MasterConfig::default()
     })
 }

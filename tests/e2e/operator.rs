@@ -817,3 +817,39 @@ async fn idle_half_sent_requests_are_dropped_and_cannot_crowd_out_agents() {
     assert_eq!(open, 0, "connections the master kept open");
     assert_eq!(get(&format!("{url}/health")).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_request_to_a_framework_that_never_answers_ends_with_504() {
+    let master = start_master("127.0.0.1:0", &["--relay-timeout", "1s"]);
+    let url = master.url.clone().expect("url");
+    // Accepts connections (as a frozen process's port does) and never
+    // answers on them.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let mut config = agora_sdk::FrameworkConfig::new(&url, "silent");
+    config.webui_url = Some(format!("http://{addr}/"));
+    let f = TestFramework::start_with(config).await;
+
+    let (code, body) = tokio::time::timeout(
+        Duration::from_secs(30),
+        get(&format!("{url}/silent/v1/anything")),
+    )
+    .await
+    .expect("the master answered the caller");
+    assert_eq!(code, 504, "{body}");
+    let message = error_of(&body);
+    assert!(
+        message.contains("`silent`") && message.contains("did not begin to answer"),
+        "{message}"
+    );
+    f.teardown().await;
+    held.abort();
+}

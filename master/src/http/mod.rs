@@ -58,6 +58,9 @@ struct Api {
     snapshots: Reader,
     events: EventSender,
     client: reqwest::Client,
+    /// How long a relayed request may wait for its framework to begin to
+    /// answer.
+    relay_timeout: std::time::Duration,
     /// Presented to agents' HTTP APIs (empty without authentication).
     agent_http_token: Arc<str>,
 }
@@ -69,6 +72,7 @@ pub fn router(
     events: EventSender,
     agent_http_token: String,
     client_tls: &agora_proto::tls::ClientTls,
+    relay_timeout: std::time::Duration,
 ) -> Router {
     agora_proto::tls::install_default_provider();
     let mut client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
@@ -111,6 +115,7 @@ pub fn router(
             snapshots,
             events,
             agent_http_token: Arc::from(agent_http_token),
+            relay_timeout,
             // The relay hands back redirects rather than following them.
             client: client.build().unwrap_or_default(),
         })

@@ -84,7 +84,16 @@ pub(super) async fn framework_proxy(
             .header(agora_proto::PRINCIPAL_HEADER, caller.name())
             .header(agora_proto::OPERATOR_HEADER, operator.to_string());
     }
-    match forward.send().await {
+    let Ok(answered) = tokio::time::timeout(api.relay_timeout, forward.send()).await else {
+        return error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "framework `{name}` at {base} did not begin to answer within {:?}",
+                api.relay_timeout
+            ),
+        );
+    };
+    match answered {
         Ok(mut answer) => {
             let status = answer.status();
             let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
