@@ -240,32 +240,24 @@ impl Core {
 
     /// The agent's entry as of a registration on a new session.
     fn new_agent_entry(&self, admission: &Admission) -> AgentEntry {
-        let Admission {
-            conn,
-            tx,
-            id,
-            info,
-            total,
-            secret_sha256,
-            ..
-        } = admission;
+        let info = &admission.info;
         AgentEntry {
-            draining: self.agents.get(id).is_some_and(|a| a.draining),
+            draining: self.agents.get(&admission.id).is_some_and(|a| a.draining),
             attributes: info.attributes.clone(),
             registered: Arc::new(AgentRegistration::new(
-                id.clone(),
+                admission.id.clone(),
                 info.hostname.clone(),
                 info.endpoint.as_str().into(),
                 info.attributes
                     .iter()
                     .map(|x| (x.name.clone(), x.text.clone()))
                     .collect(),
-                total.clone(),
+                admission.total.clone(),
             )),
             status: AgentStatus::Active,
-            conn: Some((*conn, tx.clone())),
+            conn: Some((admission.conn, admission.tx.clone())),
             last_seen: Instant::now(),
-            secret_sha256: secret_sha256.clone(),
+            secret_sha256: admission.secret_sha256.clone(),
             unreachable_since: None,
         }
     }
